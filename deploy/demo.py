@@ -1,0 +1,312 @@
+"""A narrated tour of mirrord: three nodes on 127.0.0.11-13, a mirrored database, real faults.
+
+    python deploy/demo.py [--keep-running]     (bash deploy/demo.sh installs and runs this)
+    python deploy/demo.py --stop               (stop nodes left up by --keep-running)
+
+How it works: a LocalCluster (mirrord.localcluster) with data under
+./demo-data/ (wiped at start) runs nodes a, b and c. Each step prints the
+`mirrorctl` command it runs and runs exactly that (the real CLI, so the output
+is what you would see), or says what it does with the client library (bulk
+inserts, polling). A step that does not come out as expected stops the demo
+with a non-zero exit; the witness and automatic failover steps are skipped
+with a note when this build does not offer them yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from a checkout even without `pip install -e .`
+
+from mirrord.localcluster import LocalCluster, LocalNode, wait_for  # noqa: E402
+from mirrorctl.client import Client, ServerError, Unreachable  # noqa: E402
+
+DATA = ROOT / "demo-data"
+PIDS = DATA / "pids.json"
+DB = "shop"
+NOT_READY = (LookupError, Unreachable, ServerError, OSError)
+
+
+class StepFailed(Exception):
+    """A step did not come out as the demo expects."""
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def step(title: str) -> None:
+    say(f"\n=== {title}")
+
+
+def mirrorctl(node: LocalNode, *args: str, db: str | None = None, check: bool = True) -> int:
+    """Print and run one mirrorctl command against node; its exit status."""
+    argv = ["-S", node.address, *(["-d", db] if db else []), *args]
+    say(f"$ mirrorctl {' '.join(_shell_word(a) for a in argv)}")
+    code = subprocess.call([sys.executable, "-m", "mirrorctl.cli", *argv])
+    sys.stdout.flush()
+    if check and code != 0:
+        raise StepFailed(f"mirrorctl exited with status {code}")
+    return code
+
+
+def _shell_word(arg: str) -> str:
+    """arg as you would type it: bare if safe, else in double quotes when that needs no escaping."""
+    if arg and shlex.quote(arg) == arg:
+        return arg
+    if not any(ch in arg for ch in '"$`\\!'):
+        return f'"{arg}"'
+    return shlex.quote(arg)
+
+
+def sql(node: LocalNode, statement: str, db: str | None = DB, check: bool = True) -> int:
+    return mirrorctl(node, "-Q", statement, db=db, check=check)
+
+
+def status_of(node: LocalNode) -> dict | None:
+    """node's status row for the demo database, or None if it cannot say now."""
+    try:
+        return node.status(DB)
+    except NOT_READY:
+        return None
+
+
+def wait_until(predicate, timeout: float, what: str):
+    """wait_for with a line of narration; StepFailed with the detail on timeout."""
+    say(f"... waiting (up to {timeout:g} s) for {what}")
+    started = time.monotonic()
+    try:
+        value = wait_for(predicate, timeout, what, interval=0.1, retry_on=NOT_READY)
+    except TimeoutError as exc:
+        raise StepFailed(str(exc)) from None
+    say(f"    done after {time.monotonic() - started:.1f} s")
+    return value
+
+
+def synchronized(cluster: LocalCluster, principal: str, mirror: str) -> bool:
+    p, m = status_of(cluster[principal]), status_of(cluster[mirror])
+    return bool(p and m and p["role"] == "PRINCIPAL" and m["role"] == "MIRROR"
+                and p["state"] == m["state"] == "SYNCHRONIZED")
+
+
+def insert_rows(node: LocalNode, first: int, count: int) -> int:
+    """count one-row commits through the client library; the number acknowledged."""
+    say(f"(client library) {count:,} INSERTs into {DB}.items on {node.name}, one commit each")
+    started = time.monotonic()
+    with Client.connect(node.address) as client:
+        for i in range(first, first + count):
+            client.query("INSERT INTO items(id, name, qty) VALUES (?, ?, ?)", db=DB,
+                         params=[i, f"item {i}", i % 10], timeout=30)
+    elapsed = time.monotonic() - started
+    say(f"    {count:,} commits acknowledged in {elapsed:.2f} s ({count / elapsed:,.0f}/s)")
+    return count
+
+
+def row_count(node: LocalNode) -> int:
+    return node.query("SELECT count(*) FROM items", db=DB).rows[0][0]
+
+
+def check_rows(node: LocalNode, expected: int) -> None:
+    sql(node, "SELECT count(*) AS rows_in_items FROM items")
+    found = row_count(node)
+    if found != expected:
+        raise StepFailed(f"{node.name} has {found} rows, {expected} were acknowledged")
+    say(f"    all {expected:,} acknowledged rows are there")
+
+
+# ------------------------------------------------------------------ the steps
+
+
+def set_up(cluster: LocalCluster) -> bool:
+    """Database, table, session a -> b SAFETY FULL; the witness if the build has it."""
+    a, b, c = cluster["a"], cluster["b"], cluster["c"]
+    step("Create the database and a table on node a")
+    sql(a, f"CREATE DATABASE {DB}", db=None)
+    sql(a, "CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT NOT NULL, qty INTEGER NOT NULL)")
+    sql(a, "INSERT INTO items(id, name, qty) VALUES (1, 'apple', 3), (2, 'pear', 5), (3, 'plum', 7)")
+    sql(a, "SELECT * FROM items")
+
+    step("Mirror it to node b: SET PARTNER on the mirror first (it seeds itself), then on the principal")
+    sql(b, f"ALTER DATABASE {DB} SET PARTNER = '{a.endpoint_url}'", db=None)
+    sql(a, f"ALTER DATABASE {DB} SET PARTNER = '{b.endpoint_url}'", db=None)
+    sql(a, f"ALTER DATABASE {DB} SET PARTNER SAFETY FULL", db=None)
+    wait_until(lambda: synchronized(cluster, "a", "b"), 60, "a and b to report SYNCHRONIZED")
+
+    step("Add node c as the witness (high safety with automatic failover)")
+    code = sql(a, f"ALTER DATABASE {DB} SET WITNESS = '{c.endpoint_url}'", db=None, check=False)
+    if code != 0:
+        say("    the server refused SET WITNESS: this build has no witness yet; skipping the witness step")
+        return False
+    wait_until(lambda: (status_of(a) or {}).get("witness_state") == "CONNECTED", 30,
+               "a to see the witness CONNECTED")
+    return True
+
+
+def show_status(cluster: LocalCluster, *names: str) -> None:
+    for name in names:
+        mirrorctl(cluster[name], "status")
+
+
+def lose_the_mirror(cluster: LocalCluster, acked: int) -> int:
+    """SIGKILL b, write on the exposed principal, restart b and watch it catch up."""
+    a, b = cluster["a"], cluster["b"]
+    step("SIGKILL the mirror (b); the principal goes on alone, exposed")
+    b.kill()
+    say("    killed b (SIGKILL)")
+    wait_until(lambda: (status_of(a) or {}).get("state") == "DISCONNECTED", 30, "a to report DISCONNECTED")
+    acked += insert_rows(a, acked + 1, 200)
+    mirrorctl(a, "status")
+
+    step("Restart b: it rejoins by itself and catches up (no statement needed)")
+    b.start()
+    say(f"    b is back (pid {b.pid})")
+    wait_until(lambda: synchronized(cluster, "a", "b"), 60, "a and b to report SYNCHRONIZED again")
+    show_status(cluster, "a", "b")
+    return acked
+
+
+def lose_the_principal(cluster: LocalCluster, acked: int, witness: bool) -> str:
+    """SIGKILL a; with a witness b should take over. Returns the principal afterwards."""
+    a, b = cluster["a"], cluster["b"]
+    step("SIGKILL the principal (a)")
+    a.kill()
+    say("    killed a (SIGKILL)")
+    failed_over = False
+    if witness:
+        try:
+            wait_until(lambda: (status_of(b) or {}).get("role") == "PRINCIPAL", 30, "b to become PRINCIPAL")
+            failed_over = True
+        except StepFailed:
+            pass
+    if not failed_over:
+        say("    automatic failover is not available in this build"
+            + ("" if witness else " (it needs a witness)") + "; a will come back as the principal")
+    principal, other = (b, a) if failed_over else (a, b)
+
+    if failed_over:
+        step("The data is intact on the new principal (b)")
+        check_rows(b, acked)
+    step(f"Restart a: it rejoins as the {'mirror' if failed_over else 'principal'}")
+    a.start()
+    say(f"    a is back (pid {a.pid})")
+    wait_until(lambda: synchronized(cluster, principal.name, other.name), 60,
+               f"{principal.name} PRINCIPAL and {other.name} MIRROR, both SYNCHRONIZED")
+    if not failed_over:
+        step("The data is intact on the principal (a)")
+        check_rows(a, acked)
+    show_status(cluster, "a", "b")
+    return principal.name
+
+
+def goodbye(cluster: LocalCluster, principal: str, keep_running: bool) -> None:
+    step("Talk to the cluster yourself")
+    for node in cluster:
+        say(f"    node {node.name}: client {node.address}, endpoint {node.endpoint_url}, log {node.log_path}")
+    p = cluster[principal]
+    say(f"    mirrorctl -S {p.address} status")
+    say(f"    mirrorctl -S {p.address} -d {DB} -Q \"SELECT count(*) FROM items\"")
+    if keep_running:
+        record_pids(cluster)
+        say("    the nodes keep running: " + ", ".join(f"{n.name}={n.pid}" for n in cluster))
+        say(f"    stop them with: python deploy/demo.py --stop   (SIGTERMs the PIDs in {PIDS.relative_to(ROOT)})")
+    else:
+        say("    (the nodes are stopped now; run `bash deploy/demo.sh --keep-running` to keep them up)")
+
+
+# ------------------------------------------------------------------ pids
+
+
+def record_pids(cluster: LocalCluster) -> None:
+    PIDS.write_text(json.dumps({n.name: n.pid for n in cluster if n.is_running()}, indent=2))
+
+
+def _is_mirrord(pid: int) -> bool:
+    """The PID still belongs to a mirrord node (not a recycled PID)."""
+    try:
+        return b"mirrord.node" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def stop_recorded(timeout: float = 10) -> int:
+    """SIGTERM the nodes in pids.json and wait for them to exit."""
+    if not PIDS.exists():
+        say(f"no {PIDS.relative_to(ROOT)}: nothing to stop")
+        return 0
+    pids = {name: pid for name, pid in json.loads(PIDS.read_text()).items() if _is_mirrord(pid)}
+    for name, pid in pids.items():
+        say(f"SIGTERM node {name} (pid {pid})")
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(_is_mirrord(pid) for pid in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [pid for pid in pids.values() if _is_mirrord(pid)]
+    PIDS.unlink()
+    if left:
+        say(f"still running after {timeout:g} s: {left} (kill -9 them if you must)")
+        return 1
+    say("stopped")
+    return 0
+
+
+# ------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep-running", action="store_true", help="leave the nodes up at the end")
+    parser.add_argument("--stop", action="store_true", help="stop nodes left up by --keep-running")
+    args = parser.parse_args(argv)
+    if args.stop:
+        return stop_recorded()
+    stop_recorded()  # a cluster left up by an earlier --keep-running would hold the data directory
+    shutil.rmtree(DATA, ignore_errors=True)
+    DATA.mkdir(parents=True)
+    cluster = LocalCluster(DATA, names=("a", "b", "c"), first_ip=11)
+    ok = False
+    try:
+        step("Start three mirrord nodes on loopback")
+        for node in cluster:
+            say(f"$ mirrord --name {node.name} --data-dir {node.data_dir.relative_to(ROOT)} "
+                f"--endpoint {node.host}:{node.endpoint_port} --listen {node.address}")
+        cluster.start_all()
+        say("    all three answer: " + ", ".join(f"{n.name}={n.address} (pid {n.pid})" for n in cluster))
+        witness = set_up(cluster)
+        step("Mirroring status on both partners")
+        show_status(cluster, "a", "b")
+        step("Write 1,000 rows; with SAFETY FULL each commit returns once b has hardened it")
+        acked = 3 + insert_rows(cluster["a"], 4, 1000)
+        check_rows(cluster["a"], acked)
+        acked = lose_the_mirror(cluster, acked)
+        principal = lose_the_principal(cluster, acked, witness)
+        goodbye(cluster, principal, args.keep_running)
+        ok = True
+    except StepFailed as exc:
+        say(f"\nDEMO FAILED: {exc}")
+    except (ServerError, Unreachable, RuntimeError, TimeoutError, OSError) as exc:
+        say(f"\nDEMO FAILED: {type(exc).__name__}: {exc}")
+    except KeyboardInterrupt:
+        say("\ninterrupted")
+    finally:
+        if not (ok and args.keep_running):
+            cluster.stop_all()
+    if not ok:
+        say(f"node logs are in {DATA.relative_to(ROOT)}/*.log")
+        return 1
+    if cluster.tracebacks():
+        say(f"\nnote: node logs contain tracebacks: see {DATA.relative_to(ROOT)}/*.log")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""Client library over the client port: send a statement, get a Result or an error.
+
+How it works: a connection carries one request at a time. Each `query` frame
+has a fresh, increasing id; the server answers with exactly one `result` or
+`error` frame carrying that id. `_Exchange` is the pure part (build the query
+frame, check and interpret the answer); `AsyncClient` (asyncio streams) and
+`Client` (blocking sockets, for scripts and tests without an event loop) only
+move bytes.
+
+Why a timed-out or failed request closes the connection: its answer may still
+arrive later and would be taken for the answer to the next request. Errors are
+split so an application can react: `ServerError` (the server answered no, with
+a code; `NotPrincipal` names where to go), `Unreachable` (connect failed,
+connection lost, or no answer in time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from mirrord.core import messages
+from mirrord.core.types import Endpoint, ProtocolError
+from mirrord.net.framing import FrameDecoder, encode_frame, read_message
+
+STATUS_SQL = "SELECT * FROM sys.database_mirroring"
+
+
+class ClientError(Exception):
+    """Base of the errors this library raises."""
+
+
+class ServerError(ClientError):
+    """The server answered with an error frame."""
+
+    def __init__(self, code: str, message: str, principal: str | None = None) -> None:
+        super().__init__(f"[{code}] {message}")
+        self.code = code
+        self.message = message
+        self.principal = principal
+
+    @classmethod
+    def from_frame(cls, frame: dict) -> "ServerError":
+        """The ServerError subclass for the frame's code."""
+        kind = _BY_CODE.get(frame["code"], ServerError)
+        return kind(frame["code"], frame["message"], frame["principal"])
+
+
+class Refused(ServerError):
+    """The statement is not allowed now; nothing was changed."""
+
+
+class BadSyntax(ServerError):
+    """The statement does not parse."""
+
+
+class UnknownDatabase(ServerError):
+    """The node does not host that database."""
+
+
+class NotPrincipal(ServerError):
+    """The node does not serve that database; `principal` says which node does, if known."""
+
+
+class LogFull(ServerError):
+    """The database refuses writes until the mirror catches up."""
+
+
+class SqlError(ServerError):
+    """SQLite rejected the SQL."""
+
+
+_BY_CODE = {"refused": Refused, "syntax": BadSyntax, "unknown_database": UnknownDatabase,
+            "not_principal": NotPrincipal, "log_full": LogFull, "sql": SqlError}
+
+
+class Unreachable(ClientError):
+    """The server could not be reached or stopped answering."""
+
+
+class ConnectionLost(Unreachable, ConnectionError):
+    """The connection dropped while a request was in flight."""
+
+
+class QueryTimeout(Unreachable, TimeoutError):
+    """No answer within the timeout; the connection was closed."""
+
+
+@dataclass
+class Result:
+    """Rows and metadata of a successful statement."""
+
+    columns: list[str]
+    rows: list[list]
+    rowcount: int
+    lsn: int | None = None
+    epoch: int | None = None
+    message: str | None = None
+
+    def as_dicts(self) -> list[dict]:
+        """Rows as {column: value} dicts."""
+        return [dict(zip(self.columns, row)) for row in self.rows]
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """'host:port' or 'tcp://host:port' -> (host, port); ValueError if malformed."""
+    endpoint = Endpoint.parse(address)
+    return endpoint.host, endpoint.port
+
+
+class _Exchange:
+    """The pure request/answer bookkeeping of one connection."""
+
+    def __init__(self) -> None:
+        self._last_id = 0
+
+    def request(self, sql: str, db: str | None, params: Any) -> tuple[int, bytes]:
+        """A new id and the encoded query frame."""
+        self._last_id += 1
+        return self._last_id, encode_frame(messages.query(self._last_id, sql, db, params))
+
+    @staticmethod
+    def answer(request_id: int, frame: dict) -> Result:
+        """The Result of an answer frame; ServerError or ProtocolError otherwise."""
+        messages.validate(frame)
+        if frame["t"] not in ("result", "error"):
+            raise ProtocolError(f"expected a result or error frame, got {frame['t']!r}")
+        if frame["id"] != request_id:
+            raise ProtocolError(f"answer carries id {frame['id']}, expected {request_id}")
+        if frame["t"] == "error":
+            raise ServerError.from_frame(frame)
+        return Result(frame["columns"], frame["rows"], frame["rowcount"],
+                      frame["lsn"], frame["epoch"], frame["message"])
+
+
+def status_sql(db: str | None) -> str:
+    """The status query, optionally for one database."""
+    if db is None:
+        return STATUS_SQL
+    return f"{STATUS_SQL} WHERE database = '{db.replace(chr(39), chr(39) * 2)}'"
+
+
+class AsyncClient:
+    """An asyncio connection to a node's client port."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._exchange = _Exchange()
+        self._lock = asyncio.Lock()  # one request in flight
+        self._closed = False
+
+    @classmethod
+    async def connect(cls, address: str, timeout: float = 5.0) -> "AsyncClient":
+        """Connect to 'host:port' (or tcp://host:port); Unreachable on failure."""
+        host, port = parse_address(address)
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise Unreachable(f"cannot connect to {host}:{port}: {str(exc) or 'timed out'}") from exc
+        return cls(reader, writer)
+
+    async def query(self, sql: str, db: str | None = None, params: Any = None,
+                    timeout: float | None = None) -> Result:
+        """Run one statement; ServerError on an error answer, Unreachable if the link fails."""
+        async with self._lock:
+            if self._closed:
+                raise ConnectionLost("the connection is closed")
+            request_id, frame = self._exchange.request(sql, db, params)
+            try:
+                answer = await asyncio.wait_for(self._roundtrip(frame), timeout)
+                return self._exchange.answer(request_id, answer)
+            except asyncio.TimeoutError:
+                await self.close()
+                raise QueryTimeout(f"no answer within {timeout} s") from None
+            except (OSError, asyncio.IncompleteReadError) as exc:
+                await self.close()
+                raise ConnectionLost(f"connection lost: {exc}") from exc
+            except ProtocolError:
+                await self.close()
+                raise
+
+    async def _roundtrip(self, frame: bytes) -> dict:
+        """Send a frame and read the answer frame."""
+        self._writer.write(frame)
+        await self._writer.drain()
+        return await read_message(self._reader)
+
+    async def status(self, db: str | None = None) -> list[dict]:
+        """Rows of sys.database_mirroring as dicts (optionally one database)."""
+        return (await self.query(status_sql(db))).as_dicts()
+
+    async def close(self) -> None:
+        """Close the connection (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._writer.close()
+        try:
+            await self._writer.wait_closed()
+        except OSError:
+            pass  # the peer may already have reset it; closed is closed
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+class Client:
+    """A blocking connection to a node's client port (plain sockets, no event loop)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._decoder = FrameDecoder()
+        self._exchange = _Exchange()
+        self._closed = False
+
+    @classmethod
+    def connect(cls, address: str, timeout: float = 5.0) -> "Client":
+        """Connect to 'host:port' (or tcp://host:port); Unreachable on failure."""
+        host, port = parse_address(address)
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout)
+        except OSError as exc:
+            raise Unreachable(f"cannot connect to {host}:{port}: {exc}") from exc
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return cls(sock)
+
+    def query(self, sql: str, db: str | None = None, params: Any = None,
+              timeout: float | None = None) -> Result:
+        """Run one statement; ServerError on an error answer, Unreachable if the link fails."""
+        if self._closed:
+            raise ConnectionLost("the connection is closed")
+        request_id, frame = self._exchange.request(sql, db, params)
+        try:
+            self._sock.settimeout(timeout)
+            self._sock.sendall(frame)
+            return self._exchange.answer(request_id, self._receive())
+        except socket.timeout:
+            self.close()
+            raise QueryTimeout(f"no answer within {timeout} s") from None
+        except (ConnectionLost, ProtocolError):
+            self.close()
+            raise
+        except OSError as exc:
+            self.close()
+            raise ConnectionLost(f"connection lost: {exc}") from exc
+
+    def _receive(self) -> dict:
+        """Block until one whole frame has arrived."""
+        while (frame := self._decoder.next_message()) is None:
+            data = self._sock.recv(65536)
+            if not data:
+                raise ConnectionLost("the server closed the connection")
+            self._decoder.feed(data)
+        return frame
+
+    def status(self, db: str | None = None) -> list[dict]:
+        """Rows of sys.database_mirroring as dicts (optionally one database)."""
+        return self.query(status_sql(db)).as_dicts()
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            self._sock.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

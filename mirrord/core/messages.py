@@ -1,0 +1,201 @@
+"""Schemas of every wire message, and the check every received frame passes.
+
+How it works: `SCHEMAS` maps each message type ("t") to its fields, and each
+field to a small checker function. `validate(msg)` runs the checkers and raises
+`ProtocolError` naming the type and the field; it returns the message itself so
+callers can write `msg = validate(read())`. Extra keys are ignored, so a newer
+peer may add fields without breaking an older one; missing or mistyped ones
+are refused, so no handler ever sees a half-formed message.
+
+Why so strict on numbers: msgpack happily carries bools where ints are
+expected (True == 1 in Python) and ints of any size; an LSN of True or 2**70
+must not reach the core. Strings are bounded (64 KiB, SQL text 16 MiB) so a
+peer cannot make us hold large junk in names or reasons.
+
+`ENDPOINT_TYPES` and `CLIENT_TYPES` let a listener refuse messages meant for
+the other port. The small constructors build the common messages.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from mirrord.core.types import MirrordError, ProtocolError
+
+PROTOCOL_VERSION = 1
+MAX_INT = 2**63 - 1
+MAX_STR = 64 * 1024
+MAX_SQL = 16 * 1024 * 1024
+
+Checker = Callable[[Any], str | None]  # returns what was expected, or None if fine
+
+
+# ------------------------------------------------------------------ checkers
+
+
+def _int(value: Any) -> str | None:
+    """An int 0..2**63-1 (bool refused)."""
+    if type(value) is int and 0 <= value <= MAX_INT:
+        return None
+    return "an int 0..2**63-1"
+
+
+def _rowcount(value: Any) -> str | None:
+    """An int -1..2**63-1: -1 is DB-API's "not known" (DDL, SELECT)."""
+    if type(value) is int and -1 <= value <= MAX_INT:
+        return None
+    return "an int -1..2**63-1"
+
+
+def _utf8_len_within(text: str, limit: int) -> bool:
+    """True if text encodes to at most limit UTF-8 bytes; encodes only when in doubt."""
+    if len(text) * 4 <= limit:
+        return True
+    return len(text) <= limit and len(text.encode("utf-8", "surrogatepass")) <= limit
+
+
+def _text(limit: int, label: str) -> Checker:
+    """A str of at most `limit` UTF-8 bytes."""
+
+    def check(value: Any) -> str | None:
+        if isinstance(value, str) and _utf8_len_within(value, limit):
+            return None
+        return label
+
+    return check
+
+
+_str = _text(MAX_STR, "a string of at most 64 KiB")
+_sql = _text(MAX_SQL, "a string of at most 16 MiB")
+
+
+def _bool(value: Any) -> str | None:
+    """A bool."""
+    return None if isinstance(value, bool) else "a bool"
+
+
+def _bytes(value: Any) -> str | None:
+    """Binary data."""
+    return None if isinstance(value, bytes) else "bytes"
+
+
+def _list(value: Any) -> str | None:
+    """A list (msgpack arrays decode as lists)."""
+    return None if isinstance(value, list) else "a list"
+
+
+def _str_list(value: Any) -> str | None:
+    """A list of bounded strings."""
+    if isinstance(value, list) and all(_str(v) is None for v in value):
+        return None
+    return "a list of strings"
+
+
+def _rows(value: Any) -> str | None:
+    """A list of lists."""
+    if isinstance(value, list) and all(isinstance(r, list) for r in value):
+        return None
+    return "a list of lists"
+
+
+def _params(value: Any) -> str | None:
+    """SQL parameters: positional list, named dict, or None."""
+    return None if value is None or isinstance(value, (list, dict)) else "a list, a map or nil"
+
+
+def _optional(check: Checker) -> Checker:
+    """The checked type, or None."""
+
+    def optional(value: Any) -> str | None:
+        expected = check(value)
+        return None if value is None or expected is None else f"{expected} or nil"
+
+    return optional
+
+
+def _one_of(*choices: str) -> Checker:
+    """One of the given strings."""
+
+    def one_of(value: Any) -> str | None:
+        return None if value in choices and isinstance(value, str) else " or ".join(map(repr, choices))
+
+    return one_of
+
+
+_safety = _one_of("FULL", "OFF")
+
+# ------------------------------------------------------------------- schemas
+
+SCHEMAS: dict[str, dict[str, Checker]] = {
+    # mirroring endpoint, node <-> node
+    "hello": {"v": _int, "db": _str, "from_node": _str, "from_endpoint": _str, "role": _str,
+              "epoch": _int, "end_lsn": _int, "safety": _safety, "timeout": _int,
+              "suspended": _bool},
+    "welcome": {"db": _str, "epoch": _int, "hardened_lsn": _int, "hardened_epoch": _int,
+                "redo_lsn": _int, "needs_seed": _bool},
+    "refuse": {"reason": _str},
+    "log": {"records": _list, "end_lsn": _int},  # records: LogRecord.from_wire checks them
+    "ack": {"hardened_lsn": _int, "redo_lsn": _int},
+    "ping": {"seq": _int},
+    "pong": {"seq": _int},
+    "seed_begin": {"lsn": _int, "epoch": _int, "page_size": _int, "size": _int},
+    "seed_chunk": {"offset": _int, "data": _bytes},
+    "seed_end": {"crc": _int},
+    "settings": {"safety": _safety, "timeout": _int, "suspended": _bool},
+    "partner_off": {},
+    # client port
+    "query": {"id": _int, "db": _optional(_str), "sql": _sql, "params": _params},
+    "result": {"id": _int, "columns": _str_list, "rows": _rows, "rowcount": _rowcount,
+               "lsn": _optional(_int), "epoch": _optional(_int), "message": _optional(_str)},
+    "error": {"id": _int, "code": _str, "message": _str, "principal": _optional(_str)},
+}
+
+CLIENT_TYPES = frozenset({"query", "result", "error"})
+ENDPOINT_TYPES = frozenset(SCHEMAS) - CLIENT_TYPES
+
+
+def validate(msg: dict) -> dict:
+    """Check msg against its type's schema; return it, or raise ProtocolError."""
+    kind = msg.get("t")
+    schema = SCHEMAS.get(kind) if isinstance(kind, str) else None
+    if schema is None:
+        raise ProtocolError(f"unknown message type {kind!r}")
+    for name, check in schema.items():
+        if name not in msg:
+            raise ProtocolError(f"{kind} message: field {name!r} is missing")
+        expected = check(msg[name])
+        if expected is not None:
+            raise ProtocolError(f"{kind} message: field {name!r} must be {expected}; "
+                                f"got {type(msg[name]).__name__}")
+    return msg
+
+
+# -------------------------------------------------------------- constructors
+
+
+def make(kind: str, **fields: Any) -> dict:
+    """Build a message of the given type and validate it (a local check of our own sends)."""
+    return validate({"t": kind, **fields})
+
+
+def query(id: int, sql: str, db: str | None = None, params: list | dict | None = None) -> dict:
+    """A client query."""
+    return {"t": "query", "id": id, "db": db, "sql": sql, "params": params}
+
+
+def result(id: int, columns: list[str], rows: list[list], rowcount: int,
+           lsn: int | None = None, epoch: int | None = None, message: str | None = None) -> dict:
+    """The answer to a query that succeeded."""
+    return {"t": "result", "id": id, "columns": columns, "rows": rows, "rowcount": rowcount,
+            "lsn": lsn, "epoch": epoch, "message": message}
+
+
+def error(id: int, code: str, message: str, principal: str | None = None) -> dict:
+    """The answer to a query that failed."""
+    return {"t": "error", "id": id, "code": code, "message": message, "principal": principal}
+
+
+def error_from(id: int, exc: MirrordError) -> dict:
+    """The error frame for a MirrordError (its details may name the principal)."""
+    principal = exc.details.get("principal")
+    return error(id, exc.code, exc.message, None if principal is None else str(principal))

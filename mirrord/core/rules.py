@@ -1,0 +1,163 @@
+"""Which administrative statement may run now, and if not, why: pure.
+
+`refusal(session, statement)` is asked before a statement changes anything.
+It answers None (allowed) or a sentence that says what is wrong and what
+would make the statement allowed. `session` is None when the node does not
+host the database.
+"""
+
+from __future__ import annotations
+
+from mirrord.core import statements as st
+from mirrord.core.session import Session
+from mirrord.core.types import DatabaseStatus, MirroringState, Role
+
+
+def refusal(session: Session | None, stmt: object) -> str | None:
+    """Why `stmt` may not run against `session` now, or None if it may."""
+    check = _CHECKS.get(type(stmt))
+    return check(session, stmt) if check else None
+
+
+def _exists(session: Session | None, db: str) -> str | None:
+    if session is None:
+        return f"database {db} does not exist on this node"
+    return None
+
+
+def _create(session, stmt) -> str | None:
+    if session is not None:
+        return f"database {stmt.db} already exists on this node; DROP DATABASE {stmt.db} first to replace it"
+    return None
+
+
+def _drop(session, stmt) -> str | None:
+    if (why := _exists(session, stmt.db)) is not None:
+        return why
+    if session.config.partner is not None:
+        return (
+            f"database {stmt.db} is in a mirroring session (role {session.role.value}, partner {session.config.partner}); "
+            f"run ALTER DATABASE {stmt.db} SET PARTNER OFF first"
+        )
+    return None
+
+
+def _set_partner(session, stmt) -> str | None:
+    if session is None:
+        return None  # the mirror side with no copy: it will be seeded automatically
+    cfg = session.config
+    if cfg.partner is not None:
+        return (
+            f"database {stmt.db} already has partner {cfg.partner} (role {cfg.role.value}); "
+            f"run ALTER DATABASE {stmt.db} SET PARTNER OFF first"
+        )
+    if cfg.status is DatabaseStatus.ONLINE and cfg.role is Role.NONE:
+        return None  # the principal side
+    if cfg.status is DatabaseStatus.RESTORING:
+        return None  # the mirror side, prepared by RESTORE … WITH NORECOVERY
+    return f"database {stmt.db} is {cfg.status.value} with role {cfg.role.value}; it cannot start a session"
+
+
+def _on_principal(session: Session | None, db: str, what: str) -> str | None:
+    if (why := _exists(session, db)) is not None:
+        return why
+    if session.config.partner is None:
+        return f"{what} needs a mirroring session; database {db} has no partner (run SET PARTNER first)"
+    if session.role is not Role.PRINCIPAL:
+        where = f" ({session.partner_listen})" if session.partner_listen else ""
+        return f"{what} must be issued on the principal of {db}, {session.config.partner}{where}; this node is the {session.role.value.lower()}"
+    return None
+
+
+def _partner_action(session, stmt) -> str | None:
+    action = stmt.action
+    if action == "OFF":
+        if (why := _exists(session, stmt.db)) is not None:
+            return why
+        if session.config.partner is None:
+            return f"database {stmt.db} is not in a mirroring session; there is no partner to remove"
+        return None
+    if action in ("SUSPEND", "RESUME"):
+        if (why := _on_principal(session, stmt.db, f"SET PARTNER {action}")) is not None:
+            return why
+        if action == "RESUME" and not session.config.suspended:
+            return f"SET PARTNER RESUME needs a SUSPENDED session; {stmt.db} is {session.state.value}"
+        return None
+    if action == "FAILOVER":
+        if (why := _on_principal(session, stmt.db, "SET PARTNER FAILOVER")) is not None:
+            return why
+        return _manual_failover_refusal(session)
+    if action == "FORCE_SERVICE_ALLOW_DATA_LOSS":
+        return _forced_service_refusal(session, stmt.db)
+    return f"unknown partner action {action}"
+
+
+def _manual_failover_refusal(session: Session) -> str | None:
+    from mirrord.core.types import Safety
+
+    if session.config.safety is not Safety.FULL or session.state is not MirroringState.SYNCHRONIZED:
+        return (
+            "manual failover needs SAFETY FULL and SYNCHRONIZED; the session is "
+            f"SAFETY {session.config.safety.value}, {session.state.value}"
+        )
+    return "manual failover is not available in this build yet (witness and role switching are the next issue)"
+
+
+def _forced_service_refusal(session: Session | None, db: str) -> str | None:
+    if (why := _exists(session, db)) is not None:
+        return why
+    if session.role is not Role.MIRROR:
+        return f"FORCE_SERVICE_ALLOW_DATA_LOSS must be issued on the mirror; this node is {session.role.value} for {db}"
+    return "forced service is not available in this build yet (witness and role switching are the next issue)"
+
+
+def _safety_or_timeout(session, stmt) -> str | None:
+    what = "SET PARTNER SAFETY" if isinstance(stmt, st.SetSafety) else "SET PARTNER TIMEOUT"
+    return _on_principal(session, stmt.db, what)
+
+
+def _witness(session, stmt) -> str | None:
+    if (why := _on_principal(session, stmt.db, "SET WITNESS")) is not None:
+        return why
+    return "witnesses are not available in this build yet (witness and role switching are the next issue)"
+
+
+def _backup(session, stmt) -> str | None:
+    if (why := _exists(session, stmt.db)) is not None:
+        return why
+    if session.config.status is not DatabaseStatus.ONLINE:
+        return f"database {stmt.db} is {session.config.status.value} here (a mirror copy); back it up on the principal"
+    return None
+
+
+def _restore(session, stmt) -> str | None:
+    if stmt.path is not None:
+        if session is not None:
+            return f"database {stmt.db} already exists on this node; DROP DATABASE {stmt.db} first to restore over it"
+        return None
+    if (why := _exists(session, stmt.db)) is not None:
+        return why
+    cfg = session.config
+    if cfg.status is not DatabaseStatus.RESTORING:
+        return f"database {stmt.db} is already ONLINE; RESTORE … WITH RECOVERY applies to a RESTORING copy"
+    if cfg.partner is not None:
+        return (
+            f"database {stmt.db} is still the mirror in a session with {cfg.partner}; "
+            f"run ALTER DATABASE {stmt.db} SET PARTNER OFF first"
+        )
+    if not stmt.recovery:
+        return f"database {stmt.db} is already RESTORING; use WITH RECOVERY to bring it online"
+    return None
+
+
+_CHECKS = {
+    st.CreateDatabase: _create,
+    st.DropDatabase: _drop,
+    st.SetPartner: _set_partner,
+    st.PartnerAction: _partner_action,
+    st.SetSafety: _safety_or_timeout,
+    st.SetTimeout: _safety_or_timeout,
+    st.SetWitness: _witness,
+    st.BackupDatabase: _backup,
+    st.RestoreDatabase: _restore,
+}

@@ -1,0 +1,156 @@
+"""The mirroring session of one database, as one node sees it: pure and synchronous.
+
+A `Session` holds what the node has persisted about the session (`SessionConfig`:
+role, partner, witness, safety, timeout, SUSPENDED, role sequence) and what it
+currently observes (is the partner connected, has the mirror caught up, the
+LSNs). The mirroring state is *derived* from those facts, never stored, so it
+cannot drift from them:
+
+    no partner            -> NONE
+    failover under way    -> PENDING_FAILOVER   (principal only)
+    suspended             -> SUSPENDED          (persists across restarts)
+    partner not connected -> DISCONNECTED
+    mirror caught up once -> SYNCHRONIZED       (until the connection is lost)
+    otherwise             -> SYNCHRONIZING
+
+`refusal(session, statement)` decides whether an administrative statement may
+run now; it returns the reason it may not (saying what would make it allowed),
+or None. The node calls it before changing anything, so a refused statement
+changes nothing.
+
+The quorum rules (witness, automatic failover) build on these same facts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from mirrord.core.types import (
+    DatabaseStatus,
+    Epoch,
+    Lsn,
+    MirroringState,
+    NO_LSN,
+    Role,
+    Safety,
+    WitnessState,
+)
+
+DEFAULT_TIMEOUT = 10
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """What a node persists about one database and its session (meta.json)."""
+
+    db: str
+    role: Role = Role.NONE
+    status: DatabaseStatus = DatabaseStatus.ONLINE
+    partner: str | None = None  # the partner's mirroring endpoint, tcp://host:port
+    witness: str | None = None
+    safety: Safety = Safety.FULL
+    timeout: int = DEFAULT_TIMEOUT
+    suspended: bool = False
+    epoch: Epoch = 0  # role sequence
+    failover_lsn: Lsn = NO_LSN  # last LSN both partners agreed on at the last role change
+
+    def to_dict(self) -> dict:
+        """A JSON-able dict."""
+        d = self.__dict__.copy()
+        for key in ("role", "status", "safety"):
+            d[key] = d[key].value
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SessionConfig":
+        """Inverse of to_dict; unknown keys are ignored (a newer version wrote them)."""
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        known["role"] = Role(known.get("role", Role.NONE))
+        known["status"] = DatabaseStatus(known.get("status", DatabaseStatus.ONLINE))
+        known["safety"] = Safety(known.get("safety", Safety.FULL))
+        return cls(**known)
+
+    def with_(self, **changes) -> "SessionConfig":
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+
+@dataclass
+class Session:
+    """One database's session: persisted config plus what is observed now."""
+
+    config: SessionConfig
+    partner_connected: bool = False
+    caught_up: bool = False  # the mirror reached the principal's end of log on this connection
+    failover_pending: bool = False
+    witness_connected: bool = False
+    partner_listen: str | None = None  # the partner's client address, for "the principal is X"
+    end_of_log_lsn: Lsn = NO_LSN
+    hardened_lsn: Lsn = NO_LSN  # on the principal: what the mirror acknowledged
+    redo_lsn: Lsn = NO_LSN
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def db(self) -> str:
+        return self.config.db
+
+    @property
+    def role(self) -> Role:
+        return self.config.role
+
+    @property
+    def state(self) -> MirroringState:
+        """The mirroring state, derived from the facts (see the module docstring)."""
+        if self.config.partner is None:
+            return MirroringState.NONE
+        if self.failover_pending:
+            return MirroringState.PENDING_FAILOVER
+        if self.config.suspended:
+            return MirroringState.SUSPENDED
+        if not self.partner_connected:
+            return MirroringState.DISCONNECTED
+        if self.caught_up:
+            return MirroringState.SYNCHRONIZED
+        return MirroringState.SYNCHRONIZING
+
+    @property
+    def witness_state(self) -> WitnessState:
+        """CONNECTED/DISCONNECTED as this partner sees the witness; UNKNOWN with none set."""
+        if self.config.witness is None:
+            return WitnessState.UNKNOWN
+        return WitnessState.CONNECTED if self.witness_connected else WitnessState.DISCONNECTED
+
+    def commits_wait_for_mirror(self) -> bool:
+        """True when a commit may be acknowledged only after the mirror hardened it.
+
+        SAFETY FULL with the mirror connected and the session running. When the
+        mirror is lost the principal runs exposed and commits go on alone.
+        """
+        return (
+            self.role is Role.PRINCIPAL
+            and self.config.safety is Safety.FULL
+            and self.partner_connected
+            and not self.config.suspended
+        )
+
+    def streams_log(self) -> bool:
+        """True when the principal should be shipping log to the mirror."""
+        return self.role is Role.PRINCIPAL and self.config.partner is not None and not self.config.suspended
+
+    def note_ack(self, hardened: Lsn, redo: Lsn) -> None:
+        """The mirror acknowledged log hardened up to `hardened`."""
+        self.hardened_lsn = max(self.hardened_lsn, hardened)
+        self.redo_lsn = max(self.redo_lsn, redo)
+        if self.hardened_lsn >= self.end_of_log_lsn:
+            self.caught_up = True
+
+    def note_partner_lost(self) -> None:
+        """The partner connection failed (hard error or timeout)."""
+        self.partner_connected = False
+        self.caught_up = False
+
+    def note_partner_connected(self, hardened: Lsn) -> None:
+        """A partner connection was established and agreed to resume after `hardened`."""
+        self.partner_connected = True
+        self.hardened_lsn = hardened
+        self.caught_up = hardened >= self.end_of_log_lsn

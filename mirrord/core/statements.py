@@ -1,0 +1,590 @@
+"""The T-SQL-shaped administration dialect: text in, one frozen statement out.
+
+How it works: a small regex tokenizer (words, [bracketed] identifiers,
+'single-quoted' strings with '' escapes, numbers, punctuation; `--` and `/* */`
+comments count as whitespace) feeds a recursive-descent parser. `parse` first
+looks at the leading tokens only: a statement that does not start like one of
+ours (`ALTER DATABASE`, `CREATE DATABASE`, `DROP DATABASE`, `ALTER ENDPOINT`,
+`BACKUP`, `RESTORE`, `USE`, `SELECT ... FROM sys.<view>`) is returned untouched
+as `Sql` for SQLite, without tokenizing the rest, because big INSERTs pass here.
+
+Why so strict once a statement is ours: an administrative statement that is
+half understood is worse than one refused, so every deviation raises
+`StatementSyntaxError` saying what was read so far, what was expected and what
+was found. Database names become directory names, hence the narrow charset,
+inside brackets too. Keywords are case-insensitive; identifiers keep their case,
+except system view and column names, which are lower-cased as SQL Server's are.
+
+Every statement renders back to canonical text with `to_sql()`, and
+`parse(s.to_sql()) == s` (the tests check it on generated statements).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+from typing import Callable, Iterator, NamedTuple, NoReturn
+
+from mirrord.core.types import Endpoint, Safety, StatementSyntaxError
+
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+PARTNER_ACTIONS = ("FAILOVER", "FORCE_SERVICE_ALLOW_DATA_LOSS", "OFF", "RESUME", "SUSPEND")
+SYSTEM_VIEWS = ("database_mirroring", "database_mirroring_witnesses")
+MIN_TIMEOUT, MAX_TIMEOUT = 1, 3600
+_HOST = re.compile(r"[A-Za-z0-9._:-]+")
+# Column names that cannot be written bare in a select list.
+_RESERVED_COLUMNS = frozenset({"FROM"})
+
+
+# ---------------------------------------------------------------- statements
+
+
+def _quote(text: str) -> str:
+    """Render a string literal, doubling quotes."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _ident(name: str) -> str:
+    """Render an identifier, bracketed when it could be read as a keyword."""
+    return f"[{name}]" if name.upper() in _RESERVED_COLUMNS else name
+
+
+@dataclass(frozen=True)
+class CreateDatabase:
+    """CREATE DATABASE db"""
+
+    db: str
+
+    def to_sql(self) -> str:
+        """Canonical text of this statement."""
+        return f"CREATE DATABASE {self.db}"
+
+
+@dataclass(frozen=True)
+class DropDatabase:
+    """DROP DATABASE db"""
+
+    db: str
+
+    def to_sql(self) -> str:
+        """Canonical text of this statement."""
+        return f"DROP DATABASE {self.db}"
+
+
+@dataclass(frozen=True)
+class SetPartner:
+    """ALTER DATABASE db SET PARTNER = 'tcp://host:port'"""
+
+    db: str
+    endpoint: Endpoint
+
+    def to_sql(self) -> str:
+        """Canonical text of this statement."""
+        return f"ALTER DATABASE {self.db} SET PARTNER = {_quote(str(self.endpoint))}"
+
+
+@dataclass(frozen=True)
+class PartnerAction:
+    """ALTER DATABASE db SET PARTNER { FAILOVER | FORCE_SERVICE_ALLOW_DATA_LOSS | OFF | RESUME | SUSPEND }"""
+
+    db: str
+    action: str
+
+    def to_sql(self) -> str:
+        """Canonical text of this statement."""
+        return f"ALTER DATABASE {self.db} SET PARTNER {self.action}"
+
+
+@dataclass(frozen=True)
+class SetSafety:
+    """ALTER DATABASE db SET PARTNER SAFETY { FULL | OFF }"""
+
+    db: str
+    safety: Safety
+
+    def to_sql(self) -> str:
+        """Canonical text of this statement."""
+        return f"ALTER DATABASE {self.db} SET PARTNER SAFETY {self.safety.value}"
+
+
+@dataclass(frozen=True)
+class SetTimeout:
+    """ALTER DATABASE db SET PARTNER TIMEOUT seconds"""
+
+    db: str
+    seconds: int
+
+    def to_sql(self) -> str:
+        """Canonical text of this statement."""
+        return f"ALTER DATABASE {self.db} SET PARTNER TIMEOUT {self.seconds}"
+
+
+@dataclass(frozen=True)
+class SetWitness:
+    """ALTER DATABASE db SET WITNESS = 'tcp://host:port' | SET WITNESS OFF (endpoint None)"""
+
+    db: str
+    endpoint: Endpoint | None
+
+    def to_sql(self) -> str:
+        """Canonical text of this statement."""
+        target = "OFF" if self.endpoint is None else f"= {_quote(str(self.endpoint))}"
+        return f"ALTER DATABASE {self.db} SET WITNESS {target}"
+
+
+@dataclass(frozen=True)
+class AlterEndpoint:
+    """ALTER ENDPOINT name STATE = { STARTED | STOPPED }"""
+
+    name: str
+    started: bool
+
+    def to_sql(self) -> str:
+        """Canonical text of this statement."""
+        return f"ALTER ENDPOINT {self.name} STATE = {'STARTED' if self.started else 'STOPPED'}"
+
+
+@dataclass(frozen=True)
+class BackupDatabase:
+    """BACKUP DATABASE db TO DISK = 'path'"""
+
+    db: str
+    path: str
+
+    def to_sql(self) -> str:
+        """Canonical text of this statement."""
+        return f"BACKUP DATABASE {self.db} TO DISK = {_quote(self.path)}"
+
+
+@dataclass(frozen=True)
+class RestoreDatabase:
+    """RESTORE DATABASE db [FROM DISK = 'path'] WITH { NORECOVERY | RECOVERY }; no path: bring online."""
+
+    db: str
+    path: str | None
+    recovery: bool
+
+    def to_sql(self) -> str:
+        """Canonical text of this statement."""
+        source = "" if self.path is None else f" FROM DISK = {_quote(self.path)}"
+        mode = "RECOVERY" if self.recovery else "NORECOVERY"
+        return f"RESTORE DATABASE {self.db}{source} WITH {mode}"
+
+
+@dataclass(frozen=True)
+class SelectSystemView:
+    """SELECT * | col, ... FROM sys.view [WHERE database = 'x']; columns None means *."""
+
+    view: str
+    columns: tuple[str, ...] | None
+    database: str | None
+
+    def to_sql(self) -> str:
+        """Canonical text of this statement."""
+        cols = "*" if self.columns is None else ", ".join(map(_ident, self.columns))
+        where = "" if self.database is None else f" WHERE database = {_quote(self.database)}"
+        return f"SELECT {cols} FROM sys.{self.view}{where}"
+
+
+@dataclass(frozen=True)
+class UseDatabase:
+    """USE db"""
+
+    db: str
+
+    def to_sql(self) -> str:
+        """Canonical text of this statement."""
+        return f"USE {self.db}"
+
+
+@dataclass(frozen=True)
+class Sql:
+    """Anything else: SQLite SQL, passed on untouched."""
+
+    text: str
+
+    def to_sql(self) -> str:
+        """The text as given."""
+        return self.text
+
+
+Statement = (
+    CreateDatabase | DropDatabase | SetPartner | PartnerAction | SetSafety | SetTimeout
+    | SetWitness | AlterEndpoint | BackupDatabase | RestoreDatabase | SelectSystemView
+    | UseDatabase | Sql
+)
+
+
+# ----------------------------------------------------------------- tokenizer
+
+
+class _Token(NamedTuple):
+    kind: str  # word, bracket, string, number, punct, bad, end
+    text: str
+
+    def describe(self) -> str:
+        """How an error message shows this token."""
+        if self.kind == "end":
+            return "end of statement"
+        shown = self.text if len(self.text) <= 40 else self.text[:40] + "..."
+        if self.kind == "bad":
+            return f"unterminated {shown}"
+        if self.kind == "string":
+            return f"string {shown}"
+        return f"'{shown}'"
+
+
+_END = _Token("end", "")
+# Order matters: strings before words (N'x'), good forms before their
+# unterminated ("bad") forms, a single character last.
+_TOKEN = re.compile(
+    r"""
+    (?P<ws>\s+|--[^\n]*|/\*.*?\*/)
+    |(?P<string>[Nn]?'(?:[^']|'')*')
+    |(?P<word>[A-Za-z_][A-Za-z0-9_]*)
+    |(?P<bracket>\[[^\]]*\])
+    |(?P<number>\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)
+    |(?P<bad>[Nn]?'.*|\[.*|/\*.*)
+    |(?P<punct>.)
+    """,
+    re.S | re.X,
+)
+
+
+def _tokens(text: str) -> Iterator[_Token]:
+    """Tokens of text, lazily, then an endless run of end tokens."""
+    for match in _TOKEN.finditer(text):
+        if match.lastgroup != "ws":
+            yield _Token(match.lastgroup, match.group())
+    while True:
+        yield _END
+
+
+def _is_word(tok: _Token, *words: str) -> bool:
+    """True when tok is one of the given keywords (case-insensitive)."""
+    return tok.kind == "word" and tok.text.upper() in words
+
+
+def _name_of(tok: _Token) -> str | None:
+    """The identifier a word or bracket token spells, or None."""
+    if tok.kind == "word":
+        return tok.text
+    if tok.kind == "bracket":
+        return tok.text[1:-1]
+    return None
+
+
+# -------------------------------------------------------------------- parser
+
+
+class _Parser:
+    """Recursive descent over lazy tokens, remembering what it read for errors."""
+
+    def __init__(self, text: str) -> None:
+        self._toks = _tokens(text)
+        self._tok = next(self._toks)
+        self._seen: list[str] = []
+
+    def peek(self) -> _Token:
+        """The current token."""
+        return self._tok
+
+    def advance(self, shown: str, glue: bool = False) -> _Token:
+        """Consume the current token; `shown` is how error contexts print it (glued: no space)."""
+        tok, self._tok = self._tok, next(self._toks)
+        if glue and self._seen:
+            self._seen[-1] += shown
+        else:
+            self._seen.append(shown)
+        return tok
+
+    def fail(self, expected: str) -> NoReturn:
+        """Raise a syntax error: what was read, what was expected, what was found."""
+        self.refuse(f"expected {expected}; found {self._tok.describe()}")
+
+    def refuse(self, reason: str) -> NoReturn:
+        """Raise a syntax error with the context read so far."""
+        raise StatementSyntaxError(f"{' '.join(self._seen)}: {reason}")
+
+    def keyword(self, *choices: str, expected: str | None = None) -> str:
+        """Consume one of the keywords; return it upper-cased."""
+        if not _is_word(self._tok, *choices):
+            self.fail(expected or _one_of(choices))
+        word = self._tok.text.upper()
+        self.advance(word)
+        return word
+
+    def accept(self, word: str) -> bool:
+        """Consume the keyword if it is next."""
+        if _is_word(self._tok, word):
+            self.advance(word)
+            return True
+        return False
+
+    def punct(self, char: str, expected: str | None = None) -> None:
+        """Consume a punctuation character."""
+        if self._tok != _Token("punct", char):
+            self.fail(expected or char)
+        self.advance(char)
+
+    def identifier(self, what: str) -> str:
+        """Consume an identifier (bare or bracketed) with our charset."""
+        name = _name_of(self._tok)
+        if name is None:
+            self.fail(what)
+        if not IDENTIFIER.fullmatch(name):
+            self.fail(f"{what} of letters, digits and _ (not starting with a digit, "
+                      "at most 128 characters)")
+        self.advance(self._tok.text)
+        return name
+
+    def string(self, what: str) -> str:
+        """Consume a string literal; return its value."""
+        tok = self._tok
+        if tok.kind != "string":
+            self.fail(what)
+        self.advance(tok.text)
+        body = tok.text[2:-1] if tok.text[0] in "Nn" else tok.text[1:-1]
+        return body.replace("''", "'")
+
+    def integer(self, what: str) -> int:
+        """Consume a whole number."""
+        tok = self._tok
+        if tok.kind != "number" or not tok.text.isdigit():
+            self.fail(what)
+        self.advance(tok.text)
+        return int(tok.text)
+
+    def end(self) -> None:
+        """Accept an optional ';' and require the end of the text."""
+        if self._tok == _Token("punct", ";"):
+            self.advance(";")
+        if self._tok.kind != "end":
+            self.fail("end of statement")
+
+
+def _one_of(choices: tuple[str, ...]) -> str:
+    """'A, B or C'."""
+    if len(choices) == 1:
+        return choices[0]
+    return ", ".join(choices[:-1]) + " or " + choices[-1]
+
+
+def _endpoint(p: _Parser) -> Endpoint:
+    """Consume 'tcp://host:port'."""
+    text = p.string("'tcp://host:port'")
+    if not text.lower().startswith("tcp://"):
+        p.refuse(f"endpoint {_quote(text)} must be of the form 'tcp://host:port'")
+    try:
+        endpoint = Endpoint.parse(text)
+    except ValueError as exc:
+        p.refuse(str(exc))  # already quotes the text
+    if not _HOST.fullmatch(endpoint.host):
+        p.refuse(f"bad endpoint {_quote(text)}: host must be a name or an IP address")
+    return endpoint
+
+
+def _path(p: _Parser) -> str:
+    """Consume a non-empty file path string."""
+    path = p.string("'path'")
+    if not path or "\x00" in path:
+        p.refuse("the path must be non-empty and contain no NUL character")
+    return path
+
+
+# ------------------------------------------------------------ statement rules
+
+
+def _partner(p: _Parser, db: str) -> Statement:
+    """After ALTER DATABASE db SET PARTNER."""
+    tok = p.peek()
+    if tok == _Token("punct", "="):
+        p.advance("=")
+        return SetPartner(db, _endpoint(p))
+    expected = "= 'tcp://host:port', " + ", ".join(PARTNER_ACTIONS) + ", SAFETY or TIMEOUT"
+    word = p.keyword(*PARTNER_ACTIONS, "SAFETY", "TIMEOUT", expected=expected)
+    if word == "SAFETY":
+        return SetSafety(db, Safety(p.keyword("FULL", "OFF")))
+    if word == "TIMEOUT":
+        return SetTimeout(db, _timeout(p))
+    return PartnerAction(db, word)
+
+
+def _timeout(p: _Parser) -> int:
+    """Consume the PARTNER TIMEOUT seconds and check their range."""
+    seconds = p.integer(f"whole seconds {MIN_TIMEOUT}..{MAX_TIMEOUT}")
+    if not MIN_TIMEOUT <= seconds <= MAX_TIMEOUT:
+        p.refuse(f"timeout must be {MIN_TIMEOUT}..{MAX_TIMEOUT} seconds; found {seconds}")
+    return seconds
+
+
+def _witness(p: _Parser, db: str) -> SetWitness:
+    """After ALTER DATABASE db SET WITNESS."""
+    if p.accept("OFF"):
+        return SetWitness(db, None)
+    p.punct("=", expected="= 'tcp://host:port' or OFF")
+    return SetWitness(db, _endpoint(p))
+
+
+def _alter_database(p: _Parser) -> Statement:
+    """ALTER DATABASE db SET { PARTNER ... | WITNESS ... }."""
+    db = p.identifier("a database name")
+    p.keyword("SET")
+    if p.keyword("PARTNER", "WITNESS") == "PARTNER":
+        return _partner(p, db)
+    return _witness(p, db)
+
+
+def _alter_endpoint(p: _Parser) -> AlterEndpoint:
+    """ALTER ENDPOINT name STATE = STARTED | STOPPED."""
+    name = p.identifier("an endpoint name")
+    p.keyword("STATE")
+    p.punct("=")
+    return AlterEndpoint(name, p.keyword("STARTED", "STOPPED") == "STARTED")
+
+
+def _backup(p: _Parser) -> BackupDatabase:
+    """BACKUP DATABASE db TO DISK = 'path'."""
+    p.keyword("DATABASE")
+    db = p.identifier("a database name")
+    p.keyword("TO")
+    p.keyword("DISK")
+    p.punct("=")
+    return BackupDatabase(db, _path(p))
+
+
+def _restore(p: _Parser) -> RestoreDatabase:
+    """RESTORE DATABASE db [FROM DISK = 'path'] WITH NORECOVERY | RECOVERY."""
+    p.keyword("DATABASE")
+    db = p.identifier("a database name")
+    path = None
+    if _is_word(p.peek(), "FROM"):
+        p.advance("FROM")
+        p.keyword("DISK")
+        p.punct("=")
+        path = _path(p)
+        p.keyword("WITH", expected="WITH NORECOVERY or WITH RECOVERY (WITH is required: it "
+                  "says whether the copy stays RESTORING or comes online)")
+        return RestoreDatabase(db, path, p.keyword("NORECOVERY", "RECOVERY") == "RECOVERY")
+    p.keyword("WITH", expected="FROM DISK = 'path' or WITH RECOVERY")
+    p.keyword("RECOVERY", expected="RECOVERY (NORECOVERY needs FROM DISK = 'path')")
+    return RestoreDatabase(db, None, True)
+
+
+def _select(p: _Parser) -> SelectSystemView:
+    """SELECT * | col, ... FROM sys.view [WHERE database = 'x']."""
+    columns = _select_list(p)
+    p.keyword("FROM")
+    if (_name_of(p.peek()) or "").lower() != "sys":
+        p.fail("sys")
+    p.advance("sys")
+    if p.peek() != _Token("punct", "."):
+        p.fail(".")
+    p.advance(".", glue=True)
+    view = (_name_of(p.peek()) or "").lower()
+    if view not in SYSTEM_VIEWS:
+        p.fail("a system view: " + _one_of(SYSTEM_VIEWS))
+    p.advance(view, glue=True)
+    return SelectSystemView(view, columns, _where(p))
+
+
+def _select_list(p: _Parser) -> tuple[str, ...] | None:
+    """'*' (None) or a comma-separated list of column names, lower-cased."""
+    if p.peek() == _Token("punct", "*"):
+        p.advance("*")
+        return None
+    if _is_word(p.peek(), "FROM"):
+        p.fail("* or column names")
+    columns = [p.identifier("* or a column name").lower()]
+    while p.peek() == _Token("punct", ","):
+        p.advance(",")
+        columns.append(p.identifier("a column name").lower())
+    return tuple(columns)
+
+
+def _where(p: _Parser) -> str | None:
+    """Optional WHERE database = 'x' (or database_name); then the end."""
+    database = None
+    if p.accept("WHERE"):
+        column = (_name_of(p.peek()) or "").lower()
+        if column not in ("database", "database_name"):
+            p.fail("database or database_name")
+        p.advance(column)
+        p.punct("=")
+        database = p.string("'database name'")
+        if not IDENTIFIER.fullmatch(database):
+            p.refuse(f"{_quote(database)} is not a valid database name")
+    p.end()
+    return database
+
+
+Rule = Callable[["_Parser"], Statement]
+
+
+def _database_rule(make: Callable[[str], Statement]) -> Rule:
+    """A rule for `<VERB> DATABASE db` statements."""
+
+    def rule(p: _Parser) -> Statement:
+        return make(p.identifier("a database name"))
+
+    return rule
+
+
+# Leading keywords -> rule; each rule runs after these are consumed.
+_RULES: dict[tuple[str, ...], Rule] = {
+    ("ALTER", "DATABASE"): _alter_database,
+    ("ALTER", "ENDPOINT"): _alter_endpoint,
+    ("CREATE", "DATABASE"): _database_rule(CreateDatabase),
+    ("DROP", "DATABASE"): _database_rule(DropDatabase),
+    ("BACKUP",): _backup,
+    ("RESTORE",): _restore,
+    ("USE",): _database_rule(UseDatabase),
+    ("SELECT",): _select,
+}
+
+
+def _rule_for(text: str) -> tuple[tuple[str, ...], Rule] | None:
+    """The admin rule the text starts with, or None for plain SQL."""
+    first, second = (t.text.upper() if t.kind == "word" else "" for t in
+                     itertools.islice(_tokens(text), 2))
+    for key in ((first, second), (first,)):
+        if key in _RULES:
+            if key == ("SELECT",) and not _selects_system_view(text):
+                return None
+            return key, _RULES[key]
+    return None
+
+
+_SYS_HINT = re.compile(r"\bsys\b", re.I)
+
+
+def _selects_system_view(text: str) -> bool:
+    """True when a SELECT reads FROM/JOIN sys.<something>."""
+    if not _SYS_HINT.search(text):
+        return False  # cheap exit: most SELECTs never mention sys
+    window: list[_Token] = []
+    for tok in _tokens(text):
+        if tok.kind == "end":
+            return False
+        window = (window + [tok])[-3:]
+        if (len(window) == 3 and _is_word(window[0], "FROM", "JOIN")
+                and (_name_of(window[1]) or "").lower() == "sys"
+                and window[2] == _Token("punct", ".")):
+            return True
+    return False
+
+
+def parse(text: str) -> Statement:
+    """Parse one statement; raise StatementSyntaxError if an admin statement is malformed."""
+    found = _rule_for(text)
+    if found is None:
+        return Sql(text)
+    key, rule = found
+    p = _Parser(text)
+    for word in key:
+        p.keyword(word)
+    statement = rule(p)
+    if not isinstance(statement, SelectSystemView):
+        p.end()  # the SELECT rule already checked the end after its WHERE
+    return statement

@@ -1,0 +1,82 @@
+"""One database hosted on this node: its session, log, and role-specific engine."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from mirrord.core.session import Session
+from mirrord.core.types import Lsn, MirroringState
+from mirrord.mirror import MirrorDatabase
+from mirrord.principal import PrincipalDatabase
+from mirrord.storage.fileutil import atomic_write_json
+from mirrord.storage.log import DurableLog
+
+log = structlog.get_logger()
+
+
+@dataclass
+class WireStats:
+    """Bytes of log sent to the mirror, before and after lz4."""
+
+    raw: int = 0
+    wire: int = 0
+
+
+@dataclass
+class DatabaseHost:
+    """A database on this node, whatever its role."""
+
+    name: str
+    directory: Path
+    session: Session
+    log: DurableLog
+    principal: PrincipalDatabase | None = None
+    mirror: MirrorDatabase | None = None
+    sender: asyncio.Task | None = None  # principal: the link streaming to the mirror
+    inbound: asyncio.Task | None = None  # mirror: the connection from the principal
+    partner_writer: asyncio.StreamWriter | None = None  # current link, to send settings
+    principal_send_queue: int = 0  # mirror: the send queue the principal last reported
+    wire: WireStats = field(default_factory=WireStats)
+    last_state: MirroringState | None = None
+
+    def persist(self) -> None:
+        """Write the session config durably (before acting on it)."""
+        atomic_write_json(self.directory / "meta.json", self.session.config.to_dict())
+
+    def update_config(self, **changes) -> None:
+        """Change, persist, then adopt the session config."""
+        new = self.session.config.with_(**changes)
+        atomic_write_json(self.directory / "meta.json", new.to_dict())
+        self.session.config = new
+        self.note_state()
+
+    def note_state(self) -> None:
+        """Log a mirroring-state change once, with the LSNs that explain it."""
+        state = self.session.state
+        if state is not self.last_state:
+            self.last_state = state
+            log.info(
+                "mirroring_state",
+                database=self.name,
+                role=self.session.role.value,
+                role_sequence=self.session.config.epoch,
+                state=state.value,
+                lsn=self.log.last_lsn,
+                hardened_lsn=self.session.hardened_lsn,
+            )
+
+    def queue_bytes(self, after: Lsn, upto: Lsn) -> int:
+        """Log bytes in (after, upto], or 0 where the log no longer holds them."""
+        if upto <= after:
+            return 0
+        first = self.log.first_lsn
+        if first == 0:
+            return 0
+        try:
+            return self.log.bytes_between(max(after, first - 1), upto)
+        except (LookupError, ValueError, IndexError):
+            return 0

@@ -1,0 +1,432 @@
+"""Real `mirrord` processes on loopback: the one harness for tests, the demo and benchmarks.
+
+How it works: each `LocalNode` owns one loopback address (127.0.0.x; on Linux
+the whole 127/8 answers without setup), two free ports on it (the mirroring
+endpoint and the client listener) and a data directory. `start` spawns
+`python -m mirrord.node` with stdout and stderr appended to the node's log
+file and returns once the client port answers a status query. Faults are
+plain signals: `kill` (SIGKILL), `freeze`/`thaw` (SIGSTOP/SIGCONT),
+`terminate` (SIGTERM, the clean shutdown). A node keeps its address, ports and
+data directory across restarts, so partners find it again by itself.
+
+Why no sleeps: every wait is `wait_for`, which polls a predicate against a
+deadline and, on timeout, says what it was waiting for and what it last saw.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterable, TypeVar
+
+from mirrorctl.client import Client, Result, ServerError, Unreachable
+
+T = TypeVar("T")
+
+START_DEADLINE = 15.0
+QUERY_TIMEOUT = 30.0
+_PORT_FLOOR = 20000
+_TRACEBACK_LEVELS = {"critical", "exception"}
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for outgoing ports (we pick listen ports below it)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _can_bind(host: str, port: int) -> bool:
+    """True if nobody listens on host:port right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str) -> int:
+    """A TCP port that is free on host now.
+
+    Picked below the kernel's ephemeral range when possible, so that an outgoing
+    connection cannot take it while a node is down between a kill and a restart.
+    """
+    low, _ = _ephemeral_range()
+    if low - 1 > _PORT_FLOOR:
+        for _ in range(200):
+            port = random.randint(_PORT_FLOOR, low - 1)
+            if _can_bind(host, port):
+                return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.02,
+             retry_on: tuple[type[BaseException], ...] = ()) -> T:
+    """Poll predicate until it returns something truthy and return that; TimeoutError otherwise.
+
+    Exceptions of the types in `retry_on` count as "not yet" (the last one is
+    reported on timeout); any other exception propagates at once.
+    """
+    deadline = time.monotonic() + timeout
+    last: object = None
+    error: BaseException | None = None
+    while True:
+        try:
+            last, error = predicate(), None
+            if last:
+                return last  # type: ignore[return-value]
+        except retry_on as exc:
+            error = exc
+        if time.monotonic() >= deadline:
+            detail = f"; last error: {error!r}" if error is not None else ""
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}{detail}")
+        time.sleep(interval)
+
+
+def _traceback_blocks(lines: list[str]) -> Iterable[str]:
+    """Python tracebacks printed raw, and JSON log events that carry one or are critical."""
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        i += 1
+        if line.startswith("{"):
+            if _is_bad_event(line):
+                yield line
+        elif "Traceback (most recent call last)" in line or line.startswith("Fatal Python error"):
+            block = [line]
+            while i < len(lines) and (lines[i].startswith((" ", "\t")) or not lines[i].strip()):
+                block.append(lines[i])
+                i += 1
+            if i < len(lines) and not lines[i].startswith("{"):
+                block.append(lines[i])  # the "SomeError: message" line that ends it
+                i += 1
+            yield "\n".join(block)
+
+
+def _is_bad_event(line: str) -> bool:
+    """A JSON log line at level critical/exception, or with a traceback attached."""
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return False
+    if not isinstance(event, dict):
+        return False
+    if str(event.get("level", "")).lower() in _TRACEBACK_LEVELS:
+        return True
+    return "Traceback (most recent call last)" in str(event.get("exception", ""))
+
+
+class LocalNode:
+    """One `mirrord` process on a loopback address, restartable with the same identity."""
+
+    def __init__(self, name: str, host: str, data_dir: Path, log_path: Path,
+                 endpoint_port: int | None = None, listen_port: int | None = None) -> None:
+        self.name = name
+        self.host = host
+        self.data_dir = Path(data_dir)
+        self.log_path = Path(log_path)
+        self.endpoint_port = endpoint_port or free_port(host)
+        self.listen_port = listen_port or free_port(host)
+        while self.listen_port == self.endpoint_port:
+            self.listen_port = free_port(host)
+        self.proc: subprocess.Popen | None = None
+        self.frozen = False
+
+    def __repr__(self) -> str:
+        return f"LocalNode({self.name!r}, {self.address}, pid={self.proc.pid if self.proc else None})"
+
+    @property
+    def endpoint_url(self) -> str:
+        """The mirroring endpoint as partners name it: tcp://host:port."""
+        return f"tcp://{self.host}:{self.endpoint_port}"
+
+    @property
+    def address(self) -> str:
+        """The client port: host:port."""
+        return f"{self.host}:{self.listen_port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The process id while a process exists."""
+        return self.proc.pid if self.proc is not None else None
+
+    def command(self) -> list[str]:
+        """The command line that starts this node."""
+        return [sys.executable, "-m", "mirrord.node", "--name", self.name,
+                "--data-dir", str(self.data_dir),
+                "--endpoint", f"{self.host}:{self.endpoint_port}",
+                "--listen", self.address]
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self, wait: bool = True) -> None:
+        """Spawn the process; with wait, return once its client port answers a status query."""
+        if self.is_running():
+            raise RuntimeError(f"node {self.name} is already running (pid {self.proc.pid})")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            log.write(f"--- localcluster: starting {self.name}: {' '.join(self.command())}\n".encode())
+            log.flush()
+            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            # own session: a Ctrl-C meant for the test runner or the demo does not reach the node
+            self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.frozen = False
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = START_DEADLINE) -> None:
+        """Block until the client port accepts and answers a status query; fail fast if the process died."""
+        try:
+            wait_for(self._answers_status, timeout, f"node {self.name} to answer on {self.address}",
+                     interval=0.05, retry_on=(Unreachable, ServerError, OSError))
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\nlog tail ({self.log_path}):\n{self.log_tail()}") from None
+
+    def _answers_status(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            code = None if self.proc is None else self.proc.returncode
+            raise RuntimeError(f"node {self.name} exited with status {code} while starting; "
+                               f"log tail ({self.log_path}):\n{self.log_tail()}")
+        with Client.connect(self.address, timeout=1.0) as client:
+            client.query("SELECT * FROM sys.database_mirroring", timeout=2.0)
+        return True
+
+    def is_running(self) -> bool:
+        """True while the process exists (frozen counts as running)."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL and reap (no-op if not running)."""
+        if self.is_running():
+            self.proc.kill()
+            self.proc.wait()
+        self.frozen = False
+
+    def freeze(self) -> None:
+        """SIGSTOP: the process stays, its sockets stay open, nothing answers."""
+        self._signal(signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        """SIGCONT after freeze."""
+        self._signal(signal.SIGCONT)
+        self.frozen = False
+
+    def terminate(self, timeout: float = 10) -> int:
+        """SIGTERM and wait; the exit status (0 is a clean shutdown).
+
+        If the process is still there after timeout it is SIGKILLed and the
+        returned status is -9, so a test asserting a clean exit fails clearly.
+        """
+        if self.proc is None:
+            raise RuntimeError(f"node {self.name} was never started")
+        if self.is_running():
+            if self.frozen:
+                self.proc.send_signal(signal.SIGCONT)  # a stopped process would not act on SIGTERM
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.frozen = False
+        return self.proc.returncode
+
+    def restart(self) -> None:
+        """Kill if running, then start (and wait until it answers)."""
+        self.kill()
+        self.start()
+
+    def _signal(self, sig: int) -> None:
+        if not self.is_running():
+            raise RuntimeError(f"node {self.name} is not running")
+        self.proc.send_signal(sig)
+
+    # ------------------------------------------------------------ talking to it
+
+    def client(self, timeout: float = 5.0) -> Client:
+        """A new blocking connection to the client port (caller closes it)."""
+        return Client.connect(self.address, timeout=timeout)
+
+    def query(self, sql: str, db: str | None = None, params=None,
+              timeout: float | None = QUERY_TIMEOUT) -> Result:
+        """Run one statement on a one-shot connection."""
+        with self.client() as client:
+            return client.query(sql, db=db, params=params, timeout=timeout)
+
+    def statuses(self) -> list[dict]:
+        """All rows of sys.database_mirroring on this node."""
+        with self.client() as client:
+            return client.query("SELECT * FROM sys.database_mirroring", timeout=QUERY_TIMEOUT).as_dicts()
+
+    def status(self, db: str) -> dict:
+        """The status row of db; LookupError naming what the node has if there is none."""
+        rows = self.statuses()
+        for row in rows:
+            if row.get("database") == db:
+                return row
+        have = sorted(str(r.get("database")) for r in rows)
+        raise LookupError(f"node {self.name} ({self.address}) has no status row for {db!r}; it has {have}")
+
+    # ------------------------------------------------------------ logs
+
+    def log_text(self) -> str:
+        """Everything the node has written so far, across restarts."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of the log."""
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def tracebacks(self) -> list[str]:
+        """Python tracebacks in the log, and log events at level critical/exception or with a traceback."""
+        return list(_traceback_blocks(self.log_text().splitlines()))
+
+
+class LocalCluster:
+    """Named LocalNodes on 127.0.0.<first_ip + i>, each with its own data directory and log."""
+
+    def __init__(self, base_dir: Path, names: Iterable[str] = ("a", "b", "c"), first_ip: int = 11) -> None:
+        self.base_dir = Path(base_dir)
+        self.nodes: dict[str, LocalNode] = {}
+        for i, name in enumerate(names):
+            host = f"127.0.0.{first_ip + i}"
+            self.nodes[name] = LocalNode(name, host, self.base_dir / name, self.base_dir / f"{name}.log")
+
+    def __getitem__(self, name: str) -> LocalNode:
+        return self.nodes[name]
+
+    def __iter__(self):
+        return iter(self.nodes.values())
+
+    def __enter__(self) -> "LocalCluster":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop_all()
+
+    def start_all(self) -> None:
+        """Spawn every node, then wait for each (they start in parallel)."""
+        for node in self.nodes.values():
+            if not node.is_running():
+                node.start(wait=False)
+        for node in self.nodes.values():
+            node.wait_ready()
+
+    def stop_all(self, timeout: float = 10) -> None:
+        """SIGCONT the frozen, SIGTERM all, SIGKILL whoever is left after timeout; never raises."""
+        running = [n for n in self.nodes.values() if n.is_running()]
+        for node in running:
+            try:
+                if node.frozen:
+                    node.proc.send_signal(signal.SIGCONT)
+                node.proc.terminate()
+            except OSError:
+                pass  # already gone
+        deadline = time.monotonic() + timeout
+        for node in running:
+            try:
+                node.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    node.proc.kill()
+                    node.proc.wait()
+                except OSError:
+                    pass
+            except Exception:  # noqa: BLE001 - teardown must not raise
+                pass
+            node.frozen = False
+
+    def tracebacks(self) -> dict[str, list[str]]:
+        """Tracebacks per node, only for nodes that have any."""
+        found = {name: node.tracebacks() for name, node in self.nodes.items()}
+        return {name: blocks for name, blocks in found.items() if blocks}
+
+    def principal_of(self, db: str) -> LocalNode | None:
+        """The running node that reports role PRINCIPAL for db, if any."""
+        for node in self.nodes.values():
+            if node.is_running() and not node.frozen:
+                try:
+                    if node.status(db).get("role") == "PRINCIPAL":
+                        return node
+                except (LookupError, Unreachable, ServerError, OSError):
+                    continue
+        return None
+
+    # ------------------------------------------------------------ sessions
+
+    def setup_session(self, db: str, principal: str, mirror: str, witness: str | None = None,
+                      safety: str = "FULL", timeout: int | None = None, sync_timeout: float = 30) -> None:
+        """Create db on the principal if needed, pair it with the mirror, wait until SYNCHRONIZED.
+
+        The order is the reference's: SET PARTNER on the mirror (which seeds
+        itself from the principal), then on the principal, then SAFETY, TIMEOUT
+        and WITNESS on the principal. With a witness it also waits until the
+        principal sees the witness CONNECTED.
+        """
+        p, m = self.nodes[principal], self.nodes[mirror]
+        self._ensure_database(p, db)
+        m.query(f"ALTER DATABASE {db} SET PARTNER = '{p.endpoint_url}'", timeout=sync_timeout)
+        p.query(f"ALTER DATABASE {db} SET PARTNER = '{m.endpoint_url}'", timeout=sync_timeout)
+        if safety.upper() != "FULL":
+            p.query(f"ALTER DATABASE {db} SET PARTNER SAFETY {safety.upper()}")
+        if timeout is not None:
+            p.query(f"ALTER DATABASE {db} SET PARTNER TIMEOUT {int(timeout)}")
+        if witness is not None:
+            p.query(f"ALTER DATABASE {db} SET WITNESS = '{self.nodes[witness].endpoint_url}'")
+        self.wait_synchronized(db, principal, mirror, sync_timeout, witness_connected=witness is not None)
+
+    def wait_synchronized(self, db: str, principal: str, mirror: str, timeout: float = 30,
+                          witness_connected: bool = False) -> None:
+        """Both partners report SYNCHRONIZED (and, if asked, the principal sees its witness)."""
+        p, m = self.nodes[principal], self.nodes[mirror]
+
+        def synchronized() -> bool:
+            prow, mrow = p.status(db), m.status(db)
+            ok = prow["state"] == mrow["state"] == "SYNCHRONIZED"
+            return ok and (not witness_connected or prow.get("witness_state") == "CONNECTED")
+
+        try:
+            wait_for(synchronized, timeout, f"{db} SYNCHRONIZED on {principal} and {mirror}",
+                     interval=0.05, retry_on=(LookupError, Unreachable, ServerError, OSError))
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n{self._describe(db, (p, m))}") from None
+
+    @staticmethod
+    def _ensure_database(node: LocalNode, db: str) -> None:
+        """CREATE DATABASE unless the node already serves it."""
+        try:
+            node.query(f"CREATE DATABASE {db}")
+        except ServerError:
+            node.query("SELECT 1", db=db)  # exists and is served: fine; otherwise this raises why
+
+    @staticmethod
+    def _describe(db: str, nodes: Iterable[LocalNode]) -> str:
+        """Status rows and log tails, for a failure message."""
+        parts = []
+        for node in nodes:
+            try:
+                row: object = node.status(db)
+            except Exception as exc:  # noqa: BLE001 - this is diagnostics
+                row = f"<no status: {exc!r}>"
+            parts.append(f"--- {node.name} ({node.address}) status: {row}\n"
+                         f"--- {node.name} log tail:\n{node.log_tail(20)}")
+        return "\n".join(parts)

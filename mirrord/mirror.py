@@ -1,0 +1,170 @@
+"""The mirror database: harden received log, redo it into the page store.
+
+Hardening is "append to the durable log, fsync, then acknowledge": the
+acknowledged LSN is what a SAFETY FULL principal tells its clients is
+committed, so it must be on disk before it leaves this node. The redo thread
+applies only hardened records, in LSN order, whole transactions at a time, to
+`db.sqlite`, which is never opened by SQLite while this node is the mirror.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import zlib
+from pathlib import Path
+from typing import Sequence
+
+import structlog
+
+from mirrord.core.session import Session
+from mirrord.core.types import Lsn, ProtocolError
+from mirrord.storage.fileutil import atomic_write_bytes, fsync_dir
+from mirrord.storage.log import DurableLog, LogRecord
+from mirrord.storage.pagestore import PageStore, RedoThread
+
+log = structlog.get_logger()
+
+
+class MirrorDatabase:
+    """A database this node mirrors: durable log, page store, redo thread."""
+
+    def __init__(self, directory: Path, session: Session, dlog: DurableLog) -> None:
+        self.directory = directory
+        self.path = directory / "db.sqlite"
+        self.session = session
+        self.log = dlog
+        self.redo_error: BaseException | None = None
+        self._loop = asyncio.get_running_loop()
+        self._store: PageStore | None = None
+        self._redo: RedoThread | None = None
+        self._seed_tmp: Path | None = None
+        self._seed_file = None
+
+    @property
+    def hardened_lsn(self) -> Lsn:
+        """Everything up to here is on this node's disk."""
+        return self.log.last_lsn
+
+    @property
+    def redo_lsn(self) -> Lsn:
+        """Everything up to here is in the page store."""
+        return self._redo.redo_lsn if self._redo else self.log.last_lsn
+
+    def start(self) -> None:
+        """Start redo from the persisted redo LSN."""
+        _remove_sqlite_sidecars(self.path)
+        self._store = PageStore(self.path)
+        self._redo = RedoThread(
+            self.log,
+            self._store,
+            self.directory / "redo_lsn",
+            on_progress=self._on_redo_progress,
+            on_error=self._on_redo_error,
+        )
+        self._redo.start()
+        self._redo.notify(self.log.last_lsn)
+        self.session.redo_lsn = self._redo.redo_lsn
+        self.session.end_of_log_lsn = self.log.last_lsn
+
+    def _on_redo_progress(self, lsn: Lsn) -> None:
+        self._loop.call_soon_threadsafe(setattr, self.session, "redo_lsn", lsn)
+
+    def _on_redo_error(self, exc: BaseException) -> None:
+        # A partial apply must not be served: stop redo, keep the durable log,
+        # and let a restart redo from the persisted redo LSN.
+        self.redo_error = exc
+        log.critical("redo_failed", database=self.session.db, error=repr(exc))
+
+    async def harden(self, records: Sequence[LogRecord]) -> Lsn:
+        """Append received records durably; return the new hardened LSN."""
+        if not records:
+            return self.hardened_lsn
+        expected = self.log.last_lsn + 1
+        if records[0].lsn != expected:
+            raise ProtocolError(f"log block starts at LSN {records[0].lsn}, expected {expected}")
+        for prev, rec in zip(records, records[1:]):
+            if rec.lsn != prev.lsn + 1:
+                raise ProtocolError(f"log block is not contiguous at LSN {rec.lsn}")
+        await asyncio.to_thread(self._append_and_sync, records)
+        self.session.end_of_log_lsn = self.log.last_lsn
+        self._redo.notify(self.log.last_lsn)
+        return self.log.last_lsn
+
+    def _append_and_sync(self, records: Sequence[LogRecord]) -> None:
+        self.log.append(records)
+        self.log.sync()
+
+    # ---------------------------------------------------------------- seeding
+
+    def seed_begin(self) -> None:
+        """Start receiving a snapshot of the principal's database file."""
+        self._seed_tmp = self.directory / "seed.tmp"
+        self._seed_file = open(self._seed_tmp, "wb")
+
+    def seed_chunk(self, offset: int, data: bytes) -> None:
+        """Write one chunk of the snapshot."""
+        if self._seed_file is None:
+            raise ProtocolError("seed_chunk without seed_begin")
+        if offset != self._seed_file.tell():
+            raise ProtocolError(f"seed chunk at offset {offset}, expected {self._seed_file.tell()}")
+        self._seed_file.write(data)
+
+    async def seed_end(self, lsn: Lsn, epoch: int, size: int, crc: int) -> None:
+        """Verify and install the snapshot as the page store at lsn; the log restarts after it."""
+        if self._seed_file is None:
+            raise ProtocolError("seed_end without seed_begin")
+        f, self._seed_file = self._seed_file, None
+        await asyncio.to_thread(self._install_seed, f, lsn, epoch, size, crc)
+        log.info("seeded", database=self.session.db, lsn=lsn, epoch=epoch, bytes=size)
+
+    def _install_seed(self, f, lsn: Lsn, epoch: int, size: int, crc: int) -> None:
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+        data_crc = _file_crc(self._seed_tmp)
+        if self._seed_tmp.stat().st_size != size or data_crc != crc:
+            raise ProtocolError("seed snapshot does not match its size or checksum")
+        self.install_snapshot(self._seed_tmp, lsn, epoch)
+
+    def install_snapshot(self, source: Path, lsn: Lsn, epoch: int) -> None:
+        """Make source the page store at lsn (seeding, RESTORE … WITH NORECOVERY)."""
+        self.stop()
+        os.replace(source, self.path)
+        fsync_dir(self.directory)
+        atomic_write_bytes(self.directory / "redo_lsn", str(lsn).encode())
+        self.log.reset(lsn + 1, epoch)
+        self.start()
+
+    # ---------------------------------------------------------------- shutdown
+
+    async def wait_redone(self, timeout: float = 60.0) -> bool:
+        """Wait until redo has applied everything hardened."""
+        target = self.log.last_lsn
+        return await asyncio.to_thread(self._redo.wait_for, target, timeout)
+
+    def stop(self) -> None:
+        """Stop redo (persisting its LSN) and close the page store."""
+        if self._redo is not None:
+            self._redo.stop()
+            self._redo.join()
+            self._redo = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+def _file_crc(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def _remove_sqlite_sidecars(path: Path) -> None:
+    """A mirror's page store is the whole database: no stale WAL may sit beside it."""
+    for suffix in ("-wal", "-shm", "-journal"):
+        side = Path(str(path) + suffix)
+        if side.exists():
+            side.unlink()

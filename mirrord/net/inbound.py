@@ -1,0 +1,158 @@
+"""The mirror's side of the link: accept the principal, harden its log, acknowledge.
+
+The mirror reads whatever bytes have arrived, decodes every complete frame in
+them, and hardens all the log records they carry with one fsync before one
+acknowledgement: under load many principal frames share one disk flush.
+Silence longer than PARTNER TIMEOUT, like a reset, ends the connection and the
+session goes DISCONNECTED; the principal dials again when it can.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import structlog
+
+from mirrord.core import messages
+from mirrord.core.types import Endpoint, ProtocolError, Role, Safety
+from mirrord.net import framing
+from mirrord.storage.log import LogRecord
+
+if TYPE_CHECKING:
+    from mirrord.host import DatabaseHost
+    from mirrord.node import Node
+
+log = structlog.get_logger()
+
+READ_CHUNK = 1 << 20
+
+
+def refusal_for_hello(node: "Node", host: "DatabaseHost | None", hello: dict) -> str | None:
+    """Why this node will not mirror for the principal that said hello, or None."""
+    db = hello["db"]
+    if host is None:
+        return (
+            f"database {db} is not prepared on {node.name}: run ALTER DATABASE {db} SET PARTNER = "
+            f"'{hello['from_endpoint']}' on {node.name} first"
+        )
+    cfg = host.session.config
+    if host.mirror is None or cfg.role is not Role.MIRROR:
+        return f"database {db} on {node.name} is not a mirror (role {cfg.role.value})"
+    if cfg.partner is None or not _same_endpoint(cfg.partner, hello["from_endpoint"]):
+        return f"database {db} on {node.name} mirrors {cfg.partner}, not {hello['from_endpoint']}"
+    if hello["epoch"] < cfg.epoch:
+        return f"hello from role sequence {hello['epoch']}, older than this node's {cfg.epoch}"
+    return None
+
+
+def _same_endpoint(a: str, b: str) -> bool:
+    try:
+        return Endpoint.parse(a) == Endpoint.parse(b)
+    except ValueError:
+        return False
+
+
+async def serve_principal(node: "Node", host: "DatabaseHost", hello: dict, reader, writer) -> None:
+    """Run the mirror's side of one connection from the principal, until it fails."""
+    session = host.session
+    _adopt_settings(host, hello)
+    if hello["epoch"] > session.config.epoch:
+        host.update_config(epoch=hello["epoch"])
+    mirror = host.mirror
+    framing.write_message(writer, {
+        "t": "welcome", "db": host.name, "epoch": session.config.epoch,
+        "hardened_lsn": mirror.hardened_lsn, "hardened_epoch": host.log.last_epoch,
+        "redo_lsn": mirror.redo_lsn, "needs_seed": not mirror.path.exists(), "listen": node.listen_address,
+    })
+    await writer.drain()
+    session.partner_connected = True
+    session.partner_listen = hello.get("listen") if isinstance(hello.get("listen"), str) else None
+    host.partner_writer = writer
+    host.note_state()
+    log.info("principal_connected", database=host.name, role="MIRROR", role_sequence=session.config.epoch, lsn=mirror.hardened_lsn)
+    try:
+        await _receive_loop(host, reader, writer)
+    finally:
+        host.partner_writer = None
+        session.note_partner_lost()
+        host.note_state()
+
+
+async def _receive_loop(host: "DatabaseHost", reader, writer) -> None:
+    decoder = framing.FrameDecoder()
+    seed: dict | None = None
+    while True:
+        data = await asyncio.wait_for(reader.read(READ_CHUNK), host.session.config.timeout)
+        if not data:
+            raise ConnectionError("the principal closed the connection")
+        decoder.feed(data)
+        records: list[LogRecord] = []
+        while (msg := decoder.next_message()) is not None:
+            msg = messages.validate(msg)
+            seed = await _handle(host, msg, writer, records, seed)
+        if records:
+            hardened = await host.mirror.harden(records)
+            framing.write_message(writer, {"t": "ack", "hardened_lsn": hardened, "redo_lsn": host.mirror.redo_lsn})
+        await writer.drain()
+
+
+async def _handle(host: "DatabaseHost", msg: dict, writer, records: list, seed: dict | None) -> dict | None:
+    kind = msg["t"]
+    if kind == "log":
+        records.extend(LogRecord.from_wire(r) for r in msg["records"])
+        _adopt_principal_view(host, msg)
+    elif kind == "ping":
+        _adopt_principal_view(host, msg)
+        framing.write_message(writer, {"t": "pong", "seq": msg["seq"]})
+    elif kind == "settings":
+        _adopt_settings(host, msg)
+    elif kind == "seed_begin":
+        host.mirror.seed_begin()
+        return msg
+    elif kind == "seed_chunk":
+        host.mirror.seed_chunk(msg["offset"], msg["data"])
+    elif kind == "seed_end":
+        if seed is None:
+            raise ProtocolError("seed_end without seed_begin")
+        await host.mirror.seed_end(seed["lsn"], seed["epoch"], seed["size"], msg["crc"])
+        framing.write_message(writer, {"t": "ack", "hardened_lsn": seed["lsn"], "redo_lsn": seed["lsn"]})
+        return None
+    elif kind == "partner_off":
+        raise PartnerRemoved()
+    else:
+        raise ProtocolError(f"unexpected {kind} from the principal")
+    return seed
+
+
+class PartnerRemoved(Exception):
+    """The principal ended the session (SET PARTNER OFF)."""
+
+
+def _adopt_principal_view(host: "DatabaseHost", msg: dict) -> None:
+    synchronized = msg.get("synchronized")
+    if isinstance(synchronized, bool):
+        host.session.caught_up = synchronized
+    send_queue = msg.get("send_queue")
+    if isinstance(send_queue, int) and not isinstance(send_queue, bool):
+        host.principal_send_queue = send_queue
+    end = msg.get("end_lsn")
+    if isinstance(end, int) and not isinstance(end, bool):
+        host.session.hardened_lsn = host.mirror.hardened_lsn
+    host.note_state()
+
+
+def _adopt_settings(host: "DatabaseHost", msg: dict) -> None:
+    """The principal's safety, timeout and SUSPENDED flag are the session's."""
+    cfg = host.session.config
+    if msg["safety"] not in ("FULL", "OFF") or not 1 <= msg["timeout"] <= 3600:
+        raise ProtocolError(f"bad settings from the principal: safety {msg['safety']!r}, timeout {msg['timeout']!r}")
+    changes = {}
+    if msg["safety"] != cfg.safety.value:
+        changes["safety"] = Safety(msg["safety"])
+    if msg["timeout"] != cfg.timeout:
+        changes["timeout"] = msg["timeout"]
+    if msg["suspended"] != cfg.suspended:
+        changes["suspended"] = msg["suspended"]
+    if changes:
+        host.update_config(**changes)

@@ -1,0 +1,228 @@
+"""The principal's link to its mirror: handshake, seeding, log streaming, acks, pings.
+
+The principal dials the mirror's endpoint (after any failure, again, with
+backoff) and says `hello` with its end of log and role sequence. The mirror
+answers `welcome` with what it has hardened; the principal resumes from the
+next LSN, or sends a snapshot first when the mirror has no copy or the log it
+needs is gone. Then three loops share the connection until one fails:
+
+* ship: every record after the mirror's hardened LSN, batched (whatever was
+  captured while the previous frame was in flight goes in the next one),
+  lz4-compressed; never waits for acks, so commits group naturally;
+* acks: the mirror's hardened LSN releases waiting commits;
+* ping: keeps silence detectable on both sides within PARTNER TIMEOUT.
+
+A refused or reset connection is a hard error and counts at once; silence
+counts after the timeout. Either way the session goes DISCONNECTED and the
+principal runs exposed: commits stop waiting for the mirror.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import structlog
+
+from mirrord.core import messages
+from mirrord.core.types import Endpoint, ProtocolError, Role
+from mirrord.net import framing
+
+if TYPE_CHECKING:
+    from mirrord.host import DatabaseHost
+    from mirrord.node import Node
+
+log = structlog.get_logger()
+
+SHIP_BATCH_BYTES = 1 << 20
+SEED_CHUNK = 1 << 20
+BACKOFF_FIRST = 0.05
+BACKOFF_MAX = 1.0
+TRUNCATE_EVERY_ACKS = 64
+
+
+class PartnerRefused(Exception):
+    """The mirror answered `refuse`: a configuration problem, not a network one."""
+
+
+def ping_interval(timeout: int) -> float:
+    """Ping often enough that a live partner is never taken for a silent one."""
+    return max(0.1, min(1.0, timeout / 4))
+
+
+async def run_partner_link(node: "Node", host: "DatabaseHost") -> None:
+    """Keep a link to the mirror up while this node is the principal and streams log."""
+    backoff = BACKOFF_FIRST
+    while _should_stream(node, host):
+        try:
+            await _one_connection(node, host)
+            backoff = BACKOFF_FIRST
+        except asyncio.CancelledError:
+            raise
+        except PartnerRefused as exc:
+            log.warning("partner_refused", database=host.name, reason=str(exc), partner=host.session.config.partner)
+            backoff = BACKOFF_MAX
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ProtocolError, ConnectionError) as exc:
+            if host.session.partner_connected or backoff == BACKOFF_FIRST:
+                log.warning("partner_link_lost", database=host.name, error=repr(exc), role=host.session.role.value, lsn=host.log.last_lsn)
+        finally:
+            _lost(host)
+        await node.wait_endpoint_started()
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, BACKOFF_MAX)
+
+
+def _should_stream(node: "Node", host: "DatabaseHost") -> bool:
+    return host.principal is not None and host.session.role is Role.PRINCIPAL and host.session.config.partner is not None and not node.stopping
+
+
+def _lost(host: "DatabaseHost") -> None:
+    was = host.session.partner_connected
+    host.partner_writer = None
+    host.session.note_partner_lost()
+    if host.principal is not None:
+        host.principal.update_visible()  # exposed: waiting commits go on alone
+    if was:
+        host.note_state()
+
+
+async def _one_connection(node: "Node", host: "DatabaseHost") -> None:
+    cfg = host.session.config
+    ep = Endpoint.parse(cfg.partner)
+    timeout = cfg.timeout
+    reader, writer = await asyncio.wait_for(node.connect_endpoint(ep), timeout)
+    node.track_endpoint_writer(writer)
+    try:
+        framing.write_message(writer, node.hello(host))
+        welcome = messages.validate(await asyncio.wait_for(framing.read_message(reader), timeout))
+        if welcome["t"] == "refuse":
+            raise PartnerRefused(welcome["reason"])
+        if welcome["t"] != "welcome":
+            raise ProtocolError(f"expected welcome, got {welcome['t']}")
+        hardened = await _agree_resume_point(host, welcome, reader, writer)
+        host.session.partner_listen = welcome.get("listen") if isinstance(welcome.get("listen"), str) else None
+        host.session.note_partner_connected(hardened)
+        host.partner_writer = writer
+        host.principal.update_visible()
+        host.note_state()
+        log.info("partner_connected", database=host.name, role="PRINCIPAL", role_sequence=cfg.epoch, hardened_lsn=hardened, lsn=host.log.last_lsn)
+        await _run_loops(host, reader, writer, hardened + 1)
+    finally:
+        writer.close()
+        node.untrack_endpoint_writer(writer)
+
+
+async def _agree_resume_point(host: "DatabaseHost", welcome: dict, reader, writer) -> int:
+    """Decide where the mirror resumes; seed it first when it must be."""
+    hardened = welcome["hardened_lsn"]
+    end = host.log.last_lsn
+    if hardened > end:
+        raise PartnerRefused(f"the mirror has LSN {hardened}, past this principal's end of log {end}; its copy diverged")
+    if hardened and hardened >= host.log.first_lsn > 0 and host.log.epoch_at(hardened) != welcome["hardened_epoch"]:
+        raise PartnerRefused(f"the mirror's LSN {hardened} is of role sequence {welcome['hardened_epoch']}, not ours; its copy diverged")
+    log_gone = hardened < end and (host.log.first_lsn == 0 or host.log.first_lsn > hardened + 1)
+    if welcome["needs_seed"] or log_gone:
+        return await _seed(host, reader, writer)
+    return hardened
+
+
+async def _seed(host: "DatabaseHost", reader, writer) -> int:
+    """Send a consistent snapshot of the database; return the LSN it is at."""
+    tmp = host.directory / "seed-snapshot.tmp"
+    lsn, epoch = await host.principal.snapshot_to(tmp)
+    try:
+        size = tmp.stat().st_size
+        log.info("seeding_mirror", database=host.name, lsn=lsn, bytes=size, role_sequence=epoch)
+        framing.write_message(writer, {"t": "seed_begin", "lsn": lsn, "epoch": epoch, "page_size": _page_size(tmp), "size": size})
+        crc = 0
+        with open(tmp, "rb") as f:
+            offset = 0
+            while chunk := f.read(SEED_CHUNK):
+                crc = zlib.crc32(chunk, crc)
+                framing.write_message(writer, {"t": "seed_chunk", "offset": offset, "data": chunk}, compress=True)
+                offset += len(chunk)
+                await writer.drain()
+        framing.write_message(writer, {"t": "seed_end", "crc": crc})
+        await writer.drain()
+        timeout = max(host.session.config.timeout, 30)
+        while True:
+            msg = messages.validate(await asyncio.wait_for(framing.read_message(reader), timeout))
+            if msg["t"] == "ack" and msg["hardened_lsn"] >= lsn:
+                return lsn
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _page_size(path: Path) -> int:
+    with open(path, "rb") as f:
+        header = f.read(18)
+    size = int.from_bytes(header[16:18], "big") if len(header) == 18 else 4096
+    return 65536 if size == 1 else size
+
+
+async def _run_loops(host: "DatabaseHost", reader, writer, next_lsn: int) -> None:
+    tasks = [
+        asyncio.create_task(_ship(host, writer, next_lsn)),
+        asyncio.create_task(_read_acks(host, reader)),
+        asyncio.create_task(_ping(host, writer)),
+    ]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()  # re-raise the failure that ended the link
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _ship(host: "DatabaseHost", writer, next_lsn: int) -> None:
+    principal = host.principal
+    while True:
+        if host.session.config.suspended or next_lsn > host.log.last_lsn:
+            principal.new_log.clear()
+            if host.session.config.suspended or next_lsn > host.log.last_lsn:
+                await principal.new_log.wait()
+                continue
+        records = host.log.read_from(next_lsn, SHIP_BATCH_BYTES)
+        msg = {"t": "log", "records": [r.to_wire() for r in records], "end_lsn": host.log.last_lsn, **_principal_view(host)}
+        frame, raw = framing.encode_frame_sized(msg, compress=True)
+        writer.write(frame)
+        host.wire.raw += raw
+        host.wire.wire += len(frame)
+        next_lsn = records[-1].lsn + 1
+        await writer.drain()
+
+
+def _principal_view(host: "DatabaseHost") -> dict:
+    """What the mirror shows of the principal's side (the session adopts the principal's state)."""
+    s = host.session
+    return {"synchronized": s.caught_up, "send_queue": host.queue_bytes(s.hardened_lsn, host.log.last_lsn)}
+
+
+async def _read_acks(host: "DatabaseHost", reader) -> None:
+    acks = 0
+    while True:
+        msg = messages.validate(await asyncio.wait_for(framing.read_message(reader), host.session.config.timeout))
+        if msg["t"] == "ack":
+            host.session.note_ack(msg["hardened_lsn"], msg["redo_lsn"])
+            host.principal.update_visible()
+            host.note_state()
+            acks += 1
+            if acks % TRUNCATE_EVERY_ACKS == 0:
+                host.principal.truncate_log()
+        elif msg["t"] == "settings":
+            pass  # the mirror only echoes settings; the principal's are authoritative
+        elif msg["t"] != "pong":
+            raise ProtocolError(f"unexpected {msg['t']} from the mirror")
+
+
+async def _ping(host: "DatabaseHost", writer) -> None:
+    seq = 0
+    while True:
+        await asyncio.sleep(ping_interval(host.session.config.timeout))
+        seq += 1
+        framing.write_message(writer, {"t": "ping", "seq": seq, "end_lsn": host.log.last_lsn, **_principal_view(host)})
+        await writer.drain()

@@ -1,0 +1,465 @@
+"""The mirrord daemon: databases, the mirroring endpoint and the client listener.
+
+Layout on disk, under --data-dir:
+
+    databases/<db>/meta.json   the session config (role, partner, safety, SUSPENDED, role sequence)
+    databases/<db>/db.sqlite   the database (principal) or page store (mirror)
+    databases/<db>/log/        the durable log
+    databases/<db>/redo_lsn    the mirror's redo LSN
+
+Everything a node knows about its sessions is on disk before it acts on it, so
+a node killed at any instant comes back with its roles and rejoins by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from mirrord.core import messages
+from mirrord.core.session import Session, SessionConfig
+from mirrord.core.types import (
+    DatabaseStatus,
+    Endpoint,
+    MirrordError,
+    NotPrincipal,
+    ProtocolError,
+    Role,
+)
+from mirrord.host import DatabaseHost
+from mirrord.mirror import MirrorDatabase
+from mirrord.net import framing, inbound
+from mirrord.principal import PrincipalDatabase, StatementResult
+from mirrord.statements_exec import StatementExecutor
+from mirrord.storage.fileutil import atomic_write_bytes
+from mirrord.storage.log import DurableLog
+
+log = structlog.get_logger()
+
+PROTOCOL_VERSION = 1
+HELLO_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Settings of one node, from flags or a TOML file."""
+
+    name: str
+    data_dir: Path
+    endpoint: Endpoint
+    listen: Endpoint
+    endpoint_name: str = "mirroring"
+    log_size_limit: int = 1 << 30
+    log_level: str = "info"
+
+    @classmethod
+    def from_sources(cls, args: argparse.Namespace) -> "NodeConfig":
+        """Merge a TOML file (if given) with flags (flags win); validate every value."""
+        values: dict[str, Any] = {}
+        if args.config:
+            with open(args.config, "rb") as f:
+                values.update(tomllib.load(f))
+        for key in ("name", "data_dir", "endpoint", "listen", "endpoint_name", "log_size_limit_mb", "log_level"):
+            flag = getattr(args, key, None)
+            if flag is not None:
+                values[key] = flag
+        return cls._validated(values)
+
+    @classmethod
+    def _validated(cls, v: dict[str, Any]) -> "NodeConfig":
+        unknown = set(v) - {"name", "data_dir", "endpoint", "listen", "endpoint_name", "log_size_limit_mb", "log_level"}
+        if unknown:
+            raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        for key in ("name", "data_dir", "endpoint", "listen"):
+            if not isinstance(v.get(key), str) or not v[key]:
+                raise ValueError(f"setting {key!r} is required (a non-empty string)")
+        limit_mb = v.get("log_size_limit_mb", 1024)
+        if not isinstance(limit_mb, int) or isinstance(limit_mb, bool) or limit_mb < 1:
+            raise ValueError("log_size_limit_mb must be a positive integer")
+        level = v.get("log_level", "info")
+        if level not in ("debug", "info", "warning", "error"):
+            raise ValueError("log_level must be debug, info, warning or error")
+        return cls(
+            name=v["name"],
+            data_dir=Path(v["data_dir"]),
+            endpoint=Endpoint.parse(v["endpoint"]),
+            listen=Endpoint.parse(v["listen"]),
+            endpoint_name=v.get("endpoint_name", "mirroring"),
+            log_size_limit=limit_mb << 20,
+            log_level=level,
+        )
+
+
+@dataclass
+class ClientState:
+    """One client connection: its current database and identity for transactions."""
+
+    db: str | None = None
+
+
+class Node:
+    """A mirrord node."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.databases: dict[str, DatabaseHost] = {}
+        self.stopping = False
+        self._endpoint_server: asyncio.base_events.Server | None = None
+        self._client_server: asyncio.base_events.Server | None = None
+        self._endpoint_started = asyncio.Event()
+        self._endpoint_writers: set[asyncio.StreamWriter] = set()
+        self._stopped = asyncio.Event()
+        self.executor = StatementExecutor(self)
+
+    # ---------------------------------------------------------------- addresses
+
+    @property
+    def endpoint_url(self) -> str:
+        """This node's mirroring endpoint, as partners name it."""
+        return str(self.config.endpoint)
+
+    @property
+    def listen_address(self) -> str:
+        """This node's client address, host:port."""
+        return f"{self.config.listen.host}:{self.config.listen.port}"
+
+    @property
+    def databases_dir(self) -> Path:
+        return self.config.data_dir / "databases"
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Load every database, then open the endpoint and the client port."""
+        self.databases_dir.mkdir(parents=True, exist_ok=True)
+        for meta in sorted(self.databases_dir.glob("*/meta.json")):
+            await self._load(meta.parent)
+        await self.start_endpoint()
+        self._client_server = await asyncio.start_server(self._on_client, self.config.listen.host, self.config.listen.port)
+        log.info("node_started", endpoint=self.endpoint_url, listen=self.listen_address, databases=sorted(self.databases))
+
+    async def _load(self, directory: Path) -> None:
+        from mirrord.storage.fileutil import read_json
+
+        config = SessionConfig.from_dict(read_json(directory / "meta.json"))
+        host = DatabaseHost(config.db, directory, Session(config), DurableLog(directory / "log"))
+        self.databases[config.db] = host
+        await self.activate(host)
+
+    async def activate(self, host: DatabaseHost) -> None:
+        """Start the engine the host's role and status call for."""
+        cfg = host.session.config
+        if cfg.status is DatabaseStatus.ONLINE:
+            principal = PrincipalDatabase(host.directory, host.session, host.log, log_size_limit=self.config.log_size_limit)
+            await principal.open()
+            host.principal = principal
+            if cfg.role is Role.PRINCIPAL and cfg.partner is not None:
+                self.start_partner_link(host)
+        else:
+            host.mirror = MirrorDatabase(host.directory, host.session, host.log)
+            if host.mirror.path.exists():
+                host.mirror.start()
+        host.note_state()
+
+    def start_partner_link(self, host: DatabaseHost) -> None:
+        """Start (once) the principal's link to its mirror."""
+        from mirrord.net.partner import run_partner_link
+
+        if host.sender is None or host.sender.done():
+            host.sender = asyncio.create_task(run_partner_link(self, host), name=f"partner-link-{host.name}")
+
+    async def stop_partner_link(self, host: DatabaseHost) -> None:
+        """Stop the principal's link to its mirror, if any."""
+        task, host.sender = host.sender, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def stop_inbound(self, host: DatabaseHost) -> None:
+        """Close the mirror's connection from its principal, if any."""
+        task, host.inbound = host.inbound, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def deactivate(self, host: DatabaseHost) -> None:
+        """Stop everything running for a database (before dropping or re-roling it)."""
+        await self.stop_partner_link(host)
+        await self.stop_inbound(host)
+        if host.principal is not None:
+            await host.principal.close()
+            host.principal = None
+        if host.mirror is not None:
+            host.mirror.stop()
+            host.mirror = None
+
+    async def stop(self) -> None:
+        """Clean shutdown: stop listening, stop links, close databases."""
+        if self.stopping:
+            return
+        self.stopping = True
+        log.info("node_stopping")
+        if self._client_server is not None:
+            self._client_server.close()
+        await self.stop_endpoint()
+        for host in list(self.databases.values()):
+            await self.deactivate(host)
+            host.log.close()
+        self._stopped.set()
+
+    # ---------------------------------------------------------------- endpoint
+
+    async def start_endpoint(self) -> None:
+        """Open the mirroring endpoint (ALTER ENDPOINT … STATE = STARTED)."""
+        if self._endpoint_server is None:
+            self._endpoint_server = await asyncio.start_server(self._on_endpoint, self.config.endpoint.host, self.config.endpoint.port)
+        self._endpoint_started.set()
+        for host in self.databases.values():
+            if host.session.role is Role.PRINCIPAL and host.session.config.partner is not None:
+                self.start_partner_link(host)
+
+    async def stop_endpoint(self) -> None:
+        """Close the endpoint and every node-to-node connection (STATE = STOPPED)."""
+        self._endpoint_started.clear()
+        server, self._endpoint_server = self._endpoint_server, None
+        if server is not None:
+            server.close()
+        for host in self.databases.values():
+            await self.stop_partner_link(host)
+            await self.stop_inbound(host)
+        for writer in list(self._endpoint_writers):
+            writer.close()
+
+    @property
+    def endpoint_started(self) -> bool:
+        return self._endpoint_started.is_set()
+
+    async def wait_endpoint_started(self) -> None:
+        await self._endpoint_started.wait()
+
+    def track_endpoint_writer(self, writer: asyncio.StreamWriter) -> None:
+        self._endpoint_writers.add(writer)
+
+    def untrack_endpoint_writer(self, writer: asyncio.StreamWriter) -> None:
+        self._endpoint_writers.discard(writer)
+
+    async def connect_endpoint(self, ep: Endpoint):
+        """Dial another node's endpoint from this node's endpoint address.
+
+        Binding the source address makes a link between two nodes one pair of
+        addresses, so it can be cut (and watched) per pair.
+        """
+        return await asyncio.open_connection(ep.host, ep.port, local_addr=(self.config.endpoint.host, 0))
+
+    def hello(self, host: DatabaseHost) -> dict:
+        """The principal's opening message on a link to its mirror."""
+        cfg = host.session.config
+        return {
+            "t": "hello", "v": PROTOCOL_VERSION, "db": host.name, "from_node": self.name,
+            "from_endpoint": self.endpoint_url, "role": cfg.role.value, "epoch": cfg.epoch,
+            "end_lsn": host.log.last_lsn, "safety": cfg.safety.value, "timeout": cfg.timeout,
+            "suspended": cfg.suspended, "listen": self.listen_address,
+        }
+
+    async def _on_endpoint(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        self.track_endpoint_writer(writer)
+        try:
+            hello = messages.validate(await asyncio.wait_for(framing.read_message(reader), HELLO_TIMEOUT))
+            if hello["t"] != "hello":
+                raise ProtocolError(f"first frame must be hello, got {hello['t']}")
+            await self._serve_hello(hello, reader, writer)
+        except ProtocolError as exc:
+            log.warning("endpoint_frame_rejected", peer=str(peer), reason=str(exc))
+        except inbound.PartnerRemoved:
+            await self._mirror_partner_removed(hello["db"])
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError) as exc:
+            log.info("endpoint_connection_closed", peer=str(peer), reason=repr(exc))
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # a bug must close the connection, not the daemon
+            log.exception("endpoint_connection_failed", peer=str(peer))
+        finally:
+            writer.close()
+            self.untrack_endpoint_writer(writer)
+
+    async def _serve_hello(self, hello: dict, reader, writer) -> None:
+        host = self.databases.get(hello["db"])
+        reason = inbound.refusal_for_hello(self, host, hello)
+        if reason is not None:
+            log.warning("hello_refused", database=hello["db"], reason=reason)
+            framing.write_message(writer, {"t": "refuse", "reason": reason})
+            await writer.drain()
+            return
+        await self.stop_inbound(host)  # a new connection from the principal replaces the old
+        host.inbound = asyncio.current_task()
+        try:
+            await inbound.serve_principal(self, host, hello, reader, writer)
+        finally:
+            if host.inbound is asyncio.current_task():
+                host.inbound = None
+
+    async def _mirror_partner_removed(self, db: str) -> None:
+        host = self.databases.get(db)
+        if host is not None and host.session.role is Role.MIRROR:
+            host.update_config(partner=None, role=Role.NONE)
+            log.info("partner_removed_by_principal", database=db, status=host.session.config.status.value)
+
+    # ---------------------------------------------------------------- clients
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        state = ClientState()
+        owner = object()  # identifies this connection's open transaction
+        try:
+            while True:
+                msg = messages.validate(await framing.read_message(reader))
+                if msg["t"] != "query":
+                    raise ProtocolError(f"clients send query frames, not {msg['t']}")
+                framing.write_message(writer, await self._answer(state, owner, msg))
+                await writer.drain()
+        except ProtocolError as exc:
+            log.warning("client_frame_rejected", reason=str(exc))
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        finally:
+            for host in self.databases.values():
+                if host.principal is not None:
+                    await host.principal.abort_transaction(owner)
+            writer.close()
+
+    async def _answer(self, state: ClientState, owner: object, msg: dict) -> dict:
+        try:
+            result = await self.executor.run(state, owner, msg["sql"], msg["db"], msg["params"])
+        except NotPrincipal as exc:
+            return _error(msg["id"], exc, principal=exc.details.get("principal"))
+        except MirrordError as exc:
+            return _error(msg["id"], exc)
+        except Exception as exc:  # report, log, keep serving
+            log.exception("statement_failed", sql=msg["sql"][:200])
+            return {"t": "error", "id": msg["id"], "code": "internal", "message": f"internal error: {exc!r}", "principal": None}
+        epoch = None
+        if result.lsn is not None:
+            db = msg["db"] or state.db
+            epoch = self.databases[db].session.config.epoch if db in self.databases else None
+        return {
+            "t": "result", "id": msg["id"], "columns": result.columns, "rows": result.rows,
+            "rowcount": result.rowcount, "lsn": result.lsn, "epoch": epoch, "message": getattr(result, "message", None),
+        }
+
+    # ---------------------------------------------------------------- databases
+
+    def database_dir(self, db: str) -> Path:
+        return self.databases_dir / db
+
+    async def create_host(self, config: SessionConfig, snapshot: tuple[Path, int, int] | None = None) -> DatabaseHost:
+        """Create the directory and meta of a new database and activate it.
+
+        snapshot: (file, lsn, epoch) of a database image to start from (RESTORE).
+        """
+        directory = self.database_dir(config.db)
+        if directory.exists():
+            shutil.rmtree(directory)  # leftovers of an interrupted CREATE/DROP
+        directory.mkdir(parents=True)
+        host = DatabaseHost(config.db, directory, Session(config), DurableLog(directory / "log"))
+        if snapshot is not None:
+            image, lsn, epoch = snapshot
+            os.replace(image, directory / "db.sqlite")
+            host.log.reset(lsn + 1, epoch)
+            atomic_write_bytes(directory / "redo_lsn", str(lsn).encode())
+        host.persist()
+        self.databases[config.db] = host
+        await self.activate(host)
+        return host
+
+    async def drop_host(self, host: DatabaseHost) -> None:
+        """Remove a database and its files."""
+        await self.deactivate(host)
+        host.log.close()
+        del self.databases[host.name]
+        trash = host.directory.with_name(f".dropped-{host.name}-{os.getpid()}")
+        os.replace(host.directory, trash)  # one atomic step; the rest is cleanup
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def _error(request_id: int, exc: MirrordError, principal: str | None = None) -> dict:
+    return {"t": "error", "id": request_id, "code": exc.code, "message": exc.message, "principal": principal}
+
+
+# -------------------------------------------------------------------- main
+
+
+def configure_logging(name: str, level: str) -> None:
+    """JSON lines on stderr, each with the node's name and a timestamp."""
+    logging.basicConfig(stream=sys.stderr, level=getattr(logging, level.upper()), format="%(message)s")
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    structlog.contextvars.bind_contextvars(node=name)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="mirrord", description="mirrord: database mirroring node")
+    p.add_argument("--config", help="TOML file with the settings below (flags override it)")
+    p.add_argument("--name", help="node name, shown in logs and status")
+    p.add_argument("--data-dir", dest="data_dir", help="directory for databases, logs and metadata")
+    p.add_argument("--endpoint", help="mirroring endpoint HOST:PORT (node to node)")
+    p.add_argument("--listen", help="client listener HOST:PORT (mirrorctl and applications)")
+    p.add_argument("--endpoint-name", dest="endpoint_name", help="name of the endpoint for ALTER ENDPOINT (default mirroring)")
+    p.add_argument("--log-size-limit-mb", dest="log_size_limit_mb", type=int, help="log size at which writes are refused (default 1024)")
+    p.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
+    return p.parse_args(argv)
+
+
+async def serve(config: NodeConfig) -> None:
+    """Run a node until SIGTERM or SIGINT."""
+    node = Node(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(node.stop()))
+    await node.start()
+    await node._stopped.wait()
+    log.info("node_stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point."""
+    args = parse_args(argv)
+    try:
+        config = NodeConfig.from_sources(args)
+    except (ValueError, OSError, tomllib.TOMLDecodeError) as exc:
+        print(f"mirrord: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.name, config.log_level)
+    import uvloop
+
+    try:
+        uvloop.run(serve(config))
+    except OSError as exc:
+        log.error("node_failed_to_start", error=str(exc))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

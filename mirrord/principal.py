@@ -1,0 +1,426 @@
+"""The principal database: SQL in, WAL frames captured as LSN-tagged log records.
+
+How a write works. Every statement that may write runs on the single writer
+connection, under `write_lock` (SQLite admits one writer anyway). Right after
+it, in the same hop on the connection's thread, the WAL reader captures every
+transaction committed since the last capture and appends them to the durable
+log, each under the next LSN. Automatic checkpoints are off: only `_capture`
+checkpoints, after it has read everything, so no frame can be checkpointed away
+before it is in the log. After a crash, `open()` captures whatever SQLite
+committed but the log did not yet hold (the last record carries the WAL
+position it was read up to).
+
+How acknowledgement works (SAFETY FULL). `visible_lsn` is the highest LSN a
+client may learn about: the end of log, or, while commits wait for the mirror,
+the mirror's hardened LSN. No answer leaves the principal before everything the
+statement could have seen is visible: a committing client waits for its LSN, a
+reader takes its snapshot first and then waits for every commit that snapshot
+can contain. So nobody reads a commit that a failover could still take away.
+Waiting happens outside the write lock, which is what makes commits group:
+many clients' records travel to the mirror in one frame and share its fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import os
+import shutil
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import structlog
+
+from mirrord.core.session import Session
+from mirrord.core.types import LogFull, Lsn, MirrordError, StatementRefused
+from mirrord.storage.log import DurableLog, LogRecord
+from mirrord.storage.wal import WalPosition, WalReader
+
+log = structlog.get_logger()
+
+CHECKPOINT_FRAMES = 2000  # checkpoint the WAL once this many frames were captured
+READ_ONLY_PREFIXES = ("SELECT", "VALUES", "EXPLAIN", "WITH")
+READER_COUNT = 3
+WRITE_ATTEMPT_ON_READER = ("attempt to write a readonly database", "readonly database")
+# Capture depends on these: the journal mode, who checkpoints, and that every
+# page of the database lives in this one file.
+MANAGED_PRAGMAS = frozenset({"journal_mode", "wal_autocheckpoint", "wal_checkpoint", "locking_mode", "journal_size_limit", "synchronous"})
+
+
+class SqlError(MirrordError):
+    """SQLite refused the statement (syntax, constraint, …)."""
+
+    code = "sql"
+
+
+class IntegrityError(SqlError):
+    """A constraint failed."""
+
+    code = "integrity"
+
+
+@dataclass
+class StatementResult:
+    """Rows and facts of one executed statement."""
+
+    columns: list[str]
+    rows: list[list[Any]]
+    rowcount: int
+    lsn: Lsn | None = None  # commit LSN, when the statement committed a transaction
+
+
+@dataclass
+class ClientTransaction:
+    """An explicit transaction (BEGIN … COMMIT) a client holds the write lock for."""
+
+    owner: object
+
+
+def _sql_error(exc: sqlite3.Error) -> MirrordError:
+    if "not authorized" in str(exc):
+        return StatementRefused(
+            "not allowed on a mirrored database: mirrord manages the journal mode, checkpoints and "
+            "synchronous setting itself, and every page must live in the one database file (no ATTACH)"
+        )
+    if isinstance(exc, sqlite3.IntegrityError):
+        return IntegrityError(str(exc))
+    return SqlError(str(exc))
+
+
+def _in_connection_thread(conn: aiosqlite.Connection, fn, *args):
+    """Run fn(sqlite3_connection, *args) on the connection's own thread, in one hop.
+
+    aiosqlite keeps each sqlite3 connection on a thread of its own; executing a
+    statement and capturing its WAL frames in one queued call saves a thread
+    round trip per commit, which is most of the cost of a small commit.
+    """
+    return conn._execute(fn, conn._conn, *args)  # noqa: SLF001 - see docstring
+
+
+class PrincipalDatabase:
+    """A database this node serves: SQL execution, capture, acknowledgement."""
+
+    def __init__(self, directory: Path, session: Session, dlog: DurableLog, *, log_size_limit: int, log_retention: int = 64 << 20) -> None:
+        self.directory = directory
+        self.path = directory / "db.sqlite"
+        self.session = session
+        self.log = dlog
+        self.log_size_limit = log_size_limit
+        self.log_retention = log_retention
+        self.write_lock = asyncio.Lock()
+        # Held only for one execute+capture hop: a reader passing through it knows
+        # that every commit its snapshot can contain has been captured.
+        self._hop_gate = asyncio.Lock()
+        self.new_log = asyncio.Event()  # set whenever records were appended
+        self.visible_lsn: Lsn = dlog.last_lsn
+        self._waiters: list[tuple[Lsn, int, asyncio.Future]] = []
+        self._tiebreak = itertools.count()
+        self._wal = WalReader(Path(str(self.path) + "-wal"))
+        self._wal_pos: WalPosition | None = None
+        self._writer: aiosqlite.Connection | None = None
+        self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
+        self._reader_list: list[aiosqlite.Connection] = []
+        self._txn_owner: object | None = None
+        self._internal = False  # set while mirrord itself runs a managed PRAGMA
+        self.closed = False
+
+    # ---------------------------------------------------------------- lifecycle
+
+    @property
+    def end_lsn(self) -> Lsn:
+        """The last LSN in the log (end of log)."""
+        return self.log.last_lsn
+
+    async def open(self) -> None:
+        """Open the SQLite database and capture what a crash left uncaptured."""
+        self._wal_pos = self._last_wal_position()
+        self._writer = await aiosqlite.connect(self.path, isolation_level=None)
+        await _in_connection_thread(self._writer, self._configure_writer)
+        records = await _in_connection_thread(self._writer, self._capture)
+        if records:
+            log.info("captured_after_restart", database=self.session.db, records=len(records), lsn=self.end_lsn)
+        for _ in range(READER_COUNT):
+            reader = await aiosqlite.connect(self.path, isolation_level=None)
+            await reader.execute("PRAGMA query_only=ON")  # a write attempt fails; it is retried on the writer
+            await reader.execute("PRAGMA busy_timeout=5000")
+            await reader.set_authorizer(self._authorize)
+            self._reader_list.append(reader)
+            self._readers.put_nowait(reader)
+        self.session.end_of_log_lsn = self.end_lsn
+        self.update_visible()
+
+    def _last_wal_position(self) -> WalPosition | None:
+        last = self.log.get(self.log.last_lsn) if self.log.last_lsn else None
+        if last is None or not last.wal:
+            return None
+        return WalPosition.from_dict(last.wal)
+
+    async def close(self) -> None:
+        """Close readers, then the writer (SQLite checkpoints everything captured)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.fail_waiters(StatementRefused("the database is closing on this node; reconnect"))
+        await self.mark_transactions_aborted()
+        async with self.write_lock:
+            for reader in self._reader_list:
+                await reader.close()
+            if self._writer is not None:
+                await _in_connection_thread(self._writer, self._capture)
+                await self._writer.close()
+
+    # ---------------------------------------------------------------- capture
+
+    def _capture(self, conn: sqlite3.Connection) -> list[LogRecord]:
+        """Append every newly committed WAL transaction to the log (writer thread)."""
+        txns, pos = self._wal.read_committed(self._wal_pos)
+        if not txns:
+            return []
+        lsn, epoch = self.log.last_lsn, self.session.config.epoch
+        records = []
+        for i, txn in enumerate(txns, start=1):
+            wal = pos.to_dict() if i == len(txns) else None
+            records.append(LogRecord(lsn + i, epoch, txn.db_size, txn.page_size, txn.pages, wal))
+        self.log.append(records)
+        self._wal_pos = pos
+        if pos.frame_count >= CHECKPOINT_FRAMES:
+            # PASSIVE never waits for readers (one may be waiting for the mirror
+            # while it holds a snapshot); once complete, SQLite restarts the WAL
+            # with new salts at the next write and the reader follows.
+            self._checkpoint(conn, "PASSIVE")
+        return records
+
+    def _checkpoint(self, conn: sqlite3.Connection, mode: str) -> bool:
+        """Checkpoint the captured WAL into the database file; True if all of it went in."""
+        self.log.sync()  # the log holds what the WAL held, before the WAL is reused
+        self._internal = True
+        try:
+            busy, wal_frames, done = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        finally:
+            self._internal = False
+        return busy == 0 and wal_frames == done
+
+    def _configure_writer(self, conn: sqlite3.Connection) -> None:
+        self._internal = True
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise RuntimeError(f"could not put the database in WAL mode (got {mode})")
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # only _capture checkpoints
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA journal_size_limit=67108864")
+            conn.execute("PRAGMA busy_timeout=5000")
+        finally:
+            self._internal = False
+        conn.set_authorizer(self._authorize)
+
+    def _authorize(self, action: int, arg1, arg2, dbname, source) -> int:
+        """Refuse what would break capture: managed PRAGMAs, ATTACH, DETACH."""
+        if self._internal:
+            return sqlite3.SQLITE_OK
+        if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() in MANAGED_PRAGMAS and arg2 is not None:
+            return sqlite3.SQLITE_DENY
+        if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() in ("wal_checkpoint", "journal_mode", "locking_mode"):
+            return sqlite3.SQLITE_DENY
+        if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
+            return sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK
+
+    # ---------------------------------------------------------------- visibility
+
+    def update_visible(self) -> None:
+        """Recompute visible_lsn after an ack, a capture or a session change."""
+        end = self.end_lsn
+        self.session.end_of_log_lsn = end
+        target = min(end, self.session.hardened_lsn) if self.session.commits_wait_for_mirror() else end
+        if target > self.visible_lsn:
+            self.visible_lsn = target
+        while self._waiters and self._waiters[0][0] <= self.visible_lsn:
+            _, _, fut = heapq.heappop(self._waiters)
+            if not fut.done():
+                fut.set_result(None)
+
+    async def wait_visible(self, lsn: Lsn) -> None:
+        """Wait until lsn may be shown to a client (hardened on the mirror, or exposed)."""
+        if lsn <= self.visible_lsn:
+            return
+        fut = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (lsn, next(self._tiebreak), fut))
+        await fut
+
+    def fail_waiters(self, exc: Exception) -> None:
+        """Wake every waiter with an error (the database stops being served here)."""
+        while self._waiters:
+            _, _, fut = heapq.heappop(self._waiters)
+            if not fut.done():
+                fut.set_exception(exc)
+
+    def retained_floor(self) -> Lsn:
+        """The lowest LSN the log must keep: the mirror still needs what it has not hardened."""
+        if self.session.config.partner is not None:
+            return self.session.hardened_lsn + 1
+        if self.log.size_bytes > self.log_retention:
+            return self.end_lsn + 1
+        return 0
+
+    def truncate_log(self) -> None:
+        """Drop whole log segments nobody needs any more."""
+        floor = self.retained_floor()
+        if floor > self.log.first_lsn:
+            self.log.truncate_before(floor)
+
+    # ---------------------------------------------------------------- SQL
+
+    async def execute(self, owner: object, sql: str, params: Any) -> StatementResult:
+        """Run one SQL statement for a client (owner identifies its connection)."""
+        if self.closed:
+            raise StatementRefused("the database is not being served on this node any more; reconnect")
+        if self._txn_owner is owner:
+            return await self._execute_in_transaction(owner, sql, params)
+        if sql.lstrip().upper().startswith(READ_ONLY_PREFIXES):
+            try:
+                return await self._execute_read(sql, params)
+            except SqlError as exc:
+                if not any(m in exc.message for m in WRITE_ATTEMPT_ON_READER):
+                    raise
+        return await self._execute_write(owner, sql, params)
+
+    async def _execute_read(self, sql: str, params: Any) -> StatementResult:
+        reader = await self._readers.get()
+        try:
+            await reader.execute("BEGIN")
+            try:
+                # The snapshot is taken at the first read; every commit it can
+                # contain is captured once the hop gate is free, so waiting for
+                # end_lsn covers them all.
+                await (await reader.execute("SELECT 1 FROM sqlite_schema LIMIT 1")).fetchall()
+                async with self._hop_gate:
+                    seen = self.end_lsn
+                await self.wait_visible(seen)
+                return await _in_connection_thread(reader, _run, sql, params)
+            finally:
+                await reader.execute("COMMIT")
+        finally:
+            self._readers.put_nowait(reader)
+
+    def _check_log_space(self) -> None:
+        if self.session.config.partner is not None and self.log.size_bytes > self.log_size_limit:
+            raise LogFull(
+                f"the log of {self.session.db} is full ({self.log.size_bytes} bytes, limit {self.log_size_limit}): "
+                f"the mirror {self.session.config.partner} has hardened only up to LSN {self.session.hardened_lsn}; "
+                "writes resume when the mirror catches up, or after SET PARTNER OFF"
+            )
+
+    async def _execute_write(self, owner: object, sql: str, params: Any) -> StatementResult:
+        self._check_log_space()
+        await self.write_lock.acquire()
+        try:
+            result, records, in_txn = await self._hop(sql, params)
+        except BaseException:
+            if self._writer.in_transaction:
+                await self._writer.execute("ROLLBACK")
+            self.write_lock.release()
+            raise
+        if in_txn:
+            self._txn_owner = owner  # keep the lock: the client opened a transaction
+            return await self._finish(result, records, wait_for=self.end_lsn)
+        self.write_lock.release()
+        return await self._finish(result, records, wait_for=self.end_lsn)
+
+    async def _execute_in_transaction(self, owner: object, sql: str, params: Any) -> StatementResult:
+        try:
+            result, records, in_txn = await self._hop(sql, params)
+        except MirrordError:
+            if not self._writer.in_transaction:
+                self._end_transaction()
+            raise
+        if not in_txn:
+            self._end_transaction()
+        return await self._finish(result, records, wait_for=self.end_lsn)
+
+    def _end_transaction(self) -> None:
+        self._txn_owner = None
+        self.write_lock.release()
+
+    async def _finish(self, result: StatementResult, records: list[LogRecord], wait_for: Lsn) -> StatementResult:
+        if records:
+            result.lsn = records[-1].lsn
+        await self.wait_visible(wait_for)
+        return result
+
+    async def _hop(self, sql: str, params: Any):
+        """Execute on the writer and capture; raise the statement's error after noting its records."""
+        async with self._hop_gate:
+            outcome, records, in_txn = await _in_connection_thread(self._writer, self._run_and_capture, sql, params)
+        if records:
+            self.new_log.set()
+            self.update_visible()
+        if isinstance(outcome, MirrordError):
+            raise outcome
+        return outcome, records, in_txn
+
+    def _run_and_capture(self, conn: sqlite3.Connection, sql: str, params: Any):
+        try:
+            outcome = _run(conn, sql, params)
+        except MirrordError as exc:
+            outcome = exc
+        return outcome, self._capture(conn), conn.in_transaction
+
+    async def abort_transaction(self, owner: object) -> None:
+        """Roll back the open transaction of a client that went away."""
+        if self._txn_owner is not owner:
+            return
+        try:
+            await self._writer.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        self._end_transaction()
+
+    # ---------------------------------------------------------------- snapshots
+
+    async def snapshot_to(self, dest: Path) -> tuple[Lsn, int]:
+        """Copy a consistent image of the database file to dest; return (lsn, epoch) it is at.
+
+        Under the write lock nothing commits; a TRUNCATE checkpoint puts every
+        captured frame into the file, so the file is exactly the database at
+        end_lsn, page for page.
+        """
+        async with self.write_lock:
+            for attempt in range(200):
+                done = await _in_connection_thread(self._writer, self._capture_and_checkpoint)
+                if done:
+                    break
+                await asyncio.sleep(0.01 * min(attempt + 1, 10))  # readers still on the old WAL
+            else:
+                raise StatementRefused("could not checkpoint for a snapshot: readers kept the WAL busy; try again")
+            await asyncio.to_thread(_copy_durably, self.path, dest)
+            return self.end_lsn, self.session.config.epoch
+
+    def _capture_and_checkpoint(self, conn: sqlite3.Connection) -> bool:
+        self._capture(conn)
+        return self._checkpoint(conn, "TRUNCATE")
+
+    async def mark_transactions_aborted(self) -> None:
+        """Roll back a client transaction in progress (role change, SET PARTNER OFF)."""
+        if self._txn_owner is not None:
+            await self.abort_transaction(self._txn_owner)
+
+
+def _run(conn: sqlite3.Connection, sql: str, params: Any) -> StatementResult:
+    try:
+        cur = conn.execute(sql, params if params is not None else ())
+        rows = [list(r) for r in cur.fetchall()]
+    except sqlite3.Error as exc:
+        raise _sql_error(exc) from None
+    columns = [d[0] for d in cur.description] if cur.description else []
+    return StatementResult(columns, rows, cur.rowcount)
+
+
+def _copy_durably(src: Path, dest: Path) -> None:
+    shutil.copyfile(src, dest)
+    with open(dest, "rb+") as f:
+        os.fsync(f.fileno())

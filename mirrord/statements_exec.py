@@ -1,0 +1,344 @@
+"""Carrying out statements: parse, ask the rules, then act (persisting first).
+
+Every administrative statement goes through `core.rules.refusal` before it
+touches anything, so a refused statement changes nothing. SQL goes to the
+principal engine of the database, or is refused with the principal's address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+import structlog
+
+from mirrord.core import statements as st
+from mirrord.core.rules import refusal
+from mirrord.core.session import SessionConfig
+from mirrord.core.types import (
+    DatabaseStatus,
+    Endpoint,
+    NotPrincipal,
+    ProtocolError,
+    Role,
+    StatementRefused,
+    UnknownDatabase,
+)
+from mirrord.net import framing
+from mirrord.core import messages
+from mirrord.principal import StatementResult
+
+if TYPE_CHECKING:
+    from mirrord.host import DatabaseHost
+    from mirrord.node import ClientState, Node
+
+log = structlog.get_logger()
+
+BACKUP_MAGIC = b"MIRRORD-BACKUP\x01"
+
+STATUS_COLUMNS = [
+    "database", "role", "state", "safety", "partner", "witness", "witness_state", "role_sequence",
+    "failover_lsn", "end_of_log_lsn", "hardened_lsn", "redo_lsn", "send_queue_bytes", "redo_queue_bytes",
+    "timeout", "status", "partner_address", "log_bytes", "log_bytes_sent_raw", "log_bytes_sent_wire",
+]
+WITNESS_COLUMNS = ["database", "principal", "mirror", "role_sequence", "safety", "principal_connected", "mirror_connected"]
+
+
+def _message(text: str) -> StatementResult:
+    result = StatementResult([], [], -1)
+    result.message = text  # type: ignore[attr-defined]
+    return result
+
+
+class StatementExecutor:
+    """Runs one statement from a client against the node."""
+
+    def __init__(self, node: "Node") -> None:
+        self.node = node
+
+    async def run(self, state: "ClientState", owner: object, sql: str, db: str | None, params: Any) -> StatementResult:
+        """Parse and run sql; raise a MirrordError subclass when it is refused."""
+        stmt = st.parse(sql)
+        if isinstance(stmt, st.Sql):
+            return await self._sql(owner, stmt.text, db or state.db, params)
+        if isinstance(stmt, st.UseDatabase):
+            self._host(stmt.db)
+            state.db = stmt.db
+            return _message(f"database context changed to {stmt.db}")
+        if isinstance(stmt, st.SelectSystemView):
+            return self._system_view(stmt)
+        if isinstance(stmt, st.AlterEndpoint):
+            return await self._alter_endpoint(stmt)
+        host = self.node.databases.get(stmt.db)
+        why = refusal(host.session if host else None, stmt)
+        if why is not None:
+            raise StatementRefused(why)
+        handler = getattr(self, f"_do_{type(stmt).__name__}")
+        result = await handler(host, stmt)
+        log.info("statement_done", database=stmt.db, statement=type(stmt).__name__, detail=result.message)
+        return result
+
+    def _host(self, db: str | None) -> "DatabaseHost":
+        if db is None:
+            raise StatementRefused("no database selected: pass -d DB, or run USE db first")
+        host = self.node.databases.get(db)
+        if host is None:
+            raise UnknownDatabase(f"database {db} does not exist on this node ({self.node.name})")
+        return host
+
+    # ---------------------------------------------------------------- SQL
+
+    async def _sql(self, owner: object, sql: str, db: str | None, params: Any) -> StatementResult:
+        host = self._host(db)
+        if host.principal is None:
+            cfg = host.session.config
+            if cfg.role is Role.MIRROR:
+                principal = host.session.partner_listen or cfg.partner
+                raise NotPrincipal(
+                    f"database {db} is the mirror on {self.node.name}; send SQL to the principal, {principal}",
+                    principal=principal,
+                )
+            raise StatementRefused(f"database {db} is RESTORING; RESTORE DATABASE {db} WITH RECOVERY brings it online")
+        return await host.principal.execute(owner, sql, params)
+
+    # ---------------------------------------------------------------- databases
+
+    async def _do_CreateDatabase(self, host, stmt) -> StatementResult:
+        await self.node.create_host(SessionConfig(stmt.db))
+        return _message(f"database {stmt.db} created")
+
+    async def _do_DropDatabase(self, host, stmt) -> StatementResult:
+        await self.node.drop_host(host)
+        return _message(f"database {stmt.db} dropped")
+
+    # ---------------------------------------------------------------- partner
+
+    async def _do_SetPartner(self, host, stmt) -> StatementResult:
+        url = str(stmt.endpoint)
+        if stmt.endpoint == self.node.config.endpoint:
+            raise StatementRefused(f"{url} is this node's own endpoint; name the other partner's endpoint")
+        if host is None:
+            await self.node.create_host(SessionConfig(stmt.db, role=Role.MIRROR, status=DatabaseStatus.RESTORING, partner=url))
+            return _message(f"{stmt.db} is the mirror of {url}; it will be seeded when the principal connects")
+        if host.session.config.status is DatabaseStatus.RESTORING:
+            host.update_config(role=Role.MIRROR, partner=url)
+            return _message(f"{stmt.db} is the mirror of {url}")
+        await self._probe_mirror(host, stmt.endpoint)
+        host.update_config(role=Role.PRINCIPAL, partner=url, epoch=max(host.session.config.epoch, 1))
+        self.node.start_partner_link(host)
+        return _message(f"{stmt.db} is the principal; mirroring to {url}")
+
+    async def _probe_mirror(self, host: "DatabaseHost", endpoint: Endpoint) -> None:
+        """Check the mirror is prepared before the principal commits to the session."""
+        hello = self.node.hello(host)
+        hello.update(role=Role.PRINCIPAL.value, epoch=max(host.session.config.epoch, 1))
+        try:
+            reader, writer = await asyncio.wait_for(self.node.connect_endpoint(endpoint), 5)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise StatementRefused(f"cannot reach the mirror's endpoint {endpoint}: {exc!r}; start it, or check the address") from None
+        try:
+            framing.write_message(writer, hello)
+            answer = messages.validate(await asyncio.wait_for(framing.read_message(reader), 5))
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ProtocolError) as exc:
+            raise StatementRefused(f"the mirror's endpoint {endpoint} did not answer: {exc!r}") from None
+        finally:
+            writer.close()
+        if answer["t"] == "refuse":
+            raise StatementRefused(f"the mirror refused: {answer['reason']}")
+
+    async def _do_PartnerAction(self, host, stmt) -> StatementResult:
+        return await getattr(self, f"_partner_{stmt.action.lower()}")(host)
+
+    async def _partner_off(self, host: "DatabaseHost") -> StatementResult:
+        if host.session.role is Role.PRINCIPAL:
+            self._tell_partner(host, {"t": "partner_off"})
+            if host.partner_writer is not None:
+                await host.partner_writer.drain()
+            host.update_config(partner=None, role=Role.NONE, suspended=False)
+            await self.node.stop_partner_link(host)
+            host.session.note_partner_lost()
+            host.principal.update_visible()
+            return _message(f"mirroring of {host.name} removed; it is a standalone database")
+        host.update_config(partner=None, role=Role.NONE, suspended=False)
+        await self.node.stop_inbound(host)
+        return _message(f"mirroring of {host.name} removed; the copy stays RESTORING until RESTORE DATABASE {host.name} WITH RECOVERY")
+
+    async def _partner_suspend(self, host: "DatabaseHost") -> StatementResult:
+        host.update_config(suspended=True)
+        self._send_settings(host)
+        host.principal.update_visible()  # commits stop waiting for the mirror
+        return _message(f"mirroring of {host.name} SUSPENDED; the log grows until RESUME")
+
+    async def _partner_resume(self, host: "DatabaseHost") -> StatementResult:
+        host.update_config(suspended=False)
+        host.session.caught_up = host.session.partner_connected and host.session.hardened_lsn >= host.log.last_lsn
+        self._send_settings(host)
+        host.principal.new_log.set()
+        host.note_state()
+        return _message(f"mirroring of {host.name} resumed")
+
+    async def _do_SetSafety(self, host, stmt) -> StatementResult:
+        host.update_config(safety=stmt.safety)
+        self._send_settings(host)
+        host.principal.update_visible()
+        return _message(f"{host.name}: SAFETY {stmt.safety.value}")
+
+    async def _do_SetTimeout(self, host, stmt) -> StatementResult:
+        host.update_config(timeout=stmt.seconds)
+        self._send_settings(host)
+        return _message(f"{host.name}: PARTNER TIMEOUT {stmt.seconds} s")
+
+    def _send_settings(self, host: "DatabaseHost") -> None:
+        cfg = host.session.config
+        self._tell_partner(host, {"t": "settings", "safety": cfg.safety.value, "timeout": cfg.timeout, "suspended": cfg.suspended})
+
+    @staticmethod
+    def _tell_partner(host: "DatabaseHost", msg: dict) -> None:
+        if host.partner_writer is not None and not host.partner_writer.is_closing():
+            framing.write_message(host.partner_writer, msg)
+
+    async def _do_SetWitness(self, host, stmt) -> StatementResult:  # refused by the rules for now
+        raise StatementRefused("witnesses are not available in this build yet")
+
+    # ---------------------------------------------------------------- endpoint
+
+    async def _alter_endpoint(self, stmt) -> StatementResult:
+        if stmt.name.lower() != self.node.config.endpoint_name.lower():
+            raise StatementRefused(f"this node has no endpoint named {stmt.name}; its endpoint is {self.node.config.endpoint_name}")
+        if stmt.started:
+            await self.node.start_endpoint()
+            return _message(f"endpoint {stmt.name} STARTED on {self.node.endpoint_url}")
+        await self.node.stop_endpoint()
+        return _message(f"endpoint {stmt.name} STOPPED; every mirroring connection of this node is closed")
+
+    # ---------------------------------------------------------------- backup / restore
+
+    async def _do_BackupDatabase(self, host, stmt) -> StatementResult:
+        dest = Path(stmt.path)
+        tmp = host.directory / "backup-snapshot.tmp"
+        try:
+            lsn, epoch = await host.principal.snapshot_to(tmp)
+            await asyncio.to_thread(_write_backup, tmp, dest, host.name, lsn, epoch)
+        except OSError as exc:
+            raise StatementRefused(f"cannot write the backup to {dest}: {exc.strerror or exc}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        return _message(f"database {host.name} backed up to {dest} at LSN {lsn}")
+
+    async def _do_RestoreDatabase(self, host, stmt) -> StatementResult:
+        if stmt.path is None:
+            return await self._recover(host)
+        tmp = self.node.databases_dir / f".restore-{stmt.db}.tmp"
+        try:
+            header = await asyncio.to_thread(_read_backup, Path(stmt.path), tmp)
+        except (OSError, ValueError) as exc:
+            tmp.unlink(missing_ok=True)
+            raise StatementRefused(f"cannot restore from {stmt.path}: {exc}") from None
+        status = DatabaseStatus.ONLINE if stmt.recovery else DatabaseStatus.RESTORING
+        config = SessionConfig(stmt.db, status=status, epoch=header["epoch"])
+        await self.node.create_host(config, snapshot=(tmp, header["lsn"], header["epoch"]))
+        state = "ONLINE" if stmt.recovery else "RESTORING (WITH NORECOVERY: ready to be a mirror)"
+        return _message(f"database {stmt.db} restored from {stmt.path} at LSN {header['lsn']}; {state}")
+
+    async def _recover(self, host: "DatabaseHost") -> StatementResult:
+        if host.mirror is not None and host.mirror.path.exists():
+            if not await host.mirror.wait_redone():
+                raise StatementRefused(f"redo of {host.name} has not finished; try again")
+        elif not (host.directory / "db.sqlite").exists():
+            raise StatementRefused(f"database {host.name} has no copy yet (it was never seeded); nothing to recover")
+        await self.node.deactivate(host)
+        host.update_config(status=DatabaseStatus.ONLINE, role=Role.NONE)
+        await self.node.activate(host)
+        return _message(f"database {host.name} is ONLINE at LSN {host.log.last_lsn}")
+
+    # ---------------------------------------------------------------- status
+
+    def _system_view(self, stmt) -> StatementResult:
+        if stmt.view == "database_mirroring":
+            rows, columns = [status_row(h) for h in self.node.databases.values()], STATUS_COLUMNS
+        else:
+            rows, columns = [], WITNESS_COLUMNS
+        if stmt.database is not None:
+            rows = [r for r in rows if r["database"] == stmt.database]
+        wanted = list(stmt.columns) if stmt.columns else columns
+        unknown = [c for c in wanted if c not in columns]
+        if unknown:
+            raise StatementRefused(f"sys.{stmt.view} has no column {', '.join(unknown)}; columns: {', '.join(columns)}")
+        return StatementResult(wanted, [[r[c] for c in wanted] for r in sorted(rows, key=lambda r: r["database"])], len(rows))
+
+
+def status_row(host: "DatabaseHost") -> dict:
+    """One row of sys.database_mirroring for a database."""
+    s, cfg = host.session, host.session.config
+    end = host.log.last_lsn
+    if host.mirror is not None:
+        hardened, redo = end, host.mirror.redo_lsn
+        send_queue = host.principal_send_queue if s.partner_connected else 0
+    else:
+        hardened, redo = (s.hardened_lsn, s.redo_lsn) if cfg.partner else (end, end)
+        send_queue = host.queue_bytes(hardened, end) if cfg.partner else 0
+    return {
+        "database": host.name,
+        "role": cfg.role.value,
+        "state": s.state.value,
+        "safety": cfg.safety.value,
+        "partner": cfg.partner,
+        "witness": cfg.witness,
+        "witness_state": s.witness_state.value,
+        "role_sequence": cfg.epoch,
+        "failover_lsn": min(hardened, end),
+        "end_of_log_lsn": end,
+        "hardened_lsn": hardened,
+        "redo_lsn": redo,
+        "send_queue_bytes": send_queue,
+        "redo_queue_bytes": host.queue_bytes(redo, hardened),
+        "timeout": cfg.timeout,
+        "status": cfg.status.value,
+        "partner_address": s.partner_listen,
+        "log_bytes": host.log.size_bytes,
+        "log_bytes_sent_raw": host.wire.raw,
+        "log_bytes_sent_wire": host.wire.wire,
+    }
+
+
+def _write_backup(snapshot: Path, dest: Path, db: str, lsn: int, epoch: int) -> None:
+    data_crc, size = 0, snapshot.stat().st_size
+    with open(snapshot, "rb") as f:
+        while chunk := f.read(1 << 20):
+            data_crc = zlib.crc32(chunk, data_crc)
+    header = msgpack.packb({"db": db, "lsn": lsn, "epoch": epoch, "size": size, "crc": data_crc})
+    tmp = dest.with_name(dest.name + ".partial")
+    with open(tmp, "wb") as out, open(snapshot, "rb") as f:
+        out.write(BACKUP_MAGIC + struct.pack(">I", len(header)) + header)
+        while chunk := f.read(1 << 20):
+            out.write(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, dest)
+
+
+def _read_backup(src: Path, dest: Path) -> dict:
+    with open(src, "rb") as f:
+        if f.read(len(BACKUP_MAGIC)) != BACKUP_MAGIC:
+            raise ValueError("not a mirrord backup file")
+        (hlen,) = struct.unpack(">I", f.read(4))
+        if hlen > 1 << 16:
+            raise ValueError("backup header is too large; the file is damaged")
+        header = msgpack.unpackb(f.read(hlen), raw=False)
+        if not isinstance(header, dict) or not all(isinstance(header.get(k), int) for k in ("lsn", "epoch", "size", "crc")):
+            raise ValueError("backup header is damaged")
+        crc = 0
+        with open(dest, "wb") as out:
+            while chunk := f.read(1 << 20):
+                crc = zlib.crc32(chunk, crc)
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+    if dest.stat().st_size != header["size"] or crc != header["crc"]:
+        raise ValueError("backup data does not match its checksum; the file is damaged")
+    return header

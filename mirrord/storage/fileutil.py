@@ -1,0 +1,52 @@
+"""Crash-safe small-file writes.
+
+A file that must be either old or new after a crash (metadata, the redo LSN,
+the log's base) is written to a temporary file in the same directory, fsynced,
+renamed over the target with os.replace (atomic on POSIX), and then the
+directory is fsynced so that the rename itself is durable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so that creations, renames and deletions in it are durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that a crash leaves either the old or the new content."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Atomically write `obj` as JSON (sorted keys, so files diff cleanly)."""
+    atomic_write_bytes(Path(path), json.dumps(obj, sort_keys=True, indent=1).encode() + b"\n")
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    """Read a JSON file, or return `default` if it does not exist."""
+    try:
+        return json.loads(Path(path).read_bytes())
+    except FileNotFoundError:
+        return default

@@ -1,0 +1,481 @@
+"""The durable log: LSN-tagged transaction records on disk, on both partners.
+
+Layout: a directory of segment files, each named by the first LSN it holds and
+the log's generation (`<first lsn, 20 digits>.<generation>.seg`), plus
+`base.json` = {next_lsn, epoch, generation}. A record on disk is
+`[u32 length][u32 crc32(payload)][payload]`, payload = msgpack([wire, wal]).
+
+Appends write and flush (the OS has them; a process kill loses nothing);
+`sync()` makes them durable. Opening the log scans every segment and rebuilds an
+in-memory index (per LSN: segment, offset, epoch, cumulative bytes); the first
+torn or corrupt record (a write cut by a kill or a power loss) is the end of the
+log, and the file is truncated there. `reset()` and emptying `truncate_after()`
+start a new generation: base.json is replaced atomically first (the commit
+point), so segments of an older generation found at open are leftovers of an
+interrupted reset and are deleted.
+
+One lock guards the index and the files: the asyncio thread appends while the
+redo thread reads. Reads copy bytes under the lock and decode outside it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import threading
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import msgpack
+
+from mirrord.core.types import ProtocolError
+from mirrord.storage.fileutil import atomic_write_json, fsync_dir, read_json
+
+_REC_HEADER = struct.Struct("<II")
+_MAX_RECORD = 1 << 31  # a length beyond this is garbage, not a record
+_PAGE_OVERHEAD = 16  # approximate msgpack bytes per page besides its image
+_RECORD_OVERHEAD = 32
+_SEGMENT_NAME = re.compile(r"^(\d{20})\.(\d+)\.seg$")
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    """One committed transaction: its LSN, epoch, resulting db size and page images."""
+
+    lsn: int
+    epoch: int
+    db_size: int
+    page_size: int
+    pages: tuple[tuple[int, bytes], ...]
+    wal: dict | None = None  # principal-local WalPosition.to_dict(); never sent on the wire
+
+    def to_wire(self) -> list:
+        """The msgpack-able form sent to the partner (without `wal`)."""
+        return [self.lsn, self.epoch, self.db_size, self.page_size, [[p, d] for p, d in self.pages]]
+
+    @classmethod
+    def from_wire(cls, obj: object, wal: dict | None = None) -> "LogRecord":
+        """Decode and validate a wire record; raise ProtocolError saying what is wrong."""
+        if not isinstance(obj, (list, tuple)) or len(obj) != 5:
+            raise ProtocolError("log record: expected a list of 5 fields")
+        lsn, epoch, db_size, page_size, raw_pages = obj
+        _check_int("lsn", lsn, 1)
+        _check_int("epoch", epoch, 0)
+        _check_int("db_size", db_size, 1)
+        _check_int("page_size", page_size, 512)
+        if page_size > 65536 or page_size & (page_size - 1):
+            raise ProtocolError(f"log record {lsn}: page_size {page_size} is not a power of two in 512..65536")
+        pages = _check_pages(lsn, page_size, raw_pages)
+        return cls(lsn, epoch, db_size, page_size, pages, wal)
+
+    @property
+    def nbytes(self) -> int:
+        """Approximate encoded size, for queue accounting."""
+        return _RECORD_OVERHEAD + len(self.pages) * (self.page_size + _PAGE_OVERHEAD)
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if type(value) is not int or value < minimum:
+        raise ProtocolError(f"log record: {name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_pages(lsn: int, page_size: int, raw_pages: object) -> tuple[tuple[int, bytes], ...]:
+    """Validate [[pgno, image], ...]: pgno >= 1, unique, images exactly page_size bytes."""
+    if not isinstance(raw_pages, (list, tuple)):
+        raise ProtocolError(f"log record {lsn}: pages must be a list")
+    pages, seen = [], set()
+    for item in raw_pages:
+        if not isinstance(item, (list, tuple)) or len(item) != 2:
+            raise ProtocolError(f"log record {lsn}: a page must be [pgno, image]")
+        pgno, image = item
+        if type(pgno) is not int or pgno < 1:
+            raise ProtocolError(f"log record {lsn}: page number {pgno!r} must be an integer >= 1")
+        if not isinstance(image, bytes) or len(image) != page_size:
+            raise ProtocolError(f"log record {lsn}: page {pgno} is not {page_size} bytes")
+        if pgno in seen:
+            raise ProtocolError(f"log record {lsn}: page {pgno} appears twice")
+        seen.add(pgno)
+        pages.append((pgno, image))
+    return tuple(pages)
+
+
+def encode_record(record: LogRecord) -> bytes:
+    """The on-disk bytes of one record: header (length, crc32) + payload."""
+    payload = msgpack.packb([record.to_wire(), record.wal], use_bin_type=True)
+    return _REC_HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def decode_payload(payload: bytes) -> LogRecord:
+    """Decode a payload written by encode_record (validated like a wire record)."""
+    wire, wal = msgpack.unpackb(payload, raw=False)
+    return LogRecord.from_wire(wire, wal)
+
+
+class LogCorrupt(Exception):
+    """A record read back from disk does not match its checksum or index."""
+
+
+class _Segment:
+    """One segment file, kept open read-write."""
+
+    def __init__(self, path: Path, first_lsn: int) -> None:
+        self.path = path
+        self.first_lsn = first_lsn
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.size = os.fstat(self.fd).st_size
+        self.count = 0  # records indexed in this segment
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _scan_segment(data: bytes, expected_lsn: int):
+    """Yield (offset, end, record) for the valid records of one segment, stopping at the first bad one."""
+    off = 0
+    while off + _REC_HEADER.size <= len(data):
+        length, crc = _REC_HEADER.unpack_from(data, off)
+        end = off + _REC_HEADER.size + length
+        if length > _MAX_RECORD or end > len(data):
+            return
+        payload = data[off + _REC_HEADER.size : end]
+        if zlib.crc32(payload) != crc:
+            return
+        try:
+            record = decode_payload(payload)
+        except (ProtocolError, ValueError, TypeError, msgpack.UnpackException):
+            return
+        if record.lsn != expected_lsn:
+            return
+        yield off, end, record
+        off, expected_lsn = end, expected_lsn + 1
+
+
+class DurableLog:
+    """Append-only, segmented, CRC-checked, thread-safe (one internal threading.Lock)."""
+
+    def __init__(self, directory: Path, segment_bytes: int = 16 << 20) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.segment_bytes = segment_bytes
+        self._lock = threading.Lock()
+        self._segments: list[_Segment] = []
+        self._dirty: set[_Segment] = set()
+        self._dir_dirty = False
+        self._reset_index(0)
+        base = read_json(self.directory / "base.json", {}) or {}
+        self._base_next = int(base.get("next_lsn", 1))
+        self._base_epoch = int(base.get("epoch", 0))
+        self._generation = int(base.get("generation", 0))
+        self._open_segments()
+
+    # --- index ------------------------------------------------------------------
+
+    def _reset_index(self, cum_before: int) -> None:
+        self._first = 0  # LSN of _segs[0], 0 when empty
+        self._segs: list[_Segment] = []  # per record
+        self._offsets: list[int] = []
+        self._epochs: list[int] = []
+        self._cum: list[int] = []  # cumulative nbytes up to and including the record
+        self._cum_before = cum_before
+
+    def _index(self, seg: _Segment, offset: int, record: LogRecord) -> None:
+        if not self._segs:
+            self._first = record.lsn
+        self._segs.append(seg)
+        self._offsets.append(offset)
+        self._epochs.append(record.epoch)
+        self._cum.append((self._cum[-1] if self._cum else self._cum_before) + record.nbytes)
+        seg.count += 1
+
+    # --- opening ----------------------------------------------------------------
+
+    def _list_segments(self) -> list[tuple[int, Path]]:
+        """Segments of the current generation, by first LSN; leftovers of older ones are deleted."""
+        found = []
+        for path in self.directory.iterdir():
+            m = _SEGMENT_NAME.match(path.name)
+            if not m:
+                continue
+            if int(m.group(2)) != self._generation:
+                path.unlink()
+                self._dir_dirty = True
+                continue
+            found.append((int(m.group(1)), path))
+        return sorted(found)
+
+    def _open_segments(self) -> None:
+        """Rebuild the index; the first invalid record ends the log (the rest is cut off)."""
+        expected = None
+        listing = self._list_segments()
+        for i, (first_lsn, path) in enumerate(listing):
+            if expected is not None and first_lsn != expected:
+                self._drop_files([p for _, p in listing[i:]])
+                break
+            seg = _Segment(path, first_lsn)
+            self._segments.append(seg)
+            end = self._load_segment(seg)
+            expected = first_lsn + seg.count
+            if end < seg.size:
+                self._cut(seg, end)
+                self._drop_files([p for _, p in listing[i + 1 :]])
+                break
+        self._drop_empty_tail()
+        self._sync_dir_if_dirty()
+
+    def _load_segment(self, seg: _Segment) -> int:
+        """Index the valid records of `seg`; return the offset where they end."""
+        data = os.pread(seg.fd, seg.size, 0)
+        end = 0
+        for off, end, record in _scan_segment(data, seg.first_lsn):
+            self._index(seg, off, record)
+        return end
+
+    def _cut(self, seg: _Segment, end: int) -> None:
+        """Truncate a torn or corrupt tail durably."""
+        os.ftruncate(seg.fd, end)
+        os.fsync(seg.fd)
+        seg.size = end
+
+    def _drop_files(self, paths: list[Path]) -> None:
+        for path in paths:
+            path.unlink()
+        self._dir_dirty = self._dir_dirty or bool(paths)
+
+    def _drop_empty_tail(self) -> None:
+        """An empty segment holds nothing; remove it so names stay first-LSN-exact."""
+        while self._segments and self._segments[-1].count == 0:
+            seg = self._segments.pop()
+            seg.close()
+            self._drop_files([seg.path])
+            self._dirty.discard(seg)
+
+    def _sync_dir_if_dirty(self) -> None:
+        if self._dir_dirty:
+            fsync_dir(self.directory)
+            self._dir_dirty = False
+
+    # --- properties -------------------------------------------------------------
+
+    @property
+    def first_lsn(self) -> int:
+        """LSN of the oldest retained record, 0 if empty."""
+        with self._lock:
+            return self._first
+
+    @property
+    def last_lsn(self) -> int:
+        """LSN of the newest record; when empty, the LSN before the next append."""
+        with self._lock:
+            return self._last()
+
+    def _last(self) -> int:
+        return self._first + len(self._segs) - 1 if self._segs else self._base_next - 1
+
+    @property
+    def last_epoch(self) -> int:
+        """Epoch of the newest record, or the epoch given to reset(); 0 if never set."""
+        with self._lock:
+            return self._epochs[-1] if self._epochs else self._base_epoch
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes retained on disk."""
+        with self._lock:
+            return sum(seg.size for seg in self._segments)
+
+    # --- appending --------------------------------------------------------------
+
+    def append(self, records: Sequence[LogRecord]) -> None:
+        """Append contiguous records starting at last_lsn+1 (written and flushed, not fsynced)."""
+        with self._lock:
+            expected = self._last() + 1
+            for i, record in enumerate(records):
+                if record.lsn != expected + i:
+                    raise ValueError(f"append: record LSN {record.lsn}, expected {expected + i}")
+            for record in records:
+                self._append_one(record, encode_record(record))
+
+    def _append_one(self, record: LogRecord, data: bytes) -> None:
+        seg = self._active_for(record.lsn)
+        offset = seg.size
+        view = memoryview(data)
+        while view:
+            view = view[os.pwrite(seg.fd, view, offset + len(data) - len(view)) :]
+        seg.size += len(data)
+        self._dirty.add(seg)
+        self._index(seg, offset, record)
+
+    def _active_for(self, lsn: int) -> _Segment:
+        """The segment to append `lsn` to, rolling over to a new file when full."""
+        if self._segments and self._segments[-1].size < self.segment_bytes:
+            return self._segments[-1]
+        path = self.directory / f"{lsn:020d}.{self._generation}.seg"
+        seg = _Segment(path, lsn)
+        if seg.size:  # a stale file of that name cannot hold valid data here
+            self._cut(seg, 0)
+        self._segments.append(seg)
+        self._dir_dirty = True
+        return seg
+
+    def sync(self) -> None:
+        """Make every appended record durable (fsync segments, and the directory if it changed)."""
+        with self._lock:
+            for seg in list(self._dirty):
+                os.fsync(seg.fd)
+            self._dirty.clear()
+            self._sync_dir_if_dirty()
+
+    # --- reading ----------------------------------------------------------------
+
+    def get(self, lsn: int) -> LogRecord | None:
+        """The record at `lsn`, or None if it is not retained."""
+        with self._lock:
+            if not self._segs or not self._first <= lsn <= self._last():
+                return None
+            raw = self._read_span(lsn - self._first, lsn - self._first + 1)
+        return self._decode_span(raw, lsn)[0]
+
+    def read_from(self, lsn: int, max_bytes: int) -> list[LogRecord]:
+        """Records from `lsn` on, up to max_bytes of nbytes (at least one); LookupError if truncated away."""
+        with self._lock:
+            if lsn > self._last():
+                return []
+            if not self._segs or lsn < self._first:
+                raise LookupError(f"log record {lsn} was truncated (first retained: {self._first})")
+            lo = lsn - self._first
+            hi = lo + 1
+            start_cum = self._cum[lo] - self._nbytes_at(lo)
+            while hi < len(self._cum) and self._cum[hi] - start_cum <= max_bytes:
+                hi += 1
+            raws = self._read_span(lo, hi)
+        return self._decode_span(raws, lsn)
+
+    def _nbytes_at(self, i: int) -> int:
+        return self._cum[i] - (self._cum[i - 1] if i else self._cum_before)
+
+    def _read_span(self, lo: int, hi: int) -> list[bytes]:
+        """Raw bytes of records [lo, hi) (index positions), one pread per segment."""
+        chunks, i = [], lo
+        while i < hi:
+            seg = self._segs[i]
+            j = i
+            while j < hi and self._segs[j] is seg:
+                j += 1
+            start = self._offsets[i]
+            end = self._offsets[j] if j < len(self._segs) and self._segs[j] is seg else seg.size
+            chunks.append(os.pread(seg.fd, end - start, start))
+            i = j
+        return chunks
+
+    @staticmethod
+    def _decode_span(chunks: list[bytes], first_lsn: int) -> list[LogRecord]:
+        """Decode records from raw segment bytes, checking CRC and LSN order."""
+        records = []
+        for data in chunks:
+            off = 0
+            while off < len(data):
+                length, crc = _REC_HEADER.unpack_from(data, off)
+                payload = data[off + _REC_HEADER.size : off + _REC_HEADER.size + length]
+                if len(payload) != length or zlib.crc32(payload) != crc:
+                    raise LogCorrupt(f"log record {first_lsn + len(records)}: checksum mismatch on read")
+                record = decode_payload(payload)
+                if record.lsn != first_lsn + len(records):
+                    raise LogCorrupt(f"log record {first_lsn + len(records)}: found LSN {record.lsn}")
+                records.append(record)
+                off += _REC_HEADER.size + length
+        return records
+
+    def bytes_between(self, after_lsn: int, upto_lsn: int) -> int:
+        """Sum of nbytes of retained records in (after_lsn, upto_lsn]."""
+        with self._lock:
+            if not self._segs:
+                return 0
+            return self._cum_at(upto_lsn) - self._cum_at(after_lsn)
+
+    def _cum_at(self, lsn: int) -> int:
+        """Cumulative nbytes through `lsn`, clamped to the retained range."""
+        i = min(lsn, self._last()) - self._first
+        return self._cum[i] if i >= 0 else self._cum_before
+
+    def epoch_at(self, lsn: int) -> int | None:
+        """Epoch of the record at `lsn` (or of the reset point), None if unknown."""
+        with self._lock:
+            if self._segs and self._first <= lsn <= self._last():
+                return self._epochs[lsn - self._first]
+            if lsn == self._base_next - 1 and lsn >= 1 and (not self._segs or self._first == self._base_next):
+                return self._base_epoch
+            return None
+
+    # --- truncation -------------------------------------------------------------
+
+    def truncate_before(self, lsn: int) -> None:
+        """Delete whole segments all of whose records are < lsn (never the active one)."""
+        with self._lock:
+            dropped = 0
+            while len(self._segments) > 1 and self._segments[1].first_lsn <= lsn:
+                seg = self._segments.pop(0)
+                dropped += seg.count
+                self._forget(seg)
+            if dropped:
+                self._cum_before = self._cum[dropped - 1]
+                for lst in (self._segs, self._offsets, self._epochs, self._cum):
+                    del lst[:dropped]
+                self._first += dropped
+                self._sync_dir_if_dirty()
+
+    def _forget(self, seg: _Segment) -> None:
+        seg.close()
+        self._dirty.discard(seg)
+        self._drop_files([seg.path])
+
+    def truncate_after(self, lsn: int) -> None:
+        """Remove every record > lsn, durably (used to roll back a fork)."""
+        with self._lock:
+            if lsn >= self._last():
+                return
+            if not self._segs or lsn < self._first:
+                self._start_generation(lsn + 1, self._base_epoch)
+                return
+            keep = lsn - self._first + 1
+            seg, offset = self._segs[keep], self._offsets[keep]
+            while self._segments[-1] is not seg:
+                self._forget(self._segments.pop())
+            for dropped in self._segs[keep:]:
+                dropped.count -= 1
+            for lst in (self._segs, self._offsets, self._epochs, self._cum):
+                del lst[keep:]
+            self._cut(seg, offset)
+            self._drop_empty_tail()
+            self._sync_dir_if_dirty()
+
+    def reset(self, next_lsn: int, epoch: int) -> None:
+        """Delete everything durably; the next append must be next_lsn."""
+        if next_lsn < 1:
+            raise ValueError("reset: next_lsn must be >= 1")
+        with self._lock:
+            self._start_generation(next_lsn, epoch)
+
+    def _start_generation(self, next_lsn: int, epoch: int) -> None:
+        """Commit a new empty log (base.json), then delete the old generation's files."""
+        self._generation += 1
+        atomic_write_json(
+            self.directory / "base.json",
+            {"next_lsn": next_lsn, "epoch": epoch, "generation": self._generation},
+        )
+        self._base_next, self._base_epoch = next_lsn, epoch
+        while self._segments:
+            self._forget(self._segments.pop())
+        self._reset_index(0)
+        self._sync_dir_if_dirty()
+
+    def close(self) -> None:
+        """Sync and close every segment file."""
+        self.sync()
+        with self._lock:
+            for seg in self._segments:
+                seg.close()
+            self._segments = []
+            self._reset_index(0)

@@ -1,0 +1,1 @@
+"""Tests with real mirrord processes on loopback (see mirrord.localcluster)."""

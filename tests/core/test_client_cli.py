@@ -1,0 +1,282 @@
+"""Client library and CLI against a tiny fake node speaking the real framing.
+
+The fake server runs its own event loop in a thread, so the blocking `Client`
+and `mirrorctl.cli.main` can be called from the test thread as they are from
+scripts, and `AsyncClient` from the pytest-asyncio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+from typing import Iterator
+
+import pytest
+
+from mirrorctl import cli
+from mirrorctl.client import (AsyncClient, BadSyntax, Client, ConnectionLost, NotPrincipal,
+                              QueryTimeout, Result, ServerError, Unreachable)
+from mirrord.core import messages
+from mirrord.core.types import ProtocolError
+from mirrord.net.framing import read_message, write_message
+
+STATUS_COLUMNS = ["database", "role", "state", "safety", "partner", "witness", "witness_state",
+                  "role_sequence", "failover_lsn", "end_of_log_lsn", "hardened_lsn", "redo_lsn",
+                  "send_queue_bytes", "redo_queue_bytes", "timeout"]
+STATUS_ROWS = [
+    ["shop", "PRINCIPAL", "SYNCHRONIZED", "FULL", "tcp://b:5022", "tcp://w:5022", "CONNECTED",
+     2, 10, 12, 12, 11, 0, 40, 10],
+    ["crm", "MIRROR", "SUSPENDED", "OFF", "tcp://a:5022", None, "UNKNOWN",
+     1, 0, 5, 5, 5, 0, 0, 10],
+]
+
+
+def answer(msg: dict) -> dict | None:
+    """The fake node's answer to one query (None: special handling)."""
+    sql, qid = msg["sql"], msg["id"]
+    if sql.startswith("SELECT * FROM sys.database_mirroring"):
+        rows = [r for r in STATUS_ROWS if "WHERE" not in sql or f"'{r[0]}'" in sql]
+        return messages.result(qid, STATUS_COLUMNS, rows, len(rows))
+    if sql == "ECHO":
+        return messages.result(qid, ["db", "params", "[b]"], [[msg["db"], msg["params"], b"\x01"]], 1)
+    if sql.startswith("INSERT"):
+        return messages.result(qid, [], [], 2, lsn=7, epoch=1)
+    if sql.startswith("CREATE TABLE"):
+        return messages.result(qid, [], [], -1)
+    if sql.startswith("CREATE DATABASE"):
+        return messages.result(qid, [], [], 0, message="Database shop created.")
+    if sql == "FAIL":
+        return messages.error(qid, "not_principal", "shop is a mirror here", "tcp://b:5022")
+    if sql == "SYNTAX":
+        return messages.error(qid, "syntax", "CREATE DATABASE: expected a database name")
+    if sql == "WRONGID":
+        return messages.result(qid + 1, [], [], 0)
+    return None
+
+
+async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Serve one connection until it closes."""
+    try:
+        while True:
+            msg = messages.validate(await read_message(reader))
+            if msg["sql"] == "SLOW":
+                await asyncio.sleep(1.0)
+            if msg["sql"] == "GARBAGE":
+                writer.write(b"\x00\x00\x00\x01\x07\x00\x00\x00\x00x")
+            elif (reply := answer(msg)) is not None:
+                write_message(writer, reply)
+            else:
+                break  # "DROP" and anything unknown: hang up without answering
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError, ProtocolError):
+        pass
+    finally:
+        writer.close()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    """Address of a fake node serving in a background thread."""
+    ready = threading.Event()
+    state: dict = {}
+
+    async def serve() -> None:
+        srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+        state["address"] = "127.0.0.1:%d" % srv.sockets[0].getsockname()[1]
+        state["stop"] = asyncio.get_running_loop().create_future()
+        ready.set()
+        async with srv:
+            await state["stop"]
+        # Connections still being served (a SLOW answer) end here, not at loop close.
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    ready.wait(5)
+    yield state["address"]
+    loop.call_soon_threadsafe(state["stop"].set_result, None)
+    thread.join(5)
+    loop.close()
+
+
+@pytest.fixture
+def dead_address() -> str:
+    """An address where nothing listens."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return "127.0.0.1:%d" % s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- blocking client
+
+
+def test_client_query_and_ids(server: str) -> None:
+    with Client.connect(server) as c:
+        r = c.query("ECHO", db="shop", params=[1, "x"])
+        assert r.rows == [["shop", [1, "x"], b"\x01"]]
+        assert c.query("INSERT INTO t VALUES (1)") == Result([], [], 2, 7, 1, None)
+        assert c.query("ECHO").as_dicts() == [{"db": None, "params": None, "[b]": b"\x01"}]
+
+
+def test_client_status(server: str) -> None:
+    with Client.connect("tcp://" + server) as c:
+        assert [row["database"] for row in c.status()] == ["shop", "crm"]
+        assert [row["role"] for row in c.status("crm")] == ["MIRROR"]
+
+
+def test_client_server_errors(server: str) -> None:
+    with Client.connect(server) as c:
+        with pytest.raises(NotPrincipal) as info:
+            c.query("FAIL")
+        assert (info.value.code, info.value.principal) == ("not_principal", "tcp://b:5022")
+        with pytest.raises(BadSyntax):
+            c.query("SYNTAX")
+        assert c.query("ECHO").rowcount == 1  # an error answer leaves the connection usable
+
+
+def test_client_connection_lost(server: str) -> None:
+    c = Client.connect(server)
+    with pytest.raises(ConnectionLost):
+        c.query("DROP")
+    with pytest.raises(ConnectionLost):
+        c.query("ECHO")
+
+
+def test_client_timeout_closes(server: str) -> None:
+    c = Client.connect(server)
+    with pytest.raises(QueryTimeout):
+        c.query("SLOW", timeout=0.1)
+    with pytest.raises(Unreachable):
+        c.query("ECHO")
+
+
+@pytest.mark.parametrize("sql", ["WRONGID", "GARBAGE"])
+def test_client_protocol_errors(server: str, sql: str) -> None:
+    with pytest.raises(ProtocolError):
+        Client.connect(server).query(sql)
+
+
+def test_client_unreachable(dead_address: str) -> None:
+    with pytest.raises(Unreachable):
+        Client.connect(dead_address, timeout=1)
+
+
+# ------------------------------------------------------------------- async client
+
+
+async def test_async_client(server: str) -> None:
+    async with await AsyncClient.connect(server) as c:
+        assert (await c.query("ECHO", db="d", params={"a": 1})).rows[0][:2] == ["d", {"a": 1}]
+        assert len(await c.status()) == 2
+        with pytest.raises(ServerError, match="not_principal"):
+            await c.query("FAIL")
+        assert (await c.query("CREATE DATABASE shop")).message == "Database shop created."
+
+
+async def test_async_client_failures(server: str, dead_address: str) -> None:
+    with pytest.raises(Unreachable):
+        await AsyncClient.connect(dead_address, timeout=1)
+    c = await AsyncClient.connect(server)
+    with pytest.raises(QueryTimeout):
+        await c.query("SLOW", timeout=0.1)
+    c = await AsyncClient.connect(server)
+    with pytest.raises(ConnectionLost):
+        await c.query("DROP")
+    c = await AsyncClient.connect(server)
+    with pytest.raises(ProtocolError):
+        await c.query("WRONGID")
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    """main(argv) in-process: (status, stdout, stderr)."""
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_query_table(server: str, capsys) -> None:
+    code, out, err = run(capsys, "-S", server, "-d", "shop", "-Q", "ECHO")
+    assert code == 0 and err == ""
+    assert "shop" in out and "[b]" in out and "0x01" in out and "\x1b[" not in out
+
+
+def test_cli_query_json(server: str, capsys) -> None:
+    code, out, _ = run(capsys, "-S", server, "-Q", "ECHO", "--json", "-d", "x")
+    assert code == 0
+    assert json.loads(out) == [{"db": "x", "params": None, "[b]": "0x01"}]
+
+
+@pytest.mark.parametrize("sql,expected", [
+    ("INSERT INTO t VALUES (1)", "OK (2 rows affected)"),
+    ("CREATE TABLE t (x)", "OK"),
+    ("CREATE DATABASE shop", "Database shop created."),
+])
+def test_cli_no_columns(server: str, capsys, sql: str, expected: str) -> None:
+    code, out, _ = run(capsys, "-S", server, "-Q", sql)
+    assert (code, out.strip()) == (0, expected)
+
+
+def test_cli_no_columns_json(server: str, capsys) -> None:
+    code, out, _ = run(capsys, "-S", server, "-Q", "INSERT INTO t VALUES (1)", "--json")
+    assert json.loads(out) == {"rowcount": 2, "message": None, "lsn": 7, "epoch": 1}
+
+
+def test_cli_status_table(server: str, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("MIRRORCTL_SERVER", "tcp://" + server)
+    code, out, _ = run(capsys, "status")
+    assert code == 0
+    header = out.splitlines()[0].split()
+    assert [h for h in header if h != "|"] == STATUS_COLUMNS
+    assert "SYNCHRONIZED" in out and "crm" in out
+
+
+def test_cli_status_json_one_database(server: str, capsys) -> None:
+    code, out, _ = run(capsys, "-S", server, "status", "--json", "-d", "crm")
+    rows = json.loads(out)
+    assert code == 0 and len(rows) == 1
+    assert list(rows[0]) == STATUS_COLUMNS and rows[0]["witness"] is None
+
+
+def test_cli_server_error(server: str, capsys) -> None:
+    code, out, err = run(capsys, "-S", server, "-Q", "FAIL")
+    assert (code, out) == (1, "")
+    assert err.splitlines() == ["error [not_principal]: shop is a mirror here",
+                                "principal: tcp://b:5022"]
+
+
+def test_cli_server_error_without_principal(server: str, capsys) -> None:
+    code, _, err = run(capsys, "-S", server, "-Q", "SYNTAX")
+    assert code == 1 and "principal" not in err and err.startswith("error [syntax]: ")
+
+
+def test_cli_unreachable(dead_address: str, capsys) -> None:
+    code, out, err = run(capsys, "-S", dead_address, "-Q", "SELECT 1")
+    assert code == 3 and out == "" and "cannot talk to" in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["-Q", "SELECT 1"],                          # no server anywhere
+    ["-S", "nohost", "-Q", "SELECT 1"],          # no port
+    ["-S", "h:1"],                               # neither -Q nor status
+    ["-S", "h:1", "-Q", "x", "status"],          # both
+    ["-S", "h:1", "frobnicate"],
+    ["--bogus"],
+])
+def test_cli_usage_errors(argv: list[str], capsys, monkeypatch) -> None:
+    monkeypatch.delenv("MIRRORCTL_SERVER", raising=False)
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and "usage" in err
+
+
+def test_cli_help(capsys) -> None:
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and "status" in out

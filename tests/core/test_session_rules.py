@@ -1,0 +1,150 @@
+"""The pure session core: derived mirroring state, commit waiting, statement rules."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as hs
+
+from mirrord.core import statements as st
+from mirrord.core.rules import refusal
+from mirrord.core.session import Session, SessionConfig
+from mirrord.core.types import DatabaseStatus, MirroringState, Role, Safety
+
+PARTNER = "tcp://127.0.0.12:5022"
+
+
+def principal(**changes) -> Session:
+    return Session(SessionConfig("shop", role=Role.PRINCIPAL, partner=PARTNER, epoch=1, **changes))
+
+
+def mirror(**changes) -> Session:
+    return Session(SessionConfig("shop", role=Role.MIRROR, status=DatabaseStatus.RESTORING, partner=PARTNER, epoch=1, **changes))
+
+
+# ------------------------------------------------------------------ derived state
+
+@pytest.mark.parametrize(
+    "setup, expected",
+    [
+        (lambda s: None, MirroringState.DISCONNECTED),
+        (lambda s: s.note_partner_connected(0), MirroringState.SYNCHRONIZED),  # nothing to catch up
+        (lambda s: (setattr(s, "end_of_log_lsn", 5), s.note_partner_connected(3)), MirroringState.SYNCHRONIZING),
+        (lambda s: (setattr(s, "end_of_log_lsn", 5), s.note_partner_connected(3), s.note_ack(5, 4)), MirroringState.SYNCHRONIZED),
+        (lambda s: (s.note_partner_connected(0), s.note_partner_lost()), MirroringState.DISCONNECTED),
+    ],
+)
+def test_state_is_derived_from_the_facts(setup, expected):
+    s = principal()
+    setup(s)
+    assert s.state is expected
+
+
+def test_suspended_wins_over_connection_and_persists_in_config():
+    s = principal(suspended=True)
+    s.note_partner_connected(0)
+    assert s.state is MirroringState.SUSPENDED
+    assert SessionConfig.from_dict(s.config.to_dict()).suspended
+
+
+def test_no_partner_means_no_mirroring_state():
+    assert Session(SessionConfig("shop")).state is MirroringState.NONE
+
+
+def test_config_round_trips_and_ignores_unknown_keys():
+    cfg = SessionConfig("shop", role=Role.MIRROR, status=DatabaseStatus.RESTORING, partner=PARTNER, safety=Safety.OFF, timeout=3, epoch=7)
+    d = cfg.to_dict()
+    d["from_a_newer_version"] = True
+    assert SessionConfig.from_dict(d) == cfg
+
+
+# ------------------------------------------------------------------ commit waiting
+
+def test_commits_wait_only_with_full_safety_and_a_connected_running_mirror():
+    s = principal()
+    assert not s.commits_wait_for_mirror()  # disconnected: exposed
+    s.note_partner_connected(0)
+    assert s.commits_wait_for_mirror()
+    s.config = s.config.with_(safety=Safety.OFF)
+    assert not s.commits_wait_for_mirror()
+    s.config = s.config.with_(safety=Safety.FULL, suspended=True)
+    assert not s.commits_wait_for_mirror()
+    assert not mirror().commits_wait_for_mirror()
+
+
+@given(hs.lists(hs.tuples(hs.sampled_from(["ack", "lost", "connect", "append"]), hs.integers(0, 50)), max_size=40))
+def test_hardened_lsn_never_goes_back_while_connected(events):
+    s = principal()
+    last = 0
+    for kind, n in events:
+        if kind == "ack" and s.partner_connected:
+            s.note_ack(min(n, s.end_of_log_lsn), 0)
+            assert s.hardened_lsn >= last
+        elif kind == "lost":
+            s.note_partner_lost()
+            assert s.state is MirroringState.DISCONNECTED
+        elif kind == "connect":
+            s.note_partner_connected(min(n, s.end_of_log_lsn))
+        else:
+            s.end_of_log_lsn += n
+        last = s.hardened_lsn
+        if s.state is MirroringState.SYNCHRONIZED:
+            assert s.partner_connected and s.hardened_lsn >= 0
+
+
+# ------------------------------------------------------------------ statement rules
+
+def test_create_refused_when_the_database_exists():
+    assert "already exists" in refusal(principal(), st.CreateDatabase("shop"))
+    assert refusal(None, st.CreateDatabase("shop")) is None
+
+
+def test_drop_refused_in_a_session():
+    assert "SET PARTNER OFF" in refusal(principal(), st.DropDatabase("shop"))
+    assert refusal(Session(SessionConfig("shop")), st.DropDatabase("shop")) is None
+
+
+@pytest.mark.parametrize("stmt", [st.SetSafety("shop", Safety.OFF), st.SetTimeout("shop", 5), st.PartnerAction("shop", "SUSPEND")])
+def test_session_settings_only_on_the_principal(stmt):
+    assert refusal(principal(), stmt) is None
+    why = refusal(mirror(), stmt)
+    assert "principal" in why and PARTNER in why
+
+
+def test_resume_needs_suspended():
+    assert "SUSPENDED" in refusal(principal(), st.PartnerAction("shop", "RESUME"))
+    assert refusal(principal(suspended=True), st.PartnerAction("shop", "RESUME")) is None
+
+
+def test_set_partner_sides():
+    from mirrord.core.types import Endpoint
+
+    stmt = st.SetPartner("shop", Endpoint.parse(PARTNER))
+    assert refusal(None, stmt) is None  # mirror with no copy: seeded
+    assert refusal(Session(SessionConfig("shop")), stmt) is None  # principal side
+    assert refusal(Session(SessionConfig("shop", status=DatabaseStatus.RESTORING)), stmt) is None  # prepared mirror
+    assert "SET PARTNER OFF" in refusal(principal(), stmt)
+
+
+def test_manual_failover_names_the_missing_condition():
+    why = refusal(principal(), st.PartnerAction("shop", "FAILOVER"))
+    assert "SAFETY FULL and SYNCHRONIZED" in why and "DISCONNECTED" in why
+
+
+def test_restore_rules():
+    assert "already exists" in refusal(principal(), st.RestoreDatabase("shop", "/x.bak", False))
+    assert refusal(None, st.RestoreDatabase("shop", "/x.bak", False)) is None
+    assert "SET PARTNER OFF" in refusal(mirror(), st.RestoreDatabase("shop", None, True))
+    standalone_copy = Session(SessionConfig("shop", status=DatabaseStatus.RESTORING))
+    assert refusal(standalone_copy, st.RestoreDatabase("shop", None, True)) is None
+    assert "ONLINE" in refusal(Session(SessionConfig("shop")), st.RestoreDatabase("shop", None, True))
+
+
+def test_backup_refused_on_a_mirror_copy():
+    assert "principal" in refusal(mirror(), st.BackupDatabase("shop", "/x.bak"))
+    assert refusal(principal(), st.BackupDatabase("shop", "/x.bak")) is None
+
+
+def test_statements_on_unknown_databases_say_so():
+    for stmt in (st.DropDatabase("x"), st.SetSafety("x", Safety.OFF), st.PartnerAction("x", "OFF"), st.BackupDatabase("x", "/b")):
+        assert "does not exist" in refusal(None, stmt)

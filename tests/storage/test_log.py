@@ -1,0 +1,334 @@
+"""DurableLog: append/read, restart, torn tails, segments, truncation, reset, wire validation."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mirrord.core.types import ProtocolError
+from mirrord.storage.log import DurableLog, LogRecord
+
+PS = 512
+
+
+def rec(lsn: int, epoch: int = 1, npages: int = 1, wal: dict | None = None) -> LogRecord:
+    pages = tuple((p, bytes([(lsn + p) % 256]) * PS) for p in range(1, npages + 1))
+    return LogRecord(lsn, epoch, max(npages, 1), PS, pages, wal)
+
+
+def recs(first: int, last: int, **kw) -> list[LogRecord]:
+    return [rec(n, **kw) for n in range(first, last + 1)]
+
+
+def segment_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.seg"))
+
+
+@pytest.fixture
+def logdir(tmp_path):
+    return tmp_path / "log"
+
+
+def test_empty_log(logdir):
+    log = DurableLog(logdir)
+    assert (log.first_lsn, log.last_lsn, log.last_epoch, log.size_bytes) == (0, 0, 0, 0)
+    assert log.get(1) is None and log.read_from(1, 1 << 20) == [] and log.epoch_at(1) is None
+    assert log.bytes_between(0, 10) == 0
+
+
+def test_append_get_read_bytes_between(logdir):
+    log = DurableLog(logdir)
+    records = recs(1, 10, npages=2)
+    log.append(records[:4])
+    log.append(records[4:])
+    assert (log.first_lsn, log.last_lsn, log.last_epoch) == (1, 10, 1)
+    assert log.get(5) == records[4]
+    assert log.read_from(3, 1 << 30) == records[2:]
+    one = records[0].nbytes
+    assert log.read_from(3, 3 * one) == records[2:5]
+    assert log.read_from(3, 0) == records[2:3]  # at least one
+    assert log.read_from(11, 100) == []
+    assert log.bytes_between(2, 5) == 3 * one
+    assert log.bytes_between(0, 100) == 10 * one
+    assert log.epoch_at(7) == 1
+
+
+def test_append_must_be_contiguous(logdir):
+    log = DurableLog(logdir)
+    log.append(recs(1, 3))
+    with pytest.raises(ValueError):
+        log.append([rec(5)])
+    with pytest.raises(ValueError):
+        log.append([rec(4), rec(6)])
+    assert log.last_lsn == 3
+
+
+def test_wal_position_kept_locally(logdir):
+    log = DurableLog(logdir)
+    log.append([rec(1, wal={"salt1": 1, "frame_count": 3})])
+    log.close()
+    again = DurableLog(logdir)
+    assert again.get(1).wal == {"salt1": 1, "frame_count": 3}
+    assert len(again.get(1).to_wire()) == 5  # never on the wire
+
+
+def test_reopen_keeps_everything(logdir):
+    log = DurableLog(logdir, segment_bytes=4 * PS)
+    records = recs(1, 25, epoch=3)
+    log.append(records)
+    log.sync()
+    size = log.size_bytes
+    log.close()
+    log = DurableLog(logdir, segment_bytes=4 * PS)
+    assert (log.first_lsn, log.last_lsn, log.last_epoch, log.size_bytes) == (1, 25, 3, size)
+    assert log.read_from(1, 1 << 30) == records
+    log.append([rec(26, epoch=4)])
+    assert log.last_epoch == 4 and log.epoch_at(25) == 3
+
+
+def test_segment_rollover(logdir):
+    log = DurableLog(logdir, segment_bytes=3 * PS)
+    log.append(recs(1, 20))
+    files = segment_files(logdir)
+    assert len(files) > 3
+    assert files[0].name.startswith(f"{1:020d}.")
+    assert log.read_from(1, 1 << 30) == recs(1, 20)
+
+
+def test_torn_tail_is_end_of_log(logdir):
+    log = DurableLog(logdir)
+    log.append(recs(1, 5))
+    log.close()
+    seg = segment_files(logdir)[-1]
+    data = seg.read_bytes()
+    seg.write_bytes(data[: len(data) - 100])  # record 5 cut mid-write
+    log = DurableLog(logdir)
+    assert log.last_lsn == 4
+    assert seg.stat().st_size < len(data) - 100  # torn bytes are cut off
+    log.append([rec(5)])  # and the log goes on from there
+    log.close()
+    assert DurableLog(logdir).read_from(1, 1 << 30) == recs(1, 5)
+
+
+@pytest.mark.parametrize("garbage", [b"\x00" * 3, b"\x00" * 64, b"\xff" * 40, b"\x10\x00\x00\x00junkjunkjunkjunk"])
+def test_garbage_after_tail_is_end_of_log(logdir, garbage):
+    log = DurableLog(logdir)
+    log.append(recs(1, 3))
+    log.close()
+    seg = segment_files(logdir)[-1]
+    size = seg.stat().st_size
+    with open(seg, "ab") as f:
+        f.write(garbage)
+    log = DurableLog(logdir)
+    assert log.last_lsn == 3 and seg.stat().st_size == size
+
+
+def test_corrupt_record_in_last_segment(logdir):
+    log = DurableLog(logdir)
+    log.append(recs(1, 4))
+    log.close()
+    seg = segment_files(logdir)[-1]
+    data = bytearray(seg.read_bytes())
+    one = len(data) // 4
+    data[2 * one + 50] ^= 0xFF  # record 3's payload
+    seg.write_bytes(bytes(data))
+    assert DurableLog(logdir).last_lsn == 2
+
+
+def test_truncate_before(logdir):
+    log = DurableLog(logdir, segment_bytes=3 * PS)
+    log.append(recs(1, 20))
+    log.truncate_before(10)
+    first = log.first_lsn
+    assert 1 < first <= 10
+    assert log.get(10) == rec(10) and log.get(first - 1) is None
+    with pytest.raises(LookupError):
+        log.read_from(first - 1, 1 << 20)
+    assert log.bytes_between(0, 20) == (20 - first + 1) * rec(1).nbytes
+    log.truncate_before(1000)  # never the active segment
+    assert log.last_lsn == 20 and log.get(20) == rec(20)
+    log.close()
+    log = DurableLog(logdir, segment_bytes=3 * PS)
+    assert log.last_lsn == 20 and log.first_lsn > first
+
+
+def test_truncate_after(logdir):
+    log = DurableLog(logdir, segment_bytes=3 * PS)
+    log.append(recs(1, 20, epoch=2))
+    log.truncate_after(8)
+    assert log.last_lsn == 8 and log.get(9) is None
+    log.append(recs(9, 12, epoch=3))  # a new fork
+    log.close()
+    log = DurableLog(logdir, segment_bytes=3 * PS)
+    assert log.last_lsn == 12 and log.epoch_at(8) == 2 and log.epoch_at(9) == 3
+    assert log.read_from(1, 1 << 30) == recs(1, 8, epoch=2) + recs(9, 12, epoch=3)
+
+
+def test_reset_survives_restart(logdir):
+    log = DurableLog(logdir)
+    log.append(recs(1, 5))
+    log.reset(101, epoch=7)
+    assert (log.first_lsn, log.last_lsn, log.last_epoch) == (0, 100, 7)
+    assert segment_files(logdir) == []
+    log.close()
+    log = DurableLog(logdir)
+    assert (log.first_lsn, log.last_lsn, log.last_epoch) == (0, 100, 7)
+    assert log.epoch_at(100) == 7
+    with pytest.raises(ValueError):
+        log.append([rec(1)])
+    log.append(recs(101, 103, epoch=7))
+    log.close()
+    log = DurableLog(logdir)
+    assert (log.first_lsn, log.last_lsn) == (101, 103)
+
+
+def test_interrupted_reset_leftovers_are_ignored(logdir):
+    log = DurableLog(logdir)
+    log.append(recs(1, 5))
+    log.close()
+    stale = segment_files(logdir)[0].read_bytes()
+    log = DurableLog(logdir)
+    log.reset(3, epoch=2)
+    log.close()
+    (logdir / f"{1:020d}.0.seg").write_bytes(stale)  # as if the delete never reached the disk
+    log = DurableLog(logdir)
+    assert (log.first_lsn, log.last_lsn, log.last_epoch) == (0, 2, 2)
+
+
+def test_concurrent_append_and_read(logdir):
+    log = DurableLog(logdir, segment_bytes=8 * PS)
+    done = threading.Event()
+    errors = []
+
+    def reader():
+        try:
+            while not done.is_set():
+                last = log.last_lsn
+                if last:
+                    got = log.read_from(1, 1 << 30)
+                    assert [r.lsn for r in got[:last]] == list(range(1, last + 1))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    for n in range(1, 200):
+        log.append([rec(n)])
+    done.set()
+    t.join()
+    assert errors == []
+
+
+# --- wire validation ---------------------------------------------------------------
+
+
+def test_wire_roundtrip():
+    r = rec(7, epoch=2, npages=3, wal={"x": 1})
+    back = LogRecord.from_wire(r.to_wire())
+    assert back == LogRecord(7, 2, 3, PS, r.pages, None)
+
+
+GOOD = [1, 0, 1, PS, [[1, b"\x00" * PS]]]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        None,
+        [1, 0, 1, PS],
+        ["1", 0, 1, PS, []],
+        [0, 0, 1, PS, []],
+        [1, -1, 1, PS, []],
+        [1, 0, 0, PS, []],
+        [1, 0, 1, 1000, []],
+        [1, 0, 1, 256, []],
+        [1, 0, 1, 131072, []],
+        [1, 0, 1, PS, "pages"],
+        [1, 0, 1, PS, [[0, b"\x00" * PS]]],
+        [1, 0, 1, PS, [[1.0, b"\x00" * PS]]],
+        [1, 0, 1, PS, [[1, b"\x00" * (PS - 1)]]],
+        [1, 0, 1, PS, [[1, "x" * PS]]],
+        [1, 0, 1, PS, [[1]]],
+        [1, 0, 1, PS, [[1, b"\x00" * PS], [1, b"\x01" * PS]]],
+        [True, 0, 1, PS, []],
+    ],
+)
+def test_from_wire_rejects(bad):
+    LogRecord.from_wire(GOOD)
+    with pytest.raises(ProtocolError):
+        LogRecord.from_wire(bad)
+
+
+# --- property: the log behaves like a list across reopen ------------------------------
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("append"), st.integers(1, 6), st.integers(0, 3)),
+        st.tuples(st.just("reopen")),
+        st.tuples(st.just("truncate_before"), st.integers(0, 40)),
+        st.tuples(st.just("truncate_after"), st.integers(0, 40)),
+        st.tuples(st.just("reset"), st.integers(1, 40), st.integers(0, 5)),
+    ),
+    max_size=12,
+)
+
+
+class Model:
+    def __init__(self):
+        self.records: dict[int, LogRecord] = {}
+        self.next, self.base_epoch = 1, 0
+
+    def check(self, log: DurableLog):
+        assert log.last_lsn == self.next - 1
+        if self.records:
+            assert log.first_lsn >= min(self.records)
+            assert log.last_epoch == self.records[self.next - 1].epoch
+            kept = [self.records[n] for n in range(log.first_lsn, self.next)]
+            assert log.read_from(log.first_lsn, 1 << 30) == kept
+        else:
+            assert log.first_lsn == 0 and log.last_epoch == self.base_epoch
+
+
+@settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops)
+def test_log_model(ops_list):
+    with tempfile.TemporaryDirectory() as d:
+        log, model = DurableLog(Path(d), segment_bytes=2 * PS), Model()
+        for op in ops_list:
+            log = apply_op(log, model, op, Path(d))
+            model.check(log)
+        log.close()
+
+
+def apply_op(log: DurableLog, model: Model, op: tuple, d: Path) -> DurableLog:
+    kind = op[0]
+    if kind == "append":
+        new = [rec(model.next + i, epoch=op[2]) for i in range(op[1])]
+        log.append(new)
+        model.records.update((r.lsn, r) for r in new)
+        model.next += op[1]
+    elif kind == "reopen":
+        log.close()
+        log = DurableLog(d, segment_bytes=2 * PS)
+        model.records = {n: r for n, r in model.records.items() if n >= (log.first_lsn or model.next)}
+    elif kind == "truncate_before":
+        log.truncate_before(op[1])
+        assert log.first_lsn == 0 or log.first_lsn <= max(op[1], min(model.records))
+        model.records = {n: r for n, r in model.records.items() if n >= (log.first_lsn or model.next)}
+    elif kind == "truncate_after":
+        if op[1] < model.next - 1:
+            log.truncate_after(op[1])
+            if model.records and op[1] < min(model.records):
+                model.records, model.next = {}, op[1] + 1
+            else:
+                model.records = {n: r for n, r in model.records.items() if n <= op[1]}
+                model.next = op[1] + 1
+    else:
+        log.reset(op[1], op[2])
+        model.records, model.next, model.base_epoch = {}, op[1], op[2]
+    return log
