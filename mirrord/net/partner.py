@@ -104,6 +104,7 @@ async def _one_connection(node: "Node", host: "DatabaseHost") -> None:
         hardened = await _agree_resume_point(host, welcome, reader, writer)
         host.session.partner_listen = welcome.get("listen") if isinstance(welcome.get("listen"), str) else None
         host.session.note_partner_connected(hardened)
+        host.session.redo_lsn = min(welcome["redo_lsn"], hardened)
         host.partner_writer = writer
         host.principal.update_visible()
         host.note_state()

@@ -23,12 +23,12 @@ class Writer(threading.Thread):
         self.next_id = start
         self.acked: list[int] = []
         self.errors: list[str] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         client = None
         deadline = time.monotonic() + 120
-        while not self._stop.is_set() and time.monotonic() < deadline:
+        while not self._halt.is_set() and time.monotonic() < deadline:
             try:
                 if client is None:
                     client = Client.connect(self.node.address, timeout=2.0)
@@ -43,13 +43,13 @@ class Writer(threading.Thread):
                     except OSError:
                         pass
                 client = None
-                self._stop.wait(0.02)  # a node is down: don't spin
+                self._halt.wait(0.02)  # a node is down: don't spin
 
     def acked_count_reaches(self, n: int) -> bool:
         return len(self.acked) >= n
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(30)
 
 
