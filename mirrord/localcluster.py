@@ -144,6 +144,7 @@ class LocalNode:
             self.listen_port = free_port(host)
         self.proc: subprocess.Popen | None = None
         self.frozen = False
+        self.extra_args: list[str] = []  # more mirrord flags, taken at the next start
 
     def __repr__(self) -> str:
         return f"LocalNode({self.name!r}, {self.address}, pid={self.proc.pid if self.proc else None})"
@@ -168,7 +169,7 @@ class LocalNode:
         return [sys.executable, "-m", "mirrord.node", "--name", self.name,
                 "--data-dir", str(self.data_dir),
                 "--endpoint", f"{self.host}:{self.endpoint_port}",
-                "--listen", self.address]
+                "--listen", self.address, *self.extra_args]
 
     # ------------------------------------------------------------ lifecycle
 

@@ -154,9 +154,14 @@ class Node:
         from mirrord.storage.fileutil import read_json
 
         config = SessionConfig.from_dict(read_json(directory / "meta.json"))
-        host = DatabaseHost(config.db, directory, Session(config), DurableLog(directory / "log"))
+        host = DatabaseHost(config.db, directory, Session(config), self.open_log(directory))
         self.databases[config.db] = host
         await self.activate(host)
+
+    def open_log(self, directory: Path) -> DurableLog:
+        """A database's durable log, with segments small enough to truncate well below the size limit."""
+        segment = max(64 << 10, min(16 << 20, self.config.log_size_limit // 8))
+        return DurableLog(directory / "log", segment_bytes=segment)
 
     async def activate(self, host: DatabaseHost) -> None:
         """Start the engine the host's role and status call for."""
@@ -372,7 +377,7 @@ class Node:
         if directory.exists():
             shutil.rmtree(directory)  # leftovers of an interrupted CREATE/DROP
         directory.mkdir(parents=True)
-        host = DatabaseHost(config.db, directory, Session(config), DurableLog(directory / "log"))
+        host = DatabaseHost(config.db, directory, Session(config), self.open_log(directory))
         if snapshot is not None:
             image, lsn, epoch = snapshot
             os.replace(image, directory / "db.sqlite")

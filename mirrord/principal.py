@@ -308,6 +308,8 @@ class PrincipalDatabase:
             self._readers.put_nowait(reader)
 
     def _check_log_space(self) -> None:
+        if self.log.size_bytes > self.log_size_limit:
+            self.truncate_log()
         if self.session.config.partner is not None and self.log.size_bytes > self.log_size_limit:
             raise LogFull(
                 f"the log of {self.session.db} is full ({self.log.size_bytes} bytes, limit {self.log_size_limit}): "
