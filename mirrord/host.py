@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 
+from mirrord.core.quorum import AckRule, PrincipalView, ack_rule
 from mirrord.core.session import Session
 from mirrord.core.types import Lsn, MirroringState
 from mirrord.mirror import MirrorDatabase
@@ -42,6 +44,43 @@ class DatabaseHost:
     principal_send_queue: int = 0  # mirror: the send queue the principal last reported
     wire: WireStats = field(default_factory=WireStats)
     last_state: MirroringState | None = None
+    witness_link: asyncio.Task | None = None
+    quorum_changed: asyncio.Event = field(default_factory=asyncio.Event)  # wakes the witness link
+    failover_reply: asyncio.Future | None = None  # manual failover: the mirror's failover_done
+    witness_conn: object | None = None  # the open WitnessConnection, if any
+    role_change: asyncio.Lock = field(default_factory=asyncio.Lock)  # one promotion/step-down at a time
+    on_witness_changed: object | None = None  # node callback: start/stop the witness link
+
+    def principal_view(self) -> PrincipalView:
+        """The facts the quorum core needs about this principal."""
+        s, cfg = self.session, self.session.config
+        return PrincipalView(
+            safety=cfg.safety, has_partner=cfg.partner is not None, suspended=cfg.suspended,
+            mirror_connected=s.partner_connected, mirror_caught_up=s.caught_up,
+            witness_set=cfg.witness is not None,
+            witness_believes_synchronized=s.witness_believes_synchronized,
+            mirror_lease_until=s.mirror_lease_until, witness_lease_until=s.witness_lease_until,
+        )
+
+    def ack_rule(self) -> AckRule:
+        """How this principal may acknowledge commits now."""
+        return ack_rule(self.principal_view(), time.monotonic())
+
+    def quorum_refusal(self) -> str | None:
+        """Why this principal may not serve now (lost quorum), or None."""
+        if self.principal_view().has_quorum(time.monotonic()):
+            return None
+        return (
+            f"database {self.name} has lost quorum here: neither the mirror {self.session.config.partner} "
+            f"nor the witness {self.session.config.witness} answers; it is not served until one of them "
+            "returns (the mirror may have been promoted meanwhile)"
+        )
+
+    def poke(self) -> None:
+        """Something the quorum depends on changed: re-evaluate now."""
+        self.quorum_changed.set()
+        if self.principal is not None:
+            self.principal.update_visible()
 
     def persist(self) -> None:
         """Write the session config durably (before acting on it)."""

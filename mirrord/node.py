@@ -39,9 +39,11 @@ from mirrord.core.types import (
 )
 from mirrord.host import DatabaseHost
 from mirrord.mirror import MirrorDatabase
+from mirrord import role_change
 from mirrord.net import framing, inbound
 from mirrord.principal import PrincipalDatabase, StatementResult
 from mirrord.statements_exec import StatementExecutor
+from mirrord.witness import Witness
 from mirrord.storage.fileutil import atomic_write_bytes
 from mirrord.storage.log import DurableLog
 
@@ -122,6 +124,7 @@ class Node:
         self._endpoint_writers: set[asyncio.StreamWriter] = set()
         self._stopped = asyncio.Event()
         self.executor = StatementExecutor(self)
+        self.witness = Witness(config.data_dir / "witness")
 
     # ---------------------------------------------------------------- addresses
 
@@ -155,6 +158,7 @@ class Node:
 
         config = SessionConfig.from_dict(read_json(directory / "meta.json"))
         host = DatabaseHost(config.db, directory, Session(config), self.open_log(directory))
+        host.on_witness_changed = self.sync_witness_link
         self.databases[config.db] = host
         await self.activate(host)
 
@@ -167,7 +171,10 @@ class Node:
         """Start the engine the host's role and status call for."""
         cfg = host.session.config
         if cfg.status is DatabaseStatus.ONLINE:
-            principal = PrincipalDatabase(host.directory, host.session, host.log, log_size_limit=self.config.log_size_limit)
+            principal = PrincipalDatabase(
+                host.directory, host.session, host.log, log_size_limit=self.config.log_size_limit,
+                ack_rule=host.ack_rule, quorum_refusal=host.quorum_refusal,
+            )
             await principal.open()
             host.principal = principal
             if cfg.role is Role.PRINCIPAL and cfg.partner is not None:
@@ -176,7 +183,26 @@ class Node:
             host.mirror = MirrorDatabase(host.directory, host.session, host.log)
             if host.mirror.path.exists():
                 host.mirror.start()
+        self.start_witness_link(host)
         host.note_state()
+
+    def start_witness_link(self, host: DatabaseHost) -> None:
+        """Start (once) the partner's link to the session's witness, if one is set."""
+        from mirrord.net.witness_link import run_witness_link
+
+        cfg = host.session.config
+        if cfg.witness is None or cfg.partner is None or not self.endpoint_started:
+            return
+        if host.witness_link is None or host.witness_link.done():
+            host.witness_link = asyncio.create_task(run_witness_link(self, host), name=f"witness-link-{host.name}")
+
+    async def stop_witness_link(self, host: DatabaseHost) -> None:
+        """Stop the partner's link to the witness, if any."""
+        task, host.witness_link = host.witness_link, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        host.session.witness_connected = False
 
     def start_partner_link(self, host: DatabaseHost) -> None:
         """Start (once) the principal's link to its mirror."""
@@ -188,19 +214,24 @@ class Node:
     async def stop_partner_link(self, host: DatabaseHost) -> None:
         """Stop the principal's link to its mirror, if any."""
         task, host.sender = host.sender, None
-        if task is not None:
+        if task is not None and task is not asyncio.current_task():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
     async def stop_inbound(self, host: DatabaseHost) -> None:
         """Close the mirror's connection from its principal, if any."""
         task, host.inbound = host.inbound, None
-        if task is not None:
+        if task is not None and task is not asyncio.current_task():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
     async def deactivate(self, host: DatabaseHost) -> None:
-        """Stop everything running for a database (before dropping or re-roling it)."""
+        """Stop everything running for a database (before dropping it)."""
+        await self.stop_witness_link(host)
+        await self._stop_engines(host)
+
+    async def _stop_engines(self, host: DatabaseHost) -> None:
+        """Stop the role-specific engine and partner links, keeping the witness link."""
         await self.stop_partner_link(host)
         await self.stop_inbound(host)
         if host.principal is not None:
@@ -234,6 +265,7 @@ class Node:
         for host in self.databases.values():
             if host.session.role is Role.PRINCIPAL and host.session.config.partner is not None:
                 self.start_partner_link(host)
+            self.start_witness_link(host)
 
     async def stop_endpoint(self) -> None:
         """Close the endpoint and every node-to-node connection (STATE = STOPPED)."""
@@ -244,6 +276,10 @@ class Node:
         for host in self.databases.values():
             await self.stop_partner_link(host)
             await self.stop_inbound(host)
+            await self.stop_witness_link(host)
+            host.session.witness_lease_until = 0.0  # links closed on purpose: no lease outlives them
+            host.session.mirror_lease_until = 0.0
+            host.poke()
         for writer in list(self._endpoint_writers):
             writer.close()
 
@@ -268,6 +304,21 @@ class Node:
         """
         return await asyncio.open_connection(ep.host, ep.port, local_addr=(self.config.endpoint.host, 0))
 
+    async def adopt_witness_state(self, host: DatabaseHost, msg: dict) -> None:
+        """What the witness says about a session (see role_change.adopt_witness_state)."""
+        await role_change.adopt_witness_state(self, host, msg)
+
+    async def request_promotion(self, host: DatabaseHost, conn, *, forced: bool, timeout: float) -> bool:
+        """Ask the witness to promote this mirror (see role_change.request_promotion)."""
+        return await role_change.request_promotion(self, host, conn, forced=forced, timeout=timeout)
+
+    def sync_witness_link(self, host: DatabaseHost) -> None:
+        """Start or stop the witness link after the session's witness setting changed."""
+        if host.session.config.witness is not None:
+            self.start_witness_link(host)
+        elif host.witness_link is not None:
+            asyncio.ensure_future(self.stop_witness_link(host))
+
     def hello(self, host: DatabaseHost) -> dict:
         """The principal's opening message on a link to its mirror."""
         cfg = host.session.config
@@ -276,6 +327,7 @@ class Node:
             "from_endpoint": self.endpoint_url, "role": cfg.role.value, "epoch": cfg.epoch,
             "end_lsn": host.log.last_lsn, "safety": cfg.safety.value, "timeout": cfg.timeout,
             "suspended": cfg.suspended, "listen": self.listen_address,
+            "failover_lsn": cfg.failover_lsn, "witness": cfg.witness or "",
         }
 
     async def _on_endpoint(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -283,8 +335,11 @@ class Node:
         self.track_endpoint_writer(writer)
         try:
             hello = messages.validate(await asyncio.wait_for(framing.read_message(reader), HELLO_TIMEOUT))
+            if hello["t"] == "w_hello":
+                await self.witness.serve(self, hello, reader, writer)
+                return
             if hello["t"] != "hello":
-                raise ProtocolError(f"first frame must be hello, got {hello['t']}")
+                raise ProtocolError(f"first frame must be hello or w_hello, got {hello['t']}")
             await self._serve_hello(hello, reader, writer)
         except ProtocolError as exc:
             log.warning("endpoint_frame_rejected", peer=str(peer), reason=str(exc))
@@ -302,16 +357,26 @@ class Node:
 
     async def _serve_hello(self, hello: dict, reader, writer) -> None:
         host = self.databases.get(hello["db"])
+        if host is not None and inbound.hello_from_newer_principal(host, hello):
+            await role_change.step_down(self, host, hello["epoch"], f"{hello['from_endpoint']} is principal in role sequence {hello['epoch']}")
         reason = inbound.refusal_for_hello(self, host, hello)
         if reason is not None:
             log.warning("hello_refused", database=hello["db"], reason=reason)
-            framing.write_message(writer, {"t": "refuse", "reason": reason})
+            refuse = {"t": "refuse", "reason": reason}
+            if host is not None:
+                refuse.update(epoch=host.session.config.epoch, role=host.session.role.value)
+            framing.write_message(writer, refuse)
             await writer.drain()
             return
         await self.stop_inbound(host)  # a new connection from the principal replaces the old
         host.inbound = asyncio.current_task()
         try:
             await inbound.serve_principal(self, host, hello, reader, writer)
+        except inbound.FailoverRequested as req:
+            host.inbound = None
+            await role_change.promote(self, host, req.epoch, forced=False, why="manual failover")
+            framing.write_message(writer, {"t": "failover_done", "epoch": req.epoch})
+            await writer.drain()
         finally:
             if host.inbound is asyncio.current_task():
                 host.inbound = None
@@ -384,6 +449,7 @@ class Node:
             host.log.reset(lsn + 1, epoch)
             atomic_write_bytes(directory / "redo_lsn", str(lsn).encode())
         host.persist()
+        host.on_witness_changed = self.sync_witness_link
         self.databases[config.db] = host
         await self.activate(host)
         return host

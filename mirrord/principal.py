@@ -30,11 +30,12 @@ import shutil
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import aiosqlite
 import structlog
 
+from mirrord.core.quorum import AckRule
 from mirrord.core.session import Session
 from mirrord.core.types import LogFull, Lsn, MirrordError, StatementRefused
 from mirrord.storage.log import DurableLog, LogRecord
@@ -104,13 +105,16 @@ def _in_connection_thread(conn: aiosqlite.Connection, fn, *args):
 class PrincipalDatabase:
     """A database this node serves: SQL execution, capture, acknowledgement."""
 
-    def __init__(self, directory: Path, session: Session, dlog: DurableLog, *, log_size_limit: int, log_retention: int = 64 << 20) -> None:
+    def __init__(self, directory: Path, session: Session, dlog: DurableLog, *, log_size_limit: int,
+                 ack_rule: Callable[[], AckRule], quorum_refusal: Callable[[], str | None], log_retention: int = 64 << 20) -> None:
         self.directory = directory
         self.path = directory / "db.sqlite"
         self.session = session
         self.log = dlog
         self.log_size_limit = log_size_limit
         self.log_retention = log_retention
+        self.ack_rule = ack_rule
+        self.quorum_refusal = quorum_refusal
         self.write_lock = asyncio.Lock()
         # Held only for one execute+capture hop: a reader passing through it knows
         # that every commit its snapshot can contain has been captured.
@@ -236,7 +240,13 @@ class PrincipalDatabase:
         """Recompute visible_lsn after an ack, a capture or a session change."""
         end = self.end_lsn
         self.session.end_of_log_lsn = end
-        target = min(end, self.session.hardened_lsn) if self.session.commits_wait_for_mirror() else end
+        rule = self.ack_rule()
+        if rule is AckRule.MIRROR:
+            target = min(end, self.session.hardened_lsn)
+        elif rule is AckRule.LOCAL:
+            target = end
+        else:
+            target = self.visible_lsn  # blocked: the witness must hear first, or quorum is lost
         if target > self.visible_lsn:
             self.visible_lsn = target
         while self._waiters and self._waiters[0][0] <= self.visible_lsn:
@@ -279,6 +289,8 @@ class PrincipalDatabase:
         """Run one SQL statement for a client (owner identifies its connection)."""
         if self.closed:
             raise StatementRefused("the database is not being served on this node any more; reconnect")
+        if (why := self.quorum_refusal()) is not None:
+            raise StatementRefused(why)
         if self._txn_owner is owner:
             return await self._execute_in_transaction(owner, sql, params)
         if sql.lstrip().upper().startswith(READ_ONLY_PREFIXES):

@@ -44,9 +44,10 @@ BACKUP_MAGIC = b"MIRRORD-BACKUP\x01"
 STATUS_COLUMNS = [
     "database", "role", "state", "safety", "partner", "witness", "witness_state", "role_sequence",
     "failover_lsn", "end_of_log_lsn", "hardened_lsn", "redo_lsn", "send_queue_bytes", "redo_queue_bytes",
-    "timeout", "status", "partner_address", "log_bytes", "log_bytes_sent_raw", "log_bytes_sent_wire",
+    "timeout", "status", "partner_address", "fork_lsn", "lost_lsn_range", "lost_transactions", "salvage_path",
+    "log_bytes", "log_bytes_sent_raw", "log_bytes_sent_wire",
 ]
-WITNESS_COLUMNS = ["database", "principal", "mirror", "role_sequence", "safety", "principal_connected", "mirror_connected"]
+WITNESS_COLUMNS = ["database", "principal", "mirror", "role_sequence", "safety", "mirror_synchronized", "principal_connected", "mirror_connected"]
 
 
 def _message(text: str) -> StatementResult:
@@ -176,11 +177,29 @@ class StatementExecutor:
 
     async def _partner_resume(self, host: "DatabaseHost") -> StatementResult:
         host.update_config(suspended=False)
-        host.session.caught_up = host.session.partner_connected and host.session.hardened_lsn >= host.log.last_lsn
         self._send_settings(host)
-        host.principal.new_log.set()
-        host.note_state()
+        # a fresh handshake agrees the resume point again: a diverged old principal is reseeded here
+        await self.node.stop_partner_link(host)
+        host.session.note_partner_lost()
+        host.poke()
+        self.node.start_partner_link(host)
         return _message(f"mirroring of {host.name} resumed")
+
+    async def _partner_failover(self, host: "DatabaseHost") -> StatementResult:
+        from mirrord.role_change import manual_failover
+
+        new_principal = await manual_failover(self.node, host)
+        return _message(f"manual failover of {host.name} complete: the principal is now {new_principal}; this node is the mirror")
+
+    async def _partner_force_service_allow_data_loss(self, host: "DatabaseHost") -> StatementResult:
+        from mirrord.role_change import forced_service
+
+        await forced_service(self.node, host)
+        cfg = host.session.config
+        return _message(
+            f"forced service: {host.name} is principal here in role sequence {cfg.epoch}, a new recovery fork from LSN {cfg.failover_lsn}; "
+            "anything the old principal held past that is lost unless salvaged when it returns"
+        )
 
     async def _do_SetSafety(self, host, stmt) -> StatementResult:
         host.update_config(safety=stmt.safety)
@@ -194,16 +213,27 @@ class StatementExecutor:
         return _message(f"{host.name}: PARTNER TIMEOUT {stmt.seconds} s")
 
     def _send_settings(self, host: "DatabaseHost") -> None:
-        cfg = host.session.config
-        self._tell_partner(host, {"t": "settings", "safety": cfg.safety.value, "timeout": cfg.timeout, "suspended": cfg.suspended})
+        from mirrord.net.partner import settings_message
+
+        self._tell_partner(host, settings_message(host))
+        host.poke()  # the witness may need to hear of it
 
     @staticmethod
     def _tell_partner(host: "DatabaseHost", msg: dict) -> None:
         if host.partner_writer is not None and not host.partner_writer.is_closing():
             framing.write_message(host.partner_writer, msg)
 
-    async def _do_SetWitness(self, host, stmt) -> StatementResult:  # refused by the rules for now
-        raise StatementRefused("witnesses are not available in this build yet")
+    async def _do_SetWitness(self, host, stmt) -> StatementResult:
+        url = str(stmt.endpoint) if stmt.endpoint is not None else None
+        await self.node.stop_witness_link(host)
+        host.session.witness_believes_synchronized = False
+        host.session.witness_lease_until = 0.0
+        host.update_config(witness=url)
+        self._send_settings(host)
+        self.node.sync_witness_link(host)
+        if url is None:
+            return _message(f"{host.name}: witness removed; automatic failover is no longer possible")
+        return _message(f"{host.name}: witness {url} set")
 
     # ---------------------------------------------------------------- endpoint
 
@@ -262,7 +292,7 @@ class StatementExecutor:
         if stmt.view == "database_mirroring":
             rows, columns = [status_row(h) for h in self.node.databases.values()], STATUS_COLUMNS
         else:
-            rows, columns = [], WITNESS_COLUMNS
+            rows, columns = self.node.witness.rows(), WITNESS_COLUMNS
         if stmt.database is not None:
             rows = [r for r in rows if r["database"] == stmt.database]
         wanted = list(stmt.columns) if stmt.columns else columns
@@ -300,6 +330,10 @@ def status_row(host: "DatabaseHost") -> dict:
         "timeout": cfg.timeout,
         "status": cfg.status.value,
         "partner_address": s.partner_listen,
+        "fork_lsn": cfg.failover_lsn,
+        "lost_lsn_range": f"{cfg.lost_lsn_from}-{cfg.lost_lsn_to}" if cfg.lost_lsn_to else None,
+        "lost_transactions": cfg.lost_lsn_to - cfg.lost_lsn_from + 1 if cfg.lost_lsn_to else 0,
+        "salvage_path": cfg.salvage_path,
         "log_bytes": host.log.size_bytes,
         "log_bytes_sent_raw": host.wire.raw,
         "log_bytes_sent_wire": host.wire.wire,

@@ -143,6 +143,17 @@ SCHEMAS: dict[str, dict[str, Checker]] = {
     "seed_end": {"crc": _int},
     "settings": {"safety": _safety, "timeout": _int, "suspended": _bool},
     "partner_off": {},
+    "failover": {"epoch": _int, "failover_lsn": _int},  # manual failover: principal -> mirror
+    "failover_done": {"epoch": _int},
+    # witness link, partner <-> witness (replies are w_state, matched by rid)
+    "w_hello": {"db": _str, "from_endpoint": _str, "role": _str, "epoch": _int, "partner": _str,
+                "synchronized": _bool, "safety": _safety, "timeout": _int},
+    "w_ping": {"rid": _int},
+    "w_report": {"rid": _int, "epoch": _int, "synchronized": _bool, "safety": _safety},
+    "w_switch": {"rid": _int, "epoch": _int},
+    "w_vote": {"rid": _int, "epoch": _int, "hardened_lsn": _int, "forced": _bool},
+    "w_state": {"rid": _int, "epoch": _int, "principal": _str, "mirror": _str,
+                "mirror_synchronized": _bool, "principal_connected": _bool, "mirror_connected": _bool},
     # client port
     "query": {"id": _int, "db": _optional(_str), "sql": _sql, "params": _params},
     "result": {"id": _int, "columns": _str_list, "rows": _rows, "rowcount": _rowcount,

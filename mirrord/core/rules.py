@@ -96,19 +96,23 @@ def _manual_failover_refusal(session: Session) -> str | None:
     from mirrord.core.types import Safety
 
     if session.config.safety is not Safety.FULL or session.state is not MirroringState.SYNCHRONIZED:
+        behind = max(0, session.end_of_log_lsn - session.hardened_lsn)
         return (
             "manual failover needs SAFETY FULL and SYNCHRONIZED; the session is "
-            f"SAFETY {session.config.safety.value}, {session.state.value}"
+            f"SAFETY {session.config.safety.value}, {session.state.value}, {behind} transactions behind "
+            f"(mirror hardened LSN {session.hardened_lsn} of {session.end_of_log_lsn})"
         )
-    return "manual failover is not available in this build yet (witness and role switching are the next issue)"
+    return None
 
 
 def _forced_service_refusal(session: Session | None, db: str) -> str | None:
+    from mirrord.core.quorum import forced_service_refusal
+
     if (why := _exists(session, db)) is not None:
         return why
-    if session.role is not Role.MIRROR:
+    if session.role is not Role.MIRROR or session.config.partner is None:
         return f"FORCE_SERVICE_ALLOW_DATA_LOSS must be issued on the mirror; this node is {session.role.value} for {db}"
-    return "forced service is not available in this build yet (witness and role switching are the next issue)"
+    return forced_service_refusal(session.partner_connected, session.config.witness is not None, session.witness_connected)
 
 
 def _safety_or_timeout(session, stmt) -> str | None:
@@ -117,9 +121,14 @@ def _safety_or_timeout(session, stmt) -> str | None:
 
 
 def _witness(session, stmt) -> str | None:
-    if (why := _on_principal(session, stmt.db, "SET WITNESS")) is not None:
+    what = "SET WITNESS OFF" if stmt.endpoint is None else "SET WITNESS"
+    if (why := _on_principal(session, stmt.db, what)) is not None:
         return why
-    return "witnesses are not available in this build yet (witness and role switching are the next issue)"
+    if stmt.endpoint is None:
+        return None if session.config.witness is not None else f"database {stmt.db} has no witness to remove"
+    if str(stmt.endpoint) == session.config.partner:
+        return f"{stmt.endpoint} is the mirror of {stmt.db}; the witness must be a third node"
+    return None
 
 
 def _backup(session, stmt) -> str | None:

@@ -52,7 +52,11 @@ class SessionConfig:
     timeout: int = DEFAULT_TIMEOUT
     suspended: bool = False
     epoch: Epoch = 0  # role sequence
-    failover_lsn: Lsn = NO_LSN  # last LSN both partners agreed on at the last role change
+    failover_lsn: Lsn = NO_LSN  # where this node's role sequence began (the fork point of the last role change)
+    forced_fork: bool = False  # this principal was made by forced service; suspend when the old one returns
+    lost_lsn_from: Lsn = NO_LSN  # a diverged old principal: its log past the fork, first..last
+    lost_lsn_to: Lsn = NO_LSN
+    salvage_path: str | None = None  # copy of the diverged database, kept for the DBA
 
     def to_dict(self) -> dict:
         """A JSON-able dict."""
@@ -85,6 +89,11 @@ class Session:
     failover_pending: bool = False
     witness_connected: bool = False
     partner_listen: str | None = None  # the partner's client address, for "the principal is X"
+    principal_was_synchronized: bool = False  # mirror: the principal's state when last heard from
+    witness_believes_synchronized: bool = False  # principal: the witness's acknowledged record
+    witness_lease_until: float = 0.0  # principal: monotonic instant its witness lease ends
+    mirror_lease_until: float = 0.0
+    failover_requested: bool = False  # mirror: a vote request is under way; take no log meanwhile
     end_of_log_lsn: Lsn = NO_LSN
     hardened_lsn: Lsn = NO_LSN  # on the principal: what the mirror acknowledged
     redo_lsn: Lsn = NO_LSN
@@ -146,8 +155,11 @@ class Session:
 
     def note_partner_lost(self) -> None:
         """The partner connection failed (hard error or timeout)."""
+        if self.partner_connected:
+            self.principal_was_synchronized = self.caught_up
         self.partner_connected = False
         self.caught_up = False
+        self.mirror_lease_until = 0.0
 
     def note_partner_connected(self, hardened: Lsn) -> None:
         """A partner connection was established and agreed to resume after `hardened`."""

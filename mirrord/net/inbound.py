@@ -38,12 +38,31 @@ def refusal_for_hello(node: "Node", host: "DatabaseHost | None", hello: dict) ->
         )
     cfg = host.session.config
     if host.mirror is None or cfg.role is not Role.MIRROR:
-        return f"database {db} on {node.name} is not a mirror (role {cfg.role.value})"
+        return f"database {db} on {node.name} is not a mirror (role {cfg.role.value}, role sequence {cfg.epoch})"
+    if host.session.failover_requested:
+        return f"database {db} on {node.name} is asking the witness to fail over; it takes no log meanwhile"
     if cfg.partner is None or not _same_endpoint(cfg.partner, hello["from_endpoint"]):
         return f"database {db} on {node.name} mirrors {cfg.partner}, not {hello['from_endpoint']}"
     if hello["epoch"] < cfg.epoch:
         return f"hello from role sequence {hello['epoch']}, older than this node's {cfg.epoch}"
     return None
+
+
+def hello_from_newer_principal(host: "DatabaseHost", hello: dict) -> bool:
+    """This principal hears its partner speak as principal of a newer role sequence."""
+    cfg = host.session.config
+    return (
+        cfg.role is Role.PRINCIPAL and hello["role"] == "PRINCIPAL" and hello["epoch"] > cfg.epoch
+        and cfg.partner is not None and _same_endpoint(cfg.partner, hello["from_endpoint"])
+    )
+
+
+class FailoverRequested(Exception):
+    """The principal asked this mirror to take over (manual failover)."""
+
+    def __init__(self, epoch: int, failover_lsn: int) -> None:
+        super().__init__(epoch, failover_lsn)
+        self.epoch, self.failover_lsn = epoch, failover_lsn
 
 
 def _same_endpoint(a: str, b: str) -> bool:
@@ -60,6 +79,7 @@ async def serve_principal(node: "Node", host: "DatabaseHost", hello: dict, reade
     if hello["epoch"] > session.config.epoch:
         host.update_config(epoch=hello["epoch"])
     mirror = host.mirror
+    await _note_divergence(host, hello)
     framing.write_message(writer, {
         "t": "welcome", "db": host.name, "epoch": session.config.epoch,
         "hardened_lsn": mirror.hardened_lsn, "hardened_epoch": host.log.last_epoch,
@@ -77,6 +97,7 @@ async def serve_principal(node: "Node", host: "DatabaseHost", hello: dict, reade
         host.partner_writer = None
         session.note_partner_lost()
         host.note_state()
+        host.poke()  # a lost principal may mean automatic failover
 
 
 async def _receive_loop(host: "DatabaseHost", reader, writer) -> None:
@@ -120,6 +141,13 @@ async def _handle(host: "DatabaseHost", msg: dict, writer, records: list, seed: 
         return None
     elif kind == "partner_off":
         raise PartnerRemoved()
+    elif kind == "failover":
+        if msg["epoch"] != host.session.config.epoch + 1 or msg["failover_lsn"] != host.log.last_lsn + len(records):
+            raise ProtocolError(f"failover to role sequence {msg['epoch']} at LSN {msg['failover_lsn']} does not match this mirror")
+        if records:
+            await host.mirror.harden(records)
+            records.clear()
+        raise FailoverRequested(msg["epoch"], msg["failover_lsn"])
     else:
         raise ProtocolError(f"unexpected {kind} from the principal")
     return seed
@@ -142,8 +170,33 @@ def _adopt_principal_view(host: "DatabaseHost", msg: dict) -> None:
     host.note_state()
 
 
+async def _note_divergence(host: "DatabaseHost", hello: dict) -> None:
+    """Before the new principal decides anything, record what this copy would lose, and salvage it.
+
+    The principal's history diverged from ours after its fork point (its
+    failover LSN): whatever this node holds past it is not in the new history.
+    """
+    from mirrord.role_change import keep_salvage_copy
+
+    fork = hello.get("failover_lsn")
+    end = host.log.last_lsn
+    if not isinstance(fork, int) or isinstance(fork, bool) or hello["epoch"] <= host.log.last_epoch or end <= fork:
+        return
+    cfg = host.session.config
+    if cfg.lost_lsn_to == end and cfg.salvage_path:
+        return  # already recorded
+    if host.mirror is not None and host.mirror.path.exists():
+        await host.mirror.wait_redone()
+        path = await asyncio.to_thread(keep_salvage_copy, host, fork)
+    else:
+        path = None
+    host.update_config(lost_lsn_from=fork + 1, lost_lsn_to=end, salvage_path=path)
+    log.warning("diverged_from_new_principal", database=host.name, fork_lsn=fork, lost_from=fork + 1, lost_to=end,
+                transactions=end - fork, salvage_path=path, role="MIRROR", role_sequence=hello["epoch"])
+
+
 def _adopt_settings(host: "DatabaseHost", msg: dict) -> None:
-    """The principal's safety, timeout and SUSPENDED flag are the session's."""
+    """The principal's safety, timeout, witness and SUSPENDED flag are the session's."""
     cfg = host.session.config
     if msg["safety"] not in ("FULL", "OFF") or not 1 <= msg["timeout"] <= 3600:
         raise ProtocolError(f"bad settings from the principal: safety {msg['safety']!r}, timeout {msg['timeout']!r}")
@@ -154,5 +207,10 @@ def _adopt_settings(host: "DatabaseHost", msg: dict) -> None:
         changes["timeout"] = msg["timeout"]
     if msg["suspended"] != cfg.suspended:
         changes["suspended"] = msg["suspended"]
+    witness = msg.get("witness")
+    if isinstance(witness, str) and (witness or None) != cfg.witness:
+        changes["witness"] = witness or None
     if changes:
         host.update_config(**changes)
+        if "witness" in changes and host.on_witness_changed is not None:
+            host.on_witness_changed(host)

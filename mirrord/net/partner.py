@@ -20,6 +20,7 @@ principal runs exposed: commits stop waiting for the mirror.
 from __future__ import annotations
 
 import asyncio
+import time
 import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from mirrord.core import messages
+from mirrord.core.quorum import lease_until
 from mirrord.core.types import Endpoint, ProtocolError, Role
 from mirrord.net import framing
 
@@ -75,15 +77,16 @@ async def run_partner_link(node: "Node", host: "DatabaseHost") -> None:
 
 
 def _should_stream(node: "Node", host: "DatabaseHost") -> bool:
-    return host.principal is not None and host.session.role is Role.PRINCIPAL and host.session.config.partner is not None and not node.stopping
+    return host.session.role is Role.PRINCIPAL and host.session.config.partner is not None and not node.stopping
 
 
 def _lost(host: "DatabaseHost") -> None:
     was = host.session.partner_connected
     host.partner_writer = None
     host.session.note_partner_lost()
-    if host.principal is not None:
-        host.principal.update_visible()  # exposed: waiting commits go on alone
+    if host.failover_reply is not None and not host.failover_reply.done():
+        host.failover_reply.set_exception(ConnectionError("the mirror connection closed during failover"))
+    host.poke()  # exposed (after the witness heard), or out of quorum
     if was:
         host.note_state()
 
@@ -98,15 +101,22 @@ async def _one_connection(node: "Node", host: "DatabaseHost") -> None:
         framing.write_message(writer, node.hello(host))
         welcome = messages.validate(await asyncio.wait_for(framing.read_message(reader), timeout))
         if welcome["t"] == "refuse":
+            await _maybe_step_down(node, host, welcome)
             raise PartnerRefused(welcome["reason"])
         if welcome["t"] != "welcome":
             raise ProtocolError(f"expected welcome, got {welcome['t']}")
+        sent_at = time.monotonic()
+        if cfg.forced_fork:
+            # reference (forced service): the old principal rejoins as mirror, the session SUSPENDED
+            host.update_config(suspended=True, forced_fork=False)
+            framing.write_message(writer, settings_message(host))
         hardened = await _agree_resume_point(host, welcome, reader, writer)
         host.session.partner_listen = welcome.get("listen") if isinstance(welcome.get("listen"), str) else None
         host.session.note_partner_connected(hardened)
+        host.session.mirror_lease_until = lease_until(sent_at, cfg.timeout)
         host.session.redo_lsn = min(welcome["redo_lsn"], hardened)
         host.partner_writer = writer
-        host.principal.update_visible()
+        host.poke()
         host.note_state()
         log.info("partner_connected", database=host.name, role="PRINCIPAL", role_sequence=cfg.epoch, hardened_lsn=hardened, lsn=host.log.last_lsn)
         await _run_loops(host, reader, writer, hardened + 1)
@@ -115,16 +125,46 @@ async def _one_connection(node: "Node", host: "DatabaseHost") -> None:
         node.untrack_endpoint_writer(writer)
 
 
-async def _agree_resume_point(host: "DatabaseHost", welcome: dict, reader, writer) -> int:
-    """Decide where the mirror resumes; seed it first when it must be."""
-    hardened = welcome["hardened_lsn"]
+async def _maybe_step_down(node: "Node", host: "DatabaseHost", refuse: dict) -> None:
+    """The partner refused us because it is principal of a newer role sequence."""
+    from mirrord.role_change import step_down
+
+    epoch = refuse.get("epoch")
+    if refuse.get("role") == "PRINCIPAL" and isinstance(epoch, int) and not isinstance(epoch, bool) and epoch > host.session.config.epoch:
+        await step_down(node, host, epoch, f"the partner {host.session.config.partner} is principal in role sequence {epoch}")
+
+
+def settings_message(host: "DatabaseHost") -> dict:
+    """The session settings the mirror adopts from its principal."""
+    cfg = host.session.config
+    return {"t": "settings", "safety": cfg.safety.value, "timeout": cfg.timeout, "suspended": cfg.suspended, "witness": cfg.witness or ""}
+
+
+def diverged(host: "DatabaseHost", hardened: int, hardened_epoch: int) -> bool:
+    """The mirror holds log that is not in this principal's history."""
     end = host.log.last_lsn
     if hardened > end:
-        raise PartnerRefused(f"the mirror has LSN {hardened}, past this principal's end of log {end}; its copy diverged")
-    if hardened and hardened >= host.log.first_lsn > 0 and host.log.epoch_at(hardened) != welcome["hardened_epoch"]:
-        raise PartnerRefused(f"the mirror's LSN {hardened} is of role sequence {welcome['hardened_epoch']}, not ours; its copy diverged")
+        return True
+    if hardened and hardened >= host.log.first_lsn > 0:
+        return host.log.epoch_at(hardened) != hardened_epoch
+    return False
+
+
+async def _agree_resume_point(host: "DatabaseHost", welcome: dict, reader, writer) -> int:
+    """Decide where the mirror resumes; seed it first when it must be.
+
+    A mirror whose log left our history (an old principal past the fork) is
+    reseeded: its copy was salvaged by itself before this, and a full copy is
+    the simplest rewind that is certainly right. While SUSPENDED (after forced
+    service) nothing is sent: RESUME reconnects and lands here again.
+    """
+    hardened, end = welcome["hardened_lsn"], host.log.last_lsn
+    is_diverged = diverged(host, hardened, welcome["hardened_epoch"])
+    if is_diverged and host.session.config.suspended:
+        log.warning("mirror_diverged_awaiting_resume", database=host.name, mirror_lsn=hardened, fork_lsn=host.session.config.failover_lsn)
+        return min(hardened, end)
     log_gone = hardened < end and (host.log.first_lsn == 0 or host.log.first_lsn > hardened + 1)
-    if welcome["needs_seed"] or log_gone:
+    if welcome["needs_seed"] or log_gone or is_diverged:
         return await _seed(host, reader, writer)
     return hardened
 
@@ -164,10 +204,11 @@ def _page_size(path: Path) -> int:
 
 
 async def _run_loops(host: "DatabaseHost", reader, writer, next_lsn: int) -> None:
+    pings: dict[int, float] = {}
     tasks = [
         asyncio.create_task(_ship(host, writer, next_lsn)),
-        asyncio.create_task(_read_acks(host, reader)),
-        asyncio.create_task(_ping(host, writer)),
+        asyncio.create_task(_read_acks(host, reader, pings)),
+        asyncio.create_task(_ping(host, writer, pings)),
     ]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -203,7 +244,7 @@ def _principal_view(host: "DatabaseHost") -> dict:
     return {"synchronized": s.caught_up, "send_queue": host.queue_bytes(s.hardened_lsn, host.log.last_lsn)}
 
 
-async def _read_acks(host: "DatabaseHost", reader) -> None:
+async def _read_acks(host: "DatabaseHost", reader, pings: dict[int, float]) -> None:
     acks = 0
     while True:
         msg = messages.validate(await asyncio.wait_for(framing.read_message(reader), host.session.config.timeout))
@@ -211,19 +252,30 @@ async def _read_acks(host: "DatabaseHost", reader) -> None:
             host.session.note_ack(msg["hardened_lsn"], msg["redo_lsn"])
             host.principal.update_visible()
             host.note_state()
+            if host.session.caught_up:
+                host.quorum_changed.set()  # the witness may need to hear the mirror is synchronized
             acks += 1
             if acks % TRUNCATE_EVERY_ACKS == 0:
                 host.principal.truncate_log()
-        elif msg["t"] == "settings":
-            pass  # the mirror only echoes settings; the principal's are authoritative
-        elif msg["t"] != "pong":
+        elif msg["t"] == "pong":
+            sent_at = pings.pop(msg["seq"], None)
+            if sent_at is not None:
+                s = host.session
+                s.mirror_lease_until = max(s.mirror_lease_until, lease_until(sent_at, s.config.timeout))
+        elif msg["t"] == "failover_done":
+            if host.failover_reply is not None and not host.failover_reply.done():
+                host.failover_reply.set_result(msg["epoch"])
+        elif msg["t"] != "settings":
             raise ProtocolError(f"unexpected {msg['t']} from the mirror")
 
 
-async def _ping(host: "DatabaseHost", writer) -> None:
+async def _ping(host: "DatabaseHost", writer, pings: dict[int, float]) -> None:
     seq = 0
     while True:
         await asyncio.sleep(ping_interval(host.session.config.timeout))
         seq += 1
+        pings[seq] = time.monotonic()  # a pong renews the mirror lease from this instant
+        if len(pings) > 64:
+            pings.pop(min(pings))
         framing.write_message(writer, {"t": "ping", "seq": seq, "end_lsn": host.log.last_lsn, **_principal_view(host)})
         await writer.drain()

@@ -25,6 +25,16 @@ GOOD = {
     "query": dict(id=1, db=None, sql="SELECT 1", params=None),
     "result": dict(id=1, columns=["a"], rows=[[1]], rowcount=-1, lsn=None, epoch=2, message=None),
     "error": dict(id=1, code="refused", message="no", principal=None),
+    "failover": dict(epoch=4, failover_lsn=10),
+    "failover_done": dict(epoch=4),
+    "w_hello": dict(db="shop", from_endpoint="tcp://a:5022", role="PRINCIPAL", epoch=3,
+                    partner="tcp://b:5022", synchronized=True, safety="FULL", timeout=10),
+    "w_ping": dict(rid=1),
+    "w_report": dict(rid=2, epoch=3, synchronized=False, safety="FULL"),
+    "w_switch": dict(rid=3, epoch=3),
+    "w_vote": dict(rid=4, epoch=3, hardened_lsn=10, forced=False),
+    "w_state": dict(rid=4, epoch=4, principal="tcp://b:5022", mirror="tcp://a:5022",
+                    mirror_synchronized=False, principal_connected=True, mirror_connected=False),
 }
 
 

@@ -1,0 +1,228 @@
+"""Quorum: who may serve, who may be promoted, what the witness records. Pure.
+
+Why no two nodes ever acknowledge writes in one role sequence (invariant I2)
+---------------------------------------------------------------------------
+A principal acknowledges a commit in exactly two ways (see `ack_rule`):
+
+* MIRROR: the mirror hardened it. A mirror hardens log only from a principal
+  of its own role sequence, and stops taking log from it before it asks the
+  witness to promote it. Once promoted it has a higher role sequence and
+  refuses the old one. So after a promotion the old principal can harden
+  nothing more, and acknowledge nothing more this way.
+* LOCAL (exposed, or SAFETY OFF): only after the witness durably recorded that
+  the mirror is *not* synchronized (`WitnessRecord.mirror_synchronized`). The
+  witness never grants an automatic failover to an unsynchronized mirror, so a
+  principal acknowledging alone can't have a promoted rival. Forced service is
+  the documented exception: it may lose those commits (and reports them).
+
+Each role sequence has at most one principal because the witness grants one
+promotion per sequence: a grant increments the sequence it holds, so a second
+request for the old one is refused (`decide_vote`).
+
+Leases only add promptness: the principal stops serving once it has heard from
+neither partner nor witness for `lease` seconds (a ping it *sent* at s and
+that was answered keeps it alive until s + lease), while the witness votes only
+after it has heard nothing from the principal for the full timeout, counted
+from a later instant (the receipt r >= s). With lease < timeout the old
+principal has stopped accepting writes before the mirror can be promoted.
+
+All time is passed in (`now`, monotonic seconds); nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+
+from mirrord.core.types import Epoch, Lsn, Safety
+
+LEASE_FRACTION = 0.8  # principal lease as a fraction of PARTNER TIMEOUT
+
+
+class AckRule(str, enum.Enum):
+    """How the principal may acknowledge a commit right now."""
+
+    MIRROR = "MIRROR"  # after the mirror hardened it
+    LOCAL = "LOCAL"  # after the local commit (exposed, SAFETY OFF, or no session)
+    BLOCKED = "BLOCKED"  # not yet: the witness must first learn the mirror is behind, or quorum is lost
+
+
+@dataclass(frozen=True)
+class PrincipalView:
+    """What a principal knows when it decides how to acknowledge and whether to serve."""
+
+    safety: Safety
+    has_partner: bool
+    suspended: bool
+    mirror_connected: bool
+    mirror_caught_up: bool
+    witness_set: bool
+    witness_believes_synchronized: bool  # the witness's last acknowledged record
+    mirror_lease_until: float  # monotonic; 0 when never
+    witness_lease_until: float
+
+    def has_quorum(self, now: float) -> bool:
+        """May serve: no witness (partners decide alone), or a live lease from mirror or witness."""
+        if not self.has_partner or not self.witness_set:
+            return True
+        return now < self.mirror_lease_until or now < self.witness_lease_until
+
+
+def ack_rule(view: PrincipalView, now: float) -> AckRule:
+    """How commits are acknowledged now (see the module docstring)."""
+    if not view.has_quorum(now):
+        return AckRule.BLOCKED
+    if not view.has_partner or view.suspended or view.safety is Safety.OFF:
+        return AckRule.LOCAL if not _witness_must_hear_first(view) else AckRule.BLOCKED
+    if view.mirror_connected and view.mirror_caught_up:
+        return AckRule.MIRROR
+    return AckRule.BLOCKED if _witness_must_hear_first(view) else AckRule.LOCAL
+
+
+def _witness_must_hear_first(view: PrincipalView) -> bool:
+    # Going on alone is safe only once the witness refuses to promote the mirror.
+    return view.has_partner and view.witness_set and view.witness_believes_synchronized
+
+
+def lease_until(sent_at: float, timeout: float) -> float:
+    """The lease an answered ping, sent at sent_at, grants the principal."""
+    return sent_at + LEASE_FRACTION * timeout
+
+
+# --------------------------------------------------------------------- witness
+
+
+@dataclass(frozen=True)
+class WitnessRecord:
+    """What the witness keeps, durably, per database."""
+
+    db: str
+    role_sequence: Epoch
+    principal: str  # mirroring endpoint of the principal
+    mirror: str
+    mirror_synchronized: bool
+    safety: Safety = Safety.FULL
+
+    def to_dict(self) -> dict:
+        """JSON-able."""
+        d = self.__dict__.copy()
+        d["safety"] = self.safety.value
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "WitnessRecord":
+        """Inverse of to_dict."""
+        return cls(d["db"], d["role_sequence"], d["principal"], d["mirror"], d["mirror_synchronized"], Safety(d.get("safety", "FULL")))
+
+
+@dataclass(frozen=True)
+class VoteRequest:
+    """A mirror asking the witness to promote it to principal."""
+
+    db: str
+    requester: str  # the mirror's endpoint
+    role_sequence: Epoch  # the sequence the mirror is in now
+    hardened_lsn: Lsn
+    forced: bool = False  # FORCE_SERVICE_ALLOW_DATA_LOSS: synchronization not required
+
+
+@dataclass(frozen=True)
+class Vote:
+    """The witness's answer: granted with the new role sequence, or refused with why."""
+
+    granted: bool
+    role_sequence: Epoch
+    reason: str
+
+
+def decide_vote(record: WitnessRecord, req: VoteRequest, principal_seen: bool) -> tuple[Vote, WitnessRecord]:
+    """Grant at most one promotion per role sequence, never to a mirror known to be behind."""
+    refusal = _vote_refusal(record, req, principal_seen)
+    if refusal is not None:
+        return Vote(False, record.role_sequence, refusal), record
+    new = replace(
+        record,
+        role_sequence=record.role_sequence + 1,
+        principal=req.requester,
+        mirror=record.principal,
+        mirror_synchronized=False,  # the old principal is not a synchronized mirror until it catches up
+    )
+    return Vote(True, new.role_sequence, "granted"), new
+
+
+def _vote_refusal(record: WitnessRecord, req: VoteRequest, principal_seen: bool) -> str | None:
+    if req.role_sequence != record.role_sequence:
+        return f"the request is for role sequence {req.role_sequence}; the witness is at {record.role_sequence}"
+    if req.requester != record.mirror:
+        return f"{req.requester} is not the mirror of {record.db} (the mirror is {record.mirror})"
+    if principal_seen:
+        return f"the witness is still connected to the principal {record.principal}"
+    if req.forced:
+        return None
+    if record.safety is not Safety.FULL:
+        return "automatic failover needs SAFETY FULL"
+    if not record.mirror_synchronized:
+        return "the witness knows the mirror is not synchronized (the principal ran exposed)"
+    return None
+
+
+def apply_principal_report(record: WitnessRecord, sender: str, role_sequence: Epoch, synchronized: bool, safety: Safety) -> WitnessRecord | None:
+    """The principal tells the witness whether its mirror is synchronized; None if not accepted."""
+    if sender != record.principal or role_sequence != record.role_sequence:
+        return None
+    return replace(record, mirror_synchronized=synchronized, safety=safety)
+
+
+def apply_manual_failover(record: WitnessRecord, sender: str, role_sequence: Epoch) -> WitnessRecord | None:
+    """The principal hands the role to its synchronized mirror; None if not accepted."""
+    if sender != record.principal or role_sequence != record.role_sequence:
+        return None
+    return replace(record, role_sequence=role_sequence + 1, principal=record.mirror, mirror=record.principal, mirror_synchronized=False)
+
+
+def adopt_principal_claim(record: WitnessRecord | None, db: str, sender: str, partner: str, role_sequence: Epoch, synchronized: bool, safety: Safety) -> WitnessRecord:
+    """A principal introduces itself: a new session, or a role sequence the witness missed."""
+    if record is None or role_sequence > record.role_sequence:
+        return WitnessRecord(db, role_sequence, sender, partner, synchronized, safety)
+    return record
+
+
+# --------------------------------------------------------------------- mirror
+
+
+@dataclass(frozen=True)
+class MirrorView:
+    """What a mirror knows when it decides whether to ask for automatic failover."""
+
+    safety: Safety
+    witness_set: bool
+    witness_connected: bool
+    principal_connected: bool
+    was_synchronized: bool  # the principal's state when the mirror last heard from it
+    suspended: bool
+
+
+def automatic_failover_refusal(view: MirrorView) -> str | None:
+    """Why this mirror may not ask the witness for automatic failover now, or None."""
+    if view.principal_connected:
+        return "the principal is connected"
+    if not view.witness_set:
+        return "no witness is set (automatic failover needs a witness)"
+    if view.safety is not Safety.FULL:
+        return "automatic failover needs SAFETY FULL"
+    if view.suspended:
+        return "the session is SUSPENDED"
+    if not view.was_synchronized:
+        return "the mirror was not SYNCHRONIZED when it lost the principal"
+    if not view.witness_connected:
+        return "the witness is not connected"
+    return None
+
+
+def forced_service_refusal(principal_connected: bool, witness_set: bool, witness_connected: bool) -> str | None:
+    """Why FORCE_SERVICE_ALLOW_DATA_LOSS may not run on this mirror now, or None."""
+    if principal_connected:
+        return "the principal is connected; use SET PARTNER FAILOVER on the principal instead"
+    if witness_set and not witness_connected:
+        return "a witness is set and this mirror cannot reach it; forced service needs mirror and witness connected"
+    return None

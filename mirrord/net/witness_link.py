@@ -1,0 +1,189 @@
+"""A partner's link to the witness: pings, reports, votes, and learning of role changes.
+
+Both partners of a session with a witness keep one connection to it. Every
+request carries a request id (rid) and every answer is a `w_state` with the
+same rid, so pings, reports and votes share the connection.
+
+* The principal's answered pings renew its witness lease (`quorum.lease_until`
+  from the instant the ping was *sent*). It reports whether its mirror is
+  synchronized whenever that changes, and acknowledges commits alone only
+  after the witness accepted "not synchronized" (`quorum.ack_rule`).
+* The mirror asks for a vote when `quorum.automatic_failover_refusal` says it
+  may, and is promoted when the vote is granted.
+* Either partner, on seeing a higher role sequence in a `w_state`, adopts it:
+  a principal steps down, a mirror named principal is promoted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from typing import TYPE_CHECKING
+
+import structlog
+
+from mirrord.core import messages, quorum
+from mirrord.core.quorum import MirrorView
+from mirrord.core.types import Endpoint, ProtocolError, Role, Safety
+from mirrord.net import framing
+from mirrord.net.partner import BACKOFF_FIRST, BACKOFF_MAX, ping_interval
+
+if TYPE_CHECKING:
+    from mirrord.host import DatabaseHost
+    from mirrord.node import Node
+
+log = structlog.get_logger()
+
+
+class WitnessConnection:
+    """One open connection to the witness, with request/answer matching."""
+
+    def __init__(self, node: "Node", host: "DatabaseHost", reader, writer) -> None:
+        self.node, self.host, self.reader, self.writer = node, host, reader, writer
+        self._rids = itertools.count(1)
+        self._pending: dict[int, tuple[float, asyncio.Future]] = {}
+
+    async def request(self, msg: dict, timeout: float) -> dict:
+        """Send a request and wait for its w_state answer."""
+        rid = next(self._rids)
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[rid] = (time.monotonic(), fut)
+        framing.write_message(self.writer, {**msg, "rid": rid})
+        await self.writer.drain()
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self._pending.pop(rid, None)
+
+    async def read_answers(self) -> None:
+        """Route every w_state to its request; apply what it says about the session."""
+        timeout = self.host.session.config.timeout
+        while True:
+            msg = messages.validate(await asyncio.wait_for(framing.read_message(self.reader), timeout))
+            if msg["t"] != "w_state":
+                raise ProtocolError(f"unexpected {msg['t']} from the witness")
+            sent_at, fut = self._pending.get(msg["rid"], (None, None))
+            if sent_at is not None and self.host.session.role is Role.PRINCIPAL and msg["principal"] == self.node.endpoint_url:
+                s = self.host.session
+                s.witness_lease_until = max(s.witness_lease_until, quorum.lease_until(sent_at, s.config.timeout))
+            await self.node.adopt_witness_state(self.host, msg)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+
+
+async def run_witness_link(node: "Node", host: "DatabaseHost") -> None:
+    """Keep a link to the witness while the session has one."""
+    backoff = BACKOFF_FIRST
+    while host.session.config.witness is not None and host.session.config.partner is not None and not node.stopping:
+        try:
+            await _one_connection(node, host)
+            backoff = BACKOFF_FIRST
+        except asyncio.CancelledError:
+            raise
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ProtocolError, ConnectionError) as exc:
+            if host.session.witness_connected or backoff == BACKOFF_FIRST:
+                log.warning("witness_link_lost", database=host.name, error=repr(exc), role=host.session.role.value)
+        finally:
+            host.witness_conn = None
+            if host.session.witness_connected:
+                host.session.witness_connected = False
+                host.poke()
+        await node.wait_endpoint_started()
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, BACKOFF_MAX)
+
+
+async def _one_connection(node: "Node", host: "DatabaseHost") -> None:
+    cfg = host.session.config
+    ep = Endpoint.parse(cfg.witness)
+    reader, writer = await asyncio.wait_for(node.connect_endpoint(ep), cfg.timeout)
+    node.track_endpoint_writer(writer)
+    conn = WitnessConnection(node, host, reader, writer)
+    try:
+        sent_at = time.monotonic()
+        framing.write_message(writer, _hello(node, host))
+        first = messages.validate(await asyncio.wait_for(framing.read_message(reader), cfg.timeout))
+        if first["t"] == "refuse":
+            raise ConnectionError(f"the witness refused: {first['reason']}")
+        if first["t"] != "w_state":
+            raise ProtocolError(f"expected w_state from the witness, got {first['t']}")
+        if host.session.role is Role.PRINCIPAL and first["principal"] == node.endpoint_url:
+            host.session.witness_lease_until = quorum.lease_until(sent_at, cfg.timeout)
+        await node.adopt_witness_state(host, first)
+        host.witness_conn = conn
+        host.session.witness_connected = True
+        host.poke()
+        log.info("witness_connected", database=host.name, witness=cfg.witness, role=host.session.role.value, role_sequence=host.session.config.epoch)
+        reader_task = asyncio.create_task(conn.read_answers())
+        try:
+            await _drive(node, host, conn, reader_task)
+        finally:
+            reader_task.cancel()
+            await asyncio.gather(reader_task, return_exceptions=True)
+    finally:
+        writer.close()
+        node.untrack_endpoint_writer(writer)
+
+
+def _hello(node: "Node", host: "DatabaseHost") -> dict:
+    s, cfg = host.session, host.session.config
+    return {
+        "t": "w_hello", "db": host.name, "from_endpoint": node.endpoint_url, "role": cfg.role.value,
+        "epoch": cfg.epoch, "partner": cfg.partner or "", "synchronized": _mirror_synchronized(host),
+        "safety": cfg.safety.value, "timeout": cfg.timeout,
+    }
+
+
+def _mirror_synchronized(host: "DatabaseHost") -> bool:
+    """What the principal should tell the witness about its mirror."""
+    s, cfg = host.session, host.session.config
+    return s.partner_connected and s.caught_up and not cfg.suspended and cfg.safety is Safety.FULL
+
+
+async def _drive(node: "Node", host: "DatabaseHost", conn: WitnessConnection, reader_task: asyncio.Task) -> None:
+    """Ping, report and request votes until the connection fails."""
+    reported: tuple[int, bool, Safety] | None = None
+    while True:
+        if reader_task.done():
+            reader_task.result()
+            raise ConnectionError("the witness connection closed")
+        timeout = host.session.config.timeout
+        role = host.session.role
+        if role is Role.PRINCIPAL:
+            reported = await _report_if_changed(host, conn, reported, timeout)
+        elif role is Role.MIRROR:
+            if await _maybe_request_failover(node, host, conn, timeout):
+                continue
+        await conn.request({"t": "w_ping"}, timeout)
+        host.poke()  # a lease may have been renewed or expired
+        host.quorum_changed.clear()
+        try:
+            await asyncio.wait_for(host.quorum_changed.wait(), ping_interval(timeout))
+        except asyncio.TimeoutError:
+            pass
+
+
+async def _report_if_changed(host: "DatabaseHost", conn: WitnessConnection, reported, timeout: float):
+    cfg = host.session.config
+    want = (cfg.epoch, _mirror_synchronized(host), cfg.safety)
+    if want == reported and host.session.witness_believes_synchronized == want[1]:
+        return reported
+    answer = await conn.request({"t": "w_report", "epoch": cfg.epoch, "synchronized": want[1], "safety": cfg.safety.value}, timeout)
+    if answer.get("accepted"):
+        host.session.witness_believes_synchronized = want[1]
+        host.poke()  # commits blocked on "the witness must hear first" may go on
+        return want
+    return None
+
+
+async def _maybe_request_failover(node: "Node", host: "DatabaseHost", conn: WitnessConnection, timeout: float) -> bool:
+    """Ask the witness for automatic failover when allowed; True if a vote was asked."""
+    s, cfg = host.session, host.session.config
+    view = MirrorView(cfg.safety, cfg.witness is not None, True, s.partner_connected, s.principal_was_synchronized, cfg.suspended)
+    if quorum.automatic_failover_refusal(view) is not None or host.mirror is None:
+        return False
+    granted = await node.request_promotion(host, conn, forced=False, timeout=timeout)
+    if not granted:
+        await asyncio.sleep(0.1)  # the witness may not have noticed the principal's loss yet
+    return True

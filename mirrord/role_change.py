@@ -1,0 +1,212 @@
+"""Role switching on a node: promotion, stepping down, manual failover, forced service.
+
+Each change persists the new role and role sequence *before* acting on it, so
+a node killed half way comes back in the new role (I4). The orderings that
+keep I1 and I2 (see `core.quorum`):
+
+* promote: stop taking log from the old principal, finish redo of everything
+  hardened (every acknowledged commit is hardened here), then open the copy as
+  the principal database and serve, in the new role sequence;
+* step down: stop serving first (waiting commits fail as in doubt), then
+  become the mirror; the new principal decides where this copy resumes, or
+  reseeds it, after a salvage copy of anything past the fork was kept;
+* manual failover: refuse new statements (PENDING_FAILOVER), wait until the
+  mirror hardened the end of log, record the switch on the witness, then
+  tell the mirror, which promotes itself and answers; only then step down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from typing import TYPE_CHECKING
+
+import structlog
+
+from mirrord.core.types import DatabaseStatus, Endpoint, NotPrincipal, Role, StatementRefused
+from mirrord.net import framing
+from mirrord.storage.fileutil import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from mirrord.host import DatabaseHost
+    from mirrord.net.witness_link import WitnessConnection
+    from mirrord.node import Node
+
+log = structlog.get_logger()
+
+
+async def adopt_witness_state(node: "Node", host: "DatabaseHost", msg: dict) -> None:
+    """Act on what the witness says about the session: a newer role sequence wins."""
+    s, cfg = host.session, host.session.config
+    if msg["epoch"] > cfg.epoch:
+        if msg["principal"] == node.endpoint_url:
+            if cfg.role is Role.MIRROR:
+                await promote(node, host, msg["epoch"], forced=False, why="the witness records this node as principal")
+        elif cfg.role is Role.PRINCIPAL:
+            await step_down(node, host, msg["epoch"], f"the witness records {msg['principal']} as principal")
+        else:
+            host.update_config(epoch=msg["epoch"])
+    elif msg["epoch"] == cfg.epoch and cfg.role is Role.PRINCIPAL and msg["principal"] == node.endpoint_url:
+        s.witness_believes_synchronized = msg["mirror_synchronized"]
+
+
+async def request_promotion(node: "Node", host: "DatabaseHost", conn: "WitnessConnection", *, forced: bool, timeout: float) -> bool:
+    """Ask the witness to promote this mirror; promote if granted. True if granted."""
+    s = host.session
+    s.failover_requested = True  # from here on, no log from the old principal
+    await node.stop_inbound(host)
+    try:
+        answer = await conn.request(
+            {"t": "w_vote", "epoch": s.config.epoch, "hardened_lsn": host.log.last_lsn, "forced": forced}, timeout
+        )
+        if answer.get("granted"):
+            await promote(node, host, answer["epoch"], forced=forced, why="witness vote granted")
+            return True
+        if forced:
+            raise StatementRefused(f"the witness refused forced service: {answer.get('reason')}")
+        return False
+    finally:
+        s.failover_requested = False
+
+
+async def promote(node: "Node", host: "DatabaseHost", epoch: int, *, forced: bool, why: str) -> None:
+    """This mirror becomes the principal in role sequence `epoch`.
+
+    Shielded: it is often started from a link task that it stops itself, and a
+    promotion cancelled half way would leave the database in neither role.
+    """
+    await asyncio.shield(asyncio.ensure_future(_promote(node, host, epoch, forced=forced, why=why)))
+
+
+async def _promote(node: "Node", host: "DatabaseHost", epoch: int, *, forced: bool, why: str) -> None:
+    async with host.role_change:
+        cfg = host.session.config
+        if cfg.role is not Role.MIRROR or epoch <= cfg.epoch:
+            return
+        started = time.monotonic()
+        await node.stop_inbound(host)
+        fork = host.log.last_lsn
+        host.update_config(
+            role=Role.PRINCIPAL, status=DatabaseStatus.ONLINE, epoch=epoch, failover_lsn=fork,
+            forced_fork=forced, suspended=False, lost_lsn_from=0, lost_lsn_to=0,
+        )
+        if host.mirror is not None:
+            if host.mirror.path.exists() and not await host.mirror.wait_redone():
+                log.critical("promotion_redo_incomplete", database=host.name, lsn=fork)
+            host.mirror.stop()
+            host.mirror = None
+        s = host.session
+        s.note_partner_lost()
+        s.hardened_lsn = fork  # the new mirror (old principal) has at most this in our history
+        s.witness_believes_synchronized = False  # the witness marked the new mirror unsynchronized
+        await node.activate(host)
+        log.warning(
+            "promoted_to_principal", database=host.name, role="PRINCIPAL", role_sequence=epoch, failover_lsn=fork,
+            lsn=host.log.last_lsn, forced=forced, reason=why, seconds=round(time.monotonic() - started, 3),
+        )
+
+
+async def step_down(node: "Node", host: "DatabaseHost", epoch: int, why: str) -> None:
+    """This principal learned of a newer principal: stop serving, become its mirror (shielded, as promote)."""
+    await asyncio.shield(asyncio.ensure_future(_step_down(node, host, epoch, why)))
+
+
+async def _step_down(node: "Node", host: "DatabaseHost", epoch: int, why: str) -> None:
+    async with host.role_change:
+        cfg = host.session.config
+        if cfg.role is not Role.PRINCIPAL or epoch <= cfg.epoch:
+            return
+        new_principal = host.session.partner_listen or cfg.partner
+        if host.principal is not None:
+            host.principal.fail_waiters(NotPrincipal(
+                f"{host.name}: this node is no longer the principal ({why}); the outcome of this commit is in doubt: "
+                "check it on the new principal", principal=new_principal))
+        await node.stop_partner_link(host)
+        if host.principal is not None:
+            await host.principal.close()  # SQLite checkpoints: the file holds everything up to the end of log
+            host.principal = None
+        host.update_config(role=Role.MIRROR, status=DatabaseStatus.RESTORING, epoch=epoch, forced_fork=False)
+        atomic_write_bytes(host.directory / "redo_lsn", str(host.log.last_lsn).encode())
+        host.session.note_partner_lost()
+        host.session.witness_lease_until = 0.0
+        await node.activate(host)
+        log.warning("stepped_down_to_mirror", database=host.name, role="MIRROR", role_sequence=epoch, lsn=host.log.last_lsn, reason=why)
+
+
+def keep_salvage_copy(host: "DatabaseHost", fork_lsn: int) -> str:
+    """Copy the diverged database as it stands at its last LSN, for the DBA to open."""
+    salvage_dir = host.directory.parent.parent / "salvage"
+    salvage_dir.mkdir(parents=True, exist_ok=True)
+    end = host.log.last_lsn
+    dest = salvage_dir / f"{host.name}-rs{host.log.last_epoch}-lsn{fork_lsn + 1}-{end}.sqlite"
+    shutil.copyfile(host.directory / "db.sqlite", dest)
+    return str(dest)
+
+
+async def manual_failover(node: "Node", host: "DatabaseHost") -> str:
+    """SET PARTNER FAILOVER on the principal; returns where the principal is now."""
+    s, cfg = host.session, host.session.config
+    principal = host.principal
+    s.failover_pending = True
+    host.note_state()
+    decided = False  # once the witness recorded the switch, it is final
+    try:
+        await principal.mark_transactions_aborted()
+        async with principal.write_lock:  # nothing commits from here on
+            end = host.log.last_lsn
+            await _wait_mirror_hardened(host, end)
+            if cfg.witness is not None and host.witness_conn is not None:
+                answer = await host.witness_conn.request({"t": "w_switch", "epoch": cfg.epoch}, cfg.timeout)
+                if not answer.get("accepted"):
+                    raise StatementRefused("manual failover refused by the witness (it holds a different role sequence)")
+                decided = True
+            reply = asyncio.get_running_loop().create_future()
+            host.failover_reply = reply
+            framing.write_message(host.partner_writer, {"t": "failover", "epoch": cfg.epoch + 1, "failover_lsn": end})
+            try:
+                await asyncio.wait_for(reply, max(cfg.timeout, 30))
+            except (asyncio.TimeoutError, ConnectionError):
+                if not decided:
+                    raise StatementRefused("the mirror did not confirm the failover; this node stays principal") from None
+    finally:
+        s.failover_pending = False
+        host.failover_reply = None
+    new_principal = s.partner_listen or cfg.partner
+    await step_down(node, host, cfg.epoch + 1, f"manual failover to {cfg.partner}")
+    return new_principal
+
+
+async def _wait_mirror_hardened(host: "DatabaseHost", end: int) -> None:
+    s, cfg = host.session, host.session.config
+    deadline = time.monotonic() + cfg.timeout
+    while s.hardened_lsn < end:
+        if time.monotonic() > deadline or not s.partner_connected:
+            raise StatementRefused(
+                f"manual failover abandoned: the mirror hardened only up to LSN {s.hardened_lsn} of {end} "
+                f"within PARTNER TIMEOUT ({cfg.timeout} s); nothing changed"
+            )
+        await asyncio.sleep(0.005)  # acks arrive on the link task
+
+
+async def forced_service(node: "Node", host: "DatabaseHost") -> None:
+    """FORCE_SERVICE_ALLOW_DATA_LOSS on the mirror: start a new recovery fork here."""
+    cfg = host.session.config
+    if cfg.witness is not None:
+        if host.witness_conn is None:
+            raise StatementRefused("a witness is set and this mirror cannot reach it; forced service needs mirror and witness connected")
+        await request_promotion(node, host, host.witness_conn, forced=True, timeout=cfg.timeout)
+        return
+    host.session.failover_requested = True
+    try:
+        await promote(node, host, cfg.epoch + 1, forced=True, why="FORCE_SERVICE_ALLOW_DATA_LOSS")
+    finally:
+        host.session.failover_requested = False
+
+
+def endpoint_matches(a: str | None, b: str | None) -> bool:
+    """Two endpoint texts name the same endpoint."""
+    try:
+        return a is not None and b is not None and Endpoint.parse(a) == Endpoint.parse(b)
+    except ValueError:
+        return False

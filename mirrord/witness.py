@@ -1,0 +1,152 @@
+"""The witness: a node's role for the databases it witnesses. It serves no data.
+
+Per database it keeps, durably (witness/<db>.json), the `WitnessRecord`: the
+role sequence, who is principal and mirror, and whether the mirror is known
+to be synchronized. Each partner keeps one connection to it and pings over
+it; every answer is a `w_state` carrying the record and whether the witness
+currently sees each partner, which is how partners learn of role changes they
+missed. Decisions (votes, reports, manual failover) are the pure functions of
+`core.quorum`; this module persists their result *before* answering.
+
+The witness "sees" a partner while its connection is open and it has heard
+from it within PARTNER TIMEOUT. A closed or reset connection (a killed
+process) stops that at once: a hard error counts at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import structlog
+
+from mirrord.core import messages, quorum
+from mirrord.core.quorum import VoteRequest, WitnessRecord
+from mirrord.core.types import ProtocolError, Safety
+from mirrord.net import framing
+from mirrord.storage.fileutil import atomic_write_json, read_json
+
+if TYPE_CHECKING:
+    from mirrord.node import Node
+
+log = structlog.get_logger()
+
+
+@dataclass
+class _Seen:
+    """A partner connected to the witness."""
+
+    endpoint: str
+    timeout: float
+    last_heard: float = field(default_factory=time.monotonic)
+
+    def alive(self, now: float) -> bool:
+        return now - self.last_heard < self.timeout
+
+
+class Witness:
+    """All databases this node witnesses."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.records: dict[str, WitnessRecord] = {}
+        self.connected: dict[str, dict[str, _Seen]] = {}  # db -> endpoint -> seen
+        for path in sorted(directory.glob("*.json")):
+            rec = WitnessRecord.from_dict(read_json(path))
+            self.records[rec.db] = rec
+
+    def _save(self, rec: WitnessRecord) -> None:
+        atomic_write_json(self.directory / f"{rec.db}.json", rec.to_dict())
+        old = self.records.get(rec.db)
+        self.records[rec.db] = rec
+        if old is None or old.role_sequence != rec.role_sequence or old.principal != rec.principal:
+            log.info("witness_record", database=rec.db, role_sequence=rec.role_sequence, principal=rec.principal, mirror=rec.mirror)
+
+    def sees(self, db: str, endpoint: str) -> bool:
+        """Does the witness currently hear from this partner?"""
+        seen = self.connected.get(db, {}).get(endpoint)
+        return seen is not None and seen.alive(time.monotonic())
+
+    def state(self, db: str, rid: int, **extra) -> dict:
+        """The w_state answer for a database."""
+        rec = self.records[db]
+        return {
+            "t": "w_state", "rid": rid, "epoch": rec.role_sequence, "principal": rec.principal, "mirror": rec.mirror,
+            "mirror_synchronized": rec.mirror_synchronized, "principal_connected": self.sees(db, rec.principal),
+            "mirror_connected": self.sees(db, rec.mirror), **extra,
+        }
+
+    def rows(self) -> list[dict]:
+        """Rows of sys.database_mirroring_witnesses."""
+        return [
+            {
+                "database": r.db, "principal": r.principal, "mirror": r.mirror, "role_sequence": r.role_sequence,
+                "safety": r.safety.value, "mirror_synchronized": r.mirror_synchronized,
+                "principal_connected": self.sees(r.db, r.principal), "mirror_connected": self.sees(r.db, r.mirror),
+            }
+            for r in self.records.values()
+        ]
+
+    # ---------------------------------------------------------------- connections
+
+    async def serve(self, node: "Node", hello: dict, reader, writer) -> None:
+        """Serve one partner's witness connection until it fails."""
+        db, sender = hello["db"], hello["from_endpoint"]
+        if not 1 <= hello["timeout"] <= 3600 or hello["role"] not in ("PRINCIPAL", "MIRROR"):
+            raise ProtocolError(f"bad w_hello: role {hello['role']!r}, timeout {hello['timeout']!r}")
+        if hello["role"] == "PRINCIPAL":
+            rec = quorum.adopt_principal_claim(
+                self.records.get(db), db, sender, hello["partner"], hello["epoch"], hello["synchronized"], Safety(hello["safety"])
+            )
+            if rec is not self.records.get(db):
+                self._save(rec)
+        if db not in self.records:
+            framing.write_message(writer, {"t": "refuse", "reason": f"the witness {node.name} has no record of {db} yet; the principal registers it"})
+            await writer.drain()
+            return
+        seen = _Seen(sender, float(hello["timeout"]))
+        self.connected.setdefault(db, {})[sender] = seen
+        log.info("witness_partner_connected", database=db, partner=sender, role=hello["role"], role_sequence=hello["epoch"])
+        try:
+            framing.write_message(writer, self.state(db, 0))
+            await writer.drain()
+            while True:
+                msg = messages.validate(await asyncio.wait_for(framing.read_message(reader), seen.timeout))
+                seen.last_heard = time.monotonic()
+                framing.write_message(writer, self._answer(db, sender, msg))
+                await writer.drain()
+        finally:
+            if self.connected.get(db, {}).get(sender) is seen:
+                del self.connected[db][sender]
+            log.info("witness_partner_lost", database=db, partner=sender)
+
+    def _answer(self, db: str, sender: str, msg: dict) -> dict:
+        kind, rec = msg["t"], self.records[db]
+        if kind == "w_ping":
+            return self.state(db, msg["rid"])
+        if kind == "w_report":
+            new = quorum.apply_principal_report(rec, sender, msg["epoch"], msg["synchronized"], Safety(msg["safety"]))
+            if new is not None and new != rec:
+                self._save(new)
+            return self.state(db, msg["rid"], accepted=new is not None)
+        if kind == "w_switch":
+            new = quorum.apply_manual_failover(rec, sender, msg["epoch"])
+            if new is not None:
+                self._save(new)
+            return self.state(db, msg["rid"], accepted=new is not None)
+        if kind == "w_vote":
+            return self._vote(db, sender, msg)
+        raise ProtocolError(f"unexpected {kind} on a witness connection")
+
+    def _vote(self, db: str, sender: str, msg: dict) -> dict:
+        rec = self.records[db]
+        req = VoteRequest(db, sender, msg["epoch"], msg["hardened_lsn"], msg["forced"])
+        vote, new = quorum.decide_vote(rec, req, principal_seen=self.sees(db, rec.principal))
+        if vote.granted:
+            self._save(new)  # durable before the mirror hears of it
+        log.info("witness_vote", database=db, requester=sender, granted=vote.granted, reason=vote.reason, role_sequence=vote.role_sequence, forced=req.forced)
+        return self.state(db, msg["rid"], granted=vote.granted, reason=vote.reason)
