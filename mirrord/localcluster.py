@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import random
 import signal
 import socket
@@ -94,6 +95,19 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: fl
             detail = f"; last error: {error!r}" if error is not None else ""
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}{detail}")
         time.sleep(interval)
+
+
+def iptables_available() -> bool:
+    """Can this process add iptables rules (root and the iptables command)?"""
+    if shutil.which("iptables") is None or os.geteuid() != 0:
+        return False
+    return subprocess.run(["iptables", "-S", "OUTPUT"], capture_output=True).returncode == 0
+
+
+def _iptables(*args: str, check: bool = True) -> None:
+    proc = subprocess.run(["iptables", "-w", *args], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"iptables {' '.join(args)} failed: {proc.stderr.strip()}")
 
 
 def _traceback_blocks(lines: list[str]) -> Iterable[str]:
@@ -307,6 +321,7 @@ class LocalCluster:
 
     def __init__(self, base_dir: Path, names: Iterable[str] = ("a", "b", "c"), first_ip: int = 11) -> None:
         self.base_dir = Path(base_dir)
+        self._cuts: set[frozenset[str]] = set()
         self.nodes: dict[str, LocalNode] = {}
         for i, name in enumerate(names):
             host = f"127.0.0.{first_ip + i}"
@@ -333,6 +348,13 @@ class LocalCluster:
             node.wait_ready()
 
     def stop_all(self, timeout: float = 10) -> None:
+        try:
+            self.heal_all()
+        except Exception:  # never raise from cleanup
+            pass
+        self._stop_all(timeout)
+
+    def _stop_all(self, timeout: float = 10) -> None:
         """SIGCONT the frozen, SIGTERM all, SIGKILL whoever is left after timeout; never raises."""
         running = [n for n in self.nodes.values() if n.is_running()]
         for node in running:
@@ -355,6 +377,33 @@ class LocalCluster:
             except Exception:  # noqa: BLE001 - teardown must not raise
                 pass
             node.frozen = False
+
+    # ------------------------------------------------------------ link cuts
+
+    def cut(self, x: str, y: str) -> None:
+        """Silently drop every packet between two nodes' addresses, both ways (iptables DROP)."""
+        hx, hy = self[x].host, self[y].host
+        for src, dst in ((hx, hy), (hy, hx)):
+            _iptables("-I", "OUTPUT", "-s", src, "-d", dst, "-j", "DROP")
+        self._cuts.add(frozenset((x, y)))
+
+    def heal(self, x: str, y: str) -> None:
+        """Remove the cut between two nodes."""
+        hx, hy = self[x].host, self[y].host
+        for src, dst in ((hx, hy), (hy, hx)):
+            _iptables("-D", "OUTPUT", "-s", src, "-d", dst, "-j", "DROP", check=False)
+        self._cuts.discard(frozenset((x, y)))
+
+    def isolate(self, x: str) -> None:
+        """Cut a node from every other node (its client port stays reachable from the test)."""
+        for other in self.nodes:
+            if other != x:
+                self.cut(x, other)
+
+    def heal_all(self) -> None:
+        """Remove every cut this cluster made."""
+        for pair in list(self._cuts):
+            self.heal(*sorted(pair))
 
     def tracebacks(self) -> dict[str, list[str]]:
         """Tracebacks per node, only for nodes that have any."""

@@ -401,8 +401,8 @@ class Node:
                 await writer.drain()
         except ProtocolError as exc:
             log.warning("client_frame_rejected", reason=str(exc))
-        except (asyncio.IncompleteReadError, ConnectionError, OSError):
-            pass
+        except (asyncio.IncompleteReadError, ConnectionError, OSError, asyncio.CancelledError):
+            pass  # the client left, or the node is shutting down
         finally:
             for host in self.databases.values():
                 if host.principal is not None:

@@ -247,6 +247,9 @@ class PrincipalDatabase:
             target = end
         else:
             target = self.visible_lsn  # blocked: the witness must hear first, or quorum is lost
+            why = self.quorum_refusal()
+            if why is not None and self._waiters:
+                self.fail_waiters(StatementRefused(f"{why}. The outcome of this commit is in doubt: check it on the principal"))
         if target > self.visible_lsn:
             self.visible_lsn = target
         while self._waiters and self._waiters[0][0] <= self.visible_lsn:

@@ -39,6 +39,8 @@ log = structlog.get_logger()
 async def adopt_witness_state(node: "Node", host: "DatabaseHost", msg: dict) -> None:
     """Act on what the witness says about the session: a newer role sequence wins."""
     s, cfg = host.session, host.session.config
+    if s.failover_pending:
+        return  # our own manual failover is switching roles; it steps down itself
     if msg["epoch"] > cfg.epoch:
         if msg["principal"] == node.endpoint_url:
             if cfg.role is Role.MIRROR:
@@ -157,7 +159,10 @@ async def manual_failover(node: "Node", host: "DatabaseHost") -> str:
             end = host.log.last_lsn
             await _wait_mirror_hardened(host, end)
             if cfg.witness is not None and host.witness_conn is not None:
-                answer = await host.witness_conn.request({"t": "w_switch", "epoch": cfg.epoch}, cfg.timeout)
+                try:
+                    answer = await host.witness_conn.request({"t": "w_switch", "epoch": cfg.epoch}, cfg.timeout)
+                except (asyncio.TimeoutError, ConnectionError, OSError) as exc:
+                    raise StatementRefused(f"manual failover abandoned: the witness did not answer ({exc!r}); nothing changed") from None
                 if not answer.get("accepted"):
                     raise StatementRefused("manual failover refused by the witness (it holds a different role sequence)")
                 decided = True

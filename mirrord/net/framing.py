@@ -185,5 +185,7 @@ async def read_message(reader: asyncio.StreamReader, max_frame: int = MAX_FRAME)
 
 
 def write_message(writer: asyncio.StreamWriter, msg: dict, compress: bool = False) -> None:
-    """Queue one message on the writer (the caller drains)."""
+    """Queue one message on the writer (the caller drains); ConnectionResetError if it is closed."""
+    if writer.is_closing():
+        raise ConnectionResetError("the connection is closed")
     writer.write(encode_frame(msg, compress))

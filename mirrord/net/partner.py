@@ -116,6 +116,7 @@ async def _one_connection(node: "Node", host: "DatabaseHost") -> None:
         host.session.mirror_lease_until = lease_until(sent_at, cfg.timeout)
         host.session.redo_lsn = min(welcome["redo_lsn"], hardened)
         host.partner_writer = writer
+        framing.write_message(writer, settings_message(host))  # whatever changed during the handshake
         host.poke()
         host.note_state()
         log.info("partner_connected", database=host.name, role="PRINCIPAL", role_sequence=cfg.epoch, hardened_lsn=hardened, lsn=host.log.last_lsn)

@@ -67,9 +67,9 @@ class WitnessConnection:
             if sent_at is not None and self.host.session.role is Role.PRINCIPAL and msg["principal"] == self.node.endpoint_url:
                 s = self.host.session
                 s.witness_lease_until = max(s.witness_lease_until, quorum.lease_until(sent_at, s.config.timeout))
-            await self.node.adopt_witness_state(self.host, msg)
             if fut is not None and not fut.done():
-                fut.set_result(msg)
+                fut.set_result(msg)  # before acting on it: the requester may hold locks a role change needs
+            await self.node.adopt_witness_state(self.host, msg)
 
 
 async def run_witness_link(node: "Node", host: "DatabaseHost") -> None:

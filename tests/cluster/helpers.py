@@ -93,3 +93,67 @@ def db_file(node: LocalNode, db: str) -> Path:
 
 def create_table(node: LocalNode, db: str, table: str = "t") -> None:
     node.query(f"CREATE TABLE {table}(id INTEGER PRIMARY KEY, v TEXT)", db=db)
+
+
+class FailoverWriter(threading.Thread):
+    """Writes unique ids through whichever node is principal, following failovers.
+
+    For every acknowledged insert it records (id, node, role sequence), so a
+    test can check I1 (every acknowledged id survives) and I2 (no two nodes
+    acknowledged in one role sequence). An error leaves the id in doubt.
+    """
+
+    def __init__(self, nodes: list[LocalNode], db: str, table: str = "t") -> None:
+        super().__init__(daemon=True)
+        self.nodes, self.db, self.table = nodes, db, table
+        self.acked: list[tuple[int, str, int]] = []
+        self.in_doubt: list[int] = []
+        self._halt = threading.Event()
+        self._next = 0
+
+    def run(self) -> None:
+        clients: dict[str, Client] = {}
+        current = 0
+        deadline = time.monotonic() + 300
+        while not self._halt.is_set() and time.monotonic() < deadline:
+            node = self.nodes[current % len(self.nodes)]
+            try:
+                client = clients.get(node.name) or Client.connect(node.address, timeout=2.0)
+                clients[node.name] = client
+                self._next += 1
+                result = client.query(f"INSERT INTO {self.table}(id, v) VALUES (?, ?)", db=self.db, params=[self._next, node.name], timeout=5)
+                self.acked.append((self._next, node.name, result.epoch))
+            except ServerError as exc:
+                if exc.code not in ("not_principal", "refused", "unknown_database"):
+                    raise
+                self.in_doubt.append(self._next)
+                current += 1
+                self._halt.wait(0.01)
+            except (Unreachable, OSError, ConnectionError):
+                self.in_doubt.append(self._next)
+                stale = clients.pop(node.name, None)
+                if stale is not None:
+                    try:
+                        stale.close()
+                    except OSError:
+                        pass
+                current += 1
+                self._halt.wait(0.01)
+
+    def acked_count(self) -> int:
+        return len(self.acked)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(30)
+
+    def ids(self) -> set[int]:
+        return {i for i, _, _ in self.acked}
+
+    def assert_single_writer_per_role_sequence(self) -> None:
+        """I2: in each role sequence, one node at most acknowledged writes."""
+        writers: dict[int, set[str]] = {}
+        for _, node, epoch in self.acked:
+            writers.setdefault(epoch, set()).add(node)
+        split = {e: n for e, n in writers.items() if len(n) > 1}
+        assert not split, f"two nodes acknowledged writes in one role sequence: {split}"

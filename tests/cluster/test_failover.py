@@ -1,0 +1,191 @@
+"""Witness, quorum and role switching with real processes and real faults."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import pytest
+
+from mirrord.localcluster import iptables_available, wait_for
+from mirrorctl.client import ServerError
+
+from .helpers import FailoverWriter, create_table, ids_on
+
+DB = "shop"
+needs_iptables = pytest.mark.skipif(not iptables_available(), reason="link cuts need root and iptables")
+
+
+def role(node, db=DB):
+    return node.status(db)["role"]
+
+
+def accepts_write(node, key) -> bool:
+    try:
+        node.query("INSERT INTO t(id, v) VALUES (?, 'probe')", db=DB, params=[key])
+        return True
+    except (ServerError, OSError):
+        return False
+
+
+def settle(cluster, principal, mirror, timeout=30):
+    cluster.wait_synchronized(DB, principal, mirror, timeout)
+    wait_for(lambda: cluster[mirror].status(DB)["redo_lsn"] == cluster[principal].status(DB)["end_of_log_lsn"], timeout, "mirror redone")
+
+
+def test_sigkill_principal_fails_over_within_3s_and_rejoins(cluster):
+    cluster.setup_session(DB, principal="a", mirror="b", witness="c")  # PARTNER TIMEOUT stays 10 s
+    a, b = cluster["a"], cluster["b"]
+    create_table(a, DB)
+    writer = FailoverWriter([a, b], DB)
+    writer.start()
+    wait_for(lambda: writer.acked_count() >= 200, 30, "200 acknowledged writes")
+    a.kill()
+    killed = time.monotonic()
+    wait_for(lambda: accepts_write(b, -1), 10, "b accepts writes as principal")
+    took = time.monotonic() - killed
+    assert took < 3.0, f"failover took {took:.2f} s"
+    assert b.status(DB)["role_sequence"] == 2
+    after = writer.acked_count()
+    wait_for(lambda: writer.acked_count() >= after + 100, 30, "writes continue on the new principal")
+    a.start()  # rejoins by itself as mirror
+    wait_for(lambda: a.status(DB)["role"] == "MIRROR", 20, "old principal is mirror")
+    writer.stop()
+    settle(cluster, "b", "a")
+    assert writer.ids() <= ids_on(b, DB)
+    writer.assert_single_writer_per_role_sequence()
+
+
+@pytest.mark.parametrize("fault", ["sigstop", pytest.param("link_cut", marks=needs_iptables)])
+def test_isolated_principal_stops_and_mirror_takes_over(cluster, fault):
+    cluster.setup_session(DB, principal="a", mirror="b", witness="c", timeout=2)
+    a, b = cluster["a"], cluster["b"]
+    create_table(a, DB)
+    writer = FailoverWriter([a, b], DB)
+    writer.start()
+    wait_for(lambda: writer.acked_count() >= 100, 30, "100 acknowledged writes")
+    if fault == "sigstop":
+        a.freeze()
+    else:
+        cluster.isolate("a")
+    wait_for(lambda: role(b) == "PRINCIPAL", 15, "b promoted")
+    wait_for(lambda: accepts_write(b, -1), 10, "b accepts writes")
+    after = writer.acked_count()
+    wait_for(lambda: writer.acked_count() >= after + 50, 30, "writes on the new principal")
+    if fault == "sigstop":
+        a.thaw()
+    else:
+        assert not accepts_write(a, -2), "the isolated old principal accepted a write"
+        cluster.heal_all()
+    wait_for(lambda: role(a) == "MIRROR", 20, "old principal steps down and rejoins as mirror")
+    writer.stop()
+    settle(cluster, "b", "a")
+    writer.assert_single_writer_per_role_sequence()
+    assert writer.ids() <= ids_on(b, DB)
+    promoted_epoch = b.status(DB)["role_sequence"]
+    assert not [x for x in writer.acked if x[1] == "a" and x[2] >= promoted_epoch]
+
+
+@needs_iptables
+def test_isolated_mirror_principal_runs_exposed_then_forced_service_reports_loss(cluster):
+    cluster.setup_session(DB, principal="a", mirror="b", witness="c", timeout=2)
+    a, b, c = cluster["a"], cluster["b"], cluster["c"]
+    create_table(a, DB)
+    for i in range(1, 51):
+        a.query("INSERT INTO t VALUES (?, 'synced')", db=DB, params=[i])
+    cluster.isolate("b")
+    wait_for(lambda: a.status(DB)["state"] == "DISCONNECTED", 15, "principal exposed")
+    for i in range(51, 101):  # acknowledged alone, after the witness learned the mirror is behind
+        a.query("INSERT INTO t VALUES (?, 'exposed')", db=DB, params=[i])
+    assert role(b) == "MIRROR"
+    cluster.heal_all()
+    cluster.wait_synchronized(DB, "a", "b", 30)  # the mirror catches up
+    # now the mirror falls behind again, and the principal dies
+    cluster.cut("a", "b")
+    wait_for(lambda: a.status(DB)["state"] == "DISCONNECTED", 15, "principal exposed again")
+    for i in range(101, 131):
+        a.query("INSERT INTO t VALUES (?, 'only on a')", db=DB, params=[i])
+    a.kill()
+    cluster.heal_all()
+    # no automatic failover to a mirror the witness knows is behind: observe for 3 × timeout
+    deadline = time.monotonic() + 6
+    while time.monotonic() < deadline:
+        assert role(b) == "MIRROR"
+        time.sleep(0.2)
+    assert c.query("SELECT mirror_synchronized FROM sys.database_mirroring_witnesses").rows == [[False]]
+    b.query(f"ALTER DATABASE {DB} SET PARTNER FORCE_SERVICE_ALLOW_DATA_LOSS")
+    assert role(b) == "PRINCIPAL"
+    b.query("INSERT INTO t VALUES (1000, 'after forced service')", db=DB)
+    a.start()
+    wait_for(lambda: a.status(DB)["state"] == "SUSPENDED" and a.status(DB)["lost_transactions"] > 0, 30, "old principal SUSPENDED with a loss report")
+    report = a.status(DB)
+    assert report["role"] == "MIRROR" and report["lost_transactions"] == 30
+    salvage = sqlite3.connect(report["salvage_path"])
+    assert salvage.execute("SELECT count(*) FROM t WHERE v = 'only on a'").fetchone() == (30,)
+    salvage.close()
+    b.query(f"ALTER DATABASE {DB} SET PARTNER RESUME")
+    settle(cluster, "b", "a")
+    assert a.status(DB)["lost_transactions"] == 0
+
+
+def test_witness_lost_changes_nothing_for_the_partners(cluster):
+    cluster.setup_session(DB, principal="a", mirror="b", witness="c", timeout=2)
+    a, b, c = cluster["a"], cluster["b"], cluster["c"]
+    create_table(a, DB)
+    c.kill()
+    wait_for(lambda: a.status(DB)["witness_state"] == "DISCONNECTED", 15, "principal sees the witness gone")
+    wait_for(lambda: b.status(DB)["witness_state"] == "DISCONNECTED", 15, "mirror sees the witness gone")
+    for i in range(100):
+        a.query("INSERT INTO t VALUES (?, 'no witness')", db=DB, params=[i])
+    assert a.status(DB)["state"] == b.status(DB)["state"] == "SYNCHRONIZED"
+    c.start()
+    wait_for(lambda: a.status(DB)["witness_state"] == "CONNECTED", 15, "witness back")
+
+
+def test_manual_failover_back_and_forth_twenty_times_under_load(cluster):
+    cluster.setup_session(DB, principal="a", mirror="b", witness="c", timeout=5)
+    a, b = cluster["a"], cluster["b"]
+    create_table(a, DB)
+    writer = FailoverWriter([a, b], DB)
+    writer.start()
+    principal, mirror = a, b
+    for n in range(20):
+        wait_for(lambda: writer.acked_count() >= 20 * (n + 1), 30, "writes between failovers")
+        cluster.wait_synchronized(DB, principal.name, mirror.name, 30)
+        principal.query(f"ALTER DATABASE {DB} SET PARTNER FAILOVER")
+        assert role(principal) == "MIRROR" and role(mirror) == "PRINCIPAL"
+        principal, mirror = mirror, principal
+    writer.stop()
+    settle(cluster, principal.name, mirror.name)
+    assert writer.ids() <= ids_on(principal, DB)
+    writer.assert_single_writer_per_role_sequence()
+    assert principal.status(DB)["role_sequence"] == 21
+
+
+def test_forced_service_in_high_performance_mode_and_back(cluster):
+    cluster.setup_session(DB, principal="a", mirror="b", safety="OFF")
+    a, b = cluster["a"], cluster["b"]
+    create_table(a, DB)
+    for i in range(1, 101):
+        a.query("INSERT INTO t VALUES (?, 'both')", db=DB, params=[i])
+    settle(cluster, "a", "b")
+    a.query("ALTER ENDPOINT mirroring STATE = STOPPED")  # the partners lose each other; a runs on alone
+    wait_for(lambda: b.status(DB)["state"] == "DISCONNECTED", 15, "mirror disconnected")
+    for i in range(101, 121):
+        a.query("INSERT INTO t VALUES (?, 'only on a')", db=DB, params=[i])
+    b.query(f"ALTER DATABASE {DB} SET PARTNER FORCE_SERVICE_ALLOW_DATA_LOSS")
+    for i in range(200, 210):
+        b.query("INSERT INTO t VALUES (?, 'new fork')", db=DB, params=[i])
+    a.query("ALTER ENDPOINT mirroring STATE = STARTED")
+    wait_for(lambda: a.status(DB)["role"] == "MIRROR" and a.status(DB)["state"] == "SUSPENDED", 30, "old principal rejoins SUSPENDED")
+    report = a.status(DB)
+    assert report["lost_transactions"] == 20, report
+    assert report["salvage_path"]
+    b.query(f"ALTER DATABASE {DB} SET PARTNER RESUME")
+    settle(cluster, "b", "a")
+    b.query(f"ALTER DATABASE {DB} SET PARTNER SAFETY FULL")
+    cluster.wait_synchronized(DB, "b", "a", 30)
+    b.query(f"ALTER DATABASE {DB} SET PARTNER FAILOVER")
+    assert role(a) == "PRINCIPAL"
+    rows = a.query("SELECT id, v FROM t ORDER BY id", db=DB).rows
+    assert [r[0] for r in rows] == list(range(1, 101)) + list(range(200, 210))
