@@ -39,8 +39,8 @@ log = structlog.get_logger()
 async def adopt_witness_state(node: "Node", host: "DatabaseHost", msg: dict) -> None:
     """Act on what the witness says about the session: a newer role sequence wins."""
     s, cfg = host.session, host.session.config
-    if s.failover_pending:
-        return  # our own manual failover is switching roles; it steps down itself
+    if s.failover_pending or s.failover_requested:
+        return  # our own failover (manual, or a vote we asked for) switches roles itself
     if msg["epoch"] > cfg.epoch:
         if msg["principal"] == node.endpoint_url:
             if cfg.role is Role.MIRROR:

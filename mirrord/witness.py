@@ -148,5 +148,5 @@ class Witness:
         vote, new = quorum.decide_vote(rec, req, principal_seen=self.sees(db, rec.principal))
         if vote.granted:
             self._save(new)  # durable before the mirror hears of it
-        log.info("witness_vote", database=db, requester=sender, granted=vote.granted, reason=vote.reason, role_sequence=vote.role_sequence, forced=req.forced)
+        (log.warning if vote.granted else log.debug)("witness_vote", database=db, requester=sender, granted=vote.granted, reason=vote.reason, role_sequence=vote.role_sequence, forced=req.forced)
         return self.state(db, msg["rid"], granted=vote.granted, reason=vote.reason)

@@ -137,6 +137,8 @@ async def _handle(host: "DatabaseHost", msg: dict, writer, records: list, seed: 
         if seed is None:
             raise ProtocolError("seed_end without seed_begin")
         await host.mirror.seed_end(seed["lsn"], seed["epoch"], seed["size"], msg["crc"])
+        if host.session.config.lost_lsn_to:
+            host.update_config(lost_lsn_from=0, lost_lsn_to=0)  # rolled back; the salvage copy stays
         framing.write_message(writer, {"t": "ack", "hardened_lsn": seed["lsn"], "redo_lsn": seed["lsn"]})
         return None
     elif kind == "partner_off":

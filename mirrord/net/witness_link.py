@@ -64,7 +64,8 @@ class WitnessConnection:
             if msg["t"] != "w_state":
                 raise ProtocolError(f"unexpected {msg['t']} from the witness")
             sent_at, fut = self._pending.get(msg["rid"], (None, None))
-            if sent_at is not None and self.host.session.role is Role.PRINCIPAL and msg["principal"] == self.node.endpoint_url:
+            if sent_at is not None and msg["principal"] == self.node.endpoint_url:
+                # the witness names us principal: a lease, also for a mirror it just promoted
                 s = self.host.session
                 s.witness_lease_until = max(s.witness_lease_until, quorum.lease_until(sent_at, s.config.timeout))
             if fut is not None and not fut.done():
@@ -186,4 +187,4 @@ async def _maybe_request_failover(node: "Node", host: "DatabaseHost", conn: Witn
     granted = await node.request_promotion(host, conn, forced=False, timeout=timeout)
     if not granted:
         await asyncio.sleep(0.1)  # the witness may not have noticed the principal's loss yet
-    return True
+    return granted
