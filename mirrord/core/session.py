@@ -129,23 +129,6 @@ class Session:
             return WitnessState.UNKNOWN
         return WitnessState.CONNECTED if self.witness_connected else WitnessState.DISCONNECTED
 
-    def commits_wait_for_mirror(self) -> bool:
-        """True when a commit may be acknowledged only after the mirror hardened it.
-
-        SAFETY FULL with the mirror connected and the session running. When the
-        mirror is lost the principal runs exposed and commits go on alone.
-        """
-        return (
-            self.role is Role.PRINCIPAL
-            and self.config.safety is Safety.FULL
-            and self.partner_connected
-            and not self.config.suspended
-        )
-
-    def streams_log(self) -> bool:
-        """True when the principal should be shipping log to the mirror."""
-        return self.role is Role.PRINCIPAL and self.config.partner is not None and not self.config.suspended
-
     def note_ack(self, hardened: Lsn, redo: Lsn) -> None:
         """The mirror acknowledged log hardened up to `hardened`."""
         self.hardened_lsn = max(self.hardened_lsn, hardened)

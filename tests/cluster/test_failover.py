@@ -189,3 +189,33 @@ def test_forced_service_in_high_performance_mode_and_back(cluster):
     assert role(a) == "PRINCIPAL"
     rows = a.query("SELECT id, v FROM t ORDER BY id", db=DB).rows
     assert [r[0] for r in rows] == list(range(1, 101)) + list(range(200, 210))
+
+
+def test_concurrent_sessions_table_of_the_reference(cluster):
+    """Each node is a partner in some sessions and the witness in others; killing one acts per database."""
+    a, b, c = cluster["a"], cluster["b"], cluster["c"]
+    layout = {  # database: (principal, mirror, witness), as the reference's table
+        "dba": ("b", "c", "a"),
+        "dbb": ("a", "c", "b"),
+        "dbc": ("a", "b", "c"),
+        "dbd": ("b", "a", "c"),
+    }
+    for db, (p, m, w) in layout.items():
+        cluster.setup_session(db, principal=p, mirror=m, witness=w, timeout=5)
+        cluster[p].query("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)", db=db)
+        cluster[p].query("INSERT INTO t VALUES (1, ?)", db=db, params=[db])
+    witnessed = {r["database"] for r in a.query("SELECT * FROM sys.database_mirroring_witnesses").as_dicts()}
+    assert witnessed == {"dba"}
+    a.kill()
+    wait_for(lambda: c.status("dbb")["role"] == "PRINCIPAL", 15, "dbb failed over to c")
+    wait_for(lambda: b.status("dbc")["role"] == "PRINCIPAL", 15, "dbc failed over to b")
+    wait_for(lambda: b.status("dba")["witness_state"] == "DISCONNECTED", 15, "dba lost only its witness")
+    assert b.status("dba")["role"] == "PRINCIPAL" and b.status("dba")["state"] == "SYNCHRONIZED"
+    wait_for(lambda: b.status("dbd")["state"] == "DISCONNECTED", 15, "dbd lost its mirror")
+    b.query("INSERT INTO t VALUES (2, 'exposed')", db="dbd")  # runs exposed: the witness c is there
+    for db, node in (("dbb", c), ("dbc", b)):
+        assert node.query("SELECT v FROM t", db=db).rows == [[db]]
+    a.start()
+    for db, (p, m, w) in {"dbb": ("c", "a", "b"), "dbc": ("b", "a", "c"), "dbd": ("b", "a", "c")}.items():
+        cluster.wait_synchronized(db, p, m, 30, witness_connected=True)
+    wait_for(lambda: b.status("dba")["witness_state"] == "CONNECTED", 15, "dba's witness back")

@@ -58,20 +58,6 @@ def test_config_round_trips_and_ignores_unknown_keys():
     assert SessionConfig.from_dict(d) == cfg
 
 
-# ------------------------------------------------------------------ commit waiting
-
-def test_commits_wait_only_with_full_safety_and_a_connected_running_mirror():
-    s = principal()
-    assert not s.commits_wait_for_mirror()  # disconnected: exposed
-    s.note_partner_connected(0)
-    assert s.commits_wait_for_mirror()
-    s.config = s.config.with_(safety=Safety.OFF)
-    assert not s.commits_wait_for_mirror()
-    s.config = s.config.with_(safety=Safety.FULL, suspended=True)
-    assert not s.commits_wait_for_mirror()
-    assert not mirror().commits_wait_for_mirror()
-
-
 @given(hs.lists(hs.tuples(hs.sampled_from(["ack", "lost", "connect", "append"]), hs.integers(0, 50)), max_size=40))
 def test_hardened_lsn_never_goes_back_while_connected(events):
     s = principal()
