@@ -120,7 +120,9 @@ class PrincipalDatabase:
         # that every commit its snapshot can contain has been captured.
         self._hop_gate = asyncio.Lock()
         self.new_log = asyncio.Event()  # set whenever records were appended
-        self.visible_lsn: Lsn = dlog.last_lsn
+        # Nothing is visible until the ack rule says so: after a restart the end of
+        # log may hold commits the mirror never hardened.
+        self.visible_lsn: Lsn = 0
         self._waiters: list[tuple[Lsn, int, asyncio.Future]] = []
         self._tiebreak = itertools.count()
         self._wal = WalReader(Path(str(self.path) + "-wal"))
@@ -174,7 +176,8 @@ class PrincipalDatabase:
             for reader in self._reader_list:
                 await reader.close()
             if self._writer is not None:
-                await _in_connection_thread(self._writer, self._capture)
+                # everything into the file, so the copy is whole without its WAL (a mirror's page store has none)
+                await _in_connection_thread(self._writer, self._capture_and_checkpoint)
                 await self._writer.close()
 
     # ---------------------------------------------------------------- capture

@@ -94,9 +94,7 @@ async def _promote(node: "Node", host: "DatabaseHost", epoch: int, *, forced: bo
             forced_fork=forced, suspended=False, lost_lsn_from=0, lost_lsn_to=0,
         )
         if host.mirror is not None:
-            if host.mirror.path.exists() and not await host.mirror.wait_redone():
-                log.critical("promotion_redo_incomplete", database=host.name, lsn=fork)
-            host.mirror.stop()
+            host.mirror.stop()  # node.activate finishes redo before it opens the copy
             host.mirror = None
         s = host.session
         s.note_partner_lost()
@@ -128,8 +126,9 @@ async def _step_down(node: "Node", host: "DatabaseHost", epoch: int, why: str) -
         if host.principal is not None:
             await host.principal.close()  # SQLite checkpoints: the file holds everything up to the end of log
             host.principal = None
-        host.update_config(role=Role.MIRROR, status=DatabaseStatus.RESTORING, epoch=epoch, forced_fork=False)
+        # the file holds everything up to the end of log: say so before the role changes
         atomic_write_bytes(host.directory / "redo_lsn", str(host.log.last_lsn).encode())
+        host.update_config(role=Role.MIRROR, status=DatabaseStatus.RESTORING, epoch=epoch, forced_fork=False)
         host.session.note_partner_lost()
         host.session.witness_lease_until = 0.0
         await node.activate(host)

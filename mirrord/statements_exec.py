@@ -276,10 +276,7 @@ class StatementExecutor:
         return _message(f"database {stmt.db} restored from {stmt.path} at LSN {header['lsn']}; {state}")
 
     async def _recover(self, host: "DatabaseHost") -> StatementResult:
-        if host.mirror is not None and host.mirror.path.exists():
-            if not await host.mirror.wait_redone():
-                raise StatementRefused(f"redo of {host.name} has not finished; try again")
-        elif not (host.directory / "db.sqlite").exists():
+        if not (host.directory / "db.sqlite").exists():
             raise StatementRefused(f"database {host.name} has no copy yet (it was never seeded); nothing to recover")
         await self.node.deactivate(host)
         host.update_config(status=DatabaseStatus.ONLINE, role=Role.NONE)

@@ -125,7 +125,7 @@ async def _handle(host: "DatabaseHost", msg: dict, writer, records: list, seed: 
         _adopt_principal_view(host, msg)
     elif kind == "ping":
         _adopt_principal_view(host, msg)
-        framing.write_message(writer, {"t": "pong", "seq": msg["seq"]})
+        framing.write_message(writer, {"t": "pong", "seq": msg["seq"], "redo_lsn": host.mirror.redo_lsn})
     elif kind == "settings":
         _adopt_settings(host, msg)
     elif kind == "seed_begin":

@@ -259,6 +259,9 @@ async def _read_acks(host: "DatabaseHost", reader, pings: dict[int, float]) -> N
             if acks % TRUNCATE_EVERY_ACKS == 0:
                 host.principal.truncate_log()
         elif msg["t"] == "pong":
+            redo = msg.get("redo_lsn")
+            if isinstance(redo, int) and not isinstance(redo, bool):
+                host.session.redo_lsn = max(host.session.redo_lsn, min(redo, host.session.hardened_lsn))
             sent_at = pings.pop(msg["seq"], None)
             if sent_at is not None:
                 s = host.session

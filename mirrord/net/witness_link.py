@@ -145,6 +145,7 @@ def _mirror_synchronized(host: "DatabaseHost") -> bool:
 async def _drive(node: "Node", host: "DatabaseHost", conn: WitnessConnection, reader_task: asyncio.Task) -> None:
     """Ping, report and request votes until the connection fails."""
     reported: tuple[int, bool, Safety] | None = None
+    refusals = 0  # consecutive refused votes: retry fast at first (the witness may lag the loss by ms)
     while True:
         if reader_task.done():
             reader_task.result()
@@ -154,8 +155,14 @@ async def _drive(node: "Node", host: "DatabaseHost", conn: WitnessConnection, re
         if role is Role.PRINCIPAL:
             reported = await _report_if_changed(host, conn, reported, timeout)
         elif role is Role.MIRROR:
-            if await _maybe_request_failover(node, host, conn, timeout):
-                continue
+            asked = await _maybe_request_failover(node, host, conn, timeout)
+            if asked is False:
+                refusals += 1
+                if refusals <= 20:
+                    await asyncio.sleep(0.05)
+                    continue
+            else:
+                refusals = 0
         await conn.request({"t": "w_ping"}, timeout)
         host.poke()  # a lease may have been renewed or expired
         host.quorum_changed.clear()
@@ -178,13 +185,10 @@ async def _report_if_changed(host: "DatabaseHost", conn: WitnessConnection, repo
     return None
 
 
-async def _maybe_request_failover(node: "Node", host: "DatabaseHost", conn: WitnessConnection, timeout: float) -> bool:
-    """Ask the witness for automatic failover when allowed; True if a vote was asked."""
+async def _maybe_request_failover(node: "Node", host: "DatabaseHost", conn: WitnessConnection, timeout: float) -> bool | None:
+    """Ask the witness for automatic failover when allowed: None if not asked, else whether it was granted."""
     s, cfg = host.session, host.session.config
     view = MirrorView(cfg.safety, cfg.witness is not None, True, s.partner_connected, s.principal_was_synchronized, cfg.suspended)
     if quorum.automatic_failover_refusal(view) is not None or host.mirror is None:
-        return False
-    granted = await node.request_promotion(host, conn, forced=False, timeout=timeout)
-    if not granted:
-        await asyncio.sleep(0.1)  # the witness may not have noticed the principal's loss yet
-    return granted
+        return None
+    return await node.request_promotion(host, conn, forced=False, timeout=timeout)

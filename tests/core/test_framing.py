@@ -180,5 +180,8 @@ async def test_write_message() -> None:
         def write(self, data: bytes) -> None:
             written.extend(data)
 
+        def is_closing(self) -> bool:
+            return False
+
     write_message(Writer(), MSG, compress=True)  # type: ignore[arg-type]
     assert decode(bytes(written)) == MSG
