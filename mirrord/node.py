@@ -221,9 +221,7 @@ class Node:
     async def stop_witness_link(self, host: DatabaseHost) -> None:
         """Stop the partner's link to the witness, if any."""
         task, host.witness_link = host.witness_link, None
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await _cancel(task)
         host.session.witness_connected = False
 
     def start_partner_link(self, host: DatabaseHost) -> None:
@@ -236,16 +234,12 @@ class Node:
     async def stop_partner_link(self, host: DatabaseHost) -> None:
         """Stop the principal's link to its mirror, if any."""
         task, host.sender = host.sender, None
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await _cancel(task)
 
     async def stop_inbound(self, host: DatabaseHost) -> None:
         """Close the mirror's connection from its principal, if any."""
         task, host.inbound = host.inbound, None
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await _cancel(task)
 
     async def deactivate(self, host: DatabaseHost) -> None:
         """Stop everything running for a database (before dropping it)."""
@@ -441,13 +435,9 @@ class Node:
         except Exception as exc:  # report, log, keep serving
             log.exception("statement_failed", sql=msg["sql"][:200])
             return {"t": "error", "id": msg["id"], "code": "internal", "message": f"internal error: {exc!r}", "principal": None}
-        epoch = None
-        if result.lsn is not None:
-            db = msg["db"] or state.db
-            epoch = self.databases[db].session.config.epoch if db in self.databases else None
         return {
             "t": "result", "id": msg["id"], "columns": result.columns, "rows": result.rows,
-            "rowcount": result.rowcount, "lsn": result.lsn, "epoch": epoch, "message": getattr(result, "message", None),
+            "rowcount": result.rowcount, "lsn": result.lsn, "epoch": result.epoch, "message": getattr(result, "message", None),
         }
 
     # ---------------------------------------------------------------- databases
@@ -484,6 +474,13 @@ class Node:
         trash = host.directory.with_name(f".dropped-{host.name}-{os.getpid()}")
         os.replace(host.directory, trash)  # one atomic step; the rest is cleanup
         shutil.rmtree(trash, ignore_errors=True)
+
+
+async def _cancel(task: asyncio.Task | None) -> None:
+    """Cancel a link task and wait for it, unless it is the caller itself (a role change it started)."""
+    if task is not None and task is not asyncio.current_task():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 def _error(request_id: int, exc: MirrordError, principal: str | None = None) -> dict:

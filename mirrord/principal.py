@@ -72,6 +72,7 @@ class StatementResult:
     rows: list[list[Any]]
     rowcount: int
     lsn: Lsn | None = None  # commit LSN, when the statement committed a transaction
+    epoch: int | None = None  # the role sequence that commit was logged in: (lsn, epoch) is its token
 
 
 @dataclass
@@ -368,7 +369,7 @@ class PrincipalDatabase:
 
     async def _finish(self, result: StatementResult, records: list[LogRecord], wait_for: Lsn) -> StatementResult:
         if records:
-            result.lsn = records[-1].lsn
+            result.lsn, result.epoch = records[-1].lsn, records[-1].epoch
         await self.wait_visible(wait_for)
         return result
 

@@ -75,6 +75,8 @@ class StatementExecutor:
             return self._system_view(stmt)
         if isinstance(stmt, st.AlterEndpoint):
             return await self._alter_endpoint(stmt)
+        if isinstance(stmt, st.TransactionStatus):
+            return self._transaction_status(stmt)
         host = self.node.databases.get(stmt.db)
         why = refusal(host.session if host else None, stmt)
         if why is not None:
@@ -226,7 +228,7 @@ class StatementExecutor:
     async def _do_SetWitness(self, host, stmt) -> StatementResult:
         url = str(stmt.endpoint) if stmt.endpoint is not None else None
         await self.node.stop_witness_link(host)
-        host.session.witness_believes_synchronized = False
+        host.session.witness_believes_synchronized = True  # until the new witness answers
         host.session.witness_lease_until = 0.0
         host.update_config(witness=url)
         self._send_settings(host)
@@ -282,6 +284,30 @@ class StatementExecutor:
         host.update_config(status=DatabaseStatus.ONLINE, role=Role.NONE)
         await self.node.activate(host)
         return _message(f"database {host.name} is ONLINE at LSN {host.log.last_lsn}")
+
+    # ---------------------------------------------------------------- transaction tokens
+
+    def _transaction_status(self, stmt) -> StatementResult:
+        """Did the commit with token (lsn, role sequence) survive in this node's history?
+
+        COMMITTED: this node's log holds that LSN from that role sequence.
+        LOST: it holds that LSN from another role sequence (a fork replaced it),
+        or it is a principal whose log ends before it. NOT_YET: a mirror that
+        has not received it (ask the principal). UNKNOWN: the log no longer
+        goes back that far.
+        """
+        host = self._host(stmt.db)
+        end = host.log.last_lsn
+        epoch = host.log.epoch_at(stmt.lsn) if 0 < stmt.lsn <= end else None
+        if stmt.lsn > end or stmt.lsn < 1:
+            status = "NOT_YET" if host.session.role is Role.MIRROR else "LOST"
+        elif epoch is None:
+            status = "UNKNOWN"
+        else:
+            status = "COMMITTED" if epoch == stmt.role_sequence else "LOST"
+        columns = ["database", "lsn", "role_sequence", "status", "node_role", "current_role_sequence", "end_of_log_lsn"]
+        row = [stmt.db, stmt.lsn, stmt.role_sequence, status, host.session.role.value, host.session.config.epoch, end]
+        return StatementResult(columns, [row], 1)
 
     # ---------------------------------------------------------------- status
 

@@ -90,7 +90,9 @@ class Session:
     witness_connected: bool = False
     partner_listen: str | None = None  # the partner's client address, for "the principal is X"
     principal_was_synchronized: bool = False  # mirror: the principal's state when last heard from
-    witness_believes_synchronized: bool = False  # principal: the witness's acknowledged record
+    # principal: the witness's record. Until the witness says otherwise, assume it may
+    # believe the mirror synchronized, so nothing is acknowledged alone (see core.quorum).
+    witness_believes_synchronized: bool = True
     witness_lease_until: float = 0.0  # principal: monotonic instant its witness lease ends
     mirror_lease_until: float = 0.0
     failover_requested: bool = False  # mirror: a vote request is under way; take no log meanwhile

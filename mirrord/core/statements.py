@@ -199,6 +199,18 @@ class UseDatabase:
 
 
 @dataclass(frozen=True)
+class TransactionStatus:
+    """EXEC sp_transaction_status 'db', lsn, role_sequence: did a commit with this token survive?"""
+
+    db: str
+    lsn: int
+    role_sequence: int
+
+    def to_sql(self) -> str:
+        return f"EXEC sp_transaction_status {_quote(self.db)}, {self.lsn}, {self.role_sequence}"
+
+
+@dataclass(frozen=True)
 class Sql:
     """Anything else: SQLite SQL, passed on untouched."""
 
@@ -212,7 +224,7 @@ class Sql:
 Statement = (
     CreateDatabase | DropDatabase | SetPartner | PartnerAction | SetSafety | SetTimeout
     | SetWitness | AlterEndpoint | BackupDatabase | RestoreDatabase | SelectSystemView
-    | UseDatabase | Sql
+    | UseDatabase | TransactionStatus | Sql
 )
 
 
@@ -519,6 +531,20 @@ def _where(p: _Parser) -> str | None:
     return database
 
 
+def _exec(p: _Parser) -> Statement:
+    """EXEC sp_transaction_status 'db', lsn, role_sequence."""
+    name = p.identifier("a procedure name")
+    if name.lower() != "sp_transaction_status":
+        p.refuse(f"unknown procedure {name}; the procedures are: sp_transaction_status")
+    db = p.string("'database name'")
+    if not IDENTIFIER.fullmatch(db):
+        p.refuse(f"{_quote(db)} is not a valid database name")
+    p.punct(",")
+    lsn = p.integer("a commit LSN")
+    p.punct(",")
+    return TransactionStatus(db, lsn, p.integer("a role sequence"))
+
+
 Rule = Callable[["_Parser"], Statement]
 
 
@@ -541,6 +567,8 @@ _RULES: dict[tuple[str, ...], Rule] = {
     ("RESTORE",): _restore,
     ("USE",): _database_rule(UseDatabase),
     ("SELECT",): _select,
+    ("EXEC",): _exec,
+    ("EXECUTE",): _exec,
 }
 
 

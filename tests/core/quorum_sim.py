@@ -13,14 +13,15 @@ What it models
   thinks the mirror synchronized" until told otherwise, the mirror's failover clock restarted). The witness persists its
   `WitnessRecord`; on restart it counts every partner as just heard.
 * Each tick: partners ping the witness (the witness renews the principal's lease with
-  `lease_until(sent, timeout)` only for its recorded principal at its sequence; a partner behind the
+  `lease_until(sent, timeout)` only for its recorded principal at its sequence; every principal first
+  reports "synchronized or not" with `apply_principal_report` (the witness refuses a deposed one); a
+  partner behind the
   witness's sequence takes the mirror role; a principal ahead of it is adopted with
   `adopt_principal_claim`); the partners exchange pings (the lower sequence yields to a higher-sequence
   principal; the mirror of the same sequence rolls back to the common prefix, hardens at most
   `SHIP` records, renews the principal's mirror lease and notes whether it is synchronized); a mirror
   that has not heard from the principal for a timeout asks the witness for a vote when
-  `automatic_failover_refusal` allows; the principal reports "synchronized or not" to the witness with
-  `apply_principal_report`; then every partner that believes itself principal tries one commit and
+  `automatic_failover_refusal` allows; principals report again; then every partner that believes itself principal tries one commit and
   acknowledges it as `ack_rule` says (MIRROR: the mirror of its sequence hardens it; LOCAL; BLOCKED:
   written while it has quorum but never acknowledged; nothing at all without quorum).
 * Operator actions: manual failover (when the principal is SAFETY FULL, connected to its synchronized
@@ -28,11 +29,12 @@ What it models
   service on the mirror (when `forced_service_refusal` allows; a forced `VoteRequest`), SAFETY changes
   (applied to both partners at once; the principal reports them to the witness).
 
-Checked on the way (raising `Violation`): two principals in one role sequence; two nodes acknowledging
-in one role sequence; an automatic failover granted while the witness recorded the mirror
-unsynchronized or SAFETY OFF; an acknowledgement without quorum; an acknowledged commit missing from a
-newly promoted principal's log (unless a forced-service fork lies between; those are the reported
-`forced_loss()`); and, in runs without forced service, two partners that may serve at one instant.
+Checked on the way (raising `Violation`): two principals in one role sequence, or a promotion to a
+sequence already used; two nodes acknowledging in one role sequence; an automatic failover granted
+while the witness recorded the mirror unsynchronized or SAFETY OFF; an acknowledgement without quorum;
+an acknowledged commit missing from a newly promoted principal's log, unless it was acknowledged before
+a forced-service fork (those are the reported `forced_loss()`); two partners that may serve (have
+quorum) at one instant; this holds with forced service too, as the witness is always set.
 
 What it leaves out
 ------------------
@@ -104,6 +106,7 @@ class Sim:
         self.ackers: dict[int, set[str]] = {}
         self.principals: dict[int, set[str]] = {1: {"A"}}
         self.forced_seqs: set[int] = set()
+        self.fork_mark = 0  # commits with cid <= fork_mark were acknowledged before a forced-service fork
         self.history: list[str] = []  # role changes, for failure messages and scenario tests
         self.tick()
 
@@ -202,6 +205,9 @@ class Sim:
 
     def tick(self) -> None:
         for n in PARTNERS:
+            if self.live(n, "W") and self.p[n].role == PRINCIPAL:
+                self._report(n)  # a deposed principal may speak before it learns: the witness must refuse
+        for n in PARTNERS:
             if self.live(n, "W"):
                 self._exchange_with_witness(n)
         if self.live("A", "B"):
@@ -259,14 +265,9 @@ class Sim:
                 and m.seq == pr.seq and m.log == pr.log)
 
     def _report(self, n: str) -> None:
-        me, rec = self.p[n], self.record
-        if not self.live(n, "W") or rec.principal != n or rec.role_sequence != me.seq:
-            return
-        want = self._synchronized(n)
-        if (want, want, self.safety) != (me.believes_synchronized, rec.mirror_synchronized, rec.safety):
-            new = quorum.apply_principal_report(rec, n, me.seq, want, self.safety)
-            if new is not None:
-                self.record, me.believes_synchronized = new, want
+        me, want = self.p[n], self._synchronized(n)
+        if self.live(n, "W") and (new := quorum.apply_principal_report(self.record, n, me.seq, want, self.safety)) is not None:
+            self.record, me.believes_synchronized = new, want
 
     def _request_vote(self, n: str, forced: bool) -> bool:
         me, before = self.p[n], self.record
@@ -279,11 +280,14 @@ class Sim:
         self.record = after
         if forced:
             self.forced_seqs.add(vote.role_sequence)
+            self.fork_mark = len(self.commits)
         self._promote(n, vote.role_sequence, "forced" if forced else "automatic", witness_told=True)
         return True
 
     def _promote(self, n: str, seq: int, how: str, witness_told: bool) -> None:
         me = self.p[n]
+        if seq <= max(self.principals):
+            raise Violation(f"{how} failover to {n} reuses role sequence {seq} (highest so far {max(self.principals)})")
         me.role, me.seq = PRINCIPAL, seq
         me.believes_synchronized = self.record.mirror_synchronized if witness_told else True
         me.witness_lease_until = quorum.lease_until(self.now, self.timeout) if witness_told else 0.0
@@ -292,7 +296,7 @@ class Sim:
         self.principals.setdefault(seq, set()).add(n)
         if len(self.principals[seq]) > 1:
             raise Violation(f"two principals in role sequence {seq}: {self.principals[seq]}")
-        lost = [c for c in self.commits if c.acked and c.seq < seq and c.cid not in me.log and not self._forked(c.seq, seq)]
+        lost = [c for c in self.commits if c.acked and c.cid > self.fork_mark and c.cid not in me.log]
         if lost:
             raise Violation(f"{how} failover to {n} (sequence {seq}) loses acknowledged commits {lost}")
 
@@ -333,15 +337,11 @@ class Sim:
                 self.principals.setdefault(me.seq, set()).add(n)
                 if len(self.principals[me.seq]) > 1:
                     raise Violation(f"two principals in role sequence {me.seq}: {self.principals[me.seq]}")
-        if not self.forced_seqs:
-            serving = [n for n in PARTNERS if self.up(n) and self.p[n].role == PRINCIPAL and self.view(n).has_quorum(self.now)]
-            if len(serving) > 1:
-                raise Violation(f"two partners may serve at t={self.now}: {serving}; {self.history}")
+        serving = [n for n in PARTNERS if self.up(n) and self.p[n].role == PRINCIPAL and self.view(n).has_quorum(self.now)]
+        if len(serving) > 1:
+            raise Violation(f"two partners may serve at t={self.now}: {serving}; {self.history}")
 
     # ------------------------------------------------------------------ reporting
-
-    def _forked(self, acked_in: int, now_in: int) -> bool:
-        return any(acked_in < f <= now_in for f in self.forced_seqs)
 
     def current_principal(self) -> Partner | None:
         live = [self.p[n] for n in PARTNERS if self.p[n].role == PRINCIPAL]
