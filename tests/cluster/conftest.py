@@ -6,6 +6,7 @@ runs the fast suites alone.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,9 @@ import pytest
 from mirrord.localcluster import LocalCluster
 
 HERE = Path(__file__).resolve().parent
+# Link cuts are iptables rules on these addresses: two test runs at once (say, two
+# engineers' checkouts on one machine) must each pick their own range.
+FIRST_IP = int(os.environ.get("MIRRORD_TEST_FIRST_IP", "11"))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -36,8 +40,8 @@ def _log_tails(cluster: LocalCluster, lines: int = 60) -> str:
 
 @pytest.fixture
 def cluster(request, tmp_path):
-    """A started LocalCluster of nodes a, b, c on 127.0.0.11-13; stopped (and checked) afterwards."""
-    local = LocalCluster(tmp_path / "cluster")
+    """A started LocalCluster of nodes a, b, c on 127.0.0.11-13 (or MIRRORD_TEST_FIRST_IP..+2); stopped (and checked) afterwards."""
+    local = LocalCluster(tmp_path / "cluster", first_ip=FIRST_IP)
     try:
         local.start_all()
         yield local
