@@ -50,6 +50,7 @@ class DatabaseHost:
     witness_conn: object | None = None  # the open WitnessConnection, if any
     role_change: asyncio.Lock = field(default_factory=asyncio.Lock)  # one promotion/step-down at a time
     on_witness_changed: object | None = None  # node callback: start/stop the witness link
+    monitor: object | None = None  # mirrord.monitor.DatabaseMonitor: rates, alerts, the partner's figures
 
     def principal_view(self) -> PrincipalView:
         """The facts the quorum core needs about this principal."""

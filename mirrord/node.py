@@ -38,6 +38,7 @@ from mirrord.core.types import (
     Role,
 )
 from mirrord.host import DatabaseHost
+from mirrord.monitor import NodeMetrics, run_sampler
 from mirrord.mirror import MirrorDatabase
 from mirrord import role_change
 from mirrord.net import framing, inbound
@@ -64,6 +65,7 @@ class NodeConfig:
     endpoint_name: str = "mirroring"
     log_size_limit: int = 1 << 30
     log_level: str = "info"
+    metrics: Endpoint | None = None  # HOST:PORT of the Prometheus /metrics listener; off when None
 
     @classmethod
     def from_sources(cls, args: argparse.Namespace) -> "NodeConfig":
@@ -72,7 +74,7 @@ class NodeConfig:
         if args.config:
             with open(args.config, "rb") as f:
                 values.update(tomllib.load(f))
-        for key in ("name", "data_dir", "endpoint", "listen", "endpoint_name", "log_size_limit_mb", "log_level"):
+        for key in ("name", "data_dir", "endpoint", "listen", "endpoint_name", "log_size_limit_mb", "log_level", "metrics"):
             flag = getattr(args, key, None)
             if flag is not None:
                 values[key] = flag
@@ -80,7 +82,7 @@ class NodeConfig:
 
     @classmethod
     def _validated(cls, v: dict[str, Any]) -> "NodeConfig":
-        unknown = set(v) - {"name", "data_dir", "endpoint", "listen", "endpoint_name", "log_size_limit_mb", "log_level"}
+        unknown = set(v) - {"name", "data_dir", "endpoint", "listen", "endpoint_name", "log_size_limit_mb", "log_level", "metrics"}
         if unknown:
             raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         for key in ("name", "data_dir", "endpoint", "listen"):
@@ -92,6 +94,14 @@ class NodeConfig:
         level = v.get("log_level", "info")
         if level not in ("debug", "info", "warning", "error"):
             raise ValueError("log_level must be debug, info, warning or error")
+        metrics = v.get("metrics")
+        if metrics is not None:
+            if not isinstance(metrics, str):
+                raise ValueError("metrics must be HOST:PORT for the Prometheus /metrics listener, e.g. 127.0.0.1:9187")
+            try:
+                metrics = Endpoint.parse(metrics)
+            except ValueError as exc:
+                raise ValueError(f"metrics must be HOST:PORT for the Prometheus /metrics listener: {exc}") from None
         return cls(
             name=v["name"],
             data_dir=Path(v["data_dir"]),
@@ -100,6 +110,7 @@ class NodeConfig:
             endpoint_name=v.get("endpoint_name", "mirroring"),
             log_size_limit=limit_mb << 20,
             log_level=level,
+            metrics=metrics,
         )
 
 
@@ -125,6 +136,8 @@ class Node:
         self._stopped = asyncio.Event()
         self.executor = StatementExecutor(self)
         self.witness = Witness(config.data_dir / "witness")
+        self.metrics = NodeMetrics(config.name)
+        self._sampler: asyncio.Task | None = None
 
     # ---------------------------------------------------------------- addresses
 
@@ -151,6 +164,9 @@ class Node:
             await self._load(meta.parent)
         await self.start_endpoint()
         self._client_server = await asyncio.start_server(self._on_client, self.config.listen.host, self.config.listen.port)
+        if self.config.metrics is not None:
+            self.metrics.start(self.config.metrics.host, self.config.metrics.port)
+        self._sampler = asyncio.create_task(run_sampler(self, self.metrics), name="monitor-sampler")
         log.info("node_started", endpoint=self.endpoint_url, listen=self.listen_address, databases=sorted(self.databases))
 
     async def _load(self, directory: Path) -> None:
@@ -263,6 +279,8 @@ class Node:
             return
         self.stopping = True
         log.info("node_stopping")
+        await _cancel(self._sampler)
+        self.metrics.stop()
         if self._client_server is not None:
             self._client_server.close()
         await self.stop_endpoint()
@@ -518,6 +536,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--endpoint-name", dest="endpoint_name", help="name of the endpoint for ALTER ENDPOINT (default mirroring)")
     p.add_argument("--log-size-limit-mb", dest="log_size_limit_mb", type=int, help="log size at which writes are refused (default 1024)")
     p.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--metrics", help="serve Prometheus /metrics on HOST:PORT (default: off)")
     return p.parse_args(argv)
 
 

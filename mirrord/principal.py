@@ -28,6 +28,7 @@ import itertools
 import os
 import shutil
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -35,6 +36,7 @@ from typing import Any, Callable
 import aiosqlite
 import structlog
 
+from mirrord.core.monitoring import CommitClock
 from mirrord.core.quorum import AckRule
 from mirrord.core.session import Session
 from mirrord.core.types import LogFull, Lsn, MirrordError, StatementRefused
@@ -134,6 +136,10 @@ class PrincipalDatabase:
         self._txn_owner: object | None = None
         self._internal = False  # set while mirrord itself runs a managed PRAGMA
         self.closed = False
+        # for the monitor: when transactions committed locally, and how long commits waited to be acknowledged
+        self.commit_clock = CommitClock()
+        self.commits = 0
+        self.commit_wait = 0.0
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -370,7 +376,11 @@ class PrincipalDatabase:
     async def _finish(self, result: StatementResult, records: list[LogRecord], wait_for: Lsn) -> StatementResult:
         if records:
             result.lsn, result.epoch = records[-1].lsn, records[-1].epoch
+        committed = time.monotonic()
         await self.wait_visible(wait_for)
+        if records:  # the delay mirroring adds: local commit to acknowledgement (the mirror hardened it, SAFETY FULL)
+            self.commits += 1
+            self.commit_wait += time.monotonic() - committed
         return result
 
     async def _hop(self, sql: str, params: Any):
@@ -378,6 +388,7 @@ class PrincipalDatabase:
         async with self._hop_gate:
             outcome, records, in_txn = await _in_connection_thread(self._writer, self._run_and_capture, sql, params)
         if records:
+            self.commit_clock.note(records[0].lsn, time.monotonic())
             self.new_log.set()
             self.update_visible()
         if isinstance(outcome, MirrordError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import struct
+import time
 import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,11 +19,14 @@ import msgpack
 import structlog
 
 from mirrord.core import statements as st
+from mirrord.core.alerts import ALERTS
+from mirrord.core.monitoring import FIGURE_COLUMNS, set_threshold
 from mirrord.core.rules import refusal
 from mirrord.core.session import SessionConfig
 from mirrord.core.types import (
     DatabaseStatus,
     Endpoint,
+    LogFull,
     NotPrincipal,
     ProtocolError,
     Role,
@@ -31,6 +35,7 @@ from mirrord.core.types import (
 )
 from mirrord.net import framing
 from mirrord.core import messages
+from mirrord.monitor import current_figures
 from mirrord.principal import StatementResult
 
 if TYPE_CHECKING:
@@ -46,7 +51,9 @@ STATUS_COLUMNS = [
     "failover_lsn", "end_of_log_lsn", "hardened_lsn", "redo_lsn", "send_queue_bytes", "redo_queue_bytes",
     "timeout", "status", "partner_address", "fork_lsn", "lost_lsn_range", "lost_transactions", "salvage_path",
     "log_bytes", "log_bytes_sent_raw", "log_bytes_sent_wire",
+    *FIGURE_COLUMNS, "warnings",  # the Database Mirroring Monitor's figures (mirrord.monitor)
 ]
+ALERT_COLUMNS = ["database", "alert_id", "alert", "threshold", "unit", "enabled", "current_value", "over_threshold"]
 WITNESS_COLUMNS = ["database", "principal", "mirror", "role_sequence", "safety", "mirror_synchronized", "principal_connected", "mirror_connected"]
 
 
@@ -77,6 +84,8 @@ class StatementExecutor:
             return await self._alter_endpoint(stmt)
         if isinstance(stmt, st.TransactionStatus):
             return self._transaction_status(stmt)
+        if isinstance(stmt, (st.ChangeAlert, st.HelpAlert, st.DropAlert)):
+            return self._alert_statement(stmt)
         host = self.node.databases.get(stmt.db)
         why = refusal(host.session if host else None, stmt)
         if why is not None:
@@ -98,6 +107,13 @@ class StatementExecutor:
 
     async def _sql(self, owner: object, sql: str, db: str | None, params: Any) -> StatementResult:
         host = self._host(db)
+        try:
+            return await self._sql_on(host, owner, sql, db, params)
+        except (NotPrincipal, StatementRefused, LogFull) as exc:
+            self.node.metrics.count_refused(host.name, exc.code)
+            raise
+
+    async def _sql_on(self, host: "DatabaseHost", owner: object, sql: str, db: str, params: Any) -> StatementResult:
         if host.principal is None:
             cfg = host.session.config
             if cfg.role is Role.MIRROR:
@@ -309,6 +325,35 @@ class StatementExecutor:
         row = [stmt.db, stmt.lsn, stmt.role_sequence, status, host.session.role.value, host.session.config.epoch, end]
         return StatementResult(columns, [row], 1)
 
+    # ---------------------------------------------------------------- monitor alerts
+
+    def _alert_statement(self, stmt) -> StatementResult:
+        """sp_dbmmonitorchangealert / helpalert / dropalert: this node's warning thresholds for a database."""
+        host = self._host(stmt.db)
+        current = host.session.config.alerts
+        if isinstance(stmt, st.ChangeAlert):
+            host.update_config(alerts=set_threshold(current, stmt.alert_id, stmt.threshold, stmt.enabled))
+            alert = ALERTS[stmt.alert_id]
+            state = "enabled" if stmt.enabled else "disabled"
+            log.info("statement_done", database=stmt.db, statement="ChangeAlert", alert_id=stmt.alert_id, threshold=stmt.threshold, enabled=stmt.enabled)
+            return _message(f"{stmt.db}: alert {stmt.alert_id} ({alert.name}) threshold {stmt.threshold} {alert.unit}, {state}, on {self.node.name}")
+        if isinstance(stmt, st.DropAlert):
+            kept = tuple(t for t in current if stmt.alert_id is not None and t[0] != stmt.alert_id)
+            host.update_config(alerts=kept)
+            which = "every alert" if stmt.alert_id is None else f"alert {stmt.alert_id}"
+            return _message(f"{stmt.db}: {which} dropped on {self.node.name}")
+        figs = status_row(host)
+        rows = []
+        for alert_id, threshold, enabled in current:
+            if stmt.alert_id is not None and alert_id != stmt.alert_id:
+                continue
+            alert = ALERTS[alert_id]
+            raw = figs.get(alert.figure)
+            value = None if raw is None else round(raw / alert.scale, 2)
+            rows.append([stmt.db, alert_id, alert.name, threshold, alert.unit, enabled, value,
+                         bool(enabled and value is not None and value > threshold)])
+        return StatementResult(ALERT_COLUMNS, rows, len(rows))
+
     # ---------------------------------------------------------------- status
 
     def _system_view(self, stmt) -> StatementResult:
@@ -360,6 +405,7 @@ def status_row(host: "DatabaseHost") -> dict:
         "log_bytes": host.log.size_bytes,
         "log_bytes_sent_raw": host.wire.raw,
         "log_bytes_sent_wire": host.wire.wire,
+        **current_figures(host, time.monotonic()),
     }
 
 

@@ -5,7 +5,8 @@ field to a small checker function. `validate(msg)` runs the checkers and raises
 `ProtocolError` naming the type and the field; it returns the message itself so
 callers can write `msg = validate(read())`. Extra keys are ignored, so a newer
 peer may add fields without breaking an older one; missing or mistyped ones
-are refused, so no handler ever sees a half-formed message.
+are refused, so no handler ever sees a half-formed message. `OPTIONAL` fields
+may be left out, but are checked like the others when present.
 
 Why so strict on numbers: msgpack happily carries bools where ints are
 expected (True == 1 in Python) and ints of any size; an LSN of True or 2**70
@@ -124,6 +125,21 @@ def _one_of(*choices: str) -> Checker:
 
 _safety = _one_of("FULL", "OFF")
 
+MAX_FIGURES = 32
+
+
+def _figures(value: Any) -> str | None:
+    """Monitor figures: a map of at most 32 short names to finite numbers or nil."""
+    if (isinstance(value, dict) and len(value) <= MAX_FIGURES
+            and all(isinstance(k, str) and 0 < len(k) <= 64 for k in value)
+            and all(v is None or (type(v) in (int, float) and _finite(v)) for v in value.values())):
+        return None
+    return "a map of at most 32 names to numbers or nil"
+
+
+def _finite(v: int | float) -> bool:
+    return -MAX_INT <= v <= MAX_INT  # also false for NaN
+
 # ------------------------------------------------------------------- schemas
 
 SCHEMAS: dict[str, dict[str, Checker]] = {
@@ -161,6 +177,12 @@ SCHEMAS: dict[str, dict[str, Checker]] = {
     "error": {"id": _int, "code": _str, "message": _str, "principal": _optional(_str)},
 }
 
+# Fields a message may carry or leave out; checked only when present.
+OPTIONAL: dict[str, dict[str, Checker]] = {
+    "ping": {"monitor": _figures},  # the principal's monitor figures the mirror cannot see itself
+    "pong": {"monitor": _figures},  # the mirror's redo rate
+}
+
 CLIENT_TYPES = frozenset({"query", "result", "error"})
 ENDPOINT_TYPES = frozenset(SCHEMAS) - CLIENT_TYPES
 
@@ -178,6 +200,9 @@ def validate(msg: dict) -> dict:
         if expected is not None:
             raise ProtocolError(f"{kind} message: field {name!r} must be {expected}; "
                                 f"got {type(msg[name]).__name__}")
+    for name, check in OPTIONAL.get(kind, {}).items():
+        if name in msg and (expected := check(msg[name])) is not None:
+            raise ProtocolError(f"{kind} message: field {name!r} must be {expected}")
     return msg
 
 

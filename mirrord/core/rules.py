@@ -86,13 +86,14 @@ def _partner_action(session, stmt) -> str | None:
     if action == "FAILOVER":
         if (why := _on_principal(session, stmt.db, "SET PARTNER FAILOVER")) is not None:
             return why
-        return _manual_failover_refusal(session)
+        return manual_failover_refusal(session)
     if action == "FORCE_SERVICE_ALLOW_DATA_LOSS":
         return _forced_service_refusal(session, stmt.db)
     return f"unknown partner action {action}"
 
 
-def _manual_failover_refusal(session: Session) -> str | None:
+def manual_failover_refusal(session: Session) -> str | None:
+    """Why SET PARTNER FAILOVER could not run on this session now (besides where it is issued), or None."""
     from mirrord.core.types import Safety
 
     if session.config.safety is not Safety.FULL or session.state is not MirroringState.SYNCHRONIZED:

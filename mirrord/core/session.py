@@ -57,6 +57,8 @@ class SessionConfig:
     lost_lsn_from: Lsn = NO_LSN  # a diverged old principal: its log past the fork, first..last
     lost_lsn_to: Lsn = NO_LSN
     salvage_path: str | None = None  # copy of the diverged database, kept for the DBA
+    # monitor warning thresholds (sp_dbmmonitorchangealert): (alert_id, threshold, enabled), per node
+    alerts: tuple[tuple[int, int, bool], ...] = ()
 
     def to_dict(self) -> dict:
         """A JSON-able dict."""
@@ -72,6 +74,9 @@ class SessionConfig:
         known["role"] = Role(known.get("role", Role.NONE))
         known["status"] = DatabaseStatus(known.get("status", DatabaseStatus.ONLINE))
         known["safety"] = Safety(known.get("safety", Safety.FULL))
+        from mirrord.core.monitoring import thresholds_from_json  # monitoring builds on this module
+
+        known["alerts"] = thresholds_from_json(known.get("alerts", ()))
         return cls(**known)
 
     def with_(self, **changes) -> "SessionConfig":

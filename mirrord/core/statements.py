@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterator, NamedTuple, NoReturn
 
+from mirrord.core.alerts import ALERTS, alert_refusal
 from mirrord.core.types import Endpoint, Safety, StatementSyntaxError
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
@@ -211,6 +212,43 @@ class TransactionStatus:
 
 
 @dataclass(frozen=True)
+class ChangeAlert:
+    """EXEC sp_dbmmonitorchangealert 'db', alert_id, threshold, enabled: set a monitor warning threshold."""
+
+    db: str
+    alert_id: int
+    threshold: int
+    enabled: bool
+
+    def to_sql(self) -> str:
+        return f"EXEC sp_dbmmonitorchangealert {_quote(self.db)}, {self.alert_id}, {self.threshold}, {int(self.enabled)}"
+
+
+@dataclass(frozen=True)
+class HelpAlert:
+    """EXEC sp_dbmmonitorhelpalert 'db' [, alert_id]: show the warning thresholds."""
+
+    db: str
+    alert_id: int | None = None
+
+    def to_sql(self) -> str:
+        which = "" if self.alert_id is None else f", {self.alert_id}"
+        return f"EXEC sp_dbmmonitorhelpalert {_quote(self.db)}{which}"
+
+
+@dataclass(frozen=True)
+class DropAlert:
+    """EXEC sp_dbmmonitordropalert 'db' [, alert_id]: remove one or every warning threshold."""
+
+    db: str
+    alert_id: int | None = None
+
+    def to_sql(self) -> str:
+        which = "" if self.alert_id is None else f", {self.alert_id}"
+        return f"EXEC sp_dbmmonitordropalert {_quote(self.db)}{which}"
+
+
+@dataclass(frozen=True)
 class Sql:
     """Anything else: SQLite SQL, passed on untouched."""
 
@@ -224,7 +262,7 @@ class Sql:
 Statement = (
     CreateDatabase | DropDatabase | SetPartner | PartnerAction | SetSafety | SetTimeout
     | SetWitness | AlterEndpoint | BackupDatabase | RestoreDatabase | SelectSystemView
-    | UseDatabase | TransactionStatus | Sql
+    | UseDatabase | TransactionStatus | ChangeAlert | HelpAlert | DropAlert | Sql
 )
 
 
@@ -531,18 +569,55 @@ def _where(p: _Parser) -> str | None:
     return database
 
 
+PROCEDURES = ("sp_transaction_status", "sp_dbmmonitorchangealert", "sp_dbmmonitorhelpalert", "sp_dbmmonitordropalert")
+
+
 def _exec(p: _Parser) -> Statement:
-    """EXEC sp_transaction_status 'db', lsn, role_sequence."""
+    """EXEC <procedure> 'db', arguments...: one of PROCEDURES."""
     name = p.identifier("a procedure name")
-    if name.lower() != "sp_transaction_status":
-        p.refuse(f"unknown procedure {name}; the procedures are: sp_transaction_status")
+    procedure = name.lower()
+    if procedure not in PROCEDURES:
+        p.refuse(f"unknown procedure {name}; the procedures are: {', '.join(PROCEDURES)}")
     db = p.string("'database name'")
     if not IDENTIFIER.fullmatch(db):
         p.refuse(f"{_quote(db)} is not a valid database name")
+    if procedure == "sp_transaction_status":
+        p.punct(",")
+        lsn = p.integer("a commit LSN")
+        p.punct(",")
+        return TransactionStatus(db, lsn, p.integer("a role sequence"))
+    if procedure == "sp_dbmmonitorchangealert":
+        return _change_alert(p, db)
+    alert_id = None
+    if p.peek() == _Token("punct", ","):
+        p.advance(",")
+        alert_id = _alert_id(p)
+    return (HelpAlert if procedure == "sp_dbmmonitorhelpalert" else DropAlert)(db, alert_id)
+
+
+def _alert_id(p: _Parser) -> int:
+    """An alert_id, 1..4, as the reference numbers them."""
+    alert_id = p.integer("an alert_id: " + _alert_ids())
+    if alert_id not in ALERTS:
+        p.refuse(f"alert_id must be {_alert_ids()}; found {alert_id}")
+    return alert_id
+
+
+def _alert_ids() -> str:
+    return _one_of(tuple(f"{k} ({a.name}, {a.unit})" for k, a in ALERTS.items()))
+
+
+def _change_alert(p: _Parser, db: str) -> ChangeAlert:
+    """After EXEC sp_dbmmonitorchangealert 'db': , alert_id, threshold, enabled."""
     p.punct(",")
-    lsn = p.integer("a commit LSN")
+    alert_id = _alert_id(p)
     p.punct(",")
-    return TransactionStatus(db, lsn, p.integer("a role sequence"))
+    threshold = p.integer(f"a threshold in {ALERTS[alert_id].unit} (a whole number)")
+    p.punct(",")
+    enabled = p.integer("enabled: 1 (on) or 0 (off)")
+    if (why := alert_refusal(alert_id, threshold, enabled)) is not None:
+        p.refuse(why)
+    return ChangeAlert(db, alert_id, threshold, bool(enabled))
 
 
 Rule = Callable[["_Parser"], Statement]

@@ -16,6 +16,7 @@ import structlog
 
 from mirrord.core import messages
 from mirrord.core.types import Endpoint, ProtocolError, Role, Safety
+from mirrord.monitor import monitor_of, note_connected, partner_report
 from mirrord.net import framing
 from mirrord.storage.log import LogRecord
 
@@ -90,6 +91,7 @@ async def serve_principal(node: "Node", host: "DatabaseHost", hello: dict, reade
     session.partner_listen = hello.get("listen") if isinstance(hello.get("listen"), str) else None
     host.partner_writer = writer
     host.note_state()
+    note_connected(host)
     log.info("principal_connected", database=host.name, role="MIRROR", role_sequence=session.config.epoch, lsn=mirror.hardened_lsn)
     try:
         await _receive_loop(host, reader, writer)
@@ -125,7 +127,7 @@ async def _handle(host: "DatabaseHost", msg: dict, writer, records: list, seed: 
         _adopt_principal_view(host, msg)
     elif kind == "ping":
         _adopt_principal_view(host, msg)
-        framing.write_message(writer, {"t": "pong", "seq": msg["seq"], "redo_lsn": host.mirror.redo_lsn})
+        framing.write_message(writer, {"t": "pong", "seq": msg["seq"], "redo_lsn": host.mirror.redo_lsn, "monitor": partner_report(host)})
     elif kind == "settings":
         _adopt_settings(host, msg)
     elif kind == "seed_begin":
@@ -169,6 +171,8 @@ def _adopt_principal_view(host: "DatabaseHost", msg: dict) -> None:
     end = msg.get("end_lsn")
     if isinstance(end, int) and not isinstance(end, bool):
         host.session.hardened_lsn = host.mirror.hardened_lsn
+    if "monitor" in msg:
+        monitor_of(host).adopt_report(msg["monitor"])
     host.note_state()
 
 

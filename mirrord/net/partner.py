@@ -30,6 +30,7 @@ import structlog
 from mirrord.core import messages
 from mirrord.core.quorum import lease_until
 from mirrord.core.types import Endpoint, ProtocolError, Role
+from mirrord.monitor import monitor_of, note_connected, partner_report
 from mirrord.net import framing
 
 if TYPE_CHECKING:
@@ -119,6 +120,7 @@ async def _one_connection(node: "Node", host: "DatabaseHost") -> None:
         framing.write_message(writer, settings_message(host))  # whatever changed during the handshake
         host.poke()
         host.note_state()
+        note_connected(host)
         log.info("partner_connected", database=host.name, role="PRINCIPAL", role_sequence=cfg.epoch, hardened_lsn=hardened, lsn=host.log.last_lsn)
         await _run_loops(host, reader, writer, hardened + 1)
     finally:
@@ -259,6 +261,8 @@ async def _read_acks(host: "DatabaseHost", reader, pings: dict[int, float]) -> N
             if acks % TRUNCATE_EVERY_ACKS == 0:
                 host.principal.truncate_log()
         elif msg["t"] == "pong":
+            if "monitor" in msg:
+                monitor_of(host).adopt_report(msg["monitor"])
             redo = msg.get("redo_lsn")
             if isinstance(redo, int) and not isinstance(redo, bool):
                 host.session.redo_lsn = max(host.session.redo_lsn, min(redo, host.session.hardened_lsn))
@@ -281,5 +285,6 @@ async def _ping(host: "DatabaseHost", writer, pings: dict[int, float]) -> None:
         pings[seq] = time.monotonic()  # a pong renews the mirror lease from this instant
         if len(pings) > 64:
             pings.pop(min(pings))
-        framing.write_message(writer, {"t": "ping", "seq": seq, "end_lsn": host.log.last_lsn, **_principal_view(host)})
+        framing.write_message(writer, {"t": "ping", "seq": seq, "end_lsn": host.log.last_lsn, **_principal_view(host),
+                                       "monitor": partner_report(host)})
         await writer.drain()
