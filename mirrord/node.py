@@ -494,11 +494,24 @@ class Node:
         shutil.rmtree(trash, ignore_errors=True)
 
 
+CANCEL_RETRY = 0.05
+
+
 async def _cancel(task: asyncio.Task | None) -> None:
-    """Cancel a link task and wait for it, unless it is the caller itself (a role change it started)."""
-    if task is not None and task is not asyncio.current_task():
+    """Cancel a link task and wait for it, unless it is the caller itself (a role change it started).
+
+    Why cancel again until it ends: Python 3.11's asyncio.wait_for swallows a
+    cancel that arrives just as the awaited thing completes, and a link loop
+    then carries on forever (a witness link kept pinging, so ALTER ENDPOINT …
+    STOPPED never returned).
+    """
+    if task is None or task is asyncio.current_task():
+        return
+    while not task.done():
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.wait([task], timeout=CANCEL_RETRY)
+    if not task.cancelled():
+        task.exception()  # retrieved: the link's own failure was logged where it happened
 
 
 def _error(request_id: int, exc: MirrordError, principal: str | None = None) -> dict:
