@@ -51,6 +51,13 @@ VALID = [
     ("BEGIN; INSERT INTO t VALUES (1); COMMIT;", s.Sql("BEGIN; INSERT INTO t VALUES (1); COMMIT;")),
     ("ALTER TABLE t ADD COLUMN y", s.Sql("ALTER TABLE t ADD COLUMN y")),
     ("", s.Sql("")),
+    ("EXEC sp_dbmmonitorchangealert 'shop', 2, 100, 1", s.ChangeAlert("shop", 2, 100, True)),
+    ("execute SP_DBMMONITORCHANGEALERT N'shop',1,0,0;", s.ChangeAlert("shop", 1, 0, False)),
+    ("EXEC sp_dbmmonitorchangealert 'shop', 4, 2147483647, 1", s.ChangeAlert("shop", 4, 2**31 - 1, True)),
+    ("EXEC sp_dbmmonitorhelpalert 'shop'", s.HelpAlert("shop")),
+    ("EXEC sp_dbmmonitorhelpalert 'shop', 3", s.HelpAlert("shop", 3)),
+    ("EXEC sp_dbmmonitordropalert 'shop'", s.DropAlert("shop")),
+    ("EXEC sp_dbmmonitordropalert 'shop', 1 ;", s.DropAlert("shop", 1)),
 ]
 
 
@@ -93,6 +100,19 @@ ERRORS = [
     ("SELECT * FROM sys.database_mirroring WHERE database = 'a b'", "not a valid database name"),
     ("SELECT * FROM sys.database_mirroring ORDER BY role", "expected end of statement"),
     ("SELECT a FROM t JOIN sys.database_mirroring", "expected sys; found 't'"),
+    ("EXEC sp_dbmmonitorchangealert 'shop', 5, 1, 1", "alert_id must be 1 (oldest unsent transaction, minutes), 2 (unsent log, KB)"),
+    ("EXEC sp_dbmmonitorchangealert 'shop', 0, 1, 1", "found 0"),
+    ("EXEC sp_dbmmonitorchangealert 'shop', 2, -1, 1", "expected a threshold in KB (a whole number); found '-'"),
+    ("EXEC sp_dbmmonitorchangealert 'shop', 2, 2147483648, 1", "threshold must be 0..2147483647 KB; found 2147483648"),
+    ("EXEC sp_dbmmonitorchangealert 'shop', 2, 1.5, 1", "expected a threshold in KB"),
+    ("EXEC sp_dbmmonitorchangealert 'shop', 2, 10, 2", "enabled must be 1 (on) or 0 (off); found 2"),
+    ("EXEC sp_dbmmonitorchangealert 'shop', 2, 10", "expected ,; found end of statement"),
+    ("EXEC sp_dbmmonitorchangealert 'shop', 2, 10, 1, 1", "expected end of statement"),
+    ("EXEC sp_dbmmonitorchangealert 'a b', 2, 10, 1", "not a valid database name"),
+    ("EXEC sp_dbmmonitorhelpalert 'shop', 9", "alert_id must be"),
+    ("EXEC sp_dbmmonitordropalert shop", "expected 'database name'"),
+    ("EXEC sp_dbmmonitorresults 'shop'", "unknown procedure sp_dbmmonitorresults; the procedures are: sp_transaction_status, "
+     "sp_dbmmonitorchangealert"),
 ]
 
 
@@ -180,3 +200,17 @@ def test_parse_token_soup(words: list[str]) -> None:
         parse(" ".join(words))
     except StatementSyntaxError:
         pass
+
+
+alert_statements = st.one_of(
+    st.builds(s.ChangeAlert, names, st.integers(1, 4), st.integers(0, 2**31 - 1), st.booleans()),
+    st.builds(s.HelpAlert, names, st.none() | st.integers(1, 4)),
+    st.builds(s.DropAlert, names, st.none() | st.integers(1, 4)),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(alert_statements)
+def test_alert_statements_round_trip(statement: s.Statement) -> None:
+    assert parse(statement.to_sql()) == statement
+    assert parse(statement.to_sql().upper().replace(statement.db.upper(), statement.db)) == statement
