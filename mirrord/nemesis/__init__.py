@@ -1,0 +1,6 @@
+"""The nemesis: seeded faults against a real three-node cluster, and a checker of the invariants.
+
+schedule.py (pure: the fault schedule of a seed), checker.py (pure: what is
+checked), runner.py (the cluster, the writers, faults, healing), __main__.py
+(the command: `python -m mirrord.nemesis --rounds N --seed S`).
+"""

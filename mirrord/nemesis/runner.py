@@ -1,0 +1,539 @@
+"""The nemesis: a real three-node cluster, concurrent writers, a seeded fault schedule, a checker.
+
+How a round runs: the writers (asyncio, one connection each, following the
+principal of their database) write rows with unique ids while the round's
+steps are applied one after the other, each followed by its dwell. Then the
+runner heals everything (below), stops the writers, waits until every session
+has converged by itself, and checks (checker.py).
+
+Healing, in this order: thaw frozen nodes, restart dead ones, remove every
+link cut, STARTED on every endpoint that was STOPPED. Then, while waiting for
+convergence, on the principal of each database: SAFETY FULL if it is OFF, and
+RESUME if the session is SUSPENDED (the schedule never forces service, so this
+should not happen; it is counted if it does). Nothing else is done for the
+cluster: failover, reconnection and catch-up are the engine's own.
+
+Converged means: one partner PRINCIPAL and the other MIRROR in the same role
+sequence, both SYNCHRONIZED, the witness CONNECTED, and the mirror has
+hardened and redone the principal's whole log.
+
+Comparing copies (page for page): the mirror's page store is a plain file,
+page N at (N-1)*page_size, written by redo; once its redo LSN equals the
+principal's end of log it is final. The principal's database runs in WAL mode:
+its current pages are the main file with the committed WAL frames on top (what
+any SQLite reader sees, and what a checkpoint would write). The nemesis reads
+both of the principal's files and overlays the WAL (`overlay_wal`, frames
+validated by the same reader capture uses), reading twice until two reads
+agree, so a checkpoint running meanwhile cannot tear the image. With the
+writers stopped nothing commits, so the WAL does not restart under us. Then
+logical content: both images are opened with SQLite (copies in a temporary
+directory): integrity_check must say ok, and the ids in each must equal the
+ids the principal serves to a client.
+
+Writes are sent with the time-outs below and never retried under the same id;
+a write that got no answer, or an error, is in doubt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sqlite3
+import statistics
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from mirrord.localcluster import LocalCluster, LocalNode, wait_for
+from mirrord.nemesis.checker import (Ack, Ledger, SafetyBook, Violation, differing_pages, find_lost,
+                                     find_lost_unprotected, find_phantoms, find_split_brain, overlay_wal)
+from mirrord.nemesis.schedule import Round, Step
+from mirrord.storage.wal import WalReader
+from mirrorctl.client import AsyncClient, ServerError, Unreachable
+
+WRITE_TIMEOUT = 5.0
+ADMIN_TIMEOUT = 10.0
+FAILOVER_TIMEOUT = 20.0
+ERROR_BACKOFF = 0.05
+INSERT = "INSERT INTO t(id, node, v) VALUES (?, ?, ?)"
+PAYLOAD = "x" * 100
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One mirrored database: where its principal, mirror and witness start."""
+
+    db: str
+    principal: str
+    mirror: str
+    witness: str
+
+
+def default_layouts(nodes: tuple[str, ...], count: int) -> list[Layout]:
+    """count databases with the roles rotated, so every node is principal, mirror and witness of some."""
+    n = len(nodes)
+    return [Layout(f"d{i + 1}", nodes[i % n], nodes[(i + 1) % n], nodes[(i + 2) % n]) for i in range(count)]
+
+
+@dataclass
+class RoundReport:
+    """What one round did and found."""
+
+    number: int
+    steps: list[str] = field(default_factory=list)
+    acked: int = 0
+    acked_full: int = 0
+    in_doubt: int = 0
+    convergence: float | None = None
+    admin: list[str] = field(default_factory=list)
+    violations: list[Violation] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Nemesis:
+    """Runs rounds against a started cluster whose sessions were set up by `setup`."""
+
+    def __init__(self, cluster: LocalCluster, layouts: list[Layout], *, writers_per_db: int = 2,
+                 partner_timeout: int = 2, convergence_bound: float = 45.0,
+                 out: Callable[[str], None] = print) -> None:
+        self.cluster = cluster
+        self.layouts = layouts
+        self.writers_per_db = writers_per_db
+        self.partner_timeout = partner_timeout
+        self.convergence_bound = convergence_bound
+        self.out = out
+        self.ledger = Ledger()
+        self.safety = SafetyBook(l.db for l in layouts)
+        self.reports: list[RoundReport] = []
+        self.steps_done: Counter[str] = Counter()
+        self.outcomes: Counter[str] = Counter()
+        self.lost_unprotected: set[int] = set()
+        self._reported_lost: set[int] = set()
+        self._reported_split: set[tuple[str, int]] = set()
+        self._tracebacks_seen: dict[str, int] = {n.name: 0 for n in cluster}
+        self._cuts: set[frozenset[str]] = set()
+        self._endpoints_stopped: set[str] = set()
+        self.aborted: str | None = None
+
+    # ------------------------------------------------------------ setup
+
+    def setup(self) -> None:
+        """Start the nodes, create each database and its table, pair it, set the witness."""
+        self.cluster.start_all()
+        for lay in self.layouts:
+            principal = self.cluster[lay.principal]
+            principal.query(f"CREATE DATABASE {lay.db}")
+            principal.query("CREATE TABLE t(id INTEGER PRIMARY KEY, node TEXT, v TEXT)", db=lay.db)
+            self.cluster.setup_session(lay.db, lay.principal, lay.mirror, lay.witness,
+                                       timeout=self.partner_timeout, sync_timeout=60)
+
+    # ------------------------------------------------------------ rounds
+
+    async def run(self, rounds: list[Round]) -> None:
+        """Run every round; stop early only if the cluster cannot be brought back."""
+        for rnd in rounds:
+            report = await self.run_round(rnd)
+            self.reports.append(report)
+            self.out(self._describe(report))
+            if self.aborted:
+                self.out(f"aborting: {self.aborted}")
+                break
+
+    async def run_round(self, rnd: Round) -> RoundReport:
+        report = RoundReport(rnd.number)
+        started = time.monotonic()
+        acks_before, doubt_before = len(self.ledger.acks), self._doubt_count()
+        stop = asyncio.Event()
+        writers = [asyncio.create_task(self._writer(lay, k, stop))
+                   for lay in self.layouts for k in range(self.writers_per_db)]
+        try:
+            for step in rnd.steps:
+                outcome = await asyncio.to_thread(self._apply, step)
+                self.steps_done[step.kind] += 1
+                self.outcomes[f"{step.kind} {outcome.split()[0].rstrip(':')}"] += 1
+                report.steps.append(f"{step.describe()} [{outcome}]")
+                await asyncio.sleep(step.dwell)  # the fault's duration, while the writers write
+            healed = await asyncio.to_thread(self._heal)
+            report.violations += healed
+        finally:
+            stop.set()
+            await asyncio.gather(*writers)
+        new_acks = self.ledger.acks[acks_before:]
+        report.acked = len(new_acks)
+        report.acked_full = sum(a.full for a in new_acks)
+        report.in_doubt = self._doubt_count() - doubt_before
+        if not report.violations:
+            try:
+                report.convergence = await asyncio.to_thread(self._converge, report.admin)
+            except TimeoutError as exc:
+                report.violations.append(Violation("convergence", str(exc)))
+        if report.violations:
+            self.aborted = "the cluster did not come back: " + "; ".join(v.kind for v in report.violations)
+        else:
+            report.violations += await asyncio.to_thread(self._check)
+        report.violations += self._check_tracebacks()
+        report.seconds = time.monotonic() - started
+        return report
+
+    def _doubt_count(self) -> int:
+        return sum(len(s) for s in self.ledger.in_doubt.values())
+
+    # ------------------------------------------------------------ writers
+
+    async def _writer(self, lay: Layout, k: int, stop: asyncio.Event) -> None:
+        """Insert rows with fresh ids through the principal of lay.db until stop is set."""
+        partners = [self.cluster[lay.principal], self.cluster[lay.mirror]]
+        index = k % 2  # half the writers start at the mirror: they must find the principal
+        client: AsyncClient | None = None
+        while not stop.is_set():
+            node = partners[index % 2]
+            if client is None:
+                try:
+                    client = await AsyncClient.connect(node.address, timeout=1.0)
+                except Unreachable:
+                    index += 1
+                    await _pause(stop)
+                    continue
+            write_id = self.ledger.new_id(lay.db)
+            before = self.safety.snapshot(lay.db)
+            try:
+                result = await client.query(INSERT, db=lay.db, params=[write_id, node.name, PAYLOAD],
+                                            timeout=WRITE_TIMEOUT)
+            except (ServerError, Unreachable) as exc:
+                self.ledger.doubt(lay.db, write_id)
+                hint = _node_named_by(exc, partners) if isinstance(exc, ServerError) else None
+                index = partners.index(hint) if hint is not None else index + 1
+                await client.close()
+                client = None
+                await _pause(stop)
+                continue
+            epoch = result.epoch if result.epoch is not None else -1
+            self.ledger.ack(Ack(write_id, lay.db, node.name, epoch, result.lsn or 0,
+                                self.safety.full_throughout(lay.db, before)))
+        if client is not None:
+            await client.close()
+
+    # ------------------------------------------------------------ faults (run in a thread)
+
+    def _apply(self, step: Step) -> str:
+        """Apply one step; a short outcome (done, refused: why, skipped: why)."""
+        try:
+            return getattr(self, f"_do_{step.kind}")(*step.target)
+        except ServerError as exc:
+            return f"refused: {exc.message[:100]}"
+        except (Unreachable, OSError) as exc:
+            return f"failed: {str(exc)[:100]}"
+
+    def _do_kill(self, name: str) -> str:
+        node = self.cluster[name]
+        if not node.is_running():
+            return "skipped: already down"
+        node.kill()
+        return "done"
+
+    def _do_restart(self, name: str) -> str:
+        node = self.cluster[name]
+        if node.is_running():
+            return "skipped: running"
+        node.start()
+        return "done"
+
+    def _do_freeze(self, name: str) -> str:
+        node = self.cluster[name]
+        if not node.is_running() or node.frozen:
+            return "skipped: down or frozen"
+        node.freeze()
+        return "done"
+
+    def _do_thaw(self, name: str) -> str:
+        node = self.cluster[name]
+        if not node.frozen:
+            return "skipped: not frozen"
+        node.thaw()
+        return "done"
+
+    def _do_cut(self, x: str, y: str) -> str:
+        pair = frozenset((x, y))
+        if pair in self._cuts:
+            return "skipped: already cut"
+        self.cluster.cut(x, y)
+        self._cuts.add(pair)
+        return "done"
+
+    def _do_heal(self, x: str, y: str) -> str:
+        self.cluster.heal(x, y)
+        self._cuts.discard(frozenset((x, y)))
+        return "done"
+
+    def _do_endpoint_stop(self, name: str) -> str:
+        node = self.cluster[name]
+        if not _answers(node):
+            return "skipped: node down or frozen"
+        self._endpoints_stopped.add(name)
+        node.query("ALTER ENDPOINT mirroring STATE = STOPPED", timeout=ADMIN_TIMEOUT)
+        return "done"
+
+    def _do_endpoint_start(self, name: str) -> str:
+        node = self.cluster[name]
+        if not _answers(node):
+            return "skipped: node down or frozen"
+        node.query("ALTER ENDPOINT mirroring STATE = STARTED", timeout=ADMIN_TIMEOUT)
+        self._endpoints_stopped.discard(name)
+        return "done"
+
+    def _do_failover(self, db: str) -> str:
+        principal = self._principal(db)
+        if principal is None:
+            return "skipped: no principal answers"
+        principal.query(f"ALTER DATABASE {db} SET PARTNER FAILOVER", timeout=FAILOVER_TIMEOUT)
+        return f"done on {principal.name}"
+
+    def _do_safety_off(self, db: str) -> str:
+        principal = self._principal(db)
+        if principal is None:
+            return "skipped: no principal answers"
+        self.safety.mark_off(db)  # before: a write in flight now counts as unprotected
+        principal.query(f"ALTER DATABASE {db} SET PARTNER SAFETY OFF", timeout=ADMIN_TIMEOUT)
+        return f"done on {principal.name}"
+
+    def _do_safety_full(self, db: str) -> str:
+        principal = self._principal(db)
+        if principal is None:
+            return "skipped: no principal answers"
+        principal.query(f"ALTER DATABASE {db} SET PARTNER SAFETY FULL", timeout=ADMIN_TIMEOUT)
+        self.safety.mark_full(db)  # after: only once FULL is in force
+        return f"done on {principal.name}"
+
+    def _principal(self, db: str) -> LocalNode | None:
+        lay = next(l for l in self.layouts if l.db == db)
+        for name in (lay.principal, lay.mirror):
+            node = self.cluster[name]
+            if _answers(node):
+                try:
+                    if node.status(db).get("role") == "PRINCIPAL":
+                        return node
+                except (LookupError, ServerError, Unreachable, OSError):
+                    continue
+        return None
+
+    # ------------------------------------------------------------ heal and converge
+
+    def _heal(self) -> list[Violation]:
+        """Thaw, restart the dead, heal cuts, start stopped endpoints. A node that cannot start is a violation."""
+        found: list[Violation] = []
+        for node in self.cluster:
+            if node.frozen:
+                node.thaw()
+        for node in self.cluster:
+            if not node.is_running():
+                try:
+                    node.start()
+                except (RuntimeError, TimeoutError) as exc:
+                    found.append(Violation("crash", f"node {node.name} did not start: {exc}"))
+        self.cluster.heal_all()
+        self._cuts.clear()
+        for name in sorted(self._endpoints_stopped):
+            try:
+                self.cluster[name].query("ALTER ENDPOINT mirroring STATE = STARTED", timeout=ADMIN_TIMEOUT)
+            except (ServerError, Unreachable, OSError) as exc:
+                found.append(Violation("convergence", f"ENDPOINT STARTED on {name} failed: {exc}"))
+        self._endpoints_stopped.clear()
+        return found
+
+    def _converge(self, admin: list[str]) -> float:
+        """Wait until every session has converged; the seconds it took. Restores SAFETY FULL, RESUMEs."""
+        started = time.monotonic()
+        last: dict[str, str] = {}
+
+        def converged() -> bool:
+            done = True
+            for lay in self.layouts:
+                state = self._session_state(lay, admin)
+                last[lay.db] = state
+                done = done and state == "converged"
+            return done
+
+        try:
+            wait_for(converged, self.convergence_bound, "every session to converge", interval=0.1)
+        except TimeoutError:
+            raise TimeoutError(f"not converged within {self.convergence_bound}s: {last}") from None
+        return time.monotonic() - started
+
+    def _session_state(self, lay: Layout, admin: list[str]) -> str:
+        """'converged', or what is still missing (acting on SAFETY OFF and SUSPENDED)."""
+        rows = {}
+        for name in (lay.principal, lay.mirror):
+            try:
+                rows[name] = self.cluster[name].status(lay.db)
+            except (LookupError, ServerError, Unreachable, OSError) as exc:
+                return f"{name}: no status ({exc.__class__.__name__})"
+        roles = sorted(row["role"] for row in rows.values())
+        if roles != ["MIRROR", "PRINCIPAL"]:
+            return f"roles {roles}"
+        p_name = next(n for n, r in rows.items() if r["role"] == "PRINCIPAL")
+        p, m = rows[p_name], next(r for n, r in rows.items() if n != p_name)
+        principal = self.cluster[p_name]
+        if p["safety"] == "OFF":
+            principal.query(f"ALTER DATABASE {lay.db} SET PARTNER SAFETY FULL", timeout=ADMIN_TIMEOUT)
+            admin.append(f"{lay.db}: SAFETY FULL on {p_name}")
+            return "safety restored"
+        self.safety.mark_full(lay.db)
+        if p["state"] == "SUSPENDED":
+            principal.query(f"ALTER DATABASE {lay.db} SET PARTNER RESUME", timeout=ADMIN_TIMEOUT)
+            admin.append(f"{lay.db}: RESUME on {p_name}")
+            return "resumed"
+        fields = ("state", "role_sequence", "end_of_log_lsn", "witness_state")
+        if not (p["state"] == m["state"] == "SYNCHRONIZED" and p["witness_state"] == "CONNECTED"
+                and p["role_sequence"] == m["role_sequence"]
+                and m["redo_lsn"] == m["hardened_lsn"] == p["end_of_log_lsn"]):
+            return (f"principal {p_name} {[p[f] for f in fields]}, mirror "
+                    f"{[m[f] for f in fields]} hardened {m['hardened_lsn']} redo {m['redo_lsn']}")
+        return "converged"
+
+    # ------------------------------------------------------------ checks
+
+    def _check(self) -> list[Violation]:
+        found: list[Violation] = []
+        for lay in self.layouts:
+            found += self._check_database(lay)
+        for key, nodes in sorted(find_split_brain(self.ledger.acks).items()):
+            if key not in self._reported_split:
+                self._reported_split.add(key)
+                found.append(Violation("split_brain", f"{key[0]} role sequence {key[1]}: acknowledged by {sorted(nodes)}"))
+        return found
+
+    def _check_database(self, lay: Layout) -> list[Violation]:
+        found: list[Violation] = []
+        principal = self._principal(lay.db)
+        if principal is None:
+            return [Violation("convergence", f"{lay.db}: no principal after convergence")]
+        mirror = self.cluster[lay.mirror if principal.name == lay.principal else lay.principal]
+        present = {row[0] for row in principal.query("SELECT id FROM t", db=lay.db, timeout=ADMIN_TIMEOUT).rows}
+        lost = [a for a in find_lost(self.ledger.acks, lay.db, present) if a.id not in self._reported_lost]
+        if lost:
+            self._reported_lost.update(a.id for a in lost)
+            sample = ", ".join(f"id {a.id} by {a.node} epoch {a.epoch} lsn {a.lsn}" for a in lost[:5])
+            found.append(Violation("lost", f"{lay.db}: {len(lost)} acknowledged SAFETY FULL writes missing ({sample})"))
+        self.lost_unprotected.update(a.id for a in find_lost_unprotected(self.ledger.acks, lay.db, present))
+        phantoms = find_phantoms(self.ledger.sent.get(lay.db, set()), present)
+        if phantoms:
+            found.append(Violation("phantom", f"{lay.db}: ids never sent: {sorted(phantoms)[:10]}"))
+        p_image = _principal_image(_db_path(principal, lay.db))
+        m_image = _db_path(mirror, lay.db).read_bytes()
+        bad = differing_pages(p_image, m_image)
+        if bad:
+            found.append(Violation("pages", f"{lay.db}: principal {principal.name} ({len(p_image)} bytes) and mirror "
+                                            f"{mirror.name} ({len(m_image)} bytes) differ in pages {bad[:20]}"))
+        for who, image in ((principal.name, p_image), (mirror.name, m_image)):
+            problem = _content_problem(image, present)
+            if problem:
+                found.append(Violation("content", f"{lay.db} on {who}: {problem}"))
+        return found
+
+    def _check_tracebacks(self) -> list[Violation]:
+        found = []
+        for node in self.cluster:
+            blocks = node.tracebacks()
+            new = blocks[self._tracebacks_seen[node.name]:]
+            self._tracebacks_seen[node.name] = len(blocks)
+            for block in new:
+                found.append(Violation("crash", f"{node.name} log ({node.log_path}): {block[:600]}"))
+        return found
+
+    # ------------------------------------------------------------ output
+
+    def _describe(self, r: RoundReport) -> str:
+        conv = f"{r.convergence:.1f}s" if r.convergence is not None else "-"
+        lines = [f"round {r.number}: {'; '.join(r.steps)}",
+                 f"  acked {r.acked} (SAFETY FULL {r.acked_full}), in doubt {r.in_doubt}, "
+                 f"converged in {conv}, round {r.seconds:.1f}s"
+                 + (f", admin: {'; '.join(r.admin)}" if r.admin else "")]
+        lines += [f"  VIOLATION {v}" for v in r.violations]
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        acks = self.ledger.acks
+        times = [r.convergence for r in self.reports if r.convergence is not None]
+        violations = [v for r in self.reports for v in r.violations]
+        kinds = Counter(v.kind for v in violations)
+        faults = ", ".join(f"{k} {n}" for k, n in sorted(self.steps_done.items()))
+        lines = [
+            f"rounds: {len(self.reports)}" + (f" (aborted: {self.aborted})" if self.aborted else ""),
+            f"steps by kind: {faults}",
+            "outcomes: " + ", ".join(f"{k} x{n}" for k, n in sorted(self.outcomes.items())),
+            f"writes sent: {sum(len(s) for s in self.ledger.sent.values())}, acknowledged: {len(acks)} "
+            f"(SAFETY FULL {sum(a.full for a in acks)}), in doubt: {self._doubt_count()}",
+            f"lost (SAFETY FULL): {len(self._reported_lost)}, lost (SAFETY OFF, allowed): {len(self.lost_unprotected)}",
+            f"split-brain role sequences: {len(self._reported_split)}",
+            f"role sequences with acknowledged writes: {len({(a.db, a.epoch) for a in acks})}",
+        ]
+        if times:
+            lines.append(f"convergence: median {statistics.median(times):.2f}s, max {max(times):.2f}s")
+        lines.append("violations: " + (", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) or "none"))
+        return "\n".join(lines)
+
+    def violations(self) -> list[Violation]:
+        return [v for r in self.reports for v in r.violations]
+
+
+async def _pause(stop: asyncio.Event) -> None:
+    """Back off briefly after an error (returns early when stopping)."""
+    try:
+        await asyncio.wait_for(stop.wait(), ERROR_BACKOFF)
+    except asyncio.TimeoutError:
+        pass
+
+
+def _node_named_by(exc: ServerError, partners: list[LocalNode]) -> LocalNode | None:
+    """The partner an error names as the principal (client address or endpoint), if any."""
+    hint = exc.principal or ""
+    for node in partners:
+        if hint and (node.address in hint or node.endpoint_url in hint):
+            return node
+    return None
+
+
+def _answers(node: LocalNode) -> bool:
+    return node.is_running() and not node.frozen
+
+
+def _db_path(node: LocalNode, db: str) -> Path:
+    return node.data_dir / "databases" / db / "db.sqlite"
+
+
+def _principal_image(path: Path, attempts: int = 10) -> bytes:
+    """The principal's database as readers see it (main file + committed WAL), read until stable."""
+    wal = WalReader(Path(f"{path}-wal"))
+    previous = None
+    for _ in range(attempts):
+        transactions, _ = wal.read_committed(None)
+        image = overlay_wal(path.read_bytes(), transactions)
+        if image == previous:
+            return image
+        previous = image
+    raise RuntimeError(f"the principal's database {path} kept changing while the writers were stopped")
+
+
+def _content_problem(image: bytes, expected_ids: set[int]) -> str | None:
+    """Open a copy of the image with SQLite: integrity_check must pass and hold exactly expected_ids."""
+    directory = Path(tempfile.mkdtemp(prefix="nemesis-copy-"))
+    try:
+        path = directory / "copy.sqlite"
+        path.write_bytes(image)
+        conn = sqlite3.connect(path)
+        try:
+            check = conn.execute("PRAGMA integrity_check").fetchone()[0]
+            if check != "ok":
+                return f"integrity_check: {check}"
+            ids = {row[0] for row in conn.execute("SELECT id FROM t")}
+        finally:
+            conn.close()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    if ids != expected_ids:
+        return (f"{len(ids)} ids, the principal serves {len(expected_ids)}; only here: "
+                f"{sorted(ids - expected_ids)[:5]}, missing: {sorted(expected_ids - ids)[:5]}")
+    return None
