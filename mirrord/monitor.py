@@ -135,7 +135,8 @@ def current_figures(host: "DatabaseHost", now: float) -> dict:
                         _oldest_unsent_age(host, hardened, end, now))
         if s.partner_connected and "redo_rate_kb_s" in remote:
             rates = replace(rates, redo_kb_per_s=_num(remote.get("redo_rate_kb_s")))
-    out = figures(cfg.role, cfg.safety is Safety.FULL, queues, rates, readiness(s))
+    sending = s.partner_connected and not cfg.suspended
+    out = figures(cfg.role, cfg.safety is Safety.FULL, queues, rates, readiness(s), sending)
     out["warnings"] = mon.alerts.warnings()
     return out
 

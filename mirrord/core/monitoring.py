@@ -244,9 +244,16 @@ def _ready(why: str | None) -> str:
     return "READY" if why is None else f"NO: {why}"
 
 
-def figures(role: Role, safety_full: bool, queues: Queues, rates: Rates, ready: Readiness) -> dict:
-    """The monitor's columns for one database (see FIGURE_COLUMNS)."""
+def figures(role: Role, safety_full: bool, queues: Queues, rates: Rates, ready: Readiness, sending: bool = True) -> dict:
+    """The monitor's columns for one database (see FIGURE_COLUMNS).
+
+    sending: log can flow now (partner connected, not SUSPENDED); when it cannot,
+    the current send rate is 0 whatever the window remembers, and the time to
+    send is unknown.
+    """
     send_rate = rates.send_kb_per_s if role is Role.PRINCIPAL else rates.harden_kb_per_s
+    if not sending:
+        send_rate = 0.0
     delay = rates.commit_delay_ms
     return {
         "send_queue_kb": round(queues.send_queue_bytes / KB, 1),

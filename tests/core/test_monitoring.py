@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -224,6 +225,13 @@ def test_figures_of_a_mirror_use_what_it_hardened_as_the_send_rate() -> None:
     assert f["time_to_send_s"] == 0.0
 
 
+def test_nothing_sent_while_suspended_or_disconnected() -> None:
+    f = figures(Role.PRINCIPAL, True, Queues(10240, 0, 5, 2.0), Rates(send_kb_per_s=100.0), READY, sending=False)
+    assert f["send_rate_kb_s"] == 0.0 and f["time_to_send_s"] is None
+    f = figures(Role.PRINCIPAL, True, Queues(0, 0, 0, 0.0), Rates(send_kb_per_s=100.0), READY, sending=False)
+    assert f["time_to_send_s"] == 0.0
+
+
 def test_safety_off_adds_no_commit_overhead() -> None:
     f = figures(Role.PRINCIPAL, False, Queues(0, 0, 0, 0.0), Rates(commit_delay_ms=0.5), READY)
     assert f["mirror_commit_overhead_ms"] == 0.0
@@ -415,3 +423,49 @@ def test_ping_and_pong_carry_checked_figures() -> None:
     for bad in ({"a": True}, {"a": math.nan}, {"a": math.inf}, {"a": "1"}, [1], {"": 1}, {str(i): 1 for i in range(33)}):
         with pytest.raises(ProtocolError, match="field 'monitor'"):
             messages.validate({"t": "ping", "seq": 1, "monitor": bad})
+
+
+# ---------------------------------------------------------------- config and mirrorctl pieces
+
+
+def test_metrics_option_is_validated() -> None:
+    from mirrord.node import NodeConfig
+
+    base = {"name": "a", "data_dir": "/tmp/x", "endpoint": "127.0.0.1:5022", "listen": "127.0.0.1:1433"}
+    assert NodeConfig._validated(base).metrics is None  # off unless asked for
+    assert str(NodeConfig._validated({**base, "metrics": "127.0.0.1:9187"}).metrics) == "tcp://127.0.0.1:9187"
+    for bad in ("9187", "host:0", "host:http", 9187):
+        with pytest.raises(ValueError, match="metrics must be HOST:PORT"):
+            NodeConfig._validated({**base, "metrics": bad})
+
+
+def test_failover_ready_cell() -> None:
+    from mirrorctl.cli import failover_ready
+
+    assert failover_ready({"automatic_failover": "READY", "manual_failover": "READY", "forced_failover": "NO: x"}) == "automatic, manual"
+    assert failover_ready({"automatic_failover": "NO: a", "manual_failover": "NO: b", "forced_failover": "NO: c"}) == "none"
+    assert failover_ready({"state": "SYNCHRONIZED"}) is None  # an older server
+
+
+@pytest.mark.parametrize("argv", [
+    ["-S", "h:1", "status", "--once"],
+    ["-S", "h:1", "-Q", "x", "--interval", "5"],
+    ["-S", "h:1,nohost", "monitor"],
+    ["-S", ",", "monitor"],
+    ["-S", "h:1", "monitor", "--interval", "0"],
+])
+def test_monitor_usage_errors(argv, capsys) -> None:
+    from mirrorctl import cli
+
+    assert cli.main(argv) == 2
+    assert "usage" in capsys.readouterr().err
+
+
+def test_monitor_reports_unreachable_nodes(capsys) -> None:
+    from mirrord.localcluster import free_port
+    from mirrorctl import cli
+
+    dead = f"127.0.0.1:{free_port('127.0.0.1')}"
+    assert cli.main(["-S", dead, "monitor", "--once", "--json", "--timeout", "1"]) == 3
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["node"], r["state"]) for r in rows] == [(dead, "UNREACHABLE")]
