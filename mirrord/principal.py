@@ -430,7 +430,9 @@ class PrincipalDatabase:
             else:
                 raise StatementRefused("could not checkpoint for a snapshot: readers kept the WAL busy; try again")
             await asyncio.to_thread(_copy_durably, self.path, dest)
-            return self.end_lsn, self.session.config.epoch
+            # the epoch of the record at end_lsn, not the current role sequence: a mirror seeded
+            # here reports it as its hardened epoch, and a mismatch reads as divergence (a full reseed)
+            return self.end_lsn, self.log.last_epoch
 
     def _capture_and_checkpoint(self, conn: sqlite3.Connection) -> bool:
         self._capture(conn)

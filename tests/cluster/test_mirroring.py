@@ -91,6 +91,26 @@ def test_suspended_survives_restarts_and_resume_catches_up(cluster):
     assert_identical_copies(cluster, DB, "a", "b")
 
 
+def test_resume_catches_up_from_the_log_when_seeded_at_a_record_older_than_the_session(cluster):
+    # The table is logged before the session exists (role sequence 0) and the
+    # mirror is seeded at that record; nothing else is shipped before SUSPEND.
+    # RESUME must send the queued log, not reseed: the seed carries the epoch of
+    # its record, so the mirror's hardened epoch matches the principal's log.
+    a, b = cluster["a"], cluster["b"]
+    a.query(f"CREATE DATABASE {DB}")
+    create_table(a, DB)
+    cluster.setup_session(DB, principal="a", mirror="b")
+    a.query(f"ALTER DATABASE {DB} SET PARTNER SUSPEND")
+    wait_for(lambda: b.status(DB)["state"] == "SUSPENDED", 10, "mirror sees SUSPENDED")
+    for i in range(50):
+        a.query("INSERT INTO t(id, v) VALUES (?, ?)", db=DB, params=[i, "suspended"])
+    a.query(f"ALTER DATABASE {DB} SET PARTNER RESUME")
+    wait_synchronized(cluster, DB, "a", "b")
+    assert a.log_text().count('"seeding_mirror"') == 1, "RESUME reseeded the mirror instead of sending the log"
+    assert a.status(DB)["log_bytes_sent_raw"] > 0
+    assert_identical_copies(cluster, DB, "a", "b")
+
+
 def test_large_and_rolled_back_transactions_across_checkpoints(cluster):
     cluster.setup_session(DB, principal="a", mirror="b")
     a = cluster["a"]
