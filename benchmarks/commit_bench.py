@@ -34,6 +34,7 @@ from mirrorctl.client import AsyncClient, ClientError, Unreachable
 MODES = {"standalone": "bench_standalone", "SAFETY OFF": "bench_off", "SAFETY FULL": "bench_full"}
 VALUE = "v" * 100
 WARMUP = 0.5
+FIRST_IP = 54  # 127.0.0.54-55: inside the benchmarks' 127.0.0.51-59, away from the tests' 127.0.0.11-13
 
 
 @dataclass
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
           "the load generator and both nodes share these cores")
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="mirrord-bench-") as tmp:
-        with LocalCluster(Path(tmp), names=("a", "b")) as cluster:
+        with LocalCluster(Path(tmp), names=("a", "b"), first_ip=FIRST_IP) as cluster:
             cluster.start_all()
             prepare(cluster)
             for clients in args.client_counts:

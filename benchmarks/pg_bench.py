@@ -1,0 +1,304 @@
+"""PostgreSQL with a streaming standby, measured with pgbench: the yardstick for mirrord.
+
+    python benchmarks/pg_bench.py [--seconds 5] [--clients 1,8,32] [--json out.json]
+
+How it works: a primary and a standby on loopback (127.0.0.58 and .59, free
+ports), in a temporary directory, started with initdb, pg_basebackup and
+pg_ctl. PostgreSQL refuses to run as root, so when we are root every server
+command runs as the `postgres` user (created if missing) through runuser. The
+standby streams from the primary with application_name `standby1`; the two
+modes differ only in the primary's `synchronous_standby_names`:
+
+* synchronous standby: 'standby1' with synchronous_commit=on (a commit returns
+  once the standby has flushed its WAL: the counterpart of SAFETY FULL);
+* asynchronous standby: '' (a commit returns after the primary's own flush:
+  the counterpart of SAFETY OFF).
+
+The load is pgbench with a custom script, the same one-row INSERT of a
+~100-byte value as the mirrord benchmark, one connection per client
+(`-c N -j min(N, cores)`), prepared statements, `--log` for per-transaction
+latencies; the first WARMUP seconds of the log are dropped like mirrord's
+warm-up. Server settings are the defaults except what replication needs, so
+fsync is on and every commit waits for the primary's own WAL flush too.
+
+When the binaries are missing the module tries `apt-get install postgresql-15`
+(then `postgresql`) as root, and says so; when that is impossible it returns a
+reason and the suite prints the rows as skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from commit_bench import VALUE, WARMUP, percentile  # noqa: E402
+
+PRIMARY_HOST, STANDBY_HOST = "127.0.0.58", "127.0.0.59"  # inside the benchmarks' 127.0.0.51-59
+STANDBY_NAME = "standby1"
+MODES = {"PG sync standby": STANDBY_NAME, "PG async standby": ""}
+SERVICE_USER = "postgres"
+CANDIDATE_BINDIRS = ["/usr/lib/postgresql/15/bin"]
+
+
+@dataclass
+class PgRun:
+    """One (mode, clients) cell, shaped like commit_bench.Run."""
+
+    mode: str
+    clients: int
+    commits: int
+    errors: int
+    seconds: float
+    commits_per_s: float
+    p50_ms: float | None
+    p99_ms: float | None
+
+
+class Unavailable(Exception):
+    """PostgreSQL cannot be benchmarked here; the message says why."""
+
+
+# ---------------------------------------------------------------- finding / installing
+
+
+def _version_of(bindir: Path) -> str | None:
+    try:
+        out = subprocess.run([str(bindir / "postgres"), "--version"], capture_output=True, text=True, timeout=10)
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
+def find_bindir() -> Path | None:
+    """A directory holding postgres, initdb, pg_ctl, pg_basebackup and pgbench (15 preferred)."""
+    candidates = [Path(p) for p in CANDIDATE_BINDIRS]
+    candidates += sorted((Path(p) for p in glob.glob("/usr/lib/postgresql/*/bin")), reverse=True)
+    if shutil.which("pg_config"):
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
+        if out.returncode == 0:
+            candidates.append(Path(out.stdout.strip()))
+    for d in candidates:
+        if all((d / tool).exists() for tool in ("postgres", "initdb", "pg_ctl", "pg_basebackup", "pgbench")):
+            return d
+    return None
+
+
+def ensure_installed(say=print) -> Path:
+    """The binaries' directory, installing PostgreSQL from Debian packages when missing."""
+    found = find_bindir()
+    if found:
+        return found
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise Unavailable("PostgreSQL binaries not found and cannot install them (needs root and apt-get); "
+                          "install postgresql-15 to get these rows")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for package in ("postgresql-15", "postgresql"):
+        say(f"PostgreSQL not found: installing the Debian package {package} (apt-get install -y {package}) ...")
+        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
+        proc = subprocess.run(["apt-get", "install", "-y", "-q", package], env=env, capture_output=True, text=True)
+        if proc.returncode == 0 and (found := find_bindir()):
+            return found
+        say(f"  apt-get install {package} failed: {proc.stderr.strip()[-300:]}")
+    raise Unavailable("PostgreSQL is not installed and apt-get could not install postgresql-15 or postgresql")
+
+
+# ---------------------------------------------------------------- the cluster
+
+
+def _free_port(host: str) -> int:
+    from mirrord.localcluster import free_port
+    return free_port(host)
+
+
+class PgPair:
+    """A primary and a streaming standby in a temporary directory."""
+
+    def __init__(self, bindir: Path, base: Path) -> None:
+        self.bindir = bindir
+        self.base = base
+        self.primary = base / "primary"
+        self.standby = base / "standby"
+        self.primary_port = _free_port(PRIMARY_HOST)
+        self.standby_port = _free_port(STANDBY_HOST)
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            _ensure_user(SERVICE_USER)
+            self.as_user = ["runuser", "-u", SERVICE_USER, "--"]
+            pw = pwd.getpwnam(SERVICE_USER)
+            os.chown(base, pw.pw_uid, pw.pw_gid)
+        self.started: list[Path] = []
+
+    def _run(self, tool: str, *args: str, timeout: float = 120) -> str:
+        cmd = [*self.as_user, str(self.bindir / tool), *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=self.base)
+        if proc.returncode != 0:
+            raise Unavailable(f"{tool} failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()[-500:]}")
+        return proc.stdout
+
+    def psql(self, sql: str, port: int | None = None, host: str = PRIMARY_HOST) -> str:
+        return self._run("psql", "-X", "-q", "-A", "-t", "-h", host, "-p", str(port or self.primary_port),
+                         "-U", SERVICE_USER, "-d", "postgres", "-c", sql, timeout=60).strip()
+
+    def start(self) -> None:
+        """initdb, configure, start the primary; base backup, configure, start the standby."""
+        self._run("initdb", "-D", str(self.primary), "-U", SERVICE_USER, "--auth=trust", "-E", "UTF8", "--no-instructions")
+        with open(self.primary / "postgresql.conf", "a") as conf:
+            conf.write(_conf(PRIMARY_HOST, self.primary_port, self.base)
+                       + "wal_level = replica\nmax_wal_senders = 4\nsynchronous_commit = on\n"
+                         f"synchronous_standby_names = '{STANDBY_NAME}'\n")
+        with open(self.primary / "pg_hba.conf", "a") as hba:
+            hba.write("host all all 127.0.0.0/8 trust\nhost replication all 127.0.0.0/8 trust\n")
+        self._pg_ctl_start(self.primary)
+        self._run("pg_basebackup", "-h", PRIMARY_HOST, "-p", str(self.primary_port), "-U", SERVICE_USER,
+                  "-D", str(self.standby), "-X", "stream", "-c", "fast")
+        (self.standby / "standby.signal").touch()
+        with open(self.standby / "postgresql.auto.conf", "a") as conf:
+            conf.write(f"primary_conninfo = 'host={PRIMARY_HOST} port={self.primary_port} user={SERVICE_USER} "
+                       f"application_name={STANDBY_NAME}'\n")
+        with open(self.standby / "postgresql.conf", "a") as conf:
+            conf.write(_conf(STANDBY_HOST, self.standby_port, self.base))
+        if self.as_user:
+            pw = pwd.getpwnam(SERVICE_USER)
+            for path in (self.standby / "standby.signal", self.standby / "postgresql.auto.conf"):
+                os.chown(path, pw.pw_uid, pw.pw_gid)
+        self._pg_ctl_start(self.standby)
+        self.psql("CREATE TABLE t(id bigserial PRIMARY KEY, v text NOT NULL)")
+
+    def _pg_ctl_start(self, datadir: Path) -> None:
+        self._run("pg_ctl", "-D", str(datadir), "-l", str(datadir) + ".log", "-w", "-t", "60", "start")
+        self.started.append(datadir)
+
+    def set_mode(self, standby_names: str, timeout: float = 30) -> None:
+        """Switch the primary between synchronous and asynchronous standby; wait until it took."""
+        self.psql(f"ALTER SYSTEM SET synchronous_standby_names = '{standby_names}'")
+        self.psql("SELECT pg_reload_conf()")
+        want = "sync" if standby_names else "async"
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.psql(f"SELECT sync_state FROM pg_stat_replication WHERE application_name = '{STANDBY_NAME}' "
+                              "AND state = 'streaming'")
+            if state == want:
+                return
+            if time.monotonic() > deadline:
+                raise Unavailable(f"the standby did not become {want} within {timeout:g} s (sync_state {state!r})")
+            time.sleep(0.05)  # polling the server's view with a deadline
+
+    def stop(self) -> None:
+        for datadir in reversed(self.started):
+            try:
+                self._run("pg_ctl", "-D", str(datadir), "-m", "immediate", "-w", "stop", timeout=60)
+            except (Unavailable, subprocess.TimeoutExpired):
+                pass
+        self.started.clear()
+
+
+def _conf(host: str, port: int, base: Path) -> str:
+    return (f"\n# mirrord benchmark\nlisten_addresses = '{host}'\nport = {port}\n"
+            f"unix_socket_directories = '{base}'\nmax_connections = 100\n")
+
+
+def _ensure_user(name: str) -> None:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True)
+
+
+# ---------------------------------------------------------------- pgbench
+
+
+def run_pgbench(pair: PgPair, mode: str, clients: int, seconds: float) -> PgRun:
+    """One pgbench run; throughput and percentiles from its per-transaction log."""
+    work = Path(tempfile.mkdtemp(prefix=f"pgbench-{clients}-", dir=pair.base))
+    script = work / "insert.sql"
+    script.write_text(f"INSERT INTO t(v) VALUES ('{VALUE}');\n")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, min(clients, cores))
+    total = seconds + WARMUP
+    cmd = [str(pair.bindir / "pgbench"), "-n", "-h", PRIMARY_HOST, "-p", str(pair.primary_port), "-U", SERVICE_USER,
+           "-M", "prepared", "-f", str(script), "-c", str(clients), "-j", str(threads),
+           "-T", str(max(1, math.ceil(total))), "--log", "--log-prefix", str(work / "log"), "postgres"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work, timeout=total + 120)
+    if proc.returncode != 0:
+        raise Unavailable(f"pgbench failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+    ends: list[float] = []
+    latencies: list[float] = []
+    errors = 0
+    for path in work.glob("log.*"):
+        for line in path.read_text().splitlines():
+            fields = line.split()
+            if len(fields) < 6:
+                continue
+            if fields[2] in ("failed", "skipped"):
+                errors += 1
+                continue
+            lat_us, end = int(fields[2]), int(fields[4]) + int(fields[5]) / 1e6
+            ends.append(end)
+            latencies.append(lat_us / 1000)
+    if not ends:
+        raise Unavailable(f"pgbench wrote no transaction log; its output: {proc.stdout.strip()[-300:]}")
+    # keep transactions that started after the warm-up, over the measured window
+    first = min(e - lat / 1000 for e, lat in zip(ends, latencies))
+    start, stop = first + WARMUP, max(ends)
+    kept = sorted(lat for e, lat in zip(ends, latencies) if e - lat / 1000 >= start)
+    window = max(stop - start, 1e-9)
+    shutil.rmtree(work, ignore_errors=True)
+    return PgRun(mode, clients, len(kept), errors, window, len(kept) / window,
+                 percentile(kept, 50), percentile(kept, 99))
+
+
+def run_all(client_counts: list[int], seconds: float, say=print) -> tuple[list[PgRun], str]:
+    """Every (mode, clients) cell; (runs, description). Raises Unavailable with the reason."""
+    bindir = ensure_installed(say)
+    version = _version_of(bindir) or "unknown version"
+    base = Path(tempfile.mkdtemp(prefix="mirrord-bench-pg-"))
+    pair = PgPair(bindir, base)
+    runs: list[PgRun] = []
+    try:
+        pair.start()
+        for clients in client_counts:
+            for mode, names in MODES.items():
+                pair.set_mode(names)
+                say(f"  running {mode}, {clients} client(s), {seconds:g} s ...")
+                runs.append(run_pgbench(pair, mode, clients, seconds))
+    finally:
+        pair.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    return runs, f"{version} ({bindir}), fsync on, synchronous_commit=on"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="PostgreSQL primary + standby commit throughput and latency (pgbench)")
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--clients", default="1,8,32")
+    p.add_argument("--json", dest="json_out")
+    args = p.parse_args(argv)
+    counts = [int(c) for c in args.clients.split(",") if c.strip()]
+    try:
+        runs, what = run_all(counts, args.seconds, say=lambda s: print(s, flush=True))
+    except Unavailable as exc:
+        print(f"PostgreSQL rows skipped: {exc}")
+        return 1
+    print(what)
+    for r in runs:
+        print(f"{r.clients:>3} {r.mode:<17} {r.commits_per_s:>9,.0f}/s  p50 {r.p50_ms:.2f} ms  p99 {r.p99_ms:.2f} ms  "
+              f"errors {r.errors}")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"postgres": what, "runs": [asdict(r) for r in runs]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
