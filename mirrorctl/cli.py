@@ -249,11 +249,12 @@ def monitor(args: argparse.Namespace) -> int:
         else:
             _console().print(summary_table(rows, MONITOR_SUMMARY, _console().is_terminal))
         return EXIT_OK if any(r.get("state") != "UNREACHABLE" for r in rows) else EXIT_UNREACHABLE
-    console = Console(highlight=False)
+    console = _console()
 
     def render() -> Table:
-        table = summary_table(collect(servers, args.database, timeout), MONITOR_SUMMARY, True)
-        table.title = f"mirrord monitor: {', '.join(servers)} (every {args.interval:g} s; Ctrl-C to quit)"
+        table = summary_table(collect(servers, args.database, timeout), MONITOR_SUMMARY, console.is_terminal)
+        if console.is_terminal:
+            table.title = f"mirrord monitor: {', '.join(servers)} (every {args.interval:g} s; Ctrl-C to quit)"
         return table
 
     try:

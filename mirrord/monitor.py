@@ -125,8 +125,11 @@ def current_figures(host: "DatabaseHost", now: float) -> dict:
         age = _num(remote.get("oldest_unsent_transaction_s"))
         if age:  # it keeps ageing while we wait for the next report
             age += max(0.0, now - mon.remote_at)
-        queues = Queues(host.principal_send_queue, host.queue_bytes(redo, hardened),
-                        int(principal_end) - hardened if principal_end is not None else 0, age)
+        # while disconnected nothing is queued for this mirror, but the principal's last report
+        # is still the best guess of what forced service would lose
+        queues = Queues(host.principal_send_queue if s.partner_connected else 0, host.queue_bytes(redo, hardened),
+                        int(principal_end) - hardened if principal_end is not None else 0, age,
+                        at_risk_bytes=host.principal_send_queue)
         rates = replace(rates, transactions_per_s=_num(remote.get("new_transactions_per_s")),
                         log_kb_per_s=_num(remote.get("log_rate_kb_s")),
                         commit_delay_ms=_num(remote.get("transaction_delay_ms")))
@@ -137,6 +140,7 @@ def current_figures(host: "DatabaseHost", now: float) -> dict:
             rates = replace(rates, redo_kb_per_s=_num(remote.get("redo_rate_kb_s")))
     sending = s.partner_connected and not cfg.suspended
     out = figures(cfg.role, cfg.safety is Safety.FULL, queues, rates, readiness(s), sending)
+    out["partner_state"] = "CONNECTED" if s.partner_connected else ("DISCONNECTED" if cfg.partner else None)
     out["warnings"] = mon.alerts.warnings()
     return out
 

@@ -51,7 +51,7 @@ STATUS_COLUMNS = [
     "failover_lsn", "end_of_log_lsn", "hardened_lsn", "redo_lsn", "send_queue_bytes", "redo_queue_bytes",
     "timeout", "status", "partner_address", "fork_lsn", "lost_lsn_range", "lost_transactions", "salvage_path",
     "log_bytes", "log_bytes_sent_raw", "log_bytes_sent_wire",
-    *FIGURE_COLUMNS, "warnings",  # the Database Mirroring Monitor's figures (mirrord.monitor)
+    *FIGURE_COLUMNS, "partner_state", "warnings",  # the Database Mirroring Monitor's figures (mirrord.monitor)
 ]
 ALERT_COLUMNS = ["database", "alert_id", "alert", "threshold", "unit", "enabled", "current_value", "over_threshold"]
 WITNESS_COLUMNS = ["database", "principal", "mirror", "role_sequence", "safety", "mirror_synchronized", "principal_connected", "mirror_connected"]

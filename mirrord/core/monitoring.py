@@ -216,6 +216,7 @@ class Queues:
     redo_queue_bytes: int
     unsent_transactions: int  # the principal's end of log minus the mirror's hardened LSN
     oldest_unsent_age: float | None  # seconds; None when unknown, 0 when nothing is unsent
+    at_risk_bytes: int | None = None  # what forced service would lose, when it differs from the send queue
 
 
 FIGURE_COLUMNS = [
@@ -272,7 +273,7 @@ def figures(role: Role, safety_full: bool, queues: Queues, rates: Rates, ready: 
         "automatic_failover": _ready(ready.automatic),
         "manual_failover": _ready(ready.manual),
         "forced_failover": _ready(ready.forced),
-        "forced_loss_bytes": queues.send_queue_bytes,
+        "forced_loss_bytes": queues.send_queue_bytes if queues.at_risk_bytes is None else queues.at_risk_bytes,
         "forced_loss_transactions": max(0, queues.unsent_transactions),
         "forced_loss_age_s": _round(queues.oldest_unsent_age),
     }

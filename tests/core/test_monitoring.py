@@ -225,6 +225,11 @@ def test_figures_of_a_mirror_use_what_it_hardened_as_the_send_rate() -> None:
     assert f["time_to_send_s"] == 0.0
 
 
+def test_a_disconnected_mirror_still_reports_what_forced_service_would_lose() -> None:
+    f = figures(Role.MIRROR, True, Queues(0, 0, 3, 4.0, at_risk_bytes=8192), Rates(), READY, sending=False)
+    assert (f["send_queue_kb"], f["forced_loss_bytes"], f["forced_loss_transactions"], f["forced_loss_age_s"]) == (0.0, 8192, 3, 4.0)
+
+
 def test_nothing_sent_while_suspended_or_disconnected() -> None:
     f = figures(Role.PRINCIPAL, True, Queues(10240, 0, 5, 2.0), Rates(send_kb_per_s=100.0), READY, sending=False)
     assert f["send_rate_kb_s"] == 0.0 and f["time_to_send_s"] is None
