@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mirrord.localcluster import LocalCluster, iptables_available
 from mirrord.nemesis.runner import Nemesis, default_layouts
-from mirrord.nemesis.schedule import FAULTS, make_schedule
+from mirrord.nemesis.schedule import FAULTS, NEEDS_IPTABLES, make_schedule
 
 NODES = ("a", "b", "c")
 
@@ -38,11 +38,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
-    faults = FAULTS if iptables_available() else tuple(f for f in FAULTS if f != "cut")
+    faults = FAULTS if iptables_available() else tuple(f for f in FAULTS if f not in NEEDS_IPTABLES)
     replay = f"python -m mirrord.nemesis --rounds {args.rounds} --seed {seed}"
     print(f"nemesis seed {seed} (replay: {replay})", flush=True)
     if "cut" not in faults:
-        print("no iptables (needs root and the iptables command): link cuts are left out", flush=True)
+        print("no iptables (needs root and the iptables command): link cuts and isolation are left out", flush=True)
     data = args.data or Path(tempfile.mkdtemp(prefix="mirrord-nemesis-"))
     if args.data is not None and data.exists() and any(data.iterdir()):
         print(f"{data} is not empty; give an empty or new directory", file=sys.stderr)

@@ -11,6 +11,7 @@ The invariants, checked after each round once the cluster has healed:
 * in each role sequence of a database one node at most acknowledged writes
   (`find_split_brain`): two would mean two principals at once;
 * nothing is in the database that was never sent (`find_phantoms`);
+* no two writes were acknowledged with the same commit token (`find_shared_tokens`);
 * the mirror's page store equals the principal's database page for page
   (`overlay_wal`, `differing_pages`).
 """
@@ -116,6 +117,18 @@ def find_split_brain(acks: Sequence[Ack]) -> dict[tuple[str, int], set[str]]:
     for a in acks:
         writers.setdefault((a.db, a.epoch), set()).add(a.node)
     return {key: nodes for key, nodes in writers.items() if len(nodes) > 1}
+
+
+def find_shared_tokens(acks: Sequence[Ack]) -> dict[tuple[str, int, int], list[int]]:
+    """(db, epoch, lsn) -> the write ids acknowledged with that commit token, where more than one.
+
+    Each write is its own transaction and each transaction its own LSN, so two
+    writes sharing a token means a token that does not name the commit.
+    """
+    by_token: dict[tuple[str, int, int], list[int]] = {}
+    for a in acks:
+        by_token.setdefault((a.db, a.epoch, a.lsn), []).append(a.id)
+    return {token: ids for token, ids in by_token.items() if len(ids) > 1}
 
 
 def find_phantoms(sent: set[int], present: set[int]) -> set[int]:

@@ -49,7 +49,8 @@ from typing import Callable
 
 from mirrord.localcluster import LocalCluster, LocalNode, wait_for
 from mirrord.nemesis.checker import (Ack, Ledger, SafetyBook, Violation, differing_pages, find_lost,
-                                     find_lost_unprotected, find_phantoms, find_split_brain, overlay_wal)
+                                     find_lost_unprotected, find_phantoms, find_shared_tokens, find_split_brain,
+                                     overlay_wal)
 from mirrord.nemesis.schedule import Round, Step
 from mirrord.storage.wal import WalReader
 from mirrorctl.client import AsyncClient, ServerError, Unreachable
@@ -113,6 +114,7 @@ class Nemesis:
         self.lost_unprotected: set[int] = set()
         self._reported_lost: set[int] = set()
         self._reported_split: set[tuple[str, int]] = set()
+        self._reported_tokens: set[tuple[str, int, int]] = set()
         self._tracebacks_seen: dict[str, int] = {n.name: 0 for n in cluster}
         self._cuts: set[frozenset[str]] = set()
         self._endpoints_stopped: set[str] = set()
@@ -158,6 +160,7 @@ class Nemesis:
                 await asyncio.sleep(step.dwell)  # the fault's duration, while the writers write
             healed = await asyncio.to_thread(self._heal)
             report.violations += healed
+            healed_at = time.monotonic()  # convergence is timed from here, writers still writing
         finally:
             stop.set()
             await asyncio.gather(*writers)
@@ -167,7 +170,7 @@ class Nemesis:
         report.in_doubt = self._doubt_count() - doubt_before
         if not report.violations:
             try:
-                report.convergence = await asyncio.to_thread(self._converge, report.admin)
+                report.convergence = await asyncio.to_thread(self._converge, report.admin, healed_at)
             except TimeoutError as exc:
                 report.violations.append(Violation("convergence", str(exc)))
         if report.violations:
@@ -268,6 +271,17 @@ class Nemesis:
         self._cuts.discard(frozenset((x, y)))
         return "done"
 
+    def _do_isolate(self, name: str) -> str:
+        others = [n for n in self.cluster.nodes if n != name]
+        done = [self._do_cut(*sorted((name, other))) for other in others]
+        return "done" if "done" in done else "skipped: already cut off"
+
+    def _do_rejoin(self, name: str) -> str:
+        for other in self.cluster.nodes:
+            if other != name:
+                self._do_heal(*sorted((name, other)))
+        return "done"
+
     def _do_endpoint_stop(self, name: str) -> str:
         node = self.cluster[name]
         if not _answers(node):
@@ -343,9 +357,8 @@ class Nemesis:
         self._endpoints_stopped.clear()
         return found
 
-    def _converge(self, admin: list[str]) -> float:
-        """Wait until every session has converged; the seconds it took. Restores SAFETY FULL, RESUMEs."""
-        started = time.monotonic()
+    def _converge(self, admin: list[str], since: float) -> float:
+        """Wait until every session has converged; the seconds since `since`. Restores SAFETY FULL, RESUMEs."""
         last: dict[str, str] = {}
 
         def converged() -> bool:
@@ -357,10 +370,11 @@ class Nemesis:
             return done
 
         try:
-            wait_for(converged, self.convergence_bound, "every session to converge", interval=0.1)
+            remaining = max(1.0, self.convergence_bound - (time.monotonic() - since))
+            wait_for(converged, remaining, "every session to converge", interval=0.1)
         except TimeoutError:
-            raise TimeoutError(f"not converged within {self.convergence_bound}s: {last}") from None
-        return time.monotonic() - started
+            raise TimeoutError(f"not converged within {self.convergence_bound}s of the heal: {last}") from None
+        return time.monotonic() - since
 
     def _session_state(self, lay: Layout, admin: list[str]) -> str:
         """'converged', or what is still missing (acting on SAFETY OFF and SUSPENDED)."""
@@ -403,6 +417,11 @@ class Nemesis:
             if key not in self._reported_split:
                 self._reported_split.add(key)
                 found.append(Violation("split_brain", f"{key[0]} role sequence {key[1]}: acknowledged by {sorted(nodes)}"))
+        for token, ids in sorted(find_shared_tokens(self.ledger.acks).items()):
+            if token not in self._reported_tokens:
+                self._reported_tokens.add(token)
+                found.append(Violation("token", f"{token[0]} role sequence {token[1]} LSN {token[2]}: "
+                                                f"acknowledged for writes {ids[:10]}"))
         return found
 
     def _check_database(self, lay: Layout) -> list[Violation]:

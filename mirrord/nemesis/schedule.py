@@ -25,14 +25,16 @@ UNDO = {
     "kill": "restart",
     "freeze": "thaw",
     "cut": "heal",
+    "isolate": "rejoin",
     "endpoint_stop": "endpoint_start",
     "safety_off": "safety_full",
 }
-FAULTS = ("kill", "freeze", "cut", "endpoint_stop", "failover", "safety_off")
+FAULTS = ("kill", "freeze", "cut", "isolate", "endpoint_stop", "failover", "safety_off")
+NEEDS_IPTABLES = ("cut", "isolate")
 UNDOES = tuple(UNDO.values())
 
 MIN_DWELL = 0.3
-MAX_DWELL = 2.5
+MAX_DWELL = 4.0  # above PARTNER TIMEOUT 2, so that a fault often outlasts it
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ def _make_round(rng: random.Random, number: int, nodes: tuple[str, ...], databas
                 hit.add(target[0])
         if kind == "cut":
             target = rng.choice(pairs)
-        elif kind == "endpoint_stop":
+        elif kind in ("endpoint_stop", "isolate"):
             target = (rng.choice(nodes),)
         elif kind in ("failover", "safety_off"):
             target = (rng.choice(databases),)

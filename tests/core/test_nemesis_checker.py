@@ -7,8 +7,8 @@ import itertools
 import pytest
 
 from mirrord.nemesis.checker import (Ack, Ledger, SafetyBook, differing_pages, find_lost, find_lost_unprotected,
-                                     find_phantoms, find_split_brain, overlay_wal, page_size_of)
-from mirrord.nemesis.schedule import FAULTS, UNDO, make_schedule
+                                     find_phantoms, find_shared_tokens, find_split_brain, overlay_wal, page_size_of)
+from mirrord.nemesis.schedule import FAULTS, MAX_DWELL, MIN_DWELL, NEEDS_IPTABLES, UNDO, make_schedule
 from mirrord.storage.wal import WalTransaction
 
 NODES = ("a", "b", "c")
@@ -33,7 +33,7 @@ def test_schedule_keeps_its_rules(seed):
         process_hits = [s.target[0] for s in faults if s.kind in ("kill", "freeze")]
         assert len(process_hits) == len(set(process_hits)), "a node takes one process fault per round"
         for i, step in enumerate(rnd.steps):
-            assert 0.3 <= step.dwell <= 2.5
+            assert MIN_DWELL <= step.dwell <= MAX_DWELL
             if step.kind in ("failover", "safety_off", "safety_full"):
                 assert step.target[0] in DBS
             elif step.kind in ("cut", "heal"):
@@ -48,8 +48,9 @@ def test_schedule_keeps_its_rules(seed):
 def test_schedule_covers_every_fault_kind_and_honours_a_subset():
     kinds = {s.kind for r in make_schedule(3, 100, NODES, DBS) for s in r.steps}
     assert set(FAULTS) | set(UNDO.values()) == kinds
-    no_cuts = tuple(f for f in FAULTS if f != "cut")
-    assert all(s.kind not in ("cut", "heal") for r in make_schedule(3, 100, NODES, DBS, faults=no_cuts) for s in r.steps)
+    no_cuts = tuple(f for f in FAULTS if f not in NEEDS_IPTABLES)
+    kinds = {s.kind for r in make_schedule(3, 100, NODES, DBS, faults=no_cuts) for s in r.steps}
+    assert not kinds & {"cut", "heal", "isolate", "rejoin"}
     with pytest.raises(ValueError):
         make_schedule(3, 1, NODES, DBS, faults=("meteor",))
 
@@ -75,6 +76,13 @@ def test_two_nodes_acknowledging_in_one_role_sequence_is_split_brain():
     assert find_split_brain(acks) == {}  # same epoch number in another database is not a conflict
     acks += _acks((5, "d1", "b", 1, False))
     assert find_split_brain(acks) == {("d1", 1): {"a", "b"}}
+
+
+def test_two_writes_acknowledged_with_one_commit_token_are_found():
+    acks = _acks((1, "d1", "a", 1, True), (2, "d1", "a", 1, True), (3, "d2", "a", 1, True))
+    assert find_shared_tokens(acks) == {}
+    acks.append(Ack(4, "d1", "a", 1, 2, True))  # the token (epoch 1, lsn 2) of write 2
+    assert find_shared_tokens(acks) == {("d1", 1, 2): [2, 4]}
 
 
 def test_phantoms_are_ids_never_sent():
