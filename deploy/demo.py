@@ -1,7 +1,8 @@
 """A narrated tour of mirrord: three nodes on 127.0.0.11-13, a mirrored database, real faults.
 
-    python deploy/demo.py [--keep-running]     (bash deploy/demo.sh installs and runs this)
-    python deploy/demo.py --stop               (stop nodes left up by --keep-running)
+    bash deploy/demo.sh            install into .venv, run the tour, leave the nodes up
+    bash deploy/demo.sh stop       stop the nodes the tour left up
+    python deploy/demo.py [--stop-at-end | --stop]   (what demo.sh runs)
 
 How it works: a LocalCluster (mirrord.localcluster) with data under
 ./demo-data/ (wiped at start) runs nodes a, b and c. Each step prints the
@@ -11,7 +12,9 @@ inserts, polling). The tour: a session a -> b with witness c (SAFETY FULL),
 1,000 commits, SIGKILL of the mirror (the principal runs exposed, the mirror
 rejoins), SIGKILL of the principal (automatic failover to b, timed; a rejoins
 as mirror), and a manual failover back to a. A step that does not come out as
-expected stops the demo with a non-zero exit.
+expected stops the demo (and its nodes) with a non-zero exit. At the end the
+nodes keep running, detached, and the demo prints how to talk to them and how to
+stop them (their PIDs are in demo-data/pids.json); --stop-at-end stops them instead.
 """
 
 from __future__ import annotations
@@ -247,18 +250,40 @@ def fail_back(cluster: LocalCluster, acked: int) -> None:
 
 
 def goodbye(cluster: LocalCluster, principal: str, keep_running: bool) -> None:
-    step("Talk to the cluster yourself")
-    for node in cluster:
-        say(f"    node {node.name}: client {node.address}, endpoint {node.endpoint_url}, log {node.log_path}")
+    if not keep_running:
+        step("Done")
+        say("    the nodes are stopped now (--stop-at-end); run `bash deploy/demo.sh` to leave them up")
+        return
+    record_pids(cluster)
     p = cluster[principal]
-    say(f"    mirrorctl -S {p.address} status")
-    say(f"    mirrorctl -S {p.address} -d {DB} -Q \"SELECT count(*) FROM items\"")
-    if keep_running:
-        record_pids(cluster)
-        say("    the nodes keep running: " + ", ".join(f"{n.name}={n.pid}" for n in cluster))
-        say(f"    stop them with: python deploy/demo.py --stop   (SIGTERMs the PIDs in {PIDS.relative_to(ROOT)})")
-    else:
-        say("    (the nodes are stopped now; run `bash deploy/demo.sh --keep-running` to keep them up)")
+    mirrorctl_path = Path(sys.executable).parent / "mirrorctl"
+    ctl = os.path.relpath(mirrorctl_path) if mirrorctl_path.exists() else "mirrorctl"
+    step("The cluster is still running: talk to it yourself")
+    for node in cluster:
+        say(f"    node {node.name} (pid {node.pid}): client {node.address}, endpoint {node.endpoint_url}, "
+            f"log {os.path.relpath(node.log_path)}")
+    say(f"    {node_roles(cluster)}")
+    say("")
+    say(f"    {ctl} -S {p.address} status")
+    say(f"    {ctl} -S {p.address} -d {DB} -Q \"SELECT count(*) FROM items\"")
+    say(f"    {ctl} -S {p.address} -d {DB} -Q \"INSERT INTO items(name, qty) VALUES ('fig', 2)\"")
+    say(f"    kill -9 {p.pid}    # SIGKILL the principal ({p.name}), then watch "
+        f"{ctl} -S {cluster['b'].address} status")
+    say("    from Python (.venv/bin/python):")
+    say("      from mirrorctl.client import Client")
+    say(f"      with Client.connect(\"{p.address}\") as c: print(c.query(\"SELECT * FROM items LIMIT 3\", "
+        f"db=\"{DB}\").as_dicts())")
+    say("")
+    say(f"    stop the cluster:  bash deploy/demo.sh stop   (SIGTERMs the PIDs in {os.path.relpath(PIDS)})")
+
+
+def node_roles(cluster: LocalCluster) -> str:
+    """'shop: a PRINCIPAL, b MIRROR, c witness', as the nodes report it now."""
+    parts = []
+    for node in cluster:
+        row = status_of(node)
+        parts.append(f"{node.name} {row['role'] if row else 'witness'}")
+    return f"{DB}: " + ", ".join(parts)
 
 
 # ------------------------------------------------------------------ pids
@@ -302,12 +327,16 @@ def stop_recorded(timeout: float = 10) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keep-running", action="store_true", help="leave the nodes up at the end")
-    parser.add_argument("--stop", action="store_true", help="stop nodes left up by --keep-running")
+    parser.add_argument("--stop-at-end", dest="keep_running", action="store_false",
+                        help="stop the nodes at the end instead of leaving them up")
+    parser.add_argument("--keep-running", dest="keep_running", action="store_true",
+                        help="leave the nodes up at the end (the default)")
+    parser.add_argument("--stop", action="store_true", help="stop the nodes an earlier run left up")
+    parser.set_defaults(keep_running=True)
     args = parser.parse_args(argv)
     if args.stop:
         return stop_recorded()
-    stop_recorded()  # a cluster left up by an earlier --keep-running would hold the data directory
+    stop_recorded()  # a cluster an earlier run left up would hold the data directory
     shutil.rmtree(DATA, ignore_errors=True)
     DATA.mkdir(parents=True)
     cluster = LocalCluster(DATA, names=("a", "b", "c"), first_ip=11)
