@@ -280,7 +280,7 @@ class Node:
         self.stopping = True
         log.info("node_stopping")
         await _cancel(self._sampler)
-        self.metrics.stop()
+        await asyncio.to_thread(self.metrics.stop)  # waits for the HTTP thread's poll loop
         if self._client_server is not None:
             self._client_server.close()
         await self.stop_endpoint()
