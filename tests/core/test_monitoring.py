@@ -474,3 +474,26 @@ def test_monitor_reports_unreachable_nodes(capsys) -> None:
     assert cli.main(["-S", dead, "monitor", "--once", "--json", "--timeout", "1"]) == 3
     rows = json.loads(capsys.readouterr().out)
     assert [(r["node"], r["state"]) for r in rows] == [(dead, "UNREACHABLE")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([Role.PRINCIPAL, Role.MIRROR]), st.sampled_from(Safety), st.booleans(), st.booleans(), st.booleans(),
+       st.booleans(), st.booleans(), st.booleans())
+def test_readiness_says_what_the_statements_say(role, safety, witness_set, suspended, connected, caught_up, witness_connected,
+                                                 was_synchronized) -> None:
+    from mirrord.core import statements as stmts
+    from mirrord.core.rules import refusal
+
+    status = DatabaseStatus.ONLINE if role is Role.PRINCIPAL else DatabaseStatus.RESTORING
+    s = Session(SessionConfig("shop", role=role, status=status, partner=PARTNER, witness=WITNESS if witness_set else None,
+                              safety=safety, suspended=suspended, epoch=1))
+    s.partner_connected, s.caught_up = connected, caught_up and connected
+    s.witness_connected, s.principal_was_synchronized = witness_connected and witness_set, was_synchronized
+    s.end_of_log_lsn, s.hardened_lsn = 10, 10 if caught_up else 7
+    r = readiness(s)
+    if role is Role.PRINCIPAL:
+        assert r.manual == refusal(s, stmts.PartnerAction("shop", "FAILOVER"))  # the same words as the refusal
+    else:
+        assert r.forced == refusal(s, stmts.PartnerAction("shop", "FORCE_SERVICE_ALLOW_DATA_LOSS"))
+    if r.automatic is None:  # automatic failover is never promised where its conditions fail
+        assert safety is Safety.FULL and witness_set and witness_connected and not suspended and (connected or role is Role.MIRROR)
