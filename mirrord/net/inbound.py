@@ -91,7 +91,6 @@ async def serve_principal(node: "Node", host: "DatabaseHost", hello: dict, reade
     session.partner_listen = hello.get("listen") if isinstance(hello.get("listen"), str) else None
     host.partner_writer = writer
     host.note_state()
-    note_connected(host)
     log.info("principal_connected", database=host.name, role="MIRROR", role_sequence=session.config.epoch, lsn=mirror.hardened_lsn)
     try:
         await _receive_loop(host, reader, writer)
@@ -105,10 +104,14 @@ async def serve_principal(node: "Node", host: "DatabaseHost", hello: dict, reade
 async def _receive_loop(host: "DatabaseHost", reader, writer) -> None:
     decoder = framing.FrameDecoder()
     seed: dict | None = None
+    counted = False
     while True:
         data = await asyncio.wait_for(reader.read(READ_CHUNK), host.session.config.timeout)
         if not data:
             raise ConnectionError("the principal closed the connection")
+        if not counted:  # SET PARTNER's probe says hello and leaves: only a link that talks counts as a connection
+            note_connected(host)
+            counted = True
         decoder.feed(data)
         records: list[LogRecord] = []
         while (msg := decoder.next_message()) is not None:

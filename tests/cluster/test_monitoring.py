@@ -177,6 +177,9 @@ def test_metrics_endpoint_gauges_and_counters(cluster):
     assert metric(s, "mirrord_failover_ready", node="a", database=DB, kind="automatic") == 1
     assert metric(s, "mirrord_failovers_total", node="a", database=DB) == 0
     assert metric(s, "mirrord_reconnects_total", node="a", database=DB) == 0
+    wait_for(lambda: metric(scrape(urls["b"]), "mirrord_role", node="b", database=DB, role="MIRROR") == 1, 10, "b's gauges",
+             retry_on=(OSError,))
+    assert metric(scrape(urls["b"]), "mirrord_reconnects_total", node="b", database=DB) == 0  # SET PARTNER's probe is not one
 
     a.query(f"ALTER DATABASE {DB} SET PARTNER FAILOVER")
     for name in ("a", "b"):
