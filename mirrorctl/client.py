@@ -35,17 +35,26 @@ class ClientError(Exception):
 class ServerError(ClientError):
     """The server answered with an error frame."""
 
-    def __init__(self, code: str, message: str, principal: str | None = None) -> None:
+    def __init__(self, code: str, message: str, principal: str | None = None,
+                 token: tuple[int, int] | None = None) -> None:
         super().__init__(f"[{code}] {message}")
         self.code = code
         self.message = message
         self.principal = principal
+        self.token = token  # (lsn, role sequence) of an in-doubt commit, when the server knows it
 
     @classmethod
     def from_frame(cls, frame: dict) -> "ServerError":
         """The ServerError subclass for the frame's code."""
         kind = _BY_CODE.get(frame["code"], ServerError)
-        return kind(frame["code"], frame["message"], frame["principal"])
+        lsn, epoch = frame.get("lsn"), frame.get("epoch")
+        token = (lsn, epoch) if _is_count(lsn) and _is_count(epoch) else None
+        return kind(frame["code"], frame["message"], frame["principal"], token)
+
+
+def _is_count(value: Any) -> bool:
+    """An int 0..2**63-1, not a bool (fields beyond the schema are checked here)."""
+    return type(value) is int and 0 <= value <= messages.MAX_INT
 
 
 class Refused(ServerError):
@@ -64,6 +73,22 @@ class NotPrincipal(ServerError):
     """The node does not serve that database; `principal` says which node does, if known."""
 
 
+class NotServing(ServerError):
+    """The principal is not serving the database now (closing, or out of quorum); nothing was done."""
+
+
+class CommitInDoubt(ServerError):
+    """The commit was logged but not acknowledged; `token` resolves it later."""
+
+
+class TransactionAborted(ServerError):
+    """The node rolled back this connection's open transaction; ROLLBACK ends it."""
+
+
+class IntegrityViolation(ServerError):
+    """A constraint failed (UNIQUE, NOT NULL, CHECK, FOREIGN KEY)."""
+
+
 class LogFull(ServerError):
     """The database refuses writes until the mirror catches up."""
 
@@ -73,7 +98,8 @@ class SqlError(ServerError):
 
 
 _BY_CODE = {"refused": Refused, "syntax": BadSyntax, "unknown_database": UnknownDatabase,
-            "not_principal": NotPrincipal, "log_full": LogFull, "sql": SqlError}
+            "not_principal": NotPrincipal, "log_full": LogFull, "sql": SqlError, "integrity": IntegrityViolation,
+            "not_serving": NotServing, "in_doubt": CommitInDoubt, "transaction_aborted": TransactionAborted}
 
 
 class Unreachable(ClientError):
@@ -98,6 +124,7 @@ class Result:
     lsn: int | None = None
     epoch: int | None = None
     message: str | None = None
+    lastrowid: int | None = None
 
     def as_dicts(self) -> list[dict]:
         """Rows as {column: value} dicts."""
@@ -131,8 +158,9 @@ class _Exchange:
             raise ProtocolError(f"answer carries id {frame['id']}, expected {request_id}")
         if frame["t"] == "error":
             raise ServerError.from_frame(frame)
-        return Result(frame["columns"], frame["rows"], frame["rowcount"],
-                      frame["lsn"], frame["epoch"], frame["message"])
+        lastrowid = frame.get("lastrowid")
+        return Result(frame["columns"], frame["rows"], frame["rowcount"], frame["lsn"], frame["epoch"],
+                      frame["message"], lastrowid if type(lastrowid) is int else None)
 
 
 def status_sql(db: str | None) -> str:

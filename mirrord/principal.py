@@ -39,7 +39,7 @@ import structlog
 from mirrord.core.monitoring import CommitClock
 from mirrord.core.quorum import AckRule
 from mirrord.core.session import Session
-from mirrord.core.types import LogFull, Lsn, MirrordError, StatementRefused
+from mirrord.core.types import CommitInDoubt, LogFull, Lsn, MirrordError, NotServing, StatementRefused, TransactionAborted
 from mirrord.storage.log import DurableLog, LogRecord
 from mirrord.storage.wal import WalPosition, WalReader
 
@@ -75,6 +75,7 @@ class StatementResult:
     rowcount: int
     lsn: Lsn | None = None  # commit LSN, when the statement committed a transaction
     epoch: int | None = None  # the role sequence that commit was logged in: (lsn, epoch) is its token
+    lastrowid: int | None = None  # rowid of the row an INSERT added (DB-API cursor.lastrowid)
 
 
 @dataclass
@@ -134,8 +135,12 @@ class PrincipalDatabase:
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._reader_list: list[aiosqlite.Connection] = []
         self._txn_owner: object | None = None
+        # Clients whose transaction the node rolled back: until they end it, their
+        # statements are refused, or they would run outside the transaction they believe open.
+        self._aborted_owners: set[object] = set()
         self._internal = False  # set while mirrord itself runs a managed PRAGMA
         self.closed = False
+        self.serving = True  # False once a manual failover handed the role over (close follows)
         # for the monitor: when transactions committed locally, and how long commits waited to be acknowledged
         self.commit_clock = CommitClock()
         self.commits = 0
@@ -177,7 +182,7 @@ class PrincipalDatabase:
         if self.closed:
             return
         self.closed = True
-        self.fail_waiters(StatementRefused("the database is closing on this node; reconnect"))
+        self.fail_waiters(NotServing("the database is closing on this node; reconnect"))
         await self.mark_transactions_aborted()
         async with self.write_lock:
             for reader in self._reader_list:
@@ -259,7 +264,7 @@ class PrincipalDatabase:
             target = self.visible_lsn  # blocked: the witness must hear first, or quorum is lost
             why = self.quorum_refusal()
             if why is not None and self._waiters:
-                self.fail_waiters(StatementRefused(f"{why}. The outcome of this commit is in doubt: check it on the principal"))
+                self.fail_waiters(NotServing(f"{why}. The outcome of this commit is in doubt: check it on the principal"))
         if target > self.visible_lsn:
             self.visible_lsn = target
         while self._waiters and self._waiters[0][0] <= self.visible_lsn:
@@ -300,10 +305,12 @@ class PrincipalDatabase:
 
     async def execute(self, owner: object, sql: str, params: Any) -> StatementResult:
         """Run one SQL statement for a client (owner identifies its connection)."""
-        if self.closed:
-            raise StatementRefused("the database is not being served on this node any more; reconnect")
+        if self.closed or not self.serving:
+            raise NotServing("the database is not being served on this node any more; reconnect")
         if (why := self.quorum_refusal()) is not None:
-            raise StatementRefused(why)
+            raise NotServing(why)
+        if owner in self._aborted_owners:
+            return self._end_aborted(owner, sql)
         if self._txn_owner is owner:
             return await self._execute_in_transaction(owner, sql, params)
         if sql.lstrip().upper().startswith(READ_ONLY_PREFIXES):
@@ -345,6 +352,9 @@ class PrincipalDatabase:
     async def _execute_write(self, owner: object, sql: str, params: Any) -> StatementResult:
         self._check_log_space()
         await self.write_lock.acquire()
+        if self.closed or not self.serving:  # the role moved on while this write waited
+            self.write_lock.release()
+            raise NotServing("the database is not being served on this node any more; reconnect")
         try:
             result, records, in_txn = await self._hop(sql, params)
         except BaseException:
@@ -363,21 +373,48 @@ class PrincipalDatabase:
             result, records, in_txn = await self._hop(sql, params)
         except MirrordError:
             if not self._writer.in_transaction:
-                self._end_transaction()
+                self._end_transaction(owner)
             raise
         if not in_txn:
-            self._end_transaction()
+            self._end_transaction(owner)
+            self._aborted_owners.discard(owner)  # it ended (committed) before a rollback could reach it
         return await self._finish(result, records, wait_for=self.end_lsn)
 
-    def _end_transaction(self) -> None:
-        self._txn_owner = None
-        self.write_lock.release()
+    def _end_aborted(self, owner: object, sql: str) -> StatementResult:
+        """A client whose transaction was rolled back here: ROLLBACK (or COMMIT) ends it, anything else is refused."""
+        word = sql.lstrip().split(None, 1)[0].upper() if sql.strip() else ""
+        if word == "ROLLBACK":
+            self._aborted_owners.discard(owner)
+            return StatementResult([], [], -1)
+        if word in ("COMMIT", "END"):
+            self._aborted_owners.discard(owner)
+        raise TransactionAborted(
+            f"the open transaction of this connection on {self.session.db} was rolled back by the node (role change "
+            "or SET PARTNER OFF); nothing of it committed. ROLLBACK ends it; then start the transaction again"
+        )
+
+    def _end_transaction(self, owner: object) -> None:
+        """owner's transaction ended; release the write lock unless a rollback took it over already."""
+        if self._txn_owner is owner:
+            self._txn_owner = None
+            self.write_lock.release()
 
     async def _finish(self, result: StatementResult, records: list[LogRecord], wait_for: Lsn) -> StatementResult:
         if records:
             result.lsn, result.epoch = records[-1].lsn, records[-1].epoch
         committed = time.monotonic()
-        await self.wait_visible(wait_for)
+        try:
+            await self.wait_visible(wait_for)
+        except MirrordError as exc:
+            if not records:
+                raise
+            # committed here, not acknowledged: only the token can tell later whether it survived
+            raise CommitInDoubt(
+                f"{exc.message.rstrip('.')}. The commit is in doubt; its token is LSN {result.lsn}, role sequence "
+                f"{result.epoch}: EXEC sp_transaction_status '{self.session.db}', {result.lsn}, {result.epoch} "
+                "on the principal tells whether it committed",
+                lsn=result.lsn, epoch=result.epoch, principal=exc.details.get("principal"),
+            ) from None
         if records:  # the delay mirroring adds: local commit to acknowledgement (the mirror hardened it, SAFETY FULL)
             self.commits += 1
             self.commit_wait += time.monotonic() - committed
@@ -404,13 +441,26 @@ class PrincipalDatabase:
 
     async def abort_transaction(self, owner: object) -> None:
         """Roll back the open transaction of a client that went away."""
+        self._aborted_owners.discard(owner)
+        await self._roll_back(owner)
+
+    async def _roll_back(self, owner: object) -> None:
+        """Roll back owner's transaction and release the write lock, exactly once.
+
+        The transaction stops being owner's before the ROLLBACK is awaited, so a
+        statement of owner's arriving meanwhile cannot run in it; one already
+        queued at the hop gate runs first, inside the transaction.
+        """
         if self._txn_owner is not owner:
             return
+        self._txn_owner = None
         try:
-            await self._writer.execute("ROLLBACK")
+            async with self._hop_gate:
+                await self._writer.execute("ROLLBACK")
         except sqlite3.Error:
-            pass
-        self._end_transaction()
+            pass  # nothing open any more (the statement in flight ended it)
+        finally:
+            self.write_lock.release()
 
     # ---------------------------------------------------------------- snapshots
 
@@ -438,10 +488,16 @@ class PrincipalDatabase:
         self._capture(conn)
         return self._checkpoint(conn, "TRUNCATE")
 
+    def stop_serving(self) -> None:
+        """The role has moved to the partner (manual failover): refuse every statement from now on."""
+        self.serving = False
+
     async def mark_transactions_aborted(self) -> None:
         """Roll back a client transaction in progress (role change, SET PARTNER OFF)."""
-        if self._txn_owner is not None:
-            await self.abort_transaction(self._txn_owner)
+        owner = self._txn_owner
+        if owner is not None:
+            self._aborted_owners.add(owner)  # before awaiting: its next statement must not run outside it
+            await self._roll_back(owner)
 
 
 def _run(conn: sqlite3.Connection, sql: str, params: Any) -> StatementResult:
@@ -451,7 +507,9 @@ def _run(conn: sqlite3.Connection, sql: str, params: Any) -> StatementResult:
     except sqlite3.Error as exc:
         raise _sql_error(exc) from None
     columns = [d[0] for d in cur.description] if cur.description else []
-    return StatementResult(columns, rows, cur.rowcount)
+    # sqlite3 keeps the connection's last insert rowid on every cursor: report it only for a row just inserted
+    inserted = cur.rowcount > 0 and sql.lstrip()[:7].upper().startswith(("INSERT", "REPLACE"))
+    return StatementResult(columns, rows, cur.rowcount, lastrowid=cur.lastrowid if inserted else None)
 
 
 def _copy_durably(src: Path, dest: Path) -> None:

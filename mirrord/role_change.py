@@ -173,6 +173,7 @@ async def manual_failover(node: "Node", host: "DatabaseHost") -> str:
             except (asyncio.TimeoutError, ConnectionError):
                 if not decided:
                     raise StatementRefused("the mirror did not confirm the failover; this node stays principal") from None
+            principal.stop_serving()  # the role has moved: no write waiting for this lock may commit here
     finally:
         s.failover_pending = False
         host.failover_reply = None

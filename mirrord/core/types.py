@@ -103,6 +103,27 @@ class LogFull(MirrordError):
     code = "log_full"
 
 
+class NotServing(StatementRefused):
+    """The database is not served on this node right now (closing, or out of quorum); nothing was done."""
+
+    code = "not_serving"
+
+
+class CommitInDoubt(MirrordError):
+    """A commit is in this node's log but could not be acknowledged: it may or may not survive.
+
+    details carry its token (lsn, epoch), which sp_transaction_status resolves.
+    """
+
+    code = "in_doubt"
+
+
+class TransactionAborted(StatementRefused):
+    """The client's open transaction was rolled back by the node (role change, SET PARTNER OFF)."""
+
+    code = "transaction_aborted"
+
+
 class ProtocolError(Exception):
     """A peer sent a malformed or unexpected frame; the connection is closed."""
 

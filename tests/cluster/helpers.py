@@ -124,7 +124,7 @@ class FailoverWriter(threading.Thread):
                 result = client.query(f"INSERT INTO {self.table}(id, v) VALUES (?, ?)", db=self.db, params=[self._next, node.name], timeout=5)
                 self.acked.append((self._next, node.name, result.epoch))
             except ServerError as exc:
-                if exc.code not in ("not_principal", "refused", "unknown_database"):
+                if exc.code not in ("not_principal", "refused", "unknown_database", "not_serving", "in_doubt"):
                     raise
                 self.in_doubt.append(self._next)
                 current += 1
