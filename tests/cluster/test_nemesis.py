@@ -31,3 +31,41 @@ def test_nemesis_short_run_finds_no_violation(tmp_path):
     assert "lost (SAFETY FULL): 0," in out and "split-brain role sequences: 0" in out
     for n in range(1, ROUNDS + 1):
         assert f"round {n}: " in out
+
+
+def _connections_to(node_host: str, port: int, from_host: str) -> int:
+    """TCP connections from from_host to node_host:port the kernel holds (open or half-closed by the peer)."""
+
+    def ip_hex(host: str) -> str:
+        return "".join(f"{int(part):02X}" for part in reversed(host.split(".")))
+
+    local, remote = f"{ip_hex(node_host)}:{port:04X}", ip_hex(from_host) + ":"
+    count = 0
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == local and fields[2].startswith(remote) and fields[3] in ("01", "08"):
+                count += 1  # 01 ESTABLISHED, 08 CLOSE_WAIT
+    return count
+
+
+def test_thawed_old_principal_rejoins_although_its_backlog_holds_many_connections(cluster):
+    """Regression (nemesis seed 4, round 13): a principal frozen past PARTNER TIMEOUT is replaced;
+    meanwhile the new principal dials it again and again, and the kernel queues every one of
+    those connections. On thaw the node accepted them all at once; two of them ended up served
+    side by side and the stale one, closing, left the session DISCONNECTED for good."""
+    from mirrord.localcluster import wait_for
+
+    from .helpers import create_table
+
+    a, b = cluster["a"], cluster["b"]
+    cluster.setup_session("db", "a", "b", "c", timeout=2)
+    create_table(a, "db")
+    a.query("INSERT INTO t(id, v) VALUES (1, 'x')", db="db")
+    a.freeze()
+    wait_for(lambda: b.status("db")["role"] == "PRINCIPAL", 30, "b promoted")
+    wait_for(lambda: _connections_to(a.host, a.endpoint_port, b.host) >= 4, 60,
+             "b's redials queued in a's backlog")
+    a.thaw()
+    cluster.wait_synchronized("db", "b", "a", timeout=30, witness_connected=True)
+    assert a.status("db")["role"] == "MIRROR"
