@@ -33,7 +33,6 @@ from mirrord.core.types import (
     DatabaseStatus,
     Endpoint,
     MirrordError,
-    NotPrincipal,
     ProtocolError,
     Role,
 )
@@ -280,7 +279,7 @@ class Node:
         self.stopping = True
         log.info("node_stopping")
         await _cancel(self._sampler)
-        self.metrics.stop()
+        await asyncio.to_thread(self.metrics.stop)  # waits for the HTTP thread's poll loop
         if self._client_server is not None:
             self._client_server.close()
         await self.stop_endpoint()
@@ -402,7 +401,11 @@ class Node:
             framing.write_message(writer, refuse)
             await writer.drain()
             return
-        await self.stop_inbound(host)  # a new connection from the principal replaces the old
+        # A new connection from the principal replaces the old. Loop: several can arrive at
+        # once (a thawed node accepts every connection its backlog held), and another may
+        # have taken the slot while this one waited for the previous to end.
+        while host.inbound is not None and host.inbound is not asyncio.current_task():
+            await self.stop_inbound(host)
         host.inbound = asyncio.current_task()
         try:
             await inbound.serve_principal(self, host, hello, reader, writer)
@@ -446,8 +449,6 @@ class Node:
     async def _answer(self, state: ClientState, owner: object, msg: dict) -> dict:
         try:
             result = await self.executor.run(state, owner, msg["sql"], msg["db"], msg["params"])
-        except NotPrincipal as exc:
-            return _error(msg["id"], exc, principal=exc.details.get("principal"))
         except MirrordError as exc:
             return _error(msg["id"], exc)
         except Exception as exc:  # report, log, keep serving
@@ -456,6 +457,7 @@ class Node:
         return {
             "t": "result", "id": msg["id"], "columns": result.columns, "rows": result.rows,
             "rowcount": result.rowcount, "lsn": result.lsn, "epoch": result.epoch, "message": getattr(result, "message", None),
+            "lastrowid": result.lastrowid,  # beyond the schema: older clients ignore it
         }
 
     # ---------------------------------------------------------------- databases
@@ -514,8 +516,15 @@ async def _cancel(task: asyncio.Task | None) -> None:
         task.exception()  # retrieved: the link's own failure was logged where it happened
 
 
-def _error(request_id: int, exc: MirrordError, principal: str | None = None) -> dict:
-    return {"t": "error", "id": request_id, "code": exc.code, "message": exc.message, "principal": principal}
+def _error(request_id: int, exc: MirrordError) -> dict:
+    """The error frame; an in-doubt commit also carries its token (lsn, epoch), beyond the schema."""
+    principal = exc.details.get("principal")
+    frame = {"t": "error", "id": request_id, "code": exc.code, "message": exc.message,
+             "principal": None if principal is None else str(principal)}
+    for key in ("lsn", "epoch"):
+        if isinstance(exc.details.get(key), int):
+            frame[key] = exc.details[key]
+    return frame
 
 
 # -------------------------------------------------------------------- main
