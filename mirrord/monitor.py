@@ -130,9 +130,10 @@ def current_figures(host: "DatabaseHost", now: float) -> dict:
         queues = Queues(host.principal_send_queue if s.partner_connected else 0, host.queue_bytes(redo, hardened),
                         int(principal_end) - hardened if principal_end is not None else 0, age,
                         at_risk_bytes=host.principal_send_queue)
-        rates = replace(rates, transactions_per_s=_num(remote.get("new_transactions_per_s")),
-                        log_kb_per_s=_num(remote.get("log_rate_kb_s")),
-                        commit_delay_ms=_num(remote.get("transaction_delay_ms")))
+        live = remote if s.partner_connected else {}  # a lost principal's rates are history, not current
+        rates = replace(rates, transactions_per_s=_num(live.get("new_transactions_per_s")),
+                        log_kb_per_s=_num(live.get("log_rate_kb_s")),
+                        commit_delay_ms=_num(live.get("transaction_delay_ms")))
     else:
         queues = Queues(host.queue_bytes(hardened, end), host.queue_bytes(redo, hardened), end - hardened,
                         _oldest_unsent_age(host, hardened, end, now))

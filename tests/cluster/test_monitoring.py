@@ -197,3 +197,23 @@ def test_metrics_endpoint_gauges_and_counters(cluster):
     # a was principal, then took its new principal's connection as mirror: one reconnect
     wait_for(lambda: metric(scrape(urls["a"]), "mirrord_reconnects_total", node="a", database=DB) == 1, 10, "a reconnect counted",
              retry_on=(OSError,))
+
+
+def test_a_mirror_that_lost_its_principal_shows_what_forced_service_would_lose(cluster):
+    cluster.setup_session(DB, principal="a", mirror="b")
+    a, b = cluster["a"], cluster["b"]
+    create_table(a)
+    a.query(f"ALTER DATABASE {DB} SET PARTNER SUSPEND")
+    for i in range(30):
+        a.query("INSERT INTO t (id, v) VALUES (?, 'unsent')", db=DB, params=[i])
+    wait_for(lambda: figure(b, "forced_loss_transactions") >= 30, 10, "the mirror hears of the unsent log", retry_on=RETRY)
+    before = b.status(DB)
+    assert before["forced_failover"] == "NO: the principal is connected; use SET PARTNER FAILOVER on the principal instead"
+    a.kill()
+    wait_for(lambda: figure(b, "partner_state") == "DISCONNECTED", 20, "the mirror sees the principal gone", retry_on=RETRY)
+    row = b.status(DB)
+    assert row["forced_failover"] == "READY"  # no witness: the DBA may force service now
+    assert row["automatic_failover"] == "NO: no witness is set (automatic failover needs a witness)"
+    assert row["forced_loss_transactions"] >= 30 and row["forced_loss_bytes"] > 0
+    assert row["forced_loss_age_s"] >= before["forced_loss_age_s"] > 0  # it keeps ageing
+    assert row["send_queue_kb"] == 0 and row["new_transactions_per_s"] is None  # nothing flows from a lost principal
