@@ -40,6 +40,13 @@ fail() {
 
 engine_answers() { timeout 10 docker info >/dev/null 2>&1; }
 
+# The PID in $PIDFILE is a running dockerd (not a stale file, not a recycled PID).
+our_dockerd() {
+    local pid
+    pid=$(cat "$PIDFILE" 2>/dev/null) || return 1
+    [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ]
+}
+
 install_packages() {
     local missing=()
     command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
@@ -54,9 +61,27 @@ install_packages() {
         || fail "apt-get install ${missing[*]} failed (or took over 900 s)"
 }
 
+# SIGTERM the dockerd with this PID; SIGKILL if it is still there after 30 s.
+end_dockerd() {
+    local pid=$1 deadline=$((SECONDS + 30))
+    kill -0 "$pid" 2>/dev/null || return 0
+    say "stopping dockerd (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.5; done
+    if kill -0 "$pid" 2>/dev/null; then
+        say "dockerd still running after 30 s: SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+}
+
 start_engine() {
     if engine_answers; then
-        say "an engine already answers: using it (and leaving it running)"
+        if our_dockerd; then
+            say "the dockerd an earlier start began (pid $(cat "$PIDFILE")) answers: using it"
+        else
+            rm -f "$PIDFILE"  # not ours: `stop` leaves it running
+            say "an engine already answers: using it (and leaving it running)"
+        fi
         return 0
     fi
     mkdir -p "$STATE"
@@ -71,7 +96,12 @@ start_engine() {
             rm -f "$PIDFILE"
             fail "dockerd exited at start: $(tail -n 1 "$DOCKERD_LOG" 2>/dev/null)"
         fi
-        [ $SECONDS -lt $deadline ] || { tail -n 20 "$DOCKERD_LOG" >&2; fail "dockerd did not answer docker info within 60 s"; }
+        if [ $SECONDS -ge $deadline ]; then
+            tail -n 20 "$DOCKERD_LOG" >&2 || true
+            end_dockerd "$pid"
+            rm -f "$PIDFILE"
+            fail "dockerd did not answer docker info within 60 s"
+        fi
         sleep 0.5
     done
     # the daemon's own record of its PID (setsid may have forked)
@@ -158,19 +188,11 @@ stop() {
         done
     fi
     rm -rf "$WHEELS"
-    [ -f "$PIDFILE" ] || return 0
-    local pid
-    pid=$(cat "$PIDFILE")
-    if kill -0 "$pid" 2>/dev/null; then
-        say "stopping dockerd (pid $pid)"
-        kill -TERM "$pid"
-        local deadline=$((SECONDS + 30))
-        while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.5; done
-        if kill -0 "$pid" 2>/dev/null; then
-            say "dockerd still running after 30 s: SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
+    if ! our_dockerd; then
+        rm -f "$PIDFILE"
+        return 0
     fi
+    end_dockerd "$(cat "$PIDFILE")"
     rm -f "$PIDFILE"
 }
 

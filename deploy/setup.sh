@@ -28,9 +28,16 @@ PY=$(command -v python3 || command -v python)
 
 say() { printf '%s\n' "$*"; }
 
-# Print and run one mirrorctl command.
+# Print (with the quotes you would type) and run one mirrorctl command.
 ctl() {
-    say "\$ mirrorctl $*"
+    line="\$ mirrorctl"
+    for arg in "$@"; do
+        case $arg in
+            *[!A-Za-z0-9_.:/=-]*|"") line="$line \"$arg\"" ;;
+            *) line="$line $arg" ;;
+        esac
+    done
+    say "$line"
     mirrorctl "$@"
 }
 
