@@ -14,8 +14,9 @@ should not happen; it is counted if it does). Nothing else is done for the
 cluster: failover, reconnection and catch-up are the engine's own.
 
 Converged means: one partner PRINCIPAL and the other MIRROR in the same role
-sequence, both SYNCHRONIZED, the witness CONNECTED, and the mirror has
-hardened and redone the principal's whole log.
+sequence, both SYNCHRONIZED, the witness CONNECTED and recording that
+principal and role sequence, and the mirror has hardened and redone the
+principal's whole log.
 
 Comparing copies (page for page): the mirror's page store is a plain file,
 page N at (N-1)*page_size, written by redo; once its redo LSN equals the
@@ -176,7 +177,10 @@ class Nemesis:
         if report.violations:
             self.aborted = "the cluster did not come back: " + "; ".join(v.kind for v in report.violations)
         else:
-            report.violations += await asyncio.to_thread(self._check)
+            try:
+                report.violations += await asyncio.to_thread(self._check)
+            except (ServerError, Unreachable, OSError, RuntimeError, sqlite3.Error) as exc:
+                report.violations.append(Violation("check", f"the check itself failed: {exc!r}"))
         report.violations += self._check_tracebacks()
         report.seconds = time.monotonic() - started
         return report
@@ -391,21 +395,40 @@ class Nemesis:
         p, m = rows[p_name], next(r for n, r in rows.items() if n != p_name)
         principal = self.cluster[p_name]
         if p["safety"] == "OFF":
-            principal.query(f"ALTER DATABASE {lay.db} SET PARTNER SAFETY FULL", timeout=ADMIN_TIMEOUT)
-            admin.append(f"{lay.db}: SAFETY FULL on {p_name}")
-            return "safety restored"
+            return self._admin(principal, lay.db, "SAFETY FULL", admin)
         self.safety.mark_full(lay.db)
         if p["state"] == "SUSPENDED":
-            principal.query(f"ALTER DATABASE {lay.db} SET PARTNER RESUME", timeout=ADMIN_TIMEOUT)
-            admin.append(f"{lay.db}: RESUME on {p_name}")
-            return "resumed"
+            return self._admin(principal, lay.db, "RESUME", admin)
         fields = ("state", "role_sequence", "end_of_log_lsn", "witness_state")
         if not (p["state"] == m["state"] == "SYNCHRONIZED" and p["witness_state"] == "CONNECTED"
                 and p["role_sequence"] == m["role_sequence"]
                 and m["redo_lsn"] == m["hardened_lsn"] == p["end_of_log_lsn"]):
             return (f"principal {p_name} {[p[f] for f in fields]}, mirror "
                     f"{[m[f] for f in fields]} hardened {m['hardened_lsn']} redo {m['redo_lsn']}")
+        witness = self._witness_row(lay)
+        if witness is None or witness.get("role_sequence") != p["role_sequence"] \
+                or witness.get("principal") != principal.endpoint_url:
+            return f"the witness {lay.witness} records {witness}, the principal is {p_name} in role sequence {p['role_sequence']}"
         return "converged"
+
+    @staticmethod
+    def _admin(principal: LocalNode, db: str, what: str, admin: list[str]) -> str:
+        """Issue SET PARTNER <what> on the principal; what happened, as a state that is not converged."""
+        try:
+            principal.query(f"ALTER DATABASE {db} SET PARTNER {what}", timeout=ADMIN_TIMEOUT)
+        except (ServerError, Unreachable, OSError) as exc:
+            return f"{what} on {principal.name} failed: {exc}"
+        admin.append(f"{db}: {what} on {principal.name}")
+        return f"{what} done"
+
+    def _witness_row(self, lay: Layout) -> dict | None:
+        """The witness's record of lay.db, if it answers and has one."""
+        try:
+            rows = self.cluster[lay.witness].query("SELECT * FROM sys.database_mirroring_witnesses",
+                                                   timeout=ADMIN_TIMEOUT).as_dicts()
+        except (ServerError, Unreachable, OSError):
+            return None
+        return next((row for row in rows if row.get("database") == lay.db), None)
 
     # ------------------------------------------------------------ checks
 
