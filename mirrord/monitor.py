@@ -45,7 +45,7 @@ log = structlog.get_logger()
 
 SAMPLE_INTERVAL = 0.5
 # principal figures a mirror shows from its principal's pings; mirror figures the principal shows from pongs
-FROM_PRINCIPAL = ("oldest_unsent_transaction_s", "new_transactions_per_s", "log_rate_kb_s", "transaction_delay_ms", "end_of_log_lsn")
+FROM_PRINCIPAL = ("oldest_unsent_transaction_s", "new_transactions_per_s", "log_rate_kb_s", "transaction_delay_ms")
 FROM_MIRROR = ("redo_rate_kb_s",)
 
 
@@ -168,9 +168,9 @@ def partner_report(host: "DatabaseHost") -> dict:
     now = time.monotonic()
     figs = current_figures(host, now)
     keys = FROM_MIRROR if host.mirror is not None else FROM_PRINCIPAL
-    report = {k: figs.get(k) for k in keys if k != "end_of_log_lsn"}
+    report = {k: figs.get(k) for k in keys}
     if host.mirror is None:
-        report["end_of_log_lsn"] = host.log.last_lsn
+        report["end_of_log_lsn"] = host.log.last_lsn  # the mirror counts the transactions forced service would lose
     return report
 
 
