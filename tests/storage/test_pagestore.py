@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from mirrord.storage.log import DurableLog, LogRecord
+from mirrord.localcluster import wait_for
 from mirrord.storage.pagestore import PageStore, RedoThread, load_redo_lsn
 
 PS = 512
@@ -77,12 +78,34 @@ def test_redo_applies_and_persists(parts):
     assert redo.redo_lsn == 0
     redo.notify(5)
     assert redo.wait_for(5, timeout=10)
-    assert redo.redo_lsn == 5 and load_redo_lsn(tmp_path / "redo_lsn") == 5
+    assert redo.redo_lsn == 5
+    # persisted by itself within the persist interval, without a stop
+    wait_for(lambda: load_redo_lsn(tmp_path / "redo_lsn") == 5, 10, "the redo LSN persisted")
     assert progress[-1] == 5
     assert (tmp_path / "db").read_bytes() == expected_image(HISTORY)
     redo.stop()
     redo.join(10)
     assert not redo.is_alive()
+
+
+def test_redo_lsn_is_persisted_late_but_always_at_stop(parts):
+    # Syncing the store and persisting the LSN wait for the persist interval (they
+    # competed with hardening fsyncs); stop persists whatever was applied.
+    tmp_path, log, store = parts
+    log.append(HISTORY)
+    redo = start_redo(tmp_path, log, store, persist_interval=3600)
+    redo.notify(5)
+    assert redo.wait_for(5, timeout=10)
+    assert (tmp_path / "db").read_bytes() == expected_image(HISTORY)  # applied ...
+    assert load_redo_lsn(tmp_path / "redo_lsn") == 0  # ... not yet persisted: a crash would re-apply
+    redo.stop()
+    redo.join(10)
+    assert not redo.is_alive() and redo.error is None
+    assert load_redo_lsn(tmp_path / "redo_lsn") == 5
+    resumed = start_redo(tmp_path, log, store)
+    assert resumed.redo_lsn == 5
+    resumed.stop()
+    resumed.join(10)
 
 
 def test_redo_only_up_to_hardened(parts):
