@@ -305,7 +305,6 @@ class Driver:
         if self.address is None:
             yield from self._connect(self.schedule.start(self.clock()))
 
-
     def execute(self, sql: str, params: Any = None) -> Steps:
         """Run one statement in the connection's transaction; returns a ResultSet."""
         self._check_open()
@@ -384,7 +383,7 @@ class Driver:
                 backoff = backoff or self.schedule.start(self.clock())
                 yield from self._connect(backoff)
             if transactional and not self.in_transaction:
-                yield from self._begin("BEGIN")
+                backoff = yield from self._begin("BEGIN", backoff)
             first = self.statements_in_transaction == 0
             try:
                 result = yield Send(sql, self.database, params, self.settings.query_timeout)
@@ -398,9 +397,11 @@ class Driver:
                 self._note_commit(result)
             return result
 
-    def _begin(self, sql: str) -> Steps:
-        """Open a transaction on the principal; BEGIN changes nothing, so any failure is retried."""
-        backoff: Backoff | None = None
+    def _begin(self, sql: str, backoff: Backoff | None = None) -> Generator[Op, Any, Backoff | None]:
+        """Open a transaction on the principal; BEGIN changes nothing, so any failure is retried.
+
+        backoff: the running retries of the statement that needs the transaction (one deadline for both).
+        """
         while True:
             if self.address is None:
                 backoff = backoff or self.schedule.start(self.clock())
@@ -413,7 +414,7 @@ class Driver:
                 continue
             self.in_transaction = True
             self.statements_in_transaction = 0
-            return None
+            return backoff
 
     def _after_failure(self, exc: BaseException, kind: Kind, *, first: bool = False, backoff: Backoff | None = None) -> Steps:
         """Act on a failed Send: return to retry, raise otherwise (see decide)."""

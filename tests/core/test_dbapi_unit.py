@@ -516,3 +516,38 @@ def test_a_closed_connection_refuses_use():
     world.run(drv.close())
     with pytest.raises(errors.InterfaceError):
         world.run(drv.execute("SELECT 1"))
+
+
+def test_the_asyncio_pump_runs_the_same_driver():
+    import asyncio
+
+    from mirrorctl.dbapi.aio import pump_async
+
+    world = World(**{"a:1": Partner("MIRROR", partner="b:1"), "b:1": Partner(partner="a:1")})
+    drv = world.driver("mirror://a:1/shop")
+
+    async def perform(op):
+        return world.perform(op)
+
+    async def scenario():
+        await pump_async(drv.execute("INSERT INTO t VALUES (1)"), perform)
+        world.partners["b:1"].fail("COMMIT", ConnectionLost("reset"))
+        with pytest.raises(errors.InDoubt):
+            await pump_async(drv.commit(), perform)
+        await pump_async(drv.execute("INSERT INTO t VALUES (2)"), perform)
+        await pump_async(drv.commit(), perform)
+
+    asyncio.run(scenario())
+    assert drv.address == "b:1" and drv.last_token == Token(11, 1)
+
+
+def test_one_deadline_per_call_even_when_the_principal_keeps_refusing():
+    """An old principal that answers the probe but refuses every BEGIN: NoPrincipal after failover_timeout, not later."""
+    world = World(**{"a:1": Partner(partner="b:1"), "b:1": Partner(up=False)})
+    drv = world.driver("mirror://a:1,b:1/shop", failover_timeout=3)
+    world.run(drv.open())
+    for _ in range(1000):
+        world.partners["a:1"].fail("BEGIN", NotServing("not_serving", "out of quorum"))
+    with pytest.raises(errors.NoPrincipal, match="out of quorum"):
+        world.run(drv.execute("INSERT INTO t VALUES (1)"))
+    assert 3.0 <= world.now < 3.2, world.now
