@@ -28,6 +28,7 @@ from mirrord.core.types import (
     Endpoint,
     LogFull,
     NotPrincipal,
+    NotServing,
     ProtocolError,
     Role,
     StatementRefused,
@@ -122,6 +123,10 @@ class StatementExecutor:
                     f"database {db} is the mirror on {self.node.name}; send SQL to the principal, {principal}",
                     principal=principal,
                 )
+            if cfg.role is Role.PRINCIPAL:
+                # promotion or restart: the role is decided, the copy is still being opened (redo finishing)
+                raise NotServing(f"database {db} is opening as the principal on {self.node.name} "
+                                 "(role change or restart in progress); retry in a moment")
             raise StatementRefused(f"database {db} is RESTORING; RESTORE DATABASE {db} WITH RECOVERY brings it online")
         return await host.principal.execute(owner, sql, params)
 
