@@ -551,3 +551,17 @@ def test_one_deadline_per_call_even_when_the_principal_keeps_refusing():
     with pytest.raises(errors.NoPrincipal, match="out of quorum"):
         world.run(drv.execute("INSERT INTO t VALUES (1)"))
     assert 3.0 <= world.now < 3.2, world.now
+
+
+def test_error_frames_carry_the_token_beyond_the_schema():
+    from mirrorctl.client import _Exchange
+
+    base = {"t": "error", "id": 1, "code": "in_doubt", "message": "in doubt", "principal": None}
+    assert ServerError.from_frame({**base, "lsn": 12, "epoch": 3}).token == (12, 3)
+    assert isinstance(ServerError.from_frame(base), CommitInDoubt)
+    for lsn, epoch in ((True, 3), (12, None), (-1, 3), (12, "3"), (2**63, 1)):
+        assert ServerError.from_frame({**base, "lsn": lsn, "epoch": epoch}).token is None
+    answer = {"t": "result", "id": 1, "columns": [], "rows": [], "rowcount": 1, "lsn": 4, "epoch": 1, "message": None}
+    assert _Exchange.answer(1, {**answer, "lastrowid": 9}).lastrowid == 9
+    assert _Exchange.answer(1, {**answer, "lastrowid": "9"}).lastrowid is None
+    assert _Exchange.answer(1, answer).lastrowid is None  # an older server
