@@ -163,7 +163,7 @@ download_wheels() {
 
 build_image() {
     say "building mirrord:local offline from $WHEELS"
-    MIRRORD_PIP_WHEELS=$WHEELS timeout 900 "${COMPOSE[@]}" build --quiet >"$STATE/build.log" 2>&1 \
+    MIRRORD_PIP_WHEELS=$WHEELS timeout 900 "${COMPOSE[@]}" build --quiet --force-rm >"$STATE/build.log" 2>&1 \
         || { tail -n 30 "$STATE/build.log" >&2; fail "docker-compose build failed (log $STATE/build.log)"; }
 }
 
@@ -186,6 +186,8 @@ stop() {
             say "removing leftover compose project $project"
             timeout 120 "${COMPOSE[@]}" -p "$project" down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || true
         done
+        # earlier builds of mirrord:local, so a machine that keeps /var/lib/docker does not fill up
+        timeout 120 docker image prune -f >/dev/null 2>&1 || true
     fi
     rm -rf "$WHEELS"
     if ! our_dockerd; then
