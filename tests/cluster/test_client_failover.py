@@ -189,6 +189,26 @@ def test_writer_rides_through_a_sigkill_failover(cluster, addresses):
     conn.close()
 
 
+def test_writer_rides_through_a_frozen_principal(cluster):
+    """SIGSTOP: no reset, no answer. The statement in flight times out (query_timeout) and the driver moves on."""
+    cluster.setup_session(DB, principal="a", mirror="b", witness="c", timeout=2)
+    a, b = cluster["a"], cluster["b"]
+    create_table(a, DB)
+    conn = dbapi.connect(f"mirror://{a.address}/{DB}", failover_timeout=60, query_timeout=3, connect_timeout=1)
+    writer = DbapiWriter(conn)
+    writer.start()
+    wait_for(lambda: writer.count() >= 200, 60, "200 acknowledged transactions on a")
+    a.freeze()
+    after = writer.count()
+    wait_for(lambda: writer.count() >= after + 200, 60, "200 more acknowledged transactions on b")
+    a.thaw()
+    wait_for(lambda: a.status(DB)["role"] == "MIRROR", 30, "old principal steps down and rejoins as mirror")
+    writer.stop()
+    assert writer.principals == [a.address, b.address]
+    writer.check(b, failovers=1)
+    conn.close()
+
+
 @needs_iptables
 def test_commit_in_doubt_on_an_isolated_principal_comes_with_a_token_that_resolves(cluster):
     """The cut principal logged a commit its mirror never acknowledged: the server says in doubt, with the token."""
