@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -120,6 +121,7 @@ class DbapiWriter(threading.Thread):
         self.interrupted: list[int] = []
         self.other: list[tuple[int, str]] = []
         self.principals: list[str] = []
+        self.ack_times: list[float] = []
         self._halt = threading.Event()
         self._next = 0
 
@@ -132,6 +134,7 @@ class DbapiWriter(threading.Thread):
                 cur.execute("INSERT INTO t(id, v) VALUES (?, ?)", [key, "through failover"])
                 self.conn.commit()
                 self.acked[key] = self.conn.last_token
+                self.ack_times.append(time.monotonic())
                 if not self.principals or self.principals[-1] != self.conn.principal:
                     self.principals.append(self.conn.principal)
             except dbapi.InDoubt as exc:
@@ -151,8 +154,10 @@ class DbapiWriter(threading.Thread):
 
     def check(self, principal, failovers: int) -> None:
         """Every acknowledged row is on the principal, in-doubt ones resolve truthfully, interrupted ones are absent."""
+        gap = max(b - a for a, b in zip(self.ack_times, self.ack_times[1:]))
         print(f"writer: {len(self.acked)} acknowledged, {len(self.in_doubt)} in doubt, "
-              f"{len(self.interrupted)} interrupted, principals {self.principals}")
+              f"{len(self.interrupted)} interrupted, longest gap between acknowledgements {gap:.2f} s, "
+              f"principals {self.principals}")
         assert not self.other, self.other[:5]
         assert len(self.in_doubt) <= failovers, {k: str(v) for k, v in self.in_doubt.items()}
         ids = ids_on(principal, DB)
