@@ -50,6 +50,7 @@ class Run:
     p50_ms: float | None
     p99_ms: float | None
     ratio_to_standalone: float | None = None
+    loadgen_cpu_ms: float | None = None  # CPU the load generator itself spent per commit (it shares the cores)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -115,10 +116,14 @@ def _run_loop(coro):
 
 def run_one(address: str, mode: str, clients: int, seconds: float) -> Run:
     """One (mode, clients) cell of the table."""
+    cpu = time.process_time()
     latencies, errors, window = _run_loop(measure(address, MODES[mode], clients, seconds))
+    cpu = time.process_time() - cpu
     latencies.sort()
     ms = [x * 1000 for x in latencies]
-    return Run(mode, clients, len(ms), errors, window, len(ms) / window, percentile(ms, 50), percentile(ms, 99))
+    loadgen = cpu * 1000 / (len(ms) * (window + WARMUP) / window) if ms else None
+    return Run(mode, clients, len(ms), errors, window, len(ms) / window, percentile(ms, 50), percentile(ms, 99),
+               loadgen_cpu_ms=loadgen)
 
 
 def prepare(cluster: LocalCluster) -> None:

@@ -34,6 +34,7 @@ import json
 import math
 import os
 import pwd
+import resource
 import shutil
 import subprocess
 import sys
@@ -64,6 +65,7 @@ class PgRun:
     commits_per_s: float
     p50_ms: float | None
     p99_ms: float | None
+    loadgen_cpu_ms: float | None = None  # CPU pgbench itself spent per commit
 
 
 class Unavailable(Exception):
@@ -230,7 +232,10 @@ def run_pgbench(pair: PgPair, mode: str, clients: int, seconds: float) -> PgRun:
     cmd = [str(pair.bindir / "pgbench"), "-n", "-h", PRIMARY_HOST, "-p", str(pair.primary_port), "-U", SERVICE_USER,
            "-M", "prepared", "-f", str(script), "-c", str(clients), "-j", str(threads),
            "-T", str(max(1, math.ceil(total))), "--log", "--log-prefix", str(work / "log"), "postgres"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work, timeout=total + 120)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     if proc.returncode != 0:
         raise Unavailable(f"pgbench failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
     ends: list[float] = []
@@ -256,7 +261,7 @@ def run_pgbench(pair: PgPair, mode: str, clients: int, seconds: float) -> PgRun:
     window = max(stop - start, 1e-9)
     shutil.rmtree(work, ignore_errors=True)
     return PgRun(mode, clients, len(kept), errors, window, len(kept) / window,
-                 percentile(kept, 50), percentile(kept, 99))
+                 percentile(kept, 50), percentile(kept, 99), cpu * 1000 / len(latencies))
 
 
 def run_all(client_counts: list[int], seconds: float, say=print) -> tuple[list[PgRun], str]:

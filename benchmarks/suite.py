@@ -212,7 +212,7 @@ def _f(v, spec: str, suffix: str = "") -> str:
 
 
 COMMIT_HEADERS = ["clients", "system", "commits/s", "p50 ms", "p99 ms", "errors", "vs PG", "commits/s ratio",
-                  "p50 ratio", "p99 ratio"]
+                  "p50 ratio", "p99 ratio", "loadgen CPU ms/commit"]
 
 
 def commit_rows(report: dict) -> list[list[str]]:
@@ -221,11 +221,12 @@ def commit_rows(report: dict) -> list[list[str]]:
     for r in sorted(report.get("commits", []), key=lambda r: (r["clients"], order.get(r["mode"], 99))):
         label = r["mode"] if r["system"] == "postgres" else f"mirrord {r['mode']}"
         if r.get("skipped"):
-            rows.append([str(r["clients"]), label, "skipped", "-", "-", "-", "-", "-", "-", r["skipped"][:60]])
+            rows.append([str(r["clients"]), label, "skipped", "-", "-", "-", "-", "-", "-", "-", r["skipped"][:60]])
             continue
         rows.append([str(r["clients"]), label, _f(r["commits_per_s"], ",.0f"), _f(r["p50_ms"], ".2f"),
                      _f(r["p99_ms"], ".2f"), str(r["errors"]), r.get("vs_pg", "-").replace(" standby", "") if r.get("vs_pg") else "-",
-                     _f(r.get("ratio_commits"), ".2f", "x"), _f(r.get("ratio_p50"), ".2f", "x"), _f(r.get("ratio_p99"), ".2f", "x")])
+                     _f(r.get("ratio_commits"), ".2f", "x"), _f(r.get("ratio_p50"), ".2f", "x"), _f(r.get("ratio_p99"), ".2f", "x"),
+                     _f(r.get("loadgen_cpu_ms"), ".3f")])
     return rows
 
 
