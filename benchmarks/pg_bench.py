@@ -238,30 +238,41 @@ def run_pgbench(pair: PgPair, mode: str, clients: int, seconds: float) -> PgRun:
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     if proc.returncode != 0:
         raise Unavailable(f"pgbench failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
-    ends: list[float] = []
-    latencies: list[float] = []
-    errors = 0
-    for path in work.glob("log.*"):
-        for line in path.read_text().splitlines():
-            fields = line.split()
-            if len(fields) < 6:
-                continue
-            if fields[2] in ("failed", "skipped"):
-                errors += 1
-                continue
-            lat_us, end = int(fields[2]), int(fields[4]) + int(fields[5]) / 1e6
-            ends.append(end)
-            latencies.append(lat_us / 1000)
-    if not ends:
-        raise Unavailable(f"pgbench wrote no transaction log; its output: {proc.stdout.strip()[-300:]}")
-    # keep transactions that started after the warm-up, over the measured window
-    first = min(e - lat / 1000 for e, lat in zip(ends, latencies))
-    start, stop = first + WARMUP, max(ends)
-    kept = sorted(lat for e, lat in zip(ends, latencies) if e - lat / 1000 >= start)
-    window = max(stop - start, 1e-9)
+    lines = [line for path in work.glob("log.*") for line in path.read_text().splitlines()]
     shutil.rmtree(work, ignore_errors=True)
+    kept, errors, window = parse_pgbench_log(lines, WARMUP)
+    if not kept:
+        raise Unavailable(f"pgbench completed no transaction after the warm-up ({errors} failed); "
+                          f"its output: {proc.stdout.strip()[-300:]}")
     return PgRun(mode, clients, len(kept), errors, window, len(kept) / window,
-                 percentile(kept, 50), percentile(kept, 99), cpu * 1000 / len(latencies))
+                 percentile(kept, 50), percentile(kept, 99), cpu * 1000 / max(1, len(lines)))
+
+
+def parse_pgbench_log(lines: list[str], warmup: float) -> tuple[list[float], int, float]:
+    """Latencies (ms, ascending) of transactions started after the warm-up, failures, measured seconds.
+
+    A line of `pgbench --log` is `client_id transaction_no time script_no
+    time_epoch time_us [...]`: `time` is the latency in microseconds (or
+    `failed`/`skipped`), `time_epoch.time_us` when the transaction ended.
+    """
+    done: list[tuple[float, float]] = []  # (start s, latency ms)
+    errors = 0
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 6:
+            continue
+        if fields[2] in ("failed", "skipped"):
+            errors += 1
+            continue
+        latency_ms = int(fields[2]) / 1000
+        end = int(fields[4]) + int(fields[5]) / 1e6
+        done.append((end - latency_ms / 1000, latency_ms))
+    if not done:
+        return [], errors, 0.0
+    start = min(s for s, _ in done) + warmup
+    stop = max(s + lat / 1000 for s, lat in done)
+    kept = sorted(lat for s, lat in done if s >= start)
+    return kept, errors, max(stop - start, 1e-9)
 
 
 def run_all(client_counts: list[int], seconds: float, say=print) -> tuple[list[PgRun], str]:
