@@ -105,11 +105,12 @@ class ComposeCluster:
 @pytest.fixture
 def compose_cluster(request):
     cluster = ComposeCluster()
+    failed_before = request.session.testsfailed
     try:
         yield cluster
     finally:
-        report = getattr(request.node, "_report_call", None)
-        if report is None or report.failed:
+        # the call phase is reported before teardown: a failure shows in the count by now
+        if request.session.testsfailed != failed_before:
             print(f"\ncompose logs of {cluster.project}:\n{cluster.logs()}")
         cluster.down()
 
@@ -164,3 +165,6 @@ def test_compose_cluster_fails_over_and_rejoins(compose_cluster: ComposeCluster)
             client.query("SELECT count(*) FROM items", db=DB)
     assert refused.value.principal == "node-b:1433"
     wait_for(lambda: c.health("node-a") == "healthy", 60, "node-a healthy again", interval=0.5)
+
+    logs = c.compose("logs", "--no-color", timeout=60).stdout
+    assert "Traceback" not in logs, f"node logs contain tracebacks:\n{logs}"
