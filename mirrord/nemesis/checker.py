@@ -24,7 +24,7 @@ from typing import Iterable, Sequence
 from mirrord.storage.wal import WalTransaction
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # a long run holds millions
 class Ack:
     """An acknowledged write."""
 
