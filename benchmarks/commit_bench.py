@@ -51,6 +51,28 @@ class Run:
     p99_ms: float | None
     ratio_to_standalone: float | None = None
     loadgen_cpu_ms: float | None = None  # CPU the load generator itself spent per commit (it shares the cores)
+    server_cpu_ms: float | None = None  # CPU of the servers (principal + mirror) per commit: steadier than time on a busy machine
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_cpu(pids: list[int], children: bool = False) -> float:
+    """CPU seconds (user + system, all threads) of these processes; with children, also of their
+    live child processes and of the children they reaped (PostgreSQL's backends)."""
+    total = 0.0
+    wanted = set(pids)
+    for entry in Path("/proc").iterdir() if children else [Path(f"/proc/{p}") for p in pids]:
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        pid, ppid = int(entry.name) if entry.name.isdigit() else -1, int(fields[1])
+        if pid in wanted:
+            total += int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if children else 0)
+        elif children and ppid in wanted:
+            total += int(fields[11]) + int(fields[12])
+    return total / _TICK
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -114,16 +136,19 @@ def _run_loop(coro):
     return uvloop.run(coro)
 
 
-def run_one(address: str, mode: str, clients: int, seconds: float) -> Run:
+def run_one(address: str, mode: str, clients: int, seconds: float, server_pids: list[int] | None = None) -> Run:
     """One (mode, clients) cell of the table."""
     cpu = time.process_time()
+    servers = process_cpu(server_pids) if server_pids else 0.0
     latencies, errors, window = _run_loop(measure(address, MODES[mode], clients, seconds))
     cpu = time.process_time() - cpu
+    servers = process_cpu(server_pids) - servers if server_pids else None
     latencies.sort()
     ms = [x * 1000 for x in latencies]
-    loadgen = cpu * 1000 / (len(ms) * (window + WARMUP) / window) if ms else None
+    done = len(ms) * (window + WARMUP) / window  # commits in the whole run, warm-up included (estimated)
     return Run(mode, clients, len(ms), errors, window, len(ms) / window, percentile(ms, 50), percentile(ms, 99),
-               loadgen_cpu_ms=loadgen)
+               loadgen_cpu_ms=cpu * 1000 / done if ms else None,
+               server_cpu_ms=servers * 1000 / done if ms and servers is not None else None)
 
 
 def prepare(cluster: LocalCluster) -> None:

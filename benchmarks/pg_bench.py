@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from commit_bench import VALUE, WARMUP, percentile  # noqa: E402
+from commit_bench import VALUE, WARMUP, percentile, process_cpu  # noqa: E402
 
 PRIMARY_HOST, STANDBY_HOST = "127.0.0.58", "127.0.0.59"  # inside the benchmarks' 127.0.0.51-59
 STANDBY_NAME = "standby1"
@@ -66,6 +66,7 @@ class PgRun:
     p50_ms: float | None
     p99_ms: float | None
     loadgen_cpu_ms: float | None = None  # CPU pgbench itself spent per commit
+    server_cpu_ms: float | None = None  # CPU of primary and standby (every PostgreSQL process) per commit
 
 
 class Unavailable(Exception):
@@ -182,6 +183,16 @@ class PgPair:
         self._run("pg_ctl", "-D", str(datadir), "-l", str(datadir) + ".log", "-w", "-t", "60", "start")
         self.started.append(datadir)
 
+    def postmaster_pids(self) -> list[int]:
+        """The postmasters of primary and standby (first line of postmaster.pid)."""
+        pids = []
+        for datadir in self.started:
+            try:
+                pids.append(int((datadir / "postmaster.pid").read_text().split()[0]))
+            except (OSError, ValueError, IndexError):
+                pass
+        return pids
+
     def set_mode(self, standby_names: str, timeout: float = 30) -> None:
         """Switch the primary between synchronous and asynchronous standby; wait until it took."""
         self.psql(f"ALTER SYSTEM SET synchronous_standby_names = '{standby_names}'")
@@ -232,9 +243,12 @@ def run_pgbench(pair: PgPair, mode: str, clients: int, seconds: float) -> PgRun:
     cmd = [str(pair.bindir / "pgbench"), "-n", "-h", PRIMARY_HOST, "-p", str(pair.primary_port), "-U", SERVICE_USER,
            "-M", "prepared", "-f", str(script), "-c", str(clients), "-j", str(threads),
            "-T", str(max(1, math.ceil(total))), "--log", "--log-prefix", str(work / "log"), "postgres"]
+    postmasters = pair.postmaster_pids()
+    servers = process_cpu(postmasters, children=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work, timeout=total + 120)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    servers = process_cpu(postmasters, children=True) - servers
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     if proc.returncode != 0:
         raise Unavailable(f"pgbench failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
@@ -245,7 +259,8 @@ def run_pgbench(pair: PgPair, mode: str, clients: int, seconds: float) -> PgRun:
         raise Unavailable(f"pgbench completed no transaction after the warm-up ({errors} failed); "
                           f"its output: {proc.stdout.strip()[-300:]}")
     return PgRun(mode, clients, len(kept), errors, window, len(kept) / window,
-                 percentile(kept, 50), percentile(kept, 99), cpu * 1000 / max(1, len(lines)))
+                 percentile(kept, 50), percentile(kept, 99), cpu * 1000 / max(1, len(lines)),
+                 servers * 1000 / max(1, len(lines)))
 
 
 def parse_pgbench_log(lines: list[str], warmup: float) -> tuple[list[float], int, float]:

@@ -119,7 +119,8 @@ def run_commits(args, report: dict, base: Path) -> None:
             for clients in args.client_counts:
                 for mode in commit_bench.MODES:
                     say(f"  mirrord {mode}, {clients} client(s), {args.seconds:g} s ...")
-                    runs.append({"system": "mirrord", **asdict(commit_bench.run_one(cluster["a"].address, mode, clients, args.seconds))})
+                    pids = [cluster["a"].pid, cluster["b"].pid]
+                    runs.append({"system": "mirrord", **asdict(commit_bench.run_one(cluster["a"].address, mode, clients, args.seconds, pids))})
                 if pair is not None:
                     for mode, names in pg_bench.MODES.items():
                         say(f"  {mode}, {clients} client(s), {args.seconds:g} s ...")
@@ -212,7 +213,7 @@ def _f(v, spec: str, suffix: str = "") -> str:
 
 
 COMMIT_HEADERS = ["clients", "system", "commits/s", "p50 ms", "p99 ms", "errors", "vs PG", "commits/s ratio",
-                  "p50 ratio", "p99 ratio", "loadgen CPU ms/commit"]
+                  "p50 ratio", "p99 ratio", "server CPU ms/commit", "loadgen CPU ms/commit"]
 
 
 def commit_rows(report: dict) -> list[list[str]]:
@@ -221,12 +222,12 @@ def commit_rows(report: dict) -> list[list[str]]:
     for r in sorted(report.get("commits", []), key=lambda r: (r["clients"], order.get(r["mode"], 99))):
         label = r["mode"] if r["system"] == "postgres" else f"mirrord {r['mode']}"
         if r.get("skipped"):
-            rows.append([str(r["clients"]), label, "skipped", "-", "-", "-", "-", "-", "-", "-", r["skipped"][:60]])
+            rows.append([str(r["clients"]), label, "skipped", "-", "-", "-", "-", "-", "-", "-", "-", r["skipped"][:60]])
             continue
         rows.append([str(r["clients"]), label, _f(r["commits_per_s"], ",.0f"), _f(r["p50_ms"], ".2f"),
                      _f(r["p99_ms"], ".2f"), str(r["errors"]), r.get("vs_pg", "-").replace(" standby", "") if r.get("vs_pg") else "-",
                      _f(r.get("ratio_commits"), ".2f", "x"), _f(r.get("ratio_p50"), ".2f", "x"), _f(r.get("ratio_p99"), ".2f", "x"),
-                     _f(r.get("loadgen_cpu_ms"), ".3f")])
+                     _f(r.get("server_cpu_ms"), ".3f"), _f(r.get("loadgen_cpu_ms"), ".3f")])
     return rows
 
 
@@ -282,7 +283,7 @@ def print_tables(report: dict) -> None:
                 print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)))
             print()
         return
-    console = Console(width=max(150, Console().width))
+    console = Console(width=max(200, Console().width))
     table = Table(title="commit throughput and latency: one-row INSERT (~100-byte value); ratios are mirrord / PostgreSQL")
     for i, h in enumerate(COMMIT_HEADERS):
         table.add_column(h, justify="left" if i in (1, 6) else "right")
