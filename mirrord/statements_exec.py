@@ -194,6 +194,7 @@ class StatementExecutor:
 
     async def _partner_suspend(self, host: "DatabaseHost") -> StatementResult:
         host.update_config(suspended=True)
+        host.session.note_suspended()
         self._send_settings(host)
         host.principal.update_visible()  # commits stop waiting for the mirror
         return _message(f"mirroring of {host.name} SUSPENDED; the log grows until RESUME")

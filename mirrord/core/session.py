@@ -140,8 +140,18 @@ class Session:
         """The mirror acknowledged log hardened up to `hardened`."""
         self.hardened_lsn = max(self.hardened_lsn, hardened)
         self.redo_lsn = max(self.redo_lsn, redo)
-        if self.hardened_lsn >= self.end_of_log_lsn:
+        if self.hardened_lsn >= self.end_of_log_lsn and not self.config.suspended:
             self.caught_up = True
+
+    def note_suspended(self) -> None:
+        """SUSPEND: the mirror takes no more log, so it stops being caught up.
+
+        Otherwise the flag outlives the suspension: the instant RESUME clears it,
+        before the mirror has the log written meanwhile, the session would read
+        SYNCHRONIZED and the principal could tell the witness so (which would let
+        it promote a mirror that lacks those commits).
+        """
+        self.caught_up = False
 
     def note_partner_lost(self) -> None:
         """The partner connection failed (hard error or timeout)."""

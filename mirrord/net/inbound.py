@@ -221,5 +221,7 @@ def _adopt_settings(host: "DatabaseHost", msg: dict) -> None:
         changes["witness"] = witness or None
     if changes:
         host.update_config(**changes)
+        if changes.get("suspended"):
+            host.session.note_suspended()  # as on the principal: not caught up until it catches up again
         if "witness" in changes and host.on_witness_changed is not None:
             host.on_witness_changed(host)

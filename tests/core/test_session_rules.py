@@ -47,6 +47,26 @@ def test_suspended_wins_over_connection_and_persists_in_config():
     assert SessionConfig.from_dict(s.config.to_dict()).suspended
 
 
+def test_resume_is_synchronizing_until_the_mirror_caught_up_again():
+    # SYNCHRONIZED, then SUSPEND; commits go on; a late ack of the old end of log
+    # arrives. The instant RESUME clears the flag the mirror lacks those commits:
+    # it must read SYNCHRONIZING (a stale "caught up" would tell the witness the
+    # mirror is synchronized).
+    s = principal()
+    s.end_of_log_lsn = 10
+    s.note_partner_connected(10)
+    assert s.state is MirroringState.SYNCHRONIZED
+    s.config = s.config.with_(suspended=True)
+    s.note_suspended()
+    s.end_of_log_lsn = 15
+    s.note_ack(15, 10)  # even an ack up to the end, while suspended, does not count
+    assert s.state is MirroringState.SUSPENDED
+    s.config = s.config.with_(suspended=False)
+    assert s.state is MirroringState.SYNCHRONIZING
+    s.note_partner_connected(15)  # the handshake after RESUME: the mirror has everything
+    assert s.state is MirroringState.SYNCHRONIZED
+
+
 def test_no_partner_means_no_mirroring_state():
     assert Session(SessionConfig("shop")).state is MirroringState.NONE
 
