@@ -27,6 +27,7 @@ from mirrorctl.client import Client
 from mirrorctl.dbapi.driver import (
     UNSET,
     Connect,
+    CursorBase,
     Disconnect,
     Driver,
     Op,
@@ -195,29 +196,8 @@ class Connection:
             client.close()
 
 
-class Cursor:
+class Cursor(CursorBase):
     """A DB-API cursor: the rows of the last statement it executed."""
-
-    def __init__(self, connection: Connection) -> None:
-        self.connection = connection
-        self.arraysize = 1
-        self._results = ResultSet()
-        self._closed = False
-
-    @property
-    def description(self) -> tuple[tuple, ...] | None:
-        """(name, None × 6) per column of the last statement's rows; None if it returned no columns."""
-        return self._results.description
-
-    @property
-    def rowcount(self) -> int:
-        """Rows changed by the last INSERT/UPDATE/DELETE; -1 when not known (SELECT, DDL)."""
-        return self._results.rowcount
-
-    @property
-    def lastrowid(self) -> int | None:
-        """rowid of the row the last INSERT added, else None."""
-        return self._results.lastrowid
 
     def execute(self, sql: str, params: Sequence | dict | None = None) -> "Cursor":
         """Run one statement with qmark (sequence) or named (mapping) parameters."""

@@ -24,6 +24,7 @@ from mirrorctl.dbapi import errors
 from mirrorctl.dbapi.driver import (
     UNSET,
     Connect,
+    CursorBase,
     Disconnect,
     Driver,
     Op,
@@ -171,29 +172,8 @@ class AsyncConnection:
             await client.close()
 
 
-class AsyncCursor:
+class AsyncCursor(CursorBase):
     """The rows of the last statement this cursor executed; fetches are coroutines, as in aiosqlite."""
-
-    def __init__(self, connection: AsyncConnection) -> None:
-        self.connection = connection
-        self.arraysize = 1
-        self._results = ResultSet()
-        self._closed = False
-
-    @property
-    def description(self) -> tuple[tuple, ...] | None:
-        """(name, None × 6) per column; None if the statement returned no columns."""
-        return self._results.description
-
-    @property
-    def rowcount(self) -> int:
-        """Rows changed by the last INSERT/UPDATE/DELETE; -1 when not known."""
-        return self._results.rowcount
-
-    @property
-    def lastrowid(self) -> int | None:
-        """rowid of the row the last INSERT added, else None."""
-        return self._results.lastrowid
 
     async def execute(self, sql: str, params: Sequence | dict | None = None) -> "AsyncCursor":
         """Run one statement with qmark (sequence) or named (mapping) parameters."""

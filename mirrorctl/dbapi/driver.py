@@ -230,6 +230,31 @@ class ResultSet:
         return chunk
 
 
+class CursorBase:
+    """What the blocking and the asyncio cursor share: the last statement's answer and its PEP 249 attributes."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self.arraysize = 1
+        self._results = ResultSet()
+        self._closed = False
+
+    @property
+    def description(self) -> tuple[tuple, ...] | None:
+        """(name, None × 6) per column of the last statement's rows; None if it returned no columns."""
+        return self._results.description
+
+    @property
+    def rowcount(self) -> int:
+        """Rows changed by the last INSERT/UPDATE/DELETE; -1 when not known (SELECT, DDL)."""
+        return self._results.rowcount
+
+    @property
+    def lastrowid(self) -> int | None:
+        """rowid of the row the last INSERT added, else None."""
+        return self._results.lastrowid
+
+
 # ------------------------------------------------------------------ the driver
 
 
