@@ -94,6 +94,13 @@ class MirrorDatabase:
     def _append_and_sync(self, records: Sequence[LogRecord]) -> None:
         self.log.append(records)
         self.log.sync()
+        # The mirror's log is needed only past what redo made durable: a restart redoes
+        # from there, and after a promotion the old principal holds at least our whole
+        # history (anything it lacks is below its own hardened LSN, or it is reseeded).
+        # Without this the mirror's log would grow for as long as the session runs.
+        floor = self._redo.persisted_lsn + 1
+        if floor > self.log.first_lsn:
+            self.log.truncate_before(floor)
 
     # ---------------------------------------------------------------- seeding
 

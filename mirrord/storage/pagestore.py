@@ -115,6 +115,11 @@ class RedoThread(threading.Thread):
         with self._cond:
             return self._applied
 
+    @property
+    def persisted_lsn(self) -> int:
+        """Everything up to this LSN is durably in the page store: a restart redoes only what follows."""
+        return self._persisted  # one int, written by the redo thread after the page store's sync
+
     def notify(self, hardened_lsn: int) -> None:
         """Tell the thread there is hardened log up to `hardened_lsn` to redo."""
         with self._cond:

@@ -233,3 +233,35 @@ def test_endpoint_stopped_disconnects_and_started_reconnects(cluster):
     a.query("INSERT INTO t VALUES (1, 'exposed')", db=DB)
     b.query("ALTER ENDPOINT mirroring STATE = STARTED")
     wait_synchronized(cluster, DB, "a", "b")
+
+
+def _log_bytes(node, db: str) -> int:
+    return sum(f.stat().st_size for f in (node.data_dir / "databases" / db / "log").iterdir() if f.is_file())
+
+
+def test_mirror_log_is_truncated_below_durable_redo_and_a_restart_still_redoes(cluster):
+    """The mirror keeps only the log past what redo made durable: it does not grow for ever,
+    and a SIGKILLed mirror restarts, redoes from its persisted redo LSN and can become principal."""
+    a, b = cluster["a"], cluster["b"]
+    b.terminate()
+    b.extra_args = ["--log-size-limit-mb", "1"]  # 128 KB log segments on the mirror
+    b.start()
+    cluster.setup_session(DB, principal="a", mirror="b")
+    create_table(a, DB)
+    for i in range(600):
+        a.query("INSERT INTO t VALUES (?, ?)", db=DB, params=[i, f"{i:04d}" * 500])
+    wait_synchronized(cluster, DB, "a", "b")
+    shipped = a.status(DB)["log_bytes_sent_raw"]
+    assert shipped > 4 << 20, f"the test meant to ship several MB of log, shipped {shipped}"
+    for i in range(600, 620):  # later hardens truncate below what redo persisted meanwhile
+        a.query("INSERT INTO t VALUES (?, ?)", db=DB, params=[i, "x" * 2000])
+    wait_for(lambda: _log_bytes(b, DB) < 1 << 20 or None, 30, "the mirror's log truncated below 1 MB")
+    b.kill()
+    for i in range(620, 640):
+        a.query("INSERT INTO t VALUES (?, ?)", db=DB, params=[i, "y"])  # exposed: b is down
+    b.start()
+    wait_synchronized(cluster, DB, "a", "b")
+    a.query(f"ALTER DATABASE {DB} SET PARTNER FAILOVER")
+    wait_for(lambda: b.status(DB)["role"] == "PRINCIPAL" or None, 30, "b principal after the manual failover")
+    assert ids_on(b, DB) == set(range(640))
+    assert_identical_copies(cluster, DB, "b", "a")
