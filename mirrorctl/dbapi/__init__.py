@@ -27,6 +27,7 @@ from mirrorctl.client import Client
 from mirrorctl.dbapi.driver import (
     UNSET,
     Connect,
+    ConnectionBase,
     CursorBase,
     Disconnect,
     Driver,
@@ -84,7 +85,7 @@ def connect(url: str, *, failover_timeout: float = UNSET, connect_timeout: float
     return conn
 
 
-class Connection:
+class Connection(ConnectionBase):
     """A DB-API connection to a mirrored database (see the module docstring)."""
 
     Warning, Error, InterfaceError, DatabaseError, DataError = Warning, Error, InterfaceError, DatabaseError, DataError
@@ -127,29 +128,9 @@ class Connection:
             self.commit()
         self._driver.settings.autocommit = bool(value)
 
-    @property
-    def last_token(self) -> Token | None:
-        """The commit token of the last transaction this connection committed that changed the database."""
-        return self._driver.last_token
-
     def transaction_committed(self, token: Token) -> bool:
         """Ask the principal whether the commit with this token survived (after InDoubt, or any time)."""
         return self._run(self._driver.transaction_committed(token))
-
-    @property
-    def principal(self) -> str | None:
-        """The client address of the partner this connection talks to now."""
-        return self._driver.address
-
-    @property
-    def partners(self) -> list[str]:
-        """Every partner address known: the URL's, then failover partners learned from the principal."""
-        return list(self._driver.partners.known)
-
-    @property
-    def in_transaction(self) -> bool:
-        """True while a transaction is open on the principal."""
-        return self._driver.in_transaction
 
     def execute(self, sql: str, params: Sequence | dict | None = None) -> "Cursor":
         """Shortcut: a new cursor, executed."""

@@ -24,6 +24,7 @@ from mirrorctl.dbapi import errors
 from mirrorctl.dbapi.driver import (
     UNSET,
     Connect,
+    ConnectionBase,
     CursorBase,
     Disconnect,
     Driver,
@@ -66,7 +67,7 @@ async def pump_async(steps: Steps, perform) -> Any:
             error = exc
 
 
-class AsyncConnection:
+class AsyncConnection(ConnectionBase):
     """An asyncio DB-API-shaped connection to a mirrored database."""
 
     Error, OperationalError, InDoubt = errors.Error, errors.OperationalError, errors.InDoubt
@@ -111,26 +112,6 @@ class AsyncConnection:
         if value and self._driver.in_transaction:
             await self.commit()
         self._driver.settings.autocommit = bool(value)
-
-    @property
-    def last_token(self) -> Token | None:
-        """The commit token of the last transaction this connection committed that changed the database."""
-        return self._driver.last_token
-
-    @property
-    def principal(self) -> str | None:
-        """The client address of the partner this connection talks to now."""
-        return self._driver.address
-
-    @property
-    def partners(self) -> list[str]:
-        """Every partner address known (the URL's, then learned failover partners)."""
-        return list(self._driver.partners.known)
-
-    @property
-    def in_transaction(self) -> bool:
-        """True while a transaction is open on the principal."""
-        return self._driver.in_transaction
 
     async def __aenter__(self) -> "AsyncConnection":
         return self

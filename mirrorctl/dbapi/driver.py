@@ -230,6 +230,32 @@ class ResultSet:
         return chunk
 
 
+class ConnectionBase:
+    """What the blocking and the asyncio connection share: the read-only views of their Driver."""
+
+    _driver: "Driver"
+
+    @property
+    def last_token(self) -> "Token | None":
+        """The commit token of the last transaction this connection committed that changed the database."""
+        return self._driver.last_token
+
+    @property
+    def principal(self) -> str | None:
+        """The client address of the partner this connection talks to now."""
+        return self._driver.address
+
+    @property
+    def partners(self) -> list[str]:
+        """Every partner address known: the URL's, then failover partners learned from the principal."""
+        return list(self._driver.partners.known)
+
+    @property
+    def in_transaction(self) -> bool:
+        """True while a transaction is open on the principal."""
+        return self._driver.in_transaction
+
+
 class CursorBase:
     """What the blocking and the asyncio cursor share: the last statement's answer and its PEP 249 attributes."""
 
