@@ -40,33 +40,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from commit_bench import VALUE, WARMUP, percentile, process_cpu  # noqa: E402
+from commit_bench import VALUE, WARMUP, Run, percentile, process_cpu  # noqa: E402
 
 PRIMARY_HOST, STANDBY_HOST = "127.0.0.58", "127.0.0.59"  # inside the benchmarks' 127.0.0.51-59
 STANDBY_NAME = "standby1"
 MODES = {"PG sync standby": STANDBY_NAME, "PG async standby": ""}
 SERVICE_USER = "postgres"
 CANDIDATE_BINDIRS = ["/usr/lib/postgresql/15/bin"]
-
-
-@dataclass
-class PgRun:
-    """One (mode, clients) cell, shaped like commit_bench.Run."""
-
-    mode: str
-    clients: int
-    commits: int
-    errors: int
-    seconds: float
-    commits_per_s: float
-    p50_ms: float | None
-    p99_ms: float | None
-    loadgen_cpu_ms: float | None = None  # CPU pgbench itself spent per commit
-    server_cpu_ms: float | None = None  # CPU of primary and standby (every PostgreSQL process) per commit
 
 
 class Unavailable(Exception):
@@ -232,7 +216,7 @@ def _ensure_user(name: str) -> None:
 # ---------------------------------------------------------------- pgbench
 
 
-def run_pgbench(pair: PgPair, mode: str, clients: int, seconds: float) -> PgRun:
+def run_pgbench(pair: PgPair, mode: str, clients: int, seconds: float) -> Run:
     """One pgbench run; throughput and percentiles from its per-transaction log."""
     work = Path(tempfile.mkdtemp(prefix=f"pgbench-{clients}-", dir=pair.base))
     script = work / "insert.sql"
@@ -258,9 +242,10 @@ def run_pgbench(pair: PgPair, mode: str, clients: int, seconds: float) -> PgRun:
     if not kept:
         raise Unavailable(f"pgbench completed no transaction after the warm-up ({errors} failed); "
                           f"its output: {proc.stdout.strip()[-300:]}")
-    return PgRun(mode, clients, len(kept), errors, window, len(kept) / window,
-                 percentile(kept, 50), percentile(kept, 99), cpu * 1000 / max(1, len(lines)),
-                 servers * 1000 / max(1, len(lines)))
+    # loadgen: pgbench itself; servers: every PostgreSQL process of primary and standby
+    return Run(mode, clients, len(kept), errors, window, len(kept) / window,
+               percentile(kept, 50), percentile(kept, 99), loadgen_cpu_ms=cpu * 1000 / max(1, len(lines)),
+               server_cpu_ms=servers * 1000 / max(1, len(lines)))
 
 
 def parse_pgbench_log(lines: list[str], warmup: float) -> tuple[list[float], int, float]:
@@ -290,13 +275,13 @@ def parse_pgbench_log(lines: list[str], warmup: float) -> tuple[list[float], int
     return kept, errors, max(stop - start, 1e-9)
 
 
-def run_all(client_counts: list[int], seconds: float, say=print) -> tuple[list[PgRun], str]:
+def run_all(client_counts: list[int], seconds: float, say=print) -> tuple[list[Run], str]:
     """Every (mode, clients) cell; (runs, description). Raises Unavailable with the reason."""
     bindir = ensure_installed(say)
     version = _version_of(bindir) or "unknown version"
     base = Path(tempfile.mkdtemp(prefix="mirrord-bench-pg-"))
     pair = PgPair(bindir, base)
-    runs: list[PgRun] = []
+    runs: list[Run] = []
     try:
         pair.start()
         for clients in client_counts:
