@@ -410,9 +410,9 @@ class LocalCluster:
         found = {name: node.tracebacks() for name, node in self.nodes.items()}
         return {name: blocks for name, blocks in found.items() if blocks}
 
-    def principal_of(self, db: str) -> LocalNode | None:
-        """The running node that reports role PRINCIPAL for db, if any."""
-        for node in self.nodes.values():
+    def principal_of(self, db: str, among: Iterable[str] | None = None) -> LocalNode | None:
+        """The running node that reports role PRINCIPAL for db, if any (asking the nodes named in among, in order)."""
+        for node in (self.nodes.values() if among is None else (self.nodes[name] for name in among)):
             if node.is_running() and not node.frozen:
                 try:
                     if node.status(db).get("role") == "PRINCIPAL":

@@ -327,15 +327,7 @@ class Nemesis:
 
     def _principal(self, db: str) -> LocalNode | None:
         lay = next(l for l in self.layouts if l.db == db)
-        for name in (lay.principal, lay.mirror):
-            node = self.cluster[name]
-            if _answers(node):
-                try:
-                    if node.status(db).get("role") == "PRINCIPAL":
-                        return node
-                except (LookupError, ServerError, Unreachable, OSError):
-                    continue
-        return None
+        return self.cluster.principal_of(db, among=(lay.principal, lay.mirror))
 
     # ------------------------------------------------------------ heal and converge
 
