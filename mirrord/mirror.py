@@ -19,7 +19,7 @@ import structlog
 
 from mirrord.core.session import Session
 from mirrord.core.types import Lsn, ProtocolError
-from mirrord.storage.fileutil import atomic_write_bytes, fsync_dir
+from mirrord.storage.fileutil import atomic_write_bytes, fsync_dir, remove_sqlite_sidecars
 from mirrord.storage.log import DurableLog, LogRecord
 from mirrord.storage.pagestore import PageStore, RedoThread
 
@@ -53,7 +53,7 @@ class MirrorDatabase:
 
     def start(self) -> None:
         """Start redo from the persisted redo LSN."""
-        _remove_sqlite_sidecars(self.path)
+        remove_sqlite_sidecars(self.path)
         self._store = PageStore(self.path)
         self._redo = RedoThread(
             self.log,
@@ -167,11 +167,3 @@ def _file_crc(path: Path) -> int:
         while chunk := f.read(1 << 20):
             crc = zlib.crc32(chunk, crc)
     return crc
-
-
-def _remove_sqlite_sidecars(path: Path) -> None:
-    """A mirror's page store is the whole database: no stale WAL may sit beside it."""
-    for suffix in ("-wal", "-shm", "-journal"):
-        side = Path(str(path) + suffix)
-        if side.exists():
-            side.unlink()

@@ -5,7 +5,8 @@ Layout on disk, under --data-dir:
     databases/<db>/meta.json   the session config (role, partner, safety, SUSPENDED, role sequence)
     databases/<db>/db.sqlite   the database (principal) or page store (mirror)
     databases/<db>/log/        the durable log
-    databases/<db>/redo_lsn    the mirror's redo LSN
+    databases/<db>/redo_lsn    db.sqlite (without a WAL) durably holds the log up to this LSN:
+                               the mirror's redo LSN; the principal's last complete checkpoint
 
 Everything a node knows about its sessions is on disk before it acts on it, so
 a node killed at any instant comes back with its roles and rejoins by itself.
@@ -186,7 +187,7 @@ class Node:
         """Start the engine the host's role and status call for."""
         cfg = host.session.config
         if cfg.status is DatabaseStatus.ONLINE:
-            await self._finish_redo(host)
+            # a copy that was a mirror's page store is brought up to the end of log by principal.open()
             principal = PrincipalDatabase(
                 host.directory, host.session, host.log, log_size_limit=self.config.log_size_limit,
                 ack_rule=host.ack_rule, quorum_refusal=host.quorum_refusal,
@@ -201,27 +202,6 @@ class Node:
                 host.mirror.start()
         self.start_witness_link(host)
         host.note_state()
-
-    async def _finish_redo(self, host: DatabaseHost) -> None:
-        """A copy that was a mirror's page store is opened by SQLite only once fully redone.
-
-        The redo_lsn file exists only while the copy is a page store; a
-        promotion (or RESTORE WITH RECOVERY) that a crash interrupted finds it
-        here and completes redo first, then removes it.
-        """
-        marker = host.directory / "redo_lsn"
-        if not marker.exists():
-            return
-        mirror = MirrorDatabase(host.directory, host.session, host.log)
-        mirror.start()
-        try:
-            while not await mirror.wait_redone(timeout=5.0):
-                if mirror.redo_error is not None:
-                    raise RuntimeError(f"redo of {host.name} failed: {mirror.redo_error!r}; the copy is not opened")
-                log.info("finishing_redo", database=host.name, redo_lsn=mirror.redo_lsn, lsn=host.log.last_lsn)
-        finally:
-            mirror.stop()
-        marker.unlink()
 
     def start_witness_link(self, host: DatabaseHost) -> None:
         """Start (once) the partner's link to the session's witness, if one is set."""

@@ -18,6 +18,18 @@ reader takes its snapshot first and then waits for every commit that snapshot
 can contain. So nobody reads a commit that a failover could still take away.
 Waiting happens outside the write lock, which is what makes commits group:
 many clients' records travel to the mirror in one frame and share its fsync.
+
+How the principal's own copy stays durable. A commit is acknowledged only once
+the log holding it is fsynced here too (`synced_lsn`), whatever the mode: one
+sync task fsyncs whatever was appended since its last fsync, so commits in
+flight together share one fsync (group commit). Only synced records are shipped
+to the mirror, so a mirror never holds a record its principal could lose in a
+power cut: a restarted principal's log is never shorter than its mirror's in
+the same role sequence. The database file itself is made durable by
+checkpoints, after which `redo_lsn` records the LSN it holds; SQLite's WAL is
+never fsynced on the commit path. At open, if the WAL lost frames the log has
+(a power cut), the file is rebuilt from the log past `redo_lsn`, as redo does
+on the mirror, before SQLite opens it.
 """
 
 from __future__ import annotations
@@ -40,7 +52,9 @@ from mirrord.core.monitoring import CommitClock
 from mirrord.core.quorum import AckRule
 from mirrord.core.session import Session
 from mirrord.core.types import CommitInDoubt, LogFull, Lsn, MirrordError, NotServing, StatementRefused, TransactionAborted
+from mirrord.storage.fileutil import atomic_write_bytes
 from mirrord.storage.log import DurableLog, LogRecord
+from mirrord.storage.pagestore import load_redo_lsn, rebuild_from_log
 from mirrord.storage.wal import WalPosition, WalReader
 
 log = structlog.get_logger()
@@ -123,7 +137,13 @@ class PrincipalDatabase:
         # Held only for one execute+capture hop: a reader passing through it knows
         # that every commit its snapshot can contain has been captured.
         self._hop_gate = asyncio.Lock()
-        self.new_log = asyncio.Event()  # set whenever records were appended
+        self.new_log = asyncio.Event()  # set whenever more records were synced (there is more to ship)
+        self.synced_lsn: Lsn = 0  # the log is fsynced up to here: nothing past it is acknowledged or shipped
+        self._sync_wanted = asyncio.Event()
+        self._syncer: asyncio.Task | None = None
+        self.sync_error: str | None = None  # why the last fsync of the log failed, until one succeeds
+        self._redo_lsn_path = directory / "redo_lsn"
+        self.applied_lsn: Lsn = 0  # the database file (without its WAL) is durable up to here
         # Nothing is visible until the ack rule says so: after a restart the end of
         # log may hold commits the mirror never hardened.
         self.visible_lsn: Lsn = 0
@@ -154,13 +174,19 @@ class PrincipalDatabase:
         return self.log.last_lsn
 
     async def open(self) -> None:
-        """Open the SQLite database and capture what a crash left uncaptured."""
+        """Open the SQLite database, bring it level with the log, and capture what a crash left uncaptured."""
         self._wal_pos = self._last_wal_position()
+        await asyncio.to_thread(self._recover_file)
         self._writer = await aiosqlite.connect(self.path, isolation_level=None)
         await _in_connection_thread(self._writer, self._configure_writer)
         records = await _in_connection_thread(self._writer, self._capture)
         if records:
             log.info("captured_after_restart", database=self.session.db, records=len(records), lsn=self.end_lsn)
+        # A durable baseline: the file holds the whole log from here on (a later
+        # rebuild starts at this point), and the log is synced before anything is shown.
+        await _in_connection_thread(self._writer, self._checkpoint, "TRUNCATE")
+        self.synced_lsn = await asyncio.to_thread(self.log.sync)
+        self._syncer = asyncio.create_task(self._sync_loop(), name=f"log-sync:{self.session.db}")
         for _ in range(READER_COUNT):
             reader = await aiosqlite.connect(self.path, isolation_level=None)
             await reader.execute("PRAGMA query_only=ON")  # a write attempt fails; it is retried on the writer
@@ -170,6 +196,42 @@ class PrincipalDatabase:
             self._readers.put_nowait(reader)
         self.session.end_of_log_lsn = self.end_lsn
         self.update_visible()
+
+    def _recover_file(self) -> None:
+        """Rebuild the database file from the log if SQLite's WAL lost commits the log holds (a power cut)."""
+        self.applied_lsn = load_redo_lsn(self._redo_lsn_path)
+        end = self.log.last_lsn
+        if self.applied_lsn >= end or (self._wal_pos is not None and self._wal.holds(self._wal_pos)):
+            return
+        if self.log.first_lsn > self.applied_lsn + 1 or self.log.first_lsn == 0:
+            raise RuntimeError(
+                f"the database file of {self.session.db} holds LSN {self.applied_lsn} and its WAL lost later commits, "
+                f"but the log begins at LSN {self.log.first_lsn}: it cannot be rebuilt here; restore it from the partner "
+                "or a backup")
+        # After a promotion the copy was a page store redone up to here; after a power cut
+        # the WAL lost commits the synced log holds. Either way the log brings it level.
+        log.info("redo_from_log", database=self.session.db, from_lsn=self.applied_lsn + 1, lsn=end,
+                 wal_lost=self._wal_pos is not None)
+        self.applied_lsn = rebuild_from_log(self.path, self.log, self._redo_lsn_path)
+        self._wal_pos = None
+
+    async def _sync_loop(self) -> None:
+        """Group commit: fsync whatever was appended since the last fsync, then let it be shown and shipped."""
+        while True:
+            await self._sync_wanted.wait()
+            self._sync_wanted.clear()
+            try:
+                upto = await asyncio.to_thread(self.log.sync)
+            except OSError as exc:
+                # nothing past synced_lsn is acknowledged; the next append tries again
+                self.sync_error = f"{exc.strerror or exc} (errno {exc.errno})"
+                log.error("log_sync_failed", database=self.session.db, error=self.sync_error, lsn=self.synced_lsn)
+                continue
+            self.sync_error = None
+            if upto > self.synced_lsn:
+                self.synced_lsn = upto
+                self.new_log.set()
+                self.update_visible()
 
     def _last_wal_position(self) -> WalPosition | None:
         last = self.log.get(self.log.last_lsn) if self.log.last_lsn else None
@@ -182,6 +244,8 @@ class PrincipalDatabase:
         if self.closed:
             return
         self.closed = True
+        if self._syncer is not None:
+            self._syncer.cancel()
         self.fail_waiters(NotServing("the database is closing on this node; reconnect"))
         await self.mark_transactions_aborted()
         async with self.write_lock:
@@ -216,12 +280,18 @@ class PrincipalDatabase:
     def _checkpoint(self, conn: sqlite3.Connection, mode: str) -> bool:
         """Checkpoint the captured WAL into the database file; True if all of it went in."""
         self.log.sync()  # the log holds what the WAL held, before the WAL is reused
+        lsn = self.log.last_lsn  # everything captured: the writer thread is the only one that appends here
         self._internal = True
         try:
             busy, wal_frames, done = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
         finally:
             self._internal = False
-        return busy == 0 and wal_frames == done
+        complete = busy == 0 and wal_frames == done
+        if complete and lsn > self.applied_lsn:
+            # SQLite synced the file after a complete checkpoint: a rebuild need only start past here
+            atomic_write_bytes(self._redo_lsn_path, str(lsn).encode())
+            self.applied_lsn = lsn
+        return complete
 
     def _configure_writer(self, conn: sqlite3.Connection) -> None:
         self._internal = True
@@ -257,9 +327,9 @@ class PrincipalDatabase:
         self.session.end_of_log_lsn = end
         rule = self.ack_rule()
         if rule is AckRule.MIRROR:
-            target = min(end, self.session.hardened_lsn)
+            target = min(end, self.synced_lsn, self.session.hardened_lsn)
         elif rule is AckRule.LOCAL:
-            target = end
+            target = min(end, self.synced_lsn)
         else:
             target = self.visible_lsn  # blocked: the witness must hear first, or quorum is lost
             why = self.quorum_refusal()
@@ -288,11 +358,12 @@ class PrincipalDatabase:
                 fut.set_exception(exc)
 
     def retained_floor(self) -> Lsn:
-        """The lowest LSN the log must keep: the mirror still needs what it has not hardened."""
+        """The lowest LSN the log must keep: what the mirror has not hardened, and what the file may still need."""
+        rebuild_from = self.applied_lsn + 1  # a power cut may take the WAL: the file is rebuilt from here
         if self.session.config.partner is not None:
-            return self.session.hardened_lsn + 1
+            return min(self.session.hardened_lsn + 1, rebuild_from)
         if self.log.size_bytes > self.log_retention:
-            return self.end_lsn + 1
+            return rebuild_from
         return 0
 
     def truncate_log(self) -> None:
@@ -426,7 +497,7 @@ class PrincipalDatabase:
             outcome, records, in_txn = await _in_connection_thread(self._writer, self._run_and_capture, sql, params)
         if records:
             self.commit_clock.note(records[0].lsn, time.monotonic())
-            self.new_log.set()
+            self._sync_wanted.set()  # the sync task makes them durable, then ships and acknowledges them
             self.update_visible()
         if isinstance(outcome, MirrordError):
             raise outcome

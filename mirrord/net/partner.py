@@ -226,12 +226,14 @@ async def _run_loops(host: "DatabaseHost", reader, writer, next_lsn: int) -> Non
 async def _ship(host: "DatabaseHost", writer, next_lsn: int) -> None:
     principal = host.principal
     while True:
-        if host.session.config.suspended or next_lsn > host.log.last_lsn:
+        # only what is synced here: the mirror must never hold a record a power cut could take from its principal
+        if host.session.config.suspended or next_lsn > principal.synced_lsn:
             principal.new_log.clear()
-            if host.session.config.suspended or next_lsn > host.log.last_lsn:
+            if host.session.config.suspended or next_lsn > principal.synced_lsn:
                 await principal.new_log.wait()
                 continue
-        records = host.log.read_from(next_lsn, SHIP_BATCH_BYTES)
+        upto = principal.synced_lsn
+        records = [r for r in host.log.read_from(next_lsn, SHIP_BATCH_BYTES) if r.lsn <= upto]
         msg = {"t": "log", "records": [r.to_wire() for r in records], "end_lsn": host.log.last_lsn, **_principal_view(host)}
         frame, raw = framing.encode_frame_sized(msg, compress=True)
         writer.write(frame)

@@ -50,3 +50,15 @@ def read_json(path: Path, default: Any = None) -> Any:
         return json.loads(Path(path).read_bytes())
     except FileNotFoundError:
         return default
+
+
+def remove_sqlite_sidecars(path: Path) -> None:
+    """Delete SQLite's -wal, -shm and -journal beside a database file whose content is whole without them."""
+    removed = False
+    for suffix in ("-wal", "-shm", "-journal"):
+        side = Path(str(path) + suffix)
+        if side.exists():
+            side.unlink()
+            removed = True
+    if removed:
+        fsync_dir(Path(path).parent)

@@ -20,6 +20,7 @@ redo thread reads. Reads copy bytes under the lock and decode outside it.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import struct
@@ -129,7 +130,19 @@ class _Segment:
         self.count = 0  # records indexed in this segment
 
     def close(self) -> None:
-        os.close(self.fd)
+        fd, self.fd = self.fd, -1  # a sync running outside the log's lock skips a closed segment
+        os.close(fd)
+
+    def fsync(self) -> None:
+        """fsync this segment, unless truncation closed it meanwhile (nothing of it is needed then)."""
+        fd = self.fd
+        if fd < 0:
+            return
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            if exc.errno != errno.EBADF or self.fd >= 0:
+                raise
 
 
 def _scan_segment(data: bytes, expected_lsn: int):
@@ -320,13 +333,28 @@ class DurableLog:
         self._dir_dirty = True
         return seg
 
-    def sync(self) -> None:
-        """Make every appended record durable (fsync segments, and the directory if it changed)."""
+    def sync(self) -> int:
+        """Make every record appended so far durable; return the last LSN that is now durable.
+
+        The fsyncs run outside the lock, so appends go on meanwhile (group commit:
+        whatever was appended before this call is covered, later appends wait for
+        the next sync). A failed fsync leaves the segments marked dirty.
+        """
         with self._lock:
-            for seg in list(self._dirty):
-                os.fsync(seg.fd)
-            self._dirty.clear()
-            self._sync_dir_if_dirty()
+            upto = self._last()
+            dirty, self._dirty = self._dirty, set()
+            dir_dirty, self._dir_dirty = self._dir_dirty, False
+        try:
+            for seg in dirty:
+                seg.fsync()
+            if dir_dirty:
+                fsync_dir(self.directory)
+        except BaseException:
+            with self._lock:
+                self._dirty |= {seg for seg in dirty if seg.fd >= 0}
+                self._dir_dirty = self._dir_dirty or dir_dirty
+            raise
+        return upto
 
     # --- reading ----------------------------------------------------------------
 

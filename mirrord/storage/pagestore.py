@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from mirrord.storage.fileutil import atomic_write_bytes
+from mirrord.storage.fileutil import atomic_write_bytes, remove_sqlite_sidecars
 from mirrord.storage.log import DurableLog, LogRecord
 
 
@@ -76,6 +76,33 @@ def load_redo_lsn(path: Path) -> int:
         return int(Path(path).read_bytes().decode().strip() or 0)
     except FileNotFoundError:
         return 0
+
+
+def rebuild_from_log(path: Path, log: DurableLog, redo_lsn_path: Path, batch_bytes: int = 8 << 20) -> int:
+    """Bring a database file up to the end of the log from its persisted redo LSN; return that end.
+
+    The principal's database file is durable up to the redo LSN it persisted at
+    its last complete checkpoint; what came after lived in SQLite's WAL, which a
+    power cut may have cut short. The synced log holds all of it as full page
+    images, so applying them in LSN order gives the database at the end of the
+    log, exactly as redo does on the mirror. Raises LookupError if the log no
+    longer reaches back to the redo LSN.
+    """
+    start, end = load_redo_lsn(redo_lsn_path) + 1, log.last_lsn
+    if start > end:
+        return end
+    store = PageStore(path)
+    try:
+        while start <= end:
+            records = [r for r in log.read_from(start, batch_bytes) if r.lsn <= end]
+            store.apply(records)
+            start = records[-1].lsn + 1
+        store.sync()
+    finally:
+        store.close()
+    remove_sqlite_sidecars(path)  # what the WAL held is in the file now; a stale WAL must not be replayed over it
+    atomic_write_bytes(redo_lsn_path, str(end).encode())
+    return end
 
 
 PERSIST_INTERVAL = 0.05  # seconds an applied redo LSN may wait to be made durable

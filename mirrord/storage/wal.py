@@ -261,6 +261,25 @@ class WalReader:
             return [], pos
         return scan.committed, scan.pos
 
+    def holds(self, pos: WalPosition) -> bool:
+        """Whether the WAL still holds every frame up to `pos`, by SQLite's own validity rules.
+
+        After a power cut the WAL (never fsynced on the commit path) may have lost
+        frames that the synced log holds: then the database, opened by SQLite,
+        would lack commits the log has, and must be rebuilt from the log.
+        """
+        try:
+            f = open(self.path, "rb")
+        except FileNotFoundError:
+            return False
+        with f:
+            header = parse_wal_header(f.read(WAL_HEADER_SIZE))
+            if header is None or (header.salt1, header.salt2, header.page_size) != (pos.salt1, pos.salt2, pos.page_size):
+                return False
+            scan = _Scan(header, self._start(header, None))
+            self._scan_frames(f, scan, stop_at=pos.frame_count)
+        return scan.pos.frame_count == pos.frame_count and (scan.pos.checksum1, scan.pos.checksum2) == (pos.checksum1, pos.checksum2)
+
     @staticmethod
     def _start(header: _Header, pos: WalPosition | None) -> WalPosition:
         """Continue at `pos` if it is in this WAL generation, else at frame 0."""
@@ -274,8 +293,8 @@ class WalReader:
         return WalPosition(header.salt1, header.salt2, 0, header.checksum1, header.checksum2, header.page_size)
 
     @staticmethod
-    def _scan_frames(f, scan: _Scan) -> None:
-        """Feed whole frames to `scan`, reading large chunks, until the first invalid one."""
+    def _scan_frames(f, scan: _Scan, stop_at: int | None = None) -> None:
+        """Feed whole frames to `scan`, reading large chunks, until the first invalid one (or frame `stop_at`)."""
         size = FRAME_HEADER_SIZE + scan.header.page_size
         per_read = max(1, _READ_CHUNK // size)
         f.seek(WAL_HEADER_SIZE + scan.frame * size)
@@ -283,7 +302,7 @@ class WalReader:
             chunk = f.read(per_read * size)
             view = memoryview(chunk)
             for off in range(0, len(chunk) - size + 1, size):
-                if not scan.feed(view[off : off + size]):
+                if scan.frame == stop_at or not scan.feed(view[off : off + size]):
                     return
             if len(chunk) < per_read * size:
                 return  # end of file (a torn last frame is simply not fed)
