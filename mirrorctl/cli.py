@@ -160,7 +160,7 @@ def _console() -> Console:
 
 # (column, heading) of the readable status table; the rest is in --json and sys.database_mirroring
 STATUS_SUMMARY = [
-    ("database", "database"), ("role", "role"), ("state", "state"), ("safety", "safety"),
+    ("database", "database"), ("role", "role"), ("state", "state"), ("state_reason", "why"), ("safety", "safety"),
     ("witness_state", "witness"), ("role_sequence", "role seq"), ("partner_address", "partner"),
     ("send_queue_kb", "send queue KB"), ("send_rate_kb_s", "send KB/s"), ("new_transactions_per_s", "txn/s"),
     ("redo_queue_kb", "redo queue KB"), ("redo_rate_kb_s", "redo KB/s"), ("transaction_delay_ms", "delay ms"),
@@ -168,6 +168,7 @@ STATUS_SUMMARY = [
 ]
 MONITOR_SUMMARY = [("node", "node")] + [c for c in STATUS_SUMMARY if c[0] not in ("safety", "partner_address")]
 FAILOVER_KINDS = ("automatic", "manual", "forced")
+SHOWN_WHEN_SET = {"failover_ready", "state_reason"}  # columns left out while no row has a value
 
 
 def failover_ready(row: dict) -> str | None:
@@ -182,7 +183,7 @@ def summary_table(rows: list[dict], columns: list[tuple[str, str]], terminal: bo
     """A readable table of the chosen columns the rows have (an older server may lack some)."""
     for row in rows:
         row.setdefault("failover_ready", failover_ready(row))
-    shown = [(c, h) for c, h in columns if any(c in r and (c != "failover_ready" or r[c] is not None) for r in rows)]
+    shown = [(c, h) for c, h in columns if any(c in r and (c not in SHOWN_WHEN_SET or r[c] is not None) for r in rows)]
     table = Table(box=box.SIMPLE_HEAD if terminal else box.ASCII, show_edge=False)
     for _, heading in shown:
         table.add_column(Text(heading), overflow="fold")

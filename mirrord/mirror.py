@@ -13,7 +13,7 @@ import asyncio
 import os
 import zlib
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import structlog
 
@@ -35,6 +35,7 @@ class MirrorDatabase:
         self.session = session
         self.log = dlog
         self.redo_error: BaseException | None = None
+        self.on_failure: Callable[[str], None] | None = None  # told (on the event loop) when this copy cannot go on
         self._loop = asyncio.get_running_loop()
         self._store: PageStore | None = None
         self._redo: RedoThread | None = None
@@ -74,7 +75,15 @@ class MirrorDatabase:
         # A partial apply must not be served: stop redo, keep the durable log,
         # and let a restart redo from the persisted redo LSN.
         self.redo_error = exc
-        log.critical("redo_failed", database=self.session.db, error=repr(exc))
+        lsn = self._redo.redo_lsn + 1 if self._redo is not None else None
+        why = f"redo failed at LSN {lsn}: {exc}"
+        log.error("redo_failed", database=self.session.db, lsn=lsn, error=repr(exc))
+        self._loop.call_soon_threadsafe(self._report_failure, why)
+
+    def _report_failure(self, why: str) -> None:
+        self.session.redo_error = why
+        if self.on_failure is not None:
+            self.on_failure(why)
 
     async def harden(self, records: Sequence[LogRecord]) -> Lsn:
         """Append received records durably; return the new hardened LSN."""

@@ -128,6 +128,8 @@ class Node:
         self.config = config
         self.name = config.name
         self.databases: dict[str, DatabaseHost] = {}
+        # databases that failed to load at start, and why: shown in status, never served, the rest run
+        self.quarantined: dict[str, str] = {}
         self.stopping = False
         self._endpoint_server: asyncio.base_events.Server | None = None
         self._client_server: asyncio.base_events.Server | None = None
@@ -161,7 +163,10 @@ class Node:
         """Load every database, then open the endpoint and the client port."""
         self.databases_dir.mkdir(parents=True, exist_ok=True)
         for meta in sorted(self.databases_dir.glob("*/meta.json")):
-            await self._load(meta.parent)
+            try:
+                await self._load(meta.parent)
+            except Exception as exc:  # noqa: BLE001 - one bad database must not keep the others down
+                await self._quarantine(meta.parent, exc)
         await self.start_endpoint()
         self._client_server = await asyncio.start_server(self._on_client, self.config.listen.host, self.config.listen.port)
         if self.config.metrics is not None:
@@ -177,6 +182,16 @@ class Node:
         host.on_witness_changed = self.sync_witness_link
         self.databases[config.db] = host
         await self.activate(host)
+
+    async def _quarantine(self, directory: Path, exc: Exception) -> None:
+        """A database that failed to load: close what was opened, remember why, serve the others."""
+        name = directory.name
+        host = self.databases.pop(name, None)
+        if host is not None:
+            await self.deactivate(host)
+        why = f"failed to load at start: {exc}"
+        self.quarantined[name] = why
+        log.error("database_quarantined", database=name, reason=why, directory=str(directory))
 
     def open_log(self, directory: Path) -> DurableLog:
         """A database's durable log, with segments small enough to truncate well below the size limit."""
@@ -198,6 +213,7 @@ class Node:
                 self.start_partner_link(host)
         else:
             host.mirror = MirrorDatabase(host.directory, host.session, host.log)
+            host.mirror.on_failure = lambda why: inbound.mirror_cannot_go_on(host, why)
             if host.mirror.path.exists():
                 host.mirror.start()
         self.start_witness_link(host)
@@ -392,8 +408,9 @@ class Node:
         except inbound.FailoverRequested as req:
             host.inbound = None
             await role_change.promote(self, host, req.epoch, forced=False, why="manual failover")
-            framing.write_message(writer, {"t": "failover_done", "epoch": req.epoch})
-            await writer.drain()
+            if host.session.role is Role.PRINCIPAL and host.session.config.epoch == req.epoch:  # else refused: say nothing
+                framing.write_message(writer, {"t": "failover_done", "epoch": req.epoch})
+                await writer.drain()
         finally:
             if host.inbound is asyncio.current_task():
                 host.inbound = None
@@ -548,7 +565,14 @@ async def serve(config: NodeConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(node.stop()))
-    await node.start()
+    try:
+        await node.start()
+    except BaseException:
+        try:  # close what was opened (SQLite threads would keep the process alive), then fail at once
+            await asyncio.wait_for(node.stop(), 10)
+        except Exception as exc:  # noqa: BLE001 - the start's own error is the one to report
+            log.warning("cleanup_after_failed_start", error=repr(exc))
+        raise
     await node._stopped.wait()
     log.info("node_stopped")
 
@@ -566,8 +590,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         uvloop.run(serve(config))
-    except OSError as exc:
-        log.error("node_failed_to_start", error=str(exc))
+    except Exception as exc:  # noqa: BLE001 - reported as one line, never a traceback on stderr
+        log.error("node_failed_to_start", error=str(exc) or repr(exc))
         return 1
     return 0
 

@@ -178,6 +178,14 @@ class PrincipalDatabase:
         self._wal_pos = self._last_wal_position()
         await asyncio.to_thread(self._recover_file)
         self._writer = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            await self._open_connections()
+        except BaseException:
+            for conn in (self._writer, *self._reader_list):
+                await conn.close()  # its thread would outlive the failure
+            raise
+
+    async def _open_connections(self) -> None:
         await _in_connection_thread(self._writer, self._configure_writer)
         records = await _in_connection_thread(self._writer, self._capture)
         if records:
@@ -186,14 +194,14 @@ class PrincipalDatabase:
         # rebuild starts at this point), and the log is synced before anything is shown.
         await _in_connection_thread(self._writer, self._checkpoint, "TRUNCATE")
         self.synced_lsn = await asyncio.to_thread(self.log.sync)
-        self._syncer = asyncio.create_task(self._sync_loop(), name=f"log-sync:{self.session.db}")
         for _ in range(READER_COUNT):
             reader = await aiosqlite.connect(self.path, isolation_level=None)
+            self._reader_list.append(reader)
             await reader.execute("PRAGMA query_only=ON")  # a write attempt fails; it is retried on the writer
             await reader.execute("PRAGMA busy_timeout=5000")
             await reader.set_authorizer(self._authorize)
-            self._reader_list.append(reader)
             self._readers.put_nowait(reader)
+        self._syncer = asyncio.create_task(self._sync_loop(), name=f"log-sync:{self.session.db}")
         self.session.end_of_log_lsn = self.end_lsn
         self.update_visible()
 
@@ -270,7 +278,10 @@ class PrincipalDatabase:
             records.append(LogRecord(lsn + i, epoch, txn.db_size, txn.page_size, txn.pages, wal))
         self.log.append(records)
         self._wal_pos = pos
-        if pos.frame_count >= CHECKPOINT_FRAMES:
+        # The log keeps what the file lacks (a lost WAL is rebuilt from it): checkpoint
+        # before that share grows large, or truncation could not make room.
+        unchecked = self.log.bytes_between(self.applied_lsn, self.log.last_lsn)
+        if pos.frame_count >= CHECKPOINT_FRAMES or unchecked > self.log_size_limit // 4:
             # PASSIVE never waits for readers (one may be waiting for the mirror
             # while it holds a snapshot); once complete, SQLite restarts the WAL
             # with new salts at the next write and the reader follows.

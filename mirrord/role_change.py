@@ -86,6 +86,12 @@ async def _promote(node: "Node", host: "DatabaseHost", epoch: int, *, forced: bo
         cfg = host.session.config
         if cfg.role is not Role.MIRROR or epoch <= cfg.epoch:
             return
+        if host.session.redo_error is not None:
+            # never a PRINCIPAL that cannot open: the copy stays a mirror, SUSPENDED, saying why
+            log.error("promotion_refused", database=host.name, role_sequence=epoch, reason=host.session.redo_error)
+            if forced:  # a statement: its client hears why
+                raise StatementRefused(f"{host.name} cannot become principal here: {host.session.redo_error}")
+            return
         started = time.monotonic()
         await node.stop_inbound(host)
         fork = host.log.last_lsn
@@ -100,7 +106,18 @@ async def _promote(node: "Node", host: "DatabaseHost", epoch: int, *, forced: bo
         s.note_partner_lost()
         s.hardened_lsn = fork  # the new mirror (old principal) has at most this in our history
         s.witness_believes_synchronized = False  # the witness marked the new mirror unsynchronized
-        await node.activate(host)
+        try:
+            await node.activate(host)
+        except Exception as exc:  # noqa: BLE001 - the copy could not be opened: it must not stay PRINCIPAL
+            why = f"promotion failed: the copy could not be opened ({exc})"
+            log.critical("promotion_failed", database=host.name, role_sequence=epoch, error=repr(exc))
+            host.principal = None
+            host.update_config(role=Role.MIRROR, status=DatabaseStatus.RESTORING, suspended=True)
+            s.redo_error = why
+            s.note_reason(why, time.strftime("%H:%M:%S"))
+            await node.activate(host)
+            if forced:
+                raise StatementRefused(f"{host.name} cannot become principal here: {why}") from None
         log.warning(
             "promoted_to_principal", database=host.name, role="PRINCIPAL", role_sequence=epoch, failover_lsn=fork,
             lsn=host.log.last_lsn, forced=forced, reason=why, seconds=round(time.monotonic() - started, 3),

@@ -53,6 +53,7 @@ STATUS_COLUMNS = [
     "timeout", "status", "partner_address", "fork_lsn", "lost_lsn_range", "lost_transactions", "salvage_path",
     "log_bytes", "log_bytes_sent_raw", "log_bytes_sent_wire",
     *FIGURE_COLUMNS, "partner_state", "warnings",  # the Database Mirroring Monitor's figures (mirrord.monitor)
+    "state_reason",  # why SUSPENDED or DISCONNECTED, when the state alone does not say
 ]
 ALERT_COLUMNS = ["database", "alert_id", "alert", "threshold", "unit", "enabled", "current_value", "over_threshold"]
 WITNESS_COLUMNS = ["database", "principal", "mirror", "role_sequence", "safety", "mirror_synchronized", "principal_connected", "mirror_connected"]
@@ -100,6 +101,9 @@ class StatementExecutor:
         if db is None:
             raise StatementRefused("no database selected: pass -d DB, or run USE db first")
         host = self.node.databases.get(db)
+        if host is None and db in self.node.quarantined:
+            raise StatementRefused(f"database {db} is quarantined on this node: {self.node.quarantined[db]}; "
+                                   "fix or remove its directory and restart the node")
         if host is None:
             raise UnknownDatabase(f"database {db} does not exist on this node ({self.node.name})")
         return host
@@ -201,6 +205,7 @@ class StatementExecutor:
 
     async def _partner_resume(self, host: "DatabaseHost") -> StatementResult:
         host.update_config(suspended=False)
+        host.session.state_reason = None
         self._send_settings(host)
         # a fresh handshake agrees the resume point again: a diverged old principal is reseeded here
         await self.node.stop_partner_link(host)
@@ -364,7 +369,9 @@ class StatementExecutor:
 
     def _system_view(self, stmt) -> StatementResult:
         if stmt.view == "database_mirroring":
-            rows, columns = [status_row(h) for h in self.node.databases.values()], STATUS_COLUMNS
+            rows = [status_row(h) for h in self.node.databases.values()]
+            rows += [quarantined_row(name, why) for name, why in self.node.quarantined.items()]
+            columns = STATUS_COLUMNS
         else:
             rows, columns = self.node.witness.rows(), WITNESS_COLUMNS
         if stmt.database is not None:
@@ -374,6 +381,13 @@ class StatementExecutor:
         if unknown:
             raise StatementRefused(f"sys.{stmt.view} has no column {', '.join(unknown)}; columns: {', '.join(columns)}")
         return StatementResult(wanted, [[r[c] for c in wanted] for r in sorted(rows, key=lambda r: r["database"])], len(rows))
+
+
+def quarantined_row(name: str, why: str) -> dict:
+    """The row of a database that failed to load: its name, QUARANTINED and why; nothing else is known."""
+    row = dict.fromkeys(STATUS_COLUMNS)
+    row.update(database=name, status="QUARANTINED", state_reason=why)
+    return row
 
 
 def status_row(host: "DatabaseHost") -> dict:
@@ -390,6 +404,7 @@ def status_row(host: "DatabaseHost") -> dict:
         "database": host.name,
         "role": cfg.role.value,
         "state": s.state.value,
+        "state_reason": s.state_reason,
         "safety": cfg.safety.value,
         "partner": cfg.partner,
         "witness": cfg.witness,

@@ -159,6 +159,7 @@ SCHEMAS: dict[str, dict[str, Checker]] = {
     "seed_end": {"crc": _int},
     "settings": {"safety": _safety, "timeout": _int, "suspended": _bool},
     "partner_off": {},
+    "suspend": {"reason": _str},  # mirror -> principal: the mirror cannot go on (redo failed, disk full, SUSPEND there)
     "failover": {"epoch": _int, "failover_lsn": _int},  # manual failover: principal -> mirror
     "failover_done": {"epoch": _int},
     # witness link, partner <-> witness (replies are w_state, matched by rid)

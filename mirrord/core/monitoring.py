@@ -196,13 +196,15 @@ def _automatic(session: Session) -> str | None:
         safety=cfg.safety, witness_set=cfg.witness is not None, witness_connected=session.witness_connected,
         principal_connected=False,  # as if the principal were lost now
         was_synchronized=was_synchronized, suspended=cfg.suspended,
+        redo_error=session.redo_error if session.role is Role.MIRROR else None,
     )
     return automatic_failover_refusal(view)
 
 
 def _forced(session: Session) -> str | None:
     principal_connected = True if session.role is Role.PRINCIPAL else session.partner_connected
-    return forced_service_refusal(principal_connected, session.config.witness is not None, session.witness_connected)
+    return forced_service_refusal(principal_connected, session.config.witness is not None, session.witness_connected,
+                                  session.redo_error if session.role is Role.MIRROR else None)
 
 
 # ------------------------------------------------------------------ figures

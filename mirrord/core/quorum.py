@@ -200,12 +200,15 @@ class MirrorView:
     principal_connected: bool
     was_synchronized: bool  # the principal's state when the mirror last heard from it
     suspended: bool
+    redo_error: str | None = None  # redo failed here: this copy cannot be opened as the principal
 
 
 def automatic_failover_refusal(view: MirrorView) -> str | None:
     """Why this mirror may not ask the witness for automatic failover now, or None."""
     if view.principal_connected:
         return "the principal is connected"
+    if view.redo_error is not None:
+        return f"redo failed on the mirror ({view.redo_error}); its copy cannot be opened"
     if not view.witness_set:
         return "no witness is set (automatic failover needs a witness)"
     if view.safety is not Safety.FULL:
@@ -219,10 +222,13 @@ def automatic_failover_refusal(view: MirrorView) -> str | None:
     return None
 
 
-def forced_service_refusal(principal_connected: bool, witness_set: bool, witness_connected: bool) -> str | None:
+def forced_service_refusal(principal_connected: bool, witness_set: bool, witness_connected: bool,
+                           redo_error: str | None = None) -> str | None:
     """Why FORCE_SERVICE_ALLOW_DATA_LOSS may not run on this mirror now, or None."""
     if principal_connected:
         return "the principal is connected; use SET PARTNER FAILOVER on the principal instead"
+    if redo_error is not None:
+        return f"redo failed on this mirror ({redo_error}); its copy cannot be opened as the principal"
     if witness_set and not witness_connected:
         return "a witness is set and this mirror cannot reach it; forced service needs mirror and witness connected"
     return None

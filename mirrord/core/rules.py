@@ -113,7 +113,8 @@ def _forced_service_refusal(session: Session | None, db: str) -> str | None:
         return why
     if session.role is not Role.MIRROR or session.config.partner is None:
         return f"FORCE_SERVICE_ALLOW_DATA_LOSS must be issued on the mirror; this node is {session.role.value} for {db}"
-    return forced_service_refusal(session.partner_connected, session.config.witness is not None, session.witness_connected)
+    return forced_service_refusal(session.partner_connected, session.config.witness is not None, session.witness_connected,
+                                  session.redo_error)
 
 
 def _safety_or_timeout(session, stmt) -> str | None:

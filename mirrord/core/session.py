@@ -104,6 +104,10 @@ class Session:
     end_of_log_lsn: Lsn = NO_LSN
     hardened_lsn: Lsn = NO_LSN  # on the principal: what the mirror acknowledged
     redo_lsn: Lsn = NO_LSN
+    # why the session is SUSPENDED or DISCONNECTED when the state alone does not say
+    # (a full disk, a failed redo, a mirror this principal must not reseed), with since when
+    state_reason: str | None = None
+    redo_error: str | None = None  # mirror: redo stopped on this error; the copy cannot be opened until it is fixed
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -143,6 +147,11 @@ class Session:
         if self.hardened_lsn >= self.end_of_log_lsn and not self.config.suspended:
             self.caught_up = True
 
+    def note_reason(self, why: str, since: str) -> None:
+        """Say why the session is not mirroring (kept while the condition lasts, from its first instant)."""
+        if self.state_reason is None or not self.state_reason.startswith(why):
+            self.state_reason = f"{why} (since {since})"
+
     def note_suspended(self) -> None:
         """SUSPEND: the mirror takes no more log, so it stops being caught up.
 
@@ -164,5 +173,7 @@ class Session:
     def note_partner_connected(self, hardened: Lsn) -> None:
         """A partner connection was established and agreed to resume after `hardened`."""
         self.partner_connected = True
+        if not self.config.suspended:
+            self.state_reason = None
         self.hardened_lsn = hardened
         self.caught_up = hardened >= self.end_of_log_lsn

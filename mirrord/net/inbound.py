@@ -10,6 +10,7 @@ session goes DISCONNECTED; the principal dials again when it can.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING
 
 import structlog
@@ -86,6 +87,8 @@ async def serve_principal(node: "Node", host: "DatabaseHost", hello: dict, reade
         "hardened_lsn": mirror.hardened_lsn, "hardened_epoch": host.log.last_epoch,
         "redo_lsn": mirror.redo_lsn, "needs_seed": not mirror.path.exists(), "listen": node.listen_address,
     })
+    if session.redo_error is not None:
+        framing.write_message(writer, {"t": "suspend", "reason": session.redo_error})  # it outlives every reconnect
     await writer.drain()
     session.partner_connected = True
     session.partner_listen = hello.get("listen") if isinstance(hello.get("listen"), str) else None
@@ -214,8 +217,8 @@ def _adopt_settings(host: "DatabaseHost", msg: dict) -> None:
         changes["safety"] = Safety(msg["safety"])
     if msg["timeout"] != cfg.timeout:
         changes["timeout"] = msg["timeout"]
-    if msg["suspended"] != cfg.suspended:
-        changes["suspended"] = msg["suspended"]
+    if msg["suspended"] != cfg.suspended and not (cfg.suspended and host.session.redo_error is not None):
+        changes["suspended"] = msg["suspended"]  # a mirror whose redo failed stays SUSPENDED until it is fixed
     witness = msg.get("witness")
     if isinstance(witness, str) and (witness or None) != cfg.witness:
         changes["witness"] = witness or None
@@ -225,3 +228,18 @@ def _adopt_settings(host: "DatabaseHost", msg: dict) -> None:
             host.session.note_suspended()  # as on the principal: not caught up until it catches up again
         if "witness" in changes and host.on_witness_changed is not None:
             host.on_witness_changed(host)
+
+
+def mirror_cannot_go_on(host: "DatabaseHost", why: str) -> None:
+    """This mirror cannot go on (redo failed): SUSPEND the session on both partners, with the reason.
+
+    The principal is told now if it is connected, and at every connection until
+    the cause is fixed (a restart redoes from the persisted redo LSN again).
+    """
+    host.session.note_reason(why, time.strftime("%H:%M:%S"))
+    if not host.session.config.suspended:
+        host.update_config(suspended=True)
+    host.session.note_suspended()
+    host.note_state()
+    if host.partner_writer is not None:
+        framing.write_message(host.partner_writer, {"t": "suspend", "reason": why})

@@ -66,10 +66,13 @@ async def run_partner_link(node: "Node", host: "DatabaseHost") -> None:
             raise
         except PartnerRefused as exc:
             log.warning("partner_refused", database=host.name, reason=str(exc), partner=host.session.config.partner)
+            host.session.note_reason(str(exc), time.strftime("%H:%M:%S"))
             backoff = BACKOFF_MAX
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ProtocolError, ConnectionError) as exc:
             if host.session.partner_connected or backoff == BACKOFF_FIRST:
                 log.warning("partner_link_lost", database=host.name, error=repr(exc), role=host.session.role.value, lsn=host.log.last_lsn)
+        except Exception:  # a bug must end this connection, never the link: log it and dial again
+            log.exception("partner_link_failed", database=host.name, role=host.session.role.value, lsn=host.log.last_lsn)
         finally:
             _lost(host)
         await node.wait_endpoint_started()
@@ -137,6 +140,18 @@ async def _maybe_step_down(node: "Node", host: "DatabaseHost", refuse: dict) -> 
         await step_down(node, host, epoch, f"the partner {host.session.config.partner} is principal in role sequence {epoch}")
 
 
+def suspended_by_mirror(host: "DatabaseHost", reason: str) -> None:
+    """The mirror cannot go on (redo failed, SUSPEND issued there): the session is SUSPENDED here too."""
+    host.session.note_reason(f"the mirror suspended the session: {reason[:500]}", time.strftime("%H:%M:%S"))
+    if not host.session.config.suspended:
+        log.warning("suspended_by_mirror", database=host.name, reason=reason[:500], role="PRINCIPAL")
+        host.update_config(suspended=True)
+        host.session.note_suspended()
+        host.poke()  # commits stop waiting for the mirror
+    if host.partner_writer is not None:
+        framing.write_message(host.partner_writer, settings_message(host))
+
+
 def settings_message(host: "DatabaseHost") -> dict:
     """The session settings the mirror adopts from its principal."""
     cfg = host.session.config
@@ -162,6 +177,14 @@ async def _agree_resume_point(host: "DatabaseHost", welcome: dict, reader, write
     service) nothing is sent: RESUME reconnects and lands here again.
     """
     hardened, end = welcome["hardened_lsn"], host.log.last_lsn
+    if hardened > end and welcome["hardened_epoch"] == host.log.last_epoch:
+        # The mirror holds more of this very role sequence than we do. Only synced
+        # records are shipped, so only a damaged log here explains it: reseeding the
+        # mirror from this shorter copy would throw acknowledged commits away.
+        raise PartnerRefused(
+            f"the mirror holds log up to LSN {hardened} in role sequence {welcome['hardened_epoch']}, this principal only "
+            f"up to {end}: it is not reseeded from the shorter copy. Fail over to it (FORCE_SERVICE_ALLOW_DATA_LOSS on "
+            "the mirror loses nothing of its log), or SET PARTNER OFF here to keep this copy")
     is_diverged = diverged(host, hardened, welcome["hardened_epoch"])
     if is_diverged and host.session.config.suspended:
         log.warning("mirror_diverged_awaiting_resume", database=host.name, mirror_lsn=hardened, fork_lsn=host.session.config.failover_lsn)
@@ -272,6 +295,8 @@ async def _read_acks(host: "DatabaseHost", reader, pings: dict[int, float]) -> N
             if sent_at is not None:
                 s = host.session
                 s.mirror_lease_until = max(s.mirror_lease_until, lease_until(sent_at, s.config.timeout))
+        elif msg["t"] == "suspend":
+            suspended_by_mirror(host, msg["reason"])
         elif msg["t"] == "failover_done":
             if host.failover_reply is not None and not host.failover_reply.done():
                 host.failover_reply.set_result(msg["epoch"])

@@ -188,7 +188,8 @@ async def _report_if_changed(host: "DatabaseHost", conn: WitnessConnection, repo
 async def _maybe_request_failover(node: "Node", host: "DatabaseHost", conn: WitnessConnection, timeout: float) -> bool | None:
     """Ask the witness for automatic failover when allowed: None if not asked, else whether it was granted."""
     s, cfg = host.session, host.session.config
-    view = MirrorView(cfg.safety, cfg.witness is not None, True, s.partner_connected, s.principal_was_synchronized, cfg.suspended)
+    view = MirrorView(cfg.safety, cfg.witness is not None, True, s.partner_connected, s.principal_was_synchronized, cfg.suspended,
+                      s.redo_error)
     if quorum.automatic_failover_refusal(view) is not None or host.mirror is None:
         return None
     return await node.request_promotion(host, conn, forced=False, timeout=timeout)

@@ -1,0 +1,86 @@
+"""Durability faults with real processes: a redo that fails on the mirror, a node that cannot load a database."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from mirrord.localcluster import wait_for
+from mirrorctl.client import ServerError
+
+from .helpers import create_table, db_file, ids_on, wait_synchronized
+
+DB = "shop"
+
+
+def _immutable(path, on: bool) -> bool:
+    """chattr +i / -i: writes through descriptors already open fail with EPERM, as a failing disk's would."""
+    if shutil.which("chattr") is None:
+        return False
+    return subprocess.run(["chattr", "+i" if on else "-i", str(path)], capture_output=True).returncode == 0
+
+
+def test_redo_failure_suspends_the_session_and_blocks_every_promotion(cluster):
+    a, b, c = cluster["a"], cluster["b"], cluster["c"]
+    cluster.setup_session(DB, principal="a", mirror="b", witness="c")
+    a.query(f"ALTER DATABASE {DB} SET PARTNER TIMEOUT 2")
+    create_table(a, DB)
+    for i in range(1, 21):
+        a.query("INSERT INTO t(id, v) VALUES (?, 'before')", db=DB, params=[i])
+    wait_synchronized(cluster, DB, "a", "b")
+    store = db_file(b, DB)
+    if not _immutable(store, True):
+        pytest.skip("chattr +i is not available here: cannot make the mirror's page store fail")
+    try:
+        a.query("INSERT INTO t(id, v) VALUES (21, 'hardened, never redone')", db=DB)
+        wait_for(lambda: a.status(DB)["state"] == b.status(DB)["state"] == "SUSPENDED" or None, 20,
+                 "the session SUSPENDED on both partners after the redo failure")
+        mirror, principal = b.status(DB), a.status(DB)
+        assert "redo failed" in mirror["state_reason"]
+        assert "the mirror suspended the session" in principal["state_reason"] and "redo failed" in principal["state_reason"]
+        assert mirror["automatic_failover"].startswith("NO") and "redo failed" in mirror["automatic_failover"]
+        with pytest.raises(ServerError) as refused:
+            b.query(f"ALTER DATABASE {DB} SET PARTNER FORCE_SERVICE_ALLOW_DATA_LOSS")
+        assert "principal is connected" in refused.value.message or "redo failed" in refused.value.message
+        a.query("INSERT INTO t(id, v) VALUES (22, 'suspended: acknowledged by the principal alone')", db=DB)
+        # The principal is lost: the mirror must not become a principal that cannot open.
+        a.kill()
+        deadline = time.monotonic() + 2 * 2 + 2  # twice PARTNER TIMEOUT, and then some
+        while time.monotonic() < deadline:
+            assert b.status(DB)["role"] == "MIRROR"
+            time.sleep(0.2)
+        with pytest.raises(ServerError) as forced:
+            b.query(f"ALTER DATABASE {DB} SET PARTNER FORCE_SERVICE_ALLOW_DATA_LOSS")
+        assert "redo failed" in forced.value.message
+        assert b.status(DB)["role"] == "MIRROR"
+    finally:
+        _immutable(store, False)
+    # fixed: a restart redoes from the persisted redo LSN, RESUME catches up, nothing acknowledged is lost
+    b.restart()
+    a.start()
+    wait_for(lambda: a.status(DB)["role"] == "PRINCIPAL" or None, 30, "a principal again")
+    a.query(f"ALTER DATABASE {DB} SET PARTNER RESUME")
+    wait_synchronized(cluster, DB, "a", "b")
+    assert b.status(DB)["state_reason"] is None and a.status(DB)["state_reason"] is None
+    assert ids_on(a, DB) == set(range(1, 23))
+
+
+def test_a_database_that_cannot_load_is_quarantined_and_the_others_run(cluster):
+    a = cluster["a"]
+    for db in ("good", "bad"):
+        a.query(f"CREATE DATABASE {db}")
+        create_table(a, db)
+        a.query("INSERT INTO t(id, v) VALUES (1, 'x')", db=db)
+    a.terminate()
+    meta = a.data_dir / "databases" / "bad" / "meta.json"
+    meta.write_text("{ this is not json")
+    a.start()
+    rows = {r["database"]: r for r in a.statuses()}
+    assert rows["bad"]["status"] == "QUARANTINED" and "failed to load" in rows["bad"]["state_reason"]
+    assert a.query("SELECT count(*) FROM t", db="good").rows == [[1]]
+    with pytest.raises(ServerError) as info:
+        a.query("SELECT count(*) FROM t", db="bad")
+    assert "quarantined" in info.value.message
