@@ -280,7 +280,10 @@ class Node:
             self._client_server.close()
         await self.stop_endpoint()
         for host in list(self.databases.values()):
-            await self.deactivate(host)
+            try:
+                await self.deactivate(host)
+            except Exception as exc:  # noqa: BLE001 - the others must still close; the log holds what was committed
+                log.error("database_close_failed", database=host.name, error=repr(exc))
             host.log.close()
         self._stopped.set()
 

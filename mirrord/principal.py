@@ -51,8 +51,9 @@ import structlog
 from mirrord.core.monitoring import CommitClock
 from mirrord.core.quorum import AckRule
 from mirrord.core.session import Session
-from mirrord.core.types import CommitInDoubt, LogFull, Lsn, MirrordError, NotServing, StatementRefused, TransactionAborted
-from mirrord.storage.fileutil import atomic_write_bytes
+from mirrord.core.types import (CommitInDoubt, DiskFull, LogFull, Lsn, MirrordError, NotServing, StatementRefused,
+                                TransactionAborted)
+from mirrord.storage.fileutil import DISK_RESERVE_BYTES, NO_SPACE, atomic_write_bytes, disk_free
 from mirrord.storage.log import DurableLog, LogRecord
 from mirrord.storage.pagestore import load_redo_lsn, rebuild_from_log
 from mirrord.storage.wal import WalPosition, WalReader
@@ -60,6 +61,7 @@ from mirrord.storage.wal import WalPosition, WalReader
 log = structlog.get_logger()
 
 CHECKPOINT_FRAMES = 2000  # checkpoint the WAL once this many frames were captured
+
 READ_ONLY_PREFIXES = ("SELECT", "VALUES", "EXPLAIN", "WITH")
 READER_COUNT = 3
 WRITE_ATTEMPT_ON_READER = ("attempt to write a readonly database", "readonly database")
@@ -107,6 +109,9 @@ def _sql_error(exc: sqlite3.Error) -> MirrordError:
         )
     if isinstance(exc, sqlite3.IntegrityError):
         return IntegrityError(str(exc))
+    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+        return DiskFull(f"the disk is full ({exc}); the statement was rolled back, nothing was logged. "
+                        "Writes succeed again by themselves once space is freed")
     return SqlError(str(exc))
 
 
@@ -231,9 +236,13 @@ class PrincipalDatabase:
             try:
                 upto = await asyncio.to_thread(self.log.sync)
             except OSError as exc:
-                # nothing past synced_lsn is acknowledged; the next append tries again
+                # Nothing past synced_lsn is acknowledged: its clients hear that the outcome is
+                # in doubt rather than wait; the sync is tried again shortly.
                 self.sync_error = f"{exc.strerror or exc} (errno {exc.errno})"
                 log.error("log_sync_failed", database=self.session.db, error=self.sync_error, lsn=self.synced_lsn)
+                self.fail_waiters(DiskFull(f"the log could not be synced to disk ({self.sync_error})"))
+                await asyncio.sleep(0.1)
+                self._sync_wanted.set()
                 continue
             self.sync_error = None
             if upto > self.synced_lsn:
@@ -285,7 +294,10 @@ class PrincipalDatabase:
             # PASSIVE never waits for readers (one may be waiting for the mirror
             # while it holds a snapshot); once complete, SQLite restarts the WAL
             # with new salts at the next write and the reader follows.
-            self._checkpoint(conn, "PASSIVE")
+            try:
+                self._checkpoint(conn, "PASSIVE")
+            except (OSError, sqlite3.Error) as exc:  # the records are logged: the checkpoint is retried next time
+                log.warning("checkpoint_failed", database=self.session.db, error=str(exc), lsn=self.log.last_lsn)
         return records
 
     def _checkpoint(self, conn: sqlite3.Connection, mode: str) -> bool:
@@ -422,6 +434,13 @@ class PrincipalDatabase:
             self._readers.put_nowait(reader)
 
     def _check_log_space(self) -> None:
+        # refused before it runs: a commit SQLite made but the log could not take would leave its client in doubt
+        free = disk_free(self.directory)
+        if free < DISK_RESERVE_BYTES:
+            raise DiskFull(
+                f"the disk holding {self.session.db} is full ({free >> 20} MB free, {DISK_RESERVE_BYTES >> 20} MB needed "
+                "for the WAL, the log and checkpoints): the statement was not run. Writes succeed again by themselves "
+                "once space is freed; reads and status keep answering")
         if self.log.size_bytes > self.log_size_limit:
             self.truncate_log()
         if self.session.config.partner is not None and self.log.size_bytes > self.log_size_limit:
@@ -519,7 +538,17 @@ class PrincipalDatabase:
             outcome = _run(conn, sql, params)
         except MirrordError as exc:
             outcome = exc
-        return outcome, self._capture(conn), conn.in_transaction
+        try:
+            records = self._capture(conn)
+        except OSError as exc:
+            if exc.errno not in NO_SPACE:
+                raise
+            # SQLite committed, the log could not take it (the append was undone): it is
+            # captured at the next write once there is room, so its outcome is in doubt.
+            return DiskFull(
+                f"the disk is full ({exc.strerror}): the statement ran but its commit could not be logged; its outcome "
+                "is in doubt until space is freed (it is logged then, and acknowledged to nobody)"), [], conn.in_transaction
+        return outcome, records, conn.in_transaction
 
     async def abort_transaction(self, owner: object) -> None:
         """Roll back the open transaction of a client that went away."""

@@ -103,6 +103,12 @@ class LogFull(MirrordError):
     code = "log_full"
 
 
+class DiskFull(MirrordError):
+    """The disk holding the database has no room for what the statement would log; nothing was done."""
+
+    code = "disk_full"
+
+
 class NotServing(StatementRefused):
     """The database is not served on this node right now (closing, or out of quorum); nothing was done."""
 

@@ -19,6 +19,7 @@ from mirrord.core import messages
 from mirrord.core.types import Endpoint, ProtocolError, Role, Safety
 from mirrord.monitor import monitor_of, note_connected, partner_report
 from mirrord.net import framing
+from mirrord.storage.fileutil import DISK_RESERVE_BYTES, NO_SPACE, disk_free
 from mirrord.storage.log import LogRecord
 
 if TYPE_CHECKING:
@@ -47,6 +48,11 @@ def refusal_for_hello(node: "Node", host: "DatabaseHost | None", hello: dict) ->
         return f"database {db} on {node.name} mirrors {cfg.partner}, not {hello['from_endpoint']}"
     if hello["epoch"] < cfg.epoch:
         return f"hello from role sequence {hello['epoch']}, older than this node's {cfg.epoch}"
+    free = disk_free(host.directory)
+    if free < DISK_RESERVE_BYTES:
+        why = f"mirror disk full ({free >> 20} MB free, {DISK_RESERVE_BYTES >> 20} MB needed): it cannot harden log"
+        host.session.note_reason(why, time.strftime("%H:%M:%S"))
+        return f"{why}; it takes log again by itself once space is freed on {node.name}"
     return None
 
 
@@ -91,6 +97,8 @@ async def serve_principal(node: "Node", host: "DatabaseHost", hello: dict, reade
         framing.write_message(writer, {"t": "suspend", "reason": session.redo_error})  # it outlives every reconnect
     await writer.drain()
     session.partner_connected = True
+    if session.redo_error is None:
+        session.state_reason = None
     session.partner_listen = hello.get("listen") if isinstance(hello.get("listen"), str) else None
     host.partner_writer = writer
     host.note_state()
@@ -121,7 +129,16 @@ async def _receive_loop(host: "DatabaseHost", reader, writer) -> None:
             msg = messages.validate(msg)
             seed = await _handle(host, msg, writer, records, seed)
         if records:
-            hardened = await host.mirror.harden(records)
+            try:
+                hardened = await host.mirror.harden(records)
+            except OSError as exc:
+                if exc.errno not in NO_SPACE:
+                    raise
+                # the principal goes on without us (exposed, under the witness rule) and redials;
+                # hellos are refused until there is room again, then it catches up by itself
+                host.session.note_reason(f"mirror disk full ({exc.strerror}): it cannot harden log", time.strftime("%H:%M:%S"))
+                host.session.caught_up = False  # it lacks what it could not harden: no failover to it
+                raise ConnectionError(f"disk full: cannot harden log ({exc.strerror})") from None
             framing.write_message(writer, {"t": "ack", "hardened_lsn": hardened, "redo_lsn": host.mirror.redo_lsn})
         await writer.drain()
 
@@ -238,7 +255,11 @@ def mirror_cannot_go_on(host: "DatabaseHost", why: str) -> None:
     """
     host.session.note_reason(why, time.strftime("%H:%M:%S"))
     if not host.session.config.suspended:
-        host.update_config(suspended=True)
+        try:
+            host.update_config(suspended=True)
+        except OSError as exc:  # no room even for meta.json: suspended until restart, when redo runs again
+            log.error("suspend_not_persisted", database=host.name, error=repr(exc))
+            host.session.config = host.session.config.with_(suspended=True)
     host.session.note_suspended()
     host.note_state()
     if host.partner_writer is not None:

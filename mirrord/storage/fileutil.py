@@ -8,6 +8,7 @@ directory is fsynced so that the rename itself is durable.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -62,3 +63,15 @@ def remove_sqlite_sidecars(path: Path) -> None:
             removed = True
     if removed:
         fsync_dir(Path(path).parent)
+
+
+# A node takes no more log (principal: refuses writes; mirror: refuses its principal's
+# log) while less than this is free: SQLite's WAL, the log, checkpoints and redo need room.
+DISK_RESERVE_BYTES = 8 << 20
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_free(path: Path) -> int:
+    """Bytes an unprivileged writer may still use on the file system holding `path`."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize

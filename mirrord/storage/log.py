@@ -308,8 +308,28 @@ class DurableLog:
             for i, record in enumerate(records):
                 if record.lsn != expected + i:
                     raise ValueError(f"append: record LSN {record.lsn}, expected {expected + i}")
-            for record in records:
-                self._append_one(record, encode_record(record))
+            mark = (len(self._segs), len(self._segments), self._segments[-1].size if self._segments else 0)
+            try:
+                for record in records:
+                    self._append_one(record, encode_record(record))
+            except OSError:
+                self._undo_appends(*mark)  # all or nothing: a full disk must not leave half a capture
+                raise
+
+    def _undo_appends(self, records: int, segments: int, last_size: int) -> None:
+        """Forget what one append() added: index entries, new segment files, bytes at the tail."""
+        for seg in self._segs[records:]:
+            seg.count -= 1
+        for lst in (self._segs, self._offsets, self._epochs, self._cum):
+            del lst[records:]
+        while len(self._segments) > segments:
+            self._forget(self._segments.pop())
+        if self._segments:
+            seg = self._segments[-1]
+            seg.size = last_size
+            os.ftruncate(seg.fd, last_size)  # freeing space cannot fail for want of it
+        if not self._segs:
+            self._first = 0
 
     def _append_one(self, record: LogRecord, data: bytes) -> None:
         seg = self._active_for(record.lsn)

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from mirrord.storage.fileutil import atomic_write_bytes, remove_sqlite_sidecars
+from mirrord.storage.fileutil import NO_SPACE, atomic_write_bytes, remove_sqlite_sidecars
 from mirrord.storage.log import DurableLog, LogRecord
 
 
@@ -105,6 +105,7 @@ def rebuild_from_log(path: Path, log: DurableLog, redo_lsn_path: Path, batch_byt
     return end
 
 
+NO_SPACE_RETRY = 0.5  # seconds redo waits before trying a batch again on a full disk
 PERSIST_INTERVAL = 0.05  # seconds an applied redo LSN may wait to be made durable
 
 
@@ -170,11 +171,22 @@ class RedoThread(threading.Thread):
         """Redo loop: wait for hardened log, apply it batch by batch, persist the redo LSN now and then."""
         try:
             while (work := self._wait_for_work()) != "stop":
-                if work == "redo":
-                    self._apply_batch()
-                if self._applied > self._persisted and (work == "persist" or time.monotonic() >= self._persist_due):
-                    self._persist()
-            self._persist()  # stopping: everything applied becomes durable, so a promotion starts from it
+                try:
+                    if work == "redo":
+                        self._apply_batch()
+                    if self._applied > self._persisted and (work == "persist" or time.monotonic() >= self._persist_due):
+                        self._persist()
+                except OSError as exc:
+                    if exc.errno not in NO_SPACE:
+                        raise
+                    # a full disk passes: retry the batch (full page images: applying again is harmless)
+                    with self._cond:
+                        self._cond.wait(NO_SPACE_RETRY)
+            try:
+                self._persist()  # stopping: everything applied becomes durable, so a promotion starts from it
+            except OSError as exc:
+                if exc.errno not in NO_SPACE:
+                    raise  # on a full disk the older redo LSN stands: a restart redoes a little more
         except BaseException as exc:  # noqa: BLE001 - any failure must stop redo and be reported
             self.error = exc
             if self._on_error is not None:

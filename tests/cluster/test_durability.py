@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -84,3 +85,88 @@ def test_a_database_that_cannot_load_is_quarantined_and_the_others_run(cluster):
     with pytest.raises(ServerError) as info:
         a.query("SELECT count(*) FROM t", db="bad")
     assert "quarantined" in info.value.message
+
+
+# ---------------------------------------------------------------- full disks
+
+def _small_disk(node, mb: int) -> None:
+    """Put a stopped node's data directory on a tmpfs of `mb` MB (skip where mounting is not allowed)."""
+    node.terminate()
+    shutil.rmtree(node.data_dir, ignore_errors=True)
+    node.data_dir.mkdir(parents=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mb}m", "tmpfs", str(node.data_dir)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs for the full-disk test: {proc.stderr.strip()}")
+    node.start()
+
+
+def _unmount(node) -> None:
+    node.terminate()  # before its directory goes away under it
+    subprocess.run(["umount", "-l", str(node.data_dir)], capture_output=True)
+
+
+def _fill(node, leave_mb: int = 1):
+    """Take all but `leave_mb` MB of the node's disk; return the filler to remove."""
+    filler = node.data_dir / "filler"
+    st = os.statvfs(node.data_dir)
+    size = st.f_bavail * st.f_frsize - (leave_mb << 20)
+    fd = os.open(filler, os.O_CREAT | os.O_WRONLY, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    finally:
+        os.close(fd)
+    return filler
+
+
+def _insert(node, i) -> str:
+    """'ok', or the error code the server answered with."""
+    try:
+        node.query("INSERT INTO t(id, v) VALUES (?, ?)", db=DB, params=[i, "x" * 500])
+        return "ok"
+    except ServerError as exc:
+        return exc.code
+
+
+def test_a_full_disk_on_the_principal_refuses_writes_clearly_and_they_resume_by_themselves(cluster, request):
+    a, b = cluster["a"], cluster["b"]
+    _small_disk(a, 48)
+    request.addfinalizer(lambda: _unmount(a))
+    cluster.setup_session(DB, principal="a", mirror="b", witness="c")
+    create_table(a, DB)
+    acked = {i for i in range(1, 51) if _insert(a, i) == "ok"}
+    assert len(acked) == 50
+    filler = _fill(a)
+    answers = [_insert(a, 1000 + i) for i in range(10)]
+    assert answers == ["disk_full"] * 10, answers
+    assert a.query("SELECT count(*) FROM t", db=DB).rows == [[50]]  # reads and status keep answering
+    assert a.status(DB)["role"] == "PRINCIPAL"
+    filler.unlink()
+    wait_for(lambda: _insert(a, 2000) == "ok" or None, 20, "writes accepted again once space is freed")
+    wait_synchronized(cluster, DB, "a", "b")  # the mirror redone up to the principal's end of log
+    assert ids_on(a, DB) == acked | {2000}
+
+
+def test_a_full_disk_on_the_mirror_disconnects_it_and_it_catches_up_by_itself(cluster, request):
+    a, b = cluster["a"], cluster["b"]
+    _small_disk(b, 48)
+    request.addfinalizer(lambda: _unmount(b))
+    cluster.setup_session(DB, principal="a", mirror="b", witness="c")
+    create_table(a, DB)
+    wait_synchronized(cluster, DB, "a", "b")
+    filler = _fill(b)
+    acked, i = set(), 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (a.status(DB)["state"] == "DISCONNECTED" and len(acked) >= 50):
+        i += 1
+        if _insert(a, i) == "ok":  # exposed once the witness heard: acknowledged by the principal alone
+            acked.add(i)
+    principal = wait_for(lambda: (lambda r: r if "disk full" in (r["state_reason"] or "") else None)(a.status(DB)), 10,
+                         "the principal saying why the mirror is disconnected")
+    assert principal["state"] == "DISCONNECTED", principal
+    assert b.status(DB)["role"] == "MIRROR"  # a mirror that cannot harden is no failover candidate
+    assert len(acked) >= 50
+    assert "disk full" in (b.status(DB)["state_reason"] or "")
+    filler.unlink()
+    wait_synchronized(cluster, DB, "a", "b", timeout=60)
+    assert acked <= ids_on(a, DB)
+    assert b.status(DB)["state_reason"] is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 import threading
 from pathlib import Path
@@ -332,3 +333,32 @@ def apply_op(log: DurableLog, model: Model, op: tuple, d: Path) -> DurableLog:
         log.reset(op[1], op[2])
         model.records, model.next, model.base_epoch = {}, op[1], op[2]
     return log
+
+
+def test_an_append_that_runs_out_of_space_is_undone_whole(tmp_path, monkeypatch):
+    """All or nothing: a capture of several transactions never leaves half of them in the log."""
+    import errno as _errno
+
+    from mirrord.storage import log as log_mod
+
+    dlog = DurableLog(tmp_path / "log", segment_bytes=6000)
+    dlog.append([LogRecord(1, 1, 1, 4096, ((1, b"a" * 4096),))])
+    real, calls = os.pwrite, []
+
+    def failing(fd, data, offset):
+        calls.append(1)
+        if len(calls) >= 2:
+            raise OSError(_errno.ENOSPC, "No space left on device")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(log_mod.os, "pwrite", failing)
+    batch = [LogRecord(2, 1, 2, 4096, ((2, b"b" * 4096),)), LogRecord(3, 1, 3, 4096, ((3, b"c" * 4096),))]
+    with pytest.raises(OSError):
+        dlog.append(batch)
+    monkeypatch.setattr(log_mod.os, "pwrite", real)
+    assert dlog.last_lsn == 1 and len(list(tmp_path.joinpath("log").glob("*.seg"))) == 1
+    dlog.append(batch)  # space is back: the same capture goes in
+    assert [r.lsn for r in dlog.read_from(1, 1 << 20)] == [1, 2, 3]
+    dlog.close()
+    reopened = DurableLog(tmp_path / "log", segment_bytes=6000)
+    assert [r.pages[0][1][:1] for r in reopened.read_from(1, 1 << 20)] == [b"a", b"b", b"c"]
