@@ -47,6 +47,7 @@ class DatabaseHost:
     witness_link: asyncio.Task | None = None
     quorum_changed: asyncio.Event = field(default_factory=asyncio.Event)  # wakes the witness link
     failover_reply: asyncio.Future | None = None  # manual failover: the mirror's failover_done
+    failover_in_doubt: bool = False  # a manual failover whose answer never came: not serving until the mirror says
     witness_conn: object | None = None  # the open WitnessConnection, if any
     role_change: asyncio.Lock = field(default_factory=asyncio.Lock)  # one promotion/step-down at a time
     on_witness_changed: object | None = None  # node callback: start/stop the witness link

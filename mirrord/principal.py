@@ -600,8 +600,12 @@ class PrincipalDatabase:
         return self._checkpoint(conn, "TRUNCATE")
 
     def stop_serving(self) -> None:
-        """The role has moved to the partner (manual failover): refuse every statement from now on."""
+        """The role has moved to the partner (manual failover), or may have: refuse every statement from now on."""
         self.serving = False
+
+    def resume_serving(self) -> None:
+        """A manual failover in doubt did not happen (the mirror still follows this principal): serve again."""
+        self.serving = True
 
     async def mark_transactions_aborted(self) -> None:
         """Roll back a client transaction in progress (role change, SET PARTNER OFF)."""

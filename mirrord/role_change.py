@@ -134,6 +134,7 @@ async def _step_down(node: "Node", host: "DatabaseHost", epoch: int, why: str) -
         cfg = host.session.config
         if cfg.role is not Role.PRINCIPAL or epoch <= cfg.epoch:
             return
+        host.failover_in_doubt = False  # settled: the partner is principal
         new_principal = host.session.partner_listen or cfg.partner
         if host.principal is not None:
             host.principal.fail_waiters(NotPrincipal(
@@ -193,7 +194,16 @@ async def manual_failover(node: "Node", host: "DatabaseHost") -> str:
                 await asyncio.wait_for(reply, max(cfg.timeout, 30))
             except (asyncio.TimeoutError, ConnectionError):
                 if not decided:
-                    raise StatementRefused("the mirror did not confirm the failover; this node stays principal") from None
+                    # The mirror may have promoted itself and lost only its answer: serving on
+                    # could make two principals. Serve again only once the mirror says it did not.
+                    principal.stop_serving()
+                    host.failover_in_doubt = True
+                    why = ("a manual failover was sent and never confirmed: its outcome is unknown, so this node does not "
+                           f"serve {host.name} until the partner answers (it becomes the mirror if the failover happened, "
+                           "and serves again if not)")
+                    s.note_reason(why, time.strftime("%H:%M:%S"))
+                    log.warning("manual_failover_in_doubt", database=host.name, role_sequence=cfg.epoch)
+                    raise StatementRefused(why) from None
             principal.stop_serving()  # the role has moved: no write waiting for this lock may commit here
     finally:
         s.failover_pending = False

@@ -237,9 +237,30 @@ class StatementExecutor:
         return _message(f"{host.name}: SAFETY {stmt.safety.value}")
 
     async def _do_SetTimeout(self, host, stmt) -> StatementResult:
+        cfg = host.session.config
+        if cfg.witness is not None and stmt.seconds > cfg.timeout:
+            # A longer TIMEOUT lengthens this principal's lease: the witness must wait as long
+            # before it votes, so it hears first (a shorter one is safe to adopt at once).
+            await self._tell_witness_timeout(host, stmt.seconds)
         host.update_config(timeout=stmt.seconds)
+        host.quorum_changed.set()  # the witness link reports the new TIMEOUT (a shorter one too)
         self._send_settings(host)
         return _message(f"{host.name}: PARTNER TIMEOUT {stmt.seconds} s")
+
+    async def _tell_witness_timeout(self, host: "DatabaseHost", seconds: int) -> None:
+        cfg, conn = host.session.config, host.witness_conn
+        refused = (f"PARTNER TIMEOUT can be raised only while the witness {cfg.witness} hears it first (it must wait as "
+                   "long before it votes); nothing changed. Try again when witness_state is CONNECTED")
+        if conn is None:
+            raise StatementRefused(refused)
+        msg = {"t": "w_report", "epoch": cfg.epoch, "synchronized": host.session.witness_believes_synchronized,
+               "safety": cfg.safety.value, "timeout": seconds}
+        try:
+            answer = await conn.request(msg, cfg.timeout)
+        except (asyncio.TimeoutError, ConnectionError, OSError):
+            raise StatementRefused(refused) from None
+        if not answer.get("accepted"):
+            raise StatementRefused(f"the witness did not accept the new TIMEOUT (it holds role sequence {answer.get('epoch')}); nothing changed")
 
     def _send_settings(self, host: "DatabaseHost") -> None:
         from mirrord.net.partner import settings_message
@@ -319,14 +340,18 @@ class StatementExecutor:
 
         COMMITTED: this node's log holds that LSN from that role sequence.
         LOST: it holds that LSN from another role sequence (a fork replaced it),
-        or it is a principal whose log ends before it. NOT_YET: a mirror that
+        or it is a principal whose log ends before it, or it is an old principal
+        whose log past the fork is diverged (lost_lsn_range). NOT_YET: a mirror that
         has not received it (ask the principal). UNKNOWN: the log no longer
         goes back that far.
         """
         host = self._host(stmt.db)
+        cfg = host.session.config
         end = host.log.last_lsn
         epoch = host.log.epoch_at(stmt.lsn) if 0 < stmt.lsn <= end else None
-        if stmt.lsn > end or stmt.lsn < 1:
+        if cfg.lost_lsn_to and cfg.lost_lsn_from <= stmt.lsn <= cfg.lost_lsn_to:
+            status = "LOST"  # still in this copy's log, but not in the session's history: the new principal forked before it
+        elif stmt.lsn > end or stmt.lsn < 1:
             status = "NOT_YET" if host.session.role is Role.MIRROR else "LOST"
         elif epoch is None:
             status = "UNKNOWN"

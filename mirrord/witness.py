@@ -55,6 +55,7 @@ class Witness:
         directory.mkdir(parents=True, exist_ok=True)
         self.records: dict[str, WitnessRecord] = {}
         self.connected: dict[str, dict[str, _Seen]] = {}  # db -> endpoint -> seen
+        self.started = time.monotonic()  # a fresh witness has not yet seen anyone go silent
         for path in sorted(directory.glob("*.json")):
             rec = WitnessRecord.from_dict(read_json(path))
             self.records[rec.db] = rec
@@ -67,9 +68,12 @@ class Witness:
             log.info("witness_record", database=rec.db, role_sequence=rec.role_sequence, principal=rec.principal, mirror=rec.mirror)
 
     def sees(self, db: str, endpoint: str) -> bool:
-        """Does the witness currently hear from this partner?"""
+        """Does the witness currently hear from this partner (within the longer of its TIMEOUT and the record's)?"""
         seen = self.connected.get(db, {}).get(endpoint)
-        return seen is not None and seen.alive(time.monotonic())
+        rec = self.records.get(db)
+        if seen is None:
+            return False
+        return time.monotonic() - seen.last_heard < max(seen.timeout, rec.timeout if rec is not None else 0)
 
     def state(self, db: str, rid: int, **extra) -> dict:
         """The w_state answer for a database."""
@@ -100,7 +104,8 @@ class Witness:
             raise ProtocolError(f"bad w_hello: role {hello['role']!r}, timeout {hello['timeout']!r}")
         if hello["role"] == "PRINCIPAL":
             rec = quorum.adopt_principal_claim(
-                self.records.get(db), db, sender, hello["partner"], hello["epoch"], hello["synchronized"], Safety(hello["safety"])
+                self.records.get(db), db, sender, hello["partner"], hello["epoch"], hello["synchronized"], Safety(hello["safety"]),
+                hello["timeout"],
             )
             if rec is not self.records.get(db):
                 self._save(rec)
@@ -129,7 +134,10 @@ class Witness:
         if kind == "w_ping":
             return self.state(db, msg["rid"])
         if kind == "w_report":
-            new = quorum.apply_principal_report(rec, sender, msg["epoch"], msg["synchronized"], Safety(msg["safety"]))
+            seen = self.connected.get(db, {}).get(sender)
+            if seen is not None and isinstance(msg.get("timeout"), int) and 1 <= msg["timeout"] <= 3600:
+                seen.timeout = float(msg["timeout"])
+            new = quorum.apply_principal_report(rec, sender, msg["epoch"], msg["synchronized"], Safety(msg["safety"]), msg.get("timeout"))
             if new is not None and new != rec:
                 self._save(new)
             return self.state(db, msg["rid"], accepted=new is not None)
@@ -145,7 +153,8 @@ class Witness:
     def _vote(self, db: str, sender: str, msg: dict) -> dict:
         rec = self.records[db]
         req = VoteRequest(db, sender, msg["epoch"], msg["hardened_lsn"], msg["forced"])
-        vote, new = quorum.decide_vote(rec, req, principal_seen=self.sees(db, rec.principal))
+        vote, new = quorum.decide_vote(rec, req, principal_seen=self.sees(db, rec.principal),
+                                       witness_uptime=time.monotonic() - self.started)
         if vote.granted:
             self._save(new)  # durable before the mirror hears of it
         (log.warning if vote.granted else log.debug)("witness_vote", database=db, requester=sender, granted=vote.granted, reason=vote.reason, role_sequence=vote.role_sequence, forced=req.forced)

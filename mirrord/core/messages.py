@@ -182,6 +182,7 @@ SCHEMAS: dict[str, dict[str, Checker]] = {
 OPTIONAL: dict[str, dict[str, Checker]] = {
     "ping": {"monitor": _figures},  # the principal's monitor figures the mirror cannot see itself
     "pong": {"monitor": _figures},  # the mirror's redo rate
+    "w_report": {"timeout": _int},  # the principal's PARTNER TIMEOUT (the witness waits that long before a vote)
 }
 
 CLIENT_TYPES = frozenset({"query", "result", "error"})

@@ -102,6 +102,7 @@ class WitnessRecord:
     mirror: str
     mirror_synchronized: bool
     safety: Safety = Safety.FULL
+    timeout: int = 10  # the principal's PARTNER TIMEOUT, as it last told the witness: how long silence must last
 
     def to_dict(self) -> dict:
         """JSON-able."""
@@ -112,7 +113,8 @@ class WitnessRecord:
     @classmethod
     def from_dict(cls, d: dict) -> "WitnessRecord":
         """Inverse of to_dict."""
-        return cls(d["db"], d["role_sequence"], d["principal"], d["mirror"], d["mirror_synchronized"], Safety(d.get("safety", "FULL")))
+        return cls(d["db"], d["role_sequence"], d["principal"], d["mirror"], d["mirror_synchronized"], Safety(d.get("safety", "FULL")),
+                   int(d.get("timeout", 10)))
 
 
 @dataclass(frozen=True)
@@ -135,9 +137,19 @@ class Vote:
     reason: str
 
 
-def decide_vote(record: WitnessRecord, req: VoteRequest, principal_seen: bool) -> tuple[Vote, WitnessRecord]:
-    """Grant at most one promotion per role sequence, never to a mirror known to be behind."""
+def decide_vote(record: WitnessRecord, req: VoteRequest, principal_seen: bool,
+                witness_uptime: float = float("inf")) -> tuple[Vote, WitnessRecord]:
+    """Grant at most one promotion per role sequence, never to a mirror known to be behind.
+
+    A witness that (re)started less than a TIMEOUT ago cannot know the principal
+    has been silent that long: its "not seen" only means "not connected yet".
+    It votes once it has been up for a full TIMEOUT, like a witness that saw the
+    principal go silent.
+    """
     refusal = _vote_refusal(record, req, principal_seen)
+    if refusal is None and witness_uptime < record.timeout:
+        refusal = (f"the witness started {witness_uptime:.1f} s ago: it votes only after a full PARTNER TIMEOUT "
+                   f"({record.timeout} s) without the principal")
     if refusal is not None:
         return Vote(False, record.role_sequence, refusal), record
     new = replace(
@@ -166,11 +178,12 @@ def _vote_refusal(record: WitnessRecord, req: VoteRequest, principal_seen: bool)
     return None
 
 
-def apply_principal_report(record: WitnessRecord, sender: str, role_sequence: Epoch, synchronized: bool, safety: Safety) -> WitnessRecord | None:
-    """The principal tells the witness whether its mirror is synchronized; None if not accepted."""
+def apply_principal_report(record: WitnessRecord, sender: str, role_sequence: Epoch, synchronized: bool, safety: Safety,
+                           timeout: int | None = None) -> WitnessRecord | None:
+    """The principal tells the witness whether its mirror is synchronized (and its TIMEOUT); None if not accepted."""
     if sender != record.principal or role_sequence != record.role_sequence:
         return None
-    return replace(record, mirror_synchronized=synchronized, safety=safety)
+    return replace(record, mirror_synchronized=synchronized, safety=safety, timeout=timeout or record.timeout)
 
 
 def apply_manual_failover(record: WitnessRecord, sender: str, role_sequence: Epoch) -> WitnessRecord | None:
@@ -180,10 +193,13 @@ def apply_manual_failover(record: WitnessRecord, sender: str, role_sequence: Epo
     return replace(record, role_sequence=role_sequence + 1, principal=record.mirror, mirror=record.principal, mirror_synchronized=False)
 
 
-def adopt_principal_claim(record: WitnessRecord | None, db: str, sender: str, partner: str, role_sequence: Epoch, synchronized: bool, safety: Safety) -> WitnessRecord:
+def adopt_principal_claim(record: WitnessRecord | None, db: str, sender: str, partner: str, role_sequence: Epoch, synchronized: bool,
+                          safety: Safety, timeout: int = 10) -> WitnessRecord:
     """A principal introduces itself: a new session, or a role sequence the witness missed."""
     if record is None or role_sequence > record.role_sequence:
-        return WitnessRecord(db, role_sequence, sender, partner, synchronized, safety)
+        return WitnessRecord(db, role_sequence, sender, partner, synchronized, safety, timeout)
+    if sender == record.principal and role_sequence == record.role_sequence and timeout != record.timeout:
+        return replace(record, timeout=timeout)  # the principal's TIMEOUT, as it stands now
     return record
 
 

@@ -114,6 +114,12 @@ async def _one_connection(node: "Node", host: "DatabaseHost") -> None:
             # reference (forced service): the old principal rejoins as mirror, the session SUSPENDED
             host.update_config(suspended=True, forced_fork=False)
             framing.write_message(writer, settings_message(host))
+        if host.failover_in_doubt and host.principal is not None:
+            # the partner welcomed us as its principal in our role sequence: the failover never happened
+            host.failover_in_doubt = False
+            host.session.state_reason = None
+            host.principal.resume_serving()
+            log.warning("manual_failover_did_not_happen", database=host.name, role="PRINCIPAL", role_sequence=cfg.epoch)
         hardened = await _agree_resume_point(host, welcome, reader, writer)
         host.session.partner_listen = welcome.get("listen") if isinstance(welcome.get("listen"), str) else None
         host.session.note_partner_connected(hardened)

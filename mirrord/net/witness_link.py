@@ -174,10 +174,11 @@ async def _drive(node: "Node", host: "DatabaseHost", conn: WitnessConnection, re
 
 async def _report_if_changed(host: "DatabaseHost", conn: WitnessConnection, reported, timeout: float):
     cfg = host.session.config
-    want = (cfg.epoch, _mirror_synchronized(host), cfg.safety)
+    want = (cfg.epoch, _mirror_synchronized(host), cfg.safety, cfg.timeout)
     if want == reported and host.session.witness_believes_synchronized == want[1]:
         return reported
-    answer = await conn.request({"t": "w_report", "epoch": cfg.epoch, "synchronized": want[1], "safety": cfg.safety.value}, timeout)
+    answer = await conn.request({"t": "w_report", "epoch": cfg.epoch, "synchronized": want[1], "safety": cfg.safety.value,
+                                 "timeout": cfg.timeout}, timeout)
     if answer.get("accepted"):
         host.session.witness_believes_synchronized = want[1]
         host.poke()  # commits blocked on "the witness must hear first" may go on

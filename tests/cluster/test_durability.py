@@ -170,3 +170,28 @@ def test_a_full_disk_on_the_mirror_disconnects_it_and_it_catches_up_by_itself(cl
     wait_synchronized(cluster, DB, "a", "b", timeout=60)
     assert acked <= ids_on(a, DB)
     assert b.status(DB)["state_reason"] is None
+
+
+# ---------------------------------------------------------------- fencing
+
+def test_a_manual_failover_whose_answer_is_lost_leaves_the_old_principal_not_serving_until_it_knows(cluster):
+    """No witness: when the mirror's answer never comes, the mirror may be principal already."""
+    a, b = cluster["a"], cluster["b"]
+    cluster.setup_session(DB, principal="a", mirror="b", timeout=2)
+    create_table(a, DB)
+    a.query("INSERT INTO t(id, v) VALUES (1, 'x')", db=DB)
+    wait_synchronized(cluster, DB, "a", "b")
+    b.freeze()  # it will receive FAILOVER only when thawed, and answer too late
+    try:
+        with pytest.raises(ServerError) as info:
+            a.query(f"ALTER DATABASE {DB} SET PARTNER FAILOVER", timeout=60)
+        assert "outcome is unknown" in info.value.message
+        assert _insert(a, 2) in ("not_serving", "refused")  # not serving: it may no longer be the principal
+        assert "outcome is unknown" in a.status(DB)["state_reason"]
+    finally:
+        b.thaw()
+    # b acts on the FAILOVER it holds: it becomes principal, and a learns it and steps down
+    wait_for(lambda: (b.status(DB)["role"], a.status(DB)["role"]) == ("PRINCIPAL", "MIRROR") or None, 30,
+             "b principal and a its mirror after the thaw")
+    assert _insert(b, 3) == "ok"
+    assert ids_on(b, DB) == {1, 3}

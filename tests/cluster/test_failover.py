@@ -103,8 +103,7 @@ def test_isolated_mirror_principal_runs_exposed_then_forced_service_reports_loss
     # now the mirror falls behind again, and the principal dies
     cluster.cut("a", "b")
     wait_for(lambda: a.status(DB)["state"] == "DISCONNECTED", 15, "principal exposed again")
-    for i in range(101, 131):
-        a.query("INSERT INTO t VALUES (?, 'only on a')", db=DB, params=[i])
+    tokens = [a.query("INSERT INTO t VALUES (?, 'only on a')", db=DB, params=[i]) for i in range(101, 131)]
     a.kill()
     cluster.heal_all()
     # no automatic failover to a mirror the witness knows is behind: observe for 3 × timeout
@@ -120,6 +119,10 @@ def test_isolated_mirror_principal_runs_exposed_then_forced_service_reports_loss
     wait_for(lambda: a.status(DB)["state"] == "SUSPENDED" and a.status(DB)["lost_transactions"] > 0, 30, "old principal SUSPENDED with a loss report")
     report = a.status(DB)
     assert report["role"] == "MIRROR" and report["lost_transactions"] == 30
+    for node in (a, b):  # the old principal still has them in its log, yet they are not in the session's history
+        for t in (tokens[0], tokens[-1]):
+            answer = node.query(f"EXEC sp_transaction_status '{DB}', {t.lsn}, {t.epoch}").as_dicts()[0]
+            assert answer["status"] == "LOST", (node.name, answer)
     salvage = sqlite3.connect(report["salvage_path"])
     assert salvage.execute("SELECT count(*) FROM t WHERE v = 'only on a'").fetchone() == (30,)
     salvage.close()

@@ -605,3 +605,26 @@ def test_sim_random_runs_without_forced_service_lose_nothing(events):
     assert not sim.forced_seqs and not sim.forced_loss()
     assert {c.cid for c in acked(sim)} <= set(sim.current_principal().log)
     assert sum(sim.p[n].role == "PRINCIPAL" for n in PARTNERS) == 1
+
+
+# ---------------------------------------------------------------- TIMEOUT on the witness (fencing)
+
+
+def test_a_restarted_witness_votes_only_after_a_full_timeout():
+    rec = replace(record(), timeout=4)
+    req = VoteRequest("shop", M, rec.role_sequence, 10)
+    for uptime in (0.0, 1.0, 3.99):
+        vote, same = decide_vote(rec, req, principal_seen=False, witness_uptime=uptime)
+        assert not vote.granted and "started" in vote.reason and same is rec
+    vote, new = decide_vote(rec, req, principal_seen=False, witness_uptime=4.0)
+    assert vote.granted and new.principal == M
+
+
+def test_the_principal_tells_the_witness_its_timeout():
+    rec = record()
+    assert quorum.apply_principal_report(rec, P, rec.role_sequence, True, FULL, 30).timeout == 30
+    assert quorum.apply_principal_report(rec, P, rec.role_sequence, True, FULL).timeout == rec.timeout
+    assert quorum.apply_principal_report(rec, M, rec.role_sequence, True, FULL, 30) is None  # only the principal
+    assert quorum.adopt_principal_claim(rec, "shop", P, M, rec.role_sequence, True, FULL, 7).timeout == 7
+    assert quorum.adopt_principal_claim(rec, "shop", M, P, rec.role_sequence, True, FULL, 7) is rec
+    assert WitnessRecord.from_dict(json.loads(json.dumps(replace(rec, timeout=7).to_dict()))).timeout == 7
