@@ -397,6 +397,8 @@ class Node:
             refuse = {"t": "refuse", "reason": reason}
             if host is not None:
                 refuse.update(epoch=host.session.config.epoch, role=host.session.role.value)
+                if inbound.ended_by_off_here(host, hello):
+                    refuse["partner_off"] = True
             framing.write_message(writer, refuse)
             await writer.drain()
             return

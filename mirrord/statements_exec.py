@@ -154,10 +154,10 @@ class StatementExecutor:
             await self.node.create_host(SessionConfig(stmt.db, role=Role.MIRROR, status=DatabaseStatus.RESTORING, partner=url))
             return _message(f"{stmt.db} is the mirror of {url}; it will be seeded when the principal connects")
         if host.session.config.status is DatabaseStatus.RESTORING:
-            host.update_config(role=Role.MIRROR, partner=url)
+            host.update_config(role=Role.MIRROR, partner=url, ended_by_off=None)
             return _message(f"{stmt.db} is the mirror of {url}")
         await self._probe_mirror(host, stmt.endpoint)
-        host.update_config(role=Role.PRINCIPAL, partner=url, epoch=max(host.session.config.epoch, 1))
+        host.update_config(role=Role.PRINCIPAL, partner=url, epoch=max(host.session.config.epoch, 1), ended_by_off=None)
         self.node.start_partner_link(host)
         return _message(f"{stmt.db} is the principal; mirroring to {url}")
 
@@ -192,11 +192,18 @@ class StatementExecutor:
             host.session.note_partner_lost()
             host.principal.update_visible()
             return _message(f"mirroring of {host.name} removed; it is a standalone database")
-        host.update_config(partner=None, role=Role.NONE, suspended=False)
+        # the principal is told now if it is connected, or by the refusal of its next hello
+        self._tell_partner(host, {"t": "partner_off"})
+        if host.partner_writer is not None:
+            await host.partner_writer.drain()
+        host.update_config(partner=None, role=Role.NONE, suspended=False, ended_by_off=host.session.config.partner)
         await self.node.stop_inbound(host)
-        return _message(f"mirroring of {host.name} removed; the copy stays RESTORING until RESTORE DATABASE {host.name} WITH RECOVERY")
+        return _message(f"mirroring of {host.name} removed on both partners; the copy stays RESTORING until RESTORE DATABASE {host.name} WITH RECOVERY")
 
     async def _partner_suspend(self, host: "DatabaseHost") -> StatementResult:
+        if host.session.role is Role.MIRROR:  # the principal's settings are the session's: it suspends, we adopt
+            self._tell_partner(host, {"t": "suspend", "reason": f"SET PARTNER SUSPEND on the mirror {self.node.name}"})
+            return _message(f"mirroring of {host.name} SUSPENDED by the principal at the mirror's request")
         host.update_config(suspended=True)
         host.session.note_suspended()
         self._send_settings(host)
@@ -204,14 +211,12 @@ class StatementExecutor:
         return _message(f"mirroring of {host.name} SUSPENDED; the log grows until RESUME")
 
     async def _partner_resume(self, host: "DatabaseHost") -> StatementResult:
-        host.update_config(suspended=False)
-        host.session.state_reason = None
-        self._send_settings(host)
-        # a fresh handshake agrees the resume point again: a diverged old principal is reseeded here
-        await self.node.stop_partner_link(host)
-        host.session.note_partner_lost()
-        host.poke()
-        self.node.start_partner_link(host)
+        if host.session.role is Role.MIRROR:
+            self._tell_partner(host, {"t": "resume"})
+            return _message(f"mirroring of {host.name}: RESUME sent to the principal, which resumes the session")
+        from mirrord.net.partner import resume_session
+
+        await resume_session(self.node, host)
         return _message(f"mirroring of {host.name} resumed")
 
     async def _partner_failover(self, host: "DatabaseHost") -> StatementResult:

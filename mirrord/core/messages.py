@@ -159,7 +159,8 @@ SCHEMAS: dict[str, dict[str, Checker]] = {
     "seed_end": {"crc": _int},
     "settings": {"safety": _safety, "timeout": _int, "suspended": _bool},
     "partner_off": {},
-    "suspend": {"reason": _str},  # mirror -> principal: the mirror cannot go on (redo failed, disk full, SUSPEND there)
+    "suspend": {"reason": _str},  # mirror -> principal: the mirror cannot go on (redo failed), or SUSPEND ran there
+    "resume": {},  # mirror -> principal: SET PARTNER RESUME ran on the mirror
     "failover": {"epoch": _int, "failover_lsn": _int},  # manual failover: principal -> mirror
     "failover_done": {"epoch": _int},
     # witness link, partner <-> witness (replies are w_state, matched by rid)
@@ -183,6 +184,7 @@ OPTIONAL: dict[str, dict[str, Checker]] = {
     "ping": {"monitor": _figures},  # the principal's monitor figures the mirror cannot see itself
     "pong": {"monitor": _figures},  # the mirror's redo rate
     "w_report": {"timeout": _int},  # the principal's PARTNER TIMEOUT (the witness waits that long before a vote)
+    "refuse": {"partner_off": _bool},  # the partner ended this session (SET PARTNER OFF): end it here too
 }
 
 CLIENT_TYPES = frozenset({"query", "result", "error"})

@@ -78,11 +78,7 @@ def _partner_action(session, stmt) -> str | None:
             return f"database {stmt.db} is not in a mirroring session; there is no partner to remove"
         return None
     if action in ("SUSPEND", "RESUME"):
-        if (why := _on_principal(session, stmt.db, f"SET PARTNER {action}")) is not None:
-            return why
-        if action == "RESUME" and not session.config.suspended:
-            return f"SET PARTNER RESUME needs a SUSPENDED session; {stmt.db} is {session.state.value}"
-        return None
+        return _suspend_or_resume(session, stmt.db, action)
     if action == "FAILOVER":
         if (why := _on_principal(session, stmt.db, "SET PARTNER FAILOVER")) is not None:
             return why
@@ -90,6 +86,25 @@ def _partner_action(session, stmt) -> str | None:
     if action == "FORCE_SERVICE_ALLOW_DATA_LOSS":
         return _forced_service_refusal(session, stmt.db)
     return f"unknown partner action {action}"
+
+
+def _suspend_or_resume(session: Session | None, db: str, action: str) -> str | None:
+    """SUSPEND and RESUME run on either partner; on the mirror they travel to the principal, which must be connected."""
+    if (why := _exists(session, db)) is not None:
+        return why
+    if session.config.partner is None:
+        return f"SET PARTNER {action} needs a mirroring session; database {db} has no partner (run SET PARTNER first)"
+    if action == "SUSPEND" and session.config.suspended:
+        return f"the session of {db} is SUSPENDED already; SET PARTNER RESUME resumes it"
+    if action == "RESUME" and not session.config.suspended:
+        return f"SET PARTNER RESUME needs a SUSPENDED session; {db} is {session.state.value}"
+    if session.role is Role.MIRROR:
+        if action == "RESUME" and session.redo_error is not None:
+            return f"redo failed on this mirror ({session.redo_error}): fix the cause and restart the node, then RESUME"
+        if not session.partner_connected:
+            return (f"SET PARTNER {action} on the mirror is carried out by the principal, which is not connected "
+                    f"({session.state.value}); issue it on the principal {session.config.partner}, or when it is back")
+    return None
 
 
 def manual_failover_refusal(session: Session) -> str | None:

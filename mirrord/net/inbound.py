@@ -40,6 +40,8 @@ def refusal_for_hello(node: "Node", host: "DatabaseHost | None", hello: dict) ->
             f"'{hello['from_endpoint']}' on {node.name} first"
         )
     cfg = host.session.config
+    if ended_by_off_here(host, hello):
+        return f"SET PARTNER OFF ended the mirroring of {db} on {node.name}; end it on the principal too"
     if host.mirror is None or cfg.role is not Role.MIRROR:
         return f"database {db} on {node.name} is not a mirror (role {cfg.role.value}, role sequence {cfg.epoch})"
     if host.session.failover_requested:
@@ -54,6 +56,12 @@ def refusal_for_hello(node: "Node", host: "DatabaseHost | None", hello: dict) ->
         host.session.note_reason(why, time.strftime("%H:%M:%S"))
         return f"{why}; it takes log again by itself once space is freed on {node.name}"
     return None
+
+
+def ended_by_off_here(host: "DatabaseHost", hello: dict) -> bool:
+    """SET PARTNER OFF ran here on the mirror of the principal saying hello: it must end the session too."""
+    cfg = host.session.config
+    return cfg.partner is None and cfg.ended_by_off is not None and _same_endpoint(cfg.ended_by_off, hello["from_endpoint"])
 
 
 def hello_from_newer_principal(host: "DatabaseHost", hello: dict) -> bool:

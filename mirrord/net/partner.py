@@ -105,6 +105,8 @@ async def _one_connection(node: "Node", host: "DatabaseHost") -> None:
         framing.write_message(writer, node.hello(host))
         welcome = messages.validate(await asyncio.wait_for(framing.read_message(reader), timeout))
         if welcome["t"] == "refuse":
+            if welcome.get("partner_off") is True:
+                ended_by_partner(host)
             await _maybe_step_down(node, host, welcome)
             raise PartnerRefused(welcome["reason"])
         if welcome["t"] != "welcome":
@@ -131,7 +133,7 @@ async def _one_connection(node: "Node", host: "DatabaseHost") -> None:
         host.note_state()
         note_connected(host)
         log.info("partner_connected", database=host.name, role="PRINCIPAL", role_sequence=cfg.epoch, hardened_lsn=hardened, lsn=host.log.last_lsn)
-        await _run_loops(host, reader, writer, hardened + 1)
+        await _run_loops(node, host, reader, writer, hardened + 1)
     finally:
         writer.close()
         node.untrack_endpoint_writer(writer)
@@ -144,6 +146,31 @@ async def _maybe_step_down(node: "Node", host: "DatabaseHost", refuse: dict) -> 
     epoch = refuse.get("epoch")
     if refuse.get("role") == "PRINCIPAL" and isinstance(epoch, int) and not isinstance(epoch, bool) and epoch > host.session.config.epoch:
         await step_down(node, host, epoch, f"the partner {host.session.config.partner} is principal in role sequence {epoch}")
+
+
+async def resume_session(node: "Node", host: "DatabaseHost") -> None:
+    """RESUME (issued here, or on the mirror): clear SUSPENDED, then a fresh handshake agrees the resume point.
+
+    A diverged old principal is reseeded in that handshake.
+    """
+    host.update_config(suspended=False)
+    host.session.state_reason = None
+    if host.partner_writer is not None and not host.partner_writer.is_closing():
+        framing.write_message(host.partner_writer, settings_message(host))
+    await node.stop_partner_link(host)
+    host.session.note_partner_lost()
+    host.poke()
+    node.start_partner_link(host)
+
+
+def ended_by_partner(host: "DatabaseHost") -> None:
+    """The mirror ran SET PARTNER OFF: the session ends here too (the link loop then stops by itself)."""
+    log.warning("partner_removed_by_mirror", database=host.name, partner=host.session.config.partner, role="PRINCIPAL")
+    host.update_config(partner=None, role=Role.NONE, suspended=False)
+    host.session.note_partner_lost()
+    host.session.state_reason = None
+    if host.principal is not None:
+        host.principal.update_visible()
 
 
 def suspended_by_mirror(host: "DatabaseHost", reason: str) -> None:
@@ -235,11 +262,11 @@ def _page_size(path: Path) -> int:
     return 65536 if size == 1 else size
 
 
-async def _run_loops(host: "DatabaseHost", reader, writer, next_lsn: int) -> None:
+async def _run_loops(node: "Node", host: "DatabaseHost", reader, writer, next_lsn: int) -> None:
     pings: dict[int, float] = {}
     tasks = [
         asyncio.create_task(_ship(host, writer, next_lsn)),
-        asyncio.create_task(_read_acks(host, reader, pings)),
+        asyncio.create_task(_read_acks(node, host, reader, pings)),
         asyncio.create_task(_ping(host, writer, pings)),
     ]
     try:
@@ -278,7 +305,7 @@ def _principal_view(host: "DatabaseHost") -> dict:
     return {"synchronized": s.caught_up, "send_queue": host.queue_bytes(s.hardened_lsn, host.log.last_lsn)}
 
 
-async def _read_acks(host: "DatabaseHost", reader, pings: dict[int, float]) -> None:
+async def _read_acks(node: "Node", host: "DatabaseHost", reader, pings: dict[int, float]) -> None:
     acks = 0
     while True:
         msg = messages.validate(await asyncio.wait_for(framing.read_message(reader), host.session.config.timeout))
@@ -303,6 +330,12 @@ async def _read_acks(host: "DatabaseHost", reader, pings: dict[int, float]) -> N
                 s.mirror_lease_until = max(s.mirror_lease_until, lease_until(sent_at, s.config.timeout))
         elif msg["t"] == "suspend":
             suspended_by_mirror(host, msg["reason"])
+        elif msg["t"] == "resume":
+            if host.session.config.suspended:  # a task of its own: it restarts this very link
+                asyncio.ensure_future(resume_session(node, host))
+        elif msg["t"] == "partner_off":
+            ended_by_partner(host)
+            raise ConnectionError("the mirror ended the session (SET PARTNER OFF)")
         elif msg["t"] == "failover_done":
             if host.failover_reply is not None and not host.failover_reply.done():
                 host.failover_reply.set_result(msg["epoch"])

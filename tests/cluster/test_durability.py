@@ -195,3 +195,37 @@ def test_a_manual_failover_whose_answer_is_lost_leaves_the_old_principal_not_ser
              "b principal and a its mirror after the thaw")
     assert _insert(b, 3) == "ok"
     assert ids_on(b, DB) == {1, 3}
+
+
+# ---------------------------------------------------------------- either partner
+
+def test_suspend_and_resume_on_the_mirror(cluster):
+    a, b = cluster["a"], cluster["b"]
+    cluster.setup_session(DB, principal="a", mirror="b")
+    create_table(a, DB)
+    wait_synchronized(cluster, DB, "a", "b")
+    b.query(f"ALTER DATABASE {DB} SET PARTNER SUSPEND")
+    wait_for(lambda: a.status(DB)["state"] == b.status(DB)["state"] == "SUSPENDED" or None, 10, "SUSPENDED on both")
+    assert "SUSPEND on the mirror" in a.status(DB)["state_reason"]
+    assert _insert(a, 1) == "ok"  # the principal goes on alone; the log grows
+    b.query(f"ALTER DATABASE {DB} SET PARTNER RESUME")
+    wait_synchronized(cluster, DB, "a", "b")
+    assert a.status(DB)["state_reason"] is None
+
+
+def test_partner_off_on_the_mirror_ends_the_session_on_both_now_or_at_the_next_hello(cluster):
+    a, b = cluster["a"], cluster["b"]
+    for db in ("shop", "crm"):
+        cluster.setup_session(db, principal="a", mirror="b")
+        create_table(a, db)
+        wait_synchronized(cluster, db, "a", "b")
+    # connected: the principal is told at once
+    b.query("ALTER DATABASE shop SET PARTNER OFF")
+    wait_for(lambda: a.status("shop")["role"] == "NONE" or None, 10, "shop standalone on the principal too")
+    assert a.status("shop")["partner"] is None and _insert(a, 1) == "ok"
+    # disconnected: told by the refusal of its next hello
+    a.terminate()
+    b.query("ALTER DATABASE crm SET PARTNER OFF")
+    a.start()
+    wait_for(lambda: a.status("crm")["role"] == "NONE" or None, 15, "crm standalone on the principal after its next hello")
+    a.query("INSERT INTO t(id, v) VALUES (1, 'standalone')", db="crm")

@@ -23,6 +23,7 @@ GOOD = {
     "settings": dict(safety="OFF", timeout=1, suspended=True),
     "partner_off": dict(),
     "suspend": dict(reason="redo failed at LSN 12: disk I/O error"),
+    "resume": dict(),
     "query": dict(id=1, db=None, sql="SELECT 1", params=None),
     "result": dict(id=1, columns=["a"], rows=[[1]], rowcount=-1, lsn=None, epoch=2, message=None),
     "error": dict(id=1, code="refused", message="no", principal=None),
