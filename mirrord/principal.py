@@ -55,7 +55,7 @@ from mirrord.core.types import (CommitInDoubt, DiskFull, LogFull, Lsn, MirrordEr
                                 TransactionAborted)
 from mirrord.storage.fileutil import DISK_RESERVE_BYTES, NO_SPACE, atomic_write_bytes, disk_free
 from mirrord.storage.log import DurableLog, LogRecord
-from mirrord.storage.pagestore import load_redo_lsn, rebuild_from_log
+from mirrord.storage.pagestore import apply_log_range, load_redo_lsn, rebuild_from_log
 from mirrord.storage.wal import WalPosition, WalReader
 
 log = structlog.get_logger()
@@ -149,6 +149,7 @@ class PrincipalDatabase:
         self.sync_error: str | None = None  # why the last fsync of the log failed, until one succeeds
         self._redo_lsn_path = directory / "redo_lsn"
         self.applied_lsn: Lsn = 0  # the database file (without its WAL) is durable up to here
+        self._checkpoints_paused = 0  # snapshots copying db.sqlite: no checkpoint may write into it meanwhile
         # Nothing is visible until the ack rule says so: after a restart the end of
         # log may hold commits the mirror never hardened.
         self.visible_lsn: Lsn = 0
@@ -290,7 +291,9 @@ class PrincipalDatabase:
         # The log keeps what the file lacks (a lost WAL is rebuilt from it): checkpoint
         # before that share grows large, or truncation could not make room.
         unchecked = self.log.bytes_between(self.applied_lsn, self.log.last_lsn)
-        if pos.frame_count >= CHECKPOINT_FRAMES or unchecked > self.log_size_limit // 4:
+        if self._checkpoints_paused:
+            pass  # a snapshot is copying the file: it must not change under the copy
+        elif pos.frame_count >= CHECKPOINT_FRAMES or unchecked > self.log_size_limit // 4:
             # PASSIVE never waits for readers (one may be waiting for the mirror
             # while it holds a snapshot); once complete, SQLite restarts the WAL
             # with new salts at the next write and the reader follows.
@@ -576,24 +579,39 @@ class PrincipalDatabase:
     # ---------------------------------------------------------------- snapshots
 
     async def snapshot_to(self, dest: Path) -> tuple[Lsn, int]:
-        """Copy a consistent image of the database file to dest; return (lsn, epoch) it is at.
+        """Copy a consistent image of the database at some LSN to dest, writes going on; return (lsn, epoch).
 
-        Under the write lock nothing commits; a TRUNCATE checkpoint puts every
-        captured frame into the file, so the file is exactly the database at
-        end_lsn, page for page.
+        Without the write lock: only checkpoints write into db.sqlite (commits go
+        to the WAL), so with checkpoints paused the file stays as it is, durable up
+        to `applied_lsn` (and perhaps holding later pages of an unfinished
+        checkpoint). The copy is brought to `lsn`, the end of log when the pause
+        began, by applying the log's page images past `applied_lsn` — the redo the
+        mirror runs. The result is the database at `lsn`, page for page (I3).
+        Writers wait for nothing but the copy's share of the disk.
         """
-        async with self.write_lock:
-            for attempt in range(200):
-                done = await _in_connection_thread(self._writer, self._capture_and_checkpoint)
-                if done:
-                    break
-                await asyncio.sleep(0.01 * min(attempt + 1, 10))  # readers still on the old WAL
-            else:
-                raise StatementRefused("could not checkpoint for a snapshot: readers kept the WAL busy; try again")
-            await asyncio.to_thread(_copy_durably, self.path, dest)
-            # the epoch of the record at end_lsn, not the current role sequence: a mirror seeded
+        async with self._hop_gate:  # no capture under way: applied_lsn and the end of log hold still
+            self._checkpoints_paused += 1
+            base, lsn = self.applied_lsn, self.end_lsn
+            # the epoch of the record at lsn, not the current role sequence: a mirror seeded
             # here reports it as its hardened epoch, and a mismatch reads as divergence (a full reseed)
-            return self.end_lsn, self.log.last_epoch
+            epoch = self.log.last_epoch
+        try:
+            await self.wait_synced(lsn)  # a mirror never holds what a power cut could take from us
+            await asyncio.to_thread(_copy_durably, self.path, dest)
+            await asyncio.to_thread(apply_log_range, dest, self.log, base + 1, lsn)
+        finally:
+            self._checkpoints_paused -= 1
+        return lsn, epoch
+
+    async def wait_synced(self, lsn: Lsn) -> None:
+        """Wait until the log is fsynced up to lsn."""
+        while self.synced_lsn < lsn:
+            if self.closed:
+                raise NotServing("the database is closing on this node")
+            self._sync_wanted.set()
+            self.new_log.clear()
+            if self.synced_lsn < lsn:
+                await self.new_log.wait()
 
     def _capture_and_checkpoint(self, conn: sqlite3.Connection) -> bool:
         self._capture(conn)

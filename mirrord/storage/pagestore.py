@@ -78,6 +78,19 @@ def load_redo_lsn(path: Path) -> int:
         return 0
 
 
+def apply_log_range(path: Path, log: DurableLog, first: int, last: int, batch_bytes: int = 8 << 20) -> None:
+    """Apply the log's records first..last, in LSN order, to a database file, and sync it."""
+    store = PageStore(path)
+    try:
+        while first <= last:
+            records = [r for r in log.read_from(first, batch_bytes) if r.lsn <= last]
+            store.apply(records)
+            first = records[-1].lsn + 1
+        store.sync()
+    finally:
+        store.close()
+
+
 def rebuild_from_log(path: Path, log: DurableLog, redo_lsn_path: Path, batch_bytes: int = 8 << 20) -> int:
     """Bring a database file up to the end of the log from its persisted redo LSN; return that end.
 
@@ -91,15 +104,7 @@ def rebuild_from_log(path: Path, log: DurableLog, redo_lsn_path: Path, batch_byt
     start, end = load_redo_lsn(redo_lsn_path) + 1, log.last_lsn
     if start > end:
         return end
-    store = PageStore(path)
-    try:
-        while start <= end:
-            records = [r for r in log.read_from(start, batch_bytes) if r.lsn <= end]
-            store.apply(records)
-            start = records[-1].lsn + 1
-        store.sync()
-    finally:
-        store.close()
+    apply_log_range(path, log, start, end, batch_bytes)
     remove_sqlite_sidecars(path)  # what the WAL held is in the file now; a stale WAL must not be replayed over it
     atomic_write_bytes(redo_lsn_path, str(end).encode())
     return end

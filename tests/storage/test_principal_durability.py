@@ -123,3 +123,32 @@ async def test_a_log_that_no_longer_reaches_the_file_is_refused(tmp_path):
     assert q.log.first_lsn == 5
     with pytest.raises(RuntimeError, match="cannot be rebuilt"):
         await q.open()
+
+
+async def test_a_snapshot_is_exact_at_its_lsn_while_writes_go_on(tmp_path, monkeypatch):
+    """Seeding and BACKUP copy without the write lock: commits during the copy are not in it, nor waited for."""
+    import asyncio
+
+    import mirrord.principal as principal_mod
+
+    monkeypatch.setattr(principal_mod, "CHECKPOINT_FRAMES", 40)  # the file is checkpointed now and then
+    p = _principal(tmp_path / "a")
+    await p.open()
+    try:
+        await p.execute(object(), "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)", None)
+        await _write(p, range(1, 101))
+        writing = asyncio.ensure_future(_write(p, range(1000, 1200)))
+        snaps = []
+        for k in range(5):
+            await asyncio.sleep(0)
+            lsn, epoch = await p.snapshot_to(tmp_path / f"snap{k}.sqlite")
+            snaps.append((k, lsn))
+        await writing
+        for k, lsn in snaps:
+            conn = sqlite3.connect(tmp_path / f"snap{k}.sqlite")
+            assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+            assert conn.execute("SELECT count(*) FROM t").fetchone() == (lsn - 1,)  # LSN 1 created the table
+            conn.close()
+        assert any(101 < lsn < 301 for _, lsn in snaps), snaps  # taken while the writes went on
+    finally:
+        await p.close()
