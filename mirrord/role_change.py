@@ -147,12 +147,7 @@ async def _step_down(node: "Node", host: "DatabaseHost", epoch: int, why: str) -
         # the file holds everything up to the end of log: say so before the role changes
         atomic_write_bytes(host.directory / "redo_lsn", str(host.log.last_lsn).encode())
         host.update_config(role=Role.MIRROR, status=DatabaseStatus.RESTORING, epoch=epoch, forced_fork=False)
-        host.session.note_partner_lost()
-        # As a mirror it has not heard from the new principal yet: what note_partner_lost kept
-        # was its own mirror's state. Left True, it asked the witness for votes every ping and
-        # each request cut the new principal's connection while it was being set up.
-        host.session.principal_was_synchronized = False
-        host.session.witness_lease_until = 0.0
+        host.session.note_stepped_down()
         await node.activate(host)
         log.warning("stepped_down_to_mirror", database=host.name, role="MIRROR", role_sequence=epoch, lsn=host.log.last_lsn, reason=why)
 

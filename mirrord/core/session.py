@@ -172,6 +172,18 @@ class Session:
         self.caught_up = False
         self.mirror_lease_until = 0.0
 
+    def note_stepped_down(self) -> None:
+        """This principal became the mirror of a newer principal it has not heard from yet.
+
+        What `note_partner_lost` keeps as "the principal was synchronized" was its
+        own mirror's state. Left True, it asked the witness for a vote every ping,
+        and each request cut the new principal's connection while it was being set
+        up (found by the nemesis, seed 20261123, round 132).
+        """
+        self.note_partner_lost()
+        self.principal_was_synchronized = False
+        self.witness_lease_until = 0.0
+
     def note_partner_connected(self, hardened: Lsn) -> None:
         """A partner connection was established and agreed to resume after `hardened`."""
         self.partner_connected = True

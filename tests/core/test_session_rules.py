@@ -154,3 +154,21 @@ def test_backup_refused_on_a_mirror_copy():
 def test_statements_on_unknown_databases_say_so():
     for stmt in (st.DropDatabase("x"), st.SetSafety("x", Safety.OFF), st.PartnerAction("x", "OFF"), st.BackupDatabase("x", "/b")):
         assert "does not exist" in refusal(None, stmt)
+
+
+def test_a_principal_that_stepped_down_does_not_take_its_own_mirror_state_for_the_principals():
+    """Regression (nemesis seed 20261123, round 132): as a mirror it asked the witness for a vote every ping."""
+    from mirrord.core.monitoring import readiness
+    from mirrord.core.quorum import MirrorView, automatic_failover_refusal
+
+    s = Session(SessionConfig("shop", role=Role.PRINCIPAL, partner="tcp://b:5022", witness="tcp://w:5022"))
+    s.end_of_log_lsn = 10
+    s.note_partner_connected(10)
+    s.witness_connected = True
+    assert s.state is MirroringState.SYNCHRONIZED
+    s.config = s.config.with_(role=Role.MIRROR, status=DatabaseStatus.RESTORING, epoch=2)
+    s.note_stepped_down()
+    assert not s.principal_was_synchronized and not s.partner_connected and s.witness_lease_until == 0.0
+    view = MirrorView(s.config.safety, True, True, s.partner_connected, s.principal_was_synchronized, s.config.suspended)
+    assert "not SYNCHRONIZED" in automatic_failover_refusal(view)
+    assert "not SYNCHRONIZED" in readiness(s).automatic
