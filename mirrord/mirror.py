@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import zlib
 from pathlib import Path
 from typing import Callable, Sequence
@@ -142,6 +143,42 @@ class MirrorDatabase:
         if self._seed_tmp.stat().st_size != size or data_crc != crc:
             raise ProtocolError("seed snapshot does not match its size or checksum")
         self.install_snapshot(self._seed_tmp, lsn, epoch)
+
+    # ---------------------------------------------------------------- rewind
+
+    def rewind_begin(self, page_size: int) -> None:
+        """Start a rewind on a copy of the page store (the store itself changes only at the end, atomically)."""
+        self._rewind_tmp = self.directory / "rewind.tmp"
+        shutil.copyfile(self.path, self._rewind_tmp)
+        self._rewind_store = PageStore(self._rewind_tmp)
+        self._rewind_page_size = page_size
+        self._rewind_count = 0
+
+    def rewind_pages(self, pages: Sequence[tuple[int, bytes]]) -> None:
+        """Write the principal's images of pages either side changed since the fork."""
+        if getattr(self, "_rewind_store", None) is None:
+            raise ProtocolError("rewind_pages without rewind_begin")
+        self._rewind_store.write_pages(pages, self._rewind_page_size)
+        self._rewind_count += len(pages)
+
+    async def rewind_end(self, lsn: Lsn, epoch: int, db_size: int, count: int) -> None:
+        """Cut the copy to the principal's size and make it the page store at lsn."""
+        store, self._rewind_store = getattr(self, "_rewind_store", None), None
+        if store is None:
+            raise ProtocolError("rewind_end without rewind_begin")
+        if count != self._rewind_count:
+            store.close()
+            raise ProtocolError(f"rewind carried {self._rewind_count} pages, its end says {count}")
+        await asyncio.to_thread(self._install_rewind, store, lsn, epoch, db_size)
+        log.info("rewound", database=self.session.db, lsn=lsn, epoch=epoch, pages=count)
+
+    def _install_rewind(self, store: PageStore, lsn: Lsn, epoch: int, db_size: int) -> None:
+        try:
+            store.truncate(db_size, self._rewind_page_size)
+            store.sync()
+        finally:
+            store.close()
+        self.install_snapshot(self._rewind_tmp, lsn, epoch)
 
     def install_snapshot(self, source: Path, lsn: Lsn, epoch: int) -> None:
         """Make source the page store at lsn (seeding, RESTORE … WITH NORECOVERY)."""

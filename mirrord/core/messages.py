@@ -157,6 +157,10 @@ SCHEMAS: dict[str, dict[str, Checker]] = {
     "seed_begin": {"lsn": _int, "epoch": _int, "page_size": _int, "size": _int},
     "seed_chunk": {"offset": _int, "data": _bytes},
     "seed_end": {"crc": _int},
+    # rewind of a diverged old principal: only the pages either side changed since the fork
+    "rewind_begin": {"lsn": _int, "epoch": _int, "page_size": _int, "db_size": _int},
+    "rewind_pages": {"pages": _list},  # [[pgno, image], ...]: checked as a log record's pages are
+    "rewind_end": {"count": _int},
     "settings": {"safety": _safety, "timeout": _int, "suspended": _bool},
     "partner_off": {},
     "suspend": {"reason": _str},  # mirror -> principal: the mirror cannot go on (redo failed), or SUSPEND ran there
@@ -185,6 +189,7 @@ OPTIONAL: dict[str, dict[str, Checker]] = {
     "pong": {"monitor": _figures},  # the mirror's redo rate
     "w_report": {"timeout": _int},  # the principal's PARTNER TIMEOUT (the witness waits that long before a vote)
     "refuse": {"partner_off": _bool},  # the partner ended this session (SET PARTNER OFF): end it here too
+    "welcome": {"diverged_pages": _list},  # a diverged old principal: pages its log changed past the fork
 }
 
 CLIENT_TYPES = frozenset({"query", "result", "error"})

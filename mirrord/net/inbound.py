@@ -20,7 +20,7 @@ from mirrord.core.types import Endpoint, ProtocolError, Role, Safety
 from mirrord.monitor import monitor_of, note_connected, partner_report
 from mirrord.net import framing
 from mirrord.storage.fileutil import DISK_RESERVE_BYTES, NO_SPACE, disk_free
-from mirrord.storage.log import LogRecord
+from mirrord.storage.log import LogRecord, _check_pages
 
 if TYPE_CHECKING:
     from mirrord.host import DatabaseHost
@@ -96,11 +96,15 @@ async def serve_principal(node: "Node", host: "DatabaseHost", hello: dict, reade
         host.update_config(epoch=hello["epoch"])
     mirror = host.mirror
     await _note_divergence(host, hello)
-    framing.write_message(writer, {
+    welcome = {
         "t": "welcome", "db": host.name, "epoch": session.config.epoch,
         "hardened_lsn": mirror.hardened_lsn, "hardened_epoch": host.log.last_epoch,
         "redo_lsn": mirror.redo_lsn, "needs_seed": not mirror.path.exists(), "listen": node.listen_address,
-    })
+    }
+    diverged = _diverged_pages(host, hello)
+    if diverged is not None:
+        welcome["diverged_pages"] = diverged  # the principal can rewind this copy instead of copying it whole
+    framing.write_message(writer, welcome)
     if session.redo_error is not None:
         framing.write_message(writer, {"t": "suspend", "reason": session.redo_error})  # it outlives every reconnect
     await writer.drain()
@@ -174,6 +178,26 @@ async def _handle(host: "DatabaseHost", msg: dict, writer, records: list, seed: 
             host.update_config(lost_lsn_from=0, lost_lsn_to=0)  # rolled back; the salvage copy stays
         framing.write_message(writer, {"t": "ack", "hardened_lsn": seed["lsn"], "redo_lsn": seed["lsn"]})
         return None
+    elif kind == "rewind_begin":
+        if msg["page_size"] not in (512, 1024, 2048, 4096, 8192, 16384, 32768, 65536) or msg["db_size"] < 1:
+            raise ProtocolError(f"rewind_begin: page size {msg['page_size']}, db size {msg['db_size']}")
+        await asyncio.to_thread(host.mirror.rewind_begin, msg["page_size"])
+        return msg
+    elif kind == "rewind_pages":
+        if seed is None or seed.get("t") != "rewind_begin":
+            raise ProtocolError("rewind_pages without rewind_begin")
+        pages = _check_pages(seed["lsn"], seed["page_size"], msg["pages"])
+        if any(pgno > seed["db_size"] for pgno, _ in pages):
+            raise ProtocolError(f"rewind page beyond the database's {seed['db_size']} pages")
+        await asyncio.to_thread(host.mirror.rewind_pages, pages)
+    elif kind == "rewind_end":
+        if seed is None or seed.get("t") != "rewind_begin":
+            raise ProtocolError("rewind_end without rewind_begin")
+        await host.mirror.rewind_end(seed["lsn"], seed["epoch"], seed["db_size"], msg["count"])
+        if host.session.config.lost_lsn_to:
+            host.update_config(lost_lsn_from=0, lost_lsn_to=0)  # rolled back; the salvage copy stays
+        framing.write_message(writer, {"t": "ack", "hardened_lsn": seed["lsn"], "redo_lsn": seed["lsn"]})
+        return None
     elif kind == "partner_off":
         raise PartnerRemoved()
     elif kind == "failover":
@@ -205,6 +229,18 @@ def _adopt_principal_view(host: "DatabaseHost", msg: dict) -> None:
     if "monitor" in msg:
         monitor_of(host).adopt_report(msg["monitor"])
     host.note_state()
+
+
+def _diverged_pages(host: "DatabaseHost", hello: dict) -> list[int] | None:
+    """Pages this copy changed past the principal's fork point, when it diverged and its log still says which."""
+    fork = hello.get("failover_lsn")
+    end = host.log.last_lsn
+    if not isinstance(fork, int) or isinstance(fork, bool) or hello["epoch"] <= host.log.last_epoch or end <= fork:
+        return None
+    if host.mirror is None or not host.mirror.path.exists() or host.mirror.redo_lsn < end:
+        return None  # the page store must be this copy at its end of log
+    touched = host.log.pages_touched(fork + 1, end)
+    return sorted(touched) if touched is not None else None
 
 
 async def _note_divergence(host: "DatabaseHost", hello: dict) -> None:

@@ -20,6 +20,7 @@ principal runs exposed: commits stop waiting for the mirror.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import zlib
 from pathlib import Path
@@ -41,6 +42,7 @@ log = structlog.get_logger()
 
 SHIP_BATCH_BYTES = 1 << 20
 SEED_CHUNK = 1 << 20
+REWIND_BATCH = 128  # pages per rewind frame
 BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 1.0
 TRUNCATE_EVERY_ACKS = 64
@@ -223,9 +225,54 @@ async def _agree_resume_point(host: "DatabaseHost", welcome: dict, reader, write
         log.warning("mirror_diverged_awaiting_resume", database=host.name, mirror_lsn=hardened, fork_lsn=host.session.config.failover_lsn)
         return min(hardened, end)
     log_gone = hardened < end and (host.log.first_lsn == 0 or host.log.first_lsn > hardened + 1)
+    if is_diverged and not welcome["needs_seed"] and isinstance(welcome.get("diverged_pages"), list):
+        rewound = await _rewind(host, reader, writer, welcome["diverged_pages"])
+        if rewound is not None:
+            return rewound
     if welcome["needs_seed"] or log_gone or is_diverged:
         return await _seed(host, reader, writer)
     return hardened
+
+
+async def _rewind(host: "DatabaseHost", reader, writer, diverged: list) -> int | None:
+    """pg_rewind's idea: send only the pages either side changed since the fork; None when the log no longer says which.
+
+    A page neither side wrote past the fork is the same in both copies (the
+    common history); every other page gets our image, from a snapshot at lsn.
+    """
+    fork = host.session.config.failover_lsn
+    if not all(type(p) is int and 1 <= p <= 0xFFFFFFFE for p in diverged):
+        raise ProtocolError("welcome: diverged_pages must be page numbers")
+    tmp = host.directory / "rewind-snapshot.tmp"
+    lsn, epoch = await host.principal.snapshot_to(tmp)
+    try:
+        ours = await asyncio.to_thread(host.log.pages_touched, fork + 1, lsn)
+        if ours is None:
+            return None  # the log no longer reaches the fork: a full copy
+        page_size = _page_size(tmp)
+        db_size = tmp.stat().st_size // page_size
+        pages = sorted(p for p in ours.union(diverged) if p <= db_size)
+        log.info("rewinding_mirror", database=host.name, fork_lsn=fork, lsn=lsn, pages=len(pages), of_pages=db_size, role_sequence=epoch)
+        framing.write_message(writer, {"t": "rewind_begin", "lsn": lsn, "epoch": epoch, "page_size": page_size, "db_size": db_size})
+        with open(tmp, "rb") as f:
+            for i in range(0, len(pages), REWIND_BATCH):
+                batch = [[p, os.pread(f.fileno(), page_size, (p - 1) * page_size)] for p in pages[i:i + REWIND_BATCH]]
+                framing.write_message(writer, {"t": "rewind_pages", "pages": batch}, compress=True)
+                await writer.drain()
+        framing.write_message(writer, {"t": "rewind_end", "count": len(pages)})
+        await writer.drain()
+        return await _wait_ack(host, reader, lsn)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+async def _wait_ack(host: "DatabaseHost", reader, lsn: int) -> int:
+    """Wait for the mirror to acknowledge a copy installed at lsn."""
+    timeout = max(host.session.config.timeout, 30)
+    while True:
+        msg = messages.validate(await asyncio.wait_for(framing.read_message(reader), timeout))
+        if msg["t"] == "ack" and msg["hardened_lsn"] >= lsn:
+            return lsn
 
 
 async def _seed(host: "DatabaseHost", reader, writer) -> int:
@@ -246,11 +293,7 @@ async def _seed(host: "DatabaseHost", reader, writer) -> int:
                 await writer.drain()
         framing.write_message(writer, {"t": "seed_end", "crc": crc})
         await writer.drain()
-        timeout = max(host.session.config.timeout, 30)
-        while True:
-            msg = messages.validate(await asyncio.wait_for(framing.read_message(reader), timeout))
-            if msg["t"] == "ack" and msg["hardened_lsn"] >= lsn:
-                return lsn
+        return await _wait_ack(host, reader, lsn)
     finally:
         tmp.unlink(missing_ok=True)
 

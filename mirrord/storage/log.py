@@ -448,6 +448,20 @@ class DurableLog:
         i = min(lsn, self._last()) - self._first
         return self._cum[i] if i >= 0 else self._cum_before
 
+    def pages_touched(self, first: int, last: int, batch_bytes: int = 8 << 20) -> set[int] | None:
+        """Page numbers written by records first..last, or None if the log no longer holds them all."""
+        if first > last:
+            return set()
+        if self.first_lsn == 0 or self.first_lsn > first or self.last_lsn < last:
+            return None
+        touched: set[int] = set()
+        while first <= last:
+            records = [r for r in self.read_from(first, batch_bytes) if r.lsn <= last]
+            for record in records:
+                touched.update(pgno for pgno, _ in record.pages)
+            first = records[-1].lsn + 1
+        return touched
+
     def epoch_at(self, lsn: int) -> int | None:
         """Epoch of the record at `lsn` (or of the reset point), None if unknown."""
         with self._lock:

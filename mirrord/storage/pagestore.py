@@ -46,6 +46,15 @@ class PageStore:
         for record in records:
             self._apply_one(record)
 
+    def write_pages(self, pages: Sequence[tuple[int, bytes]], page_size: int) -> None:
+        """Write page images (a rewind); the size is set apart, by truncate()."""
+        for pgno, image in pages:
+            _pwrite_all(self._fd, image, (pgno - 1) * page_size)
+
+    def truncate(self, db_size: int, page_size: int) -> None:
+        """Make the file exactly db_size pages long."""
+        os.ftruncate(self._fd, db_size * page_size)
+
     def _apply_one(self, record: LogRecord) -> None:
         size = record.page_size
         for pgno, image in record.pages:

@@ -10,7 +10,7 @@ import pytest
 from mirrord.localcluster import iptables_available, wait_for
 from mirrorctl.client import ServerError
 
-from .helpers import FailoverWriter, create_table, ids_on
+from .helpers import FailoverWriter, assert_identical_copies, create_table, ids_on
 
 DB = "shop"
 needs_iptables = pytest.mark.skipif(not iptables_available(), reason="link cuts need root and iptables")
@@ -129,6 +129,10 @@ def test_isolated_mirror_principal_runs_exposed_then_forced_service_reports_loss
     b.query(f"ALTER DATABASE {DB} SET PARTNER RESUME")
     settle(cluster, "b", "a")
     assert a.status(DB)["lost_transactions"] == 0
+    # rolled back to the fork and forward by the pages either side changed since, not copied whole
+    assert '"event": "rewound"' in a.log_text() and '"event": "seeded"' not in a.log_text()
+    assert_identical_copies(cluster, DB, "b", "a")
+    assert ids_on(b, DB) == set(range(1, 101)) | {1000}
 
 
 def test_witness_lost_changes_nothing_for_the_partners(cluster):
@@ -186,6 +190,8 @@ def test_forced_service_in_high_performance_mode_and_back(cluster):
     assert report["salvage_path"]
     b.query(f"ALTER DATABASE {DB} SET PARTNER RESUME")
     settle(cluster, "b", "a")
+    assert '"event": "rewound"' in a.log_text()  # only the pages either side changed since the fork travelled
+    assert_identical_copies(cluster, DB, "b", "a")
     b.query(f"ALTER DATABASE {DB} SET PARTNER SAFETY FULL")
     cluster.wait_synchronized(DB, "b", "a", 30)
     b.query(f"ALTER DATABASE {DB} SET PARTNER FAILOVER")
