@@ -212,10 +212,13 @@ async def _agree_resume_point(host: "DatabaseHost", welcome: dict, reader, write
     service) nothing is sent: RESUME reconnects and lands here again.
     """
     hardened, end = welcome["hardened_lsn"], host.log.last_lsn
-    if hardened > end and welcome["hardened_epoch"] == host.log.last_epoch:
+    if hardened > end and welcome["hardened_epoch"] == host.session.config.epoch:
         # The mirror holds more of this very role sequence than we do. Only synced
         # records are shipped, so only a damaged log here explains it: reseeding the
         # mirror from this shorter copy would throw acknowledged commits away.
+        # (Our role sequence, not our log's last record's: a principal promoted at
+        # the fork that has written nothing yet ends its log in the old one, and an
+        # old principal's records past that fork are diverged, not ahead of us.)
         raise PartnerRefused(
             f"the mirror holds log up to LSN {hardened} in role sequence {welcome['hardened_epoch']}, this principal only "
             f"up to {end}: it is not reseeded from the shorter copy. Fail over to it (FORCE_SERVICE_ALLOW_DATA_LOSS on "

@@ -228,3 +228,27 @@ def test_concurrent_sessions_table_of_the_reference(cluster):
     for db, (p, m, w) in {"dbb": ("c", "a", "b"), "dbc": ("b", "a", "c"), "dbd": ("b", "a", "c")}.items():
         cluster.wait_synchronized(db, p, m, 30, witness_connected=True)
     wait_for(lambda: b.status("dba")["witness_state"] == "CONNECTED", 15, "dba's witness back")
+
+
+@needs_iptables
+def test_old_principal_with_unacknowledged_records_rejoins_a_new_principal_that_wrote_nothing(cluster):
+    """Regression (nemesis seeds 331 and 11 after the 'not reseeded from the shorter copy' refusal):
+    the isolated principal holds records its mirror never hardened (in flight, never acknowledged);
+    the mirror is promoted and nothing is written in its new role sequence yet, so its log still
+    ends in the old one. The old principal's extra records are past the fork, not a longer copy of
+    the new principal's role sequence: it must be rolled back and rejoin, not be refused for good."""
+    cluster.setup_session(DB, principal="a", mirror="b", witness="c", timeout=2)
+    a, b = cluster["a"], cluster["b"]
+    create_table(a, DB)
+    for i in range(1, 11):
+        a.query("INSERT INTO t(id, v) VALUES (?, 'acked')", db=DB, params=[i])
+    settle(cluster, "a", "b")
+    cluster.isolate("a")
+    with pytest.raises((ServerError, OSError)):  # appended on a, never hardened by b: not acknowledged
+        a.query("INSERT INTO t(id, v) VALUES (11, 'in flight')", db=DB, timeout=15)
+    wait_for(lambda: role(b) == "PRINCIPAL", 15, "b promoted")
+    assert a.status(DB)["end_of_log_lsn"] > b.status(DB)["end_of_log_lsn"]
+    cluster.heal_all()
+    wait_for(lambda: role(a) == "MIRROR", 20, "the old principal steps down")
+    cluster.wait_synchronized(DB, "b", "a", timeout=30)
+    assert ids_on(b, DB) == set(range(1, 11))
