@@ -61,7 +61,6 @@ from mirrord.storage.wal import WalPosition, WalReader
 log = structlog.get_logger()
 
 CHECKPOINT_FRAMES = 2000  # checkpoint the WAL once this many frames were captured
-
 READ_ONLY_PREFIXES = ("SELECT", "VALUES", "EXPLAIN", "WITH")
 READER_COUNT = 3
 WRITE_ATTEMPT_ON_READER = ("attempt to write a readonly database", "readonly database")
@@ -146,7 +145,6 @@ class PrincipalDatabase:
         self.synced_lsn: Lsn = 0  # the log is fsynced up to here: nothing past it is acknowledged or shipped
         self._sync_wanted = asyncio.Event()
         self._syncer: asyncio.Task | None = None
-        self.sync_error: str | None = None  # why the last fsync of the log failed, until one succeeds
         self._redo_lsn_path = directory / "redo_lsn"
         self.applied_lsn: Lsn = 0  # the database file (without its WAL) is durable up to here
         self._checkpoints_paused = 0  # snapshots copying db.sqlite: no checkpoint may write into it meanwhile
@@ -239,13 +237,12 @@ class PrincipalDatabase:
             except OSError as exc:
                 # Nothing past synced_lsn is acknowledged: its clients hear that the outcome is
                 # in doubt rather than wait; the sync is tried again shortly.
-                self.sync_error = f"{exc.strerror or exc} (errno {exc.errno})"
-                log.error("log_sync_failed", database=self.session.db, error=self.sync_error, lsn=self.synced_lsn)
-                self.fail_waiters(DiskFull(f"the log could not be synced to disk ({self.sync_error})"))
+                why = f"{exc.strerror or exc} (errno {exc.errno})"
+                log.error("log_sync_failed", database=self.session.db, error=why, lsn=self.synced_lsn)
+                self.fail_waiters(DiskFull(f"the log could not be synced to disk ({why})"))
                 await asyncio.sleep(0.1)
                 self._sync_wanted.set()
                 continue
-            self.sync_error = None
             if upto > self.synced_lsn:
                 self.synced_lsn = upto
                 self.new_log.set()
@@ -288,12 +285,12 @@ class PrincipalDatabase:
             records.append(LogRecord(lsn + i, epoch, txn.db_size, txn.page_size, txn.pages, wal))
         self.log.append(records)
         self._wal_pos = pos
+        if self._checkpoints_paused:
+            return records  # a snapshot is copying the file: it must not change under the copy
         # The log keeps what the file lacks (a lost WAL is rebuilt from it): checkpoint
         # before that share grows large, or truncation could not make room.
         unchecked = self.log.bytes_between(self.applied_lsn, self.log.last_lsn)
-        if self._checkpoints_paused:
-            pass  # a snapshot is copying the file: it must not change under the copy
-        elif pos.frame_count >= CHECKPOINT_FRAMES or unchecked > self.log_size_limit // 4:
+        if pos.frame_count >= CHECKPOINT_FRAMES or unchecked > self.log_size_limit // 4:
             # PASSIVE never waits for readers (one may be waiting for the mirror
             # while it holds a snapshot); once complete, SQLite restarts the WAL
             # with new salts at the next write and the reader follows.
