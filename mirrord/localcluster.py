@@ -9,6 +9,13 @@ plain signals: `kill` (SIGKILL), `freeze`/`thaw` (SIGSTOP/SIGCONT),
 `terminate` (SIGTERM, the clean shutdown). A node keeps its address, ports and
 data directory across restarts, so partners find it again by itself.
 
+Power cuts: a node made with `lazyfs=True` has its data directory mounted from
+the power-cut file system (mirrord/nemesis/lazyfs.py; the disk is the
+directory `<name>.disk` beside it), mounted at its first start and unmounted
+by `stop_all`. `power_cut` SIGKILLs it, drops every write it did not fsync,
+and mounts the disk again; `start` (or `restart`) then boots it from what was
+synced, as after a real power cut.
+
 Why no sleeps: every wait is `wait_for`, which polls a predicate against a
 deadline and, on timeout, says what it was waiting for and what it last saw.
 """
@@ -28,6 +35,7 @@ from pathlib import Path
 from typing import Callable, Iterable, TypeVar
 
 from mirrorctl.client import Client, Result, ServerError, Unreachable
+from mirrord.nemesis.lazyfs import LazyFS
 
 T = TypeVar("T")
 
@@ -147,7 +155,7 @@ class LocalNode:
     """One `mirrord` process on a loopback address, restartable with the same identity."""
 
     def __init__(self, name: str, host: str, data_dir: Path, log_path: Path,
-                 endpoint_port: int | None = None, listen_port: int | None = None) -> None:
+                 endpoint_port: int | None = None, listen_port: int | None = None, lazyfs: bool = False) -> None:
         self.name = name
         self.host = host
         self.data_dir = Path(data_dir)
@@ -159,6 +167,10 @@ class LocalNode:
         self.proc: subprocess.Popen | None = None
         self.frozen = False
         self.extra_args: list[str] = []  # more mirrord flags, taken at the next start
+        self.lazyfs: LazyFS | None = None
+        if lazyfs:
+            disk = self.data_dir.with_name(f"{self.data_dir.name}.disk")
+            self.lazyfs = LazyFS(disk, self.data_dir, self.log_path.with_name(f"{self.name}.lazyfs.log"))
 
     def __repr__(self) -> str:
         return f"LocalNode({self.name!r}, {self.address}, pid={self.proc.pid if self.proc else None})"
@@ -191,6 +203,8 @@ class LocalNode:
         """Spawn the process; with wait, return once its client port answers a status query."""
         if self.is_running():
             raise RuntimeError(f"node {self.name} is already running (pid {self.proc.pid})")
+        if self.lazyfs is not None and not self.lazyfs.is_mounted():
+            self.lazyfs.mount()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
@@ -231,6 +245,22 @@ class LocalNode:
             self.proc.kill()
             self.proc.wait()
         self.frozen = False
+
+    def power_cut(self) -> dict:
+        """SIGKILL, drop every write the node did not fsync, mount its disk again; what was dropped.
+
+        The node stays down: `start` boots it from what it had synced. Only for a
+        node made with lazyfs=True.
+        """
+        if self.lazyfs is None:
+            raise RuntimeError(f"node {self.name} has no power-cut file system (LocalCluster(..., lazyfs=...))")
+        self.kill()
+        return self.lazyfs.power_cut()
+
+    def unmount(self) -> None:
+        """Unmount the power-cut file system, if any (the node must be down)."""
+        if self.lazyfs is not None:
+            self.lazyfs.unmount()
 
     def freeze(self) -> None:
         """SIGSTOP: the process stays, its sockets stay open, nothing answers."""
@@ -317,15 +347,23 @@ class LocalNode:
 
 
 class LocalCluster:
-    """Named LocalNodes on 127.0.0.<first_ip + i>, each with its own data directory and log."""
+    """Named LocalNodes on 127.0.0.<first_ip + i>, each with its own data directory and log.
 
-    def __init__(self, base_dir: Path, names: Iterable[str] = ("a", "b", "c"), first_ip: int = 11) -> None:
+    lazyfs: True puts every node's data directory on the power-cut file system,
+    or name the nodes that get it; the others are plain directories.
+    """
+
+    def __init__(self, base_dir: Path, names: Iterable[str] = ("a", "b", "c"), first_ip: int = 11,
+                 lazyfs: bool | Iterable[str] = False) -> None:
         self.base_dir = Path(base_dir)
         self._cuts: set[frozenset[str]] = set()
         self.nodes: dict[str, LocalNode] = {}
+        names = tuple(names)
+        on_lazyfs = set(names) if lazyfs is True else set(lazyfs or ())
         for i, name in enumerate(names):
             host = f"127.0.0.{first_ip + i}"
-            self.nodes[name] = LocalNode(name, host, self.base_dir / name, self.base_dir / f"{name}.log")
+            self.nodes[name] = LocalNode(name, host, self.base_dir / name, self.base_dir / f"{name}.log",
+                                         lazyfs=name in on_lazyfs)
 
     def __getitem__(self, name: str) -> LocalNode:
         return self.nodes[name]
@@ -353,6 +391,11 @@ class LocalCluster:
         except Exception:  # never raise from cleanup
             pass
         self._stop_all(timeout)
+        for node in self.nodes.values():
+            try:
+                node.unmount()
+            except Exception:  # noqa: BLE001 - never raise from cleanup
+                pass
 
     def _stop_all(self, timeout: float = 10) -> None:
         """SIGCONT the frozen, SIGTERM all, SIGKILL whoever is left after timeout; never raises."""

@@ -155,3 +155,18 @@ def test_terminate_kill_freeze_restart(fake_node):
     assert not fake_node.is_running()
     assert fake_node.log_text().count("fake node listening") == 3
     assert fake_node.tracebacks() == []
+
+
+def test_power_cut_needs_a_node_on_lazyfs(tmp_path):
+    node = LocalNode("a", "127.0.0.21", tmp_path / "a", tmp_path / "a.log")
+    assert node.lazyfs is None
+    with pytest.raises(RuntimeError, match="no power-cut file system"):
+        node.power_cut()
+
+
+def test_lazyfs_nodes_keep_their_disk_beside_the_data_directory(tmp_path):
+    cluster = LocalCluster(tmp_path, names=("a", "b"), first_ip=21, lazyfs=["b"])
+    assert cluster["a"].lazyfs is None
+    fs = cluster["b"].lazyfs
+    assert fs.mount_point == tmp_path / "b" and fs.backing == tmp_path / "b.disk"
+    assert not fs.is_mounted()  # mounted at the node's first start, not before

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from mirrord.localcluster import LocalCluster
+from mirrord.nemesis.lazyfs import unavailable_reason as lazyfs_unavailable
 
 HERE = Path(__file__).resolve().parent
 # Link cuts are iptables rules on these addresses: two test runs at once (say, two
@@ -41,7 +42,20 @@ def _log_tails(cluster: LocalCluster, lines: int = 60) -> str:
 @pytest.fixture
 def cluster(request, tmp_path):
     """A started LocalCluster of nodes a, b, c on 127.0.0.11-13 (or MIRRORD_TEST_FIRST_IP..+2); stopped (and checked) afterwards."""
-    local = LocalCluster(tmp_path / "cluster", first_ip=FIRST_IP)
+    yield from _started(request, LocalCluster(tmp_path / "cluster", first_ip=FIRST_IP))
+
+
+@pytest.fixture
+def lazy_cluster(request, tmp_path):
+    """Like `cluster`, every node's data directory on the power-cut file system (skips where FUSE cannot run)."""
+    reason = lazyfs_unavailable()
+    if reason:
+        pytest.skip(f"power cuts need the lazyfs FUSE file system: {reason}")
+    yield from _started(request, LocalCluster(tmp_path / "cluster", first_ip=FIRST_IP, lazyfs=True))
+
+
+def _started(request, local: LocalCluster):
+    """Start the cluster, hand it to the test, stop it; fail on tracebacks in the node logs."""
     try:
         local.start_all()
         yield local

@@ -110,8 +110,16 @@ class FailoverWriter(threading.Thread):
         self.in_doubt: list[int] = []
         self._halt = threading.Event()
         self._next = 0
+        self.failure: BaseException | None = None  # what ended the thread early, if anything
 
     def run(self) -> None:
+        try:
+            self._write()
+        except BaseException as exc:
+            self.failure = exc  # kept for the test's failure message; the thread still reports it
+            raise
+
+    def _write(self) -> None:
         clients: dict[str, Client] = {}
         current = 0
         deadline = time.monotonic() + 300
