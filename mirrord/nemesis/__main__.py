@@ -14,7 +14,8 @@ from pathlib import Path
 
 from mirrord.localcluster import LocalCluster, iptables_available
 from mirrord.nemesis.runner import Nemesis, default_layouts
-from mirrord.nemesis.schedule import FAULTS, NEEDS_IPTABLES, make_schedule
+from mirrord.nemesis.lazyfs import unavailable_reason as lazyfs_unavailable
+from mirrord.nemesis.schedule import FAULTS, NEEDS_IPTABLES, NEEDS_LAZYFS, make_schedule
 
 NODES = ("a", "b", "c")
 
@@ -32,6 +33,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-faults", type=int, default=3, help="faults per round, at most")
     parser.add_argument("--partner-timeout", type=int, default=2)
     parser.add_argument("--convergence-bound", type=float, default=45.0)
+    parser.add_argument("--no-power-cuts", action="store_true",
+                        help="leave the power-cut fault out (and replay a seed as it ran before power cuts existed)")
     return parser.parse_args(argv)
 
 
@@ -39,17 +42,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
     faults = FAULTS if iptables_available() else tuple(f for f in FAULTS if f not in NEEDS_IPTABLES)
-    replay = f"python -m mirrord.nemesis --rounds {args.rounds} --seed {seed}"
+    no_lazyfs = "left out (--no-power-cuts)" if args.no_power_cuts else lazyfs_unavailable()
+    if no_lazyfs:
+        faults = tuple(f for f in faults if f not in NEEDS_LAZYFS)
+    replay = f"python -m mirrord.nemesis --rounds {args.rounds} --seed {seed}" + (" --no-power-cuts" if args.no_power_cuts else "")
     print(f"nemesis seed {seed} (replay: {replay})", flush=True)
     if "cut" not in faults:
         print("no iptables (needs root and the iptables command): link cuts and isolation are left out", flush=True)
+    if no_lazyfs:
+        print(f"power cuts are left out: {no_lazyfs}", flush=True)
     data = args.data or Path(tempfile.mkdtemp(prefix="mirrord-nemesis-"))
     if args.data is not None and data.exists() and any(data.iterdir()):
         print(f"{data} is not empty; give an empty or new directory", file=sys.stderr)
         return 2
     layouts = default_layouts(NODES, args.databases)
     schedule = make_schedule(seed, args.rounds, NODES, tuple(l.db for l in layouts), args.max_faults, faults)
-    cluster = LocalCluster(data, names=NODES, first_ip=args.first_ip)
+    cluster = LocalCluster(data, names=NODES, first_ip=args.first_ip, lazyfs=not no_lazyfs)
     nemesis = Nemesis(cluster, layouts, writers_per_db=args.writers, partner_timeout=args.partner_timeout,
                       convergence_bound=args.convergence_bound,
                       out=lambda line: print(line, flush=True))

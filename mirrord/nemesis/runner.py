@@ -93,6 +93,7 @@ class RoundReport:
     admin: list[str] = field(default_factory=list)
     violations: list[Violation] = field(default_factory=list)
     seconds: float = 0.0
+    power_cuts: int = 0  # nodes whose power was cut in this round
 
 
 class Nemesis:
@@ -113,6 +114,7 @@ class Nemesis:
         self.steps_done: Counter[str] = Counter()
         self.outcomes: Counter[str] = Counter()
         self.lost_unprotected: set[int] = set()
+        self.power_cut_bytes = 0  # unsynced bytes the power cuts dropped
         self._reported_lost: set[int] = set()
         self._reported_split: set[tuple[str, int]] = set()
         self._reported_tokens: set[tuple[str, int, int]] = set()
@@ -158,6 +160,7 @@ class Nemesis:
                 self.steps_done[step.kind] += 1
                 self.outcomes[f"{step.kind} {outcome.split()[0].rstrip(':')}"] += 1
                 report.steps.append(f"{step.describe()} [{outcome}]")
+                report.power_cuts += step.kind == "power-cut" and outcome.startswith("done")
                 await asyncio.sleep(step.dwell)  # the fault's duration, while the writers write
             healed = await asyncio.to_thread(self._heal)
             report.violations += healed
@@ -228,7 +231,7 @@ class Nemesis:
     def _apply(self, step: Step) -> str:
         """Apply one step; a short outcome (done, refused: why, skipped: why)."""
         try:
-            return getattr(self, f"_do_{step.kind}")(*step.target)
+            return getattr(self, f"_do_{step.kind.replace('-', '_')}")(*step.target)
         except ServerError as exc:
             return f"refused: {exc.message[:100]}"
         except (Unreachable, OSError) as exc:
@@ -240,6 +243,16 @@ class Nemesis:
             return "skipped: already down"
         node.kill()
         return "done"
+
+    def _do_power_cut(self, name: str) -> str:
+        node = self.cluster[name]
+        if node.lazyfs is None:
+            return "skipped: the node is not on lazyfs"
+        if not node.is_running():
+            return "skipped: already down"
+        dropped = node.power_cut()
+        self.power_cut_bytes += dropped["bytes_unsynced"]
+        return f"done: dropped {dropped['bytes_unsynced'] // 1024} KiB unsynced in {dropped['files_unsynced']} files"
 
     def _do_restart(self, name: str) -> str:
         node = self.cluster[name]
@@ -504,6 +517,10 @@ class Nemesis:
             f"split-brain role sequences: {len(self._reported_split)}",
             f"role sequences with acknowledged writes: {len({(a.db, a.epoch) for a in acks})}",
         ]
+        cut_rounds = [r for r in self.reports if r.power_cuts]
+        lines.append(f"power cuts: {sum(r.power_cuts for r in cut_rounds)} in {len(cut_rounds)} rounds "
+                     f"({self.power_cut_bytes // 1024} KiB unsynced dropped), "
+                     f"survived (no violation in the round): {sum(not r.violations for r in cut_rounds)}")
         if times:
             lines.append(f"convergence: median {statistics.median(times):.2f}s, max {max(times):.2f}s")
         lines.append("violations: " + (", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) or "none"))

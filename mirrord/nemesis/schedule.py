@@ -8,8 +8,8 @@ depends on timing (a failover may be refused because the mirror is behind),
 which the runner reports.
 
 Rules the generator keeps, so that every step is meaningful:
-* a node is hit by at most one process fault per round (kill or freeze), and a
-  killed node is not also frozen;
+* a node is hit by at most one process fault per round (kill, freeze or
+  power-cut), and a killed node is not also frozen;
 * a fault that is undone within the round is undone after its own dwell;
   whatever is still broken at the end of the round is healed by the runner.
 """
@@ -28,9 +28,14 @@ UNDO = {
     "isolate": "rejoin",
     "endpoint_stop": "endpoint_start",
     "safety_off": "safety_full",
+    "power-cut": "restart",
 }
-FAULTS = ("kill", "freeze", "cut", "isolate", "endpoint_stop", "failover", "safety_off")
+# power-cut is last: leaving it out (no FUSE, or --no-power-cuts) gives the
+# schedules that seeds gave before it existed
+FAULTS = ("kill", "freeze", "cut", "isolate", "endpoint_stop", "failover", "safety_off", "power-cut")
+PROCESS_FAULTS = ("kill", "freeze", "power-cut")
 NEEDS_IPTABLES = ("cut", "isolate")
+NEEDS_LAZYFS = ("power-cut",)  # the node's data directory on mirrord/nemesis/lazyfs.py
 UNDOES = tuple(UNDO.values())
 
 MIN_DWELL = 0.3
@@ -75,7 +80,7 @@ def _make_round(rng: random.Random, number: int, nodes: tuple[str, ...], databas
     pairs = [tuple(p) for p in itertools.combinations(nodes, 2)]
     for _ in range(rng.randint(1, max_faults)):
         kind = rng.choice(faults)
-        if kind in ("kill", "freeze"):
+        if kind in PROCESS_FAULTS:
             free = [n for n in nodes if n not in hit]
             if not free:
                 kind = "endpoint_stop"

@@ -2,7 +2,9 @@
 
 Seed 331's three rounds hold every fault kind: a link cut, a SIGKILL, a node
 isolated from both others, manual failovers, an endpoint STOPPED, SAFETY OFF,
-a node frozen. The command runs as a child process, exactly as a person would run
+a node frozen (with --no-power-cuts, the schedule it had before power cuts
+existed). Seed 11's three rounds cut the power of every node, the principal of
+each database among them. The command runs as a child process, exactly as a person would run
 it, on this run's own address range.
 """
 
@@ -11,26 +13,45 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
+from mirrord.nemesis.lazyfs import unavailable_reason as lazyfs_unavailable
+
 from .conftest import FIRST_IP
 
 SEED = 331
 ROUNDS = 3
+POWER_CUT_SEED = 11
 
 
-def test_nemesis_short_run_finds_no_violation(tmp_path):
-    data = tmp_path / "nemesis"
+def run_nemesis(tmp_path, seed: int, *flags: str) -> str:
+    """The command's output; it must exit 0."""
     proc = subprocess.run(
-        [sys.executable, "-m", "mirrord.nemesis", "--rounds", str(ROUNDS), "--seed", str(SEED),
-         "--data", str(data), "--first-ip", str(FIRST_IP)],
+        [sys.executable, "-m", "mirrord.nemesis", "--rounds", str(ROUNDS), "--seed", str(seed),
+         "--data", str(tmp_path / "nemesis"), "--first-ip", str(FIRST_IP), *flags],
         capture_output=True, text=True, timeout=240,
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"nemesis failed (exit {proc.returncode}):\n{out}"
+    return out
+
+
+def test_nemesis_short_run_finds_no_violation(tmp_path):
+    out = run_nemesis(tmp_path, SEED, "--no-power-cuts")
     assert f"rounds: {ROUNDS}\n" in out
     assert "violations: none" in out and "OK" in out
     assert "lost (SAFETY FULL): 0," in out and "split-brain role sequences: 0" in out
     for n in range(1, ROUNDS + 1):
         assert f"round {n}: " in out
+
+
+@pytest.mark.skipif(lazyfs_unavailable() is not None, reason=f"power cuts need lazyfs: {lazyfs_unavailable()}")
+def test_nemesis_power_cuts_lose_no_acknowledged_write(tmp_path):
+    out = run_nemesis(tmp_path, POWER_CUT_SEED)
+    assert "violations: none" in out and "OK" in out
+    assert "lost (SAFETY FULL): 0, lost (SAFETY OFF, allowed): 0" in out
+    assert "power-cut done x4" in out
+    assert "power cuts: 4 in 2 rounds" in out and "survived (no violation in the round): 2" in out
 
 
 def _connections_to(node_host: str, port: int, from_host: str) -> int:

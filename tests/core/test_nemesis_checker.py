@@ -8,7 +8,8 @@ import pytest
 
 from mirrord.nemesis.checker import (Ack, Ledger, SafetyBook, differing_pages, find_lost, find_lost_unprotected,
                                      find_phantoms, find_shared_tokens, find_split_brain, overlay_wal, page_size_of)
-from mirrord.nemesis.schedule import FAULTS, MAX_DWELL, MIN_DWELL, NEEDS_IPTABLES, UNDO, make_schedule
+from mirrord.nemesis.schedule import (FAULTS, MAX_DWELL, MIN_DWELL, NEEDS_IPTABLES, NEEDS_LAZYFS, PROCESS_FAULTS, UNDO,
+                                      make_schedule)
 from mirrord.storage.wal import WalTransaction
 
 NODES = ("a", "b", "c")
@@ -30,7 +31,7 @@ def test_schedule_keeps_its_rules(seed):
     for rnd in make_schedule(seed, 30, NODES, DBS, max_faults=3):
         faults = [s for s in rnd.steps if s.kind in FAULTS]
         assert 1 <= len(faults) <= 3
-        process_hits = [s.target[0] for s in faults if s.kind in ("kill", "freeze")]
+        process_hits = [s.target[0] for s in faults if s.kind in PROCESS_FAULTS]
         assert len(process_hits) == len(set(process_hits)), "a node takes one process fault per round"
         for i, step in enumerate(rnd.steps):
             assert MIN_DWELL <= step.dwell <= MAX_DWELL
@@ -53,6 +54,14 @@ def test_schedule_covers_every_fault_kind_and_honours_a_subset():
     assert not kinds & {"cut", "heal", "isolate", "rejoin"}
     with pytest.raises(ValueError):
         make_schedule(3, 1, NODES, DBS, faults=("meteor",))
+
+
+def test_leaving_power_cuts_out_replays_the_schedules_seeds_gave_before_them():
+    before = ("kill", "freeze", "cut", "isolate", "endpoint_stop", "failover", "safety_off")
+    without = tuple(f for f in FAULTS if f not in NEEDS_LAZYFS)
+    assert without == before
+    kinds = {s.kind for r in make_schedule(5, 30, NODES, DBS) for s in r.steps}
+    assert "power-cut" in kinds
 
 
 # ------------------------------------------------------------------ acknowledged writes
