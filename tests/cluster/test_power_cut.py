@@ -4,8 +4,9 @@ Every node's data directory is on the power-cut file system (lazyfs). A cut is
 SIGKILL, drop of the unsynced writes, remount; nodes cut "together" are all
 killed before any of their writes are dropped, as when one power strip goes.
 Under a steady stream of writes, after the restart: every acknowledged commit
-is on the current principal, the session is SYNCHRONIZED again, the two copies
-are equal page for page, and no role sequence had two writers.
+is on the current principal, the session is SYNCHRONIZED again, the witness
+records the same principal and role sequence, the two copies are equal page
+for page, and no role sequence had two writers.
 """
 
 from __future__ import annotations
@@ -89,7 +90,17 @@ def test_power_cut_under_safety_full_loses_no_acknowledged_commit(lazy_cluster, 
     assert not missing, (f"{len(missing)} acknowledged commits missing on the principal {principal} "
                          f"after a power cut of {victims}: {sorted(missing)[:20]}\n{describe(cluster, dropped)}")
     writer.assert_single_writer_per_role_sequence()
+    role_sequence = cluster[principal].status(DB)["role_sequence"]
+    wait_for(lambda: witness_record(cluster) == (cluster[principal].endpoint_url, role_sequence), 30,
+             f"the witness to record {principal} as principal in role sequence {role_sequence}")
     assert_identical_copies(cluster, DB, principal, mirror)
+
+
+def witness_record(cluster: LocalCluster) -> tuple[str, int] | None:
+    """(principal endpoint, role sequence) as the witness c records DB."""
+    rows = cluster["c"].query("SELECT * FROM sys.database_mirroring_witnesses").as_dicts()
+    row = next((r for r in rows if r.get("database") == DB), None)
+    return None if row is None else (row.get("principal"), row.get("role_sequence"))
 
 
 def test_power_cut_of_the_principal_under_safety_off_loses_no_acknowledged_commit(lazy_cluster):
