@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
+import hashlib
 import json
 import os
 import shutil
@@ -41,6 +43,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -51,8 +54,29 @@ MOUNT_DEADLINE = 10.0
 FUSERMOUNT = "fusermount3"
 
 
+@functools.lru_cache(maxsize=1)
 def unavailable_reason() -> str | None:
-    """Why the file system cannot run here (None if it can)."""
+    """Why the file system cannot run here (None if it can): what is missing, or a trial mount's failure."""
+    reason = _missing()
+    if reason:
+        return reason
+    with tempfile.TemporaryDirectory(prefix="lazyfs-probe-") as tmp:
+        fs = LazyFS(Path(tmp) / "disk", Path(tmp) / "mnt")
+        try:
+            fs.mount()
+            probe = fs.mount_point / "probe"
+            probe.write_bytes(b"ok")
+            if probe.read_bytes() != b"ok":
+                return "a trial mount did not read back what was written"
+        except (RuntimeError, OSError) as exc:
+            return f"a trial mount failed: {str(exc)[:300]}"
+        finally:
+            fs.unmount()
+    return None
+
+
+def _missing() -> str | None:
+    """What the file system needs and this machine lacks, if anything."""
     if not os.path.exists("/dev/fuse"):
         return "no /dev/fuse on this machine"
     if shutil.which(FUSERMOUNT) is None:
@@ -316,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("mount", help="where programs see it")
     parser.add_argument("--control", required=True, help="Unix socket for the report and cut commands")
     args = parser.parse_args(argv)
-    reason = unavailable_reason()
+    reason = _missing()
     if reason:
         print(f"lazyfs: cannot run: {reason}", file=sys.stderr)
         return 2
@@ -333,6 +357,9 @@ class LazyFS:
     def __init__(self, backing: Path, mount: Path, log_path: Path | None = None) -> None:
         self.backing, self.mount_point = Path(backing), Path(mount)
         self.control = self.backing.parent / f".{self.backing.name}.lazyfs.sock"
+        if len(str(self.control)) > 100:  # a Unix socket's path must fit in 108 bytes
+            digest = hashlib.sha1(str(self.backing.resolve()).encode()).hexdigest()[:16]
+            self.control = Path(tempfile.gettempdir()) / f"lazyfs-{digest}.sock"
         self.log_path = Path(log_path) if log_path else self.backing.parent / f"{self.backing.name}.lazyfs.log"
         self.proc: subprocess.Popen | None = None
         self.cuts = 0
@@ -344,7 +371,7 @@ class LazyFS:
         """Start the process and return once the mount and its control socket answer."""
         if self.is_mounted():
             raise RuntimeError(f"{self.mount_point} is already mounted by lazyfs pid {self.proc.pid}")
-        reason = unavailable_reason()
+        reason = _missing()
         if reason:
             raise RuntimeError(f"lazyfs cannot run here: {reason}")
         self.backing.mkdir(parents=True, exist_ok=True)

@@ -146,3 +146,14 @@ def test_sqlite_wal_synchronous_full_survives_and_normal_loses_the_tail(fs):
         con.close()
     assert set(range(1, 201)) <= ids, "a commit made under synchronous=FULL was lost"
     assert ids < set(range(1, 251)), "the unsynced NORMAL commits survived the cut"
+
+
+def test_a_deep_directory_still_gets_a_control_socket(tmp_path):
+    deep = tmp_path / ("x" * 60) / ("y" * 60)
+    lazy = LazyFS(deep / "disk", deep / "mnt")
+    assert len(str(lazy.control)) <= 100
+    lazy.mount()
+    try:
+        assert lazy.report()["cut"] is False
+    finally:
+        lazy.unmount()
