@@ -438,7 +438,7 @@ class LazyFS:
 def _unmount(mount: Path) -> None:
     """fusermount3 -u, and -z (lazy) if the mount is busy; nothing if not mounted."""
     if not os.path.ismount(mount):
-        proc = subprocess.run([FUSERMOUNT, "-u", "-q", str(mount)], capture_output=True)  # a dead mount
+        subprocess.run([FUSERMOUNT, "-u", "-q", str(mount)], capture_output=True)  # a dead mount, if any
         return
     proc = subprocess.run([FUSERMOUNT, "-u", str(mount)], capture_output=True, text=True)
     if proc.returncode != 0:

@@ -106,7 +106,7 @@ def witness_record(cluster: LocalCluster) -> tuple[str, int] | None:
 def test_power_cut_of_the_principal_under_safety_off_loses_no_acknowledged_commit(lazy_cluster):
     """SAFETY OFF: acknowledged means synced on the principal, whatever the mirror has."""
     cluster = lazy_cluster
-    a, b = cluster["a"], cluster["b"]
+    a = cluster["a"]
     cluster.setup_session(DB, principal="a", mirror="b", safety="OFF")
     create_table(a, DB)
     writer = Writer(a, DB)
