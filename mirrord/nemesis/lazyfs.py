@@ -414,6 +414,10 @@ class LazyFS:
             return
         _unmount(self.mount_point)
         self._stop_process()
+        try:
+            self.control.unlink()
+        except FileNotFoundError:
+            pass
 
     def _stop_process(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -157,3 +157,4 @@ def test_a_deep_directory_still_gets_a_control_socket(tmp_path):
         assert lazy.report()["cut"] is False
     finally:
         lazy.unmount()
+    assert not lazy.control.exists()
