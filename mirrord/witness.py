@@ -56,6 +56,7 @@ class Witness:
         self.records: dict[str, WitnessRecord] = {}
         self.connected: dict[str, dict[str, _Seen]] = {}  # db -> endpoint -> seen
         self.started = time.monotonic()  # a fresh witness has not yet seen anyone go silent
+        self.met: set[tuple[str, str]] = set()  # (db, endpoint) of partners connected since this start
         for path in sorted(directory.glob("*.json")):
             rec = WitnessRecord.from_dict(read_json(path))
             self.records[rec.db] = rec
@@ -115,6 +116,7 @@ class Witness:
             return
         seen = _Seen(sender, float(hello["timeout"]))
         self.connected.setdefault(db, {})[sender] = seen
+        self.met.add((db, sender))
         log.info("witness_partner_connected", database=db, partner=sender, role=hello["role"], role_sequence=hello["epoch"])
         try:
             framing.write_message(writer, self.state(db, 0))
@@ -153,8 +155,10 @@ class Witness:
     def _vote(self, db: str, sender: str, msg: dict) -> dict:
         rec = self.records[db]
         req = VoteRequest(db, sender, msg["epoch"], msg["hardened_lsn"], msg["forced"])
-        vote, new = quorum.decide_vote(rec, req, principal_seen=self.sees(db, rec.principal),
-                                       witness_uptime=time.monotonic() - self.started)
+        # Having seen the principal since this start, the witness knows when it went; otherwise
+        # "not connected" may only mean "not connected yet", and it waits out a TIMEOUT first.
+        uptime = float("inf") if (db, rec.principal) in self.met else time.monotonic() - self.started
+        vote, new = quorum.decide_vote(rec, req, principal_seen=self.sees(db, rec.principal), witness_uptime=uptime)
         if vote.granted:
             self._save(new)  # durable before the mirror hears of it
         (log.warning if vote.granted else log.debug)("witness_vote", database=db, requester=sender, granted=vote.granted, reason=vote.reason, role_sequence=vote.role_sequence, forced=req.forced)

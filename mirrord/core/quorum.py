@@ -141,10 +141,11 @@ def decide_vote(record: WitnessRecord, req: VoteRequest, principal_seen: bool,
                 witness_uptime: float = float("inf")) -> tuple[Vote, WitnessRecord]:
     """Grant at most one promotion per role sequence, never to a mirror known to be behind.
 
-    A witness that (re)started less than a TIMEOUT ago cannot know the principal
-    has been silent that long: its "not seen" only means "not connected yet".
-    It votes once it has been up for a full TIMEOUT, like a witness that saw the
-    principal go silent.
+    A witness that (re)started less than a TIMEOUT ago and has not seen the
+    principal since cannot know it has been silent that long: its "not seen"
+    only means "not connected yet". It votes once it has been up for a full
+    TIMEOUT, like a witness that saw the principal go silent (the caller passes
+    an infinite uptime once it has seen the principal since its start).
     """
     refusal = _vote_refusal(record, req, principal_seen)
     if refusal is None and witness_uptime < record.timeout:
