@@ -148,6 +148,10 @@ class PrincipalDatabase:
         self._redo_lsn_path = directory / "redo_lsn"
         self.applied_lsn: Lsn = 0  # the database file (without its WAL) is durable up to here
         self._checkpoints_paused = 0  # snapshots copying db.sqlite: no checkpoint may write into it meanwhile
+        # SQLite committed something the log could not take (the disk filled between the
+        # space check and the append): reads are refused and capture retried until it is logged
+        self._uncaptured = False
+        self._recapture: asyncio.Task | None = None
         # Nothing is visible until the ack rule says so: after a restart the end of
         # log may hold commits the mirror never hardened.
         self.visible_lsn: Lsn = 0
@@ -259,8 +263,9 @@ class PrincipalDatabase:
         if self.closed:
             return
         self.closed = True
-        if self._syncer is not None:
-            self._syncer.cancel()
+        for task in (self._syncer, self._recapture):
+            if task is not None:
+                task.cancel()
         self.fail_waiters(NotServing("the database is closing on this node; reconnect"))
         await self.mark_transactions_aborted()
         async with self.write_lock:
@@ -415,7 +420,13 @@ class PrincipalDatabase:
                     raise
         return await self._execute_write(owner, sql, params)
 
+    def _refuse_reads_while_uncaptured(self) -> None:
+        if self._uncaptured:
+            raise DiskFull(f"a commit on {self.session.db} could not be logged yet (the disk filled up): reads wait "
+                           "until it is, so that none sees what a failover could still take away. Try again shortly")
+
     async def _execute_read(self, sql: str, params: Any) -> StatementResult:
+        self._refuse_reads_while_uncaptured()
         reader = await self._readers.get()
         try:
             await reader.execute("BEGIN")
@@ -426,6 +437,7 @@ class PrincipalDatabase:
                 await (await reader.execute("SELECT 1 FROM sqlite_schema LIMIT 1")).fetchall()
                 async with self._hop_gate:
                     seen = self.end_lsn
+                    self._refuse_reads_while_uncaptured()  # its snapshot may hold that commit
                 await self.wait_visible(seen)
                 return await _in_connection_thread(reader, _run, sql, params)
             finally:
@@ -525,13 +537,33 @@ class PrincipalDatabase:
         """Execute on the writer and capture; raise the statement's error after noting its records."""
         async with self._hop_gate:
             outcome, records, in_txn = await _in_connection_thread(self._writer, self._run_and_capture, sql, params)
+        self._note_captured(records)
+        if self._uncaptured and (self._recapture is None or self._recapture.done()):
+            self._recapture = asyncio.create_task(self._recapture_loop(), name=f"recapture:{self.session.db}")
+        if isinstance(outcome, MirrordError):
+            raise outcome
+        return outcome, records, in_txn
+
+    def _note_captured(self, records: list[LogRecord]) -> None:
         if records:
             self.commit_clock.note(records[0].lsn, time.monotonic())
             self._sync_wanted.set()  # the sync task makes them durable, then ships and acknowledges them
             self.update_visible()
-        if isinstance(outcome, MirrordError):
-            raise outcome
-        return outcome, records, in_txn
+
+    async def _recapture_loop(self) -> None:
+        """Log what SQLite committed while the disk was full, as soon as there is room."""
+        while self._uncaptured and not self.closed:
+            await asyncio.sleep(0.2)
+            try:
+                async with self._hop_gate:
+                    records = await _in_connection_thread(self._writer, self._capture)
+            except OSError as exc:
+                if exc.errno not in NO_SPACE:
+                    raise
+                continue
+            self._uncaptured = False
+            log.info("captured_after_disk_full", database=self.session.db, records=len(records), lsn=self.end_lsn)
+            self._note_captured(records)
 
     def _run_and_capture(self, conn: sqlite3.Connection, sql: str, params: Any):
         try:
@@ -544,10 +576,12 @@ class PrincipalDatabase:
             if exc.errno not in NO_SPACE:
                 raise
             # SQLite committed, the log could not take it (the append was undone): it is
-            # captured at the next write once there is room, so its outcome is in doubt.
+            # captured by a retry once there is room, so its outcome is in doubt.
+            self._uncaptured = True
             return DiskFull(
                 f"the disk is full ({exc.strerror}): the statement ran but its commit could not be logged; its outcome "
                 "is in doubt until space is freed (it is logged then, and acknowledged to nobody)"), [], conn.in_transaction
+        self._uncaptured = False
         return outcome, records, conn.in_transaction
 
     async def abort_transaction(self, owner: object) -> None:

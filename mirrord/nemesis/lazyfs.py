@@ -20,9 +20,12 @@ as writes); its content needs no durability, and after a cut SQLite rebuilds
 it from the WAL.
 
 The control channel is a Unix socket; one command a connection, one JSON line
-back: `report` (what a cut would drop now, counts of writes and syncs) and
+back: `report` (what a cut would drop now, counts of writes and syncs),
 `cut` (drop every unsynced write, then refuse every operation with EIO until
-the process exits: the machine is off). `LazyFS` below mounts, reports, cuts
+the process exits: the machine is off), and `full` / `space` (the disk is full:
+creating a file or growing one fails with ENOSPC and statfs shows nothing
+free, while overwrites in place and SQLite's shared-memory `-shm` go on, as on
+a real full disk; `space` frees it again). `LazyFS` below mounts, reports, cuts
 and remounts (a new process and a new mount, so no page the kernel cached
 survives a cut either).
 
@@ -101,6 +104,7 @@ class _Files:
         self.states: dict[int, tuple[Unsynced, int]] = {}
         self.syncs = 0
         self.dead = False
+        self.full = False  # the disk is full: nothing may grow
 
     def state(self, fd: int) -> tuple[Unsynced, int] | None:
         return self.states.get(os.fstat(fd).st_ino)
@@ -123,7 +127,13 @@ class _Files:
     def report(self) -> dict:
         pending = [u for u, _ in self.states.values() if not u.is_clean()]
         return {"files_unsynced": len(pending), "bytes_unsynced": sum(u.pending_bytes() for u in pending),
-                "writes_unsynced": sum(u.writes for u in pending), "syncs": self.syncs, "cut": self.dead}
+                "writes_unsynced": sum(u.writes for u in pending), "syncs": self.syncs, "cut": self.dead,
+                "full": self.full}
+
+    def check_growth(self, path: str | None, new_size: int, size: int) -> None:
+        """A full disk refuses to grow a file (SQLite's shared memory aside: it is memory, not disk)."""
+        if self.full and new_size > size and not (path or "").endswith("-shm"):
+            raise OSError(errno.ENOSPC, "No space left on device (lazyfs: full)")
 
     def cut(self) -> dict:
         """Drop every unsynced change; from now on every operation fails (the power is off)."""
@@ -211,8 +221,11 @@ def make_operations(backing: str, files: _Files):
 
         def statfs(self, path):
             sv = os.statvfs(real(path))
-            return {k: getattr(sv, k) for k in ("f_bavail", "f_bfree", "f_blocks", "f_bsize", "f_favail",
-                                                "f_ffree", "f_files", "f_flag", "f_frsize", "f_namemax")}
+            found = {k: getattr(sv, k) for k in ("f_bavail", "f_bfree", "f_blocks", "f_bsize", "f_favail",
+                                                 "f_ffree", "f_files", "f_flag", "f_frsize", "f_namemax")}
+            if files.full:
+                found.update(f_bavail=0, f_bfree=0)
+            return found
 
         def unlink(self, path):
             with files.lock:
@@ -233,6 +246,8 @@ def make_operations(backing: str, files: _Files):
         # ---- file content: kept in memory until fsync
 
         def create(self, path, mode, flags=os.O_RDWR):
+            if files.full and not path.endswith("-shm"):
+                raise mfusepy.FuseOSError(errno.ENOSPC)
             fd = os.open(real(path), os.O_CREAT | os.O_RDWR | (flags & os.O_EXCL), mode)
             if flags & os.O_TRUNC:
                 self.truncate(None, 0, fd)
@@ -254,6 +269,10 @@ def make_operations(backing: str, files: _Files):
         def write(self, path, data, offset, fh):
             with files.lock:
                 unsynced, disk = files.state_for_change(fh)
+                try:
+                    files.check_growth(path, offset + len(data), unsynced.size)
+                except OSError as exc:
+                    raise mfusepy.FuseOSError(exc.errno) from None
                 return unsynced.write(offset, data, _disk_reader(disk))
 
         def truncate(self, path, length, fh=None):
@@ -261,6 +280,10 @@ def make_operations(backing: str, files: _Files):
                 fd = fh if fh is not None else os.open(real(path), os.O_RDWR)
                 try:
                     unsynced, disk = files.state_for_change(fd)
+                    try:
+                        files.check_growth(path, length, unsynced.size)
+                    except OSError as exc:
+                        raise mfusepy.FuseOSError(exc.errno) from None
                     unsynced.truncate(length, _disk_reader(disk))
                 finally:
                     if fh is None:
@@ -319,8 +342,11 @@ def _serve_control(sock_path: str, files: _Files) -> None:
                     answer = files.report()
                 elif command == "cut":
                     answer = files.cut()
+                elif command in ("full", "space"):
+                    files.full = command == "full"
+                    answer = files.report()
                 else:
-                    answer = {"error": f"unknown command {command!r}; known: report, cut"}
+                    answer = {"error": f"unknown command {command!r}; known: report, cut, full, space"}
             conn.sendall((json.dumps(answer) + "\n").encode())
 
 
@@ -407,6 +433,14 @@ class LazyFS:
         self.cuts += 1
         self.mount()
         return dropped
+
+    def fill(self) -> dict:
+        """The disk is full from now on (ENOSPC for anything that grows), until make_space()."""
+        return self._command("full")
+
+    def make_space(self) -> dict:
+        """The disk has room again."""
+        return self._command("space")
 
     def unmount(self) -> None:
         """Unmount (lazily if something still holds it) and end the process."""

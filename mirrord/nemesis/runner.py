@@ -94,6 +94,7 @@ class RoundReport:
     violations: list[Violation] = field(default_factory=list)
     seconds: float = 0.0
     power_cuts: int = 0  # nodes whose power was cut in this round
+    disks_full: int = 0  # nodes whose disk filled up in this round
 
 
 class Nemesis:
@@ -121,6 +122,7 @@ class Nemesis:
         self._tracebacks_seen: dict[str, int] = {n.name: 0 for n in cluster}
         self._cuts: set[frozenset[str]] = set()
         self._endpoints_stopped: set[str] = set()
+        self._full: set[str] = set()  # nodes whose disk is full (lazyfs)
         self.aborted: str | None = None
 
     # ------------------------------------------------------------ setup
@@ -161,6 +163,7 @@ class Nemesis:
                 self.outcomes[f"{step.kind} {outcome.split()[0].rstrip(':')}"] += 1
                 report.steps.append(f"{step.describe()} [{outcome}]")
                 report.power_cuts += step.kind == "power-cut" and outcome.startswith("done")
+                report.disks_full += step.kind == "disk-full" and outcome.startswith("done")
                 await asyncio.sleep(step.dwell)  # the fault's duration, while the writers write
             healed = await asyncio.to_thread(self._heal)
             report.violations += healed
@@ -253,6 +256,24 @@ class Nemesis:
         dropped = node.power_cut()
         self.power_cut_bytes += dropped["bytes_unsynced"]
         return f"done: dropped {dropped['bytes_unsynced'] // 1024} KiB unsynced in {dropped['files_unsynced']} files"
+
+    def _do_disk_full(self, name: str) -> str:
+        node = self.cluster[name]
+        if node.lazyfs is None or not node.lazyfs.is_mounted():
+            return "skipped: the node is not on lazyfs"
+        node.lazyfs.fill()
+        self._full.add(name)
+        return "done"
+
+    def _do_disk_space(self, name: str) -> str:
+        node = self.cluster[name]
+        if name not in self._full:
+            return "skipped: not full"
+        self._full.discard(name)
+        if node.lazyfs is None or not node.lazyfs.is_mounted():
+            return "skipped: not mounted (a power cut remounted it with room)"
+        node.lazyfs.make_space()
+        return "done"
 
     def _do_restart(self, name: str) -> str:
         node = self.cluster[name]
@@ -347,6 +368,8 @@ class Nemesis:
     def _heal(self) -> list[Violation]:
         """Thaw, restart the dead, heal cuts, start stopped endpoints. A node that cannot start is a violation."""
         found: list[Violation] = []
+        for name in sorted(self._full):
+            self._do_disk_space(name)
         for node in self.cluster:
             if node.frozen:
                 node.thaw()
@@ -521,6 +544,9 @@ class Nemesis:
         lines.append(f"power cuts: {sum(r.power_cuts for r in cut_rounds)} in {len(cut_rounds)} rounds "
                      f"({self.power_cut_bytes // 1024} KiB unsynced dropped), "
                      f"survived (no violation in the round): {sum(not r.violations for r in cut_rounds)}")
+        full_rounds = [r for r in self.reports if r.disks_full]
+        lines.append(f"full disks: {sum(r.disks_full for r in full_rounds)} in {len(full_rounds)} rounds, "
+                     f"survived (no violation in the round): {sum(not r.violations for r in full_rounds)}")
         if times:
             lines.append(f"convergence: median {statistics.median(times):.2f}s, max {max(times):.2f}s")
         lines.append("violations: " + (", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) or "none"))

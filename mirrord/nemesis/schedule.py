@@ -29,13 +29,14 @@ UNDO = {
     "endpoint_stop": "endpoint_start",
     "safety_off": "safety_full",
     "power-cut": "restart",
+    "disk-full": "disk-space",
 }
-# power-cut is last: leaving it out (no FUSE, or --no-power-cuts) gives the
-# schedules that seeds gave before it existed
-FAULTS = ("kill", "freeze", "cut", "isolate", "endpoint_stop", "failover", "safety_off", "power-cut")
+# power-cut and disk-full are last: leaving them out (no FUSE, or --no-power-cuts)
+# gives the schedules that seeds gave before they existed
+FAULTS = ("kill", "freeze", "cut", "isolate", "endpoint_stop", "failover", "safety_off", "power-cut", "disk-full")
 PROCESS_FAULTS = ("kill", "freeze", "power-cut")
 NEEDS_IPTABLES = ("cut", "isolate")
-NEEDS_LAZYFS = ("power-cut",)  # the node's data directory on mirrord/nemesis/lazyfs.py
+NEEDS_LAZYFS = ("power-cut", "disk-full")  # the node's data directory on mirrord/nemesis/lazyfs.py
 UNDOES = tuple(UNDO.values())
 
 MIN_DWELL = 0.3
@@ -89,7 +90,7 @@ def _make_round(rng: random.Random, number: int, nodes: tuple[str, ...], databas
                 hit.add(target[0])
         if kind == "cut":
             target = rng.choice(pairs)
-        elif kind in ("endpoint_stop", "isolate"):
+        elif kind in ("endpoint_stop", "isolate", "disk-full"):
             target = (rng.choice(nodes),)
         elif kind in ("failover", "safety_off"):
             target = (rng.choice(databases),)

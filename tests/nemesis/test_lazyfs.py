@@ -45,7 +45,8 @@ def test_fsynced_bytes_survive_and_unsynced_ones_do_not(fs):
     dropped = fs.power_cut()
     assert dropped["files_unsynced"] == 1 and dropped["bytes_unsynced"] > 0
     assert path.read_bytes() == b"durable"
-    assert fs.report() == {"files_unsynced": 0, "bytes_unsynced": 0, "writes_unsynced": 0, "syncs": 0, "cut": False}
+    assert fs.report() == {"files_unsynced": 0, "bytes_unsynced": 0, "writes_unsynced": 0, "syncs": 0, "cut": False,
+                           "full": False}
 
 
 def test_fdatasync_counts_and_a_sync_covers_only_its_own_file(fs):
@@ -158,3 +159,25 @@ def test_a_deep_directory_still_gets_a_control_socket(tmp_path):
     finally:
         lazy.unmount()
     assert not lazy.control.exists()
+
+
+def test_a_full_disk_refuses_growth_but_not_overwrites_and_gets_space_back(fs):
+    import errno
+
+    path = fs.mount_point / "f"
+    write(path, b"0123456789", sync=True)
+    assert fs.fill()["full"] is True
+    assert os.statvfs(fs.mount_point).f_bavail == 0
+    with pytest.raises(OSError) as grow:
+        write(path, b"more")
+    assert grow.value.errno == errno.ENOSPC
+    with pytest.raises(OSError) as create:
+        write(fs.mount_point / "new", b"x")
+    assert create.value.errno == errno.ENOSPC
+    with open(path, "r+b") as f:  # in place: no new blocks needed
+        f.write(b"ab")
+    assert path.read_bytes() == b"ab23456789"
+    fs.make_space()
+    write(path, b"more", sync=True)
+    assert path.read_bytes() == b"ab23456789more"
+    assert os.statvfs(fs.mount_point).f_bavail > 0

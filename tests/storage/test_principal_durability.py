@@ -152,3 +152,36 @@ async def test_a_snapshot_is_exact_at_its_lsn_while_writes_go_on(tmp_path, monke
         assert any(101 < lsn < 301 for _, lsn in snaps), snaps  # taken while the writes went on
     finally:
         await p.close()
+
+
+async def test_a_commit_the_full_disk_kept_out_of_the_log_is_logged_when_room_returns_and_hidden_until_then(tmp_path):
+    import asyncio
+    import errno
+
+    from mirrord.core.types import DiskFull
+
+    p = _principal(tmp_path / "a")
+    await p.open()
+    try:
+        await p.execute(object(), "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)", None)
+        real_append, failing = p.log.append, [True]
+
+        def append(records):
+            if failing[0]:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_append(records)
+
+        p.log.append = append
+        with pytest.raises(DiskFull, match="in doubt"):
+            await p.execute(object(), "INSERT INTO t(id, v) VALUES (1, 'x')", None)
+        with pytest.raises(DiskFull, match="reads wait"):  # SQLite has it, the log does not: nobody may see it
+            await p.execute(object(), "SELECT count(*) FROM t", None)
+        failing[0] = False  # room again: the retry logs it without any new write
+        for _ in range(100):
+            if not p._uncaptured:
+                break
+            await asyncio.sleep(0.05)
+        assert p.end_lsn == 2
+        assert (await p.execute(object(), "SELECT count(*) FROM t", None)).rows == [[1]]
+    finally:
+        await p.close()
