@@ -3,8 +3,8 @@
 Seed 331's three rounds hold every fault kind: a link cut, a SIGKILL, a node
 isolated from both others, manual failovers, an endpoint STOPPED, SAFETY OFF,
 a node frozen (with --no-power-cuts, the schedule it had before power cuts
-existed). Seed 11's three rounds cut the power of every node, the principal of
-each database among them. The command runs as a child process, exactly as a person would run
+existed). Seed 390's three rounds cut the power of every node, the principal of
+each database among them, and fill one node's disk. The command runs as a child process, exactly as a person would run
 it, on this run's own address range.
 """
 
@@ -21,7 +21,7 @@ from .conftest import FIRST_IP
 
 SEED = 331
 ROUNDS = 3
-POWER_CUT_SEED = 11
+POWER_CUT_SEED = 390
 
 
 def run_nemesis(tmp_path, seed: int, *flags: str) -> str:
@@ -46,12 +46,12 @@ def test_nemesis_short_run_finds_no_violation(tmp_path):
 
 
 @pytest.mark.skipif(lazyfs_unavailable() is not None, reason=f"power cuts need lazyfs: {lazyfs_unavailable()}")
-def test_nemesis_power_cuts_lose_no_acknowledged_write(tmp_path):
+def test_nemesis_power_cuts_and_full_disks_lose_no_acknowledged_write(tmp_path):
     out = run_nemesis(tmp_path, POWER_CUT_SEED)
     assert "violations: none" in out and "OK" in out
     assert "lost (SAFETY FULL): 0, lost (SAFETY OFF, allowed): 0" in out
-    assert "power-cut done x4" in out
-    assert "power cuts: 4 in 2 rounds" in out and "survived (no violation in the round): 2" in out
+    assert "power-cut done x3" in out and "disk-full done x1" in out
+    assert "power cuts: 3 in 3 rounds" in out and "full disks: 1 in 1 rounds, survived (no violation in the round): 1" in out
 
 
 def _connections_to(node_host: str, port: int, from_host: str) -> int:
