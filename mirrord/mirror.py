@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import zlib
 from pathlib import Path
 from typing import Callable, Sequence
@@ -20,7 +19,7 @@ import structlog
 
 from mirrord.core.session import Session
 from mirrord.core.types import Lsn, ProtocolError
-from mirrord.storage.fileutil import atomic_write_bytes, fsync_dir, remove_sqlite_sidecars
+from mirrord.storage.fileutil import FLUSH_EVERY, atomic_write_bytes, copy_in_steps, fsync_dir, remove_sqlite_sidecars
 from mirrord.storage.log import DurableLog, LogRecord
 from mirrord.storage.pagestore import PageStore, RedoThread
 
@@ -126,6 +125,10 @@ class MirrorDatabase:
         if offset != self._seed_file.tell():
             raise ProtocolError(f"seed chunk at offset {offset}, expected {self._seed_file.tell()}")
         self._seed_file.write(data)
+        if (offset + len(data)) // FLUSH_EVERY != offset // FLUSH_EVERY:
+            # sync as it goes: one fsync of the whole copy at the end would stall every other fsync on the disk
+            self._seed_file.flush()
+            os.fdatasync(self._seed_file.fileno())
 
     async def seed_end(self, lsn: Lsn, epoch: int, size: int, crc: int) -> None:
         """Verify and install the snapshot as the page store at lsn; the log restarts after it."""
@@ -149,7 +152,7 @@ class MirrorDatabase:
     def rewind_begin(self, page_size: int) -> None:
         """Start a rewind on a copy of the page store (the store itself changes only at the end, atomically)."""
         self._rewind_tmp = self.directory / "rewind.tmp"
-        shutil.copyfile(self.path, self._rewind_tmp)
+        copy_in_steps(self.path, self._rewind_tmp)
         self._rewind_store = PageStore(self._rewind_tmp)
         self._rewind_page_size = page_size
         self._rewind_count = 0

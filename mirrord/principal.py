@@ -38,7 +38,6 @@ import asyncio
 import heapq
 import itertools
 import os
-import shutil
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -53,7 +52,7 @@ from mirrord.core.quorum import AckRule
 from mirrord.core.session import Session
 from mirrord.core.types import (CommitInDoubt, DiskFull, LogFull, Lsn, MirrordError, NotServing, StatementRefused,
                                 TransactionAborted)
-from mirrord.storage.fileutil import DISK_RESERVE_BYTES, NO_SPACE, atomic_write_bytes, disk_free
+from mirrord.storage.fileutil import DISK_RESERVE_BYTES, NO_SPACE, atomic_write_bytes, copy_in_steps, disk_free
 from mirrord.storage.log import DurableLog, LogRecord
 from mirrord.storage.pagestore import apply_log_range, load_redo_lsn, rebuild_from_log
 from mirrord.storage.wal import WalPosition, WalReader
@@ -628,7 +627,7 @@ class PrincipalDatabase:
             epoch = self.log.last_epoch
         try:
             await self.wait_synced(lsn)  # a mirror never holds what a power cut could take from us
-            await asyncio.to_thread(_copy_durably, self.path, dest)
+            await asyncio.to_thread(copy_in_steps, self.path, dest)
             await asyncio.to_thread(apply_log_range, dest, self.log, base + 1, lsn)
         finally:
             self._checkpoints_paused -= 1
@@ -676,7 +675,3 @@ def _run(conn: sqlite3.Connection, sql: str, params: Any) -> StatementResult:
     return StatementResult(columns, rows, cur.rowcount, lastrowid=cur.lastrowid if inserted else None)
 
 
-def _copy_durably(src: Path, dest: Path) -> None:
-    shutil.copyfile(src, dest)
-    with open(dest, "rb+") as f:
-        os.fsync(f.fileno())

@@ -169,7 +169,7 @@ async def _handle(host: "DatabaseHost", msg: dict, writer, records: list, seed: 
         host.mirror.seed_begin()
         return msg
     elif kind == "seed_chunk":
-        host.mirror.seed_chunk(msg["offset"], msg["data"])
+        await asyncio.to_thread(host.mirror.seed_chunk, msg["offset"], msg["data"])  # it syncs now and then
     elif kind == "seed_end":
         if seed is None:
             raise ProtocolError("seed_end without seed_begin")
