@@ -247,9 +247,9 @@ async def _rewind(host: "DatabaseHost", reader, writer, diverged: list) -> int |
     if not all(type(p) is int and 1 <= p <= 0xFFFFFFFE for p in diverged):
         raise ProtocolError("welcome: diverged_pages must be page numbers")
     tmp = host.directory / "rewind-snapshot.tmp"
-    lsn, epoch = await host.principal.snapshot_to(tmp)
+    lsn, epoch = await _pinging(host, writer, host.principal.snapshot_to(tmp))
     try:
-        ours = await asyncio.to_thread(host.log.pages_touched, fork + 1, lsn)
+        ours = await _pinging(host, writer, asyncio.to_thread(host.log.pages_touched, fork + 1, lsn))
         if ours is None:
             return None  # the log no longer reaches the fork: a full copy
         page_size = _page_size(tmp)
@@ -269,6 +269,26 @@ async def _rewind(host: "DatabaseHost", reader, writer, diverged: list) -> int |
         tmp.unlink(missing_ok=True)
 
 
+async def _pinging(host: "DatabaseHost", writer, work):
+    """Await work (a snapshot, say) while pinging the mirror, so that it does not take our silence for a loss.
+
+    The link's ping loop starts only after the handshake; a snapshot of a large
+    database can take longer than PARTNER TIMEOUT. Its pongs wait in the socket
+    and are read past later.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=ping_interval(host.session.config.timeout))
+            if done:
+                return task.result()
+            framing.write_message(writer, {"t": "ping", "seq": 0})
+            await writer.drain()
+    finally:
+        if not task.done():
+            task.cancel()
+
+
 async def _wait_ack(host: "DatabaseHost", reader, lsn: int) -> int:
     """Wait for the mirror to acknowledge a copy installed at lsn."""
     timeout = max(host.session.config.timeout, 30)
@@ -281,7 +301,7 @@ async def _wait_ack(host: "DatabaseHost", reader, lsn: int) -> int:
 async def _seed(host: "DatabaseHost", reader, writer) -> int:
     """Send a consistent snapshot of the database; return the LSN it is at."""
     tmp = host.directory / "seed-snapshot.tmp"
-    lsn, epoch = await host.principal.snapshot_to(tmp)
+    lsn, epoch = await _pinging(host, writer, host.principal.snapshot_to(tmp))
     try:
         size = tmp.stat().st_size
         log.info("seeding_mirror", database=host.name, lsn=lsn, bytes=size, role_sequence=epoch)
