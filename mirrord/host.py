@@ -9,6 +9,7 @@ from pathlib import Path
 
 import structlog
 
+from mirrord.core.health import DatabaseFacts
 from mirrord.core.quorum import AckRule, PrincipalView, ack_rule
 from mirrord.core.session import Session
 from mirrord.core.types import Lsn, MirroringState
@@ -77,6 +78,12 @@ class DatabaseHost:
             f"nor the witness {self.session.config.witness} answers; it is not served until one of them "
             "returns (the mirror may have been promoted meanwhile)"
         )
+
+    def health_facts(self) -> DatabaseFacts:
+        """What the HTTP health routes decide on (core.health)."""
+        s, cfg = self.session, self.session.config
+        return DatabaseFacts(role=cfg.role, status=cfg.status, state=s.state.value, role_sequence=cfg.epoch,
+                             open=self.principal is not None, quorum_refusal=self.quorum_refusal())
 
     def poke(self) -> None:
         """Something the quorum depends on changed: re-evaluate now."""

@@ -12,7 +12,8 @@ own figures (oldest unsent transaction, rate of new transactions, commit delay,
 end of log) in every ping, and the mirror its redo rate in every pong.
 
 Prometheus: a registry per node, gauges set from the event loop after each
-sample, served by prometheus_client's HTTP server thread (it only reads).
+sample, served at /metrics by the node's HTTP server (mirrord/httpapi.py), in
+the same loop.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from mirrord.core.monitoring import (
     FIGURE_COLUMNS,
@@ -232,17 +233,6 @@ class NodeMetrics:
         self.refused = Counter("mirrord_refused_writes", "SQL statements refused by this node (not principal, quorum lost, log full...)", labels + ["reason"], registry=self.registry)
         self.reconnects = Counter("mirrord_reconnects", "partner connections re-established after the first", labels, registry=self.registry)
         self._known: set[str] = set()
-        self._server = None
-
-    def start(self, host: str, port: int) -> None:
-        """Serve /metrics on host:port from a daemon thread."""
-        self._server, _ = start_http_server(port, host, registry=self.registry)
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
 
     def count_refused(self, database: str, reason: str) -> None:
         self.refused.labels(self.node, database, reason).inc()

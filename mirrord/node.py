@@ -38,12 +38,13 @@ from mirrord.core.types import (
     Role,
 )
 from mirrord.host import DatabaseHost
+from mirrord.httpapi import HttpServer, NodeView
 from mirrord.monitor import NodeMetrics, run_sampler
 from mirrord.mirror import MirrorDatabase
 from mirrord import role_change
 from mirrord.net import framing, inbound
 from mirrord.principal import PrincipalDatabase, StatementResult
-from mirrord.statements_exec import StatementExecutor
+from mirrord.statements_exec import StatementExecutor, status_row
 from mirrord.witness import Witness
 from mirrord.storage.fileutil import atomic_write_bytes
 from mirrord.storage.log import DurableLog
@@ -139,6 +140,11 @@ class Node:
         self.executor = StatementExecutor(self)
         self.witness = Witness(config.data_dir / "witness")
         self.metrics = NodeMetrics(config.name)
+        self.http = HttpServer(NodeView(
+            name=config.name, registry=self.metrics.registry,
+            facts=lambda db: h.health_facts() if (h := self.databases.get(db)) is not None else None,
+            status_rows=lambda db: [status_row(h) for n, h in sorted(self.databases.items()) if db in (None, n)],
+            up=lambda: (self.serving_clients, len(self.databases))))
         self._sampler: asyncio.Task | None = None
 
     # ---------------------------------------------------------------- addresses
@@ -152,6 +158,11 @@ class Node:
     def listen_address(self) -> str:
         """This node's client address, host:port."""
         return f"{self.config.listen.host}:{self.config.listen.port}"
+
+    @property
+    def serving_clients(self) -> bool:
+        """Up: every database loaded and the client port open (what /health reports)."""
+        return self._client_server is not None and not self.stopping
 
     @property
     def databases_dir(self) -> Path:
@@ -170,7 +181,7 @@ class Node:
         await self.start_endpoint()
         self._client_server = await asyncio.start_server(self._on_client, self.config.listen.host, self.config.listen.port)
         if self.config.metrics is not None:
-            self.metrics.start(self.config.metrics.host, self.config.metrics.port)
+            await self.http.start(self.config.metrics.host, self.config.metrics.port)
         self._sampler = asyncio.create_task(run_sampler(self, self.metrics), name="monitor-sampler")
         log.info("node_started", endpoint=self.endpoint_url, listen=self.listen_address, databases=sorted(self.databases))
 
@@ -275,7 +286,7 @@ class Node:
         self.stopping = True
         log.info("node_stopping")
         await _cancel(self._sampler)
-        await asyncio.to_thread(self.metrics.stop)  # waits for the HTTP thread's poll loop
+        await self.http.stop()
         if self._client_server is not None:
             self._client_server.close()
         await self.stop_endpoint()
@@ -560,7 +571,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--endpoint-name", dest="endpoint_name", help="name of the endpoint for ALTER ENDPOINT (default mirroring)")
     p.add_argument("--log-size-limit-mb", dest="log_size_limit_mb", type=int, help="log size at which writes are refused (default 1024)")
     p.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--metrics", help="serve Prometheus /metrics on HOST:PORT (default: off)")
+    p.add_argument("--metrics", "--http", dest="metrics",
+                   help="serve HTTP on HOST:PORT: /metrics, /principal?db=X, /mirror?db=X, /health, /status (default: off)")
     return p.parse_args(argv)
 
 

@@ -17,11 +17,14 @@ class Writer(threading.Thread):
     success; an error or a dropped connection leaves it in doubt (not counted).
     """
 
-    def __init__(self, node: LocalNode, db: str, table: str = "t", start: int = 0) -> None:
+    def __init__(self, node: LocalNode | None, db: str, table: str = "t", start: int = 0, address: str | None = None) -> None:
         super().__init__(daemon=True)
         self.node, self.db, self.table = node, db, table
+        self.address = address or node.address  # another address: a proxy in front of the nodes
         self.next_id = start
         self.acked: list[int] = []
+        self.acked_at: list[float] = []  # time.monotonic() of each acknowledgement
+        self.acked_epoch: list[int] = []  # the role sequence each was committed in
         self.errors: list[str] = []
         self._halt = threading.Event()
 
@@ -31,10 +34,12 @@ class Writer(threading.Thread):
         while not self._halt.is_set() and time.monotonic() < deadline:
             try:
                 if client is None:
-                    client = Client.connect(self.node.address, timeout=2.0)
+                    client = Client.connect(self.address, timeout=2.0)
                 self.next_id += 1
-                client.query(f"INSERT INTO {self.table}(id, v) VALUES (?, ?)", db=self.db, params=[self.next_id, "x" * 100])
+                result = client.query(f"INSERT INTO {self.table}(id, v) VALUES (?, ?)", db=self.db, params=[self.next_id, "x" * 100])
                 self.acked.append(self.next_id)
+                self.acked_at.append(time.monotonic())
+                self.acked_epoch.append(result.epoch)
             except (ServerError, Unreachable, OSError, ConnectionError) as exc:
                 self.errors.append(repr(exc))
                 if client is not None:
