@@ -1,27 +1,33 @@
-"""`mirrorctl`: run one statement against a node, show mirroring status, or watch a cluster.
+"""`mirrorctl`: run statements against a node, show mirroring status, or watch a cluster.
 
-    mirrorctl -S HOST:PORT [-d DB] -Q "STATEMENT" [--json]
-    mirrorctl -S HOST:PORT status [-d DB] [--json]
+    mirrorctl -S HOST:PORT[,HOST:PORT...] [-d DB] (-Q "STATEMENT" | -i FILE...) [-b] [-o FILE] [--json]
+    mirrorctl -S HOST:PORT[,HOST:PORT...] status [-d DB] [--json] [-o FILE]
     mirrorctl -S HOST:PORT[,HOST:PORT...] monitor [-d DB] [--interval S] [--once] [--json]
 
-How it works: parse arguments, open a blocking `Client`, run one query, print
-the rows as a table (rich; colours only on a terminal) or as JSON, and map the
-outcome to an exit status that scripts can test:
+How it works: parse arguments (every bad flag or value is a usage error, exit
+2), send each statement through a `PrincipalFollower` (the -S list, following
+"the principal is X" answers as the DB-API driver does), print the rows as a
+table (rich; colours only on a terminal) or as JSON, and map the outcome to an
+exit status that scripts can test:
 
     0 success · 1 the server returned an error · 2 usage error · 3 server unreachable
 
-Why a blocking client: one statement per process needs no event loop, and
+Why a blocking client: a few statements per process need no event loop, and
 `main(argv)` returns the status instead of exiting, so tests call it in-process.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import contextlib
 import json
+import math
 import os
 import sys
 import time
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator, TextIO
 
 from rich import box
 from rich.console import Console
@@ -30,28 +36,86 @@ from rich.table import Table
 from rich.text import Text
 
 from mirrord.core.types import ProtocolError
-from mirrorctl.client import (Client, Result, ServerError, Unreachable, parse_address,
-                              status_sql)
+from mirrord.version import installed_version
+from mirrorctl.client import Client, Result, ServerError, Unreachable, status_sql
+from mirrorctl.follow import PrincipalFollower, partner_address
+from mirrorctl.script import ScriptError, split_batches
 
 EXIT_OK, EXIT_SERVER_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 SERVER_ENV = "MIRRORCTL_SERVER"
+CONNECT_TIMEOUT = 5.0
+
+EXAMPLES = """examples:
+  mirrorctl -S 127.0.0.11:1433 -Q "CREATE DATABASE shop"
+  mirrorctl -S 127.0.0.11:1433,127.0.0.12:1433 -d shop -Q "SELECT * FROM items"   # follows the principal
+  mirrorctl -S 127.0.0.11:1433 -d shop -i schema.sql -b -o out.txt               # GO batches, stop at the first error
+  mirrorctl -S 127.0.0.12:1433 -Q "ALTER DATABASE shop SET PARTNER = 'tcp://127.0.0.11:5022'"
+
+exit status: 0 success, 1 the server returned an error, 2 usage error, 3 server unreachable"""
+STATUS_EXAMPLES = """examples:
+  mirrorctl -S 127.0.0.11:1433 status
+  mirrorctl -S 127.0.0.11:1433 status -d shop --json      # every column of sys.database_mirroring"""
+MONITOR_EXAMPLES = """examples:
+  mirrorctl -S 127.0.0.11:1433,127.0.0.12:1433,127.0.0.13:1433 monitor
+  mirrorctl -S 127.0.0.11:1433,127.0.0.12:1433 monitor -d shop --once --json"""
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
+
+
+def add_connection_options(parser: argparse.ArgumentParser, suppress: bool = False) -> None:
+    """Where and how to connect (the place for more connection flags)."""
+    default = argparse.SUPPRESS if suppress else None
+    parser.add_argument("-S", "--server", default=argparse.SUPPRESS if suppress else os.environ.get(SERVER_ENV),
+                        help=f"HOST:PORT (or tcp://HOST:PORT) of a client port; a comma-separated partner list "
+                             f"follows the principal (default ${SERVER_ENV})")
+    parser.add_argument("--timeout", type=seconds, default=argparse.SUPPRESS if suppress else 30.0,
+                        help="seconds to wait for each answer (default 30)")
+    parser.add_argument("-d", "--database", default=default, help="database to run in (status, monitor: show only this one)")
+
+
+def add_output_options(parser: argparse.ArgumentParser, suppress: bool = False) -> None:
+    """How results are printed."""
+    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS if suppress else False,
+                        help='print rows as JSON objects (binary values as {"$binary": "<base64>"})')
+    parser.add_argument("-o", "--output", default=argparse.SUPPRESS if suppress else None, metavar="FILE",
+                        help="write results to FILE instead of standard output (errors stay on standard error)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser."""
+    """The argument parser: statements by default, `status` and `monitor` subcommands."""
     parser = argparse.ArgumentParser(
-        prog="mirrorctl", description="Run a statement on a mirrord node, or show mirroring status.")
-    parser.add_argument("-S", "--server", default=os.environ.get(SERVER_ENV),
-                        help=f"HOST:PORT or tcp://HOST:PORT of the client port (default ${SERVER_ENV})")
-    parser.add_argument("-d", "--database", help="database to run in (status: show only this one)")
+        prog="mirrorctl", description="Run statements on a mirrord node, or show mirroring status.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_connection_options(parser)
+    add_output_options(parser)
     parser.add_argument("-Q", "--query", help="the statement to run")
-    parser.add_argument("--json", action="store_true", help="print rows as a JSON array of objects")
-    parser.add_argument("--timeout", type=float, default=30.0,
-                        help="seconds to wait for the answer (default 30)")
-    parser.add_argument("--interval", type=float, default=2.0, help="monitor: seconds between refreshes (default 2)")
-    parser.add_argument("--once", action="store_true", help="monitor: print one snapshot and exit")
-    parser.add_argument("command", nargs="?", choices=["status", "monitor"],
-                        help="status: show mirroring status; monitor: watch every node given to -S (comma-separated)")
+    parser.add_argument("-i", "--input", action="append", metavar="FILE",
+                        help="run the script FILE, batches separated by GO lines (repeatable)")
+    parser.add_argument("-b", "--abort-on-error", action="store_true", dest="abort_on_error",
+                        help="stop at the first batch that fails (exit 1)")
+    parser.add_argument("--version", action="version", version=f"mirrorctl {installed_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="{status,monitor}",
+                                     title="commands (each has its own --help)")
+    status = commands.add_parser("status", help="show mirroring status, one line per database",
+                                 description="Show mirroring status: one line per database of the first node that answers.",
+                                 epilog=STATUS_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    monitor = commands.add_parser("monitor", help="watch every node given to -S, asked all at once",
+                                  description="A live table across the cluster: every node given to -S, asked concurrently.",
+                                  epilog=MONITOR_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for sub in (status, monitor):
+        add_connection_options(sub, suppress=True)
+        add_output_options(sub, suppress=True)
+    monitor.add_argument("--interval", type=seconds, default=2.0, help="seconds between refreshes (default 2)")
+    monitor.add_argument("--once", action="store_true", help="print one snapshot and exit")
     return parser
 
 
@@ -59,24 +123,30 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
     """Reject contradictory or missing arguments (exits 2 through argparse)."""
     if not args.server:
         parser.error(f"no server: give -S HOST:PORT or set {SERVER_ENV}")
-    servers = _servers(args.server) if args.command == "monitor" else [args.server]
+    servers = _servers(args.server)
+    if not servers:
+        parser.error("-S needs HOST:PORT[,HOST:PORT...]")
     for server in servers:
         try:
-            parse_address(server)
+            partner_address(server)
         except ValueError as exc:
-            parser.error(str(exc))
-    if not servers:
-        parser.error("monitor needs -S HOST:PORT[,HOST:PORT...]")
-    if (args.command is None) == (args.query is None):
-        parser.error("give either -Q STATEMENT or the status or monitor command")
-    if args.command != "monitor" and (args.once or args.interval != 2.0):
-        parser.error("--once and --interval go with the monitor command")
-    if not 0.1 <= args.interval <= 3600:
-        parser.error("--interval must be 0.1..3600 seconds")
+            parser.error(f"-S {server}: {exc}")
+    given = [flag for flag, value in (("-Q", args.query), ("-i", args.input), (args.command, args.command)) if value is not None]
+    if len(given) != 1:
+        parser.error("give one of -Q STATEMENT, -i FILE, or the status or monitor command"
+                     + (f" (got {' and '.join(given)})" if given else ""))
+    if args.query is not None and not args.query.strip():
+        parser.error("-Q needs a statement (it is empty)")
+    if args.abort_on_error and args.command is not None:
+        parser.error("-b goes with -Q or -i")
+    if args.command == "monitor" and args.output is not None:
+        parser.error("-o does not go with monitor (a live table); use --once with a shell redirection")
+    if args.command == "monitor" and args.interval > 3600:
+        parser.error("--interval must be 0..3600 seconds")
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace | int:
-    """Parsed arguments, or the exit status argparse chose (usage error, --help)."""
+    """Parsed arguments, or the exit status argparse chose (usage error, --help, --version)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -84,14 +154,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace | int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     return args
-
-
-def _run(args: argparse.Namespace) -> Result:
-    """Connect and run the one statement the arguments ask for."""
-    with Client.connect(args.server) as client:
-        if args.command == "status":
-            return client.query(status_sql(args.database), timeout=args.timeout)
-        return client.query(args.query, db=args.database, timeout=args.timeout)
 
 
 def _cell(value: Any) -> str:
@@ -104,9 +166,9 @@ def _cell(value: Any) -> str:
 
 
 def _json_default(value: Any) -> Any:
-    """JSON for what msgpack carries but JSON lacks: bytes become 0x-hex."""
+    """JSON for what msgpack carries but JSON lacks: bytes as {"$binary": base64}, never mistaken for text."""
     if isinstance(value, bytes):
-        return "0x" + value.hex()
+        return {"$binary": base64.b64encode(value).decode("ascii")}
     raise TypeError(f"cannot show {type(value).__name__} as JSON")
 
 
@@ -126,10 +188,10 @@ def print_result(result: Result, as_json: bool, is_status: bool = False) -> None
         print(json.dumps(_json_shape(result, is_status), default=_json_default))
     elif is_status and result.rows:
         _console().print(status_table(result.as_dicts(), _console().is_terminal))
+    elif is_status:
+        print("no databases on this node")
     elif result.columns:
         print_table(result, _console())
-    elif is_status:
-        print("no mirrored databases")
     else:
         print(result.message or _affected(result.rowcount))
 
@@ -202,23 +264,27 @@ def _servers(text: str) -> list[str]:
 
 
 def collect(servers: list[str], db: str | None, timeout: float) -> list[dict]:
-    """One row per (node, database) across the servers, witnesses included.
+    """One row per (node, database) across the servers, witnesses included, all nodes asked at once.
 
     A node that does not answer gives one row saying so, and so does one with
-    nothing to show, so every node given is in the answer.
+    nothing to show, so every node given is in the answer. Asked concurrently,
+    one frozen node costs one timeout, not one per node.
     """
-    rows: list[dict] = []
-    for server in servers:
-        try:
-            with Client.connect(server, timeout=min(timeout, 5.0)) as client:
-                partners = client.query(status_sql(db), timeout=timeout).as_dicts()
-                witnessed = client.query(_witness_sql(db), timeout=timeout).as_dicts()
-        except (ServerError, Unreachable, ProtocolError, OSError) as exc:
-            rows.append({"node": server, "database": None, "role": None, "state": "UNREACHABLE", "error": str(exc)})
-            continue
-        found = [{"node": server, **row} for row in partners] + [_witness_row(server, w) for w in witnessed]
-        rows.extend(found or [{"node": server, "database": None, "role": None, "state": "NO DATABASES"}])
-    return rows
+    with ThreadPoolExecutor(max_workers=max(1, len(servers)), thread_name_prefix="monitor") as pool:
+        answers = list(pool.map(lambda server: _collect_one(server, db, timeout), servers))
+    return [row for rows in answers for row in rows]
+
+
+def _collect_one(server: str, db: str | None, timeout: float) -> list[dict]:
+    """The rows of one node (its partner and witness rows), or one row saying why there are none."""
+    try:
+        with Client.connect(server, timeout=min(timeout, CONNECT_TIMEOUT)) as client:
+            partners = client.query(status_sql(db), timeout=timeout).as_dicts()
+            witnessed = client.query(_witness_sql(db), timeout=timeout).as_dicts()
+    except (ServerError, Unreachable, ProtocolError, OSError) as exc:
+        return [{"node": server, "database": None, "role": None, "state": "UNREACHABLE", "error": str(exc)}]
+    found = [{"node": server, **row} for row in partners] + [_witness_row(server, w) for w in witnessed]
+    return found or [{"node": server, "database": None, "role": None, "state": "NO DATABASES"}]
 
 
 def _witness_sql(db: str | None) -> str:
@@ -267,11 +333,68 @@ def monitor(args: argparse.Namespace) -> int:
         return EXIT_OK
 
 
-def _report_error(exc: ServerError) -> None:
-    """The server's error on stderr."""
-    print(f"error [{exc.code}]: {exc.message}", file=sys.stderr)
-    if exc.principal:
+def _report_error(exc: ServerError, where: str = "") -> None:
+    """The server's error on stderr (the principal once: the message may name it already)."""
+    print(f"error [{exc.code}]{where}: {exc.message}", file=sys.stderr)
+    if exc.principal and exc.principal not in exc.message:
         print(f"principal: {exc.principal}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _output(path: str | None) -> Iterator[TextIO]:
+    """Standard output, or -o FILE (created or truncated) for the time of the run."""
+    if path is None:
+        yield sys.stdout
+        return
+    with open(path, "w", encoding="utf-8") as out, contextlib.redirect_stdout(out):
+        yield out
+
+
+def _status(args: argparse.Namespace) -> int:
+    """`mirrorctl status`: the first listed node that answers."""
+    follower = PrincipalFollower(_servers(args.server), min(args.timeout, CONNECT_TIMEOUT))
+    try:
+        result = follower.query(status_sql(args.database), None, args.timeout)
+    finally:
+        follower.close()
+    if args.database is not None and not result.rows:
+        print(f"mirrorctl: no database {args.database} on {follower.partners.current}", file=sys.stderr)
+        return EXIT_SERVER_ERROR
+    print_result(result, args.json, is_status=True)
+    return EXIT_OK
+
+
+def _batches(args: argparse.Namespace) -> list[tuple[str, str, int]]:
+    """(statement, where it comes from, repeat) for -Q or every -i file; ScriptError/OSError if unreadable."""
+    if args.query is not None:
+        return [(args.query, "", 1)]
+    out = []
+    for path in args.input:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        out.extend((b.sql, f" ({path}, line {b.line})", b.repeat) for b in split_batches(text))
+    return out
+
+
+def _statements(args: argparse.Namespace, batches: list[tuple[str, str, int]]) -> int:
+    """Run the batches in order through the partner list; -b stops at the first error."""
+    follower = PrincipalFollower(_servers(args.server), min(args.timeout, CONNECT_TIMEOUT))
+    status = EXIT_OK
+    try:
+        for sql, where, repeat in batches:
+            for _ in range(repeat):
+                try:
+                    result = follower.query(sql, args.database, args.timeout)
+                except ServerError as exc:
+                    _report_error(exc, where)
+                    status = EXIT_SERVER_ERROR
+                    if args.abort_on_error:
+                        return status
+                    break
+                print_result(result, args.json)
+    finally:
+        follower.close()
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -282,16 +405,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "monitor":
         return monitor(args)
     try:
-        result = _run(args)
-    except ServerError as exc:
-        _report_error(exc)
-        return EXIT_SERVER_ERROR
+        batches = [] if args.command == "status" else _batches(args)
+    except (OSError, ScriptError, UnicodeDecodeError) as exc:
+        print(f"mirrorctl: cannot read the script: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with _output(args.output):
+            return _status(args) if args.command == "status" else _statements(args, batches)
     except (Unreachable, ProtocolError) as exc:
         print(f"mirrorctl: cannot talk to {args.server}: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
-    print_result(result, args.json, is_status=args.command == "status")
-    return EXIT_OK
-
+    except OSError as exc:  # -o FILE could not be written
+        print(f"mirrorctl: cannot write the output: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -48,6 +48,7 @@ from mirrord.statements_exec import StatementExecutor, status_row
 from mirrord.witness import Witness
 from mirrord.storage.fileutil import atomic_write_bytes
 from mirrord.storage.log import DurableLog
+from mirrord.version import installed_version
 
 log = structlog.get_logger()
 
@@ -563,6 +564,7 @@ def configure_logging(name: str, level: str) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="mirrord", description="mirrord: database mirroring node")
+    p.add_argument("--version", action="version", version=f"mirrord {installed_version()}")
     p.add_argument("--config", help="TOML file with the settings below (flags override it)")
     p.add_argument("--name", help="node name, shown in logs and status")
     p.add_argument("--data-dir", dest="data_dir", help="directory for databases, logs and metadata")

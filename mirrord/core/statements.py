@@ -21,6 +21,7 @@ Every statement renders back to canonical text with `to_sql()`, and
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import re
 from dataclasses import dataclass
@@ -358,9 +359,10 @@ class _Parser:
         raise StatementSyntaxError(f"{' '.join(self._seen)}: {reason}")
 
     def keyword(self, *choices: str, expected: str | None = None) -> str:
-        """Consume one of the keywords; return it upper-cased."""
+        """Consume one of the keywords; return it upper-cased (a near miss is named in the error)."""
         if not _is_word(self._tok, *choices):
-            self.fail(expected or _one_of(choices))
+            hint = _nearest(self._tok, choices)
+            self.fail((expected or _one_of(choices)) + (f" (did you mean {hint}?)" if hint else ""))
         word = self._tok.text.upper()
         self.advance(word)
         return word
@@ -412,6 +414,14 @@ class _Parser:
             self.advance(";")
         if self._tok.kind != "end":
             self.fail("end of statement")
+
+
+def _nearest(tok: _Token, keywords: tuple[str, ...] | list[str]) -> str | None:
+    """The keyword a mistyped word most likely meant (DATABSE -> DATABASE), or None."""
+    if tok.kind != "word":
+        return None
+    close = difflib.get_close_matches(tok.text.upper(), list(keywords), n=1, cutoff=0.75)
+    return close[0] if close else None
 
 
 def _one_of(choices: tuple[str, ...]) -> str:
@@ -647,10 +657,25 @@ _RULES: dict[tuple[str, ...], Rule] = {
 }
 
 
+# What may follow these words in SQLite's own statements: never taken for a typo of ours.
+_SQLITE_AFTER = {"ALTER": {"TABLE"}, "CREATE": {"TABLE", "INDEX", "VIEW", "TRIGGER", "VIRTUAL", "TEMP", "TEMPORARY", "UNIQUE"},
+                 "DROP": {"TABLE", "INDEX", "VIEW", "TRIGGER"}}
+
+
 def _rule_for(text: str) -> tuple[tuple[str, ...], Rule] | None:
-    """The admin rule the text starts with, or None for plain SQL."""
-    first, second = (t.text.upper() if t.kind == "word" else "" for t in
-                     itertools.islice(_tokens(text), 2))
+    """The admin rule the text starts with, or None for plain SQL.
+
+    A second word that is a near miss of ours (ALTER DATABSE) is a syntax error
+    naming it and the keyword it resembles: passed on to SQLite it would only
+    earn a confusing "no database selected".
+    """
+    tokens = list(itertools.islice(_tokens(text), 2))
+    first, second = (t.text.upper() if t.kind == "word" else "" for t in tokens)
+    ours = sorted({k[1] for k in _RULES if len(k) == 2 and k[0] == first})
+    if ours and (first, second) not in _RULES and second not in _SQLITE_AFTER.get(first, ()):
+        hint = _nearest(tokens[1], ours)
+        if hint is not None:
+            raise StatementSyntaxError(f"{first}: unexpected word {tokens[1].text}; did you mean {first} {hint}?")
     for key in ((first, second), (first,)):
         if key in _RULES:
             if key == ("SELECT",) and not _selects_system_view(text):

@@ -212,7 +212,7 @@ def test_cli_query_table(server: str, capsys) -> None:
 def test_cli_query_json(server: str, capsys) -> None:
     code, out, _ = run(capsys, "-S", server, "-Q", "ECHO", "--json", "-d", "x")
     assert code == 0
-    assert json.loads(out) == [{"db": "x", "params": None, "[b]": "0x01"}]
+    assert json.loads(out) == [{"db": "x", "params": None, "[b]": {"$binary": "AQ=="}}]  # never mistaken for text
 
 
 @pytest.mark.parametrize("sql,expected", [
@@ -281,3 +281,126 @@ def test_cli_usage_errors(argv: list[str], capsys, monkeypatch) -> None:
 def test_cli_help(capsys) -> None:
     code, out, _ = run(capsys, "--help")
     assert code == 0 and "status" in out
+
+
+@pytest.mark.parametrize("argv", [
+    ["-S", "h:1", "-Q", "SELECT 1", "--timeout", "-1"],
+    ["-S", "h:1", "-Q", "SELECT 1", "--timeout", "0"],
+    ["-S", "h:1", "-Q", "SELECT 1", "--timeout", "nan"],
+    ["-S", "h:1", "-Q", "SELECT 1", "--timeout", "inf"],
+    ["-S", "h:1", "-Q", ""],
+    ["-S", "h:1", "-Q", "   "],
+    ["-S", "h:1", "-Q", "x", "-i", "f.sql"],
+    ["-S", "h:1", "status", "-b"],
+    ["-S", "h:1", "-b", "status"],
+    ["-S", "h:1", "monitor", "--interval", "0"],
+    ["-S", "h:1", "status", "--once"],
+    ["-S", ",", "-Q", "x"],
+    ["-S", "h:1,nohost", "-Q", "x"],
+    ["-S", "h:1", "-o"],
+    ["-S", "h:1", "monitor", "-o", "x.txt"],
+])
+def test_cli_bad_values_are_usage_errors(argv: list[str], capsys) -> None:
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and "usage" in err and "Traceback" not in err + out
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["-S", "{server}", "-i", "/nonexistent/script.sql"], "cannot read the script"),
+    (["-S", "{server}", "-Q", "ECHO", "-o", "/nonexistent/dir/out.txt"], "cannot write the output"),
+])
+def test_cli_unusable_files_are_usage_errors(server: str, capsys, argv: list[str], expected: str) -> None:
+    code, out, err = run(capsys, *[a.format(server=server) for a in argv])
+    assert code == 2 and expected in err and "Traceback" not in err
+
+
+def test_cli_version(capsys) -> None:
+    from mirrord import node
+
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.startswith("mirrorctl ")
+    with pytest.raises(SystemExit) as info:
+        node.main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.startswith("mirrord ")
+
+
+@pytest.mark.parametrize("command", ["status", "monitor"])
+def test_cli_subcommand_help_has_examples(capsys, command: str) -> None:
+    code, out, _ = run(capsys, command, "--help")
+    assert code == 0 and "examples:" in out and f"mirrorctl -S 127.0.0.11:1433" in out
+
+
+def test_cli_output_file(server: str, capsys, tmp_path) -> None:
+    out_file = tmp_path / "out.txt"
+    code, out, _ = run(capsys, "-S", server, "-d", "shop", "-Q", "ECHO", "-o", str(out_file))
+    assert code == 0 and out == ""
+    assert "shop" in out_file.read_text()
+    code, out, _ = run(capsys, "-S", server, "status", "-o", str(out_file), "--json")
+    assert code == 0 and out == "" and [r["database"] for r in json.loads(out_file.read_text())] == ["shop", "crm"]
+
+
+SCRIPT = """-- a comment-only batch is skipped
+GO
+INSERT INTO t VALUES (1)
+GO
+SYNTAX
+go
+INSERT INTO t VALUES (2)
+GO 2
+"""
+
+
+def test_cli_script_runs_go_batches_and_continues_after_an_error(server: str, capsys, tmp_path) -> None:
+    script = tmp_path / "s.sql"
+    script.write_text(SCRIPT)
+    code, out, err = run(capsys, "-S", server, "-i", str(script))
+    assert code == 1  # a batch failed
+    assert out.splitlines() == ["OK (2 rows affected)"] * 3  # GO 2 ran its batch twice
+    assert err.startswith(f"error [syntax] ({script}, line 5): ")
+
+
+def test_cli_script_b_stops_at_the_first_error(server: str, capsys, tmp_path) -> None:
+    script = tmp_path / "s.sql"
+    script.write_text(SCRIPT)
+    code, out, err = run(capsys, "-S", server, "-i", str(script), "-b")
+    assert code == 1 and out.splitlines() == ["OK (2 rows affected)"]
+
+
+def test_cli_status_with_nothing_to_show_says_so(server: str, capsys) -> None:
+    cli.print_result(Result(["database", "role"], [], 0), as_json=False, is_status=True)
+    assert capsys.readouterr().out == "no databases on this node\n"
+    code, out, err = run(capsys, "-S", server, "status", "-d", "nosuch")
+    assert code == 1 and out == "" and "no database nosuch" in err
+
+
+def test_cli_follows_a_partner_list_past_dead_addresses(server: str, dead_address: str, capsys) -> None:
+    code, out, _ = run(capsys, "-S", f"{dead_address},{server}", "-d", "shop", "-Q", "ECHO")
+    assert code == 0 and "shop" in out
+    code, _, err = run(capsys, "-S", f"{dead_address},{dead_address}", "-Q", "ECHO")
+    assert code == 3 and "cannot talk to" in err
+
+
+@pytest.fixture
+def frozen_addresses() -> Iterator[list[str]]:
+    """Two addresses that accept connections (the kernel's backlog) and never answer: frozen nodes."""
+    socks = []
+    for _ in range(2):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        socks.append(s)
+    yield ["127.0.0.1:%d" % s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+
+
+def test_cli_monitor_asks_all_nodes_at_once(server: str, frozen_addresses: list[str], capsys) -> None:
+    import time as _time
+
+    started = _time.monotonic()
+    code, out, _ = run(capsys, "-S", ",".join([*frozen_addresses, server]), "monitor", "--once", "--json", "--timeout", "1")
+    took = _time.monotonic() - started
+    rows = json.loads(out)
+    assert code == 0 and [r["state"] for r in rows[:2]] == ["UNREACHABLE", "UNREACHABLE"]
+    assert {r["database"] for r in rows[2:]} == {"shop", "crm"}
+    assert took < 1.9, f"two frozen nodes cost {took:.2f} s: asked one after another"

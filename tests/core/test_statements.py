@@ -214,3 +214,25 @@ alert_statements = st.one_of(
 def test_alert_statements_round_trip(statement: s.Statement) -> None:
     assert parse(statement.to_sql()) == statement
     assert parse(statement.to_sql().upper().replace(statement.db.upper(), statement.db)) == statement
+
+
+@pytest.mark.parametrize("text,word,keyword", [
+    ("ALTER DATABSE shop SET PARTNER OFF", "DATABSE", "ALTER DATABASE"),
+    ("alter databse shop set partner off", "databse", "ALTER DATABASE"),
+    ("CREATE DATABAS shop", "DATABAS", "CREATE DATABASE"),
+    ("DROP DATBASE shop", "DATBASE", "DROP DATABASE"),
+    ("ALTER ENDPONT mirroring STATE = STARTED", "ENDPONT", "ALTER ENDPOINT"),
+    ("ALTER DATABASE shop SET PARTNR OFF", "'PARTNR'", "PARTNER"),
+    ("ALTER DATABASE shop SET PARTNER SAFTY FULL", "'SAFTY'", "SAFETY"),
+    ("ALTER ENDPOINT mirroring STATE = STARTD", "'STARTD'", "STARTED"),
+])
+def test_a_typo_names_the_unexpected_word_and_the_nearest_keyword(text: str, word: str, keyword: str) -> None:
+    with pytest.raises(StatementSyntaxError) as info:
+        parse(text)
+    assert word in str(info.value) and f"did you mean {keyword}?" in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["ALTER TABLE t ADD COLUMN x", "CREATE TABLE t(x)", "CREATE INDEX i ON t(x)",
+                                  "DROP TABLE t", "CREATE TEMP TABLE t(x)", "DROP VIEW v", "CREATE UNIQUE INDEX i ON t(x)"])
+def test_sqlite_statements_are_not_taken_for_typos(text: str) -> None:
+    assert parse(text) == s.Sql(text)
