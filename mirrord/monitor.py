@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import math
+import platform
 import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from mirrord.core.monitoring import (
     FIGURE_COLUMNS,
@@ -36,11 +37,14 @@ from mirrord.core.monitoring import (
     figures,
     readiness,
 )
+from mirrord.core.alerts import ALERTS
 from mirrord.core.types import MirroringState, Role, Safety
+from mirrord.version import installed_version
 
 if TYPE_CHECKING:
     from mirrord.host import DatabaseHost
     from mirrord.node import Node
+    from mirrord.witness import Witness
 
 log = structlog.get_logger()
 
@@ -65,6 +69,8 @@ class DatabaseMonitor:
     connects: int = 0  # partner connections established since this process started
     counted_connects: int = 0
     epoch: int | None = None  # role sequence at the last sample
+    queues: Queues | None = None  # the exact queues behind the last figures (Prometheus wants bytes, not KB)
+    exported: dict = field(default_factory=dict)  # counter name -> the source value last added to it
 
     def adopt_report(self, report: object) -> None:
         """The partner's figures, from a ping or pong (already validated)."""
@@ -140,6 +146,7 @@ def current_figures(host: "DatabaseHost", now: float) -> dict:
                         _oldest_unsent_age(host, hardened, end, now))
         if s.partner_connected and "redo_rate_kb_s" in remote:
             rates = replace(rates, redo_kb_per_s=_num(remote.get("redo_rate_kb_s")))
+    mon.queues = queues
     sending = s.partner_connected and not cfg.suspended
     out = figures(cfg.role, cfg.safety is Safety.FULL, queues, rates, readiness(s), sending)
     out["partner_state"] = "CONNECTED" if s.partner_connected else ("DISCONNECTED" if cfg.partner else None)
@@ -203,14 +210,38 @@ async def run_sampler(node: "Node", metrics: "NodeMetrics | None") -> None:
                 log.exception("monitor_sample_failed", database=host.name)
         if metrics is not None:
             metrics.forget_missing(set(node.databases))
+            metrics.update_witness(node.witness)
         await asyncio.sleep(SAMPLE_INTERVAL)
 
 
 # ------------------------------------------------------------------ Prometheus
 
 
+# Each numeric column of sys.database_mirroring as a Prometheus gauge in base units
+# (bytes, seconds): column -> (metric name without the mirrord_ prefix, factor).
+# Queue sizes are exported exactly (from the queues, not the rounded KB).
+BASE_UNIT_GAUGES: dict[str, tuple[str, float]] = {
+    "send_queue_kb": ("send_queue_bytes", 1024.0),
+    "oldest_unsent_transaction_s": ("oldest_unsent_transaction_seconds", 1.0),
+    "send_rate_kb_s": ("send_rate_bytes_per_second", 1024.0),
+    "new_transactions_per_s": ("new_transactions_per_second", 1.0),
+    "log_rate_kb_s": ("log_rate_bytes_per_second", 1024.0),
+    "redo_queue_kb": ("redo_queue_bytes", 1024.0),
+    "redo_rate_kb_s": ("redo_rate_bytes_per_second", 1024.0),
+    "transaction_delay_ms": ("transaction_delay_seconds", 0.001),
+    "mirror_commit_overhead_ms": ("mirror_commit_overhead_seconds", 0.001),
+    "time_to_send_s": ("time_to_send_seconds", 1.0),
+    "time_to_restore_s": ("time_to_restore_seconds", 1.0),
+    "estimated_failover_s": ("estimated_failover_seconds", 1.0),
+    "forced_loss_bytes": ("forced_loss_bytes", 1.0),
+    "forced_loss_transactions": ("forced_loss_transactions", 1.0),
+    "forced_loss_age_s": ("forced_loss_age_seconds", 1.0),
+}
 NUMERIC_FIGURES = [c for c in FIGURE_COLUMNS if not c.endswith("_failover")]
+assert set(BASE_UNIT_GAUGES) == set(NUMERIC_FIGURES), "every numeric column has its base-unit gauge"
 FAILOVER_KINDS = ("automatic", "manual", "forced")
+# Commit latency buckets (seconds): a local commit takes ~1 ms, SAFETY FULL adds a round trip and an fsync
+COMMIT_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class NodeMetrics:
@@ -218,32 +249,56 @@ class NodeMetrics:
 
     def __init__(self, node_name: str) -> None:
         self.node = node_name
-        self.registry = CollectorRegistry()
+        self.registry = r = CollectorRegistry()
         labels = ["node", "database"]
-        self.figures = {name: Gauge(f"mirrord_{name}", f"sys.database_mirroring column {name}", labels, registry=self.registry)
-                        for name in NUMERIC_FIGURES}
-        self.role = Gauge("mirrord_role", "1 for the database's current role on this node", labels + ["role"], registry=self.registry)
-        self.state = Gauge("mirrord_state", "1 for the current mirroring state", labels + ["state"], registry=self.registry)
-        self.role_sequence = Gauge("mirrord_role_sequence", "the session's role sequence", labels, registry=self.registry)
-        self.partner_connected = Gauge("mirrord_partner_connected", "1 when the partner is connected", labels, registry=self.registry)
-        self.witness_connected = Gauge("mirrord_witness_connected", "1 when the witness is connected", labels, registry=self.registry)
-        self.failover_ready = Gauge("mirrord_failover_ready", "1 when this kind of failover could happen now", labels + ["kind"], registry=self.registry)
-        self.warnings = Gauge("mirrord_alerts_over_threshold", "warning thresholds crossed now", labels, registry=self.registry)
-        self.failovers = Counter("mirrord_failovers", "role changes of the session seen by this node (role sequence increments)", labels, registry=self.registry)
-        self.refused = Counter("mirrord_refused_writes", "SQL statements refused by this node (not principal, quorum lost, log full...)", labels + ["reason"], registry=self.registry)
-        self.reconnects = Counter("mirrord_reconnects", "partner connections re-established after the first", labels, registry=self.registry)
+        self.figures = {column: Gauge(f"mirrord_{name}", f"sys.database_mirroring column {column}, in base units", labels, registry=r)
+                        for column, (name, _) in BASE_UNIT_GAUGES.items()}
+        self.role = Gauge("mirrord_role", "1 for the database's current role on this node", labels + ["role"], registry=r)
+        self.state = Gauge("mirrord_state", "1 for the current mirroring state", labels + ["state"], registry=r)
+        self.role_sequence = Gauge("mirrord_role_sequence", "the session's role sequence", labels, registry=r)
+        self.partner_connected = Gauge("mirrord_partner_connected", "1 when the partner is connected", labels, registry=r)
+        self.witness_connected = Gauge("mirrord_witness_connected", "1 when the witness is connected", labels, registry=r)
+        self.failover_ready = Gauge("mirrord_failover_ready", "1 when this kind of failover could happen now", labels + ["kind"], registry=r)
+        self.warnings = Gauge("mirrord_alerts_over_threshold", "warning thresholds crossed now", labels, registry=r)
+        self.failovers = Counter("mirrord_failovers", "role changes of the session seen by this node (role sequence increments)", labels, registry=r)
+        self.refused = Counter("mirrord_refused_writes", "SQL statements refused by this node (not principal, quorum lost, log full...)", labels + ["reason"], registry=r)
+        self.reconnects = Counter("mirrord_reconnects", "partner connections re-established after the first", labels, registry=r)
+        # counters left to rate(): the monitor's own rates are 10 s averages of the same figures
+        self.log_sent = Counter("mirrord_log_sent_bytes", "log bytes sent to the mirror (before compression)", labels, registry=r)
+        self.log_hardened = Counter("mirrord_log_hardened_bytes", "log bytes hardened on the mirror", labels, registry=r)
+        self.log_redone = Counter("mirrord_log_redone_bytes", "log bytes redone into the mirror's copy", labels, registry=r)
+        self.commits = Counter("mirrord_commits", "commits acknowledged to clients by this principal", labels, registry=r)
+        self.commit_latency = Histogram("mirrord_commit_latency_seconds", "from a committing statement's arrival to its acknowledgement",
+                                        labels, buckets=COMMIT_LATENCY_BUCKETS, registry=r)
+        Gauge("mirrord_build_info", "1; the labels say which mirrord runs here", ["node", "version", "python"],
+              registry=r).labels(node_name, installed_version(), platform.python_version()).set(1)
+        self.alert_threshold = Gauge("mirrord_alert_threshold", "an enabled sp_dbmmonitorchangealert threshold, in the base "
+                                     "unit of the gauge it watches (alert_id 1: seconds, 2 and 3: bytes, 4: seconds)",
+                                     labels + ["alert_id"], registry=r)
+        self.witnessed = Gauge("mirrord_witness_sessions", "mirroring sessions this node witnesses", ["node"], registry=r)
+        self.witness_partners = Gauge("mirrord_witness_partner_connections", "partners connected to this witness now", ["node", "database"], registry=r)
+        self.witness_votes = Counter("mirrord_witness_votes", "promotion votes this witness cast", ["node", "database", "outcome"], registry=r)
         self._known: set[str] = set()
+        self._witness_exported: dict = {}
 
     def count_refused(self, database: str, reason: str) -> None:
         self.refused.labels(self.node, database, reason).inc()
 
     def update(self, host: "DatabaseHost", figs: dict) -> None:
         """Set every gauge of one database from its figures; count failovers and reconnects."""
-        db, s = host.name, host.session
+        db, s, mon = host.name, host.session, monitor_of(host)
         self._known.add(db)
-        for name, gauge in self.figures.items():
-            value = figs.get(name)
-            gauge.labels(self.node, db).set(math.nan if value is None else value)
+        for column, gauge in self.figures.items():
+            value = figs.get(column)
+            gauge.labels(self.node, db).set(math.nan if value is None else value * BASE_UNIT_GAUGES[column][1])
+        if mon.queues is not None:  # exact bytes, where the column is rounded KB
+            self.figures["send_queue_kb"].labels(self.node, db).set(mon.queues.send_queue_bytes)
+            self.figures["redo_queue_kb"].labels(self.node, db).set(mon.queues.redo_queue_bytes)
+        for name, counter, value in (("sent", self.log_sent, host.wire.raw), ("hardened", self.log_hardened, mon.hardened),
+                                     ("redone", self.log_redone, mon.redone)):
+            counter.labels(self.node, db).inc(_advance(mon.exported, name, value))
+        self.commits.labels(self.node, db)  # the series exists from the start, at 0
+        self._export_thresholds(db, s.config.alerts)
         for role in Role:
             self.role.labels(self.node, db, role.value).set(1 if s.role is role else 0)
         for state in MirroringState:
@@ -270,12 +325,46 @@ class NodeMetrics:
         else:
             self.reconnects.labels(self.node, db)
 
+    def _export_thresholds(self, db: str, alerts: tuple[tuple[int, int, bool], ...]) -> None:
+        """The enabled thresholds, so Prometheus alert rules compare each figure with the DBA's own threshold."""
+        enabled = {alert_id: threshold for alert_id, threshold, on in alerts if on and alert_id in ALERTS}
+        for alert_id in ALERTS:
+            if alert_id in enabled:
+                kind = ALERTS[alert_id]
+                base = enabled[alert_id] * kind.scale * BASE_UNIT_GAUGES[kind.figure][1]
+                self.alert_threshold.labels(self.node, db, str(alert_id)).set(base)
+            elif (self.node, db, str(alert_id)) in self.alert_threshold._metrics:  # noqa: SLF001 - no public "has labels"
+                self.alert_threshold.remove(self.node, db, str(alert_id))
+
+    def observe_commit(self, database: str, seconds: float) -> None:
+        """One acknowledged commit and its latency (called by the principal, in the event loop)."""
+        self.commits.labels(self.node, database).inc()
+        self.commit_latency.labels(self.node, database).observe(seconds)
+
+    def update_witness(self, witness: "Witness") -> None:
+        """The witness's sessions, connected partners and votes."""
+        self.witnessed.labels(self.node).set(len(witness.records))
+        for db in witness.records:
+            self.witness_partners.labels(self.node, db).set(len(witness.connected.get(db, {})))
+        for (db, granted), count in list(witness.votes.items()):
+            outcome = "granted" if granted else "refused"
+            self.witness_votes.labels(self.node, db, outcome).inc(_advance(self._witness_exported, (db, outcome), count))
+
     def forget_missing(self, databases: set[str]) -> None:
         """Drop the series of databases that no longer exist here."""
         for db in self._known - databases:
             for metric in (*self.figures.values(), self.role, self.state, self.role_sequence, self.partner_connected,
-                           self.witness_connected, self.failover_ready, self.warnings, self.failovers, self.refused, self.reconnects):
+                           self.witness_connected, self.failover_ready, self.warnings, self.failovers, self.refused, self.reconnects,
+                           self.log_sent, self.log_hardened, self.log_redone, self.commits, self.commit_latency,
+                           self.alert_threshold):
                 for labels in list(metric._metrics):  # noqa: SLF001 - prometheus_client has no public "labels matching"
                     if labels[:2] == (self.node, db):
                         metric.remove(*labels)
         self._known &= databases
+
+
+def _advance(exported: dict, key: object, value: float) -> float:
+    """How much to add to a counter whose source now reads value (a source that restarted counts from 0)."""
+    last = exported.get(key, 0)
+    exported[key] = value
+    return value - last if value >= last else value

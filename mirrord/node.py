@@ -220,6 +220,7 @@ class Node:
                 ack_rule=host.ack_rule, quorum_refusal=host.quorum_refusal,
             )
             await principal.open()
+            principal.on_commit = lambda seconds, db=host.name: self.metrics.observe_commit(db, seconds)
             host.principal = principal
             if cfg.role is Role.PRINCIPAL and cfg.partner is not None:
                 self.start_partner_link(host)

@@ -172,6 +172,7 @@ class PrincipalDatabase:
         self.commit_clock = CommitClock()
         self.commits = 0
         self.commit_wait = 0.0
+        self.on_commit: Callable[[float], None] | None = None  # seconds from a committing statement's arrival to its ack
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -409,15 +410,22 @@ class PrincipalDatabase:
             raise NotServing(why)
         if owner in self._aborted_owners:
             return self._end_aborted(owner, sql)
+        started = time.monotonic()
         if self._txn_owner is owner:
-            return await self._execute_in_transaction(owner, sql, params)
+            return self._timed(started, await self._execute_in_transaction(owner, sql, params))
         if sql.lstrip().upper().startswith(READ_ONLY_PREFIXES):
             try:
                 return await self._execute_read(sql, params)
             except SqlError as exc:
                 if not any(m in exc.message for m in WRITE_ATTEMPT_ON_READER):
                     raise
-        return await self._execute_write(owner, sql, params)
+        return self._timed(started, await self._execute_write(owner, sql, params))
+
+    def _timed(self, started: float, result: StatementResult) -> StatementResult:
+        """Report an acknowledged commit's latency (the statement that committed, start to acknowledgement)."""
+        if result.lsn is not None and self.on_commit is not None:
+            self.on_commit(time.monotonic() - started)
+        return result
 
     def _refuse_reads_while_uncaptured(self) -> None:
         if self._uncaptured:

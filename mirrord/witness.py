@@ -57,6 +57,7 @@ class Witness:
         self.connected: dict[str, dict[str, _Seen]] = {}  # db -> endpoint -> seen
         self.started = time.monotonic()  # a fresh witness has not yet seen anyone go silent
         self.met: set[tuple[str, str]] = set()  # (db, endpoint) of partners connected since this start
+        self.votes: dict[tuple[str, bool], int] = {}  # (db, granted) -> votes cast since this process started
         for path in sorted(directory.glob("*.json")):
             rec = WitnessRecord.from_dict(read_json(path))
             self.records[rec.db] = rec
@@ -159,6 +160,7 @@ class Witness:
         # "not connected" may only mean "not connected yet", and it waits out a TIMEOUT first.
         uptime = float("inf") if (db, rec.principal) in self.met else time.monotonic() - self.started
         vote, new = quorum.decide_vote(rec, req, principal_seen=self.sees(db, rec.principal), witness_uptime=uptime)
+        self.votes[db, vote.granted] = self.votes.get((db, vote.granted), 0) + 1
         if vote.granted:
             self._save(new)  # durable before the mirror hears of it
         (log.warning if vote.granted else log.debug)("witness_vote", database=db, requester=sender, granted=vote.granted, reason=vote.reason, role_sequence=vote.role_sequence, forced=req.forced)

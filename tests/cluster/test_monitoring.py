@@ -169,11 +169,11 @@ def test_metrics_endpoint_gauges_and_counters(cluster):
         s = scrape(urls["a"])
         return (metric(s, "mirrord_role", node="a", database=DB, role="PRINCIPAL") == 1
                 and metric(s, "mirrord_state", node="a", database=DB, state="SYNCHRONIZED") == 1
-                and (metric(s, "mirrord_new_transactions_per_s", node="a", database=DB) or 0) > 0)
+                and (metric(s, "mirrord_new_transactions_per_second", node="a", database=DB) or 0) > 0)
     wait_for(a_metrics_ready, 15, "a's gauges", retry_on=(OSError,))
     s = scrape(urls["a"])
     assert metric(s, "mirrord_role", node="a", database=DB, role="MIRROR") == 0
-    assert metric(s, "mirrord_send_queue_kb", node="a", database=DB) is not None
+    assert metric(s, "mirrord_send_queue_bytes", node="a", database=DB) is not None
     assert metric(s, "mirrord_failover_ready", node="a", database=DB, kind="automatic") == 1
     assert metric(s, "mirrord_failovers_total", node="a", database=DB) == 0
     assert metric(s, "mirrord_reconnects_total", node="a", database=DB) == 0
@@ -217,3 +217,44 @@ def test_a_mirror_that_lost_its_principal_shows_what_forced_service_would_lose(c
     assert row["forced_loss_transactions"] >= 30 and row["forced_loss_bytes"] > 0
     assert row["forced_loss_age_s"] >= before["forced_loss_age_s"] > 0  # it keeps ageing
     assert row["send_queue_kb"] == 0 and row["new_transactions_per_s"] is None  # nothing flows from a lost principal
+
+
+def test_metrics_follow_prometheus_conventions(cluster):
+    """Base units, counters left to rate(), a commit latency histogram, build info, the witness's own series."""
+    urls = {}
+    for node in cluster:
+        port = free_port(node.host)
+        node.extra_args = ["--metrics", f"{node.host}:{port}"]
+        node.terminate()
+        node.start()
+        urls[node.name] = f"http://{node.host}:{port}/metrics"
+    cluster.setup_session(DB, principal="a", mirror="b", witness="c")
+    a = cluster["a"]
+    create_table(a)
+    for i in range(40):
+        a.query("INSERT INTO t (id, v) VALUES (?, ?)", db=DB, params=[i, "x" * 200])
+    end = a.status(DB)["end_of_log_lsn"]
+    wait_for(lambda: cluster["b"].status(DB)["redo_lsn"] == end, 10, "b redone", retry_on=RETRY)
+
+    def counted() -> dict | None:
+        s = scrape(urls["a"])
+        ok = (metric(s, "mirrord_log_hardened_bytes_total", node="a", database=DB) or 0) > 40 * 200
+        return s if ok else None
+    s = wait_for(counted, 10, "a's counters", retry_on=(OSError,))
+    names = {key.split("{")[0] for key in s}
+    assert not any(n.endswith(("_kb", "_ms", "_kb_s", "_per_s")) for n in names), sorted(names)  # base units only
+    assert metric(s, "mirrord_commits_total", node="a", database=DB) >= 41  # CREATE TABLE + 40 INSERTs
+    assert metric(s, "mirrord_commit_latency_seconds_count", node="a", database=DB) == metric(s, "mirrord_commits_total", node="a", database=DB)
+    assert metric(s, "mirrord_commit_latency_seconds_bucket", node="a", database=DB, le="+Inf") >= 41
+    assert metric(s, "mirrord_log_sent_bytes_total", node="a", database=DB) >= metric(s, "mirrord_log_hardened_bytes_total", node="a", database=DB)
+    assert metric(s, "mirrord_build_info", node="a") == 1
+    assert metric(s, "mirrord_send_queue_bytes", node="a", database=DB) == 0
+    wait_for(lambda: (metric(scrape(urls["b"]), "mirrord_log_redone_bytes_total", node="b", database=DB) or 0) > 40 * 200, 10,
+             "b's redo counter", retry_on=(OSError,))
+
+    w = scrape(urls["c"])
+    assert metric(w, "mirrord_witness_sessions", node="c") == 1
+    assert metric(w, "mirrord_witness_partner_connections", node="c", database=DB) == 2
+    a.kill()  # b asks c for its vote: granted
+    wait_for(lambda: metric(scrape(urls["c"]), "mirrord_witness_votes_total", node="c", database=DB, outcome="granted") == 1, 20,
+             "the witness counts its vote", retry_on=(OSError,))
