@@ -125,6 +125,7 @@ class Result:
     epoch: int | None = None
     message: str | None = None
     lastrowid: int | None = None
+    types: list[str | None] | None = None  # each column's declared type, when the server knows it
 
     def as_dicts(self) -> list[dict]:
         """Rows as {column: value} dicts."""
@@ -143,10 +144,10 @@ class _Exchange:
     def __init__(self) -> None:
         self._last_id = 0
 
-    def request(self, sql: str, db: str | None, params: Any) -> tuple[int, bytes]:
+    def request(self, sql: str, db: str | None, params: Any, many: list | None = None) -> tuple[int, bytes]:
         """A new id and the encoded query frame."""
         self._last_id += 1
-        return self._last_id, encode_frame(messages.query(self._last_id, sql, db, params))
+        return self._last_id, encode_frame(messages.query(self._last_id, sql, db, params, many))
 
     @staticmethod
     def answer(request_id: int, frame: dict) -> Result:
@@ -158,9 +159,12 @@ class _Exchange:
             raise ProtocolError(f"answer carries id {frame['id']}, expected {request_id}")
         if frame["t"] == "error":
             raise ServerError.from_frame(frame)
-        lastrowid = frame.get("lastrowid")
+        lastrowid, types = frame.get("lastrowid"), frame.get("types")
+        if not (isinstance(types, list) and len(types) == len(frame["columns"])
+                and all(t is None or isinstance(t, str) for t in types)):
+            types = None  # beyond the schema: an older server sends none, and a malformed list is ignored
         return Result(frame["columns"], frame["rows"], frame["rowcount"], frame["lsn"], frame["epoch"],
-                      frame["message"], lastrowid if type(lastrowid) is int else None)
+                      frame["message"], lastrowid if type(lastrowid) is int else None, types)
 
 
 def status_sql(db: str | None) -> str:
@@ -191,12 +195,12 @@ class AsyncClient:
         return cls(reader, writer)
 
     async def query(self, sql: str, db: str | None = None, params: Any = None,
-                    timeout: float | None = None) -> Result:
-        """Run one statement; ServerError on an error answer, Unreachable if the link fails."""
+                    timeout: float | None = None, many: list | None = None) -> Result:
+        """Run one statement (once per parameter set with many); ServerError on an error answer, Unreachable if the link fails."""
         async with self._lock:
             if self._closed:
                 raise ConnectionLost("the connection is closed")
-            request_id, frame = self._exchange.request(sql, db, params)
+            request_id, frame = self._exchange.request(sql, db, params, many)
             try:
                 answer = await asyncio.wait_for(self._roundtrip(frame), timeout)
                 return self._exchange.answer(request_id, answer)
@@ -259,11 +263,11 @@ class Client:
         return cls(sock)
 
     def query(self, sql: str, db: str | None = None, params: Any = None,
-              timeout: float | None = None) -> Result:
-        """Run one statement; ServerError on an error answer, Unreachable if the link fails."""
+              timeout: float | None = None, many: list | None = None) -> Result:
+        """Run one statement (once per parameter set with many); ServerError on an error answer, Unreachable if the link fails."""
         if self._closed:
             raise ConnectionLost("the connection is closed")
-        request_id, frame = self._exchange.request(sql, db, params)
+        request_id, frame = self._exchange.request(sql, db, params, many)
         try:
             self._sock.settimeout(timeout)
             self._sock.sendall(frame)

@@ -463,7 +463,10 @@ class Node:
 
     async def _answer(self, state: ClientState, owner: object, msg: dict) -> dict:
         try:
-            result = await self.executor.run(state, owner, msg["sql"], msg["db"], msg["params"])
+            if "many" in msg:
+                result = await self.executor.run_many(state, owner, msg["sql"], msg["db"], msg["many"])
+            else:
+                result = await self.executor.run(state, owner, msg["sql"], msg["db"], msg["params"])
         except MirrordError as exc:
             return _error(msg["id"], exc)
         except Exception as exc:  # report, log, keep serving
@@ -473,6 +476,7 @@ class Node:
             "t": "result", "id": msg["id"], "columns": result.columns, "rows": result.rows,
             "rowcount": result.rowcount, "lsn": result.lsn, "epoch": result.epoch, "message": getattr(result, "message", None),
             "lastrowid": result.lastrowid,  # beyond the schema: older clients ignore it
+            "types": getattr(result, "types", None),  # declared column types (PEP 249 description), beyond the schema
         }
 
     # ---------------------------------------------------------------- databases

@@ -52,6 +52,7 @@ from mirrord.core.quorum import AckRule
 from mirrord.core.session import Session
 from mirrord.core.types import (CommitInDoubt, DiskFull, LogFull, Lsn, MirrordError, NotServing, StatementRefused,
                                 TransactionAborted)
+from mirrord.storage.decltypes import DeclaredTypes
 from mirrord.storage.fileutil import DISK_RESERVE_BYTES, NO_SPACE, atomic_write_bytes, copy_in_steps, disk_free
 from mirrord.storage.log import DurableLog, LogRecord
 from mirrord.storage.pagestore import apply_log_range, load_redo_lsn, rebuild_from_log
@@ -61,6 +62,7 @@ log = structlog.get_logger()
 
 CHECKPOINT_FRAMES = 2000  # checkpoint the WAL once this many frames were captured
 READ_ONLY_PREFIXES = ("SELECT", "VALUES", "EXPLAIN", "WITH")
+SCHEMA_WORDS, END_WORDS = ("CREATE", "ALTER", "DROP"), ("COMMIT", "END", "ROLLBACK")
 READER_COUNT = 3
 WRITE_ATTEMPT_ON_READER = ("attempt to write a readonly database", "readonly database")
 # Capture depends on these: the journal mode, who checkpoints, and that every
@@ -90,6 +92,7 @@ class StatementResult:
     lsn: Lsn | None = None  # commit LSN, when the statement committed a transaction
     epoch: int | None = None  # the role sequence that commit was logged in: (lsn, epoch) is its token
     lastrowid: int | None = None  # rowid of the row an INSERT added (DB-API cursor.lastrowid)
+    types: list[str | None] | None = None  # each column's declared type (PEP 249 description), when known
 
 
 @dataclass
@@ -130,6 +133,8 @@ class PrincipalDatabase:
                  ack_rule: Callable[[], AckRule], quorum_refusal: Callable[[], str | None], log_retention: int = 64 << 20) -> None:
         self.directory = directory
         self.path = directory / "db.sqlite"
+        self.decltypes = DeclaredTypes(self.path)
+        self._schema_pending = False  # DDL ran since the types were last forgotten
         self.session = session
         self.log = dlog
         self.log_size_limit = log_size_limit
@@ -269,6 +274,7 @@ class PrincipalDatabase:
         self.fail_waiters(NotServing("the database is closing on this node; reconnect"))
         await self.mark_transactions_aborted()
         async with self.write_lock:
+            self.decltypes.close()
             for reader in self._reader_list:
                 await reader.close()
             if self._writer is not None:
@@ -412,14 +418,14 @@ class PrincipalDatabase:
             return self._end_aborted(owner, sql)
         started = time.monotonic()
         if self._txn_owner is owner:
-            return self._timed(started, await self._execute_in_transaction(owner, sql, params))
+            return self._typed(sql, self._timed(started, await self._execute_in_transaction(owner, sql, params)))
         if sql.lstrip().upper().startswith(READ_ONLY_PREFIXES):
             try:
-                return await self._execute_read(sql, params)
+                return self._typed(sql, await self._execute_read(sql, params))
             except SqlError as exc:
                 if not any(m in exc.message for m in WRITE_ATTEMPT_ON_READER):
                     raise
-        return self._timed(started, await self._execute_write(owner, sql, params))
+        return self._typed(sql, self._timed(started, await self._execute_write(owner, sql, params)))
 
     def _timed(self, started: float, result: StatementResult) -> StatementResult:
         """Report an acknowledged commit's latency (the statement that committed, start to acknowledgement)."""
@@ -431,6 +437,17 @@ class PrincipalDatabase:
         if self._uncaptured:
             raise DiskFull(f"a commit on {self.session.db} could not be logged yet (the disk filled up): reads wait "
                            "until it is, so that none sees what a failover could still take away. Try again shortly")
+
+    def _typed(self, sql: str, result: StatementResult) -> StatementResult:
+        """Add the declared types of the result's columns; forget them when the schema may have changed."""
+        word = sql.lstrip()[:8].upper()
+        if word.startswith(SCHEMA_WORDS) or (self._schema_pending and word.startswith(END_WORDS)):
+            # a transaction's DDL shows to other connections at its end: forget again then
+            self.decltypes.schema_changed()
+            self._schema_pending = word.startswith(SCHEMA_WORDS)
+        if result.columns:
+            result.types = self.decltypes.of(sql, len(result.columns))
+        return result
 
     async def _execute_read(self, sql: str, params: Any) -> StatementResult:
         self._refuse_reads_while_uncaptured()

@@ -97,6 +97,20 @@ class StatementExecutor:
         log.info("statement_done", database=stmt.db, statement=type(stmt).__name__, detail=result.message)
         return result
 
+    async def run_many(self, state: "ClientState", owner: object, sql: str, db: str | None, many: list) -> StatementResult:
+        """executemany: run sql once per parameter set, in order, stopping at the first error (which is raised).
+
+        The rows changed add up; the last set's result gives the rest. Each set
+        runs as `run` would run it: inside the client's transaction when one is
+        open (the driver opens one unless in autocommit), else each commits.
+        """
+        total, result = 0, StatementResult([], [], -1)
+        for params in many:
+            result = await self.run(state, owner, sql, db, params)
+            total += max(result.rowcount, 0)
+        result.rowcount = total if many else -1
+        return result
+
     def _host(self, db: str | None) -> "DatabaseHost":
         if db is None:
             raise StatementRefused("no database selected: pass -d DB, or run USE db first")

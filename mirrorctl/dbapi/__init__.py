@@ -39,6 +39,7 @@ from mirrorctl.dbapi.driver import (
     Token,
     pump,
     settings_from,
+    wire_many,
     wire_params,
 )
 from mirrorctl.dbapi.errors import (
@@ -57,6 +58,20 @@ from mirrorctl.dbapi.errors import (
     Warning,
 )
 from mirrorctl.dbapi.routing import parse_url
+from mirrorctl.dbapi.types import (
+    BINARY,
+    DATETIME,
+    NUMBER,
+    ROWID,
+    STRING,
+    Binary,
+    Date,
+    DateFromTicks,
+    Time,
+    TimeFromTicks,
+    Timestamp,
+    TimestampFromTicks,
+)
 
 apilevel = "2.0"
 threadsafety = 1  # threads may share the module, not connections
@@ -66,6 +81,8 @@ __all__ = [
     "apilevel", "threadsafety", "paramstyle", "connect", "Connection", "Cursor", "Token",
     "Warning", "Error", "InterfaceError", "DatabaseError", "DataError", "OperationalError", "IntegrityError",
     "InternalError", "ProgrammingError", "NotSupportedError", "NoPrincipal", "TransactionInterrupted", "InDoubt",
+    "Date", "Time", "Timestamp", "DateFromTicks", "TimeFromTicks", "TimestampFromTicks", "Binary",
+    "STRING", "BINARY", "NUMBER", "DATETIME", "ROWID",
 ]
 
 def connect(url: str, *, failover_timeout: float = UNSET, connect_timeout: float = UNSET,
@@ -158,7 +175,7 @@ class Connection(ConnectionBase):
 
     def _perform(self, op: Op) -> Any:
         if isinstance(op, Send):
-            return self._client.query(op.sql, db=op.db, params=op.params, timeout=op.timeout)
+            return self._client.query(op.sql, db=op.db, params=op.params, timeout=op.timeout, many=op.many)
         if isinstance(op, Connect):
             self._disconnect()
             self._client = Client.connect(op.address, timeout=op.timeout)
@@ -188,13 +205,15 @@ class Cursor(CursorBase):
         return self
 
     def executemany(self, sql: str, seq_of_params: Iterable[Sequence | dict]) -> "Cursor":
-        """Run the statement once per parameter set, in the connection's transaction; rowcount is the total."""
+        """Run the statement once per parameter set, in one round trip and the connection's transaction; rowcount is the total."""
         self._check_open()
-        total = 0
-        for params in seq_of_params:
-            self.execute(sql, params)
-            total += max(self._results.rowcount, 0)
-        self._results = ResultSet(rowcount=total)
+        self._results = ResultSet()
+        many = wire_many(seq_of_params)
+        if not many:
+            self._results = ResultSet(rowcount=0)
+            return self
+        result = self.connection._run(self.connection._driver.execute(sql, None, many))
+        self._results = ResultSet(rowcount=result.rowcount)
         return self
 
     def fetchone(self) -> tuple | None:

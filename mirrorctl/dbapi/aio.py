@@ -35,6 +35,7 @@ from mirrorctl.dbapi.driver import (
     Steps,
     Token,
     settings_from,
+    wire_many,
     wire_params,
 )
 from mirrorctl.dbapi.routing import parse_url
@@ -134,7 +135,7 @@ class AsyncConnection(ConnectionBase):
 
     async def _perform(self, op: Op) -> Any:
         if isinstance(op, Send):
-            return await self._client.query(op.sql, db=op.db, params=op.params, timeout=op.timeout)
+            return await self._client.query(op.sql, db=op.db, params=op.params, timeout=op.timeout, many=op.many)
         if isinstance(op, Connect):
             await self._disconnect()
             self._client = await AsyncClient.connect(op.address, timeout=op.timeout)
@@ -164,13 +165,15 @@ class AsyncCursor(CursorBase):
         return self
 
     async def executemany(self, sql: str, seq_of_params: Iterable[Sequence | dict]) -> "AsyncCursor":
-        """Run the statement once per parameter set; rowcount is the total."""
+        """Run the statement once per parameter set, in one round trip; rowcount is the total."""
         self._check_open()
-        total = 0
-        for params in seq_of_params:
-            await self.execute(sql, params)
-            total += max(self._results.rowcount, 0)
-        self._results = ResultSet(rowcount=total)
+        self._results = ResultSet()
+        many = wire_many(seq_of_params)
+        if not many:
+            self._results = ResultSet(rowcount=0)
+            return self
+        result = await self.connection._run(self.connection._driver.execute(sql, None, many))
+        self._results = ResultSet(rowcount=result.rowcount)
         return self
 
     async def fetchone(self) -> tuple | None:

@@ -36,6 +36,7 @@ from typing import Any, Callable, Generator, Sequence
 
 from mirrorctl.client import ClientError, Result, ServerError
 from mirrorctl.dbapi import errors
+from mirrorctl.dbapi import types as dbtypes
 from mirrorctl.dbapi.routing import Backoff, PartnerList, RetrySchedule, Target, positive_seconds
 from mirrord.core.types import ProtocolError
 
@@ -178,6 +179,7 @@ class Send:
     db: str | None
     params: Any
     timeout: float | None
+    many: list | None = None  # executemany: the parameter sets, run in one round trip
 
 
 @dataclass(frozen=True)
@@ -208,20 +210,28 @@ class ResultSet:
     rowcount: int = -1
     lastrowid: int | None = None
     position: int = 0
+    types: list[str | None] | None = None  # declared column types, when the server reported them
 
     @classmethod
     def of(cls, result: Result | None) -> "ResultSet":
-        """The ResultSet of a server Result (None: a statement with no answer of its own)."""
+        """The ResultSet of a server Result (None: a statement with no answer of its own), values converted."""
         if result is None:
             return cls()
-        return cls(list(result.columns), [tuple(r) for r in result.rows], result.rowcount, result.lastrowid)
+        types = getattr(result, "types", None)
+        rows = dbtypes.convert_rows([tuple(r) for r in result.rows], types)
+        return cls(list(result.columns), rows, result.rowcount, result.lastrowid, types=types)
 
     @property
     def description(self) -> tuple[tuple, ...] | None:
-        """PEP 249 description: name and six Nones per column (the protocol carries no types); None without rows."""
+        """PEP 249 description: (name, type_code, None × 5) per column; None for a statement without columns.
+
+        type_code is the column's declared type ("VARCHAR(20)"), equal to its
+        type object (`== STRING`); None for an expression, which has none.
+        """
         if not self.columns:
             return None
-        return tuple((name, None, None, None, None, None, None) for name in self.columns)
+        types = self.types or [None] * len(self.columns)
+        return tuple((name, code, None, None, None, None, None) for name, code in zip(self.columns, types))
 
     def fetch(self, size: int | None) -> list[tuple]:
         """The next size rows (all remaining when size is None)."""
@@ -318,16 +328,31 @@ def settings_from(url_options: dict[str, float], failover_timeout: Any, connect_
 
 
 def wire_params(params: Any) -> list | dict | None:
-    """Parameters as the wire carries them: a list (qmark) or a dict (named)."""
-    if params is None or isinstance(params, (list, dict)):
-        return params
+    """Parameters as the wire carries them: a list (qmark) or a dict (named), each value adapted (types.adapt)."""
+    if params is None:
+        return None
     if isinstance(params, (str, bytes)):
         raise errors.ProgrammingError("parameters must be a sequence or a mapping, not a string")
-    if isinstance(params, Sequence):
-        return list(params)
-    if hasattr(params, "keys"):
-        return dict(params)
+    try:
+        if isinstance(params, dict) or (not isinstance(params, Sequence) and hasattr(params, "keys")):
+            return {key: dbtypes.adapt(params[key]) for key in params.keys()}
+        if isinstance(params, Sequence):
+            return [dbtypes.adapt(value) for value in params]
+    except dbtypes.OutOfRange as exc:
+        raise errors.DataError(str(exc)) from None
+    except dbtypes.Unsupported as exc:
+        raise errors.ProgrammingError(str(exc)) from None
     raise errors.ProgrammingError(f"parameters must be a sequence or a mapping, got {type(params).__name__}")
+
+
+def wire_many(seq_of_params: Any) -> list:
+    """executemany's parameter sets as the wire carries them (every set checked before anything is sent)."""
+    if isinstance(seq_of_params, (str, bytes)) or not hasattr(seq_of_params, "__iter__"):
+        raise errors.ProgrammingError("executemany needs a sequence of parameter sequences or mappings")
+    many = [wire_params(params) for params in seq_of_params]
+    if any(params is None for params in many):
+        raise errors.ProgrammingError("executemany: each parameter set must be a sequence or a mapping, not None")
+    return many
 
 
 class Driver:
@@ -356,10 +381,14 @@ class Driver:
         if self.address is None:
             yield from self._connect(self.schedule.start(self.clock()))
 
-    def execute(self, sql: str, params: Any = None) -> Steps:
-        """Run one statement in the connection's transaction; returns a ResultSet."""
+    def execute(self, sql: str, params: Any = None, many: list | None = None) -> Steps:
+        """Run one statement in the connection's transaction (once per parameter set with many); returns a ResultSet."""
         self._check_open()
         kind = statement_kind(sql)
+        if many is not None:
+            if kind is not Kind.READ and kind is not Kind.WRITE:
+                raise errors.ProgrammingError("executemany runs a statement, not BEGIN, COMMIT or ROLLBACK")
+            kind = Kind.WRITE  # a batch is never re-sent after a lost answer: part of it may have run
         if kind is Kind.COMMIT:
             yield from self.commit()
             return ResultSet()
@@ -373,7 +402,7 @@ class Driver:
             yield from self._begin(sql)
             return ResultSet()
         implicit = not self.settings.autocommit or self.in_transaction
-        result = yield from self._statement(sql, params, kind, transactional=implicit)
+        result = yield from self._statement(sql, params, kind, transactional=implicit, many=many)
         return ResultSet.of(result)
 
     def commit(self) -> Steps:
@@ -426,7 +455,7 @@ class Driver:
 
     # ---------------------------------------------------------------- the retry loop
 
-    def _statement(self, sql: str, params: Any, kind: Kind, *, transactional: bool) -> Steps:
+    def _statement(self, sql: str, params: Any, kind: Kind, *, transactional: bool, many: list | None = None) -> Steps:
         """Send one statement, reconnecting and retrying while the decision table allows."""
         backoff: Backoff | None = None
         while True:
@@ -437,7 +466,7 @@ class Driver:
                 backoff = yield from self._begin("BEGIN", backoff)
             first = self.statements_in_transaction == 0
             try:
-                result = yield Send(sql, self.database, params, self.settings.query_timeout)
+                result = yield Send(sql, self.database, params, self.settings.query_timeout, many)
             except (ClientError, ProtocolError) as exc:
                 backoff = backoff or self.schedule.start(self.clock())
                 yield from self._after_failure(exc, kind, first=first, backoff=backoff)

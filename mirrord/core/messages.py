@@ -104,6 +104,16 @@ def _params(value: Any) -> str | None:
     return None if value is None or isinstance(value, (list, dict)) else "a list, a map or nil"
 
 
+MAX_MANY = 100_000
+
+
+def _many(value: Any) -> str | None:
+    """executemany's parameter sets: a list of at most MAX_MANY lists or maps."""
+    if isinstance(value, list) and len(value) <= MAX_MANY and all(isinstance(p, (list, dict)) for p in value):
+        return None
+    return f"a list of at most {MAX_MANY} lists or maps"
+
+
 def _optional(check: Checker) -> Checker:
     """The checked type, or None."""
 
@@ -190,6 +200,7 @@ OPTIONAL: dict[str, dict[str, Checker]] = {
     "w_report": {"timeout": _int},  # the principal's PARTNER TIMEOUT (the witness waits that long before a vote)
     "refuse": {"partner_off": _bool},  # the partner ended this session (SET PARTNER OFF): end it here too
     "welcome": {"diverged_pages": _list},  # a diverged old principal: pages its log changed past the fork
+    "query": {"many": _many},  # executemany: the statement once per parameter set, in one round trip
 }
 
 CLIENT_TYPES = frozenset({"query", "result", "error"})
@@ -223,9 +234,13 @@ def make(kind: str, **fields: Any) -> dict:
     return validate({"t": kind, **fields})
 
 
-def query(id: int, sql: str, db: str | None = None, params: list | dict | None = None) -> dict:
-    """A client query."""
-    return {"t": "query", "id": id, "db": db, "sql": sql, "params": params}
+def query(id: int, sql: str, db: str | None = None, params: list | dict | None = None,
+          many: list | None = None) -> dict:
+    """A client query (with many: run once per parameter set, params unused)."""
+    frame = {"t": "query", "id": id, "db": db, "sql": sql, "params": params}
+    if many is not None:
+        frame["many"] = many
+    return frame
 
 
 def result(id: int, columns: list[str], rows: list[list], rowcount: int,
