@@ -31,6 +31,7 @@ the driver reconnects, to the principal wherever it is, within failover_timeout.
 from __future__ import annotations
 
 import enum
+import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generator, Sequence
 
@@ -358,8 +359,10 @@ def wire_many(seq_of_params: Any) -> list:
 class Driver:
     """One logical connection to a mirrored database: transaction state, where the principal is, retries."""
 
-    def __init__(self, target: Target, settings: Settings, clock: Callable[[], float]) -> None:
+    def __init__(self, target: Target, settings: Settings, clock: Callable[[], float],
+                 rand: Callable[[], float] = random.random) -> None:
         self.target = target
+        self.random = rand  # jitter of the backoff between connection rounds
         self.database = target.database
         self.settings = settings
         self.partners = PartnerList(target.partners)
@@ -521,7 +524,7 @@ class Driver:
             self.partners.lost(where)
             if where not in self._avoided:
                 self._avoided.append(where)
-        delay = backoff.delay(self.clock()) if backoff is not None else None
+        delay = backoff.delay(self.clock(), self.random()) if backoff is not None else None
         if delay is None:
             raise errors.NoPrincipal(
                 f"no partner served {self.database} within failover_timeout ({self.settings.failover_timeout:g} s); "
@@ -541,7 +544,7 @@ class Driver:
                     return None
             if reasons and all(r.startswith("has no database") for r in reasons.values()):
                 raise errors.ProgrammingError(f"no partner has a database {self.database}: " + _listing(reasons))
-            delay = backoff.delay(self.clock())
+            delay = backoff.delay(self.clock(), self.random())
             if delay is None:
                 raise errors.NoPrincipal(
                     f"no partner served {self.database} within failover_timeout "

@@ -7,7 +7,7 @@ answer "not principal, the principal is X" puts X first in the next round; the
 principal it reaches tells it its failover partner (the partner_address column
 of sys.database_mirroring), which joins the list, so a client given one address
 still finds the new principal after a failover. Between rounds it waits with a
-growing backoff, for at most failover_timeout seconds per operation.
+growing, jittered backoff, for at most failover_timeout seconds per operation.
 
 Pure: no sockets, no clock; callers pass `now`.
 """
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
 from mirrorctl.dbapi.errors import InterfaceError
+from mirrord.core.backoff import jittered
 from mirrord.core.types import Endpoint
 
 SCHEME = "mirror://"
@@ -159,12 +160,16 @@ class Backoff:
     deadline: float
     next_delay: float
 
-    def delay(self, now: float) -> float | None:
-        """How long to wait before the next round, or None when the deadline has passed."""
+    def delay(self, now: float, rand: float = 1.0) -> float | None:
+        """How long to wait before the next round, or None when the deadline has passed.
+
+        rand (0..1) spreads the wait over [d/2, d] (mirrord.core.backoff.jittered):
+        clients cut by one failover must not all redial in lockstep.
+        """
         left = self.deadline - now
         if left <= 0:
             return None
-        wait = min(self.next_delay, left)
+        wait = min(jittered(self.next_delay, rand), left)
         self.next_delay = min(self.next_delay * self.schedule.factor, self.schedule.cap)
         return wait
 

@@ -1,7 +1,7 @@
 """The principal's link to its mirror: handshake, seeding, log streaming, acks, pings.
 
 The principal dials the mirror's endpoint (after any failure, again, with
-backoff) and says `hello` with its end of log and role sequence. The mirror
+jittered backoff: net/reconnect.py) and says `hello` with its end of log and role sequence. The mirror
 answers `welcome` with what it has hardened; the principal resumes from the
 next LSN, or sends a snapshot first when the mirror has no copy or the log it
 needs is gone. Then three loops share the connection until one fails:
@@ -33,6 +33,7 @@ from mirrord.core.quorum import lease_until
 from mirrord.core.types import Endpoint, ProtocolError, Role
 from mirrord.monitor import monitor_of, note_connected, partner_report
 from mirrord.net import framing
+from mirrord.net.reconnect import Link, LinkRefused, run_link
 
 if TYPE_CHECKING:
     from mirrord.host import DatabaseHost
@@ -43,12 +44,10 @@ log = structlog.get_logger()
 SHIP_BATCH_BYTES = 1 << 20
 SEED_CHUNK = 1 << 20
 REWIND_BATCH = 128  # pages per rewind frame
-BACKOFF_FIRST = 0.05
-BACKOFF_MAX = 1.0
 TRUNCATE_EVERY_ACKS = 64
 
 
-class PartnerRefused(Exception):
+class PartnerRefused(LinkRefused):
     """The mirror answered `refuse`: a configuration problem, not a network one."""
 
 
@@ -59,27 +58,15 @@ def ping_interval(timeout: int) -> float:
 
 async def run_partner_link(node: "Node", host: "DatabaseHost") -> None:
     """Keep a link to the mirror up while this node is the principal and streams log."""
-    backoff = BACKOFF_FIRST
-    while _should_stream(node, host):
-        try:
-            await _one_connection(node, host)
-            backoff = BACKOFF_FIRST
-        except asyncio.CancelledError:
-            raise
-        except PartnerRefused as exc:
-            log.warning("partner_refused", database=host.name, reason=str(exc), partner=host.session.config.partner)
-            host.session.note_reason(str(exc), time.strftime("%H:%M:%S"))
-            backoff = BACKOFF_MAX
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ProtocolError, ConnectionError) as exc:
-            if host.session.partner_connected or backoff == BACKOFF_FIRST:
-                log.warning("partner_link_lost", database=host.name, error=repr(exc), role=host.session.role.value, lsn=host.log.last_lsn)
-        except Exception:  # a bug must end this connection, never the link: log it and dial again
-            log.exception("partner_link_failed", database=host.name, role=host.session.role.value, lsn=host.log.last_lsn)
-        finally:
-            _lost(host)
-        await node.wait_endpoint_started()
-        await asyncio.sleep(backoff)
-        backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def refused(exc: LinkRefused) -> None:
+        log.warning("partner_refused", database=host.name, reason=str(exc), partner=host.session.config.partner)
+        host.session.note_reason(str(exc), time.strftime("%H:%M:%S"))
+
+    await run_link(node, Link(
+        name="partner", should_run=lambda: _should_stream(node, host), connect_once=lambda: _one_connection(node, host),
+        connected=lambda: host.session.partner_connected, on_lost=lambda: _lost(host), on_refused=refused,
+        context=lambda: {"database": host.name, "role": host.session.role.value, "lsn": host.log.last_lsn}))
 
 
 def _should_stream(node: "Node", host: "DatabaseHost") -> bool:

@@ -27,7 +27,8 @@ from mirrord.core import messages, quorum
 from mirrord.core.quorum import MirrorView
 from mirrord.core.types import Endpoint, ProtocolError, Role, Safety
 from mirrord.net import framing
-from mirrord.net.partner import BACKOFF_FIRST, BACKOFF_MAX, ping_interval
+from mirrord.net.partner import ping_interval
+from mirrord.net.reconnect import Link, LinkRefused, run_link
 
 if TYPE_CHECKING:
     from mirrord.host import DatabaseHost
@@ -75,24 +76,24 @@ class WitnessConnection:
 
 async def run_witness_link(node: "Node", host: "DatabaseHost") -> None:
     """Keep a link to the witness while the session has one."""
-    backoff = BACKOFF_FIRST
-    while host.session.config.witness is not None and host.session.config.partner is not None and not node.stopping:
-        try:
-            await _one_connection(node, host)
-            backoff = BACKOFF_FIRST
-        except asyncio.CancelledError:
-            raise
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ProtocolError, ConnectionError) as exc:
-            if host.session.witness_connected or backoff == BACKOFF_FIRST:
-                log.warning("witness_link_lost", database=host.name, error=repr(exc), role=host.session.role.value)
-        finally:
-            host.witness_conn = None
-            if host.session.witness_connected:
-                host.session.witness_connected = False
-                host.poke()
-        await node.wait_endpoint_started()
-        await asyncio.sleep(backoff)
-        backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def should_run() -> bool:
+        cfg = host.session.config
+        return cfg.witness is not None and cfg.partner is not None and not node.stopping
+
+    def lost() -> None:
+        host.witness_conn = None
+        if host.session.witness_connected:
+            host.session.witness_connected = False
+            host.poke()
+
+    def refused(exc: LinkRefused) -> None:
+        log.warning("witness_refused", database=host.name, reason=str(exc), witness=host.session.config.witness)
+
+    await run_link(node, Link(
+        name="witness", should_run=should_run, connect_once=lambda: _one_connection(node, host),
+        connected=lambda: host.session.witness_connected, on_lost=lost, on_refused=refused,
+        context=lambda: {"database": host.name, "role": host.session.role.value}))
 
 
 async def _one_connection(node: "Node", host: "DatabaseHost") -> None:

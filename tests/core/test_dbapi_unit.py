@@ -308,7 +308,7 @@ class World:
 
     def driver(self, url="mirror://a:1/shop", **settings) -> Driver:
         target = parse_url(url)
-        return Driver(target, Settings(**settings), self.clock)
+        return Driver(target, Settings(**settings), self.clock, rand=lambda: 1.0)  # no jitter: delays exact
 
     def run(self, steps):
         return pump(steps, self.perform)
