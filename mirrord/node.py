@@ -24,10 +24,11 @@ import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import structlog
 
+from mirrord import config as settings
 from mirrord.core import messages
 from mirrord.core.session import Session, SessionConfig
 from mirrord.core.types import (
@@ -70,17 +71,28 @@ class NodeConfig:
     metrics: Endpoint | None = None  # HOST:PORT of the Prometheus /metrics listener; off when None
 
     @classmethod
-    def from_sources(cls, args: argparse.Namespace) -> "NodeConfig":
-        """Merge a TOML file (if given) with flags (flags win); validate every value."""
-        values: dict[str, Any] = {}
-        if args.config:
-            with open(args.config, "rb") as f:
-                values.update(tomllib.load(f))
-        for key in ("name", "data_dir", "endpoint", "listen", "endpoint_name", "log_size_limit_mb", "log_level", "metrics"):
-            flag = getattr(args, key, None)
-            if flag is not None:
-                values[key] = flag
-        return cls._validated(values)
+    def from_sources(cls, args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> "NodeConfig":
+        """Merge flags > MIRRORD_* environment > TOML file (mirrord/config.py); validate every value."""
+        return cls._validated(cls.merged(args, environ)[0])
+
+    @classmethod
+    def merged(cls, args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> tuple[dict, dict]:
+        """(values, sources) before validation; ValueError naming the source of a bad value."""
+        environ = os.environ if environ is None else environ
+        file: dict[str, Any] = {}
+        path = args.config or environ.get(settings.CONFIG_ENV) or None
+        if path:
+            with open(path, "rb") as f:
+                file = tomllib.load(f)
+        flags = {key: getattr(args, key, None) for key in settings.KEYS}
+        values, sources = settings.merge(file, settings.from_environment(environ), flags)
+        sources = {key: f"file {path}" if where == "file" else where for key, where in sources.items()}
+        try:
+            cls._validated(values)
+        except ValueError as exc:
+            named = [k for k in values if str(exc).startswith(k) or f"'{k}'" in str(exc)]
+            raise ValueError(f"{exc} (from {sources[named[0]]})" if named else str(exc)) from None
+        return values, sources
 
     @classmethod
     def _validated(cls, v: dict[str, Any]) -> "NodeConfig":
@@ -550,36 +562,58 @@ def _error(request_id: int, exc: MirrordError) -> dict:
 
 
 def configure_logging(name: str, level: str) -> None:
-    """JSON lines on stderr, each with the node's name and a timestamp."""
-    logging.basicConfig(stream=sys.stderr, level=getattr(logging, level.upper()), format="%(message)s")
+    """One stream of JSON lines on stderr, each with the node's name and a timestamp.
+
+    structlog's events and stdlib logging's records (asyncio, aiohttp, any
+    library) both go through one handler and structlog's ProcessorFormatter,
+    so a library's warning is a JSON line like ours, never a plain text line
+    in between, and a traceback is a field (`exception`), not loose lines.
+    """
+    numeric = getattr(logging, level.upper())
+
+    def add_node(_logger: object, _method: str, event: dict) -> dict:
+        event.setdefault("node", name)  # also on records from threads without our context
+        return event
+
+    shared = [structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,
+              structlog.processors.TimeStamper(fmt="iso", utc=True), add_node]
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, structlog.stdlib.ExtraAdder()],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.bind_contextvars(node=name)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="mirrord", description="mirrord: database mirroring node")
+    p = argparse.ArgumentParser(
+        prog="mirrord", description="mirrord: database mirroring node",
+        epilog="Every setting also comes from the environment (MIRRORD_NAME, MIRRORD_DATA_DIR, ..., MIRRORD_METRICS) "
+               "and from the TOML file (name = ..., data_dir = ...); flags win over the environment, which wins over "
+               "the file. --print-config shows the result and where each value came from.")
     p.add_argument("--version", action="version", version=f"mirrord {installed_version()}")
-    p.add_argument("--config", help="TOML file with the settings below (flags override it)")
-    p.add_argument("--name", help="node name, shown in logs and status")
-    p.add_argument("--data-dir", dest="data_dir", help="directory for databases, logs and metadata")
-    p.add_argument("--endpoint", help="mirroring endpoint HOST:PORT (node to node)")
-    p.add_argument("--listen", help="client listener HOST:PORT (mirrorctl and applications)")
-    p.add_argument("--endpoint-name", dest="endpoint_name", help="name of the endpoint for ALTER ENDPOINT (default mirroring)")
-    p.add_argument("--log-size-limit-mb", dest="log_size_limit_mb", type=int, help="log size at which writes are refused (default 1024)")
-    p.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--metrics", "--http", dest="metrics",
-                   help="serve HTTP on HOST:PORT: /metrics, /principal?db=X, /mirror?db=X, /health, /status (default: off)")
+    p.add_argument("--config", help=f"TOML file with the settings below (default ${settings.CONFIG_ENV})")
+    p.add_argument("--print-config", action="store_true", dest="print_config",
+                   help="print the settings as TOML, with where each came from, and exit")
+    for setting in settings.SETTINGS:
+        kwargs: dict[str, Any] = {"dest": setting.key, "help": f"{setting.help} (${setting.env})"}
+        if setting.integer:
+            kwargs["type"] = int
+        if setting.key == "log_level":
+            kwargs["choices"] = ["debug", "info", "warning", "error"]
+        flags = [setting.flag] + (["--http"] if setting.key == "metrics" else [])
+        p.add_argument(*flags, **kwargs)
     return p.parse_args(argv)
 
 
@@ -605,15 +639,19 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
     args = parse_args(argv)
     try:
-        config = NodeConfig.from_sources(args)
+        values, sources = NodeConfig.merged(args)
+        node_config = NodeConfig._validated(values)
     except (ValueError, OSError, tomllib.TOMLDecodeError) as exc:
         print(f"mirrord: bad configuration: {exc}", file=sys.stderr)
         return 2
-    configure_logging(config.name, config.log_level)
+    if args.print_config:
+        print(settings.render_toml(values, sources), end="")
+        return 0
+    configure_logging(node_config.name, node_config.log_level)
     import uvloop
 
     try:
-        uvloop.run(serve(config))
+        uvloop.run(serve(node_config))
     except Exception as exc:  # noqa: BLE001 - reported as one line, never a traceback on stderr
         log.error("node_failed_to_start", error=str(exc) or repr(exc))
         return 1

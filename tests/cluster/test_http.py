@@ -99,9 +99,9 @@ class HAProxy:
     def __init__(self, cluster: LocalCluster, http: int, workdir: Path) -> None:
         self.listen = f"{cluster['a'].host.rsplit('.', 1)[0]}.{int(cluster['a'].host.rsplit('.', 1)[1]) + 3}"
         self.address = f"{self.listen}:{free_port(self.listen)}"
-        env = dict(os.environ, MIRRORD_DB=DB, MIRRORD_LISTEN=self.address, MIRRORD_HTTP_PORT=str(http),
-                   MIRRORD_CHECK_INTER=f"{int(CHECK_INTER * 1000)}ms",
-                   **{f"MIRRORD_NODE_{n.upper()}": cluster[n].address for n in "abc"})
+        env = dict(os.environ, MIRRORD_HAPROXY_DB=DB, MIRRORD_HAPROXY_LISTEN=self.address, MIRRORD_HAPROXY_HTTP_PORT=str(http),
+                   MIRRORD_HAPROXY_CHECK_INTER=f"{int(CHECK_INTER * 1000)}ms",
+                   **{f"MIRRORD_HAPROXY_NODE_{n.upper()}": cluster[n].address for n in "abc"})
         self.log = open(workdir / "haproxy.log", "wb")
         self.proc = subprocess.Popen([shutil.which("haproxy"), "-db", "-f", str(REPO / "deploy" / "haproxy.cfg")],
                                      env=env, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
