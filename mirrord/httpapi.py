@@ -36,7 +36,7 @@ class NodeView:
     name: str
     facts: Callable[[str], DatabaseFacts | None]  # a database's facts, None when it is not here
     status_rows: Callable[[str | None], list[dict]]  # sys.database_mirroring rows, all or one database
-    up: Callable[[], tuple[bool, int]]  # (databases loaded and client port open, how many databases)
+    up: Callable[[], tuple[bool, int, dict[str, str]]]  # (loaded and client port open, databases, quarantined: why)
     registry: CollectorRegistry
 
 
@@ -87,8 +87,8 @@ class HttpServer:
         return _json(mirror_answer(db, self._facts(db)))
 
     async def _health(self, request: web.Request) -> web.Response:
-        loaded, databases = self.view.up()
-        return _json(health_answer(self.view.name, loaded, databases))
+        loaded, databases, quarantined = self.view.up()
+        return _json(health_answer(self.view.name, loaded, databases, quarantined))
 
     async def _status(self, request: web.Request) -> web.Response:
         return _json(Answer(200, self.view.status_rows(request.query.get("db"))))

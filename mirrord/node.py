@@ -157,7 +157,7 @@ class Node:
             name=config.name, registry=self.metrics.registry,
             facts=lambda db: h.health_facts() if (h := self.databases.get(db)) is not None else None,
             status_rows=lambda db: [status_row(h) for n, h in sorted(self.databases.items()) if db in (None, n)],
-            up=lambda: (self.serving_clients, len(self.databases))))
+            up=lambda: (self.serving_clients, len(self.databases), self.quarantined)))
         self._sampler: asyncio.Task | None = None
 
     # ---------------------------------------------------------------- addresses

@@ -80,9 +80,14 @@ def mirror_answer(db: str | None, facts: DatabaseFacts | None) -> Answer:
     return Answer(OK, {**body, "mirror": True})
 
 
-def health_answer(node: str, loaded: bool, databases: int) -> Answer:
-    """/health: 200 once the node is up with every database loaded (Patroni: the server is running)."""
-    body = {"node": node, "databases": databases}
+def health_answer(node: str, loaded: bool, databases: int, quarantined: dict[str, str] | None = None) -> Answer:
+    """/health: 200 once the node is up with its databases loaded (Patroni: the server is running).
+
+    A database that failed to load is quarantined and listed with why; the
+    node still serves the others, so it stays 200 (a liveness probe must not
+    restart a node over one database; /principal?db=X answers for that one).
+    """
+    body = {"node": node, "databases": databases, "quarantined": dict(quarantined or {})}
     if not loaded:
         return Answer(UNAVAILABLE, {**body, "state": "starting"})
     return Answer(OK, {**body, "state": "running"})

@@ -72,7 +72,7 @@ def test_health_routes_answer_by_role(cluster, capsys):
     assert get(f"{a}/mirror?db={DB}")[0] == 503
 
     status, body = get(f"{a}/health")
-    assert status == 200 and body == {"node": "a", "databases": 1, "state": "running"}
+    assert status == 200 and body == {"node": "a", "databases": 1, "state": "running", "quarantined": {}}
     assert get(f"{c}/health")[0] == 200
 
     assert get(f"{a}/nothing-here")[0] == 404  # a wrong question never reads "yes"

@@ -48,5 +48,7 @@ def test_a_database_not_here_is_503_and_no_database_is_400(route):
 
 def test_health_is_200_once_loaded():
     assert health_answer("a", True, 2).status == 200
+    degraded = health_answer("a", True, 1, {"crm": "meta.json: bad JSON"})
+    assert degraded.status == 200 and degraded.body["quarantined"] == {"crm": "meta.json: bad JSON"}
     starting = health_answer("a", False, 0)
     assert starting.status == 503 and starting.body["state"] == "starting"
