@@ -142,7 +142,7 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
     if args.command == "monitor" and args.output is not None:
         parser.error("-o does not go with monitor (a live table); use --once with a shell redirection")
     if args.command == "monitor" and args.interval > 3600:
-        parser.error("--interval must be 0..3600 seconds")
+        parser.error("--interval must be more than 0 and at most 3600 seconds")
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace | int:

@@ -44,6 +44,18 @@ def _json(answer: Answer) -> web.Response:
     return web.json_response(answer.body, status=answer.status, dumps=lambda v: json.dumps(v, default=str))
 
 
+@web.middleware
+async def _no_tracebacks(request: web.Request, handler) -> web.StreamResponse:
+    """A bug in a route is logged here and answered 500 with one line: never a traceback to the client."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise  # aiohttp's own answers (404, 405)
+    except Exception:
+        log.exception("http_route_failed", path=request.path)
+        return web.json_response({"error": "internal error; see the node's log (http_route_failed)"}, status=500)
+
+
 class HttpServer:
     """The routes above on HOST:PORT, served from the node's event loop."""
 
@@ -53,7 +65,7 @@ class HttpServer:
 
     def app(self) -> web.Application:
         """The aiohttp application."""
-        app = web.Application()
+        app = web.Application(middlewares=[_no_tracebacks])
         app.router.add_get("/principal", self._principal)
         app.router.add_get("/primary", self._principal)
         app.router.add_get("/mirror", self._mirror)

@@ -52,3 +52,21 @@ def test_health_is_200_once_loaded():
     assert degraded.status == 200 and degraded.body["quarantined"] == {"crm": "meta.json: bad JSON"}
     starting = health_answer("a", False, 0)
     assert starting.status == 503 and starting.body["state"] == "starting"
+
+
+async def test_a_failing_route_answers_500_without_a_traceback():
+    from aiohttp.test_utils import TestClient, TestServer
+    from prometheus_client import CollectorRegistry
+
+    from mirrord.httpapi import HttpServer, NodeView
+
+    def broken(_db):
+        raise RuntimeError("a bug")
+
+    view = NodeView(name="a", facts=lambda db: None, status_rows=broken, up=lambda: (True, 0, {}), registry=CollectorRegistry())
+    async with TestClient(TestServer(HttpServer(view).app())) as client:
+        answer = await client.get("/status")
+        assert answer.status == 500 and "Traceback" not in await answer.text()
+        assert (await client.get("/principal?db=x")).status == 503
+        assert (await client.get("/nothing")).status == 404
+        assert (await client.post("/health")).status == 405
