@@ -47,6 +47,7 @@ SETTINGS = (
     Setting("log_size_limit_mb", "log size at which writes are refused", integer=True, default=1024),
     Setting("log_level", "debug, info, warning or error", default="info"),
     Setting("metrics", "serve HTTP on HOST:PORT: /metrics, /principal?db=X, /mirror?db=X, /health, /status (off when unset)"),
+    Setting("backup_dir", "the only directory BACKUP writes to and RESTORE reads from (default DATA_DIR/backups)"),
 )
 KEYS = tuple(s.key for s in SETTINGS)
 CONFIG_ENV = "MIRRORD_CONFIG"

@@ -30,6 +30,7 @@ import structlog
 
 from mirrord import config as settings
 from mirrord.core import messages
+from mirrord.core.names import db_name_refusal, inside, is_db_name
 from mirrord.core.session import Session, SessionConfig
 from mirrord.core.types import (
     DatabaseStatus,
@@ -69,6 +70,12 @@ class NodeConfig:
     log_size_limit: int = 1 << 30
     log_level: str = "info"
     metrics: Endpoint | None = None  # HOST:PORT of the Prometheus /metrics listener; off when None
+    backup_dir: Path | None = None  # BACKUP/RESTORE files live only here; None: DATA_DIR/backups
+
+    @property
+    def backups(self) -> Path:
+        """The directory BACKUP writes to and RESTORE reads from (nothing outside it)."""
+        return self.backup_dir if self.backup_dir is not None else self.data_dir / "backups"
 
     @classmethod
     def from_sources(cls, args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> "NodeConfig":
@@ -96,7 +103,7 @@ class NodeConfig:
 
     @classmethod
     def _validated(cls, v: dict[str, Any]) -> "NodeConfig":
-        unknown = set(v) - {"name", "data_dir", "endpoint", "listen", "endpoint_name", "log_size_limit_mb", "log_level", "metrics"}
+        unknown = set(v) - set(settings.KEYS)
         if unknown:
             raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         for key in ("name", "data_dir", "endpoint", "listen"):
@@ -116,7 +123,11 @@ class NodeConfig:
                 metrics = Endpoint.parse(metrics)
             except ValueError as exc:
                 raise ValueError(f"metrics must be HOST:PORT for the Prometheus /metrics listener: {exc}") from None
+        backup_dir = v.get("backup_dir")
+        if backup_dir is not None and (not isinstance(backup_dir, str) or not backup_dir):
+            raise ValueError("backup_dir must be a directory path (BACKUP and RESTORE use only files inside it)")
         return cls(
+            backup_dir=Path(backup_dir) if backup_dir else None,
             name=v["name"],
             data_dir=Path(v["data_dir"]),
             endpoint=Endpoint.parse(v["endpoint"]),
@@ -186,6 +197,7 @@ class Node:
     async def start(self) -> None:
         """Load every database, then open the endpoint and the client port."""
         self.databases_dir.mkdir(parents=True, exist_ok=True)
+        self.config.backups.mkdir(parents=True, exist_ok=True)
         for meta in sorted(self.databases_dir.glob("*/meta.json")):
             try:
                 await self._load(meta.parent)
@@ -202,6 +214,9 @@ class Node:
         from mirrord.storage.fileutil import read_json
 
         config = SessionConfig.from_dict(read_json(directory / "meta.json"))
+        if not is_db_name(config.db) or config.db != directory.name:
+            log.error("database_skipped", directory=directory.name, reason=f"meta.json names {config.db!r}, not a valid name of its own directory")
+            return
         host = DatabaseHost(config.db, directory, Session(config), self.open_log(directory))
         host.on_witness_changed = self.sync_witness_link
         self.databases[config.db] = host
@@ -494,7 +509,10 @@ class Node:
     # ---------------------------------------------------------------- databases
 
     def database_dir(self, db: str) -> Path:
-        return self.databases_dir / db
+        """databases/<db>; ValueError unless db follows the name rule and the path stays inside."""
+        if (why := db_name_refusal(db)) is not None:
+            raise ValueError(why)
+        return inside(self.databases_dir, db)
 
     async def create_host(self, config: SessionConfig, snapshot: tuple[Path, int, int] | None = None) -> DatabaseHost:
         """Create the directory and meta of a new database and activate it.

@@ -8,19 +8,15 @@ principal engine of the database, or is refused with the principal's address.
 from __future__ import annotations
 
 import asyncio
-import os
-import struct
 import time
-import zlib
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import msgpack
 import structlog
 
 from mirrord.core import statements as st
 from mirrord.core.alerts import ALERTS
 from mirrord.core.monitoring import FIGURE_COLUMNS, set_threshold
+from mirrord.core.names import db_name_refusal
 from mirrord.core.rules import refusal
 from mirrord.core.session import SessionConfig
 from mirrord.core.types import (
@@ -38,14 +34,13 @@ from mirrord.net import framing
 from mirrord.core import messages
 from mirrord.monitor import current_figures
 from mirrord.principal import StatementResult
+from mirrord.storage import backups
 
 if TYPE_CHECKING:
     from mirrord.host import DatabaseHost
     from mirrord.node import ClientState, Node
 
 log = structlog.get_logger()
-
-BACKUP_MAGIC = b"MIRRORD-BACKUP\x01"
 
 STATUS_COLUMNS = [
     "database", "role", "state", "safety", "partner", "witness", "witness_state", "role_sequence",
@@ -114,6 +109,8 @@ class StatementExecutor:
     def _host(self, db: str | None) -> "DatabaseHost":
         if db is None:
             raise StatementRefused("no database selected: pass -d DB, or run USE db first")
+        if (why := db_name_refusal(db)) is not None:
+            raise UnknownDatabase(why)
         host = self.node.databases.get(db)
         if host is None and db in self.node.quarantined:
             raise StatementRefused(f"database {db} is quarantined on this node: {self.node.quarantined[db]}; "
@@ -318,13 +315,16 @@ class StatementExecutor:
     # ---------------------------------------------------------------- backup / restore
 
     async def _do_BackupDatabase(self, host, stmt) -> StatementResult:
-        dest = Path(stmt.path)
+        base = self.node.config.backups
+        backups.resolve(base, stmt.path, "BACKUP")  # refused before the snapshot is taken
         tmp = host.directory / "backup-snapshot.tmp"
         try:
             lsn, epoch = await host.principal.snapshot_to(tmp)
-            await asyncio.to_thread(_write_backup, tmp, dest, host.name, lsn, epoch)
+            dest = await asyncio.to_thread(backups.write_backup, tmp, base, stmt.path, host.name, lsn, epoch)
+        except backups.BackupPathRefused as exc:
+            raise StatementRefused(str(exc)) from None
         except OSError as exc:
-            raise StatementRefused(f"cannot write the backup to {dest}: {exc.strerror or exc}") from None
+            raise StatementRefused(f"cannot write the backup {stmt.path!r}: {exc.strerror or exc}") from None
         finally:
             tmp.unlink(missing_ok=True)
         return _message(f"database {host.name} backed up to {dest} at LSN {lsn}")
@@ -334,10 +334,13 @@ class StatementExecutor:
             return await self._recover(host)
         tmp = self.node.databases_dir / f".restore-{stmt.db}.tmp"
         try:
-            header = await asyncio.to_thread(_read_backup, Path(stmt.path), tmp)
-        except (OSError, ValueError) as exc:
+            header = await asyncio.to_thread(backups.read_backup, self.node.config.backups, stmt.path, tmp)
+        except backups.BackupPathRefused as exc:
             tmp.unlink(missing_ok=True)
-            raise StatementRefused(f"cannot restore from {stmt.path}: {exc}") from None
+            raise StatementRefused(str(exc)) from None
+        except (OSError, backups.BackupDamaged) as exc:
+            tmp.unlink(missing_ok=True)
+            raise StatementRefused(f"cannot restore from {stmt.path!r}: {exc}") from None
         status = DatabaseStatus.ONLINE if stmt.recovery else DatabaseStatus.RESTORING
         config = SessionConfig(stmt.db, status=status, epoch=header["epoch"])
         await self.node.create_host(config, snapshot=(tmp, header["lsn"], header["epoch"]))
@@ -472,41 +475,3 @@ def status_row(host: "DatabaseHost") -> dict:
         "log_bytes_sent_wire": host.wire.wire,
         **current_figures(host, time.monotonic()),
     }
-
-
-def _write_backup(snapshot: Path, dest: Path, db: str, lsn: int, epoch: int) -> None:
-    data_crc, size = 0, snapshot.stat().st_size
-    with open(snapshot, "rb") as f:
-        while chunk := f.read(1 << 20):
-            data_crc = zlib.crc32(chunk, data_crc)
-    header = msgpack.packb({"db": db, "lsn": lsn, "epoch": epoch, "size": size, "crc": data_crc})
-    tmp = dest.with_name(dest.name + ".partial")
-    with open(tmp, "wb") as out, open(snapshot, "rb") as f:
-        out.write(BACKUP_MAGIC + struct.pack(">I", len(header)) + header)
-        while chunk := f.read(1 << 20):
-            out.write(chunk)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, dest)
-
-
-def _read_backup(src: Path, dest: Path) -> dict:
-    with open(src, "rb") as f:
-        if f.read(len(BACKUP_MAGIC)) != BACKUP_MAGIC:
-            raise ValueError("not a mirrord backup file")
-        (hlen,) = struct.unpack(">I", f.read(4))
-        if hlen > 1 << 16:
-            raise ValueError("backup header is too large; the file is damaged")
-        header = msgpack.unpackb(f.read(hlen), raw=False)
-        if not isinstance(header, dict) or not all(isinstance(header.get(k), int) for k in ("lsn", "epoch", "size", "crc")):
-            raise ValueError("backup header is damaged")
-        crc = 0
-        with open(dest, "wb") as out:
-            while chunk := f.read(1 << 20):
-                crc = zlib.crc32(chunk, crc)
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-    if dest.stat().st_size != header["size"] or crc != header["crc"]:
-        raise ValueError("backup data does not match its checksum; the file is damaged")
-    return header

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING
 import structlog
 
 from mirrord.core import messages, quorum
+from mirrord.core.names import PathOutside, inside, is_db_name
 from mirrord.core.quorum import VoteRequest, WitnessRecord
-from mirrord.core.types import ProtocolError, Safety
+from mirrord.core.types import Endpoint, ProtocolError, Safety
 from mirrord.net import framing
 from mirrord.storage.fileutil import atomic_write_json, read_json
 
@@ -33,6 +34,10 @@ if TYPE_CHECKING:
     from mirrord.node import Node
 
 log = structlog.get_logger()
+
+# A witness keeps one record per session a principal registered; without a bound,
+# every made-up name would add a file for good.
+MAX_RECORDS = 1024
 
 
 @dataclass
@@ -50,8 +55,9 @@ class _Seen:
 class Witness:
     """All databases this node witnesses."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, max_records: int = MAX_RECORDS) -> None:
         self.directory = directory
+        self.max_records = max_records
         directory.mkdir(parents=True, exist_ok=True)
         self.records: dict[str, WitnessRecord] = {}
         self.connected: dict[str, dict[str, _Seen]] = {}  # db -> endpoint -> seen
@@ -60,10 +66,22 @@ class Witness:
         self.votes: dict[tuple[str, bool], int] = {}  # (db, granted) -> votes cast since this process started
         for path in sorted(directory.glob("*.json")):
             rec = WitnessRecord.from_dict(read_json(path))
+            if not is_db_name(rec.db) or path.name != f"{rec.db}.json":
+                log.warning("witness_record_ignored", file=path.name, reason="not a valid database name, or not its own file")
+                continue
             self.records[rec.db] = rec
 
+    def _path(self, db: str) -> Path:
+        """witness/<db>.json, refused unless db is a valid name and the file stays in the directory."""
+        if not is_db_name(db):
+            raise ProtocolError(f"{db!r} is not a valid database name")
+        try:
+            return inside(self.directory, f"{db}.json")
+        except PathOutside as exc:
+            raise ProtocolError(f"witness record of {db!r}: {exc}") from None
+
     def _save(self, rec: WitnessRecord) -> None:
-        atomic_write_json(self.directory / f"{rec.db}.json", rec.to_dict())
+        atomic_write_json(self._path(rec.db), rec.to_dict())
         old = self.records.get(rec.db)
         self.records[rec.db] = rec
         if old is None or old.role_sequence != rec.role_sequence or old.principal != rec.principal:
@@ -105,6 +123,11 @@ class Witness:
         if not 1 <= hello["timeout"] <= 3600 or hello["role"] not in ("PRINCIPAL", "MIRROR"):
             raise ProtocolError(f"bad w_hello: role {hello['role']!r}, timeout {hello['timeout']!r}")
         if hello["role"] == "PRINCIPAL":
+            if (why := self._registration_refusal(db, sender, hello["partner"])) is not None:
+                log.warning("witness_registration_refused", database=db, partner=sender, reason=why)
+                framing.write_message(writer, {"t": "refuse", "reason": why})
+                await writer.drain()
+                return
             rec = quorum.adopt_principal_claim(
                 self.records.get(db), db, sender, hello["partner"], hello["epoch"], hello["synchronized"], Safety(hello["safety"]),
                 hello["timeout"],
@@ -131,6 +154,19 @@ class Witness:
             if self.connected.get(db, {}).get(sender) is seen:
                 del self.connected[db][sender]
             log.info("witness_partner_lost", database=db, partner=sender)
+
+    def _registration_refusal(self, db: str, sender: str, partner: str) -> str | None:
+        """Why a principal's w_hello may not add or update the record of db, or None."""
+        try:
+            sender_ep, partner_ep = Endpoint.parse(sender), Endpoint.parse(partner)
+        except ValueError as exc:
+            return f"w_hello names a bad endpoint: {exc}"
+        if sender_ep == partner_ep:
+            return "w_hello names the same endpoint as principal and mirror"
+        if db not in self.records and len(self.records) >= self.max_records:
+            return (f"this witness already keeps {self.max_records} sessions, its limit; "
+                    "remove a witness (SET WITNESS OFF) elsewhere or use another witness")
+        return None
 
     def _answer(self, db: str, sender: str, msg: dict) -> dict:
         kind, rec = msg["t"], self.records[db]

@@ -10,7 +10,8 @@ may be left out, but are checked like the others when present.
 
 Why so strict on numbers: msgpack happily carries bools where ints are
 expected (True == 1 in Python) and ints of any size; an LSN of True or 2**70
-must not reach the core. Strings are bounded (64 KiB, SQL text 16 MiB) so a
+must not reach the core. Database names follow the one rule of
+`core.names` on the wire too (they become directory names). Strings are bounded (64 KiB, SQL text 16 MiB) so a
 peer cannot make us hold large junk in names or reasons.
 
 `ENDPOINT_TYPES` and `CLIENT_TYPES` let a listener refuse messages meant for
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from mirrord.core.names import DB_NAME_RULE, is_db_name
 from mirrord.core.types import MirrordError, ProtocolError
 
 PROTOCOL_VERSION = 1
@@ -68,6 +70,11 @@ def _text(limit: int, label: str) -> Checker:
 
 _str = _text(MAX_STR, "a string of at most 64 KiB")
 _sql = _text(MAX_SQL, "a string of at most 16 MiB")
+
+
+def _db(value: Any) -> str | None:
+    """A database name by the one rule (mirrord.core.names): it becomes a directory name."""
+    return None if is_db_name(value) else f"a database name of {DB_NAME_RULE}"
 
 
 def _bool(value: Any) -> str | None:
@@ -154,10 +161,10 @@ def _finite(v: int | float) -> bool:
 
 SCHEMAS: dict[str, dict[str, Checker]] = {
     # mirroring endpoint, node <-> node
-    "hello": {"v": _int, "db": _str, "from_node": _str, "from_endpoint": _str, "role": _str,
+    "hello": {"v": _int, "db": _db, "from_node": _str, "from_endpoint": _str, "role": _str,
               "epoch": _int, "end_lsn": _int, "safety": _safety, "timeout": _int,
               "suspended": _bool},
-    "welcome": {"db": _str, "epoch": _int, "hardened_lsn": _int, "hardened_epoch": _int,
+    "welcome": {"db": _db, "epoch": _int, "hardened_lsn": _int, "hardened_epoch": _int,
                 "redo_lsn": _int, "needs_seed": _bool},
     "refuse": {"reason": _str},
     "log": {"records": _list, "end_lsn": _int},  # records: LogRecord.from_wire checks them
@@ -178,7 +185,7 @@ SCHEMAS: dict[str, dict[str, Checker]] = {
     "failover": {"epoch": _int, "failover_lsn": _int},  # manual failover: principal -> mirror
     "failover_done": {"epoch": _int},
     # witness link, partner <-> witness (replies are w_state, matched by rid)
-    "w_hello": {"db": _str, "from_endpoint": _str, "role": _str, "epoch": _int, "partner": _str,
+    "w_hello": {"db": _db, "from_endpoint": _str, "role": _str, "epoch": _int, "partner": _str,
                 "synchronized": _bool, "safety": _safety, "timeout": _int},
     "w_ping": {"rid": _int},
     "w_report": {"rid": _int, "epoch": _int, "synchronized": _bool, "safety": _safety},

@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, NamedTuple, NoReturn
 
 from mirrord.core.alerts import ALERTS, alert_refusal
+from mirrord.core.names import DB_NAME, DB_NAME_RULE
 from mirrord.core.types import Endpoint, Safety, StatementSyntaxError
 
-IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+IDENTIFIER = DB_NAME  # the one rule for names (mirrord.core.names); endpoints and columns use it too
 PARTNER_ACTIONS = ("FAILOVER", "FORCE_SERVICE_ALLOW_DATA_LOSS", "OFF", "RESUME", "SUSPEND")
 SYSTEM_VIEWS = ("database_mirroring", "database_mirroring_witnesses")
 MIN_TIMEOUT, MAX_TIMEOUT = 1, 3600
@@ -386,8 +387,7 @@ class _Parser:
         if name is None:
             self.fail(what)
         if not IDENTIFIER.fullmatch(name):
-            self.fail(f"{what} of letters, digits and _ (not starting with a digit, "
-                      "at most 128 characters)")
+            self.fail(f"{what} of {DB_NAME_RULE}")
         self.advance(self._tok.text)
         return name
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 
 import pytest
@@ -212,11 +213,13 @@ def test_backup_restore_norecovery_then_partner(cluster, tmp_path):
     create_table(a, DB)
     for i in range(100):
         a.query("INSERT INTO t VALUES (?, 'before backup')", db=DB, params=[i])
-    backup = tmp_path / "shop.bak"
-    a.query(f"BACKUP DATABASE {DB} TO DISK = '{backup}'")
+    a.query(f"BACKUP DATABASE {DB} TO DISK = 'shop.bak'")  # inside a's backup directory
     for i in range(100, 150):
         a.query("INSERT INTO t VALUES (?, 'after backup')", db=DB, params=[i])
-    b.query(f"RESTORE DATABASE {DB} FROM DISK = '{backup}' WITH NORECOVERY")
+    # the operator carries the file to b's backup directory, as between two servers
+    (b.data_dir / "backups").mkdir(exist_ok=True)
+    shutil.copyfile(a.data_dir / "backups" / "shop.bak", b.data_dir / "backups" / "shop.bak")
+    b.query(f"RESTORE DATABASE {DB} FROM DISK = 'shop.bak' WITH NORECOVERY")
     assert b.status(DB)["status"] == "RESTORING"
     b.query(f"ALTER DATABASE {DB} SET PARTNER = '{a.endpoint_url}'")
     a.query(f"ALTER DATABASE {DB} SET PARTNER = '{b.endpoint_url}'")
