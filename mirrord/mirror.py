@@ -41,6 +41,35 @@ class MirrorDatabase:
         self._redo: RedoThread | None = None
         self._seed_tmp: Path | None = None
         self._seed_file = None
+        self._page_size: int | None = None  # known once read from the copy's header
+
+    def page_size(self) -> int | None:
+        """The page size of this copy (its SQLite header), None while it has no header yet."""
+        try:
+            with open(self.path, "rb") as f:
+                header = f.read(18)
+        except FileNotFoundError:
+            return None
+        if len(header) < 18:
+            return None
+        size = int.from_bytes(header[16:18], "big")
+        return 65536 if size == 1 else size
+
+    def check_records(self, records: Sequence[LogRecord]) -> None:
+        """Refuse records this copy cannot take: none before it is seeded, page size the copy's own.
+
+        The page size of a WAL database never changes, so a record with another
+        one is forged or corrupt; refusing it before it is hardened changes nothing.
+        """
+        if not records:
+            return
+        if self._redo is None:
+            raise ProtocolError("log records arrived before this mirror's copy was seeded")
+        expected = self._page_size or self.page_size() or records[0].page_size
+        for rec in records:
+            if rec.page_size != expected:
+                raise ProtocolError(f"log record {rec.lsn}: page size {rec.page_size}, but this database's page size is {expected}")
+        self._page_size = expected
 
     @property
     def hardened_lsn(self) -> Lsn:
@@ -54,6 +83,7 @@ class MirrorDatabase:
 
     def start(self) -> None:
         """Start redo from the persisted redo LSN."""
+        self._page_size = self.page_size()
         remove_sqlite_sidecars(self.path)
         self._store = PageStore(self.path)
         self._redo = RedoThread(
@@ -89,6 +119,7 @@ class MirrorDatabase:
         """Append received records durably; return the new hardened LSN."""
         if not records:
             return self.hardened_lsn
+        self.check_records(records)
         expected = self.log.last_lsn + 1
         if records[0].lsn != expected:
             raise ProtocolError(f"log block starts at LSN {records[0].lsn}, expected {expected}")
@@ -118,10 +149,12 @@ class MirrorDatabase:
         self._seed_tmp = self.directory / "seed.tmp"
         self._seed_file = open(self._seed_tmp, "wb")
 
-    def seed_chunk(self, offset: int, data: bytes) -> None:
-        """Write one chunk of the snapshot."""
+    def seed_chunk(self, offset: int, data: bytes, size: int) -> None:
+        """Write one chunk of the snapshot, which seed_begin said is size bytes."""
         if self._seed_file is None:
             raise ProtocolError("seed_chunk without seed_begin")
+        if offset + len(data) > size:
+            raise ProtocolError(f"seed chunk ends at {offset + len(data)}, past the {size} bytes announced")
         if offset != self._seed_file.tell():
             raise ProtocolError(f"seed chunk at offset {offset}, expected {self._seed_file.tell()}")
         self._seed_file.write(data)

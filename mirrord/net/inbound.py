@@ -20,7 +20,7 @@ from mirrord.core.types import Endpoint, ProtocolError, Role, Safety
 from mirrord.monitor import monitor_of, note_connected, partner_report
 from mirrord.net import framing
 from mirrord.storage.fileutil import DISK_RESERVE_BYTES, NO_SPACE, disk_free
-from mirrord.storage.log import LogRecord, _check_pages
+from mirrord.storage.log import MAX_PAGE_COUNT, LogRecord, _check_pages
 
 if TYPE_CHECKING:
     from mirrord.host import DatabaseHost
@@ -158,7 +158,9 @@ async def _receive_loop(host: "DatabaseHost", reader, writer) -> None:
 async def _handle(host: "DatabaseHost", msg: dict, writer, records: list, seed: dict | None) -> dict | None:
     kind = msg["t"]
     if kind == "log":
-        records.extend(LogRecord.from_wire(r) for r in msg["records"])
+        batch = [LogRecord.from_wire(r) for r in msg["records"]]
+        host.mirror.check_records(batch)  # before anything of this read is hardened: a bad record changes nothing
+        records.extend(batch)
         _adopt_principal_view(host, msg)
     elif kind == "ping":
         _adopt_principal_view(host, msg)
@@ -166,10 +168,13 @@ async def _handle(host: "DatabaseHost", msg: dict, writer, records: list, seed: 
     elif kind == "settings":
         _adopt_settings(host, msg)
     elif kind == "seed_begin":
+        _check_seed(msg)
         host.mirror.seed_begin()
         return msg
     elif kind == "seed_chunk":
-        await asyncio.to_thread(host.mirror.seed_chunk, msg["offset"], msg["data"])  # it syncs now and then
+        if seed is None:
+            raise ProtocolError("seed_chunk without seed_begin")
+        await asyncio.to_thread(host.mirror.seed_chunk, msg["offset"], msg["data"], seed["size"])  # it syncs now and then
     elif kind == "seed_end":
         if seed is None:
             raise ProtocolError("seed_end without seed_begin")
@@ -179,14 +184,14 @@ async def _handle(host: "DatabaseHost", msg: dict, writer, records: list, seed: 
         framing.write_message(writer, {"t": "ack", "hardened_lsn": seed["lsn"], "redo_lsn": seed["lsn"]})
         return None
     elif kind == "rewind_begin":
-        if msg["page_size"] not in (512, 1024, 2048, 4096, 8192, 16384, 32768, 65536) or msg["db_size"] < 1:
+        if msg["page_size"] not in (512, 1024, 2048, 4096, 8192, 16384, 32768, 65536) or not 1 <= msg["db_size"] <= MAX_PAGE_COUNT:
             raise ProtocolError(f"rewind_begin: page size {msg['page_size']}, db size {msg['db_size']}")
         await asyncio.to_thread(host.mirror.rewind_begin, msg["page_size"])
         return msg
     elif kind == "rewind_pages":
         if seed is None or seed.get("t") != "rewind_begin":
             raise ProtocolError("rewind_pages without rewind_begin")
-        pages = _check_pages(seed["lsn"], seed["page_size"], msg["pages"])
+        pages = _check_pages(seed["lsn"], seed["page_size"], msg["pages"], MAX_PAGE_COUNT)
         if any(pgno > seed["db_size"] for pgno, _ in pages):
             raise ProtocolError(f"rewind page beyond the database's {seed['db_size']} pages")
         await asyncio.to_thread(host.mirror.rewind_pages, pages)
@@ -210,6 +215,15 @@ async def _handle(host: "DatabaseHost", msg: dict, writer, records: list, seed: 
     else:
         raise ProtocolError(f"unexpected {kind} from the principal")
     return seed
+
+
+def _check_seed(msg: dict) -> None:
+    """A snapshot is a whole SQLite file: a valid page size, whole pages, at most SQLite's page count."""
+    page_size, size = msg["page_size"], msg["size"]
+    if not 512 <= page_size <= 65536 or page_size & (page_size - 1):
+        raise ProtocolError(f"seed_begin: page_size {page_size} is not a power of two in 512..65536")
+    if size % page_size or size // page_size > MAX_PAGE_COUNT:
+        raise ProtocolError(f"seed_begin: size {size} is not a whole number of pages up to SQLite's maximum page count")
 
 
 class PartnerRemoved(Exception):

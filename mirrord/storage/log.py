@@ -40,6 +40,8 @@ _MAX_RECORD = 1 << 31  # a length beyond this is garbage, not a record
 _PAGE_OVERHEAD = 16  # approximate msgpack bytes per page besides its image
 _RECORD_OVERHEAD = 32
 _SEGMENT_NAME = re.compile(r"^(\d{20})\.(\d+)\.seg$")
+# SQLite's largest page count (SQLITE_MAX_PAGE_COUNT): no real database has a page past it.
+MAX_PAGE_COUNT = 4294967294
 
 
 @dataclass(frozen=True)
@@ -58,8 +60,16 @@ class LogRecord:
         return [self.lsn, self.epoch, self.db_size, self.page_size, [[p, d] for p, d in self.pages]]
 
     @classmethod
-    def from_wire(cls, obj: object, wal: dict | None = None) -> "LogRecord":
-        """Decode and validate a wire record; raise ProtocolError saying what is wrong."""
+    def from_wire(cls, obj: object, wal: dict | None = None, *, strict: bool = True) -> "LogRecord":
+        """Decode and validate a wire record; raise ProtocolError saying what is wrong.
+
+        Bounds: 1 <= page number <= db_size <= MAX_PAGE_COUNT, so a record can
+        never make redo write past the end of a real SQLite file (a page number
+        of 2**40 once made redo fail and the node unable to start). strict=False
+        (records read back from this node's own log) skips only "page number <=
+        db_size": records written before that rule may hold such pages, which
+        redo truncates away, and a record refused at open would cut the log there.
+        """
         if not isinstance(obj, (list, tuple)) or len(obj) != 5:
             raise ProtocolError("log record: expected a list of 5 fields")
         lsn, epoch, db_size, page_size, raw_pages = obj
@@ -67,9 +77,11 @@ class LogRecord:
         _check_int("epoch", epoch, 0)
         _check_int("db_size", db_size, 1)
         _check_int("page_size", page_size, 512)
+        if db_size > MAX_PAGE_COUNT:
+            raise ProtocolError(f"log record {lsn}: db_size {db_size} exceeds SQLite's maximum page count {MAX_PAGE_COUNT}")
         if page_size > 65536 or page_size & (page_size - 1):
             raise ProtocolError(f"log record {lsn}: page_size {page_size} is not a power of two in 512..65536")
-        pages = _check_pages(lsn, page_size, raw_pages)
+        pages = _check_pages(lsn, page_size, raw_pages, db_size if strict else MAX_PAGE_COUNT)
         return cls(lsn, epoch, db_size, page_size, pages, wal)
 
     @property
@@ -83,8 +95,8 @@ def _check_int(name: str, value: object, minimum: int) -> None:
         raise ProtocolError(f"log record: {name} must be an integer >= {minimum}, got {value!r}")
 
 
-def _check_pages(lsn: int, page_size: int, raw_pages: object) -> tuple[tuple[int, bytes], ...]:
-    """Validate [[pgno, image], ...]: pgno >= 1, unique, images exactly page_size bytes."""
+def _check_pages(lsn: int, page_size: int, raw_pages: object, last_page: int) -> tuple[tuple[int, bytes], ...]:
+    """Validate [[pgno, image], ...]: 1 <= pgno <= last_page, unique, images exactly page_size bytes."""
     if not isinstance(raw_pages, (list, tuple)):
         raise ProtocolError(f"log record {lsn}: pages must be a list")
     pages, seen = [], set()
@@ -92,8 +104,8 @@ def _check_pages(lsn: int, page_size: int, raw_pages: object) -> tuple[tuple[int
         if not isinstance(item, (list, tuple)) or len(item) != 2:
             raise ProtocolError(f"log record {lsn}: a page must be [pgno, image]")
         pgno, image = item
-        if type(pgno) is not int or pgno < 1:
-            raise ProtocolError(f"log record {lsn}: page number {pgno!r} must be an integer >= 1")
+        if type(pgno) is not int or not 1 <= pgno <= last_page:
+            raise ProtocolError(f"log record {lsn}: page number {pgno!r} must be an integer 1..{last_page} (the db_size)")
         if not isinstance(image, bytes) or len(image) != page_size:
             raise ProtocolError(f"log record {lsn}: page {pgno} is not {page_size} bytes")
         if pgno in seen:
@@ -112,7 +124,7 @@ def encode_record(record: LogRecord) -> bytes:
 def decode_payload(payload: bytes) -> LogRecord:
     """Decode a payload written by encode_record (validated like a wire record)."""
     wire, wal = msgpack.unpackb(payload, raw=False)
-    return LogRecord.from_wire(wire, wal)
+    return LogRecord.from_wire(wire, wal, strict=False)
 
 
 class LogCorrupt(Exception):

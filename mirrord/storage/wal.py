@@ -233,7 +233,9 @@ class _Scan:
 
     def _commit(self, db_size: int) -> None:
         h = self.header
-        pages = tuple(sorted(self.pending.items()))
+        # A transaction that shrank the file may have spilled pages past its final size
+        # before the commit frame; they are cut off by the truncation, so they are not shipped.
+        pages = tuple(p for p in sorted(self.pending.items()) if p[0] <= db_size)
         self.committed.append(WalTransaction(pages, db_size, h.page_size))
         self.pending = {}
         self.pos = WalPosition(h.salt1, h.salt2, self.frame, self.ck[0], self.ck[1], h.page_size)

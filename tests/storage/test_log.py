@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mirrord.core.types import ProtocolError
-from mirrord.storage.log import DurableLog, LogRecord
+from mirrord.storage.log import MAX_PAGE_COUNT, DurableLog, LogRecord
 
 PS = 512
 
@@ -257,12 +257,30 @@ GOOD = [1, 0, 1, PS, [[1, b"\x00" * PS]]]
         [1, 0, 1, PS, [[1]]],
         [1, 0, 1, PS, [[1, b"\x00" * PS], [1, b"\x01" * PS]]],
         [True, 0, 1, PS, []],
+        [1, 0, 1, PS, [[2, b"\x00" * PS]]],  # past db_size
+        [1, 0, 2**40, PS, [[2**40, b"\x00" * PS]]],  # past SQLite's maximum page count
+        [1, 0, 1, PS, [[2**40, b"\x00" * PS]]],
+        [1, 0, MAX_PAGE_COUNT + 1, PS, []],
+        [1, 0, 1, PS, [[2**64, b"\x00" * PS]]],
     ],
 )
 def test_from_wire_rejects(bad):
     LogRecord.from_wire(GOOD)
     with pytest.raises(ProtocolError):
         LogRecord.from_wire(bad)
+
+
+def test_bounds_at_the_limits():
+    top = LogRecord.from_wire([1, 0, MAX_PAGE_COUNT, PS, [[MAX_PAGE_COUNT, b"\x00" * PS]]])
+    assert top.pages[0][0] == MAX_PAGE_COUNT
+
+
+def test_own_log_tolerates_pages_past_db_size():
+    """Records this node wrote before the db_size rule may carry pages redo truncates away."""
+    old = [1, 0, 1, PS, [[2, b"\x00" * PS]]]
+    assert LogRecord.from_wire(old, strict=False).pages[0][0] == 2
+    with pytest.raises(ProtocolError):
+        LogRecord.from_wire([1, 0, 1, PS, [[MAX_PAGE_COUNT + 1, b"\x00" * PS]]], strict=False)
 
 
 # --- property: the log behaves like a list across reopen ------------------------------

@@ -46,7 +46,9 @@ class Capture:
         records = []
         for t in txns:
             self.lsn += 1
-            records.append(LogRecord(self.lsn, 1, t.db_size, t.page_size, t.pages))
+            record = LogRecord(self.lsn, 1, t.db_size, t.page_size, t.pages)
+            assert LogRecord.from_wire(record.to_wire()) == record  # within the wire bounds (page <= db_size)
+            records.append(record)
         self.store.apply(records)
         self.txns += txns
         return txns
@@ -179,6 +181,28 @@ def test_large_spilled_transaction(env):
     txns = cap.step()
     assert len(txns) == 1 and len(txns[0].pages) > 500
     assert_identical(conn, db, cap)
+
+
+def test_spilled_transaction_that_shrinks_ships_no_page_past_its_size(tmp_path):
+    """Pages spilled past the size a transaction commits with are truncated away: not shipped."""
+    db = tmp_path / "s.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA auto_vacuum=FULL")  # a commit that frees pages shrinks the file
+    assert conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("PRAGMA cache_size=10")
+    cap = Capture(db, tmp_path / "replica.db")
+    conn.execute("CREATE TABLE t(v BLOB)")
+    conn.execute("BEGIN")
+    for _ in range(300):
+        conn.execute("INSERT INTO t VALUES (randomblob(4000))")
+    conn.execute("DELETE FROM t")
+    conn.execute("COMMIT")
+    txns = cap.step()
+    assert txns and all(p <= t.db_size for t in txns for p, _ in t.pages)
+    assert_identical(conn, db, cap)
+    conn.close()
+    cap.store.close()
 
 
 def test_rolled_back_spill_is_never_returned(env):
