@@ -155,6 +155,8 @@ class _Exchange:
         messages.validate(frame)
         if frame["t"] not in ("result", "error"):
             raise ProtocolError(f"expected a result or error frame, got {frame['t']!r}")
+        if frame["t"] == "error" and frame["id"] == 0:
+            raise ServerError.from_frame(frame)  # about the connection, not one request (a limit, a bad frame)
         if frame["id"] != request_id:
             raise ProtocolError(f"answer carries id {frame['id']}, expected {request_id}")
         if frame["t"] == "error":

@@ -48,6 +48,14 @@ SETTINGS = (
     Setting("log_level", "debug, info, warning or error", default="info"),
     Setting("metrics", "serve HTTP on HOST:PORT: /metrics, /principal?db=X, /mirror?db=X, /health, /status (off when unset)"),
     Setting("backup_dir", "the only directory BACKUP writes to and RESTORE reads from (default DATA_DIR/backups)"),
+    # what one client may hold on the client port (net/client_port.py ClientLimits)
+    Setting("max_clients", "client connections served at once (default 256)", integer=True),
+    Setting("client_idle_timeout", "seconds a client may stay silent between statements (default 600)", integer=True),
+    Setting("client_frame_deadline", "seconds for a client frame to arrive whole once begun (default 10)", integer=True),
+    Setting("client_max_frame_kb", "largest client frame in KiB (default 4096)", integer=True),
+    Setting("max_result_mb", "largest result a statement may build, in MiB of memory (default 64)", integer=True),
+    Setting("statement_timeout_ms", "default STATEMENT_TIMEOUT of a connection in ms (default 60000)", integer=True),
+    Setting("idle_transaction_timeout", "seconds a silent client may hold an open transaction (default 60)", integer=True),
 )
 KEYS = tuple(s.key for s in SETTINGS)
 CONFIG_ENV = "MIRRORD_CONFIG"

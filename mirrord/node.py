@@ -45,6 +45,7 @@ from mirrord.monitor import NodeMetrics, run_sampler
 from mirrord.mirror import MirrorDatabase
 from mirrord import role_change
 from mirrord.net import framing, inbound
+from mirrord.net.client_port import ClientLimits, ClientPort, limits_from_settings
 from mirrord.principal import PrincipalDatabase, StatementResult
 from mirrord.statements_exec import StatementExecutor, status_row
 from mirrord.witness import Witness
@@ -71,6 +72,7 @@ class NodeConfig:
     log_level: str = "info"
     metrics: Endpoint | None = None  # HOST:PORT of the Prometheus /metrics listener; off when None
     backup_dir: Path | None = None  # BACKUP/RESTORE files live only here; None: DATA_DIR/backups
+    limits: ClientLimits = ClientLimits()  # what one client may hold on the client port
 
     @property
     def backups(self) -> Path:
@@ -127,6 +129,7 @@ class NodeConfig:
         if backup_dir is not None and (not isinstance(backup_dir, str) or not backup_dir):
             raise ValueError("backup_dir must be a directory path (BACKUP and RESTORE use only files inside it)")
         return cls(
+            limits=limits_from_settings(v),
             backup_dir=Path(backup_dir) if backup_dir else None,
             name=v["name"],
             data_dir=Path(v["data_dir"]),
@@ -144,6 +147,38 @@ class ClientState:
     """One client connection: its current database and identity for transactions."""
 
     db: str | None = None
+    statement_timeout_ms: int | None = None  # SET STATEMENT_TIMEOUT; None: the node's default
+
+
+class ClientConnection:
+    """One client connection as the client port sees it (net.client_port.ClientSession)."""
+
+    def __init__(self, node: "Node") -> None:
+        self.node = node
+        self.state = ClientState()
+        self.owner = object()  # identifies this connection's open transaction
+
+    @property
+    def statement_timeout_ms(self) -> int | None:
+        return self.state.statement_timeout_ms
+
+    async def answer(self, msg: dict) -> dict:
+        return await self.node._answer(self.state, self.owner, msg)
+
+    def holds_transaction(self) -> bool:
+        return any(p.holds_transaction(self.owner) for p in self._principals())
+
+    async def abort_idle_transaction(self, seconds: float) -> None:
+        for principal in self._principals():
+            await principal.abort_idle_transaction(self.owner, seconds)
+
+    async def close(self) -> None:
+        """The client left: roll back its open transaction, if any."""
+        for principal in self._principals():
+            await principal.abort_transaction(self.owner)
+
+    def _principals(self) -> list[PrincipalDatabase]:
+        return [h.principal for h in self.node.databases.values() if h.principal is not None]
 
 
 class Node:
@@ -162,6 +197,7 @@ class Node:
         self._endpoint_writers: set[asyncio.StreamWriter] = set()
         self._stopped = asyncio.Event()
         self.executor = StatementExecutor(self)
+        self.client_port = ClientPort(config.limits)
         self.witness = Witness(config.data_dir / "witness")
         self.metrics = NodeMetrics(config.name)
         self.http = HttpServer(NodeView(
@@ -469,23 +505,11 @@ class Node:
     # ---------------------------------------------------------------- clients
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        state = ClientState()
-        owner = object()  # identifies this connection's open transaction
+        connection = ClientConnection(self)
         try:
-            while True:
-                msg = messages.validate(await framing.read_message(reader))
-                if msg["t"] != "query":
-                    raise ProtocolError(f"clients send query frames, not {msg['t']}")
-                framing.write_message(writer, await self._answer(state, owner, msg))
-                await writer.drain()
-        except ProtocolError as exc:
-            log.warning("client_frame_rejected", reason=str(exc))
-        except (asyncio.IncompleteReadError, ConnectionError, OSError, asyncio.CancelledError):
-            pass  # the client left, or the node is shutting down
+            await self.client_port.serve(reader, writer, connection)
         finally:
-            for host in self.databases.values():
-                if host.principal is not None:
-                    await host.principal.abort_transaction(owner)
+            await connection.close()
             writer.close()
 
     async def _answer(self, state: ClientState, owner: object, msg: dict) -> dict:

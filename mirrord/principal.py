@@ -35,10 +35,12 @@ on the mirror, before SQLite opens it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import heapq
 import itertools
 import os
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +49,7 @@ from typing import Any, Callable
 import aiosqlite
 import structlog
 
+from mirrord.core import sql_surface
 from mirrord.core.monitoring import CommitClock
 from mirrord.core.quorum import AckRule
 from mirrord.core.session import Session
@@ -54,6 +57,7 @@ from mirrord.core.types import (CommitInDoubt, DiskFull, LogFull, Lsn, MirrordEr
                                 TransactionAborted)
 from mirrord.storage.decltypes import DeclaredTypes
 from mirrord.storage.fileutil import DISK_RESERVE_BYTES, NO_SPACE, atomic_write_bytes, copy_in_steps, disk_free
+from mirrord.storage.statement_guard import run_guarded
 from mirrord.storage.log import DurableLog, LogRecord
 from mirrord.storage.pagestore import apply_log_range, load_redo_lsn, rebuild_from_log
 from mirrord.storage.wal import WalPosition, WalReader
@@ -67,6 +71,7 @@ READER_COUNT = 3
 WRITE_ATTEMPT_ON_READER = ("attempt to write a readonly database", "readonly database")
 # Capture depends on these: the journal mode, who checkpoints, and that every
 # page of the database lives in this one file.
+INTERRUPTED = ("timeout", "cancelled")  # error codes of a statement its guard interrupted
 MANAGED_PRAGMAS = frozenset({"journal_mode", "wal_autocheckpoint", "wal_checkpoint", "locking_mode", "journal_size_limit", "synchronous"})
 
 
@@ -102,12 +107,14 @@ class ClientTransaction:
     owner: object
 
 
+_denial = threading.local()  # the authorizer's last reason, per connection thread
+
+
 def _sql_error(exc: sqlite3.Error) -> MirrordError:
-    if "not authorized" in str(exc):
-        return StatementRefused(
-            "not allowed on a mirrored database: mirrord manages the journal mode, checkpoints and "
-            "synchronous setting itself, and every page must live in the one database file (no ATTACH)"
-        )
+    if "not authorized" in str(exc) or "authorization denied" in str(exc):
+        why = getattr(_denial, "reason", None) or "the statement does something client SQL may not do here"
+        _denial.reason = None
+        return StatementRefused(f"not allowed on a mirrored database: {why}")
     if isinstance(exc, sqlite3.IntegrityError):
         return IntegrityError(str(exc))
     if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
@@ -123,7 +130,9 @@ def _in_connection_thread(conn: aiosqlite.Connection, fn, *args):
     statement and capturing its WAL frames in one queued call saves a thread
     round trip per commit, which is most of the cost of a small commit.
     """
-    return conn._execute(fn, conn._conn, *args)  # noqa: SLF001 - see docstring
+    # the context goes along: a client statement's guard (statement_guard.CURRENT) is read on that thread
+    ctx = contextvars.copy_context()
+    return conn._execute(ctx.run, fn, conn._conn, *args)  # noqa: SLF001 - see docstring
 
 
 class PrincipalDatabase:
@@ -170,6 +179,7 @@ class PrincipalDatabase:
         # Clients whose transaction the node rolled back: until they end it, their
         # statements are refused, or they would run outside the transaction they believe open.
         self._aborted_owners: set[object] = set()
+        self._abort_reasons: dict[object, str] = {}  # why, when it was not a role change
         self._internal = False  # set while mirrord itself runs a managed PRAGMA
         self.closed = False
         self.serving = True  # False once a manual failover handed the role over (close follows)
@@ -342,16 +352,14 @@ class PrincipalDatabase:
         conn.set_authorizer(self._authorize)
 
     def _authorize(self, action: int, arg1, arg2, dbname, source) -> int:
-        """Refuse what would break capture: managed PRAGMAs, ATTACH, DETACH."""
+        """Client SQL: the allow-list of core.sql_surface (managed PRAGMAs, TEMP objects, ATTACH refused)."""
         if self._internal:
             return sqlite3.SQLITE_OK
-        if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() in MANAGED_PRAGMAS and arg2 is not None:
-            return sqlite3.SQLITE_DENY
-        if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() in ("wal_checkpoint", "journal_mode", "locking_mode"):
-            return sqlite3.SQLITE_DENY
-        if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
-            return sqlite3.SQLITE_DENY
-        return sqlite3.SQLITE_OK
+        why = sql_surface.refusal(action, arg1, arg2, dbname)
+        if why is None:
+            return sqlite3.SQLITE_OK
+        _denial.reason = why  # this connection's thread; _sql_error reports it with "not authorized"
+        return sqlite3.SQLITE_DENY
 
     # ---------------------------------------------------------------- visibility
 
@@ -508,9 +516,12 @@ class PrincipalDatabase:
     async def _execute_in_transaction(self, owner: object, sql: str, params: Any) -> StatementResult:
         try:
             result, records, in_txn = await self._hop(sql, params)
-        except MirrordError:
+        except MirrordError as exc:
             if not self._writer.in_transaction:
                 self._end_transaction(owner)
+                if exc.code in INTERRUPTED:  # SQLite rolled the whole transaction back: the client must hear it
+                    self._aborted_owners.add(owner)
+                    self._abort_reasons[owner] = f"{exc.message} The open transaction was rolled back with it"
             raise
         if not in_txn:
             self._end_transaction(owner)
@@ -520,14 +531,15 @@ class PrincipalDatabase:
     def _end_aborted(self, owner: object, sql: str) -> StatementResult:
         """A client whose transaction was rolled back here: ROLLBACK (or COMMIT) ends it, anything else is refused."""
         word = sql.lstrip().split(None, 1)[0].upper() if sql.strip() else ""
+        why = self._abort_reasons.get(owner)
+        if word in ("ROLLBACK", "COMMIT", "END"):
+            self._aborted_owners.discard(owner)
+            self._abort_reasons.pop(owner, None)
         if word == "ROLLBACK":
-            self._aborted_owners.discard(owner)
             return StatementResult([], [], -1)
-        if word in ("COMMIT", "END"):
-            self._aborted_owners.discard(owner)
         raise TransactionAborted(
-            f"the open transaction of this connection on {self.session.db} was rolled back by the node (role change "
-            "or SET PARTNER OFF); nothing of it committed. ROLLBACK ends it; then start the transaction again"
+            f"the open transaction of this connection on {self.session.db} was rolled back by the node "
+            f"({why or 'role change or SET PARTNER OFF'}); nothing of it committed. ROLLBACK ends it; then start the transaction again"
         )
 
     def _end_transaction(self, owner: object) -> None:
@@ -608,9 +620,23 @@ class PrincipalDatabase:
         self._uncaptured = False
         return outcome, records, conn.in_transaction
 
+    def holds_transaction(self, owner: object) -> bool:
+        """True while owner has an open transaction here (and so the write lock)."""
+        return self._txn_owner is owner
+
+    async def abort_idle_transaction(self, owner: object, seconds: float) -> None:
+        """owner held the write lock without a statement for longer than seconds: roll its transaction back."""
+        if self._txn_owner is not owner:
+            return
+        self._abort_reasons[owner] = f"it held the write lock idle for more than {seconds:g} s"
+        self._aborted_owners.add(owner)  # before awaiting: its next statement must not run outside it
+        log.warning("idle_transaction_rolled_back", database=self.session.db, seconds=seconds)
+        await self._roll_back(owner)
+
     async def abort_transaction(self, owner: object) -> None:
         """Roll back the open transaction of a client that went away."""
         self._aborted_owners.discard(owner)
+        self._abort_reasons.pop(owner, None)
         await self._roll_back(owner)
 
     async def _roll_back(self, owner: object) -> None:
@@ -689,11 +715,8 @@ class PrincipalDatabase:
 
 
 def _run(conn: sqlite3.Connection, sql: str, params: Any) -> StatementResult:
-    try:
-        cur = conn.execute(sql, params if params is not None else ())
-        rows = [list(r) for r in cur.fetchall()]
-    except sqlite3.Error as exc:
-        raise _sql_error(exc) from None
+    # bounded by the client's guard: statement timeout, client gone, result size (mirrord.storage.statement_guard)
+    cur, rows = run_guarded(conn, sql, params, _sql_error)
     columns = [d[0] for d in cur.description] if cur.description else []
     # sqlite3 keeps the connection's last insert rowid on every cursor: report it only for a row just inserted
     inserted = cur.rowcount > 0 and sql.lstrip()[:7].upper().startswith(("INSERT", "REPLACE"))

@@ -17,6 +17,7 @@ from mirrord.core import statements as st
 from mirrord.core.alerts import ALERTS
 from mirrord.core.monitoring import FIGURE_COLUMNS, set_threshold
 from mirrord.core.names import db_name_refusal
+from mirrord.core.values import check_params
 from mirrord.core.rules import refusal
 from mirrord.core.session import SessionConfig
 from mirrord.core.types import (
@@ -70,6 +71,7 @@ class StatementExecutor:
         """Parse and run sql; raise a MirrordError subclass when it is refused."""
         stmt = st.parse(sql)
         if isinstance(stmt, st.Sql):
+            check_params(params)  # 64-bit integers, bindable scalars: a `data` error, never an OverflowError
             return await self._sql(owner, stmt.text, db or state.db, params)
         if isinstance(stmt, st.UseDatabase):
             self._host(stmt.db)
@@ -77,6 +79,10 @@ class StatementExecutor:
             return _message(f"database context changed to {stmt.db}")
         if isinstance(stmt, st.SelectSystemView):
             return self._system_view(stmt)
+        if isinstance(stmt, st.SetStatementTimeout):
+            state.statement_timeout_ms = stmt.ms or None
+            shown = f"{stmt.ms} ms" if stmt.ms else "the node's default"
+            return _message(f"statement timeout of this connection: {shown}")
         if isinstance(stmt, st.AlterEndpoint):
             return await self._alter_endpoint(stmt)
         if isinstance(stmt, st.TransactionStatus):
@@ -316,7 +322,10 @@ class StatementExecutor:
 
     async def _do_BackupDatabase(self, host, stmt) -> StatementResult:
         base = self.node.config.backups
-        backups.resolve(base, stmt.path, "BACKUP")  # refused before the snapshot is taken
+        try:
+            backups.resolve(base, stmt.path, "BACKUP")  # refused before the snapshot is taken
+        except backups.BackupPathRefused as exc:
+            raise StatementRefused(str(exc)) from None
         tmp = host.directory / "backup-snapshot.tmp"
         try:
             lsn, epoch = await host.principal.snapshot_to(tmp)

@@ -5,7 +5,7 @@ How it works: a small regex tokenizer (words, [bracketed] identifiers,
 comments count as whitespace) feeds a recursive-descent parser. `parse` first
 looks at the leading tokens only: a statement that does not start like one of
 ours (`ALTER DATABASE`, `CREATE DATABASE`, `DROP DATABASE`, `ALTER ENDPOINT`,
-`BACKUP`, `RESTORE`, `USE`, `SELECT ... FROM sys.<view>`) is returned untouched
+`BACKUP`, `RESTORE`, `USE`, `SET STATEMENT_TIMEOUT`, `SELECT ... FROM sys.<view>`) is returned untouched
 as `Sql` for SQLite, without tokenizing the rest, because big INSERTs pass here.
 
 Why so strict once a statement is ours: an administrative statement that is
@@ -30,6 +30,7 @@ from typing import Callable, Iterator, NamedTuple, NoReturn
 from mirrord.core.alerts import ALERTS, alert_refusal
 from mirrord.core.names import DB_NAME, DB_NAME_RULE
 from mirrord.core.types import Endpoint, Safety, StatementSyntaxError
+from mirrord.core.values import INT64_MAX, check_int64
 
 IDENTIFIER = DB_NAME  # the one rule for names (mirrord.core.names); endpoints and columns use it too
 PARTNER_ACTIONS = ("FAILOVER", "FORCE_SERVICE_ALLOW_DATA_LOSS", "OFF", "RESUME", "SUSPEND")
@@ -251,6 +252,17 @@ class DropAlert:
 
 
 @dataclass(frozen=True)
+class SetStatementTimeout:
+    """SET STATEMENT_TIMEOUT ms: this connection's statements are interrupted after ms (0: the node's default)."""
+
+    ms: int
+
+    def to_sql(self) -> str:
+        """Canonical text of this statement."""
+        return f"SET STATEMENT_TIMEOUT {self.ms}"
+
+
+@dataclass(frozen=True)
 class Sql:
     """Anything else: SQLite SQL, passed on untouched."""
 
@@ -264,7 +276,7 @@ class Sql:
 Statement = (
     CreateDatabase | DropDatabase | SetPartner | PartnerAction | SetSafety | SetTimeout
     | SetWitness | AlterEndpoint | BackupDatabase | RestoreDatabase | SelectSystemView
-    | UseDatabase | TransactionStatus | ChangeAlert | HelpAlert | DropAlert | Sql
+    | UseDatabase | TransactionStatus | ChangeAlert | HelpAlert | DropAlert | SetStatementTimeout | Sql
 )
 
 
@@ -401,12 +413,16 @@ class _Parser:
         return body.replace("''", "'")
 
     def integer(self, what: str) -> int:
-        """Consume a whole number."""
+        """Consume a whole number of at most 64 bits (DataError beyond: never a 4,301-digit int())."""
         tok = self._tok
-        if tok.kind != "number" or not tok.text.isdigit():
+        if tok.kind != "number" or not (tok.text.isascii() and tok.text.isdigit()):
             self.fail(what)
+        shown = tok.text if len(tok.text) <= 40 else f"a {len(tok.text)}-digit number"
+        if len(tok.text.lstrip("0")) > 19:
+            check_int64(INT64_MAX + 1, f"{what} ({shown})")
+        value = check_int64(int(tok.text), f"{what} ({shown})")
         self.advance(tok.text)
-        return int(tok.text)
+        return value
 
     def end(self) -> None:
         """Accept an optional ';' and require the end of the text."""
@@ -630,6 +646,17 @@ def _change_alert(p: _Parser, db: str) -> ChangeAlert:
     return ChangeAlert(db, alert_id, threshold, bool(enabled))
 
 
+MAX_STATEMENT_TIMEOUT_MS = 86_400_000  # a day
+
+
+def _statement_timeout(p: _Parser) -> SetStatementTimeout:
+    """After SET STATEMENT_TIMEOUT: milliseconds, 0 for the node's default."""
+    ms = p.integer(f"milliseconds 0..{MAX_STATEMENT_TIMEOUT_MS} (0: the node's default)")
+    if ms > MAX_STATEMENT_TIMEOUT_MS:
+        p.refuse(f"STATEMENT_TIMEOUT must be 0..{MAX_STATEMENT_TIMEOUT_MS} ms; found {ms}")
+    return SetStatementTimeout(ms)
+
+
 Rule = Callable[["_Parser"], Statement]
 
 
@@ -654,6 +681,7 @@ _RULES: dict[tuple[str, ...], Rule] = {
     ("SELECT",): _select,
     ("EXEC",): _exec,
     ("EXECUTE",): _exec,
+    ("SET", "STATEMENT_TIMEOUT"): _statement_timeout,
 }
 
 

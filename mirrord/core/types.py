@@ -157,3 +157,21 @@ class Endpoint:
 
     def __str__(self) -> str:
         return f"tcp://{self.host}:{self.port}"
+
+
+class DataError(MirrordError):
+    """A value out of range: an integer beyond 64 bits, a parameter SQLite cannot store; nothing was done."""
+
+    code = "data"
+
+
+class StatementTimeout(MirrordError):
+    """The statement ran longer than the connection's STATEMENT_TIMEOUT and was interrupted (its effects undone)."""
+
+    code = "timeout"
+
+
+class LimitExceeded(MirrordError):
+    """A resource limit of the client port (result size, connections, frame size); nothing was done."""
+
+    code = "limit"

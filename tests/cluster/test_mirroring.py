@@ -117,15 +117,15 @@ def test_large_and_rolled_back_transactions_across_checkpoints(cluster):
     a = cluster["a"]
     a.query("CREATE TABLE blobs(id INTEGER PRIMARY KEY, data BLOB)", db=DB)
     client = a.client()
-    # a transaction much larger than SQLite's page cache spills pages to the WAL before COMMIT
-    client.query("PRAGMA cache_size=20", db=DB)
+    # a transaction much larger than SQLite's page cache (2 MiB by default; clients may not change it
+    # on the shared writer connection) spills pages to the WAL before COMMIT
     for round_ in range(4):
         client.query("BEGIN", db=DB)
-        for i in range(300):
+        for i in range(400):
             client.query("INSERT INTO blobs(id, data) VALUES (?, randomblob(8000))", db=DB, params=[round_ * 1000 + i])
         client.query("COMMIT", db=DB)
         client.query("BEGIN", db=DB)  # spilled, then rolled back: must never reach the mirror
-        for i in range(300):
+        for i in range(400):
             client.query("INSERT INTO blobs(id, data) VALUES (?, randomblob(8000))", db=DB, params=[10_000 + round_ * 1000 + i])
         client.query("ROLLBACK", db=DB)
         client.query("DELETE FROM blobs WHERE id % 7 = 0", db=DB)
