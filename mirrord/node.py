@@ -251,8 +251,7 @@ class Node:
 
         config = SessionConfig.from_dict(read_json(directory / "meta.json"))
         if not is_db_name(config.db) or config.db != directory.name:
-            log.error("database_skipped", directory=directory.name, reason=f"meta.json names {config.db!r}, not a valid name of its own directory")
-            return
+            raise ValueError(f"meta.json names {config.db!r}, not a valid database name equal to its directory's")
         host = DatabaseHost(config.db, directory, Session(config), self.open_log(directory))
         host.on_witness_changed = self.sync_witness_link
         self.databases[config.db] = host
