@@ -199,7 +199,7 @@ def one_run(kind: str, n: int, base: Path) -> RunResult:
         res.rejoined_s = time.monotonic() - rejoin_started
         writer.stop()
 
-        present = {row[0] for row in b.query("SELECT id FROM t", db=DB).rows}
+        present = b.ids(DB)
         acked = writer.acked + probe_acked
         res.acked = len(acked)
         res.missing = len({key for key, _, _ in acked} - present)

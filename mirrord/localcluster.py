@@ -314,6 +314,19 @@ class LocalNode:
         with self.client() as client:
             return client.query(sql, db=db, params=params, timeout=timeout)
 
+    def ids(self, db: str, table: str = "t", timeout: float | None = QUERY_TIMEOUT, page: int = 100_000) -> set[int]:
+        """Every id of a table, read in pages: one result may not outgrow the node's --max-result-mb."""
+        found: set[int] = set()
+        last = -(2**63)
+        with self.client() as client:
+            while True:
+                rows = client.query(f"SELECT id FROM {table} WHERE id > ? ORDER BY id LIMIT {page}", db=db,
+                                    params=[last], timeout=timeout).rows
+                found.update(row[0] for row in rows)
+                if len(rows) < page:
+                    return found
+                last = rows[-1][0]
+
     def statuses(self) -> list[dict]:
         """All rows of sys.database_mirroring on this node."""
         with self.client() as client:

@@ -481,7 +481,7 @@ class Nemesis:
         if principal is None:
             return [Violation("convergence", f"{lay.db}: no principal after convergence")]
         mirror = self.cluster[lay.mirror if principal.name == lay.principal else lay.principal]
-        present = {row[0] for row in principal.query("SELECT id FROM t", db=lay.db, timeout=ADMIN_TIMEOUT).rows}
+        present = principal.ids(lay.db, timeout=ADMIN_TIMEOUT)  # in pages: a long run holds more than one result may
         lost = [a for a in find_lost(self.ledger.acks, lay.db, present) if a.id not in self._reported_lost]
         if lost:
             self._reported_lost.update(a.id for a in lost)

@@ -60,7 +60,7 @@ class Writer(threading.Thread):
 
 def ids_on(node: LocalNode, db: str, table: str = "t") -> set[int]:
     """Every id in the table on a node serving the database."""
-    return {row[0] for row in node.query(f"SELECT id FROM {table}", db=db).rows}
+    return node.ids(db, table)
 
 
 def wait_synchronized(cluster: LocalCluster, db: str, principal: str, mirror: str, timeout: float = 30) -> None:
