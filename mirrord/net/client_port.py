@@ -150,7 +150,7 @@ class ClientPort:
                 pending = None
                 msg = await self._rest_of_frame(reader, first)
                 answer, pending = await self._run(reader, session, msg)
-                if answer is None:
+                if answer is None:  # the guard interrupted the statement, if it was still running
                     raise _Closed("the client went away while its statement ran; the statement was interrupted")
                 await _send(writer, answer, strict=True)
         finally:
@@ -202,29 +202,32 @@ class ClientPort:
         return await reader.readexactly(length), flags, crc
 
     async def _run(self, reader, session: ClientSession, msg: dict) -> tuple[dict | None, asyncio.Task | None]:
-        """Answer msg while watching the connection; (None, None) if the client went away meanwhile."""
+        """Answer msg while watching the connection; (None, None) if the client went away meanwhile.
+
+        The watch is one read of a byte, in its own task: EOF (or a reset) cancels the
+        statement's guard; a byte is the start of the client's next frame, kept for later.
+        The statement runs in this task, so a round trip costs one task, not two.
+        """
         timeout_ms = session.statement_timeout_ms or self.limits.statement_timeout_ms
         guard = StatementGuard(time.monotonic() + timeout_ms / 1000, self.limits.max_result_bytes, timeout_ms)
-        token = CURRENT.set(guard)
-        try:
-            answering = asyncio.ensure_future(session.answer(msg))  # the task copies the context: the guard
-        finally:
-            CURRENT.reset(token)
         watch = asyncio.ensure_future(reader.read(1))
+        watch.add_done_callback(lambda done: _client_gone(done) and guard.cancel())
+        token = CURRENT.set(guard)  # seen on the SQLite thread (principal._in_connection_thread copies the context)
         try:
-            done, _ = await asyncio.wait({answering, watch}, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            answering.cancel()
+            answer = await session.answer(msg)
+        except BaseException:
             watch.cancel()
             raise
-        if watch in done and not answering.done() and (watch.exception() is not None or not watch.result()):
-            guard.cancel()
-            try:
-                await answering
-            except Exception:  # noqa: BLE001 - nobody is left to answer
-                pass
+        finally:
+            CURRENT.reset(token)
+        if guard.cancelled:
             return None, None
-        return await answering, watch
+        return answer, watch
+
+
+def _client_gone(read: asyncio.Future) -> bool:
+    """The watch read ended in EOF or an error: nobody waits for the answer."""
+    return not read.cancelled() and (read.exception() is not None or not read.result())
 
 
 async def _send(writer: asyncio.StreamWriter, frame: dict, strict: bool = False) -> None:
