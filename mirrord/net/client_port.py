@@ -99,6 +99,10 @@ class ClientSession(Protocol):
 class _Closed(Exception):
     """The connection ends here (EOF, idle, a deadline); the reason is in the message."""
 
+    def __init__(self, reason: str, notable: bool = True) -> None:
+        super().__init__(reason)
+        self.notable = notable
+
 
 class _BadQuery(ProtocolError):
     """A frame that decoded but is not a valid query; request_id is its id, if it had a valid one."""
@@ -132,7 +136,8 @@ class ClientPort:
         try:
             await self._loop(reader, writer, session)
         except _Closed as exc:
-            log.info("client_connection_closed", peer=str(peer), reason=str(exc))
+            if exc.notable:  # a client leaving is the normal end; limits and interrupted statements are logged
+                log.info("client_connection_closed", peer=str(peer), reason=str(exc))
         except ProtocolError as exc:
             log.warning("client_frame_rejected", peer=str(peer), reason=str(exc))
             request_id = exc.request_id if isinstance(exc, _BadQuery) else 0
@@ -169,7 +174,7 @@ class ClientPort:
             if done:
                 data = task.result()
                 if not data:
-                    raise _Closed("the client closed the connection")
+                    raise _Closed("the client closed the connection", notable=False)
                 return data
             if session.holds_transaction() and time.monotonic() >= txn_until:
                 await session.abort_idle_transaction(self.limits.idle_transaction_timeout)
