@@ -9,7 +9,8 @@ statement (SQLite undoes it), and the error raised is the guard's: `timeout`
 past the deadline, or "client gone" when the client port saw the connection
 close. Rows are fetched in batches and their memory estimated as they come, so
 a result that would outgrow `max_result_bytes` is refused before it is built,
-not after (a 3 M-row SELECT once took a node to 990 MB and then failed).
+not after (a 3 M-row SELECT once took a node to 990 MB and then failed); no single value
+may be longer than that budget either (SQLITE_LIMIT_LENGTH while the statement runs).
 
 Why a context variable: the guard reaches the one function that runs SQL
 without threading a parameter through every layer between the client port and
@@ -105,6 +106,9 @@ def run_guarded(conn: sqlite3.Connection, sql: str, params: Any, on_error) -> tu
         except sqlite3.Error as exc:
             raise on_error(exc) from None
     conn.set_progress_handler(guard.should_interrupt, PROGRESS_STEPS)
+    # no single string or blob may outgrow the result budget either: SQLite would build it whole
+    # (zeroblob(1e9) is a gigabyte) before a row reaches fetch_bounded
+    length_limit = conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max(1, guard.max_result_bytes))
     try:
         cur = conn.execute(sql, params if params is not None else ())
         rows = fetch_bounded(cur, guard.max_result_bytes)
@@ -117,4 +121,5 @@ def run_guarded(conn: sqlite3.Connection, sql: str, params: Any, on_error) -> tu
         raise
     finally:
         conn.set_progress_handler(None, 0)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, length_limit)
     return cur, rows

@@ -306,6 +306,7 @@ def test_huge_result_is_refused_before_it_outgrows_memory(cluster):
     three_million = ("WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 3000000) "
                      "SELECT x, 'row ' || x FROM n")
     refused(a, three_million, "limit", db=DB, contains="larger than this node's limit")
+    refused(a, "SELECT zeroblob(1000000000)", "sql", db=DB, contains="too big")  # one value: a gigabyte in SQLite
     peak = rss_kb(a.pid)
     assert peak - base < 100_000, f"RSS rose by {peak - base} kB"
     assert a.query("SELECT count(*) FROM (" + three_million + ")", db=DB).rows == [[3000000]]

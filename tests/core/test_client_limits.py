@@ -76,6 +76,14 @@ def _guarded(conn, guard, sql):
         CURRENT.reset(token)
 
 
+def test_no_single_value_outgrows_the_budget(conn):
+    guard = StatementGuard(None, 1 << 20)
+    with pytest.raises(sqlite3.Error, match="too big"):  # 100 MB, built inside SQLite before any fetch
+        _guarded(conn, guard, "SELECT zeroblob(100000000)")
+    assert _guarded(conn, guard, "SELECT length(zeroblob(1000))")[1] == [[1000]]
+    assert conn.execute("SELECT length(zeroblob(2000000))").fetchone() == (2000000,)  # the limit is the statement's only
+
+
 def test_guard_timeout_and_cancel(conn):
     forever = "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT count(*) FROM n"
     started = time.monotonic()
