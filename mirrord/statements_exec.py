@@ -22,6 +22,7 @@ from mirrord.core.rules import refusal
 from mirrord.core.session import SessionConfig
 from mirrord.core.types import (
     DatabaseStatus,
+    DiskFull,
     Endpoint,
     LogFull,
     NotPrincipal,
@@ -36,6 +37,7 @@ from mirrord.core import messages
 from mirrord.monitor import current_figures
 from mirrord.principal import StatementResult
 from mirrord.storage import backups
+from mirrord.storage.fileutil import NO_SPACE
 
 if TYPE_CHECKING:
     from mirrord.host import DatabaseHost
@@ -94,7 +96,14 @@ class StatementExecutor:
         if why is not None:
             raise StatementRefused(why)
         handler = getattr(self, f"_do_{type(stmt).__name__}")
-        result = await handler(host, stmt)
+        try:
+            result = await handler(host, stmt)
+        except OSError as exc:
+            if exc.errno not in NO_SPACE:
+                raise
+            # Settings are persisted before they are adopted (update_config): a full disk leaves them as they were.
+            raise DiskFull(f"the disk of this node is full ({exc.strerror}): {type(stmt).__name__} could not be "
+                           "recorded and did not take effect; try again once space is freed") from None
         log.info("statement_done", database=stmt.db, statement=type(stmt).__name__, detail=result.message)
         return result
 

@@ -28,7 +28,7 @@ from mirrord.core.names import PathOutside, inside, is_db_name
 from mirrord.core.quorum import VoteRequest, WitnessRecord
 from mirrord.core.types import Endpoint, ProtocolError, Safety
 from mirrord.net import framing
-from mirrord.storage.fileutil import atomic_write_json, read_json
+from mirrord.storage.fileutil import NO_SPACE, atomic_write_json, read_json
 
 if TYPE_CHECKING:
     from mirrord.node import Node
@@ -148,7 +148,7 @@ class Witness:
             while True:
                 msg = messages.validate(await asyncio.wait_for(framing.read_message(reader), seen.timeout))
                 seen.last_heard = time.monotonic()
-                framing.write_message(writer, self._answer(db, sender, msg))
+                framing.write_message(writer, self._answer_durably(db, sender, msg))
                 await writer.drain()
         finally:
             if self.connected.get(db, {}).get(sender) is seen:
@@ -167,6 +167,17 @@ class Witness:
             return (f"this witness already keeps {self.max_records} sessions, its limit; "
                     "remove a witness (SET WITNESS OFF) elsewhere or use another witness")
         return None
+
+    def _answer_durably(self, db: str, sender: str, msg: dict) -> dict:
+        """The answer; on a full disk, a refusal: nothing is granted or accepted that was not recorded first."""
+        try:
+            return self._answer(db, sender, msg)
+        except OSError as exc:
+            if exc.errno not in NO_SPACE:
+                raise
+            log.error("witness_record_not_saved", database=db, error=exc.strerror, request=msg["t"])
+            return self.state(db, msg["rid"], accepted=False, granted=False,
+                              reason=f"the witness cannot record it: its disk is full ({exc.strerror})")
 
     def _answer(self, db: str, sender: str, msg: dict) -> dict:
         kind, rec = msg["t"], self.records[db]
