@@ -17,13 +17,16 @@ connection lost, or no answer in time).
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
 from mirrord.core import messages
 from mirrord.core.types import Endpoint, ProtocolError
 from mirrord.net.framing import FrameDecoder, encode_frame, read_message
+from mirrord.net.tls import TlsSetupError, client_context
 
 STATUS_SQL = "SELECT * FROM sys.database_mirroring"
 
@@ -138,6 +141,48 @@ def parse_address(address: str) -> tuple[str, int]:
     return endpoint.host, endpoint.port
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """How a connection proves itself: the CA that signed the node's certificate, and a login.
+
+    Anything not given (None) comes from the environment, as libpq takes
+    PGPASSWORD: MIRRORCTL_TLS_CA, MIRRORCTL_USER, MIRRORCTL_PASSWORD. No CA
+    means plaintext (a node started with --insecure); no user means no login;
+    an empty string means "none", whatever the environment says.
+    """
+
+    tls_ca: str | None = None
+    user: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def resolve(cls, user: str | None, password: str | None, tls_ca: str | None) -> "Credentials":
+        """Arguments first, then the environment."""
+        env = os.environ.get
+        return cls(tls_ca if tls_ca is not None else env("MIRRORCTL_TLS_CA") or None,
+                   user if user is not None else env("MIRRORCTL_USER") or None,
+                   password if password is not None else env("MIRRORCTL_PASSWORD"))
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for tls_ca (cached per file), or None for plaintext."""
+        if not self.tls_ca:
+            return None
+        try:
+            return _context_for(self.tls_ca)
+        except TlsSetupError as exc:
+            raise Unreachable(str(exc)) from None
+
+
+_CONTEXTS: dict[str, ssl.SSLContext] = {}
+
+
+def _context_for(ca_file: str) -> ssl.SSLContext:
+    ctx = _CONTEXTS.get(ca_file)
+    if ctx is None:
+        ctx = _CONTEXTS[ca_file] = client_context(ca_file)
+    return ctx
+
+
 class _Exchange:
     """The pure request/answer bookkeeping of one connection."""
 
@@ -187,14 +232,19 @@ class AsyncClient:
         self._closed = False
 
     @classmethod
-    async def connect(cls, address: str, timeout: float = 5.0) -> "AsyncClient":
-        """Connect to 'host:port' (or tcp://host:port); Unreachable on failure."""
+    async def connect(cls, address: str, timeout: float = 5.0, *, user: str | None = None,
+                      password: str | None = None, tls_ca: str | None = None) -> "AsyncClient":
+        """Connect to 'host:port' (or tcp://host:port) and log in; Unreachable, or ServerError login_failed."""
         host, port = parse_address(address)
+        creds = Credentials.resolve(user, password, tls_ca)
+        ctx = creds.ssl_context()
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port, **({} if ctx is None else {"ssl": ctx, "server_hostname": host})), timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             raise Unreachable(f"cannot connect to {host}:{port}: {str(exc) or 'timed out'}") from exc
-        return cls(reader, writer)
+        client = cls(reader, writer)
+        return client
 
     async def query(self, sql: str, db: str | None = None, params: Any = None,
                     timeout: float | None = None, many: list | None = None) -> Result:
@@ -254,15 +304,25 @@ class Client:
         self._closed = False
 
     @classmethod
-    def connect(cls, address: str, timeout: float = 5.0) -> "Client":
-        """Connect to 'host:port' (or tcp://host:port); Unreachable on failure."""
+    def connect(cls, address: str, timeout: float = 5.0, *, user: str | None = None,
+                password: str | None = None, tls_ca: str | None = None) -> "Client":
+        """Connect to 'host:port' (or tcp://host:port) and log in; Unreachable, or ServerError login_failed."""
         host, port = parse_address(address)
+        creds = Credentials.resolve(user, password, tls_ca)
+        ctx = creds.ssl_context()
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as exc:
             raise Unreachable(f"cannot connect to {host}:{port}: {exc}") from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return cls(sock)
+        if ctx is not None:
+            try:
+                sock = ctx.wrap_socket(sock, server_hostname=host)
+            except OSError as exc:
+                sock.close()
+                raise Unreachable(f"TLS with {host}:{port} failed: {exc}") from exc
+        client = cls(sock)
+        return client
 
     def query(self, sql: str, db: str | None = None, params: Any = None,
               timeout: float | None = None, many: list | None = None) -> Result:

@@ -28,6 +28,7 @@ class Setting:
     help: str
     integer: bool = False
     default: Any = None
+    boolean: bool = False  # a flag without a value; true/false in TOML; 1/true/yes or 0/false/no in the environment
 
     @property
     def env(self) -> str:
@@ -56,6 +57,9 @@ SETTINGS = (
     Setting("max_result_mb", "largest result a statement may build, in MiB of memory (default 64)", integer=True),
     Setting("statement_timeout_ms", "default STATEMENT_TIMEOUT of a connection in ms (default 60000)", integer=True),
     Setting("idle_transaction_timeout", "seconds a silent client may hold an open transaction (default 60)", integer=True),
+    Setting("tls_dir", "ca.crt, NAME.crt, NAME.key (mirrord certs): mutual TLS between nodes, TLS and logins for clients"),
+    Setting("insecure", "run without TLS and without logins: anyone who can reach the ports gets in", boolean=True),
+    Setting("admin_password_file", "first start only: the password of login sa (else MIRRORD_ADMIN_PASSWORD)"),
 )
 KEYS = tuple(s.key for s in SETTINGS)
 CONFIG_ENV = "MIRRORD_CONFIG"
@@ -73,6 +77,11 @@ def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
                 values[setting.key] = int(text.strip())
             except ValueError:
                 raise ValueError(f"{setting.env} must be a whole number, got {text!r}") from None
+        elif setting.boolean:
+            word = text.strip().lower()
+            if word not in ("1", "true", "yes", "0", "false", "no"):
+                raise ValueError(f"{setting.env} must be 1/true/yes or 0/false/no, got {text!r}")
+            values[setting.key] = word in ("1", "true", "yes")
         else:
             values[setting.key] = text
     return values
@@ -103,6 +112,6 @@ def render_toml(values: Mapping[str, Any], sources: Mapping[str, str]) -> str:
         if value is None:
             lines.append(f"# {setting.key} = ...    # not set: {setting.help}")
         else:
-            text = str(value) if setting.integer else json.dumps(str(value))
+            text = str(value) if setting.integer else str(value).lower() if setting.boolean else json.dumps(str(value))
             lines.append(f"{setting.key} = {text}    # {sources.get(setting.key, 'default')}")
     return "\n".join(lines) + "\n"

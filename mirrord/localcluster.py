@@ -16,6 +16,14 @@ by `stop_all`. `power_cut` SIGKILLs it, drops every write it did not fsync,
 and mounts the disk again; `start` (or `restart`) then boots it from what was
 synced, as after a real power cut.
 
+Secured like production: a LocalCluster makes a CA and one certificate per
+node under `<base_dir>/tls` (`mirrord.certs`) and an admin password, starts
+every node with `--tls-dir` and `--admin-password-file`, and its nodes'
+`client()`/`query()` connect with TLS as `sa`. It also exports
+MIRRORCTL_TLS_CA/USER/PASSWORD into this process's environment (the client
+library's defaults), so code that dials `node.address` itself, and mirrorctl
+run from here, get in too. `secure=False` starts the nodes with --insecure.
+
 Why no sleeps: every wait is `wait_for`, which polls a predicate against a
 deadline and, on timeout, says what it was waiting for and what it last saw.
 """
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import random
 import signal
@@ -32,6 +41,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable, Iterable, TypeVar
 
 from mirrorctl.client import Client, Result, ServerError, Unreachable
@@ -151,11 +161,56 @@ def _is_bad_event(line: str) -> bool:
     return "Traceback (most recent call last)" in str(event.get("exception", ""))
 
 
+ADMIN_LOGIN = "sa"
+
+
+@dataclass(frozen=True)
+class ClusterSecurity:
+    """Where a local cluster's keys are, and how its clients log in."""
+
+    tls_dir: Path
+    password: str
+
+    @property
+    def ca_file(self) -> Path:
+        return self.tls_dir / "ca.crt"
+
+    @property
+    def password_file(self) -> Path:
+        return self.tls_dir / "admin-password"
+
+    @classmethod
+    def create(cls, tls_dir: Path, nodes: dict[str, str]) -> "ClusterSecurity":
+        """A CA, a certificate per node (name -> host) and an admin password; reused if made before."""
+        from mirrord import certs
+
+        tls_dir.mkdir(parents=True, exist_ok=True)
+        if not (tls_dir / "ca.key").exists():
+            certs.make_ca(tls_dir, name=f"mirrord local cluster CA {secrets.token_hex(4)}")
+        for name, host in nodes.items():
+            if not (tls_dir / f"{name}.crt").exists():
+                certs.make_node(tls_dir, name, [host])
+        pw_file = tls_dir / "admin-password"
+        if not pw_file.exists():
+            fd = os.open(pw_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(18) + "\n")
+        return cls(tls_dir, pw_file.read_text().strip())
+
+    def environment(self) -> dict[str, str]:
+        """The client library's and mirrorctl's settings for this cluster."""
+        return {"MIRRORCTL_TLS_CA": str(self.ca_file), "MIRRORCTL_USER": ADMIN_LOGIN, "MIRRORCTL_PASSWORD": self.password}
+
+
+_CLIENT_ENV = ("MIRRORCTL_TLS_CA", "MIRRORCTL_USER", "MIRRORCTL_PASSWORD")
+
+
 class LocalNode:
     """One `mirrord` process on a loopback address, restartable with the same identity."""
 
     def __init__(self, name: str, host: str, data_dir: Path, log_path: Path,
-                 endpoint_port: int | None = None, listen_port: int | None = None, lazyfs: bool = False) -> None:
+                 endpoint_port: int | None = None, listen_port: int | None = None, lazyfs: bool = False,
+                 security: ClusterSecurity | None = None) -> None:
         self.name = name
         self.host = host
         self.data_dir = Path(data_dir)
@@ -171,6 +226,7 @@ class LocalNode:
         if lazyfs:
             disk = self.data_dir.with_name(f"{self.data_dir.name}.disk")
             self.lazyfs = LazyFS(disk, self.data_dir, self.log_path.with_name(f"{self.name}.lazyfs.log"))
+        self.security = security  # None: started with --insecure, clients in plaintext without a login
 
     def __repr__(self) -> str:
         return f"LocalNode({self.name!r}, {self.address}, pid={self.proc.pid if self.proc else None})"
@@ -192,10 +248,14 @@ class LocalNode:
 
     def command(self) -> list[str]:
         """The command line that starts this node."""
+        if self.security is None:
+            secured = ["--insecure"]
+        else:
+            secured = ["--tls-dir", str(self.security.tls_dir), "--admin-password-file", str(self.security.password_file)]
         return [sys.executable, "-m", "mirrord.node", "--name", self.name,
                 "--data-dir", str(self.data_dir),
                 "--endpoint", f"{self.host}:{self.endpoint_port}",
-                "--listen", self.address, *self.extra_args]
+                "--listen", self.address, *secured, *self.extra_args]
 
     # ------------------------------------------------------------ lifecycle
 
@@ -231,7 +291,7 @@ class LocalNode:
             code = None if self.proc is None else self.proc.returncode
             raise RuntimeError(f"node {self.name} exited with status {code} while starting; "
                                f"log tail ({self.log_path}):\n{self.log_tail()}")
-        with Client.connect(self.address, timeout=1.0) as client:
+        with self.client(timeout=1.0) as client:
             client.query("SELECT * FROM sys.database_mirroring", timeout=2.0)
         return True
 
@@ -305,8 +365,14 @@ class LocalNode:
     # ------------------------------------------------------------ talking to it
 
     def client(self, timeout: float = 5.0) -> Client:
-        """A new blocking connection to the client port (caller closes it)."""
-        return Client.connect(self.address, timeout=timeout)
+        """A new blocking connection to the client port (caller closes it); with TLS, as sa, on a secured cluster."""
+        return Client.connect(self.address, timeout=timeout, **self.connect_args())
+
+    def connect_args(self) -> dict:
+        """user, password and tls_ca for Client.connect / AsyncClient.connect."""
+        if self.security is None:
+            return {"user": "", "password": "", "tls_ca": ""}  # explicitly none, whatever the environment says
+        return {"user": ADMIN_LOGIN, "password": self.security.password, "tls_ca": str(self.security.ca_file)}
 
     def query(self, sql: str, db: str | None = None, params=None,
               timeout: float | None = QUERY_TIMEOUT) -> Result:
@@ -367,16 +433,23 @@ class LocalCluster:
     """
 
     def __init__(self, base_dir: Path, names: Iterable[str] = ("a", "b", "c"), first_ip: int = 11,
-                 lazyfs: bool | Iterable[str] = False) -> None:
+                 lazyfs: bool | Iterable[str] = False, secure: bool = True) -> None:
         self.base_dir = Path(base_dir)
         self._cuts: set[frozenset[str]] = set()
         self.nodes: dict[str, LocalNode] = {}
         names = tuple(names)
         on_lazyfs = set(names) if lazyfs is True else set(lazyfs or ())
-        for i, name in enumerate(names):
-            host = f"127.0.0.{first_ip + i}"
+        hosts = {name: f"127.0.0.{first_ip + i}" for i, name in enumerate(names)}
+        self.security = ClusterSecurity.create(self.base_dir / "tls", hosts) if secure else None
+        # the client defaults of this process while the cluster lives; stop_all puts back what was there
+        self._saved_env = {key: os.environ.get(key) for key in _CLIENT_ENV}
+        for key in _CLIENT_ENV:
+            os.environ.pop(key, None)
+        if self.security is not None:
+            os.environ.update(self.security.environment())
+        for name, host in hosts.items():
             self.nodes[name] = LocalNode(name, host, self.base_dir / name, self.base_dir / f"{name}.log",
-                                         lazyfs=name in on_lazyfs)
+                                         lazyfs=name in on_lazyfs, security=self.security)
 
     def __getitem__(self, name: str) -> LocalNode:
         return self.nodes[name]
@@ -399,6 +472,7 @@ class LocalCluster:
             node.wait_ready()
 
     def stop_all(self, timeout: float = 10) -> None:
+        """Stop every node (see _stop_all) and put back the client environment found at creation."""
         try:
             self.heal_all()
         except Exception:  # never raise from cleanup
@@ -409,6 +483,11 @@ class LocalCluster:
                 node.unmount()
             except Exception:  # noqa: BLE001 - never raise from cleanup
                 pass
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
     def _stop_all(self, timeout: float = 10) -> None:
         """SIGCONT the frozen, SIGTERM all, SIGKILL whoever is left after timeout; never raises."""

@@ -46,6 +46,7 @@ from mirrord.mirror import MirrorDatabase
 from mirrord import role_change
 from mirrord.net import framing, inbound
 from mirrord.net.client_port import ClientLimits, ClientPort, limits_from_settings
+from mirrord.net.tls import Listener, TlsContexts, TlsSetupError, cert_hosts, peer_covers
 from mirrord.principal import PrincipalDatabase, StatementResult
 from mirrord.statements_exec import StatementExecutor, status_row
 from mirrord.witness import Witness
@@ -71,6 +72,9 @@ class NodeConfig:
     log_size_limit: int = 1 << 30
     log_level: str = "info"
     metrics: Endpoint | None = None  # HOST:PORT of the Prometheus /metrics listener; off when None
+    tls_dir: Path | None = None  # ca.crt, <name>.crt, <name>.key: mutual TLS between nodes, TLS to clients
+    insecure: bool = False  # plaintext, nobody authenticated: only when asked for by name
+    admin_password_file: Path | None = None  # the first start gives login sa this password
     backup_dir: Path | None = None  # BACKUP/RESTORE files live only here; None: DATA_DIR/backups
     limits: ClientLimits = ClientLimits()  # what one client may hold on the client port
 
@@ -125,10 +129,15 @@ class NodeConfig:
                 metrics = Endpoint.parse(metrics)
             except ValueError as exc:
                 raise ValueError(f"metrics must be HOST:PORT for the Prometheus /metrics listener: {exc}") from None
+        for key in ("tls_dir", "admin_password_file"):
+            if v.get(key) is not None and (not isinstance(v[key], str) or not v[key]):
+                raise ValueError(f"{key} must be a path")
+        if not isinstance(v.get("insecure", False), bool):
+            raise ValueError("insecure must be true or false")
         backup_dir = v.get("backup_dir")
         if backup_dir is not None and (not isinstance(backup_dir, str) or not backup_dir):
             raise ValueError("backup_dir must be a directory path (BACKUP and RESTORE use only files inside it)")
-        return cls(
+        config = cls(
             limits=limits_from_settings(v),
             backup_dir=Path(backup_dir) if backup_dir else None,
             name=v["name"],
@@ -139,7 +148,16 @@ class NodeConfig:
             log_size_limit=limit_mb << 20,
             log_level=level,
             metrics=metrics,
+            tls_dir=Path(v["tls_dir"]) if v.get("tls_dir") else None,
+            insecure=v.get("insecure", False),
+            admin_password_file=Path(v["admin_password_file"]) if v.get("admin_password_file") else None,
         )
+        if config.tls_dir is None and not config.insecure:
+            raise ValueError("no tls_dir: give --tls-dir DIR (ca.crt, NAME.crt, NAME.key from 'mirrord certs'), "
+                             "or --insecure to run without TLS and logins (anyone who can reach the ports gets in)")
+        if config.tls_dir is not None and config.insecure:
+            raise ValueError("--tls-dir and --insecure contradict each other; give one")
+        return config
 
 
 @dataclass
@@ -191,8 +209,9 @@ class Node:
         # databases that failed to load at start, and why: shown in status, never served, the rest run
         self.quarantined: dict[str, str] = {}
         self.stopping = False
-        self._endpoint_server: asyncio.base_events.Server | None = None
-        self._client_server: asyncio.base_events.Server | None = None
+        self.tls = TlsContexts.load(config.tls_dir, config.name) if config.tls_dir is not None else None
+        self._endpoint_server: Listener | None = None
+        self._client_server: Listener | None = None
         self._endpoint_started = asyncio.Event()
         self._endpoint_writers: set[asyncio.StreamWriter] = set()
         self._stopped = asyncio.Event()
@@ -239,8 +258,12 @@ class Node:
                 await self._load(meta.parent)
             except Exception as exc:  # noqa: BLE001 - one bad database must not keep the others down
                 await self._quarantine(meta.parent, exc)
+        if self.tls is None:
+            log.warning("insecure_mode", reason="started with --insecure: no TLS, no peer authentication, no logins; "
+                        "anyone who can reach the ports can read, write and administer", hint="restart with --tls-dir DIR")
         await self.start_endpoint()
-        self._client_server = await asyncio.start_server(self._on_client, self.config.listen.host, self.config.listen.port)
+        self._client_server = await Listener.start(self.config.listen.host, self.config.listen.port,
+                                                   self.tls and self.tls.client_server, self._on_client, "client")
         if self.config.metrics is not None:
             await self.http.start(self.config.metrics.host, self.config.metrics.port)
         self._sampler = asyncio.create_task(run_sampler(self, self.metrics), name="monitor-sampler")
@@ -367,7 +390,8 @@ class Node:
     async def start_endpoint(self) -> None:
         """Open the mirroring endpoint (ALTER ENDPOINT … STATE = STARTED)."""
         if self._endpoint_server is None:
-            self._endpoint_server = await asyncio.start_server(self._on_endpoint, self.config.endpoint.host, self.config.endpoint.port)
+            self._endpoint_server = await Listener.start(self.config.endpoint.host, self.config.endpoint.port,
+                                                         self.tls and self.tls.endpoint_server, self._on_endpoint, "endpoint")
         self._endpoint_started.set()
         for host in self.databases.values():
             if host.session.role is Role.PRINCIPAL and host.session.config.partner is not None:
@@ -409,7 +433,26 @@ class Node:
         Binding the source address makes a link between two nodes one pair of
         addresses, so it can be cut (and watched) per pair.
         """
-        return await asyncio.open_connection(ep.host, ep.port, local_addr=(self.config.endpoint.host, 0))
+        if self.tls is None:
+            return await asyncio.open_connection(ep.host, ep.port, local_addr=(self.config.endpoint.host, 0))
+        # the peer's certificate must cover the host we dialed: the configured partner or witness
+        return await asyncio.open_connection(ep.host, ep.port, local_addr=(self.config.endpoint.host, 0),
+                                             ssl=self.tls.endpoint_client, server_hostname=ep.host,
+                                             ssl_handshake_timeout=HELLO_TIMEOUT)
+
+    def impostor_refusal(self, writer: asyncio.StreamWriter, claimed_endpoint: str) -> str | None:
+        """Why a peer may not speak as claimed_endpoint, or None: its verified certificate must cover that host."""
+        if self.tls is None:
+            return None
+        try:
+            host = Endpoint.parse(claimed_endpoint).host
+        except ValueError:
+            return f"the claimed endpoint {claimed_endpoint!r} is not tcp://host:port"
+        peercert = writer.get_extra_info("peercert")
+        if peer_covers(peercert, host):
+            return None
+        return (f"the peer claims to be {claimed_endpoint} but its certificate covers only "
+                f"{', '.join(cert_hosts(peercert)) or 'no host'}; reissue its certificate with --host {host}")
 
     async def adopt_witness_state(self, host: DatabaseHost, msg: dict) -> None:
         """What the witness says about a session (see role_change.adopt_witness_state)."""
@@ -442,6 +485,13 @@ class Node:
         self.track_endpoint_writer(writer)
         try:
             hello = messages.validate(await asyncio.wait_for(framing.read_message(reader), HELLO_TIMEOUT))
+            if hello["t"] in ("hello", "w_hello"):
+                impostor = self.impostor_refusal(writer, hello["from_endpoint"])
+                if impostor is not None:
+                    log.warning("peer_refused", peer=str(peer), database=hello["db"], reason=impostor)
+                    framing.write_message(writer, {"t": "refuse", "reason": impostor})
+                    await writer.drain()
+                    return
             if hello["t"] == "w_hello":
                 await self.witness.serve(self, hello, reader, writer)
                 return
@@ -651,6 +701,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         kwargs: dict[str, Any] = {"dest": setting.key, "help": f"{setting.help} (${setting.env})"}
         if setting.integer:
             kwargs["type"] = int
+        if setting.boolean:
+            kwargs.update(action="store_true", default=None)
         if setting.key == "log_level":
             kwargs["choices"] = ["debug", "info", "warning", "error"]
         flags = [setting.flag] + (["--http"] if setting.key == "metrics" else [])
@@ -677,12 +729,19 @@ async def serve(config: NodeConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point."""
+    """Console entry point: run a node, or `mirrord certs …`."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["certs"]:
+        from mirrord import certs
+
+        return certs.main(argv[1:])
     args = parse_args(argv)
     try:
         values, sources = NodeConfig.merged(args)
         node_config = NodeConfig._validated(values)
-    except (ValueError, OSError, tomllib.TOMLDecodeError) as exc:
+        if node_config.tls_dir is not None:
+            TlsContexts.load(node_config.tls_dir, node_config.name)  # refuse here, before logging starts, with the reason
+    except (ValueError, OSError, tomllib.TOMLDecodeError, TlsSetupError) as exc:
         print(f"mirrord: bad configuration: {exc}", file=sys.stderr)
         return 2
     if args.print_config:

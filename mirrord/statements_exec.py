@@ -52,6 +52,7 @@ STATUS_COLUMNS = [
     "log_bytes", "log_bytes_sent_raw", "log_bytes_sent_wire",
     *FIGURE_COLUMNS, "partner_state", "warnings",  # the Database Mirroring Monitor's figures (mirrord.monitor)
     "state_reason",  # why SUSPENDED or DISCONNECTED, when the state alone does not say
+    "transport_security",  # "mutual TLS", or INSECURE for a node started with --insecure
 ]
 ALERT_COLUMNS = ["database", "alert_id", "alert", "threshold", "unit", "enabled", "current_value", "over_threshold"]
 WITNESS_COLUMNS = ["database", "principal", "mirror", "role_sequence", "safety", "mirror_synchronized", "principal_connected", "mirror_connected"]
@@ -434,8 +435,10 @@ class StatementExecutor:
 
     def _system_view(self, stmt) -> StatementResult:
         if stmt.view == "database_mirroring":
+            security = "mutual TLS" if self.node.tls is not None else "INSECURE (--insecure: no TLS, no logins)"
             rows = [status_row(h) for h in self.node.databases.values()]
             rows += [quarantined_row(name, why) for name, why in self.node.quarantined.items()]
+            rows = [{**row, "transport_security": security} for row in rows]
             columns = STATUS_COLUMNS
         else:
             rows, columns = self.node.witness.rows(), WITNESS_COLUMNS

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from mirrord.localcluster import wait_for
+from mirrord.net.tls import TlsContexts, client_context
 from mirrorctl.client import ServerError
 
 from .helpers import create_table, wait_synchronized
@@ -17,9 +18,15 @@ from .helpers import create_table, wait_synchronized
 DB = "shop"
 
 
-def _send_raw(host: str, port: int, data: bytes) -> bytes:
-    """Send bytes, return what came back before the server closed the connection."""
-    with socket.create_connection((host, port), timeout=5) as sock:
+def _send_raw(cluster, node, port: str, data: bytes) -> bytes:
+    """Send bytes over the node's TLS (as node b on the endpoint, a client on the client port); return the answer."""
+    tls_dir = cluster.security.tls_dir
+    if port == "endpoint":
+        ctx, number = TlsContexts.load(tls_dir, "b").endpoint_client, node.endpoint_port
+    else:
+        ctx, number = client_context(tls_dir / "ca.crt"), node.listen_port
+    with socket.create_connection((node.host, number), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname=node.host) as sock:
         sock.sendall(data)
         chunks = []
         while chunk := sock.recv(4096):
@@ -38,8 +45,8 @@ def _send_raw(host: str, port: int, data: bytes) -> bytes:
 )
 def test_malformed_frames_close_the_connection_not_the_daemon(cluster, garbage):
     a = cluster["a"]
-    _send_raw(a.host, a.listen_port, garbage)
-    _send_raw(a.host, a.endpoint_port, garbage)
+    _send_raw(cluster, a, "client", garbage)
+    _send_raw(cluster, a, "endpoint", garbage)
     assert a.is_running()
     a.query(f"CREATE DATABASE {DB}")  # still serving
     assert "client_frame_rejected" in a.log_text()
@@ -50,8 +57,8 @@ def test_a_valid_frame_of_the_wrong_kind_is_refused_with_a_reason(cluster):
     from mirrord.net.framing import encode_frame
 
     a = cluster["a"]
-    _send_raw(a.host, a.endpoint_port, encode_frame({"t": "log", "records": [], "end_lsn": 1}))
-    _send_raw(a.host, a.listen_port, encode_frame({"t": "query", "id": "not-an-int", "db": None, "sql": "SELECT 1", "params": None}))
+    _send_raw(cluster, a, "endpoint", encode_frame({"t": "log", "records": [], "end_lsn": 1}))
+    _send_raw(cluster, a, "client", encode_frame({"t": "query", "id": "not-an-int", "db": None, "sql": "SELECT 1", "params": None}))
     assert "first frame must be hello" in a.log_text()
     assert a.is_running()
 

@@ -1,0 +1,176 @@
+"""Mutual TLS on the mirroring endpoint: forged peers are refused and change nothing.
+
+The attacks of issue 12 replayed against a secured cluster (a principal, b
+mirror, c witness): a peer with no TLS, with TLS but no certificate, with a
+certificate from another CA for the right address, and with a certificate
+from the cluster's own CA for another host ("mallory", 127.0.0.first+3). Each
+sends what a principal or partner would (hello, seeding, failover,
+partner_off, a witness vote); afterwards the roles, role sequence, witness
+record and data are as before, and the cluster still commits.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import zlib
+from pathlib import Path
+
+import pytest
+
+from mirrord import certs
+from mirrord.localcluster import ClusterSecurity, LocalNode, wait_for
+from mirrord.net.framing import FrameDecoder, encode_frame
+from mirrorctl.client import ServerError
+
+from .helpers import create_table, ids_on, wait_synchronized
+
+DB = "vault"
+
+
+def _context(cert_dir: Path | None, name: str | None) -> ssl.SSLContext:
+    """An attacker's TLS client: trusts any server, presents name's certificate from cert_dir (if any)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if name is not None:
+        ctx.load_cert_chain(cert_dir / f"{name}.crt", cert_dir / f"{name}.key")
+    return ctx
+
+
+def _attack(node: LocalNode, source: str, ctx: ssl.SSLContext | None, frames: list[dict]) -> list[dict] | str:
+    """Dial node's endpoint from source, send frames, return the answers (or how the connection was refused)."""
+    raw = socket.create_connection((node.host, node.endpoint_port), timeout=5, source_address=(source, 0))
+    try:
+        sock = raw if ctx is None else ctx.wrap_socket(raw)
+        for frame in frames:
+            sock.sendall(encode_frame(frame))
+        decoder, answers = FrameDecoder(), []
+        while data := sock.recv(65536):
+            decoder.feed(data)
+            while (msg := decoder.next_message()) is not None:
+                answers.append(msg)
+        return answers
+    except (ssl.SSLError, ConnectionError) as exc:
+        return f"closed: {exc!r}"
+    finally:
+        raw.close()
+
+
+def _refused(out: list[dict] | str) -> bool:
+    """Cut at the handshake, closed without an answer, or one refuse frame: nothing else."""
+    return isinstance(out, str) or [m["t"] for m in out] in ([], ["refuse"])
+
+
+def _forged_principal_frames(cluster, epoch: int) -> list[dict]:
+    """What a's endpoint would send b to take it over: hello, a seed of its own, failover, partner_off."""
+    a = cluster["a"]
+    image = b"SQLite format 3\x00" + b"\x10\x00" + b"\x00" * 4078  # one 4 KiB page, enough to be taken for a database
+    return [
+        {"t": "hello", "v": 1, "db": DB, "from_node": "a", "from_endpoint": a.endpoint_url, "role": "PRINCIPAL",
+         "epoch": epoch + 1, "end_lsn": 10_000, "safety": "FULL", "timeout": 10, "suspended": False,
+         "listen": a.address, "failover_lsn": 0, "witness": ""},
+        {"t": "seed_begin", "lsn": 10_000, "epoch": epoch + 1, "page_size": 4096, "size": len(image)},
+        {"t": "seed_chunk", "offset": 0, "data": image},
+        {"t": "seed_end", "crc": zlib.crc32(image)},
+        {"t": "settings", "safety": "OFF", "timeout": 1, "suspended": True, "witness": ""},
+        {"t": "failover", "epoch": epoch + 2, "failover_lsn": 10_000},
+        {"t": "partner_off"},
+    ]
+
+
+def _forged_witness_frames(cluster, epoch: int) -> list[dict]:
+    """What b would send the witness to be promoted: w_hello as b, then a vote."""
+    b = cluster["b"]
+    return [
+        {"t": "w_hello", "db": DB, "from_endpoint": b.endpoint_url, "role": "MIRROR", "epoch": epoch,
+         "partner": cluster["a"].endpoint_url, "synchronized": True, "safety": "FULL", "timeout": 10},
+        {"t": "w_vote", "rid": 1, "epoch": epoch + 1, "hardened_lsn": 10 ** 9, "forced": True},
+    ]
+
+
+def _forged_newer_principal_hello(cluster, epoch: int) -> list[dict]:
+    """What b's endpoint would say to a to make a step down (b principal of a newer role sequence)."""
+    b = cluster["b"]
+    return [{"t": "hello", "v": 1, "db": DB, "from_node": "b", "from_endpoint": b.endpoint_url, "role": "PRINCIPAL",
+             "epoch": epoch + 5, "end_lsn": 0, "safety": "FULL", "timeout": 10, "suspended": False,
+             "listen": b.address, "failover_lsn": 0, "witness": ""}]
+
+
+def _snapshot(cluster) -> tuple:
+    a, b, c = cluster["a"], cluster["b"], cluster["c"]
+    pa, pb = a.status(DB), b.status(DB)
+    witness = c.query(f"SELECT principal, mirror, role_sequence FROM sys.database_mirroring_witnesses WHERE database = '{DB}'").rows
+    return (pa["role"], pa["role_sequence"], pa["safety"], pb["role"], pb["role_sequence"], pb["safety"], witness)
+
+
+def _mallory(cluster, name: str, host: str) -> Path:
+    """A certificate the cluster's own CA signed, for a host that is none of the session's nodes."""
+    tls_dir = cluster.security.tls_dir
+    if not (tls_dir / f"{name}.crt").exists():
+        certs.make_node(tls_dir, name, [host])
+    return tls_dir
+
+
+def test_forged_peers_are_refused_and_change_nothing(cluster, tmp_path):
+    a, b, c = cluster["a"], cluster["b"], cluster["c"]
+    cluster.setup_session(DB, principal="a", mirror="b", witness="c")
+    create_table(a, DB)
+    a.query("INSERT INTO t VALUES (1, 'before')", db=DB)
+    wait_synchronized(cluster, DB, "a", "b")
+    before = _snapshot(cluster)
+    epoch = before[1]
+
+    mallory_host = ".".join(a.host.split(".")[:3] + [str(int(a.host.split(".")[3]) + 3)])
+    mallory_dir = _mallory(cluster, "mallory", mallory_host)
+    other_ca = tmp_path / "other-ca"
+    certs.make_ca(other_ca)
+    certs.make_node(other_ca, "a", [a.host])  # the right address, the wrong CA
+    certs.make_node(other_ca, "b", [b.host])
+
+    identities = {
+        "plaintext": (a.host, None),
+        "no certificate": (a.host, _context(None, None)),
+        "another CA": (a.host, _context(other_ca, "a")),
+        "cluster CA, another host": (mallory_host, _context(mallory_dir, "mallory")),
+    }
+    for label, (source, ctx) in identities.items():
+        out = _attack(b, source, ctx, _forged_principal_frames(cluster, epoch))
+        assert _refused(out), f"{label} -> mirror: {out}"
+        out = _attack(a, source if label != "another CA" else a.host, ctx, _forged_newer_principal_hello(cluster, epoch))
+        assert _refused(out), f"{label} -> principal: {out}"
+        witness_ctx = _context(other_ca, "b") if label == "another CA" else ctx
+        out = _attack(c, source if label != "another CA" else b.host, witness_ctx, _forged_witness_frames(cluster, epoch))
+        assert _refused(out), f"{label} -> witness: {out}"
+        assert _snapshot(cluster) == before, f"after the {label} attacks"
+
+    # the refusals are logged with the reason
+    assert "tls_handshake_refused" in b.log_text() and "tls_handshake_refused" in c.log_text()
+    assert "peer_refused" in b.log_text() and "certificate covers only" in b.log_text()
+    assert "peer_refused" in c.log_text() and "peer_refused" in a.log_text()
+
+    # nothing was seeded, promoted, stepped down or ended: the session goes on as before
+    a.query("INSERT INTO t VALUES (2, 'after')", db=DB)
+    wait_synchronized(cluster, DB, "a", "b")
+    assert _snapshot(cluster) == before
+    assert ids_on(a, DB) == {1, 2}
+    assert b.status(DB)["state"] == "SYNCHRONIZED" and a.status(DB)["witness_state"] == "CONNECTED"
+
+
+def test_a_node_of_another_ca_cannot_join(cluster, tmp_path):
+    a = cluster["a"]
+    a.query(f"CREATE DATABASE {DB}")
+    host = ".".join(a.host.split(".")[:3] + [str(int(a.host.split(".")[3]) + 4)])
+    stranger = LocalNode("d", host, tmp_path / "d", tmp_path / "d.log",
+                         security=ClusterSecurity.create(tmp_path / "d-tls", {"d": host}))
+    try:
+        stranger.start()
+        stranger.query(f"ALTER DATABASE {DB} SET PARTNER = '{a.endpoint_url}'")  # d would mirror a
+        with pytest.raises(ServerError) as info:
+            a.query(f"ALTER DATABASE {DB} SET PARTNER = 'tcp://{host}:{stranger.endpoint_port}'")
+        assert info.value.code == "refused" and "CERTIFICATE_VERIFY_FAILED" in info.value.message
+        assert a.status(DB)["role"] == "NONE"
+        assert stranger.status(DB)["status"] == "RESTORING"  # never seeded
+        assert stranger.tracebacks() == []
+    finally:
+        stranger.kill()
