@@ -80,6 +80,18 @@ def add_connection_options(parser: argparse.ArgumentParser, suppress: bool = Fal
     parser.add_argument("--timeout", type=seconds, default=argparse.SUPPRESS if suppress else 30.0,
                         help="seconds to wait for each answer (default 30)")
     parser.add_argument("-d", "--database", default=default, help="database to run in (status, monitor: show only this one)")
+    parser.add_argument("-U", "--user", default=default, help="login name (default $MIRRORCTL_USER)")
+    parser.add_argument("-P", "--password", default=default,
+                        help="password (default $MIRRORCTL_PASSWORD; prefer it: a command line is visible to other users)")
+    parser.add_argument("--tls-ca", dest="tls_ca", default=default,
+                        help="CA certificate that signed the node's (default $MIRRORCTL_TLS_CA); "
+                             "without one, plaintext (a node run with --insecure)")
+
+
+def auth_args(args: argparse.Namespace) -> dict:
+    """-U, -P and --tls-ca for Client.connect (what is not given comes from the environment there)."""
+    return {"user": getattr(args, "user", None), "password": getattr(args, "password", None),
+            "tls_ca": getattr(args, "tls_ca", None)}
 
 
 def add_output_options(parser: argparse.ArgumentParser, suppress: bool = False) -> None:
@@ -263,7 +275,7 @@ def _servers(text: str) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()]
 
 
-def collect(servers: list[str], db: str | None, timeout: float) -> list[dict]:
+def collect(servers: list[str], db: str | None, timeout: float, auth: dict | None = None) -> list[dict]:
     """One row per (node, database) across the servers, witnesses included, all nodes asked at once.
 
     A node that does not answer gives one row saying so, and so does one with
@@ -271,14 +283,14 @@ def collect(servers: list[str], db: str | None, timeout: float) -> list[dict]:
     one frozen node costs one timeout, not one per node.
     """
     with ThreadPoolExecutor(max_workers=max(1, len(servers)), thread_name_prefix="monitor") as pool:
-        answers = list(pool.map(lambda server: _collect_one(server, db, timeout), servers))
+        answers = list(pool.map(lambda server: _collect_one(server, db, timeout, auth or {}), servers))
     return [row for rows in answers for row in rows]
 
 
-def _collect_one(server: str, db: str | None, timeout: float) -> list[dict]:
+def _collect_one(server: str, db: str | None, timeout: float, auth: dict) -> list[dict]:
     """The rows of one node (its partner and witness rows), or one row saying why there are none."""
     try:
-        with Client.connect(server, timeout=min(timeout, CONNECT_TIMEOUT)) as client:
+        with Client.connect(server, timeout=min(timeout, CONNECT_TIMEOUT), **auth) as client:
             partners = client.query(status_sql(db), timeout=timeout).as_dicts()
             witnessed = client.query(_witness_sql(db), timeout=timeout).as_dicts()
     except (ServerError, Unreachable, ProtocolError, OSError) as exc:
@@ -310,7 +322,7 @@ def monitor(args: argparse.Namespace) -> int:
     servers = _servers(args.server)
     timeout = min(args.timeout, max(1.0, args.interval * 2))
     if args.once:
-        rows = collect(servers, args.database, timeout)
+        rows = collect(servers, args.database, timeout, auth_args(args))
         if args.json:
             print(json.dumps(rows, default=_json_default))
         else:
@@ -319,7 +331,7 @@ def monitor(args: argparse.Namespace) -> int:
     console = _console()
 
     def render() -> Table:
-        table = summary_table(collect(servers, args.database, timeout), MONITOR_SUMMARY, console.is_terminal)
+        table = summary_table(collect(servers, args.database, timeout, auth_args(args)), MONITOR_SUMMARY, console.is_terminal)
         if console.is_terminal:
             table.title = f"mirrord monitor: {', '.join(servers)} (every {args.interval:g} s; Ctrl-C to quit)"
         return table
@@ -352,7 +364,7 @@ def _output(path: str | None) -> Iterator[TextIO]:
 
 def _status(args: argparse.Namespace) -> int:
     """`mirrorctl status`: the first listed node that answers."""
-    follower = PrincipalFollower(_servers(args.server), min(args.timeout, CONNECT_TIMEOUT))
+    follower = PrincipalFollower(_servers(args.server), min(args.timeout, CONNECT_TIMEOUT), auth_args(args))
     try:
         result = follower.query(status_sql(args.database), None, args.timeout)
     finally:
@@ -378,7 +390,7 @@ def _batches(args: argparse.Namespace) -> list[tuple[str, str, int]]:
 
 def _statements(args: argparse.Namespace, batches: list[tuple[str, str, int]]) -> int:
     """Run the batches in order through the partner list; -b stops at the first error."""
-    follower = PrincipalFollower(_servers(args.server), min(args.timeout, CONNECT_TIMEOUT))
+    follower = PrincipalFollower(_servers(args.server), min(args.timeout, CONNECT_TIMEOUT), auth_args(args))
     status = EXIT_OK
     try:
         for sql, where, repeat in batches:

@@ -17,12 +17,16 @@ connection lost, or no answer in time).
 from __future__ import annotations
 
 import asyncio
+import functools
+import hmac
 import os
+import secrets
 import socket
 import ssl
 from dataclasses import dataclass
 from typing import Any
 
+from mirrord.core import logins as lg
 from mirrord.core import messages
 from mirrord.core.types import Endpoint, ProtocolError
 from mirrord.net.framing import FrameDecoder, encode_frame, read_message
@@ -64,6 +68,14 @@ class Refused(ServerError):
     """The statement is not allowed now; nothing was changed."""
 
 
+class LoginFailed(ServerError):
+    """Wrong login name or password (the same error whether or not the login exists)."""
+
+
+class PermissionDenied(Refused):
+    """The login lacks the role or grant the statement needs; nothing was changed."""
+
+
 class BadSyntax(ServerError):
     """The statement does not parse."""
 
@@ -100,7 +112,7 @@ class SqlError(ServerError):
     """SQLite rejected the SQL."""
 
 
-_BY_CODE = {"refused": Refused, "syntax": BadSyntax, "unknown_database": UnknownDatabase,
+_BY_CODE = {"login_failed": LoginFailed, "permission_denied": PermissionDenied, "refused": Refused, "syntax": BadSyntax, "unknown_database": UnknownDatabase,
             "not_principal": NotPrincipal, "log_full": LogFull, "sql": SqlError, "integrity": IntegrityViolation,
             "not_serving": NotServing, "in_doubt": CommitInDoubt, "transaction_aborted": TransactionAborted}
 
@@ -183,6 +195,52 @@ def _context_for(ca_file: str) -> ssl.SSLContext:
     return ctx
 
 
+@functools.lru_cache(maxsize=16)
+def _salted(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    """scrypt is slow on purpose; a process that reconnects with the same login pays it once per salt."""
+    return lg.salted_password(password, salt, n, r, p)
+
+
+class _LoginExchange:
+    """The client side of the login exchange (see mirrord.core.logins), without I/O."""
+
+    def __init__(self, user: str, password: str) -> None:
+        self.user, self.password = user, password
+        self.nonce = secrets.token_bytes(24)
+        self._auth: bytes | None = None
+        self._server_key: bytes | None = None
+
+    def first(self) -> bytes:
+        """The login frame."""
+        return encode_frame({"t": "login", "user": self.user, "nonce": self.nonce})
+
+    def answer(self, frame: dict) -> bytes:
+        """The proof frame for the node's challenge; LoginFailed if the node said no."""
+        self._check(frame, "challenge")
+        salt, n, r, p = frame["salt"], frame["n"], frame["r"], frame["p"]
+        try:
+            salted = _salted(self.password, salt, n, r, p)
+        except ValueError as exc:
+            raise ProtocolError(f"the node asked for a password hash we refuse to compute: {exc}") from None
+        self._auth = lg.auth_message(self.user, self.nonce, frame["nonce"], salt, n, r, p)
+        self._server_key = lg.derive_keys(salted)[1]
+        return encode_frame({"t": "proof", "proof": lg.client_proof(salted, self._auth)})
+
+    def finish(self, frame: dict) -> None:
+        """Check login_ok and that the node proved it knows the login (ProtocolError if not)."""
+        self._check(frame, "login_ok")
+        if not hmac.compare_digest(frame["signature"], lg.server_signature(self._server_key, self._auth)):
+            raise ProtocolError("the node could not prove it knows this login: it is not the node it claims to be")
+
+    @staticmethod
+    def _check(frame: dict, expected: str) -> None:
+        messages.validate(frame)
+        if frame["t"] == "error":
+            raise ServerError.from_frame(frame)
+        if frame["t"] != expected:
+            raise ProtocolError(f"expected {expected} during login, got {frame['t']!r}")
+
+
 class _Exchange:
     """The pure request/answer bookkeeping of one connection."""
 
@@ -244,7 +302,27 @@ class AsyncClient:
         except (OSError, asyncio.TimeoutError) as exc:
             raise Unreachable(f"cannot connect to {host}:{port}: {str(exc) or 'timed out'}") from exc
         client = cls(reader, writer)
+        if creds.user:
+            await client._log_in(_LoginExchange(creds.user, creds.password or ""), timeout)
         return client
+
+    async def _log_in(self, exchange: _LoginExchange, timeout: float) -> None:
+        async def steps() -> None:
+            self._writer.write(exchange.first())
+            self._writer.write(exchange.answer(await read_message(self._reader)))
+            exchange.finish(await read_message(self._reader))
+
+        try:
+            await asyncio.wait_for(steps(), timeout)
+        except asyncio.TimeoutError:
+            await self.close()
+            raise QueryTimeout(f"the login was not answered within {timeout} s") from None
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            await self.close()
+            raise ConnectionLost(f"connection lost while logging in: {exc}") from exc
+        except (ServerError, ProtocolError):
+            await self.close()
+            raise
 
     async def query(self, sql: str, db: str | None = None, params: Any = None,
                     timeout: float | None = None, many: list | None = None) -> Result:
@@ -322,7 +400,25 @@ class Client:
                 sock.close()
                 raise Unreachable(f"TLS with {host}:{port} failed: {exc}") from exc
         client = cls(sock)
+        if creds.user:
+            client._log_in(_LoginExchange(creds.user, creds.password or ""), timeout)
         return client
+
+    def _log_in(self, exchange: _LoginExchange, timeout: float) -> None:
+        try:
+            self._sock.settimeout(timeout)
+            self._sock.sendall(exchange.first())
+            self._sock.sendall(exchange.answer(self._receive()))
+            exchange.finish(self._receive())
+        except socket.timeout:
+            self.close()
+            raise QueryTimeout(f"the login was not answered within {timeout} s") from None
+        except (ServerError, ProtocolError, ConnectionLost):
+            self.close()
+            raise
+        except OSError as exc:
+            self.close()
+            raise ConnectionLost(f"connection lost while logging in: {exc}") from exc
 
     def query(self, sql: str, db: str | None = None, params: Any = None,
               timeout: float | None = None, many: list | None = None) -> Result:

@@ -24,9 +24,10 @@ def partner_address(text: str) -> str:
 class PrincipalFollower:
     """Sends statements to whichever listed node serves them, keeping one connection."""
 
-    def __init__(self, servers: list[str], connect_timeout: float) -> None:
+    def __init__(self, servers: list[str], connect_timeout: float, auth: dict | None = None) -> None:
         self.partners = PartnerList([partner_address(s) for s in servers])
         self.connect_timeout = connect_timeout
+        self.auth = auth or {}  # user, password, tls_ca for Client.connect
         self.address: str | None = None  # where the open connection goes
         self._client: Client | None = None
 
@@ -67,7 +68,7 @@ class PrincipalFollower:
         if self._client is not None and self.address == address:
             return self._client
         self.close()
-        self._client, self.address = Client.connect(address, timeout=self.connect_timeout), address
+        self._client, self.address = Client.connect(address, timeout=self.connect_timeout, **self.auth), address
         return self._client
 
     def close(self) -> None:

@@ -16,6 +16,7 @@ from mirrord.core.types import Lsn, MirroringState
 from mirrord.mirror import MirrorDatabase
 from mirrord.principal import PrincipalDatabase
 from mirrord.storage.fileutil import atomic_write_json
+from mirrord.login_store import LoginStore
 from mirrord.storage.log import DurableLog
 
 log = structlog.get_logger()
@@ -53,6 +54,7 @@ class DatabaseHost:
     role_change: asyncio.Lock = field(default_factory=asyncio.Lock)  # one promotion/step-down at a time
     on_witness_changed: object | None = None  # node callback: start/stop the witness link
     monitor: object | None = None  # mirrord.monitor.DatabaseMonitor: rates, alerts, the partner's figures
+    logins: "LoginStore | None" = None  # the node's login table, passed to and taken from the partner
 
     def principal_view(self) -> PrincipalView:
         """The facts the quorum core needs about this principal."""

@@ -18,6 +18,8 @@ import argparse
 import asyncio
 import logging
 import os
+import re
+import secrets
 import shutil
 import signal
 import sys
@@ -29,6 +31,7 @@ from typing import Any, Mapping
 import structlog
 
 from mirrord import config as settings
+from mirrord.core import logins as lg
 from mirrord.core import messages
 from mirrord.core.names import db_name_refusal, inside, is_db_name
 from mirrord.core.session import Session, SessionConfig
@@ -41,6 +44,7 @@ from mirrord.core.types import (
 )
 from mirrord.host import DatabaseHost
 from mirrord.httpapi import HttpServer, NodeView
+from mirrord.login_store import LoginSetupError, LoginStore
 from mirrord.monitor import NodeMetrics, run_sampler
 from mirrord.mirror import MirrorDatabase
 from mirrord import role_change
@@ -58,6 +62,7 @@ log = structlog.get_logger()
 
 PROTOCOL_VERSION = 1
 HELLO_TIMEOUT = 10.0
+LOGIN_TIMEOUT = 10.0  # a client that has not finished logging in by then is cut off
 
 
 @dataclass(frozen=True)
@@ -162,10 +167,11 @@ class NodeConfig:
 
 @dataclass
 class ClientState:
-    """One client connection: its current database and identity for transactions."""
+    """One client connection: its current database and who logged in (None on an --insecure node)."""
 
     db: str | None = None
     statement_timeout_ms: int | None = None  # SET STATEMENT_TIMEOUT; None: the node's default
+    login: str | None = None  # who logged in (None on an --insecure node)
 
 
 class ClientConnection:
@@ -210,6 +216,11 @@ class Node:
         self.quarantined: dict[str, str] = {}
         self.stopping = False
         self.tls = TlsContexts.load(config.tls_dir, config.name) if config.tls_dir is not None else None
+        # logins come with TLS: a password proof over plaintext would still leave every query readable
+        self.logins = (LoginStore.open(config.data_dir / "logins.msgpack", config.admin_password_file)
+                       if self.tls is not None else None)
+        if self.logins is not None:
+            self.logins.on_change = self._send_logins
         self._endpoint_server: Listener | None = None
         self._client_server: Listener | None = None
         self._endpoint_started = asyncio.Event()
@@ -277,6 +288,7 @@ class Node:
             raise ValueError(f"meta.json names {config.db!r}, not a valid database name equal to its directory's")
         host = DatabaseHost(config.db, directory, Session(config), self.open_log(directory))
         host.on_witness_changed = self.sync_witness_link
+        host.logins = self.logins
         self.databases[config.db] = host
         await self.activate(host)
 
@@ -289,6 +301,16 @@ class Node:
         why = f"failed to load at start: {exc}"
         self.quarantined[name] = why
         log.error("database_quarantined", database=name, reason=why, directory=str(directory))
+
+    def _send_logins(self, table: lg.LoginTable) -> None:
+        """Pass a changed login table to every connected partner (they adopt it and pass it on)."""
+        frame = {"t": "logins", "table": table.to_dict()}
+        for host in self.databases.values():
+            if host.partner_writer is not None:
+                try:
+                    framing.write_message(host.partner_writer, frame)
+                except ConnectionResetError:
+                    pass  # that link is closing; the next connection carries the table
 
     def open_log(self, directory: Path) -> DurableLog:
         """A database's durable log, with segments small enough to truncate well below the size limit."""
@@ -556,10 +578,50 @@ class Node:
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connection = ClientConnection(self)
         try:
+            if self.logins is not None:
+                connection.state.login = await asyncio.wait_for(self._log_in(reader, writer), LOGIN_TIMEOUT)
+                if connection.state.login is None:
+                    return
             await self.client_port.serve(reader, writer, connection)
+        except ProtocolError as exc:  # during the login exchange (the client port logs its own)
+            log.warning("client_frame_rejected", reason=str(exc))
+        except (asyncio.IncompleteReadError, ConnectionError, OSError, asyncio.CancelledError, asyncio.TimeoutError):
+            pass  # the client left while logging in, or the node is shutting down
         finally:
             await connection.close()
             writer.close()
+
+    async def _log_in(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str | None:
+        """The server side of the login exchange (core.logins); the login name, or None after login_failed."""
+        peer = writer.get_extra_info("peername")
+        first = messages.validate(await framing.read_message(reader, LOGIN_FRAME_LIMIT))
+        if first["t"] != "login":
+            await self._login_failed(writer, "log in first: this node requires a login (mirrorctl -U LOGIN -P PASSWORD, "
+                                             "or Client.connect(..., user=, password=))",
+                                     first["id"] if first["t"] == "query" else 0)  # answers the query it got
+            return None
+        user, client_nonce = first["user"], first["nonce"]
+        login, salt, n, r, p = self.logins.challenge_for(user)
+        server_nonce = secrets.token_bytes(24)
+        framing.write_message(writer, {"t": "challenge", "nonce": server_nonce, "salt": salt, "n": n, "r": r, "p": p})
+        await writer.drain()
+        answer = messages.validate(await framing.read_message(reader, LOGIN_FRAME_LIMIT))
+        if answer["t"] != "proof":
+            raise ProtocolError(f"expected the login proof, got {answer['t']}")
+        auth = lg.auth_message(user, client_nonce, server_nonce, salt, n, r, p)
+        if login is None or not lg.proof_ok(login.stored_key, auth, answer["proof"]):
+            log.warning("login_failed", login=user[:128], peer=str(peer))
+            await self._login_failed(writer, lg.LOGIN_FAILED)
+            return None
+        framing.write_message(writer, {"t": "login_ok", "signature": lg.server_signature(login.server_key, auth)})
+        await writer.drain()
+        return user
+
+    @staticmethod
+    async def _login_failed(writer: asyncio.StreamWriter, message: str, request_id: int = 0) -> None:
+        framing.write_message(writer, {"t": "error", "id": request_id, "code": "login_failed", "message": message,
+                                       "principal": None})
+        await writer.drain()
 
     async def _answer(self, state: ClientState, owner: object, msg: dict) -> dict:
         try:
@@ -570,7 +632,7 @@ class Node:
         except MirrordError as exc:
             return _error(msg["id"], exc)
         except Exception as exc:  # report, log, keep serving
-            log.exception("statement_failed", sql=msg["sql"][:200])
+            log.exception("statement_failed", sql=_redacted(msg["sql"][:200]))
             return {"t": "error", "id": msg["id"], "code": "internal", "message": f"internal error: {exc!r}", "principal": None}
         return {
             "t": "result", "id": msg["id"], "columns": result.columns, "rows": result.rows,
@@ -604,6 +666,7 @@ class Node:
             atomic_write_bytes(directory / "redo_lsn", str(lsn).encode())
         host.persist()
         host.on_witness_changed = self.sync_witness_link
+        host.logins = self.logins
         self.databases[config.db] = host
         await self.activate(host)
         return host
@@ -636,6 +699,14 @@ async def _cancel(task: asyncio.Task | None) -> None:
         await asyncio.wait([task], timeout=CANCEL_RETRY)
     if not task.cancelled():
         task.exception()  # retrieved: the link's own failure was logged where it happened
+
+
+LOGIN_FRAME_LIMIT = 4096  # the login frames are small; nobody unauthenticated gets to send more
+
+
+def _redacted(sql: str) -> str:
+    """SQL as it may be logged: never a password."""
+    return re.sub(r"(?is)(PASSWORD\s*=\s*)N?'(?:[^']|'')*'?", r"\1'***'", sql)
 
 
 def _error(request_id: int, exc: MirrordError) -> dict:
@@ -741,7 +812,9 @@ def main(argv: list[str] | None = None) -> int:
         node_config = NodeConfig._validated(values)
         if node_config.tls_dir is not None:
             TlsContexts.load(node_config.tls_dir, node_config.name)  # refuse here, before logging starts, with the reason
-    except (ValueError, OSError, tomllib.TOMLDecodeError, TlsSetupError) as exc:
+            node_config.data_dir.mkdir(parents=True, exist_ok=True)
+            LoginStore.open(node_config.data_dir / "logins.msgpack", node_config.admin_password_file)  # sa, at the first start
+    except (ValueError, OSError, tomllib.TOMLDecodeError, TlsSetupError, LoginSetupError) as exc:
         print(f"mirrord: bad configuration: {exc}", file=sys.stderr)
         return 2
     if args.print_config:

@@ -53,8 +53,8 @@ from mirrord.core import sql_surface
 from mirrord.core.monitoring import CommitClock
 from mirrord.core.quorum import AckRule
 from mirrord.core.session import Session
-from mirrord.core.types import (CommitInDoubt, DiskFull, LogFull, Lsn, MirrordError, NotServing, StatementRefused,
-                                TransactionAborted)
+from mirrord.core.types import (CommitInDoubt, DiskFull, LogFull, Lsn, MirrordError, NotServing, PermissionDenied,
+                                StatementRefused, TransactionAborted)
 from mirrord.storage.decltypes import DeclaredTypes
 from mirrord.storage.fileutil import DISK_RESERVE_BYTES, NO_SPACE, atomic_write_bytes, copy_in_steps, disk_free
 from mirrord.storage.statement_guard import run_guarded
@@ -456,6 +456,21 @@ class PrincipalDatabase:
         if result.columns:
             result.types = self.decltypes.of(sql, len(result.columns))
         return result
+
+    async def execute_read_only(self, sql: str, params: Any, why_not_write: str) -> StatementResult:
+        """Run SQL for a login that may only read: on a query_only reader, never on the writer."""
+        if self.closed or not self.serving:
+            raise NotServing("the database is not being served on this node any more; reconnect")
+        if (why := self.quorum_refusal()) is not None:
+            raise NotServing(why)
+        if not sql.lstrip().upper().startswith(READ_ONLY_PREFIXES):
+            raise PermissionDenied(f"{why_not_write} (this login may run SELECT, VALUES, EXPLAIN and WITH … SELECT)")
+        try:
+            return await self._execute_read(sql, params)
+        except SqlError as exc:
+            if any(m in exc.message for m in WRITE_ATTEMPT_ON_READER):
+                raise PermissionDenied(why_not_write) from None
+            raise
 
     async def _execute_read(self, sql: str, params: Any) -> StatementResult:
         self._refuse_reads_while_uncaptured()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from mirrord.core import logins as lg
 from mirrord.core import statements as st
 from mirrord.core.alerts import ALERTS
 from mirrord.core.monitoring import FIGURE_COLUMNS, set_threshold
@@ -24,7 +25,9 @@ from mirrord.core.types import (
     DatabaseStatus,
     DiskFull,
     Endpoint,
+    LoginFailed,
     LogFull,
+    PermissionDenied,
     NotPrincipal,
     NotServing,
     ProtocolError,
@@ -73,9 +76,20 @@ class StatementExecutor:
     async def run(self, state: "ClientState", owner: object, sql: str, db: str | None, params: Any) -> StatementResult:
         """Parse and run sql; raise a MirrordError subclass when it is refused."""
         stmt = st.parse(sql)
+        login = self._login(state)
         if isinstance(stmt, st.Sql):
             check_params(params)  # 64-bit integers, bindable scalars: a `data` error, never an OverflowError
-            return await self._sql(owner, stmt.text, db or state.db, params)
+            target = db or state.db
+            if not lg.can_write(login, target or ""):
+                if not lg.can_read(login, target or ""):
+                    raise PermissionDenied(lg.access_refusal(login, lg.READ, target))
+                return await self._sql(owner, stmt.text, target, params, read_only=lg.access_refusal(login, lg.WRITE, target))
+            return await self._sql(owner, stmt.text, target, params)
+        need = lg.statement_need(stmt, state.login)
+        if need is not None and (why := lg.access_refusal(login, *need)) is not None:
+            raise PermissionDenied(why)
+        if isinstance(stmt, st.LOGIN_STATEMENTS):
+            return self._login_statement(stmt)
         if isinstance(stmt, st.UseDatabase):
             self._host(stmt.db)
             state.db = stmt.db
@@ -122,6 +136,41 @@ class StatementExecutor:
         result.rowcount = total if many else -1
         return result
 
+    def _login(self, state: "ClientState") -> "lg.Login | None":
+        """The connection's login as the table has it now (a dropped login is out at its next statement)."""
+        if self.node.logins is None:
+            return None  # --insecure: no logins
+        login = self.node.logins.table.get(state.login or "")
+        if login is None:
+            raise LoginFailed(f"login {state.login} no longer exists; reconnect with another login")
+        return login
+
+    # ---------------------------------------------------------------- logins
+
+    def _login_statement(self, stmt) -> StatementResult:
+        """CREATE/ALTER/DROP LOGIN, GRANT/REVOKE, ALTER SERVER ROLE: change the table, persist, pass it on."""
+        store = self.node.logins
+        if store is None:
+            raise StatementRefused("this node runs with --insecure and has no logins; restart it with --tls-dir DIR")
+        if isinstance(stmt, st.CreateLogin):
+            how, done = (lambda t, salt: lg.create_login(t, stmt.name, stmt.password, salt)), f"login {stmt.name} created"
+        elif isinstance(stmt, st.AlterLogin):
+            how, done = (lambda t, salt: lg.alter_password(t, stmt.name, stmt.password, salt)), f"password of {stmt.name} changed"
+        elif isinstance(stmt, st.DropLogin):
+            how, done = (lambda t, salt: lg.drop_login(t, stmt.name)), f"login {stmt.name} dropped"
+        elif isinstance(stmt, st.GrantDatabase):
+            how = lambda t, salt: lg.grant(t, stmt.login, stmt.right, stmt.db, stmt.granted)  # noqa: E731
+            done = f"{stmt.right} on {stmt.db} {'granted to' if stmt.granted else 'revoked from'} {stmt.login}"
+        else:
+            how = lambda t, salt: lg.set_sysadmin(t, stmt.login, stmt.add)  # noqa: E731
+            done = f"{stmt.login} {'added to' if stmt.add else 'dropped from'} sysadmin"
+        try:
+            store.change(how)
+        except ValueError as exc:
+            raise StatementRefused(str(exc)) from None
+        log.info("statement_done", statement=type(stmt).__name__, detail=done, logins_version=store.table.version)
+        return _message(f"{done}; login table version {store.table.version}, passed on to the partners")
+
     def _host(self, db: str | None) -> "DatabaseHost":
         if db is None:
             raise StatementRefused("no database selected: pass -d DB, or run USE db first")
@@ -137,15 +186,17 @@ class StatementExecutor:
 
     # ---------------------------------------------------------------- SQL
 
-    async def _sql(self, owner: object, sql: str, db: str | None, params: Any) -> StatementResult:
+    async def _sql(self, owner: object, sql: str, db: str | None, params: Any, read_only: str | None = None) -> StatementResult:
+        """Run SQL on the principal; read_only, when set, is why this login may not write (reads only)."""
         host = self._host(db)
         try:
-            return await self._sql_on(host, owner, sql, db, params)
+            return await self._sql_on(host, owner, sql, db, params, read_only)
         except (NotPrincipal, StatementRefused, LogFull) as exc:
             self.node.metrics.count_refused(host.name, exc.code)
             raise
 
-    async def _sql_on(self, host: "DatabaseHost", owner: object, sql: str, db: str, params: Any) -> StatementResult:
+    async def _sql_on(self, host: "DatabaseHost", owner: object, sql: str, db: str, params: Any,
+                      read_only: str | None = None) -> StatementResult:
         if host.principal is None:
             cfg = host.session.config
             if cfg.role is Role.MIRROR:
@@ -159,6 +210,8 @@ class StatementExecutor:
                 raise NotServing(f"database {db} is opening as the principal on {self.node.name} "
                                  "(role change or restart in progress); retry in a moment")
             raise StatementRefused(f"database {db} is RESTORING; RESTORE DATABASE {db} WITH RECOVERY brings it online")
+        if read_only:
+            return await host.principal.execute_read_only(sql, params, read_only)
         return await host.principal.execute(owner, sql, params)
 
     # ---------------------------------------------------------------- databases

@@ -178,7 +178,7 @@ class Connection(ConnectionBase):
             return self._client.query(op.sql, db=op.db, params=op.params, timeout=op.timeout, many=op.many)
         if isinstance(op, Connect):
             self._disconnect()
-            self._client = Client.connect(op.address, timeout=op.timeout)
+            self._client = Client.connect(op.address, timeout=op.timeout, **self._driver.target.credentials())
             return None
         if isinstance(op, Disconnect):
             self._disconnect()

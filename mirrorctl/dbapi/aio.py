@@ -138,7 +138,7 @@ class AsyncConnection(ConnectionBase):
             return await self._client.query(op.sql, db=op.db, params=op.params, timeout=op.timeout, many=op.many)
         if isinstance(op, Connect):
             await self._disconnect()
-            self._client = await AsyncClient.connect(op.address, timeout=op.timeout)
+            self._client = await AsyncClient.connect(op.address, timeout=op.timeout, **self._driver.target.credentials())
             return None
         if isinstance(op, Disconnect):
             await self._disconnect()

@@ -35,7 +35,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generator, Sequence
 
-from mirrorctl.client import ClientError, Result, ServerError
+from mirrorctl.client import ClientError, LoginFailed, Result, ServerError
 from mirrorctl.dbapi import errors
 from mirrorctl.dbapi import types as dbtypes
 from mirrorctl.dbapi.routing import Backoff, PartnerList, RetrySchedule, Target, positive_seconds
@@ -564,6 +564,9 @@ class Driver:
             yield Connect(address, timeout)
             self.address = address
             result = yield Send(_probe_sql(self.database), None, None, timeout)
+        except LoginFailed as exc:  # the credentials, not the partner: trying others would only repeat it
+            yield from self._drop()
+            raise errors.OperationalError(f"{address}: {exc.message}", code=exc.code) from None
         except (ClientError, ProtocolError) as exc:
             yield from self._drop()
             self.partners.lost(address)

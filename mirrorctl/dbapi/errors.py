@@ -103,6 +103,8 @@ _BY_CODE: dict[str, type[Error]] = {
     "integrity": IntegrityError,
     "internal": InternalError,
     "refused": OperationalError,
+    "permission_denied": OperationalError,
+    "login_failed": OperationalError,
     "log_full": OperationalError,
     "not_principal": OperationalError,
     "not_serving": OperationalError,

@@ -15,14 +15,14 @@ Pure: no sockets, no clock; callers pass `now`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 from mirrorctl.dbapi.errors import InterfaceError
 from mirrord.core.backoff import jittered
 from mirrord.core.types import Endpoint
 
 SCHEME = "mirror://"
-URL_OPTIONS = ("failover_timeout", "connect_timeout", "query_timeout")
+URL_OPTIONS = ("failover_timeout", "connect_timeout", "query_timeout", "tls_ca")
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,13 @@ class Target:
     partners: tuple[str, ...]
     database: str
     options: dict[str, float] = field(default_factory=dict)
+    user: str | None = field(default=None)
+    password: str | None = field(default=None, repr=False)
+    tls_ca: str | None = None
+
+    def credentials(self) -> dict:
+        """user, password, tls_ca for Client.connect (None: from the environment there)."""
+        return {"user": self.user, "password": self.password, "tls_ca": self.tls_ca}
 
 
 def normalize_address(text: str) -> str:
@@ -44,10 +51,23 @@ def normalize_address(text: str) -> str:
 
 
 def parse_url(url: str) -> Target:
-    """Parse 'mirror://host:port[,host:port...]/db[?failover_timeout=30&...]'; InterfaceError if malformed."""
+    """Parse 'mirror://[user:password@]host:port[,host:port...]/db[?failover_timeout=30&tls_ca=FILE...]'.
+
+    InterfaceError if malformed; the user and password are percent-decoded, and
+    an error message never shows the password.
+    """
     if not isinstance(url, str) or not url.lower().startswith(SCHEME):
         raise InterfaceError(f"connection URL {url!r} must start with {SCHEME} (mirror://host:port[,host:port]/db)")
     rest, _, query = url[len(SCHEME):].partition("?")
+    userinfo, at, after = rest.partition("/")[0].rpartition("@")
+    user = password = None
+    if at:
+        rest = rest[len(userinfo) + 1:]
+        name, colon, secret = userinfo.partition(":")
+        user, password = unquote(name), unquote(secret) if colon else None
+        url = f"{SCHEME}{name}:***@{rest}" + (f"?{query}" if query else "")  # shown in errors from here on
+        if not user:
+            raise InterfaceError(f"connection URL {url!r}: the login name before '@' is empty")
     hosts, slash, database = rest.partition("/")
     if not slash or not database or "/" in database:
         raise InterfaceError(f"connection URL {url!r} must name one database: mirror://host:port/db")
@@ -59,15 +79,22 @@ def parse_url(url: str) -> Target:
             raise InterfaceError(f"connection URL {url!r}: {exc}") from None
         if address not in partners:
             partners.append(address)
-    return Target(tuple(partners), database, _options(url, query))
+    options = _options(url, query)
+    tls_ca = options.pop("tls_ca", None)
+    return Target(tuple(partners), database, options, user, password, tls_ca)  # type: ignore[arg-type]
 
 
-def _options(url: str, query: str) -> dict[str, float]:
-    options: dict[str, float] = {}
+def _options(url: str, query: str) -> dict:
+    options: dict = {}
     for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)):
         if key not in URL_OPTIONS:
             raise InterfaceError(f"connection URL {url!r}: unknown option {key!r}; options: {', '.join(URL_OPTIONS)}")
-        options[key] = positive_seconds(key, value)
+        if key == "tls_ca":
+            if not value:
+                raise InterfaceError(f"connection URL {url!r}: tls_ca needs the path of the CA certificate")
+            options[key] = value
+        else:
+            options[key] = positive_seconds(key, value)
     return options
 
 

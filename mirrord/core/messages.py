@@ -157,6 +157,25 @@ def _figures(value: Any) -> str | None:
 def _finite(v: int | float) -> bool:
     return -MAX_INT <= v <= MAX_INT  # also false for NaN
 
+def _sized_bytes(low: int, high: int) -> Checker:
+    def check(value: Any) -> str | None:
+        return None if isinstance(value, bytes) and low <= len(value) <= high else f"{low}..{high} bytes"
+
+    return check
+
+
+_nonce = _sized_bytes(16, 64)
+
+
+def _login_name(value: Any) -> str | None:
+    """A login name as the client sent it (the lookup decides whether it exists)."""
+    return None if isinstance(value, str) and 0 < len(value) <= 128 else "a string of 1..128 characters"
+
+
+def _map(value: Any) -> str | None:
+    return None if isinstance(value, dict) else "a map"
+
+
 # ------------------------------------------------------------------- schemas
 
 SCHEMAS: dict[str, dict[str, Checker]] = {
@@ -198,6 +217,13 @@ SCHEMAS: dict[str, dict[str, Checker]] = {
     "result": {"id": _int, "columns": _str_list, "rows": _rows, "rowcount": _rowcount,
                "lsn": _optional(_int), "epoch": _optional(_int), "message": _optional(_str)},
     "error": {"id": _int, "code": _str, "message": _str, "principal": _optional(_str)},
+    # client port, the login exchange before any query (core.logins)
+    "login": {"user": _login_name, "nonce": _nonce},
+    "challenge": {"nonce": _nonce, "salt": _sized_bytes(16, 16), "n": _int, "r": _int, "p": _int},
+    "proof": {"proof": _sized_bytes(32, 32)},
+    "login_ok": {"signature": _sized_bytes(32, 32)},
+    # mirroring endpoint: the cluster's login table, between partners (core.logins.LoginTable checks it)
+    "logins": {"table": _map},
 }
 
 # Fields a message may carry or leave out; checked only when present.
@@ -206,11 +232,12 @@ OPTIONAL: dict[str, dict[str, Checker]] = {
     "pong": {"monitor": _figures},  # the mirror's redo rate
     "w_report": {"timeout": _int},  # the principal's PARTNER TIMEOUT (the witness waits that long before a vote)
     "refuse": {"partner_off": _bool},  # the partner ended this session (SET PARTNER OFF): end it here too
-    "welcome": {"diverged_pages": _list},  # a diverged old principal: pages its log changed past the fork
+    "welcome": {"diverged_pages": _list,  # a diverged old principal: pages its log changed past the fork
+                "logins": _map},  # the mirror's login table (mirrord.login_store)
     "query": {"many": _many},  # executemany: the statement once per parameter set, in one round trip
 }
 
-CLIENT_TYPES = frozenset({"query", "result", "error"})
+CLIENT_TYPES = frozenset({"query", "result", "error", "login", "challenge", "proof", "login_ok"})
 ENDPOINT_TYPES = frozenset(SCHEMAS) - CLIENT_TYPES
 
 

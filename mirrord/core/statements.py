@@ -24,7 +24,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, NamedTuple, NoReturn
 
 from mirrord.core.alerts import ALERTS, alert_refusal
@@ -403,12 +403,12 @@ class _Parser:
         self.advance(self._tok.text)
         return name
 
-    def string(self, what: str) -> str:
-        """Consume a string literal; return its value."""
+    def string(self, what: str, secret: bool = False) -> str:
+        """Consume a string literal; return its value (a secret one shows as '***' in errors)."""
         tok = self._tok
         if tok.kind != "string":
             self.fail(what)
-        self.advance(tok.text)
+        self.advance("'***'" if secret else tok.text)
         body = tok.text[2:-1] if tok.text[0] in "Nn" else tok.text[1:-1]
         return body.replace("''", "'")
 
@@ -744,3 +744,111 @@ def parse(text: str) -> Statement:
     if not isinstance(statement, SelectSystemView):
         p.end()  # the SELECT rule already checked the end after its WHERE
     return statement
+
+
+# ------------------------------------------------------------------ logins
+# CREATE/ALTER/DROP LOGIN, GRANT/REVOKE { SELECT | WRITE } ON DATABASE::db, ALTER SERVER ROLE sysadmin.
+# A password is never part of a repr (statements are logged by type, and errors may show a repr).
+
+
+@dataclass(frozen=True)
+class CreateLogin:
+    """CREATE LOGIN name WITH PASSWORD = 'password'"""
+
+    name: str
+    password: str = field(repr=False)
+
+    def to_sql(self) -> str:
+        return f"CREATE LOGIN {self.name} WITH PASSWORD = {_quote(self.password)}"
+
+
+@dataclass(frozen=True)
+class AlterLogin:
+    """ALTER LOGIN name WITH PASSWORD = 'password'"""
+
+    name: str
+    password: str = field(repr=False)
+
+    def to_sql(self) -> str:
+        return f"ALTER LOGIN {self.name} WITH PASSWORD = {_quote(self.password)}"
+
+
+@dataclass(frozen=True)
+class DropLogin:
+    """DROP LOGIN name"""
+
+    name: str
+
+    def to_sql(self) -> str:
+        return f"DROP LOGIN {self.name}"
+
+
+@dataclass(frozen=True)
+class GrantDatabase:
+    """GRANT { SELECT | WRITE } ON DATABASE::db TO login, or REVOKE … FROM login (granted False)."""
+
+    right: str
+    db: str
+    login: str
+    granted: bool = True
+
+    def to_sql(self) -> str:
+        verb, prep = ("GRANT", "TO") if self.granted else ("REVOKE", "FROM")
+        return f"{verb} {self.right} ON DATABASE::{self.db} {prep} {self.login}"
+
+
+@dataclass(frozen=True)
+class ServerRoleMember:
+    """ALTER SERVER ROLE sysadmin { ADD | DROP } MEMBER login"""
+
+    login: str
+    add: bool
+
+    def to_sql(self) -> str:
+        return f"ALTER SERVER ROLE sysadmin {'ADD' if self.add else 'DROP'} MEMBER {self.login}"
+
+
+LOGIN_STATEMENTS = (CreateLogin, AlterLogin, DropLogin, GrantDatabase, ServerRoleMember)
+
+
+def _login_with_password(make: Callable[[str, str], Statement]) -> Rule:
+    def rule(p: _Parser) -> Statement:
+        name = p.identifier("a login name")
+        p.keyword("WITH")
+        p.keyword("PASSWORD")
+        p.punct("=")
+        return make(name, p.string("'password'", secret=True))
+
+    return rule
+
+
+def _grant_rule(granted: bool) -> Rule:
+    def rule(p: _Parser) -> GrantDatabase:
+        right = p.keyword("SELECT", "WRITE")
+        p.keyword("ON")
+        p.keyword("DATABASE")
+        p.punct(":", expected="DATABASE::db")
+        p.punct(":", expected="DATABASE::db")
+        db = p.identifier("a database name")
+        p.keyword("TO" if granted else "FROM")
+        return GrantDatabase(right, db, p.identifier("a login name"), granted)
+
+    return rule
+
+
+def _server_role(p: _Parser) -> ServerRoleMember:
+    p.keyword("ROLE")
+    p.keyword("SYSADMIN", expected="sysadmin (the only server role)")
+    add = p.keyword("ADD", "DROP") == "ADD"
+    p.keyword("MEMBER")
+    return ServerRoleMember(p.identifier("a login name"), add)
+
+
+_RULES.update({
+    ("CREATE", "LOGIN"): _login_with_password(CreateLogin),
+    ("ALTER", "LOGIN"): _login_with_password(AlterLogin),
+    ("DROP", "LOGIN"): lambda p: DropLogin(p.identifier("a login name")),
+    ("GRANT",): _grant_rule(True),
+    ("REVOKE",): _grant_rule(False),
+    ("ALTER", "SERVER"): _server_role,
+})

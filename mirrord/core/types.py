@@ -79,6 +79,18 @@ class StatementRefused(MirrordError):
     code = "refused"
 
 
+class LoginFailed(MirrordError):
+    """Wrong login name or password (one error for both), or the login is gone."""
+
+    code = "login_failed"
+
+
+class PermissionDenied(StatementRefused):
+    """The login lacks the role or grant the statement needs; nothing was changed."""
+
+    code = "permission_denied"
+
+
 class StatementSyntaxError(MirrordError):
     """A statement that does not parse."""
 

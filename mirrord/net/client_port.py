@@ -197,6 +197,9 @@ class ClientPort:
             messages.validate(msg)
         except ProtocolError as exc:
             raise _BadQuery(str(exc), request_id) from None
+        if msg["t"] == "login":  # a node with logins takes the login before this loop (Node._on_client)
+            raise _BadQuery("this node runs with --insecure and has no logins: connect without a login and without TLS",
+                            request_id)
         if msg["t"] != "query":
             raise _BadQuery(f"clients send query frames, not {msg['t']}", request_id)
         return msg

@@ -104,6 +104,8 @@ async def serve_principal(node: "Node", host: "DatabaseHost", hello: dict, reade
     diverged = _diverged_pages(host, hello)
     if diverged is not None:
         welcome["diverged_pages"] = diverged  # the principal can rewind this copy instead of copying it whole
+    if host.logins is not None:
+        welcome["logins"] = host.logins.wire()  # the principal adopts it if it is newer than its own
     framing.write_message(writer, welcome)
     if session.redo_error is not None:
         framing.write_message(writer, {"t": "suspend", "reason": session.redo_error})  # it outlives every reconnect
@@ -203,6 +205,9 @@ async def _handle(host: "DatabaseHost", msg: dict, writer, records: list, seed: 
             host.update_config(lost_lsn_from=0, lost_lsn_to=0)  # rolled back; the salvage copy stays
         framing.write_message(writer, {"t": "ack", "hardened_lsn": seed["lsn"], "redo_lsn": seed["lsn"]})
         return None
+    elif kind == "logins":
+        if host.logins is not None:
+            host.logins.adopt_from_peer(msg["table"])
     elif kind == "partner_off":
         raise PartnerRemoved()
     elif kind == "failover":

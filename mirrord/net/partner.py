@@ -118,6 +118,10 @@ async def _one_connection(node: "Node", host: "DatabaseHost") -> None:
         host.session.redo_lsn = min(welcome["redo_lsn"], hardened)
         host.partner_writer = writer
         framing.write_message(writer, settings_message(host))  # whatever changed during the handshake
+        if host.logins is not None:
+            if isinstance(welcome.get("logins"), dict):
+                host.logins.adopt_from_peer(welcome["logins"])
+            framing.write_message(writer, {"t": "logins", "table": host.logins.wire()})
         host.poke()
         host.note_state()
         note_connected(host)
@@ -392,6 +396,9 @@ async def _read_acks(node: "Node", host: "DatabaseHost", reader, pings: dict[int
         elif msg["t"] == "failover_done":
             if host.failover_reply is not None and not host.failover_reply.done():
                 host.failover_reply.set_result(msg["epoch"])
+        elif msg["t"] == "logins":
+            if host.logins is not None:
+                host.logins.adopt_from_peer(msg["table"])
         elif msg["t"] != "settings":
             raise ProtocolError(f"unexpected {msg['t']} from the mirror")
 

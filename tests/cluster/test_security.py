@@ -11,8 +11,11 @@ record and data are as before, and the cluster still commits.
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -21,7 +24,8 @@ import pytest
 from mirrord import certs
 from mirrord.localcluster import ClusterSecurity, LocalNode, wait_for
 from mirrord.net.framing import FrameDecoder, encode_frame
-from mirrorctl.client import ServerError
+from mirrorctl import dbapi
+from mirrorctl.client import Client, LoginFailed, PermissionDenied, ServerError, Unreachable
 
 from .helpers import create_table, ids_on, wait_synchronized
 
@@ -174,3 +178,95 @@ def test_a_node_of_another_ca_cannot_join(cluster, tmp_path):
         assert stranger.tracebacks() == []
     finally:
         stranger.kill()
+
+
+# ------------------------------------------------------------------ logins on the client port
+
+
+def _connects(node, user: str, password: str) -> bool:
+    try:
+        with Client.connect(node.address, user=user, password=password, tls_ca=str(node.security.ca_file), timeout=5):
+            return True
+    except LoginFailed:
+        return False
+
+
+def _mirrorctl(node, *args: str, user: str, password: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIRRORCTL_")}
+    return subprocess.run([sys.executable, "-m", "mirrorctl.cli", "-S", node.address, "-U", user, "-P", password,
+                           "--tls-ca", str(node.security.ca_file), *args], capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_logins_grants_and_failover(cluster):
+    a, b = cluster["a"], cluster["b"]
+    cluster.setup_session(DB, principal="a", mirror="b")
+    create_table(a, DB)
+    a.query("CREATE LOGIN app WITH PASSWORD = 'app-password-1'")
+    a.query(f"GRANT WRITE ON DATABASE::{DB} TO app")
+    a.query("CREATE LOGIN viewer WITH PASSWORD = 'viewer-password'")
+    a.query(f"GRANT SELECT ON DATABASE::{DB} TO viewer")
+    ca = str(a.security.ca_file)
+
+    # the mirror learns the logins from its principal
+    wait_for(lambda: _connects(b, "app", "app-password-1"), 30, "b to accept login app", interval=0.2)
+
+    with Client.connect(a.address, user="app", password="app-password-1", tls_ca=ca) as app:
+        app.query("INSERT INTO t VALUES (1, 'by app')", db=DB)
+        with pytest.raises(PermissionDenied, match="sysadmin"):
+            app.query("CREATE DATABASE other")
+        with pytest.raises(PermissionDenied, match="sysadmin"):
+            app.query(f"ALTER DATABASE {DB} SET PARTNER OFF")
+    with Client.connect(a.address, user="viewer", password="viewer-password", tls_ca=ca) as viewer:
+        assert viewer.query("SELECT v FROM t", db=DB).rows == [["by app"]]
+        with pytest.raises(PermissionDenied, match=f"GRANT WRITE ON DATABASE::{DB} TO viewer"):
+            viewer.query("INSERT INTO t VALUES (2, 'by viewer')", db=DB)
+        with pytest.raises(PermissionDenied):
+            viewer.query("PRAGMA query_only=OFF", db=DB)
+        assert viewer.status()  # status is for any login
+
+    # wrong credentials: one error, whether or not the login exists; the CLI says the same
+    errors = set()
+    for user, password in (("app", "wrong-password"), ("nobody", "app-password-1")):
+        with pytest.raises(LoginFailed) as info:
+            Client.connect(a.address, user=user, password=password, tls_ca=ca)
+        errors.add((info.value.code, info.value.message))
+        proc = _mirrorctl(a, "status", user=user, password=password)
+        assert proc.returncode == 1 and "login_failed" in proc.stderr
+        errors.add(proc.stderr.strip())
+    assert len(errors) == 2  # one frame error and one CLI line, each the same for both cases
+    assert "app-password-1" not in a.log_text() and "viewer-password" not in a.log_text()
+    with pytest.raises(LoginFailed, match="log in first"):
+        Client.connect(a.address, user="", tls_ca=ca).query("SELECT 1")
+    with pytest.raises(Unreachable):
+        Client.connect(a.address, user="", tls_ca="", timeout=2).query("SELECT 1", timeout=2)  # no TLS: cut at the handshake
+    proc = _mirrorctl(a, "-d", DB, "-Q", "SELECT count(*) FROM t", user="viewer", password="viewer-password")
+    assert proc.returncode == 0 and "1" in proc.stdout, proc.stderr
+
+    # after a failover the logins work on the new principal, and changes made there come back
+    wait_synchronized(cluster, DB, "a", "b")
+    a.query(f"ALTER DATABASE {DB} SET PARTNER FAILOVER")
+    wait_for(lambda: b.status(DB)["role"] == "PRINCIPAL", 30, "b to be principal")
+    wait_for(lambda: _try_insert(b, ca, 2), 30, "app to write on the new principal", interval=0.2)
+    b.query("ALTER LOGIN app WITH PASSWORD = 'app-password-2'")
+    wait_for(lambda: _connects(a, "app", "app-password-2"), 30, "a to learn app's new password", interval=0.2)
+    assert not _connects(a, "app", "app-password-1")
+
+    # the DB-API URL carries the login and the CA
+    conn = dbapi.connect(f"mirror://app:app-password-2@{a.address},{b.address}/{DB}?tls_ca={ca}", failover_timeout=30)
+    with conn:
+        conn.execute("INSERT INTO t VALUES (3, 'dbapi')")
+    with pytest.raises(dbapi.OperationalError) as info:
+        dbapi.connect(f"mirror://app:wrong-password@{a.address},{b.address}/{DB}?tls_ca={ca}", failover_timeout=30)
+    assert info.value.code == "login_failed"
+    assert ids_on(b, DB) == {1, 2, 3}
+
+
+def _try_insert(node, ca: str, row_id: int) -> bool:
+    try:
+        with Client.connect(node.address, user="app", password="app-password-1", tls_ca=ca) as app:
+            app.query("INSERT INTO t VALUES (?, 'after failover')", db=DB, params=[row_id])
+        return True
+    except ServerError as exc:
+        if exc.code in ("not_principal", "not_serving"):
+            return False
+        raise

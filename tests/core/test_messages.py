@@ -40,6 +40,11 @@ GOOD = {
     "w_vote": dict(rid=4, epoch=3, hardened_lsn=10, forced=False),
     "w_state": dict(rid=4, epoch=4, principal="tcp://b:5022", mirror="tcp://a:5022",
                     mirror_synchronized=False, principal_connected=True, mirror_connected=False),
+    "login": dict(user="sa", nonce=b"n" * 24),
+    "challenge": dict(nonce=b"s" * 24, salt=b"\x00" * 16, n=16384, r=8, p=1),
+    "proof": dict(proof=b"\x01" * 32),
+    "login_ok": dict(signature=b"\x02" * 32),
+    "logins": dict(table={"version": 1, "logins": []}),
 }
 
 

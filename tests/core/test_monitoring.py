@@ -436,7 +436,7 @@ def test_ping_and_pong_carry_checked_figures() -> None:
 def test_metrics_option_is_validated() -> None:
     from mirrord.node import NodeConfig
 
-    base = {"name": "a", "data_dir": "/tmp/x", "endpoint": "127.0.0.1:5022", "listen": "127.0.0.1:1433"}
+    base = {"name": "a", "data_dir": "/tmp/x", "endpoint": "127.0.0.1:5022", "listen": "127.0.0.1:1433", "insecure": True}
     assert NodeConfig._validated(base).metrics is None  # off unless asked for
     assert str(NodeConfig._validated({**base, "metrics": "127.0.0.1:9187"}).metrics) == "tcp://127.0.0.1:9187"
     for bad in ("9187", "host:0", "host:http", 9187):
