@@ -264,6 +264,8 @@ def goodbye(cluster: LocalCluster, principal: str, keep_running: bool) -> None:
             f"log {os.path.relpath(node.log_path)}")
     say(f"    {node_roles(cluster)}")
     say("")
+    tls = os.path.relpath(cluster.security.tls_dir)
+    say(f"    export MIRRORCTL_TLS_CA={tls}/ca.crt MIRRORCTL_USER=sa MIRRORCTL_PASSWORD=$(cat {tls}/admin-password)")
     say(f"    {ctl} -S {p.address} status")
     say(f"    {ctl} -S {p.address} -d {DB} -Q \"SELECT count(*) FROM items\"")
     say(f"    {ctl} -S {p.address} -d {DB} -Q \"INSERT INTO items(name, qty) VALUES ('fig', 2)\"")
@@ -272,7 +274,7 @@ def goodbye(cluster: LocalCluster, principal: str, keep_running: bool) -> None:
     say("    from Python (.venv/bin/python):")
     say("      from mirrorctl.client import Client")
     say(f"      with Client.connect(\"{p.address}\") as c: print(c.query(\"SELECT * FROM items LIMIT 3\", "
-        f"db=\"{DB}\").as_dicts())")
+        f"db=\"{DB}\").as_dicts())   # the login and CA from the MIRRORCTL_* variables above")
     say("")
     say(f"    stop the cluster:  bash deploy/demo.sh stop   (SIGTERMs the PIDs in {os.path.relpath(PIDS)})")
 
@@ -342,10 +344,17 @@ def main(argv: list[str] | None = None) -> int:
     cluster = LocalCluster(DATA, names=("a", "b", "c"), first_ip=11)
     ok = False
     try:
+        tls = cluster.security.tls_dir.relative_to(ROOT)
+        step("Make the cluster's CA and one certificate per node (mutual TLS between nodes, TLS to clients)")
+        say(f"$ mirrord certs ca --dir {tls}")
+        for node in cluster:
+            say(f"$ mirrord certs node --dir {tls} --name {node.name} --host {node.host}")
+        say(f"    the first start gives login sa the password in {tls}/admin-password")
         step("Start three mirrord nodes on loopback")
         for node in cluster:
             say(f"$ mirrord --name {node.name} --data-dir {node.data_dir.relative_to(ROOT)} "
-                f"--endpoint {node.host}:{node.endpoint_port} --listen {node.address}")
+                f"--endpoint {node.host}:{node.endpoint_port} --listen {node.address} "
+                f"--tls-dir {tls} --admin-password-file {tls}/admin-password")
         cluster.start_all()
         say("    all three answer: " + ", ".join(f"{n.name}={n.address} (pid {n.pid})" for n in cluster))
         set_up(cluster)

@@ -21,6 +21,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -59,9 +60,21 @@ class ComposeCluster:
         self.ports = {name: free_port("127.0.0.1") for name in ("a", "b", "c")}
         while len(set(self.ports.values())) < 3:
             self.ports["c"] = free_port("127.0.0.1")
+        self.password = f"test-{os.getpid()}-password"
         self.env = dict(os.environ, COMPOSE_PROJECT_NAME=self.project,
                         MIRRORD_PORT_A=str(self.ports["a"]), MIRRORD_PORT_B=str(self.ports["b"]),
-                        MIRRORD_PORT_C=str(self.ports["c"]))
+                        MIRRORD_PORT_C=str(self.ports["c"]), MIRRORD_ADMIN_PASSWORD=self.password)
+        self.ca_file = Path(tempfile.mkdtemp(prefix=f"{self.project}-")) / "ca.crt"
+
+    def fetch_ca(self) -> None:
+        """Copy the CA certificate the certs one-shot made out of the tls volume (through node-a)."""
+        subprocess.run(["docker", "cp", f"{self.container('node-a')}:/tls/ca.crt", str(self.ca_file)],
+                       check=True, capture_output=True, timeout=60)
+
+    def client(self, name: str, timeout: float = 5.0) -> Client:
+        """A connection to node `name`'s published port, with TLS, as sa."""
+        return Client.connect(self.address(name), timeout=timeout, user="sa", password=self.password,
+                              tls_ca=str(self.ca_file))
 
     def address(self, name: str) -> str:
         return f"127.0.0.1:{self.ports[name]}"
@@ -87,11 +100,11 @@ class ComposeCluster:
 
     def status(self, name: str) -> dict:
         """The demo database's status row on node `name`, through its published client port."""
-        with Client.connect(self.address(name), timeout=2) as client:
+        with self.client(name, timeout=2) as client:
             return client.status(DB)[0]
 
     def ids(self, name: str) -> list[int]:
-        with Client.connect(self.address(name), timeout=2) as client:
+        with self.client(name, timeout=2) as client:
             return [row[0] for row in client.query("SELECT id FROM items ORDER BY id", db=DB, timeout=10).rows]
 
     def logs(self) -> str:
@@ -118,7 +131,7 @@ def compose_cluster(request):
 def insert(cluster: ComposeCluster, name: str, ids: range) -> list[int]:
     """One commit per row through node `name`'s published port; the ids acknowledged."""
     acked = []
-    with Client.connect(cluster.address(name)) as client:
+    with cluster.client(name) as client:
         for i in ids:
             client.query("INSERT INTO items(id, name) VALUES (?, ?)", db=DB, params=[i, f"item {i}"], timeout=30)
             acked.append(i)
@@ -133,6 +146,7 @@ def test_compose_cluster_fails_over_and_rejoins(compose_cluster: ComposeCluster)
         wait_for(lambda: c.health(service) == "healthy", 90, f"{service} healthy (mirrorctl status healthcheck)",
                  interval=0.5)
 
+    c.fetch_ca()
     setup = c.compose("run", "--rm", "setup", timeout=240)
     assert "set up: demo on node-a (principal) -> node-b (mirror), witness node-c" in setup.stdout, setup.stdout
 
@@ -160,7 +174,7 @@ def test_compose_cluster_fails_over_and_rejoins(compose_cluster: ComposeCluster)
     wait_for(rejoined, 90, "node-a to rejoin as a SYNCHRONIZED mirror of node-b", interval=0.2, retry_on=NOT_READY)
     assert c.ids("b") == acked
     # the mirror sends clients to the principal by the address that works inside the network
-    with Client.connect(c.address("a")) as client:
+    with c.client("a") as client:
         with pytest.raises(NotPrincipal) as refused:
             client.query("SELECT count(*) FROM items", db=DB)
     assert refused.value.principal == "node-b:1433"

@@ -25,7 +25,7 @@ def test_endpoint_parses_hostnames():
 
 def test_node_config_takes_hostnames(tmp_path):
     cfg = NodeConfig._validated({"name": "node-a", "data_dir": str(tmp_path), "endpoint": "node-a:5022",
-                                 "listen": "node-a:1433"})
+                                 "listen": "node-a:1433", "insecure": True})
     assert cfg.endpoint == Endpoint("node-a", 5022)
     assert cfg.listen == Endpoint("node-a", 1433)
 
@@ -41,7 +41,7 @@ async def test_connect_endpoint_binds_hostname_or_any(own_host, peer_host):
 
     server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    node = SimpleNamespace(config=SimpleNamespace(endpoint=Endpoint(own_host, 5022)))
+    node = SimpleNamespace(config=SimpleNamespace(endpoint=Endpoint(own_host, 5022)), tls=None)  # plain TCP here
     try:
         reader, writer = await Node.connect_endpoint(node, Endpoint(peer_host, port))
         assert await asyncio.wait_for(peers.get(), 5) == "127.0.0.1"
