@@ -1,6 +1,6 @@
 """Commit throughput and latency: standalone vs SAFETY OFF vs SAFETY FULL.
 
-    python benchmarks/commit_bench.py [--seconds 5] [--clients 1,8,32] [--json out.json]
+    python benchmarks/commit_bench.py [--seconds 5] [--clients 1,8,32] [--json out.json] [--insecure] [--first-ip N]
 
 How it works: start a 2-node LocalCluster (a, b) in a temporary directory; on
 node a create one database per mode (`bench_standalone` with no partner,
@@ -8,7 +8,10 @@ node a create one database per mode (`bench_standalone` with no partner,
 each concurrency and mode run that many asyncio clients, one AsyncClient
 connection each, every one committing one-row INSERTs (a ~100-byte value) in
 a loop for --seconds after a short warm-up. Throughput is commits/s over the
-measured window; latency is per commit, from send to answer.
+measured window; latency is per commit, from send to answer. The nodes run
+secured (mutual TLS between them, TLS and a login per client connection) as
+LocalCluster starts them; --insecure starts them with --insecure instead, for
+the cost of TLS.
 
 Caveat worth printing with any number: the load generator and both daemons
 share this machine's cores.
@@ -80,6 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run (default 5)")
     p.add_argument("--clients", default="1,8,32", help="comma-separated concurrencies (default 1,8,32)")
     p.add_argument("--json", dest="json_out", help="also write the results to this JSON file")
+    p.add_argument("--insecure", action="store_true", help="nodes without TLS and logins (to measure what TLS costs)")
+    p.add_argument("--first-ip", dest="first_ip", type=int, default=FIRST_IP,
+                   help=f"nodes on 127.0.0.N and N+1 (default {FIRST_IP})")
     args = p.parse_args(argv)
     try:
         args.client_counts = [int(c) for c in args.clients.split(",") if c.strip()]
@@ -212,9 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
     print(f"machine: nproc={os.cpu_count()}, python {sys.version.split()[0]}, {sys.platform}; "
           "the load generator and both nodes share these cores")
+    print(f"nodes: {'INSECURE (no TLS, no logins)' if args.insecure else 'secured (mutual TLS, TLS + login per client)'}")
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="mirrord-bench-") as tmp:
-        with LocalCluster(Path(tmp), names=("a", "b"), first_ip=FIRST_IP) as cluster:
+        with LocalCluster(Path(tmp), names=("a", "b"), first_ip=args.first_ip, secure=not args.insecure) as cluster:
             cluster.start_all()
             prepare(cluster)
             for clients in args.client_counts:
@@ -232,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"WARNING: node logs contain tracebacks: {found}", file=sys.stderr)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"command": sys.argv, "nproc": os.cpu_count(),
-                                                   "seconds": args.seconds, "compression": ratio,
+                                                   "seconds": args.seconds, "compression": ratio, "secured": not args.insecure,
                                                    "runs": [asdict(r) for r in runs]}, indent=2))
     return 1 if found else 0
 

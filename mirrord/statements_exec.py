@@ -102,6 +102,8 @@ class StatementExecutor:
             return _message(f"statement timeout of this connection: {shown}")
         if isinstance(stmt, st.AlterEndpoint):
             return await self._alter_endpoint(stmt)
+        if isinstance(stmt, st.EndpointSecurity):
+            return self._endpoint_security(stmt)
         if isinstance(stmt, st.TransactionStatus):
             return self._transaction_status(stmt)
         if isinstance(stmt, (st.ChangeAlert, st.HelpAlert, st.DropAlert)):
@@ -380,6 +382,23 @@ class StatementExecutor:
             return _message(f"endpoint {stmt.name} STARTED on {self.node.endpoint_url}")
         await self.node.stop_endpoint()
         return _message(f"endpoint {stmt.name} STOPPED; every mirroring connection of this node is closed")
+
+    def _endpoint_security(self, stmt) -> StatementResult:
+        """The reference's AUTHENTICATION/ENCRYPTION: mirrord's endpoint is certificate-authenticated and encrypted, only."""
+        if stmt.name.lower() != self.node.config.endpoint_name.lower():
+            raise StatementRefused(f"this node has no endpoint named {stmt.name}; its endpoint is {self.node.config.endpoint_name}")
+        if stmt.authentication == "WINDOWS":
+            raise StatementRefused("AUTHENTICATION = WINDOWS is not available: endpoints authenticate with certificates "
+                                   "signed by the cluster's CA (AUTHENTICATION = CERTIFICATE)")
+        if stmt.encryption in ("SUPPORTED", "DISABLED"):
+            raise StatementRefused(f"ENCRYPTION = {stmt.encryption} is not offered: the endpoint's mutual TLS 1.3 always "
+                                   "encrypts (TLS 1.3 has no authenticated-only mode), so REQUIRED is the only setting; "
+                                   "a node without TLS is one started with --insecure")
+        if self.node.tls is None:
+            raise StatementRefused(f"this node was started with --insecure: its endpoint has no certificate and no "
+                                   f"encryption; restart it with --tls-dir DIR for AUTHENTICATION = CERTIFICATE, ENCRYPTION = REQUIRED")
+        return _message(f"endpoint {stmt.name}: AUTHENTICATION = CERTIFICATE, ENCRYPTION = REQUIRED (mutual TLS 1.3), "
+                        "as it already was")
 
     # ---------------------------------------------------------------- backup / restore
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import socket
+import os
 import sys
 
 import pytest
@@ -170,3 +171,31 @@ def test_lazyfs_nodes_keep_their_disk_beside_the_data_directory(tmp_path):
     fs = cluster["b"].lazyfs
     assert fs.mount_point == tmp_path / "b" and fs.backing == tmp_path / "b.disk"
     assert not fs.is_mounted()  # mounted at the node's first start, not before
+
+
+def test_a_cluster_is_secured_by_default_and_puts_the_client_environment_back(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIRRORCTL_USER", "someone-else")
+    monkeypatch.delenv("MIRRORCTL_TLS_CA", raising=False)
+    cluster = LocalCluster(tmp_path, names=("x", "y"), first_ip=21)
+    tls = tmp_path / "tls"
+    assert {p.name for p in tls.iterdir()} >= {"ca.crt", "ca.key", "x.crt", "x.key", "y.crt", "y.key", "admin-password"}
+    cmd = cluster["x"].command()
+    assert cmd[cmd.index("--tls-dir") + 1] == str(tls) and "--insecure" not in cmd
+    assert cmd[cmd.index("--admin-password-file") + 1] == str(tls / "admin-password")
+    assert cluster["x"].connect_args() == {"user": "sa", "password": cluster.security.password, "tls_ca": str(tls / "ca.crt")}
+    assert os.environ["MIRRORCTL_USER"] == "sa" and os.environ["MIRRORCTL_TLS_CA"] == str(tls / "ca.crt")
+    cluster.stop_all()
+    assert os.environ["MIRRORCTL_USER"] == "someone-else" and "MIRRORCTL_TLS_CA" not in os.environ
+    again = LocalCluster(tmp_path, names=("x", "y"), first_ip=21)  # the same keys and password on a second run
+    assert again.security == cluster.security
+    again.stop_all()
+
+
+def test_an_insecure_cluster_says_so_and_its_clients_ignore_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIRRORCTL_TLS_CA", "/elsewhere/ca.crt")
+    cluster = LocalCluster(tmp_path, names=("x",), first_ip=21, secure=False)
+    assert "--insecure" in cluster["x"].command() and not (tmp_path / "tls").exists()
+    assert cluster["x"].connect_args() == {"user": "", "password": "", "tls_ca": ""}
+    assert "MIRRORCTL_TLS_CA" not in os.environ
+    cluster.stop_all()
+    assert os.environ["MIRRORCTL_TLS_CA"] == "/elsewhere/ca.crt"

@@ -512,10 +512,11 @@ def _alter_database(p: _Parser) -> Statement:
     return _witness(p, db)
 
 
-def _alter_endpoint(p: _Parser) -> AlterEndpoint:
-    """ALTER ENDPOINT name STATE = STARTED | STOPPED."""
+def _alter_endpoint(p: _Parser) -> "AlterEndpoint | EndpointSecurity":
+    """ALTER ENDPOINT name STATE = STARTED | STOPPED, or … FOR DATABASE_MIRRORING (…)."""
     name = p.identifier("an endpoint name")
-    p.keyword("STATE")
+    if p.keyword("STATE", "FOR") == "FOR":
+        return _endpoint_security(p, name)
     p.punct("=")
     return AlterEndpoint(name, p.keyword("STARTED", "STOPPED") == "STARTED")
 
@@ -806,6 +807,44 @@ class ServerRoleMember:
 
     def to_sql(self) -> str:
         return f"ALTER SERVER ROLE sysadmin {'ADD' if self.add else 'DROP'} MEMBER {self.login}"
+
+
+@dataclass(frozen=True)
+class EndpointSecurity:
+    """ALTER ENDPOINT name FOR DATABASE_MIRRORING (AUTHENTICATION = …, ENCRYPTION = …): the reference's options."""
+
+    name: str
+    authentication: str | None = None  # CERTIFICATE or WINDOWS
+    encryption: str | None = None  # REQUIRED, SUPPORTED or DISABLED
+
+    def to_sql(self) -> str:
+        opts = [f"{k} = {v}" for k, v in (("AUTHENTICATION", self.authentication), ("ENCRYPTION", self.encryption)) if v]
+        return f"ALTER ENDPOINT {self.name} FOR DATABASE_MIRRORING ({', '.join(opts)})"
+
+
+def _endpoint_security(p: _Parser, name: str) -> EndpointSecurity:
+    """After ALTER ENDPOINT name FOR: DATABASE_MIRRORING ( option = value [, …] )."""
+    p.keyword("DATABASE_MIRRORING")
+    p.punct("(")
+    values: dict[str, str] = {}
+    while True:
+        option = p.keyword("AUTHENTICATION", "ENCRYPTION")
+        if option in values:
+            p.refuse(f"{option} is given twice")
+        p.punct("=")
+        if option == "AUTHENTICATION":
+            values[option] = p.keyword("CERTIFICATE", "WINDOWS")
+            if values[option] == "CERTIFICATE" and _name_of(p.peek()) is not None:
+                p.identifier("a certificate name")  # the reference names one; ours is the node's --tls-dir certificate
+        else:
+            values[option] = p.keyword("REQUIRED", "SUPPORTED", "DISABLED")
+            if p.accept("ALGORITHM"):
+                p.keyword("AES")
+        if p.peek() != _Token("punct", ","):
+            break
+        p.advance(",")
+    p.punct(")", expected=", or )")
+    return EndpointSecurity(name, values.get("AUTHENTICATION"), values.get("ENCRYPTION"))
 
 
 LOGIN_STATEMENTS = (CreateLogin, AlterLogin, DropLogin, GrantDatabase, ServerRoleMember)

@@ -30,6 +30,7 @@ from mirrorctl.client import Client, LoginFailed, PermissionDenied, ServerError,
 from .helpers import create_table, ids_on, wait_synchronized
 
 DB = "vault"
+FIRST_HOST = f"127.0.0.{int(os.environ.get('MIRRORD_TEST_FIRST_IP', '11'))}"
 
 
 def _context(cert_dir: Path | None, name: str | None) -> ssl.SSLContext:
@@ -216,6 +217,13 @@ def test_logins_grants_and_failover(cluster):
             app.query("CREATE DATABASE other")
         with pytest.raises(PermissionDenied, match="sysadmin"):
             app.query(f"ALTER DATABASE {DB} SET PARTNER OFF")
+        with pytest.raises(PermissionDenied, match="sysadmin"):
+            app.query("ALTER ENDPOINT mirroring STATE = STOPPED")
+    with pytest.raises(ServerError, match="ENCRYPTION = DISABLED is not offered"):
+        a.query("ALTER ENDPOINT mirroring FOR DATABASE_MIRRORING (ENCRYPTION = DISABLED)")
+    assert "as it already was" in a.query(
+        "ALTER ENDPOINT mirroring FOR DATABASE_MIRRORING (AUTHENTICATION = CERTIFICATE, ENCRYPTION = REQUIRED)").message
+    assert a.status(DB)["transport_security"] == "mutual TLS"
     with Client.connect(a.address, user="viewer", password="viewer-password", tls_ca=ca) as viewer:
         assert viewer.query("SELECT v FROM t", db=DB).rows == [["by app"]]
         with pytest.raises(PermissionDenied, match=f"GRANT WRITE ON DATABASE::{DB} TO viewer"):
@@ -270,3 +278,20 @@ def _try_insert(node, ca: str, row_id: int) -> bool:
         if exc.code in ("not_principal", "not_serving"):
             return False
         raise
+
+
+def test_an_insecure_node_warns_and_says_so_in_status(tmp_path):
+    host = ".".join(FIRST_HOST.split(".")[:3] + [str(int(FIRST_HOST.split(".")[3]) + 5)])
+    node = LocalNode("e", host, tmp_path / "e", tmp_path / "e.log")  # no security: --insecure
+    try:
+        node.start()
+        node.query(f"CREATE DATABASE {DB}")
+        assert node.status(DB)["transport_security"].startswith("INSECURE")
+        assert '"insecure_mode"' in node.log_text() and '"level": "warning"' in node.log_text()
+        with pytest.raises(LoginFailed, match="--insecure"):
+            Client.connect(node.address, user="sa", password="whatever-it-is", tls_ca="")
+        node.terminate()
+        node.start()
+        assert node.log_text().count('"insecure_mode"') == 2  # at every start
+    finally:
+        node.kill()

@@ -155,3 +155,31 @@ def test_a_node_names_the_missing_tls_file(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MIRRORD_TLS_DIR", str(tmp_path))  # the environment counts as --tls-dir
     code = mirrord_main(BASE)
     assert code == 2 and "a.crt is missing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sql, auth, enc", [
+    ("ALTER ENDPOINT mirroring FOR DATABASE_MIRRORING (AUTHENTICATION = CERTIFICATE node_cert, ENCRYPTION = REQUIRED ALGORITHM AES)",
+     "CERTIFICATE", "REQUIRED"),
+    ("alter endpoint Mirroring for database_mirroring (encryption = disabled)", None, "DISABLED"),
+    ("ALTER ENDPOINT m FOR DATABASE_MIRRORING (ENCRYPTION = SUPPORTED, AUTHENTICATION = WINDOWS);", "WINDOWS", "SUPPORTED"),
+])
+def test_endpoint_security_options_parse(sql, auth, enc):
+    from mirrord.core import statements as st
+
+    stmt = st.parse(sql)
+    assert (type(stmt), stmt.authentication, stmt.encryption) == (st.EndpointSecurity, auth, enc)
+    assert st.parse(stmt.to_sql()) == stmt
+
+
+@pytest.mark.parametrize("sql, why", [
+    ("ALTER ENDPOINT m FOR DATABASE_MIRRORING (ENCRYPTION = REQUIRED, ENCRYPTION = DISABLED)", "twice"),
+    ("ALTER ENDPOINT m FOR DATABASE_MIRRORING (ENCRYPTION = OPTIONAL)", "REQUIRED, SUPPORTED or DISABLED"),
+    ("ALTER ENDPOINT m FOR DATABASE_MIRRORING ENCRYPTION = REQUIRED", "expected \\("),
+    ("ALTER ENDPOINT m FOR DATABASE_MIRRORING (ENCRYPTION = REQUIRED", ", or \\)"),
+])
+def test_endpoint_security_syntax_errors(sql, why):
+    from mirrord.core import statements as st
+    from mirrord.core.types import StatementSyntaxError
+
+    with pytest.raises(StatementSyntaxError, match=why):
+        st.parse(sql)

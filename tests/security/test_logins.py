@@ -223,3 +223,39 @@ def test_partners_converge_on_one_table(tmp_path, monkeypatch):
     assert LoginStore.open(tmp_path / "a", None).table == a.table  # persisted
     with pytest.raises(ValueError):
         a.adopt({"version": 99, "logins": []})
+
+
+def test_the_dbapi_url_carries_login_and_ca_and_never_shows_the_password():
+    from mirrorctl.dbapi.errors import InterfaceError
+    from mirrorctl.dbapi.routing import parse_url
+
+    t = parse_url("mirror://app:p%40ss%3Aw0rd@a:1433,b:1433/shop?tls_ca=/etc/ca.crt&failover_timeout=5")
+    assert (t.partners, t.database, t.options) == (("a:1433", "b:1433"), "shop", {"failover_timeout": 5.0})
+    assert t.credentials() == {"user": "app", "password": "p@ss:w0rd", "tls_ca": "/etc/ca.crt"}
+    assert "p@ss" not in repr(t)
+    assert parse_url("mirror://a:1/db").credentials() == {"user": None, "password": None, "tls_ca": None}
+    for bad in ("mirror://app:hunter2@a/db", "mirror://:hunter2@a:1/db", "mirror://app:hunter2@a:1/db?tls_ca="):
+        with pytest.raises(InterfaceError) as info:
+            parse_url(bad)
+        assert "hunter2" not in str(info.value)
+
+
+def test_client_credentials_come_from_arguments_then_the_environment(monkeypatch):
+    from mirrorctl.client import Credentials
+
+    monkeypatch.setenv("MIRRORCTL_USER", "env-user")
+    monkeypatch.setenv("MIRRORCTL_PASSWORD", "env-password")
+    monkeypatch.setenv("MIRRORCTL_TLS_CA", "/env/ca.crt")
+    assert Credentials.resolve(None, None, None) == Credentials("/env/ca.crt", "env-user", "env-password")
+    assert Credentials.resolve("me", "mine", "/my/ca.crt") == Credentials("/my/ca.crt", "me", "mine")
+    none = Credentials.resolve("", "", "")  # explicitly none, whatever the environment says
+    assert not none.user and none.ssl_context() is None
+
+
+def test_mirrorctl_takes_the_login_flags():
+    from mirrorctl.cli import _parse_args, auth_args
+
+    args = _parse_args(["-S", "h:1", "-U", "bob", "-P", "pw", "--tls-ca", "/ca.crt", "status"])
+    assert auth_args(args) == {"user": "bob", "password": "pw", "tls_ca": "/ca.crt"}
+    args = _parse_args(["-S", "h:1", "status"])
+    assert auth_args(args) == {"user": None, "password": None, "tls_ca": None}  # then the environment decides
