@@ -53,7 +53,8 @@ from mirrord.localcluster import LocalCluster  # noqa: E402
 
 PARTS = ("pg", "failover", "catchup", "memory")
 COUNTERPART = {"SAFETY FULL": "PG sync standby", "SAFETY OFF": "PG async standby"}
-SYSTEM_ORDER = ["standalone", "SAFETY OFF", "SAFETY FULL", "PG async standby", "PG sync standby"]
+NO_TLS = "SAFETY FULL, no TLS"  # the same cluster started --insecure: what TLS and logins cost
+SYSTEM_ORDER = ["standalone", "SAFETY OFF", "SAFETY FULL", NO_TLS, "PG async standby", "PG sync standby"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -132,12 +133,27 @@ def run_commits(args, report: dict, base: Path) -> None:
                             runs.append({"system": "postgres", "mode": mode, "clients": clients, "skipped": str(exc)})
             report["lz4_commit_stream"] = commit_bench.compression(cluster)
         report["commit_tracebacks"] = cluster.tracebacks()
+        runs += _commits_without_tls(args, base)
     finally:
         if pair is not None:
             pair.stop()
             shutil.rmtree(pair.base, ignore_errors=True)
     add_ratios(runs)
     report["commits"] = runs
+
+
+def _commits_without_tls(args, base: Path) -> list[dict]:
+    """SAFETY FULL on a cluster started --insecure (no TLS, no logins), next to the secured rows."""
+    runs = []
+    with LocalCluster(base / "commits-no-tls", names=("a", "b"), first_ip=commit_bench.FIRST_IP, secure=False) as cluster:
+        cluster.start_all()
+        commit_bench.prepare(cluster)
+        for clients in args.client_counts:
+            say(f"  mirrord {NO_TLS}, {clients} client(s), {args.seconds:g} s ...")
+            pids = [cluster["a"].pid, cluster["b"].pid]
+            run = asdict(commit_bench.run_one(cluster["a"].address, "SAFETY FULL", clients, args.seconds, pids))
+            runs.append({"system": "mirrord", **run, "mode": NO_TLS})
+    return runs
 
 
 def add_ratios(runs: list[dict]) -> None:

@@ -131,7 +131,7 @@ async def _receive_loop(host: "DatabaseHost", reader, writer) -> None:
     seed: dict | None = None
     counted = False
     while True:
-        data = await asyncio.wait_for(reader.read(READ_CHUNK), host.session.config.timeout)
+        data = await _read_or_silence(reader, host.session.config.timeout)
         if not data:
             raise ConnectionError("the principal closed the connection")
         if not counted:  # SET PARTNER's probe says hello and leaves: only a link that talks counts as a connection
@@ -155,6 +155,24 @@ async def _receive_loop(host: "DatabaseHost", reader, writer) -> None:
                 raise ConnectionError(f"disk full: cannot harden log ({exc.strerror})") from None
             framing.write_message(writer, {"t": "ack", "hardened_lsn": hardened, "redo_lsn": host.mirror.redo_lsn})
         await writer.drain()
+
+
+SILENCE_GRACE = 0.1
+
+
+async def _read_or_silence(reader, timeout: float) -> bytes:
+    """The next bytes from the principal; TimeoutError only if it stayed silent for timeout.
+
+    Why a second, short read: a timer that fires the moment this process
+    resumes (SIGSTOP, a long pause) does not prove the principal silent. Bytes
+    may be waiting in the socket, and behind TLS they reach the stream only
+    after the decryption callback, one loop iteration after the timer; without
+    this the mirror dropped a FAILOVER it already held.
+    """
+    try:
+        return await asyncio.wait_for(reader.read(READ_CHUNK), timeout)
+    except asyncio.TimeoutError:
+        return await asyncio.wait_for(reader.read(READ_CHUNK), SILENCE_GRACE)
 
 
 async def _handle(host: "DatabaseHost", msg: dict, writer, records: list, seed: dict | None) -> dict | None:
