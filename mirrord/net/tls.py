@@ -133,6 +133,9 @@ class Listener:
 
     def __init__(self, sock: socket.socket, ctx: ssl.SSLContext | None, handler: Handler, port_name: str) -> None:
         self._sock, self._ctx, self._handler, self._port_name = sock, ctx, handler, port_name
+        # asyncio holds tasks weakly: without these references a connection's task can be
+        # garbage-collected mid-await ("Task was destroyed but it is pending"), closing it
+        self._connections: set[asyncio.Task] = set()
         self._task = asyncio.create_task(self._accept_loop(), name=f"accept-{port_name}")
 
     @classmethod
@@ -157,7 +160,9 @@ class Listener:
                 await asyncio.sleep(0.1)
                 continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # commits wait on small frames
-            asyncio.create_task(self._connection(sock, addr))
+            task = asyncio.create_task(self._connection(sock, addr))
+            self._connections.add(task)
+            task.add_done_callback(self._connections.discard)
 
     async def _connection(self, sock: socket.socket, addr) -> None:
         loop = asyncio.get_running_loop()
