@@ -259,3 +259,15 @@ def test_mirrorctl_takes_the_login_flags():
     assert auth_args(args) == {"user": "bob", "password": "pw", "tls_ca": "/ca.crt"}
     args = _parse_args(["-S", "h:1", "status"])
     assert auth_args(args) == {"user": None, "password": None, "tls_ca": None}  # then the environment decides
+
+
+@pytest.mark.parametrize("sql", [
+    "CREATE LOGIN bob WITH PASSWORD = 'hunter2-secret'",
+    "alter login bob with password=N'hunter2-secret'",
+    "CREATE LOGIN bob WITH PASSWORD = 'hunter2-''quoted''-secret'",
+    "CREATE LOGIN bob WITH PASSWORD = 'hunter2-unterminated",
+])
+def test_logged_sql_never_carries_a_password(sql):
+    from mirrord.node import _redacted
+
+    assert "hunter2" not in _redacted(sql) and "***" in _redacted(sql)
