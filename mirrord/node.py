@@ -810,6 +810,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         values, sources = NodeConfig.merged(args)
         node_config = NodeConfig._validated(values)
+        if args.print_config:
+            print(settings.render_toml(values, sources), end="")
+            return 0
         if node_config.tls_dir is not None:
             TlsContexts.load(node_config.tls_dir, node_config.name)  # refuse here, before logging starts, with the reason
             node_config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -817,9 +820,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, tomllib.TOMLDecodeError, TlsSetupError, LoginSetupError) as exc:
         print(f"mirrord: bad configuration: {exc}", file=sys.stderr)
         return 2
-    if args.print_config:
-        print(settings.render_toml(values, sources), end="")
-        return 0
     configure_logging(node_config.name, node_config.log_level)
     import uvloop
 

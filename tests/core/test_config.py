@@ -10,7 +10,7 @@ import pytest
 
 from mirrord import config, node
 
-BASE = {"name": "a", "data_dir": "/d", "endpoint": "127.0.0.1:5022", "listen": "127.0.0.1:1433"}
+BASE = {"name": "a", "data_dir": "/d", "endpoint": "127.0.0.1:5022", "listen": "127.0.0.1:1433", "tls_dir": "/tls"}
 
 
 def test_precedence_is_flags_then_environment_then_file_then_default():
@@ -40,7 +40,8 @@ def test_environment_values_are_parsed_and_others_ignored():
 
 def test_node_config_from_all_three_sources(tmp_path):
     toml = tmp_path / "node.toml"
-    toml.write_text('name = "file"\ndata_dir = "/data"\nendpoint = "h:5022"\nlisten = "h:1433"\nlog_size_limit_mb = 8\n')
+    toml.write_text('name = "file"\ndata_dir = "/data"\nendpoint = "h:5022"\nlisten = "h:1433"\nlog_size_limit_mb = 8\n'
+                    'tls_dir = "/tls"\n')
     env = {"MIRRORD_CONFIG": str(toml), "MIRRORD_NAME": "env", "MIRRORD_METRICS": "h:8008"}
     cfg = node.NodeConfig.from_sources(node.parse_args(["--listen", "h:1"]), env)
     assert (cfg.name, cfg.listen.port, cfg.log_size_limit, str(cfg.metrics)) == ("env", 1, 8 << 20, "tcp://h:8008")
