@@ -288,7 +288,7 @@ def test_an_insecure_node_warns_and_says_so_in_status(tmp_path):
         node.query(f"CREATE DATABASE {DB}")
         assert node.status(DB)["transport_security"].startswith("INSECURE")
         assert '"insecure_mode"' in node.log_text() and '"level": "warning"' in node.log_text()
-        with pytest.raises(LoginFailed, match="--insecure"):
+        with pytest.raises(ServerError, match="--insecure"):
             Client.connect(node.address, user="sa", password="whatever-it-is", tls_ca="")
         node.terminate()
         node.start()

@@ -155,6 +155,7 @@ def test_grants_decide_reads_and_writes():
 
 @pytest.mark.parametrize("sql, need", [
     ("SELECT * FROM sys.database_mirroring", None),
+    ("SET STATEMENT_TIMEOUT 500", None),
     ("USE shop", (lg.READ, "shop")),
     ("EXEC sp_transaction_status 'shop', 1, 1", (lg.READ, "shop")),
     ("EXEC sp_dbmmonitorhelpalert 'shop'", (lg.READ, "shop")),
