@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import struct
 import time
 import zlib
@@ -21,7 +22,7 @@ import pytest
 
 from mirrord.localcluster import wait_for
 from mirrord.net import framing
-from mirrorctl.client import Client, ServerError
+from mirrorctl.client import Client, ServerError, _LoginExchange
 
 from .helpers import create_table, wait_synchronized
 
@@ -33,8 +34,30 @@ PAGE = b"\x00" * 4096
 
 
 def raw(address: str, timeout: float = 5.0) -> socket.socket:
+    """A connection as an attacker who got past authentication, to test the defenses behind it.
+
+    The cluster runs secured (LocalCluster exports its CA as MIRRORCTL_TLS_CA): a
+    tcp:// endpoint is dialed with node a's certificate (a compromised principal's
+    key: the frames below claim a's endpoint), a client port with TLS and logged
+    in as sa.
+    """
     host, port = address.replace("tcp://", "").rsplit(":", 1)
-    return socket.create_connection((host, int(port)), timeout=timeout)
+    sock = socket.create_connection((host, int(port)), timeout=timeout)
+    ca = os.environ.get("MIRRORCTL_TLS_CA")
+    if not ca:
+        return sock  # an --insecure cluster
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(ca)
+    if address.startswith("tcp://"):
+        tls_dir = os.path.dirname(ca)
+        ctx.load_cert_chain(os.path.join(tls_dir, "a.crt"), os.path.join(tls_dir, "a.key"))
+        return ctx.wrap_socket(sock, server_hostname=host)
+    tls = ctx.wrap_socket(sock, server_hostname=host)
+    login = _LoginExchange(os.environ["MIRRORCTL_USER"], os.environ["MIRRORCTL_PASSWORD"])
+    tls.sendall(login.first())
+    tls.sendall(login.answer(recv(tls)))
+    login.finish(recv(tls))
+    return tls
 
 
 def send(sock: socket.socket, msg: dict) -> None:
