@@ -175,6 +175,19 @@ async def _read_or_silence(reader, timeout: float) -> bytes:
         return await asyncio.wait_for(reader.read(READ_CHUNK), SILENCE_GRACE)
 
 
+def _expect_open(opened: dict | None, begin: str, kind: str) -> None:
+    """A seed's or a rewind's frames come between its begin and its end, and no other's."""
+    if opened is None or opened.get("t") != begin:
+        raise ProtocolError(f"{kind} without {begin}")
+
+
+def _copy_installed(host: "DatabaseHost", writer, lsn: int) -> None:
+    """A seed or a rewind made this copy the principal's at lsn: acknowledge it."""
+    if host.session.config.lost_lsn_to:
+        host.update_config(lost_lsn_from=0, lost_lsn_to=0)  # rolled back; the salvage copy stays
+    framing.write_message(writer, {"t": "ack", "hardened_lsn": lsn, "redo_lsn": lsn})
+
+
 async def _handle(host: "DatabaseHost", msg: dict, writer, records: list, seed: dict | None) -> dict | None:
     kind = msg["t"]
     if kind == "log":
@@ -192,16 +205,12 @@ async def _handle(host: "DatabaseHost", msg: dict, writer, records: list, seed: 
         host.mirror.seed_begin()
         return msg
     elif kind == "seed_chunk":
-        if seed is None:
-            raise ProtocolError("seed_chunk without seed_begin")
+        _expect_open(seed, "seed_begin", kind)
         await asyncio.to_thread(host.mirror.seed_chunk, msg["offset"], msg["data"], seed["size"])  # it syncs now and then
     elif kind == "seed_end":
-        if seed is None:
-            raise ProtocolError("seed_end without seed_begin")
+        _expect_open(seed, "seed_begin", kind)
         await host.mirror.seed_end(seed["lsn"], seed["epoch"], seed["size"], msg["crc"])
-        if host.session.config.lost_lsn_to:
-            host.update_config(lost_lsn_from=0, lost_lsn_to=0)  # rolled back; the salvage copy stays
-        framing.write_message(writer, {"t": "ack", "hardened_lsn": seed["lsn"], "redo_lsn": seed["lsn"]})
+        _copy_installed(host, writer, seed["lsn"])
         return None
     elif kind == "rewind_begin":
         if msg["page_size"] not in (512, 1024, 2048, 4096, 8192, 16384, 32768, 65536) or not 1 <= msg["db_size"] <= MAX_PAGE_COUNT:
@@ -209,19 +218,15 @@ async def _handle(host: "DatabaseHost", msg: dict, writer, records: list, seed: 
         await asyncio.to_thread(host.mirror.rewind_begin, msg["page_size"])
         return msg
     elif kind == "rewind_pages":
-        if seed is None or seed.get("t") != "rewind_begin":
-            raise ProtocolError("rewind_pages without rewind_begin")
+        _expect_open(seed, "rewind_begin", kind)
         pages = _check_pages(seed["lsn"], seed["page_size"], msg["pages"], MAX_PAGE_COUNT)
         if any(pgno > seed["db_size"] for pgno, _ in pages):
             raise ProtocolError(f"rewind page beyond the database's {seed['db_size']} pages")
         await asyncio.to_thread(host.mirror.rewind_pages, pages)
     elif kind == "rewind_end":
-        if seed is None or seed.get("t") != "rewind_begin":
-            raise ProtocolError("rewind_end without rewind_begin")
+        _expect_open(seed, "rewind_begin", kind)
         await host.mirror.rewind_end(seed["lsn"], seed["epoch"], seed["db_size"], msg["count"])
-        if host.session.config.lost_lsn_to:
-            host.update_config(lost_lsn_from=0, lost_lsn_to=0)  # rolled back; the salvage copy stays
-        framing.write_message(writer, {"t": "ack", "hardened_lsn": seed["lsn"], "redo_lsn": seed["lsn"]})
+        _copy_installed(host, writer, seed["lsn"])
         return None
     elif kind == "logins":
         if host.logins is not None:
