@@ -180,8 +180,12 @@ class ClusterSecurity:
         return self.tls_dir / "admin-password"
 
     @classmethod
-    def create(cls, tls_dir: Path, nodes: dict[str, str]) -> "ClusterSecurity":
-        """A CA, a certificate per node (name -> host) and an admin password; reused if made before."""
+    def create(cls, tls_dir: Path, nodes: dict[str, str], service_host: str | None = None) -> "ClusterSecurity":
+        """A CA, a certificate per node (name -> host) and an admin password; reused if made before.
+
+        service_host, if given, is in every node's certificate too: the address a proxy in front
+        of the nodes listens on, as a service name or VIP would be in production.
+        """
         from mirrord import certs
 
         tls_dir.mkdir(parents=True, exist_ok=True)
@@ -189,7 +193,7 @@ class ClusterSecurity:
             certs.make_ca(tls_dir, name=f"mirrord local cluster CA {secrets.token_hex(4)}")
         for name, host in nodes.items():
             if not (tls_dir / f"{name}.crt").exists():
-                certs.make_node(tls_dir, name, [host])
+                certs.make_node(tls_dir, name, [host] + ([service_host] if service_host else []))
         pw_file = tls_dir / "admin-password"
         if not pw_file.exists():
             fd = os.open(pw_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -440,7 +444,9 @@ class LocalCluster:
         names = tuple(names)
         on_lazyfs = set(names) if lazyfs is True else set(lazyfs or ())
         hosts = {name: f"127.0.0.{first_ip + i}" for i, name in enumerate(names)}
-        self.security = ClusterSecurity.create(self.base_dir / "tls", hosts) if secure else None
+        # the next address: where a proxy in front of the nodes (HAProxy) listens, in every node's certificate
+        self.service_host = f"127.0.0.{first_ip + len(names)}"
+        self.security = ClusterSecurity.create(self.base_dir / "tls", hosts, self.service_host) if secure else None
         # the client defaults of this process while the cluster lives; stop_all puts back what was there
         self._saved_env = {key: os.environ.get(key) for key in _CLIENT_ENV}
         for key in _CLIENT_ENV:

@@ -52,7 +52,7 @@ from mirrord.net import framing, inbound
 from mirrord.net.client_port import ClientLimits, ClientPort, limits_from_settings
 from mirrord.net.tls import Listener, TlsContexts, TlsSetupError, cert_hosts, peer_covers
 from mirrord.principal import PrincipalDatabase, StatementResult
-from mirrord.statements_exec import StatementExecutor, status_row
+from mirrord.statements_exec import StatementExecutor, status_rows
 from mirrord.witness import Witness
 from mirrord.storage.fileutil import atomic_write_bytes
 from mirrord.storage.log import DurableLog
@@ -233,7 +233,7 @@ class Node:
         self.http = HttpServer(NodeView(
             name=config.name, registry=self.metrics.registry,
             facts=lambda db: h.health_facts() if (h := self.databases.get(db)) is not None else None,
-            status_rows=lambda db: [status_row(h) for n, h in sorted(self.databases.items()) if db in (None, n)],
+            status_rows=lambda db: [r for r in status_rows(self) if db in (None, r["database"])],
             up=lambda: (self.serving_clients, len(self.databases), self.quarantined)))
         self._sampler: asyncio.Task | None = None
 

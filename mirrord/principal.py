@@ -288,8 +288,13 @@ class PrincipalDatabase:
             for reader in self._reader_list:
                 await reader.close()
             if self._writer is not None:
-                # everything into the file, so the copy is whole without its WAL (a mirror's page store has none)
-                await _in_connection_thread(self._writer, self._capture_and_checkpoint)
+                # everything into the file, so the copy is whole without its WAL (a mirror's page store
+                # has none); the checkpoint records how far it got in redo_lsn
+                try:
+                    await _in_connection_thread(self._writer, self._capture_and_checkpoint)
+                except (OSError, sqlite3.Error) as exc:
+                    # a full disk: the file holds what redo_lsn says, the log the rest (redo replays it)
+                    log.warning("checkpoint_at_close_failed", database=self.session.db, error=str(exc), redo_lsn=self.applied_lsn)
                 await self._writer.close()
 
     # ---------------------------------------------------------------- capture

@@ -26,7 +26,6 @@ import structlog
 
 from mirrord.core.types import DatabaseStatus, Endpoint, NotPrincipal, Role, StatementRefused
 from mirrord.net import framing
-from mirrord.storage.fileutil import atomic_write_bytes
 
 if TYPE_CHECKING:
     from mirrord.host import DatabaseHost
@@ -142,10 +141,10 @@ async def _step_down(node: "Node", host: "DatabaseHost", epoch: int, why: str) -
                 "check it on the new principal", principal=new_principal))
         await node.stop_partner_link(host)
         if host.principal is not None:
-            await host.principal.close()  # SQLite checkpoints: the file holds everything up to the end of log
+            # SQLite checkpoints, and redo_lsn says how far the file got: the whole log, or (a full
+            # disk) less, and redo as the mirror replays the rest from the log
+            await host.principal.close()
             host.principal = None
-        # the file holds everything up to the end of log: say so before the role changes
-        atomic_write_bytes(host.directory / "redo_lsn", str(host.log.last_lsn).encode())
         host.update_config(role=Role.MIRROR, status=DatabaseStatus.RESTORING, epoch=epoch, forced_fork=False)
         host.session.note_stepped_down()
         await node.activate(host)

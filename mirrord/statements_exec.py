@@ -507,11 +507,7 @@ class StatementExecutor:
 
     def _system_view(self, stmt) -> StatementResult:
         if stmt.view == "database_mirroring":
-            security = "mutual TLS" if self.node.tls is not None else "INSECURE (--insecure: no TLS, no logins)"
-            rows = [status_row(h) for h in self.node.databases.values()]
-            rows += [quarantined_row(name, why) for name, why in self.node.quarantined.items()]
-            rows = [{**row, "transport_security": security} for row in rows]
-            columns = STATUS_COLUMNS
+            rows, columns = status_rows(self.node), STATUS_COLUMNS
         else:
             rows, columns = self.node.witness.rows(), WITNESS_COLUMNS
         if stmt.database is not None:
@@ -521,6 +517,14 @@ class StatementExecutor:
         if unknown:
             raise StatementRefused(f"sys.{stmt.view} has no column {', '.join(unknown)}; columns: {', '.join(columns)}")
         return StatementResult(wanted, [[r[c] for c in wanted] for r in sorted(rows, key=lambda r: r["database"])], len(rows))
+
+
+def status_rows(node: "Node") -> list[dict]:
+    """Every row of sys.database_mirroring on this node (the HTTP /status serves the same), by database name."""
+    security = "mutual TLS" if node.tls is not None else "INSECURE (--insecure: no TLS, no logins)"
+    rows = [status_row(h) for h in node.databases.values()]
+    rows += [quarantined_row(name, why) for name, why in node.quarantined.items()]
+    return sorted(({**row, "transport_security": security} for row in rows), key=lambda r: r["database"])
 
 
 def quarantined_row(name: str, why: str) -> dict:

@@ -97,7 +97,7 @@ class HAProxy:
     """deploy/haproxy.cfg run by the Debian haproxy binary, in the foreground, on a test address."""
 
     def __init__(self, cluster: LocalCluster, http: int, workdir: Path) -> None:
-        self.listen = f"{cluster['a'].host.rsplit('.', 1)[0]}.{int(cluster['a'].host.rsplit('.', 1)[1]) + 3}"
+        self.listen = cluster.service_host  # in every node's certificate: clients verify it through the proxy
         self.address = f"{self.listen}:{free_port(self.listen)}"
         env = dict(os.environ, MIRRORD_HAPROXY_DB=DB, MIRRORD_HAPROXY_LISTEN=self.address, MIRRORD_HAPROXY_HTTP_PORT=str(http),
                    MIRRORD_HAPROXY_CHECK_INTER=f"{int(CHECK_INTER * 1000)}ms",
