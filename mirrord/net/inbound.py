@@ -20,7 +20,7 @@ from mirrord.core.types import Endpoint, ProtocolError, Role, Safety
 from mirrord.monitor import monitor_of, note_connected, partner_report
 from mirrord.net import framing
 from mirrord.storage.fileutil import DISK_RESERVE_BYTES, NO_SPACE, disk_free
-from mirrord.storage.log import MAX_PAGE_COUNT, LogRecord, _check_pages
+from mirrord.storage.log import MAX_PAGE_COUNT, LogRecord, _check_pages, check_page_size
 
 if TYPE_CHECKING:
     from mirrord.host import DatabaseHost
@@ -213,8 +213,9 @@ async def _handle(host: "DatabaseHost", msg: dict, writer, records: list, seed: 
         _copy_installed(host, writer, seed["lsn"])
         return None
     elif kind == "rewind_begin":
-        if msg["page_size"] not in (512, 1024, 2048, 4096, 8192, 16384, 32768, 65536) or not 1 <= msg["db_size"] <= MAX_PAGE_COUNT:
-            raise ProtocolError(f"rewind_begin: page size {msg['page_size']}, db size {msg['db_size']}")
+        check_page_size("rewind_begin", msg["page_size"])
+        if not 1 <= msg["db_size"] <= MAX_PAGE_COUNT:
+            raise ProtocolError(f"rewind_begin: db_size {msg['db_size']} is not in 1..{MAX_PAGE_COUNT}")
         await asyncio.to_thread(host.mirror.rewind_begin, msg["page_size"])
         return msg
     elif kind == "rewind_pages":
@@ -248,8 +249,7 @@ async def _handle(host: "DatabaseHost", msg: dict, writer, records: list, seed: 
 def _check_seed(msg: dict) -> None:
     """A snapshot is a whole SQLite file: a valid page size, whole pages, at most SQLite's page count."""
     page_size, size = msg["page_size"], msg["size"]
-    if not 512 <= page_size <= 65536 or page_size & (page_size - 1):
-        raise ProtocolError(f"seed_begin: page_size {page_size} is not a power of two in 512..65536")
+    check_page_size("seed_begin", page_size)
     if size % page_size or size // page_size > MAX_PAGE_COUNT:
         raise ProtocolError(f"seed_begin: size {size} is not a whole number of pages up to SQLite's maximum page count")
 

@@ -79,8 +79,7 @@ class LogRecord:
         _check_int("page_size", page_size, 512)
         if db_size > MAX_PAGE_COUNT:
             raise ProtocolError(f"log record {lsn}: db_size {db_size} exceeds SQLite's maximum page count {MAX_PAGE_COUNT}")
-        if page_size > 65536 or page_size & (page_size - 1):
-            raise ProtocolError(f"log record {lsn}: page_size {page_size} is not a power of two in 512..65536")
+        check_page_size(f"log record {lsn}", page_size)
         pages = _check_pages(lsn, page_size, raw_pages, db_size if strict else MAX_PAGE_COUNT)
         return cls(lsn, epoch, db_size, page_size, pages, wal)
 
@@ -88,6 +87,12 @@ class LogRecord:
     def nbytes(self) -> int:
         """Approximate encoded size, for queue accounting."""
         return _RECORD_OVERHEAD + len(self.pages) * (self.page_size + _PAGE_OVERHEAD)
+
+
+def check_page_size(what: str, page_size: object) -> None:
+    """SQLite's page sizes: a power of two in 512..65536 (log records, seeds and rewinds alike)."""
+    if type(page_size) is not int or not 512 <= page_size <= 65536 or page_size & (page_size - 1):
+        raise ProtocolError(f"{what}: page_size {page_size} is not a power of two in 512..65536")
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:
