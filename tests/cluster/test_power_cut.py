@@ -103,22 +103,28 @@ def witness_record(cluster: LocalCluster) -> tuple[str, int] | None:
     return None if row is None else (row.get("principal"), row.get("role_sequence"))
 
 
+def _write_through_a_power_cut_of(cluster: LocalCluster, node):
+    """Writes to node's table t of DB before and after a cut of its power alone; the writer and what the cut dropped."""
+    create_table(node, DB)
+    writer = Writer(node, DB)
+    writer.start()
+    try:
+        wait_for(lambda: writer.acked_count_reaches(START), 60, f"{START} acknowledged writes")
+        dropped = cut_together(cluster, [node.name])
+        node.start()
+        wait_acked(writer, lambda: len(writer.acked), len(writer.acked) + MORE, "writes after the restart",
+                   cluster, dropped)
+    finally:
+        writer.stop()
+    return writer, dropped
+
+
 def test_power_cut_of_the_principal_under_safety_off_loses_no_acknowledged_commit(lazy_cluster):
     """SAFETY OFF: acknowledged means synced on the principal, whatever the mirror has."""
     cluster = lazy_cluster
     a = cluster["a"]
     cluster.setup_session(DB, principal="a", mirror="b", safety="OFF")
-    create_table(a, DB)
-    writer = Writer(a, DB)
-    writer.start()
-    try:
-        wait_for(lambda: writer.acked_count_reaches(START), 60, f"{START} acknowledged writes")
-        dropped = cut_together(cluster, ["a"])
-        a.start()
-        wait_acked(writer, lambda: len(writer.acked), len(writer.acked) + MORE, "writes after the restart",
-                   cluster, dropped)
-    finally:
-        writer.stop()
+    writer, dropped = _write_through_a_power_cut_of(cluster, a)
     assert a.status(DB)["role"] == "PRINCIPAL"
     missing = set(writer.acked) - ids_on(a, DB)
     assert not missing, (f"{len(missing)} acknowledged SAFETY OFF commits missing after the principal's power cut: "
@@ -132,17 +138,7 @@ def test_power_cut_of_a_standalone_database_loses_no_acknowledged_commit(lazy_cl
     cluster = lazy_cluster
     a = cluster["a"]
     a.query(f"CREATE DATABASE {DB}")
-    create_table(a, DB)
-    writer = Writer(a, DB)
-    writer.start()
-    try:
-        wait_for(lambda: writer.acked_count_reaches(START), 60, f"{START} acknowledged writes")
-        dropped = cut_together(cluster, ["a"])
-        a.start()
-        wait_acked(writer, lambda: len(writer.acked), len(writer.acked) + MORE, "writes after the restart",
-                   cluster, dropped)
-    finally:
-        writer.stop()
+    writer, dropped = _write_through_a_power_cut_of(cluster, a)
     missing = set(writer.acked) - ids_on(a, DB)
     assert not missing, (f"{len(missing)} acknowledged standalone commits missing after a power cut: "
                          f"{sorted(missing)[:20]}; dropped by the cut: {dropped}")
