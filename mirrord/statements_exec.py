@@ -286,10 +286,9 @@ class StatementExecutor:
         if host.session.role is Role.MIRROR:  # the principal's settings are the session's: it suspends, we adopt
             self._tell_partner(host, {"t": "suspend", "reason": f"SET PARTNER SUSPEND on the mirror {self.node.name}"})
             return _message(f"mirroring of {host.name} SUSPENDED by the principal at the mirror's request")
-        host.update_config(suspended=True)
-        host.session.note_suspended()
-        self._send_settings(host)
-        host.principal.update_visible()  # commits stop waiting for the mirror
+        from mirrord.net.partner import suspend_session
+
+        suspend_session(host)
         return _message(f"mirroring of {host.name} SUSPENDED; the log grows until RESUME")
 
     async def _partner_resume(self, host: "DatabaseHost") -> StatementResult:
@@ -349,11 +348,11 @@ class StatementExecutor:
         if not answer.get("accepted"):
             raise StatementRefused(f"the witness did not accept the new TIMEOUT (it holds role sequence {answer.get('epoch')}); nothing changed")
 
-    def _send_settings(self, host: "DatabaseHost") -> None:
-        from mirrord.net.partner import settings_message
+    @staticmethod
+    def _send_settings(host: "DatabaseHost") -> None:
+        from mirrord.net.partner import send_settings
 
-        self._tell_partner(host, settings_message(host))
-        host.poke()  # the witness may need to hear of it
+        send_settings(host)
 
     @staticmethod
     def _tell_partner(host: "DatabaseHost", msg: dict) -> None:

@@ -148,8 +148,7 @@ async def resume_session(node: "Node", host: "DatabaseHost") -> None:
     """
     host.update_config(suspended=False)
     host.session.state_reason = None
-    if host.partner_writer is not None and not host.partner_writer.is_closing():
-        framing.write_message(host.partner_writer, settings_message(host))
+    send_settings(host)
     await node.stop_partner_link(host)
     host.session.note_partner_lost()
     host.poke()
@@ -169,13 +168,25 @@ def ended_by_partner(host: "DatabaseHost") -> None:
 def suspended_by_mirror(host: "DatabaseHost", reason: str) -> None:
     """The mirror cannot go on (redo failed, SUSPEND issued there): the session is SUSPENDED here too."""
     host.session.note_reason(f"the mirror suspended the session: {reason[:500]}", time.strftime("%H:%M:%S"))
-    if not host.session.config.suspended:
-        log.warning("suspended_by_mirror", database=host.name, reason=reason[:500], role="PRINCIPAL")
-        host.update_config(suspended=True)
-        host.session.note_suspended()
-        host.poke()  # commits stop waiting for the mirror
-    if host.partner_writer is not None:
+    if host.session.config.suspended:
+        send_settings(host)  # the mirror did not hear it yet
+        return
+    log.warning("suspended_by_mirror", database=host.name, reason=reason[:500], role="PRINCIPAL")
+    suspend_session(host)
+
+
+def suspend_session(host: "DatabaseHost") -> None:
+    """SUSPEND on this principal: persisted first, then the mirror told; commits stop waiting for it."""
+    host.update_config(suspended=True)
+    host.session.note_suspended()
+    send_settings(host)
+
+
+def send_settings(host: "DatabaseHost") -> None:
+    """Tell the mirror the session's settings (if the link is up), and re-evaluate the quorum and waiting commits."""
+    if host.partner_writer is not None and not host.partner_writer.is_closing():
         framing.write_message(host.partner_writer, settings_message(host))
+    host.poke()  # the witness may need to hear of it; commits may stop (or start) waiting for the mirror
 
 
 def settings_message(host: "DatabaseHost") -> dict:
