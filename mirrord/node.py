@@ -537,7 +537,7 @@ class Node:
     async def _serve_hello(self, hello: dict, reader, writer) -> None:
         host = self.databases.get(hello["db"])
         if host is not None and inbound.hello_from_newer_principal(host, hello):
-            await role_change.step_down(self, host, hello["epoch"], f"{hello['from_endpoint']} is principal in role sequence {hello['epoch']}")
+            await role_change.step_down_for_partner(self, host, hello["epoch"], hello["from_endpoint"])
         reason = inbound.refusal_for_hello(self, host, hello)
         if reason is not None:
             log.warning("hello_refused", database=hello["db"], reason=reason)
@@ -559,7 +559,7 @@ class Node:
             await inbound.serve_principal(self, host, hello, reader, writer)
         except inbound.FailoverRequested as req:
             host.inbound = None
-            await role_change.promote(self, host, req.epoch, forced=False, why="manual failover")
+            await role_change.promote_for_failover(self, host, req.epoch)
             if host.session.role is Role.PRINCIPAL and host.session.config.epoch == req.epoch:  # else refused: say nothing
                 framing.write_message(writer, {"t": "failover_done", "epoch": req.epoch})
                 await writer.drain()

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from mirrord.core import quorum
 from mirrord.core.types import DatabaseStatus, Endpoint, NotPrincipal, Role, StatementRefused
 from mirrord.net import framing
 
@@ -69,6 +70,43 @@ async def request_promotion(node: "Node", host: "DatabaseHost", conn: "WitnessCo
         return False
     finally:
         s.failover_requested = False
+
+
+async def witness_refusal(host: "DatabaseHost", claimant: str, epoch: int) -> str | None:
+    """Why the witness does not (yet) back `claimant` as principal of `epoch`; None if it does, or no witness is set.
+
+    Without a witness the authenticated partner's word is the record, as between
+    the reference's partners; with one, the record decides (`quorum.witness_backing_refusal`).
+    """
+    cfg = host.session.config
+    if cfg.witness is None:
+        return None
+    conn = host.witness_conn
+    if conn is None:
+        return f"a witness is set ({cfg.witness}) and not connected: the role change waits until the witness's record confirms it"
+    try:
+        answer = await conn.request({"t": "w_ping"}, cfg.timeout)
+    except (asyncio.TimeoutError, ConnectionError, OSError) as exc:
+        return f"the witness {cfg.witness} did not answer ({exc!r}): the role change waits until its record confirms it"
+    return quorum.witness_backing_refusal(answer["epoch"], answer["principal"], claimant, epoch)
+
+
+async def step_down_for_partner(node: "Node", host: "DatabaseHost", epoch: int, partner: str) -> None:
+    """The partner says it is principal of a newer role sequence: step down, if the witness's record agrees."""
+    why = await witness_refusal(host, partner, epoch)
+    if why is not None:
+        log.warning("step_down_refused", database=host.name, role_sequence=epoch, partner=partner, reason=why)
+        return
+    await step_down(node, host, epoch, f"the partner {partner} is principal in role sequence {epoch}")
+
+
+async def promote_for_failover(node: "Node", host: "DatabaseHost", epoch: int) -> None:
+    """The principal asked for a manual failover: promote, if the witness recorded the switch first."""
+    why = await witness_refusal(host, node.endpoint_url, epoch)
+    if why is not None:
+        log.warning("manual_failover_refused", database=host.name, role_sequence=epoch, reason=why)
+        return
+    await promote(node, host, epoch, forced=False, why="manual failover")
 
 
 async def promote(node: "Node", host: "DatabaseHost", epoch: int, *, forced: bool, why: str) -> None:
@@ -173,7 +211,9 @@ async def manual_failover(node: "Node", host: "DatabaseHost") -> str:
         async with principal.write_lock:  # nothing commits from here on
             end = host.log.last_lsn
             await _wait_mirror_hardened(host, end)
-            if cfg.witness is not None and host.witness_conn is not None:
+            if cfg.witness is not None:
+                if host.witness_conn is None:
+                    raise StatementRefused(f"manual failover abandoned: the witness {cfg.witness} went away; nothing changed")
                 try:
                     answer = await host.witness_conn.request({"t": "w_switch", "epoch": cfg.epoch}, cfg.timeout)
                 except (asyncio.TimeoutError, ConnectionError, OSError) as exc:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, replace
 
-from mirrord.core.types import Epoch, Lsn, Safety
+from mirrord.core.types import Endpoint, Epoch, Lsn, Safety
 
 LEASE_FRACTION = 0.8  # principal lease as a fraction of PARTNER TIMEOUT
 
@@ -202,6 +202,32 @@ def adopt_principal_claim(record: WitnessRecord | None, db: str, sender: str, pa
     if sender == record.principal and role_sequence == record.role_sequence and timeout != record.timeout:
         return replace(record, timeout=timeout)  # the principal's TIMEOUT, as it stands now
     return record
+
+
+def witness_backing_refusal(record_role_sequence: Epoch, record_principal: str, claimant: str, role_sequence: Epoch) -> str | None:
+    """Why the witness's record does not back `claimant` as principal of `role_sequence`, or None.
+
+    Where a witness is set, every role change goes through its record first (a
+    granted vote, a manual failover's `w_switch`, forced service's vote). So a
+    partner's word alone never makes a principal step down or a mirror promote:
+    the node asks the witness, and acts only if the record names the claimant
+    principal of that role sequence or a later one. A partner saying otherwise is
+    mistaken or is not who it seems; a witness out of reach means "not yet".
+    """
+    if record_role_sequence < role_sequence:
+        return (f"the witness records role sequence {record_role_sequence}, older than the {role_sequence} claimed: "
+                "the witness never recorded that role change")
+    if not _same_endpoint(record_principal, claimant):
+        return (f"the witness records {record_principal} as principal in role sequence {record_role_sequence}, "
+                f"not {claimant}")
+    return None
+
+
+def _same_endpoint(a: str, b: str) -> bool:
+    try:
+        return Endpoint.parse(a) == Endpoint.parse(b)
+    except ValueError:
+        return a == b
 
 
 # --------------------------------------------------------------------- mirror

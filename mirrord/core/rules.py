@@ -118,6 +118,10 @@ def manual_failover_refusal(session: Session) -> str | None:
             f"SAFETY {session.config.safety.value}, {session.state.value}, {behind} transactions behind "
             f"(mirror hardened LSN {session.hardened_lsn} of {session.end_of_log_lsn})"
         )
+    if session.config.witness is not None and not session.witness_connected:
+        # the witness records the switch before the mirror takes over (quorum.witness_backing_refusal)
+        return (f"manual failover needs the witness {session.config.witness} connected, as it records the switch first; "
+                "it is not connected (witness_state DISCONNECTED). Retry once it is, or SET WITNESS OFF first")
     return None
 
 

@@ -134,11 +134,12 @@ async def _one_connection(node: "Node", host: "DatabaseHost") -> None:
 
 async def _maybe_step_down(node: "Node", host: "DatabaseHost", refuse: dict) -> None:
     """The partner refused us because it is principal of a newer role sequence."""
-    from mirrord.role_change import step_down
+    from mirrord.role_change import step_down_for_partner
 
-    epoch = refuse.get("epoch")
-    if refuse.get("role") == "PRINCIPAL" and isinstance(epoch, int) and not isinstance(epoch, bool) and epoch > host.session.config.epoch:
-        await step_down(node, host, epoch, f"the partner {host.session.config.partner} is principal in role sequence {epoch}")
+    epoch, partner = refuse.get("epoch"), host.session.config.partner
+    if (refuse.get("role") == "PRINCIPAL" and isinstance(epoch, int) and not isinstance(epoch, bool)
+            and epoch > host.session.config.epoch and partner is not None):
+        await step_down_for_partner(node, host, epoch, partner)
 
 
 async def resume_session(node: "Node", host: "DatabaseHost") -> None:

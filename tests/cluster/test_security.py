@@ -162,6 +162,59 @@ def test_forged_peers_are_refused_and_change_nothing(cluster, tmp_path):
     assert b.status(DB)["state"] == "SYNCHRONIZED" and a.status(DB)["witness_state"] == "CONNECTED"
 
 
+def test_a_partner_alone_cannot_depose_or_promote_where_a_witness_is_set(cluster):
+    """With a partner's own key (a compromised partner, or a bug): the witness's record decides.
+
+    b's certificate, from b's address, tells a that b is principal of a newer role
+    sequence; a's certificate, from a's address, asks b to take over. Neither is
+    in the witness's record, so a stays principal and b stays mirror.
+    """
+    a, b, c = cluster["a"], cluster["b"], cluster["c"]
+    cluster.setup_session(DB, principal="a", mirror="b", witness="c")
+    create_table(a, DB)
+    a.query("INSERT INTO t VALUES (1, 'before')", db=DB)
+    wait_synchronized(cluster, DB, "a", "b")
+    before = _snapshot(cluster)
+    epoch, tls = before[1], cluster.security.tls_dir
+
+    out = _attack(a, b.host, _context(tls, "b"), _forged_newer_principal_hello(cluster, epoch))
+    assert _refused(out), out
+    wait_for(lambda: "step_down_refused" in a.log_text(), 10, "a logs why it did not step down")
+    assert "the witness records" in a.log_text()
+
+    end = b.status(DB)["hardened_lsn"]
+    hello = {"t": "hello", "v": 1, "db": DB, "from_node": "a", "from_endpoint": a.endpoint_url, "role": "PRINCIPAL",
+             "epoch": epoch, "end_lsn": end, "safety": "FULL", "timeout": 10, "suspended": False,
+             "listen": a.address, "failover_lsn": 0, "witness": c.endpoint_url}
+    out = _attack(b, a.host, _context(tls, "a"), [hello, {"t": "failover", "epoch": epoch + 1, "failover_lsn": end}])
+    assert isinstance(out, str) or "failover_done" not in [m["t"] for m in out], out
+    wait_for(lambda: "manual_failover_refused" in b.log_text(), 10, "b logs why it did not take over")
+    assert _snapshot(cluster) == before
+
+    # the real session goes on: a reconnects to b and commits
+    a.query("INSERT INTO t VALUES (2, 'after')", db=DB)
+    wait_synchronized(cluster, DB, "a", "b")
+    assert _snapshot(cluster) == before and ids_on(a, DB) == {1, 2}
+    assert a.tracebacks() == [] and b.tracebacks() == []
+
+
+def test_manual_failover_needs_the_witness_where_one_is_set(cluster):
+    a, b, c = cluster["a"], cluster["b"], cluster["c"]
+    cluster.setup_session(DB, principal="a", mirror="b", witness="c")
+    wait_synchronized(cluster, DB, "a", "b")
+    c.kill()
+    wait_for(lambda: a.status(DB)["witness_state"] == "DISCONNECTED", 30, "a loses the witness")
+    with pytest.raises(ServerError) as info:
+        a.query(f"ALTER DATABASE {DB} SET PARTNER FAILOVER")
+    assert info.value.code == "refused" and "witness" in info.value.message and "SET WITNESS OFF" in info.value.message
+    assert a.status(DB)["role"] == "PRINCIPAL" and b.status(DB)["role"] == "MIRROR"
+    c.start()
+    wait_for(lambda: a.status(DB)["witness_state"] == "CONNECTED", 30, "a reaches the witness again")
+    wait_synchronized(cluster, DB, "a", "b")
+    a.query(f"ALTER DATABASE {DB} SET PARTNER FAILOVER")
+    wait_for(lambda: b.status(DB)["role"] == "PRINCIPAL" and a.status(DB)["role"] == "MIRROR", 30, "the roles switch")
+
+
 def test_a_node_of_another_ca_cannot_join(cluster, tmp_path):
     a = cluster["a"]
     a.query(f"CREATE DATABASE {DB}")

@@ -181,12 +181,16 @@ class Sim:
             if not (self.up(name) and pr.role == PRINCIPAL and self.safety is Safety.FULL and self.live(name, m.name)
                     and m.role == MIRROR and m.seq == pr.seq and m.log == pr.log):
                 continue
-            new = quorum.apply_manual_failover(self.record, name, pr.seq) if self.live(name, "W") else None
-            if new is not None:
-                self.record = new
+            if not self.live(name, "W"):
+                continue  # the witness records the switch first (rules.manual_failover_refusal)
+            new = quorum.apply_manual_failover(self.record, name, pr.seq)
+            if new is None:
+                continue
+            self.record = new
             pr.role, pr.seq, pr.last_heard_principal, pr.was_synchronized = MIRROR, pr.seq + 1, self.now, False
             pr.mirror_lease_until = pr.witness_lease_until = 0.0
-            self._promote(m.name, pr.seq, "manual", witness_told=new is not None)
+            if self.live(m.name, "W"):  # the mirror promotes once the witness's record confirms it (promote_for_failover)
+                self._promote(m.name, pr.seq, "manual", witness_told=True)
             return True
         return False
 
@@ -230,8 +234,11 @@ class Sim:
         me, rec = self.p[n], self.record
         self.heard[n] = self.now
         if me.seq < rec.role_sequence:
-            assert rec.principal != n, "the sim never loses a vote answer"
-            self._demote(me, rec.role_sequence)
+            if rec.principal == n:  # a manual failover it could not confirm at the time (role_change.adopt_witness_state)
+                assert me.role == MIRROR, "the sim never loses a vote answer"
+                self._promote(n, rec.role_sequence, "recorded", witness_told=True)
+            else:
+                self._demote(me, rec.role_sequence)
         elif me.seq > rec.role_sequence and me.role == PRINCIPAL:
             self.record = quorum.adopt_principal_claim(rec, DB, n, other(n), me.seq, self._synchronized(n), self.safety)
             if self.record != rec:
@@ -246,6 +253,10 @@ class Sim:
             lo, hi = sorted((a, b), key=lambda x: x.seq)
             if hi.role != PRINCIPAL:
                 return
+            backed = self.live(lo.name, "W") and quorum.witness_backing_refusal(
+                self.record.role_sequence, self.record.principal, hi.name, hi.seq) is None
+            if lo.role == PRINCIPAL and not backed:
+                return  # a principal steps down on its partner's word only with the witness's record (step_down_for_partner)
             self._demote(lo, hi.seq)
         if a.role == b.role:
             return

@@ -386,6 +386,10 @@ def test_sim_isolated_principal_stops_and_mirror_fails_over_without_loss():
     assert set(c.cid for c in acked(sim, "A")) <= set(sim.p["B"].log)
     sim.apply(("heal", "A", "B"))
     sim.advance(2)
+    # B's word alone does not depose A while A cannot ask the witness; A does not serve meanwhile
+    assert sim.p["A"].role == "PRINCIPAL" and not sim.view("A").has_quorum(sim.now)
+    sim.apply(("heal", "A", "W"))
+    sim.advance(2)
     assert (sim.p["A"].role, sim.p["A"].seq) == ("MIRROR", 2) and sim.p["A"].log == sim.p["B"].log
 
 
@@ -438,17 +442,40 @@ def test_sim_manual_failover_reverses_roles_without_loss():
     assert set(c.cid for c in acked(sim, "A")) <= set(sim.p["B"].log)
 
 
-def test_sim_manual_failover_with_the_witness_unreachable_is_adopted_later():
+def test_sim_manual_failover_is_refused_while_the_principal_cannot_reach_the_witness():
     sim = Sim()
     sim.advance(1)
     sim.apply(("cut_link", "A", "W"))
+    assert not sim.manual_failover()  # the witness records the switch first
+    assert sim.record.role_sequence == 1 and sim.p["A"].role == "PRINCIPAL"
+
+
+def test_sim_manual_failover_to_a_mirror_cut_from_the_witness_is_adopted_when_it_reaches_it():
+    sim = Sim()
+    sim.advance(1)
     sim.apply(("cut_link", "B", "W"))
     assert sim.manual_failover()
-    assert sim.record.role_sequence == 1  # witness missed it
-    sim.advance(1)
-    assert acked(sim, "B", MIRROR)  # partner-to-partner quorum
+    assert sim.record == WitnessRecord("shop", 2, "B", "A", False, FULL)
+    assert sim.p["B"].role == "MIRROR"  # not yet: its witness has not confirmed it
     sim.apply(("heal", "B", "W"))
-    assert sim.record == WitnessRecord("shop", 2, "B", "A", True, FULL)  # adopt_principal_claim
+    sim.advance(1)
+    assert sim.p["B"].role == "PRINCIPAL" and sim.p["B"].seq == 2 and sim.p["A"].role == "MIRROR"
+    assert acked(sim, "B")
+
+
+@pytest.mark.parametrize(
+    "record_seq, record_principal, claimant, seq, refused",
+    [
+        (2, "tcp://10.0.0.2:5022", "tcp://10.0.0.2:5022", 2, None),
+        (3, "tcp://10.0.0.2:5022", "10.0.0.2:5022", 2, None),  # the record is newer still, same principal
+        (1, "tcp://10.0.0.1:5022", "tcp://10.0.0.2:5022", 2, "never recorded"),  # the claim is ahead of the record
+        (2, "tcp://10.0.0.1:5022", "tcp://10.0.0.2:5022", 2, "not tcp://10.0.0.2:5022"),  # someone else is principal
+        (5, "tcp://10.0.0.1:5022", "tcp://10.0.0.2:5022", 2, "not tcp://10.0.0.2:5022"),
+    ],
+)
+def test_witness_backing_refusal(record_seq, record_principal, claimant, seq, refused):
+    got = quorum.witness_backing_refusal(record_seq, record_principal, claimant, seq)
+    assert got is None if refused is None else refused in got
 
 
 def test_sim_manual_failover_needs_a_synchronized_connected_mirror():
