@@ -35,6 +35,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--convergence-bound", type=float, default=45.0)
     parser.add_argument("--no-power-cuts", action="store_true",
                         help="leave the power-cut fault out (and replay a seed as it ran before power cuts existed)")
+    parser.add_argument("--no-forced-service", action="store_true",
+                        help="leave forced service out (and replay a seed as it ran before it was in the schedule)")
     return parser.parse_args(argv)
 
 
@@ -45,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     no_lazyfs = "left out (--no-power-cuts)" if args.no_power_cuts else lazyfs_unavailable()
     if no_lazyfs:
         faults = tuple(f for f in faults if f not in NEEDS_LAZYFS)
-    replay = f"python -m mirrord.nemesis --rounds {args.rounds} --seed {seed}" + (" --no-power-cuts" if args.no_power_cuts else "")
+    if args.no_forced_service:
+        faults = tuple(f for f in faults if f != "force")
+    replay = (f"python -m mirrord.nemesis --rounds {args.rounds} --seed {seed}" + (" --no-power-cuts" if args.no_power_cuts else "")
+              + (" --no-forced-service" if args.no_forced_service else ""))
     print(f"nemesis seed {seed} (replay: {replay})", flush=True)
     if "cut" not in faults:
         print("no iptables (needs root and the iptables command): link cuts and isolation are left out", flush=True)

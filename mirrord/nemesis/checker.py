@@ -14,6 +14,12 @@ The invariants, checked after each round once the cluster has healed:
 * no two writes were acknowledged with the same commit token (`find_shared_tokens`);
 * the mirror's page store equals the principal's database page for page
   (`overlay_wal`, `differing_pages`).
+
+Forced service (FORCE_SERVICE_ALLOW_DATA_LOSS) may lose what the old principal
+acknowledged alone past the fork. Such a write is excused only if the old
+principal's loss report names it — same node and role sequence, its LSN in the
+reported range — and its id is in the salvage copy (`LossReport`,
+`explained_by_forced_service`); any other missing write is lost.
 """
 
 from __future__ import annotations
@@ -99,6 +105,24 @@ class Ledger:
 
     def doubt(self, db: str, write_id: int) -> None:
         self.in_doubt.setdefault(db, set()).add(write_id)
+
+
+@dataclass(frozen=True)
+class LossReport:
+    """What an old principal reported it would lose to a forced service, read before RESUME."""
+
+    db: str
+    node: str  # the old principal
+    epoch: int  # its role sequence when service was forced elsewhere
+    lost_from: int  # its lost LSN range, first..last (0, 0: nothing past the fork)
+    lost_to: int
+    salvaged: frozenset[int]  # the ids in its salvage copy
+
+
+def explained_by_forced_service(ack: Ack, reports: Iterable[LossReport]) -> bool:
+    """A missing acknowledged write that a forced service's loss report names, and the salvage copy holds."""
+    return any(r.db == ack.db and r.node == ack.node and r.epoch == ack.epoch and r.lost_from <= ack.lsn <= r.lost_to
+               and ack.id in r.salvaged for r in reports)
 
 
 def find_lost(acks: Sequence[Ack], db: str, present: set[int]) -> list[Ack]:

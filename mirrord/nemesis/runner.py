@@ -9,9 +9,16 @@ has converged by itself, and checks (checker.py).
 Healing, in this order: thaw frozen nodes, restart dead ones, remove every
 link cut, STARTED on every endpoint that was STOPPED. Then, while waiting for
 convergence, on the principal of each database: SAFETY FULL if it is OFF, and
-RESUME if the session is SUSPENDED (the schedule never forces service, so this
-should not happen; it is counted if it does). Nothing else is done for the
-cluster: failover, reconnection and catch-up are the engine's own.
+RESUME if the session is SUSPENDED — after a forced service, once the old
+principal's loss report (`lost_lsn_range`, `salvage_path`) was read and the
+salvage copy opened, since RESUME rolls that copy back. Nothing else is done
+for the cluster: failover, reconnection and catch-up are the engine's own.
+
+A forced service step (`force`) makes the loss it is allowed: it cuts the
+principal from its mirror, lets the writers go on until the principal has logged
+commits the mirror lacks (it acknowledges alone, exposed, once the witness
+agrees), kills it, and forces service on the mirror. The checker then excuses
+exactly the missing writes the loss report names and the salvage copy holds.
 
 Converged means: one partner PRINCIPAL and the other MIRROR in the same role
 sequence, both SYNCHRONIZED, the witness CONNECTED and recording that
@@ -49,9 +56,9 @@ from pathlib import Path
 from typing import Callable
 
 from mirrord.localcluster import LocalCluster, LocalNode, wait_for
-from mirrord.nemesis.checker import (Ack, Ledger, SafetyBook, Violation, differing_pages, find_lost,
-                                     find_lost_unprotected, find_phantoms, find_shared_tokens, find_split_brain,
-                                     overlay_wal)
+from mirrord.nemesis.checker import (Ack, Ledger, LossReport, SafetyBook, Violation, differing_pages,
+                                     explained_by_forced_service, find_lost, find_lost_unprotected, find_phantoms,
+                                     find_shared_tokens, find_split_brain, overlay_wal)
 from mirrord.nemesis.schedule import Round, Step
 from mirrord.storage.wal import WalReader
 from mirrorctl.client import AsyncClient, ServerError, Unreachable
@@ -59,6 +66,8 @@ from mirrorctl.client import AsyncClient, ServerError, Unreachable
 WRITE_TIMEOUT = 5.0
 ADMIN_TIMEOUT = 10.0
 FAILOVER_TIMEOUT = 20.0
+EXPOSED_COMMITS = 5  # a forced service waits until the cut-off principal logged this many commits the mirror lacks
+FORCE_DEADLINE = 15.0
 ERROR_BACKOFF = 0.05
 INSERT = "INSERT INTO t(id, node, v) VALUES (?, ?, ?)"
 PAYLOAD = "x" * 100
@@ -123,6 +132,9 @@ class Nemesis:
         self._cuts: set[frozenset[str]] = set()
         self._endpoints_stopped: set[str] = set()
         self._full: set[str] = set()  # nodes whose disk is full (lazyfs)
+        self._forced: dict[str, tuple[str, int]] = {}  # db -> (old principal, its role sequence): loss report not read yet
+        self.loss_reports: list[LossReport] = []
+        self.forced_lost: set[int] = set()  # acknowledged writes a forced service lost, reported and salvaged
         self.aborted: str | None = None
 
     # ------------------------------------------------------------ setup
@@ -359,6 +371,71 @@ class Nemesis:
         self.safety.mark_full(db)  # after: only once FULL is in force
         return f"done on {principal.name}"
 
+    def _do_force(self, db: str) -> str:
+        """Cut the principal from its mirror, let it acknowledge alone, kill it, force service on the mirror."""
+        principal = self._principal(db)
+        if principal is None:
+            return "skipped: no principal answers"
+        if db in self._forced:
+            return "skipped: the last forced service's loss report is not read yet"
+        lay = next(l for l in self.layouts if l.db == db)
+        mirror = self.cluster[lay.mirror if principal.name == lay.principal else lay.principal]
+        if not _answers(mirror):
+            return "skipped: the mirror is down or frozen"
+        epoch = principal.status(db)["role_sequence"]
+        self._do_cut(*sorted((principal.name, mirror.name)))
+        not_ready = (LookupError, ServerError, Unreachable, OSError)
+        how = "not exposed"  # forced anyway if the principal never got to acknowledge alone: nothing is lost then
+        try:
+            # exposed: the witness recorded the mirror as not synchronized, so the principal acknowledges alone ...
+            wait_for(lambda: (w := self._witness_row(lay)) is not None and w["mirror_synchronized"] is False,
+                     FORCE_DEADLINE, "the witness to record the mirror behind", interval=0.1, retry_on=not_ready)
+            # ... and it commits a few more, acknowledged to nobody but itself
+            base = principal.status(db)["end_of_log_lsn"]
+            wait_for(lambda: principal.status(db)["end_of_log_lsn"] >= base + EXPOSED_COMMITS, FORCE_DEADLINE,
+                     "the exposed principal to commit alone", interval=0.05, retry_on=not_ready)
+            how = "exposed"
+        except TimeoutError:
+            pass
+        principal.kill()
+        self._forced[db] = (principal.name, epoch)
+        deadline = time.monotonic() + FORCE_DEADLINE
+        while True:
+            try:
+                mirror.query(f"ALTER DATABASE {db} SET PARTNER FORCE_SERVICE_ALLOW_DATA_LOSS", timeout=FAILOVER_TIMEOUT)
+                break
+            except ServerError as exc:
+                if mirror.status(db)["role"] == "PRINCIPAL":  # automatic failover came first (the witness thought it synchronized)
+                    del self._forced[db]
+                    return f"superseded: {mirror.name} was promoted automatically ({how})"
+                if time.monotonic() > deadline:
+                    del self._forced[db]
+                    return f"refused: {exc.message[:100]}"
+                time.sleep(0.1)  # poll: the mirror has not yet seen the principal go
+        fork = mirror.status(db)["fork_lsn"]
+        return f"done on {mirror.name}: {principal.name} {how}, fork at LSN {fork}"
+
+    def _read_loss_report(self, db: str, old: LocalNode, epoch: int) -> str | None:
+        """The old principal's loss report and salvage copy, before RESUME rolls it back; None once read."""
+        row = old.status(db)
+        if row["role"] != "MIRROR":
+            return f"{old.name} has not rejoined as mirror yet"
+        lost_from, lost_to = 0, 0
+        if row.get("lost_lsn_range"):
+            lost_from, lost_to = (int(x) for x in row["lost_lsn_range"].split("-"))
+        salvaged: frozenset[int] = frozenset()
+        if lost_to:
+            if not row.get("salvage_path"):
+                return f"{old.name} reports lost LSNs {lost_from}-{lost_to} but no salvage copy (yet)"
+            conn = sqlite3.connect(f"file:{row['salvage_path']}?mode=ro", uri=True)
+            try:
+                salvaged = frozenset(r[0] for r in conn.execute("SELECT id FROM t"))
+            finally:
+                conn.close()
+        self.loss_reports.append(LossReport(db, old.name, epoch, lost_from, lost_to, salvaged))
+        del self._forced[db]
+        return None
+
     def _principal(self, db: str) -> LocalNode | None:
         lay = next(l for l in self.layouts if l.db == db)
         return self.cluster.principal_of(db, among=(lay.principal, lay.mirror))
@@ -426,7 +503,13 @@ class Nemesis:
             return self._admin(principal, lay.db, "SAFETY FULL", admin)
         self.safety.mark_full(lay.db)
         if p["state"] == "SUSPENDED":
+            if lay.db in self._forced:
+                old_name, epoch = self._forced[lay.db]
+                if (waiting := self._read_loss_report(lay.db, self.cluster[old_name], epoch)) is not None:
+                    return waiting
             return self._admin(principal, lay.db, "RESUME", admin)
+        if lay.db in self._forced:  # a forced fork always rejoins SUSPENDED: its loss report is read first
+            return f"forced service on {p_name}: waiting for the session to show SUSPENDED"
         fields = ("state", "role_sequence", "end_of_log_lsn", "witness_state")
         if not (p["state"] == m["state"] == "SYNCHRONIZED" and p["witness_state"] == "CONNECTED"
                 and p["role_sequence"] == m["role_sequence"]
@@ -482,7 +565,9 @@ class Nemesis:
             return [Violation("convergence", f"{lay.db}: no principal after convergence")]
         mirror = self.cluster[lay.mirror if principal.name == lay.principal else lay.principal]
         present = principal.ids(lay.db, timeout=ADMIN_TIMEOUT)  # in pages: a long run holds more than one result may
-        lost = [a for a in find_lost(self.ledger.acks, lay.db, present) if a.id not in self._reported_lost]
+        missing = [a for a in find_lost(self.ledger.acks, lay.db, present) if a.id not in self._reported_lost]
+        self.forced_lost.update(a.id for a in missing if explained_by_forced_service(a, self.loss_reports))
+        lost = [a for a in missing if a.id not in self.forced_lost]
         if lost:
             self._reported_lost.update(a.id for a in lost)
             sample = ", ".join(f"id {a.id} by {a.node} epoch {a.epoch} lsn {a.lsn}" for a in lost[:5])
@@ -537,6 +622,9 @@ class Nemesis:
             f"writes sent: {sum(len(s) for s in self.ledger.sent.values())}, acknowledged: {len(acks)} "
             f"(SAFETY FULL {sum(a.full for a in acks)}), in doubt: {self._doubt_count()}",
             f"lost (SAFETY FULL): {len(self._reported_lost)}, lost (SAFETY OFF, allowed): {len(self.lost_unprotected)}",
+            f"forced service: {len(self.loss_reports)} with a loss report read, acknowledged writes lost to it "
+            f"{len(self.forced_lost)} (each in the old principal's reported range and its salvage copy), "
+            f"reported lost transactions {sum(r.lost_to - r.lost_from + 1 for r in self.loss_reports if r.lost_to)}",
             f"split-brain role sequences: {len(self._reported_split)}",
             f"role sequences with acknowledged writes: {len({(a.db, a.epoch) for a in acks})}",
         ]

@@ -31,11 +31,14 @@ UNDO = {
     "power-cut": "restart",
     "disk-full": "disk-space",
 }
-# power-cut and disk-full are last: leaving them out (no FUSE, or --no-power-cuts)
-# gives the schedules that seeds gave before they existed
-FAULTS = ("kill", "freeze", "cut", "isolate", "endpoint_stop", "failover", "safety_off", "power-cut", "disk-full")
+# power-cut, disk-full and force are last: leaving them out (no FUSE, --no-power-cuts,
+# --no-forced-service) gives the schedules that seeds gave before they existed.
+# force(db): cut the principal from its mirror (it runs exposed and acknowledges
+# alone), kill it, FORCE_SERVICE_ALLOW_DATA_LOSS on the mirror; undone by the heal
+# (restart, RESUME once the loss report was read).
+FAULTS = ("kill", "freeze", "cut", "isolate", "endpoint_stop", "failover", "safety_off", "power-cut", "disk-full", "force")
 PROCESS_FAULTS = ("kill", "freeze", "power-cut")
-NEEDS_IPTABLES = ("cut", "isolate")
+NEEDS_IPTABLES = ("cut", "isolate", "force")
 NEEDS_LAZYFS = ("power-cut", "disk-full")  # the node's data directory on mirrord/nemesis/lazyfs.py
 UNDOES = tuple(UNDO.values())
 
@@ -92,7 +95,7 @@ def _make_round(rng: random.Random, number: int, nodes: tuple[str, ...], databas
             target = rng.choice(pairs)
         elif kind in ("endpoint_stop", "isolate", "disk-full"):
             target = (rng.choice(nodes),)
-        elif kind in ("failover", "safety_off"):
+        elif kind in ("failover", "safety_off", "force"):
             target = (rng.choice(databases),)
         steps.append(Step(kind, target, _dwell(rng)))
         if kind in UNDO and rng.random() < 0.6:

@@ -4,17 +4,23 @@ Seed 331's three rounds hold every fault kind: a link cut, a SIGKILL, a node
 isolated from both others, manual failovers, an endpoint STOPPED, SAFETY OFF,
 a node frozen (with --no-power-cuts, the schedule it had before power cuts
 existed). Seed 390's three rounds cut the power of every node, the principal of
-each database among them, and fill one node's disk. The command runs as a child process, exactly as a person would run
-it, on this run's own address range.
+each database among them, and fill one node's disk. Both leave forced service out
+(--no-forced-service), keeping the schedules they had before it was added. Seed
+102's two rounds force service three times: twice on a mirror whose principal
+was cut off and ran exposed (acknowledging alone) before it was killed, once
+refused (the witness was the node killed before). The command runs as a child
+process, exactly as a person would run it, on this run's own address range.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
 import pytest
 
+from mirrord.localcluster import iptables_available
 from mirrord.nemesis.lazyfs import unavailable_reason as lazyfs_unavailable
 
 from .conftest import FIRST_IP
@@ -22,12 +28,13 @@ from .conftest import FIRST_IP
 SEED = 331
 ROUNDS = 3
 POWER_CUT_SEED = 390
+FORCED_SEED, FORCED_ROUNDS = 102, 2
 
 
-def run_nemesis(tmp_path, seed: int, *flags: str) -> str:
+def run_nemesis(tmp_path, seed: int, *flags: str, rounds: int = ROUNDS) -> str:
     """The command's output; it must exit 0."""
     proc = subprocess.run(
-        [sys.executable, "-m", "mirrord.nemesis", "--rounds", str(ROUNDS), "--seed", str(seed),
+        [sys.executable, "-m", "mirrord.nemesis", "--rounds", str(rounds), "--seed", str(seed),
          "--data", str(tmp_path / "nemesis"), "--first-ip", str(FIRST_IP), *flags],
         capture_output=True, text=True, timeout=240,
     )
@@ -37,7 +44,7 @@ def run_nemesis(tmp_path, seed: int, *flags: str) -> str:
 
 
 def test_nemesis_short_run_finds_no_violation(tmp_path):
-    out = run_nemesis(tmp_path, SEED, "--no-power-cuts")
+    out = run_nemesis(tmp_path, SEED, "--no-power-cuts", "--no-forced-service")
     assert f"rounds: {ROUNDS}\n" in out
     assert "violations: none" in out and "OK" in out
     assert "lost (SAFETY FULL): 0," in out and "split-brain role sequences: 0" in out
@@ -47,11 +54,22 @@ def test_nemesis_short_run_finds_no_violation(tmp_path):
 
 @pytest.mark.skipif(lazyfs_unavailable() is not None, reason=f"power cuts need lazyfs: {lazyfs_unavailable()}")
 def test_nemesis_power_cuts_and_full_disks_lose_no_acknowledged_write(tmp_path):
-    out = run_nemesis(tmp_path, POWER_CUT_SEED)
+    out = run_nemesis(tmp_path, POWER_CUT_SEED, "--no-forced-service")
     assert "violations: none" in out and "OK" in out
     assert "lost (SAFETY FULL): 0, lost (SAFETY OFF, allowed): 0" in out
     assert "power-cut done x3" in out and "disk-full done x1" in out
     assert "power cuts: 3 in 3 rounds" in out and "full disks: 1 in 1 rounds, survived (no violation in the round): 1" in out
+
+
+@pytest.mark.skipif(not iptables_available(), reason="forced service in the nemesis cuts links: needs root and iptables")
+def test_nemesis_forced_service_loses_only_what_it_reports_and_salvages(tmp_path):
+    out = run_nemesis(tmp_path, FORCED_SEED, rounds=FORCED_ROUNDS)
+    assert "violations: none" in out and "OK" in out
+    assert "force done x2" in out and "force refused x1" in out and "exposed, fork at LSN" in out
+    assert "lost (SAFETY FULL): 0," in out and "split-brain role sequences: 0" in out
+    lost_to_force = int(re.search(r"acknowledged writes lost to it (\d+)", out).group(1))
+    assert lost_to_force > 0, "the exposed principals acknowledged alone: forced service must have cost something"
+    assert out.count("RESUME on") == 2  # after each forced service, once its loss report was read
 
 
 def _connections_to(node_host: str, port: int, from_host: str) -> int:

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from mirrord.nemesis.checker import (Ack, Ledger, SafetyBook, differing_pages, find_lost, find_lost_unprotected,
+from mirrord.nemesis.checker import (Ack, Ledger, LossReport, SafetyBook, explained_by_forced_service, differing_pages, find_lost, find_lost_unprotected,
                                      find_phantoms, find_shared_tokens, find_split_brain, overlay_wal, page_size_of)
 from mirrord.nemesis.schedule import (FAULTS, MAX_DWELL, MIN_DWELL, NEEDS_IPTABLES, NEEDS_LAZYFS, PROCESS_FAULTS, UNDO,
                                       make_schedule)
@@ -35,7 +35,7 @@ def test_schedule_keeps_its_rules(seed):
         assert len(process_hits) == len(set(process_hits)), "a node takes one process fault per round"
         for i, step in enumerate(rnd.steps):
             assert MIN_DWELL <= step.dwell <= MAX_DWELL
-            if step.kind in ("failover", "safety_off", "safety_full"):
+            if step.kind in ("failover", "safety_off", "safety_full", "force"):
                 assert step.target[0] in DBS
             elif step.kind in ("cut", "heal"):
                 assert len(step.target) == 2 and set(step.target) <= set(NODES) and step.target[0] != step.target[1]
@@ -58,10 +58,32 @@ def test_schedule_covers_every_fault_kind_and_honours_a_subset():
 
 def test_leaving_power_cuts_out_replays_the_schedules_seeds_gave_before_them():
     before = ("kill", "freeze", "cut", "isolate", "endpoint_stop", "failover", "safety_off")
-    without = tuple(f for f in FAULTS if f not in NEEDS_LAZYFS)
+    without = tuple(f for f in FAULTS if f not in NEEDS_LAZYFS and f != "force")
     assert without == before
     kinds = {s.kind for r in make_schedule(5, 30, NODES, DBS) for s in r.steps}
     assert "power-cut" in kinds
+
+
+def test_leaving_forced_service_out_replays_the_schedules_seeds_gave_before_it():
+    assert FAULTS[-1] == "force" and "force" in NEEDS_IPTABLES
+    before = ("kill", "freeze", "cut", "isolate", "endpoint_stop", "failover", "safety_off", "power-cut", "disk-full")
+    assert FAULTS[:-1] == before
+    forced = [s for r in make_schedule(5, 40, NODES, DBS) for s in r.steps if s.kind == "force"]
+    assert forced and all(s.target[0] in DBS for s in forced)
+
+
+def test_forced_service_excuses_only_what_the_loss_report_names_and_the_salvage_copy_holds():
+    report = LossReport("d1", "a", 3, 101, 110, frozenset({7, 8}))
+    assert explained_by_forced_service(Ack(7, "d1", "a", 3, 105, True), [report])
+    assert explained_by_forced_service(Ack(8, "d1", "a", 3, 110, True), [report])  # the range is inclusive
+    assert not explained_by_forced_service(Ack(9, "d1", "a", 3, 105, True), [report])  # not salvaged
+    assert not explained_by_forced_service(Ack(7, "d1", "a", 3, 100, True), [report])  # before the fork: never lost
+    assert not explained_by_forced_service(Ack(7, "d1", "a", 4, 105, True), [report])  # another role sequence
+    assert not explained_by_forced_service(Ack(7, "d1", "b", 3, 105, True), [report])  # another node
+    assert not explained_by_forced_service(Ack(7, "d2", "a", 3, 105, True), [report])  # another database
+    assert not explained_by_forced_service(Ack(7, "d1", "a", 3, 105, True), [])
+    nothing_lost = LossReport("d1", "a", 3, 0, 0, frozenset())
+    assert not explained_by_forced_service(Ack(7, "d1", "a", 3, 105, True), [nothing_lost])
 
 
 # ------------------------------------------------------------------ acknowledged writes

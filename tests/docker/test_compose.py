@@ -147,6 +147,9 @@ def test_compose_cluster_fails_over_and_rejoins(compose_cluster: ComposeCluster)
                  interval=0.5)
 
     c.fetch_ca()
+    for name in ("node-a", "node-b", "node-c"):  # each node holds its own key and the CA's certificate, nothing else
+        listing = c.compose("exec", "-T", name, "ls", "/tls", timeout=60).stdout.split()
+        assert sorted(listing) == sorted(["ca.crt", f"{name}.crt", f"{name}.key"]), (name, listing)
     setup = c.compose("run", "--rm", "setup", timeout=240)
     assert "set up: demo on node-a (principal) -> node-b (mirror), witness node-c" in setup.stdout, setup.stdout
 
