@@ -331,6 +331,8 @@ class Node:
             host.principal = principal
             if cfg.role is Role.PRINCIPAL and cfg.partner is not None:
                 self.start_partner_link(host)
+            elif cfg.partner is None:
+                self.start_off_notice(host)
         else:
             host.mirror = MirrorDatabase(host.directory, host.session, host.log)
             host.mirror.on_failure = lambda why: inbound.mirror_cannot_go_on(host, why)
@@ -361,6 +363,13 @@ class Node:
 
         if host.sender is None or host.sender.done():
             host.sender = asyncio.create_task(run_partner_link(self, host), name=f"partner-link-{host.name}")
+
+    def start_off_notice(self, host: DatabaseHost) -> None:
+        """Start (once) telling the old mirror of a SET PARTNER OFF run here (in the principal's link slot)."""
+        from mirrord.net.partner import run_off_notice
+
+        if host.session.config.off_untold is not None and self.endpoint_started and (host.sender is None or host.sender.done()):
+            host.sender = asyncio.create_task(run_off_notice(self, host), name=f"partner-off-notice-{host.name}")
 
     async def stop_partner_link(self, host: DatabaseHost) -> None:
         """Stop the principal's link to its mirror, if any."""
@@ -418,6 +427,7 @@ class Node:
         for host in self.databases.values():
             if host.session.role is Role.PRINCIPAL and host.session.config.partner is not None:
                 self.start_partner_link(host)
+            self.start_off_notice(host)
             self.start_witness_link(host)
 
     async def stop_endpoint(self) -> None:
@@ -507,7 +517,7 @@ class Node:
         self.track_endpoint_writer(writer)
         try:
             hello = messages.validate(await asyncio.wait_for(framing.read_message(reader), HELLO_TIMEOUT))
-            if hello["t"] in ("hello", "w_hello"):
+            if hello["t"] in ("hello", "w_hello", "partner_off_notice"):
                 impostor = self.impostor_refusal(writer, hello["from_endpoint"])
                 if impostor is not None:
                     log.warning("peer_refused", peer=str(peer), database=hello["db"], reason=impostor)
@@ -517,8 +527,11 @@ class Node:
             if hello["t"] == "w_hello":
                 await self.witness.serve(self, hello, reader, writer)
                 return
+            if hello["t"] == "partner_off_notice":
+                await self._serve_off_notice(hello, writer)
+                return
             if hello["t"] != "hello":
-                raise ProtocolError(f"first frame must be hello or w_hello, got {hello['t']}")
+                raise ProtocolError(f"first frame must be hello, w_hello or partner_off_notice, got {hello['t']}")
             await self._serve_hello(hello, reader, writer)
         except ProtocolError as exc:
             log.warning("endpoint_frame_rejected", peer=str(peer), reason=str(exc))
@@ -566,6 +579,22 @@ class Node:
         finally:
             if host.inbound is asyncio.current_task():
                 host.inbound = None
+
+    async def _serve_off_notice(self, notice: dict, writer) -> None:
+        """SET PARTNER OFF ran on our principal while we were away: end the session here too, then confirm.
+
+        Confirmed also when there is nothing to end (no longer its mirror): the
+        sender only needs to know it may stop telling.
+        """
+        host = self.databases.get(notice["db"])
+        if host is not None:
+            cfg = host.session.config
+            if (cfg.role is Role.MIRROR and cfg.partner is not None and notice["epoch"] >= cfg.epoch
+                    and role_change.endpoint_matches(cfg.partner, notice["from_endpoint"])):
+                await self.stop_inbound(host)
+                await self._mirror_partner_removed(notice["db"])
+        framing.write_message(writer, {"t": "partner_off_done"})
+        await writer.drain()
 
     async def _mirror_partner_removed(self, db: str) -> None:
         host = self.databases.get(db)

@@ -236,10 +236,12 @@ class StatementExecutor:
             await self.node.create_host(SessionConfig(stmt.db, role=Role.MIRROR, status=DatabaseStatus.RESTORING, partner=url))
             return _message(f"{stmt.db} is the mirror of {url}; it will be seeded when the principal connects")
         if host.session.config.status is DatabaseStatus.RESTORING:
-            host.update_config(role=Role.MIRROR, partner=url, ended_by_off=None)
+            host.update_config(role=Role.MIRROR, partner=url, ended_by_off=None, off_untold=None)
             return _message(f"{stmt.db} is the mirror of {url}")
         await self._probe_mirror(host, stmt.endpoint)
-        host.update_config(role=Role.PRINCIPAL, partner=url, epoch=max(host.session.config.epoch, 1), ended_by_off=None)
+        await self.node.stop_partner_link(host)  # an OFF notice still under way: this new session supersedes it
+        host.update_config(role=Role.PRINCIPAL, partner=url, epoch=max(host.session.config.epoch, 1), ended_by_off=None,
+                           off_untold=None)
         self.node.start_partner_link(host)
         return _message(f"{stmt.db} is the principal; mirroring to {url}")
 
@@ -269,11 +271,16 @@ class StatementExecutor:
             self._tell_partner(host, {"t": "partner_off"})
             if host.partner_writer is not None:
                 await host.partner_writer.drain()
-            host.update_config(partner=None, role=Role.NONE, suspended=False)
+            # The mirror may be away, or the frame lost with the link: it is told again on a connection of
+            # its own until it confirms (net.partner.run_off_notice), and its hellos hear it meanwhile.
+            old = host.session.config.partner
+            host.update_config(partner=None, role=Role.NONE, suspended=False, ended_by_off=old, off_untold=old)
             await self.node.stop_partner_link(host)
             host.session.note_partner_lost()
             host.principal.update_visible()
-            return _message(f"mirroring of {host.name} removed; it is a standalone database")
+            self.node.start_off_notice(host)
+            return _message(f"mirroring of {host.name} removed; it is a standalone database (the mirror {old} is told "
+                            "now, or as soon as it can be reached)")
         # the principal is told now if it is connected, or by the refusal of its next hello
         self._tell_partner(host, {"t": "partner_off"})
         if host.partner_writer is not None:

@@ -199,6 +199,9 @@ SCHEMAS: dict[str, dict[str, Checker]] = {
     "rewind_end": {"count": _int},
     "settings": {"safety": _safety, "timeout": _int, "suspended": _bool},
     "partner_off": {},
+    # first frame on a fresh connection: SET PARTNER OFF ran on this principal while the mirror was away
+    "partner_off_notice": {"db": _db, "from_endpoint": _str, "epoch": _int},
+    "partner_off_done": {},
     "suspend": {"reason": _str},  # mirror -> principal: the mirror cannot go on (redo failed), or SUSPEND ran there
     "resume": {},  # mirror -> principal: SET PARTNER RESUME ran on the mirror
     "failover": {"epoch": _int, "failover_lsn": _int},  # manual failover: principal -> mirror

@@ -57,8 +57,10 @@ class SessionConfig:
     lost_lsn_from: Lsn = NO_LSN  # a diverged old principal: its log past the fork, first..last
     lost_lsn_to: Lsn = NO_LSN
     salvage_path: str | None = None  # copy of the diverged database, kept for the DBA
-    # SET PARTNER OFF ran here while this node was the mirror of this principal: its next hello hears so
+    # SET PARTNER OFF ran here: the partner's next hello hears so (either role)
     ended_by_off: str | None = None
+    # SET PARTNER OFF ran on this principal: the old mirror's endpoint, until it confirmed (partner_off_notice)
+    off_untold: str | None = None
     # monitor warning thresholds (sp_dbmmonitorchangealert): (alert_id, threshold, enabled), per node
     alerts: tuple[tuple[int, int, bool], ...] = ()
 

@@ -166,6 +166,46 @@ def ended_by_partner(host: "DatabaseHost") -> None:
         host.principal.update_visible()
 
 
+async def run_off_notice(node: "Node", host: "DatabaseHost") -> None:
+    """Tell the old mirror that SET PARTNER OFF ended the session here, until it confirms.
+
+    Redials like any link (its backoff), across restarts (off_untold is
+    persisted), and stops once the mirror answered or a new session began.
+    """
+
+    def should_run() -> bool:
+        return host.session.config.off_untold is not None and host.session.config.partner is None and not node.stopping
+
+    def refused(exc: LinkRefused) -> None:
+        log.warning("partner_off_notice_refused", database=host.name, reason=str(exc), mirror=host.session.config.off_untold)
+
+    await run_link(node, Link(
+        name="partner_off_notice", should_run=should_run, connect_once=lambda: _tell_off_once(node, host),
+        connected=lambda: False, on_lost=lambda: None, on_refused=refused,
+        context=lambda: {"database": host.name, "mirror": host.session.config.off_untold}))
+
+
+async def _tell_off_once(node: "Node", host: "DatabaseHost") -> None:
+    cfg = host.session.config
+    endpoint = cfg.off_untold
+    reader, writer = await asyncio.wait_for(node.connect_endpoint(Endpoint.parse(endpoint)), cfg.timeout)
+    node.track_endpoint_writer(writer)
+    try:
+        framing.write_message(writer, {"t": "partner_off_notice", "db": host.name, "from_endpoint": node.endpoint_url,
+                                       "epoch": cfg.epoch})
+        answer = messages.validate(await asyncio.wait_for(framing.read_message(reader), cfg.timeout))
+        if answer["t"] == "refuse":
+            raise LinkRefused(answer["reason"])
+        if answer["t"] != "partner_off_done":
+            raise ProtocolError(f"expected partner_off_done, got {answer['t']}")
+        if host.session.config.off_untold == endpoint:
+            host.update_config(off_untold=None)
+        log.info("partner_off_told", database=host.name, mirror=endpoint)
+    finally:
+        writer.close()
+        node.untrack_endpoint_writer(writer)
+
+
 def suspended_by_mirror(host: "DatabaseHost", reason: str) -> None:
     """The mirror cannot go on (redo failed, SUSPEND issued there): the session is SUSPENDED here too."""
     host.session.note_reason(f"the mirror suspended the session: {reason[:500]}", time.strftime("%H:%M:%S"))

@@ -216,6 +216,29 @@ def test_suspend_and_resume_on_the_mirror(cluster):
     assert a.status(DB)["state_reason"] is None
 
 
+def test_partner_off_on_the_principal_reaches_a_mirror_that_was_away(cluster):
+    a, b = cluster["a"], cluster["b"]
+    for db in ("shop", "crm"):
+        cluster.setup_session(db, principal="a", mirror="b")
+        create_table(a, db)
+        wait_synchronized(cluster, db, "a", "b")
+    # connected: the mirror is told at once
+    a.query("ALTER DATABASE shop SET PARTNER OFF")
+    wait_for(lambda: b.status("shop")["role"] == "NONE" or None, 10, "shop ended on the mirror too")
+    # away: told once it is back, even if the principal restarted meanwhile (the notice is persisted)
+    b.kill()
+    a.query("ALTER DATABASE crm SET PARTNER OFF")
+    assert a.status("crm")["role"] == "NONE" and _insert(a, 1) == "ok"
+    a.kill()
+    a.start()
+    b.start()
+    wait_for(lambda: b.status("crm")["role"] == "NONE" or None, 30, "crm ended on the mirror after it came back")
+    row = b.status("crm")
+    assert row["partner"] is None and row["status"] == "RESTORING"  # the copy waits for RESTORE … WITH RECOVERY
+    wait_for(lambda: "partner_off_told" in a.log_text() or None, 10, "the principal stops telling")
+    assert a.tracebacks() == [] and b.tracebacks() == []
+
+
 def test_partner_off_on_the_mirror_ends_the_session_on_both_now_or_at_the_next_hello(cluster):
     a, b = cluster["a"], cluster["b"]
     for db in ("shop", "crm"):

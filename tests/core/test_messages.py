@@ -22,6 +22,8 @@ GOOD = {
     "seed_end": dict(crc=123),
     "settings": dict(safety="OFF", timeout=1, suspended=True),
     "partner_off": dict(),
+    "partner_off_notice": dict(db="shop", from_endpoint="tcp://127.0.0.11:5022", epoch=3),
+    "partner_off_done": dict(),
     "suspend": dict(reason="redo failed at LSN 12: disk I/O error"),
     "resume": dict(),
     "rewind_begin": dict(lsn=40, epoch=3, page_size=4096, db_size=12),
