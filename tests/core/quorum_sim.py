@@ -11,7 +11,9 @@ What it models
   Leases, "last heard from the principal", "was synchronized" and the principal's belief about the
   witness record are volatile: a killed partner loses them (restart: no lease, belief "the witness
   thinks the mirror synchronized" until told otherwise, the mirror's failover clock restarted). The witness persists its
-  `WitnessRecord`; on restart it counts every partner as just heard.
+  `WitnessRecord`; on restart it has heard from no partner, and, as `mirrord.witness` does, it counts
+  the principal as seen only once it has heard from it since that start (`met`), and votes without
+  it only after a full timeout of its own uptime (`decide_vote(..., witness_uptime=...)`).
 * Each tick: partners ping the witness (the witness renews the principal's lease with
   `lease_until(sent, timeout)` only for its recorded principal at its sequence; every principal first
   reports "synchronized or not" with `apply_principal_report` (the witness refuses a deposed one); a
@@ -97,8 +99,10 @@ class Sim:
         self.now = 0.0
         self.safety = Safety.FULL
         self.p = {"A": Partner("A", PRINCIPAL, 1), "B": Partner("B", MIRROR, 1, was_synchronized=True)}
-        self.record = WitnessRecord(DB, 1, "A", "B", True, Safety.FULL)
+        self.record = WitnessRecord(DB, 1, "A", "B", True, Safety.FULL, timeout)  # the witness learns the session's TIMEOUT
         self.heard = {"A": 0.0, "B": 0.0}  # witness: last time it heard each partner
+        self.w_started = 0.0  # witness: its last (re)start
+        self.met = set(PARTNERS)  # witness: the partners it heard from since that start (volatile)
         self.dead: set[str] = set()
         self.frozen: set[str] = set()
         self.cut: set[frozenset[str]] = set()
@@ -119,7 +123,12 @@ class Sim:
         return self.up(x) and self.up(y) and frozenset((x, y)) not in self.cut
 
     def principal_seen(self) -> bool:
-        return self.now - self.heard[self.record.principal] < self.timeout
+        p = self.record.principal
+        return p in self.met and self.now - self.heard[p] < self.timeout
+
+    def witness_uptime(self) -> float:
+        """What the witness passes decide_vote: infinite once it heard the principal since its start."""
+        return float("inf") if self.record.principal in self.met else self.now - self.w_started
 
     # ------------------------------------------------------------------ events
 
@@ -163,7 +172,7 @@ class Sim:
             return
         self.dead.discard(n)
         if n == "W":
-            self.heard = {"A": self.now, "B": self.now}
+            self.w_started, self.met = self.now, set()
             return
         old = self.p[n]
         self.p[n] = Partner(n, old.role, old.seq, old.log, last_heard_principal=self.now)
@@ -233,6 +242,7 @@ class Sim:
     def _exchange_with_witness(self, n: str) -> None:
         me, rec = self.p[n], self.record
         self.heard[n] = self.now
+        self.met.add(n)
         if me.seq < rec.role_sequence:
             if rec.principal == n:  # a manual failover it could not confirm at the time (role_change.adopt_witness_state)
                 assert me.role == MIRROR, "the sim never loses a vote answer"
@@ -240,7 +250,8 @@ class Sim:
             else:
                 self._demote(me, rec.role_sequence)
         elif me.seq > rec.role_sequence and me.role == PRINCIPAL:
-            self.record = quorum.adopt_principal_claim(rec, DB, n, other(n), me.seq, self._synchronized(n), self.safety)
+            self.record = quorum.adopt_principal_claim(rec, DB, n, other(n), me.seq, self._synchronized(n), self.safety,
+                                                       self.timeout)
             if self.record != rec:
                 me.believes_synchronized = self.record.mirror_synchronized
         rec = self.record
@@ -283,7 +294,7 @@ class Sim:
     def _request_vote(self, n: str, forced: bool) -> bool:
         me, before = self.p[n], self.record
         req = VoteRequest(DB, n, me.seq, len(me.log), forced)
-        vote, after = quorum.decide_vote(before, req, self.principal_seen())
+        vote, after = quorum.decide_vote(before, req, self.principal_seen(), self.witness_uptime())
         if not vote.granted:
             return False
         if not forced and not (before.mirror_synchronized and before.safety is Safety.FULL):

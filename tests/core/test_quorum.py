@@ -401,7 +401,7 @@ def test_sim_killed_principal_fails_over_and_rejoins_as_mirror():
     assert sim.p["B"].role == "PRINCIPAL" and acked(sim, "B", LOCAL)  # new principal exposed (A gone)
     sim.apply(("restart", "A"))
     sim.advance(2)
-    assert sim.p["A"].role == "MIRROR" and sim.record == WitnessRecord("shop", 2, "B", "A", True, FULL)
+    assert sim.p["A"].role == "MIRROR" and sim.record == WitnessRecord("shop", 2, "B", "A", True, FULL, sim.timeout)
     assert acked(sim, "B", MIRROR)
 
 
@@ -438,8 +438,32 @@ def test_sim_manual_failover_reverses_roles_without_loss():
     assert sim.manual_failover()
     sim.advance(1)
     assert (sim.p["A"].role, sim.p["B"].role) == ("MIRROR", "PRINCIPAL")
-    assert sim.record == WitnessRecord("shop", 2, "B", "A", True, FULL)  # told, then B reported A synchronized
+    assert sim.record == WitnessRecord("shop", 2, "B", "A", True, FULL, sim.timeout)  # told, then B reported A synchronized
     assert set(c.cid for c in acked(sim, "A")) <= set(sim.p["B"].log)
+
+
+def test_sim_restarted_witness_votes_only_after_a_full_timeout_without_the_principal():
+    sim = Sim()
+    sim.advance(1)
+    sim.apply(("kill", "W"))
+    sim.apply(("kill", "A"))
+    sim.advance(0.5)
+    sim.apply(("restart", "W"))  # it has heard from nobody since it started
+    sim.advance(0.75)
+    assert sim.p["B"].role == "MIRROR" and sim.record.role_sequence == 1  # too early: "not seen" is "not yet"
+    sim.advance(1)
+    assert sim.p["B"].role == "PRINCIPAL" and sim.record.role_sequence == 2
+
+
+def test_sim_restarted_witness_that_hears_the_principal_does_not_vote():
+    sim = Sim()
+    sim.advance(1)
+    sim.apply(("kill", "W"))
+    sim.apply(("cut_link", "A", "B"))
+    sim.advance(0.5)
+    sim.apply(("restart", "W"))
+    sim.advance(3)  # the principal is heard: it keeps serving, and the mirror gets no vote
+    assert sim.p["A"].role == "PRINCIPAL" and sim.p["B"].role == "MIRROR" and sim.record.role_sequence == 1
 
 
 def test_sim_manual_failover_is_refused_while_the_principal_cannot_reach_the_witness():
@@ -455,7 +479,7 @@ def test_sim_manual_failover_to_a_mirror_cut_from_the_witness_is_adopted_when_it
     sim.advance(1)
     sim.apply(("cut_link", "B", "W"))
     assert sim.manual_failover()
-    assert sim.record == WitnessRecord("shop", 2, "B", "A", False, FULL)
+    assert sim.record == WitnessRecord("shop", 2, "B", "A", False, FULL, sim.timeout)
     assert sim.p["B"].role == "MIRROR"  # not yet: its witness has not confirmed it
     sim.apply(("heal", "B", "W"))
     sim.advance(1)
@@ -527,7 +551,7 @@ def test_sim_safety_off_acknowledges_locally_after_telling_the_witness():
 
 def test_sim_catches_a_witness_voting_for_an_unsynchronized_mirror(monkeypatch):
     real = quorum.decide_vote
-    monkeypatch.setattr(quorum, "decide_vote", lambda rec, req, seen: real(replace(rec, mirror_synchronized=True), req, seen))
+    monkeypatch.setattr(quorum, "decide_vote", lambda rec, req, seen, *up: real(replace(rec, mirror_synchronized=True), req, seen, *up))
     sim = Sim()
     sim.advance(1)
     sim.apply(("cut_link", "A", "B"))
@@ -559,7 +583,7 @@ def test_sim_catches_a_lease_as_long_as_the_timeout(monkeypatch):
 def test_sim_catches_a_witness_ignoring_the_principal_for_forced_service(monkeypatch):
     # Forced service with a witness keeps a single writer: the witness must no longer see the principal.
     real = quorum.decide_vote
-    monkeypatch.setattr(quorum, "decide_vote", lambda rec, req, seen: real(rec, req, False))
+    monkeypatch.setattr(quorum, "decide_vote", lambda rec, req, seen, *up: real(rec, req, False, *up))
     sim = Sim()
     sim.advance(1)
     sim.apply(("cut_link", "A", "B"))
