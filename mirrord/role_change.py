@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from mirrord.core import quorum
+from mirrord.core.timing import timing
 from mirrord.core.types import DatabaseStatus, Endpoint, NotPrincipal, Role, StatementRefused
 from mirrord.net import framing
 
@@ -225,7 +226,7 @@ async def manual_failover(node: "Node", host: "DatabaseHost") -> str:
             host.failover_reply = reply
             framing.write_message(host.partner_writer, {"t": "failover", "epoch": cfg.epoch + 1, "failover_lsn": end})
             try:
-                await asyncio.wait_for(reply, max(cfg.timeout, 30))
+                await asyncio.wait_for(reply, timing(cfg.timeout).slow_answer)
             except (asyncio.TimeoutError, ConnectionError):
                 if not decided:
                     # The mirror may have promoted itself and lost only its answer: serving on

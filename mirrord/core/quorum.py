@@ -34,9 +34,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, replace
 
+from mirrord.core.timing import LEASE_FRACTION, timing
 from mirrord.core.types import Endpoint, Epoch, Lsn, Safety
 
-LEASE_FRACTION = 0.8  # principal lease as a fraction of PARTNER TIMEOUT
+__all__ = ["LEASE_FRACTION"]  # re-exported: the lease's share of TIMEOUT is a quorum fact too (core.timing holds it)
 
 
 class AckRule(str, enum.Enum):
@@ -86,7 +87,7 @@ def _witness_must_hear_first(view: PrincipalView) -> bool:
 
 def lease_until(sent_at: float, timeout: float) -> float:
     """The lease an answered ping, sent at sent_at, grants the principal."""
-    return sent_at + LEASE_FRACTION * timeout
+    return sent_at + timing(timeout).lease
 
 
 # --------------------------------------------------------------------- witness

@@ -30,6 +30,7 @@ import structlog
 
 from mirrord.core import messages
 from mirrord.core.quorum import lease_until
+from mirrord.core.timing import timing
 from mirrord.core.types import Endpoint, ProtocolError, Role
 from mirrord.monitor import monitor_of, note_connected, partner_report
 from mirrord.net import framing
@@ -50,10 +51,6 @@ TRUNCATE_EVERY_ACKS = 64
 class PartnerRefused(LinkRefused):
     """The mirror answered `refuse`: a configuration problem, not a network one."""
 
-
-def ping_interval(timeout: int) -> float:
-    """Ping often enough that a live partner is never taken for a silent one."""
-    return max(0.1, min(1.0, timeout / 4))
 
 
 async def run_partner_link(node: "Node", host: "DatabaseHost") -> None:
@@ -322,7 +319,7 @@ async def _pinging(host: "DatabaseHost", writer, work):
     task = asyncio.ensure_future(work)
     try:
         while True:
-            done, _ = await asyncio.wait({task}, timeout=ping_interval(host.session.config.timeout))
+            done, _ = await asyncio.wait({task}, timeout=timing(host.session.config.timeout).ping_interval)
             if done:
                 return task.result()
             framing.write_message(writer, {"t": "ping", "seq": 0})
@@ -334,7 +331,7 @@ async def _pinging(host: "DatabaseHost", writer, work):
 
 async def _wait_ack(host: "DatabaseHost", reader, lsn: int) -> int:
     """Wait for the mirror to acknowledge a copy installed at lsn."""
-    timeout = max(host.session.config.timeout, 30)
+    timeout = timing(host.session.config.timeout).slow_answer
     while True:
         msg = messages.validate(await asyncio.wait_for(framing.read_message(reader), timeout))
         if msg["t"] == "ack" and msg["hardened_lsn"] >= lsn:
@@ -458,7 +455,7 @@ async def _read_acks(node: "Node", host: "DatabaseHost", reader, pings: dict[int
 async def _ping(host: "DatabaseHost", writer, pings: dict[int, float]) -> None:
     seq = 0
     while True:
-        await asyncio.sleep(ping_interval(host.session.config.timeout))
+        await asyncio.sleep(timing(host.session.config.timeout).ping_interval)
         seq += 1
         pings[seq] = time.monotonic()  # a pong renews the mirror lease from this instant
         if len(pings) > 64:

@@ -27,7 +27,7 @@ from mirrord.core import messages, quorum
 from mirrord.core.quorum import MirrorView
 from mirrord.core.types import Endpoint, ProtocolError, Role, Safety
 from mirrord.net import framing
-from mirrord.net.partner import ping_interval
+from mirrord.core.timing import timing
 from mirrord.net.reconnect import Link, LinkRefused, run_link
 
 if TYPE_CHECKING:
@@ -168,7 +168,7 @@ async def _drive(node: "Node", host: "DatabaseHost", conn: WitnessConnection, re
         host.poke()  # a lease may have been renewed or expired
         host.quorum_changed.clear()
         try:
-            await asyncio.wait_for(host.quorum_changed.wait(), ping_interval(timeout))
+            await asyncio.wait_for(host.quorum_changed.wait(), timing(timeout).ping_interval)
         except asyncio.TimeoutError:
             pass
 
