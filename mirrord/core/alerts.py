@@ -40,3 +40,17 @@ def alert_refusal(alert_id: int, threshold: int, enabled: int) -> str | None:
     if enabled not in (0, 1):
         return f"enabled must be 1 (on) or 0 (off); found {enabled}"
     return None
+
+
+Thresholds = tuple[tuple[int, int, bool], ...]  # (alert_id, threshold, enabled), one per alert_id
+
+
+def thresholds_from_json(value: object) -> Thresholds:
+    """Thresholds read back from meta.json; malformed entries are dropped."""
+    out: dict[int, tuple[int, int, bool]] = {}
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            if (isinstance(item, (list, tuple)) and len(item) == 3 and all(type(v) is int for v in item[:2])
+                    and isinstance(item[2], bool) and alert_refusal(item[0], item[1], int(item[2])) is None):
+                out[item[0]] = (item[0], item[1], item[2])
+    return tuple(sorted(out.values()))

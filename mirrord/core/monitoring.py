@@ -22,7 +22,7 @@ import bisect
 from collections import deque
 from dataclasses import dataclass, field
 
-from mirrord.core.alerts import ALERTS, AlertKind, alert_refusal
+from mirrord.core.alerts import ALERTS, AlertKind, Thresholds, alert_refusal
 from mirrord.core.quorum import MirrorView, automatic_failover_refusal, forced_service_refusal
 from mirrord.core.rules import manual_failover_refusal
 from mirrord.core.session import Session
@@ -284,7 +284,6 @@ def figures(role: Role, safety_full: bool, queues: Queues, rates: Rates, ready: 
 # ------------------------------------------------------------------ alerts
 
 
-Thresholds = tuple[tuple[int, int, bool], ...]  # (alert_id, threshold, enabled), one per alert_id
 
 
 def set_threshold(current: Thresholds, alert_id: int, threshold: int, enabled: bool) -> Thresholds:
@@ -293,17 +292,6 @@ def set_threshold(current: Thresholds, alert_id: int, threshold: int, enabled: b
         raise ValueError(why)
     kept = [t for t in current if t[0] != alert_id]
     return tuple(sorted(kept + [(alert_id, threshold, bool(enabled))]))
-
-
-def thresholds_from_json(value: object) -> Thresholds:
-    """Thresholds read back from meta.json; malformed entries are dropped."""
-    out: dict[int, tuple[int, int, bool]] = {}
-    if isinstance(value, (list, tuple)):
-        for item in value:
-            if (isinstance(item, (list, tuple)) and len(item) == 3 and all(type(v) is int for v in item[:2])
-                    and isinstance(item[2], bool) and alert_refusal(item[0], item[1], int(item[2])) is None):
-                out[item[0]] = (item[0], item[1], item[2])
-    return tuple(sorted(out.values()))
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from mirrord.core.alerts import thresholds_from_json
 from mirrord.core.types import (
     DatabaseStatus,
     Epoch,
@@ -78,8 +79,6 @@ class SessionConfig:
         known["role"] = Role(known.get("role", Role.NONE))
         known["status"] = DatabaseStatus(known.get("status", DatabaseStatus.ONLINE))
         known["safety"] = Safety(known.get("safety", Safety.FULL))
-        from mirrord.core.monitoring import thresholds_from_json  # monitoring builds on this module
-
         known["alerts"] = thresholds_from_json(known.get("alerts", ()))
         return cls(**known)
 

@@ -24,8 +24,8 @@ from mirrord.core.monitoring import (
     figures,
     readiness,
     set_threshold,
-    thresholds_from_json,
 )
+from mirrord.core.alerts import thresholds_from_json
 from mirrord.core.session import Session, SessionConfig
 from mirrord.core.types import DatabaseStatus, ProtocolError, Role, Safety
 
