@@ -186,6 +186,11 @@ async def read_message(reader: asyncio.StreamReader, max_frame: int = MAX_FRAME)
 
 def write_message(writer: asyncio.StreamWriter, msg: dict, compress: bool = False) -> None:
     """Queue one message on the writer (the caller drains); ConnectionResetError if it is closed."""
+    write_frame(writer, encode_frame(msg, compress))
+
+
+def write_frame(writer: asyncio.StreamWriter, frame: bytes) -> None:
+    """Queue one frame encoded beforehand (encode_frame, e.g. in a worker thread); as write_message."""
     if writer.is_closing():
         raise ConnectionResetError("the connection is closed")
-    writer.write(encode_frame(msg, compress))
+    writer.write(frame)

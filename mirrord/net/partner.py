@@ -349,16 +349,29 @@ async def _seed(host: "DatabaseHost", reader, writer) -> int:
         crc = 0
         with open(tmp, "rb") as f:
             offset = 0
-            while chunk := f.read(SEED_CHUNK):
-                crc = zlib.crc32(chunk, crc)
-                framing.write_message(writer, {"t": "seed_chunk", "offset": offset, "data": chunk}, compress=True)
-                offset += len(chunk)
+            while True:
+                # reading, checksumming and compressing a chunk take milliseconds: off the event
+                # loop, where every commit's acknowledgement waits its turn
+                frame, chunk_len, crc = await asyncio.to_thread(_seed_frame, f, offset, crc)
+                if not chunk_len:
+                    break
+                framing.write_frame(writer, frame)
+                offset += chunk_len
                 await writer.drain()
         framing.write_message(writer, {"t": "seed_end", "crc": crc})
         await writer.drain()
         return await _wait_ack(host, reader, lsn)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _seed_frame(f, offset: int, crc: int) -> tuple[bytes, int, int]:
+    """The next seed_chunk frame from f (worker thread): (frame, chunk length, running crc); length 0 at the end."""
+    chunk = f.read(SEED_CHUNK)
+    if not chunk:
+        return b"", 0, crc
+    frame = framing.encode_frame({"t": "seed_chunk", "offset": offset, "data": chunk}, compress=True)
+    return frame, len(chunk), zlib.crc32(chunk, crc)
 
 
 def _page_size(path: Path) -> int:
