@@ -190,8 +190,11 @@ def check_alerts(host: "DatabaseHost", figs: dict) -> None:
                       value=change.value, threshold=change.threshold, unit=change.alert.unit)
         if change.cleared:
             log.info("mirroring_alert_cleared", **fields)
+            host.record_event("ALERT_CLEARED", f"{change.alert.name} back within {change.threshold} {change.alert.unit} "
+                                               f"(alert {change.alert.alert_id})")
         else:
             log.warning("mirroring_alert", **fields, warning=change.describe())
+            host.record_event("ALERT", change.describe())
     figs["warnings"] = monitor_of(host).alerts.warnings()
 
 

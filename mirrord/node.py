@@ -34,6 +34,7 @@ from mirrord import config as settings
 from mirrord.core import logins as lg
 from mirrord.core import messages
 from mirrord.core.names import db_name_refusal, inside, is_db_name
+from mirrord.core.events import DEFAULT_MAX_AGE_DAYS, DEFAULT_MAX_EVENTS
 from mirrord.core.session import Session, SessionConfig
 from mirrord.core.types import (
     DatabaseStatus,
@@ -55,6 +56,7 @@ from mirrord.principal import PrincipalDatabase, StatementResult
 from mirrord.statements_exec import StatementExecutor, status_rows
 from mirrord.witness import Witness
 from mirrord.storage.fileutil import atomic_write_bytes
+from mirrord.storage.events import EventLog
 from mirrord.storage.log import DurableLog
 from mirrord.version import installed_version
 
@@ -82,6 +84,8 @@ class NodeConfig:
     admin_password_file: Path | None = None  # the first start gives login sa this password
     backup_dir: Path | None = None  # BACKUP/RESTORE files live only here; None: DATA_DIR/backups
     limits: ClientLimits = ClientLimits()  # what one client may hold on the client port
+    event_history_max_events: int = DEFAULT_MAX_EVENTS  # sys.database_mirroring_events (storage/events.py)
+    event_history_max_age_days: int = DEFAULT_MAX_AGE_DAYS
 
     @property
     def backups(self) -> Path:
@@ -142,7 +146,15 @@ class NodeConfig:
         backup_dir = v.get("backup_dir")
         if backup_dir is not None and (not isinstance(backup_dir, str) or not backup_dir):
             raise ValueError("backup_dir must be a directory path (BACKUP and RESTORE use only files inside it)")
+        history = {}
+        for key, most in (("event_history_max_events", 10_000_000), ("event_history_max_age_days", 36_500)):
+            value = v.get(key)
+            if value is not None:
+                if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+                    raise ValueError(f"{key} must be a whole number from 1 to {most}")
+                history[key] = value
         config = cls(
+            **history,
             limits=limits_from_settings(v),
             backup_dir=Path(backup_dir) if backup_dir else None,
             name=v["name"],
@@ -228,7 +240,9 @@ class Node:
         self._stopped = asyncio.Event()
         self.executor = StatementExecutor(self)
         self.client_port = ClientPort(config.limits)
-        self.witness = Witness(config.data_dir / "witness")
+        self.events = EventLog(config.data_dir / "events", config.name, max_events=config.event_history_max_events,
+                               max_age_seconds=config.event_history_max_age_days * 86400.0)
+        self.witness = Witness(config.data_dir / "witness", events=self.events)
         self.metrics = NodeMetrics(config.name)
         self.http = HttpServer(NodeView(
             name=config.name, registry=self.metrics.registry,
@@ -262,6 +276,7 @@ class Node:
 
     async def start(self) -> None:
         """Load every database, then open the endpoint and the client port."""
+        self.events.record(None, "NODE_STARTED", detail=f"endpoint {self.endpoint_url}, client port {self.listen_address}")
         self.databases_dir.mkdir(parents=True, exist_ok=True)
         self.config.backups.mkdir(parents=True, exist_ok=True)
         for meta in sorted(self.databases_dir.glob("*/meta.json")):
@@ -288,6 +303,7 @@ class Node:
             raise ValueError(f"meta.json names {config.db!r}, not a valid database name equal to its directory's")
         host = DatabaseHost(config.db, directory, Session(config), self.open_log(directory))
         host.on_witness_changed = self.sync_witness_link
+        host.events = self.events
         host.logins = self.logins
         self.databases[config.db] = host
         await self.activate(host)
@@ -695,6 +711,7 @@ class Node:
             atomic_write_bytes(directory / "redo_lsn", str(lsn).encode())
         host.persist()
         host.on_witness_changed = self.sync_witness_link
+        host.events = self.events
         host.logins = self.logins
         self.databases[config.db] = host
         await self.activate(host)

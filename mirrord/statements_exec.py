@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from mirrord.core import events
 from mirrord.core import logins as lg
 from mirrord.core import statements as st
 from mirrord.core.alerts import ALERTS
@@ -58,6 +59,7 @@ STATUS_COLUMNS = [
     "transport_security",  # "mutual TLS", or INSECURE for a node started with --insecure
 ]
 ALERT_COLUMNS = ["database", "alert_id", "alert", "threshold", "unit", "enabled", "current_value", "over_threshold"]
+EVENT_COLUMNS = events.COLUMNS
 WITNESS_COLUMNS = ["database", "principal", "mirror", "role_sequence", "safety", "mirror_synchronized", "principal_connected", "mirror_connected"]
 
 
@@ -292,19 +294,23 @@ class StatementExecutor:
     async def _partner_suspend(self, host: "DatabaseHost") -> StatementResult:
         if host.session.role is Role.MIRROR:  # the principal's settings are the session's: it suspends, we adopt
             self._tell_partner(host, {"t": "suspend", "reason": f"SET PARTNER SUSPEND on the mirror {self.node.name}"})
+            host.record_event("SUSPEND", "SET PARTNER SUSPEND on this mirror: asked the principal", lsn=host.log.last_lsn)
             return _message(f"mirroring of {host.name} SUSPENDED by the principal at the mirror's request")
         from mirrord.net.partner import suspend_session
 
         suspend_session(host)
+        host.record_event("SUSPEND", "SET PARTNER SUSPEND on this principal", lsn=host.log.last_lsn)
         return _message(f"mirroring of {host.name} SUSPENDED; the log grows until RESUME")
 
     async def _partner_resume(self, host: "DatabaseHost") -> StatementResult:
         if host.session.role is Role.MIRROR:
             self._tell_partner(host, {"t": "resume"})
+            host.record_event("RESUME", "SET PARTNER RESUME on this mirror: asked the principal", lsn=host.log.last_lsn)
             return _message(f"mirroring of {host.name}: RESUME sent to the principal, which resumes the session")
         from mirrord.net.partner import resume_session
 
         await resume_session(self.node, host)
+        host.record_event("RESUME", "SET PARTNER RESUME on this principal", lsn=host.log.last_lsn)
         return _message(f"mirroring of {host.name} resumed")
 
     async def _partner_failover(self, host: "DatabaseHost") -> StatementResult:
@@ -512,8 +518,11 @@ class StatementExecutor:
     # ---------------------------------------------------------------- status
 
     def _system_view(self, stmt) -> StatementResult:
+        in_order = False
         if stmt.view == "database_mirroring":
             rows, columns = status_rows(self.node), STATUS_COLUMNS
+        elif stmt.view == "database_mirroring_events":
+            rows, columns, in_order = self.node.events.rows(stmt.database), EVENT_COLUMNS, True  # oldest first
         else:
             rows, columns = self.node.witness.rows(), WITNESS_COLUMNS
         if stmt.database is not None:
@@ -522,7 +531,9 @@ class StatementExecutor:
         unknown = [c for c in wanted if c not in columns]
         if unknown:
             raise StatementRefused(f"sys.{stmt.view} has no column {', '.join(unknown)}; columns: {', '.join(columns)}")
-        return StatementResult(wanted, [[r[c] for c in wanted] for r in sorted(rows, key=lambda r: r["database"])], len(rows))
+        if not in_order:
+            rows = sorted(rows, key=lambda r: r["database"])
+        return StatementResult(wanted, [[r[c] for c in wanted] for r in rows], len(rows))
 
 
 def status_rows(node: "Node") -> list[dict]:

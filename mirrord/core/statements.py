@@ -34,7 +34,7 @@ from mirrord.core.values import INT64_MAX, check_int64
 
 IDENTIFIER = DB_NAME  # the one rule for names (mirrord.core.names); endpoints and columns use it too
 PARTNER_ACTIONS = ("FAILOVER", "FORCE_SERVICE_ALLOW_DATA_LOSS", "OFF", "RESUME", "SUSPEND")
-SYSTEM_VIEWS = ("database_mirroring", "database_mirroring_witnesses")
+SYSTEM_VIEWS = ("database_mirroring", "database_mirroring_witnesses", "database_mirroring_events")
 MIN_TIMEOUT, MAX_TIMEOUT = 1, 3600
 _HOST = re.compile(r"[A-Za-z0-9._:-]+")
 # Column names that cannot be written bare in a select list.

@@ -122,6 +122,7 @@ async def _one_connection(node: "Node", host: "DatabaseHost") -> None:
         host.poke()
         host.note_state()
         note_connected(host)
+        host.record_event("PARTNER_CONNECTED", f"the mirror {cfg.partner} connected; it has hardened LSN {hardened}", lsn=hardened)
         log.info("partner_connected", database=host.name, role="PRINCIPAL", role_sequence=cfg.epoch, hardened_lsn=hardened, lsn=host.log.last_lsn)
         await _run_loops(node, host, reader, writer, hardened + 1)
     finally:
@@ -211,6 +212,7 @@ def suspended_by_mirror(host: "DatabaseHost", reason: str) -> None:
         return
     log.warning("suspended_by_mirror", database=host.name, reason=reason[:500], role="PRINCIPAL")
     suspend_session(host)
+    host.record_event("SUSPEND", f"asked by the mirror: {reason[:500]}", lsn=host.log.last_lsn)
 
 
 def suspend_session(host: "DatabaseHost") -> None:
