@@ -57,6 +57,15 @@ class DatabaseHost:
     monitor: object | None = None  # mirrord.monitor.DatabaseMonitor: rates, alerts, the partner's figures
     logins: "LoginStore | None" = None  # the node's login table, passed to and taken from the partner
     events: EventLog | None = None  # the node's event history (sys.database_mirroring_events)
+    # DBCC CHECKMIRROR (mirrord/checkmirror.py): the principal's checks waiting for the mirror's answer, by request
+    # id; the mirror's hashing tasks; and the outcome of the last check (status columns, since this start)
+    checkmirror_replies: dict[int, asyncio.Future] = field(default_factory=dict)
+    checkmirror_tasks: set[asyncio.Task] = field(default_factory=set)
+    checkmirror_started: float | None = None  # monotonic
+    last_checkmirror: str | None = None
+    last_verified_lsn: Lsn | None = None
+    last_verified_time: str | None = None  # UTC
+    checkmirror_mismatches: int = 0
 
     def principal_view(self) -> PrincipalView:
         """The facts the quorum core needs about this principal."""

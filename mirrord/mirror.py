@@ -21,6 +21,8 @@ from mirrord.core.session import Session
 from mirrord.core.types import Lsn, ProtocolError
 from mirrord.storage.fileutil import FLUSH_EVERY, atomic_write_bytes, copy_in_steps, fsync_dir, remove_sqlite_sidecars
 from mirrord.storage.log import DurableLog, LogRecord
+from mirrord.core.checkmirror import PageDigests
+from mirrord.storage.checksums import store_digests
 from mirrord.storage.pagestore import PageStore, RedoThread
 
 log = structlog.get_logger()
@@ -224,6 +226,34 @@ class MirrorDatabase:
         atomic_write_bytes(self.directory / "redo_lsn", str(lsn).encode())
         self.log.reset(lsn + 1, epoch)
         self.start()
+
+    # ---------------------------------------------------------------- DBCC CHECKMIRROR
+
+    def hold_redo(self, lsn: Lsn) -> str | None:
+        """Hold redo at lsn (nothing past it is applied until release_redo); why it cannot, or None."""
+        if self._redo is None or self.redo_error is not None:
+            return "this mirror's redo is not running (not seeded yet, or failed)"
+        if self._redo.redo_lsn > lsn:
+            return f"redo is already at LSN {self._redo.redo_lsn}, past the LSN {lsn} asked for"
+        self._redo.hold_at(lsn)
+        return None
+
+    def release_redo(self) -> None:
+        """Let redo go on after hold_redo."""
+        if self._redo is not None:
+            self._redo.release()
+
+    async def digests_at(self, lsn: Lsn, timeout: float) -> PageDigests:
+        """Every page's digest once redo (held by hold_redo) reaches lsn; TimeoutError if it does not in time."""
+        redo = self._redo
+        deadline = self._loop.time() + timeout
+        # short waits: a cancelled check (its link closed) must not leave a thread blocked for the whole timeout
+        while redo is None or not await asyncio.to_thread(redo.wait_for, lsn, 0.5):
+            if redo is None or redo.error is not None or self._loop.time() > deadline:
+                raise TimeoutError(f"redo did not reach LSN {lsn} within {timeout:g} s (it is at {self.redo_lsn})")
+        if redo.redo_lsn != lsn:
+            raise RuntimeError(f"redo passed LSN {lsn} (it is at {redo.redo_lsn}) while it was held")
+        return await asyncio.to_thread(store_digests, self.path, lsn)
 
     # ---------------------------------------------------------------- shutdown
 

@@ -48,7 +48,7 @@ from mirrord.httpapi import HttpServer, NodeView
 from mirrord.login_store import LoginSetupError, LoginStore
 from mirrord.monitor import NodeMetrics, run_sampler
 from mirrord.mirror import MirrorDatabase
-from mirrord import role_change
+from mirrord import checkmirror, role_change
 from mirrord.net import framing, inbound
 from mirrord.net.client_port import ClientLimits, ClientPort, limits_from_settings
 from mirrord.net.tls import Listener, TlsContexts, TlsSetupError, cert_hosts, peer_covers
@@ -86,6 +86,7 @@ class NodeConfig:
     limits: ClientLimits = ClientLimits()  # what one client may hold on the client port
     event_history_max_events: int = DEFAULT_MAX_EVENTS  # sys.database_mirroring_events (storage/events.py)
     event_history_max_age_days: int = DEFAULT_MAX_AGE_DAYS
+    checkmirror_interval: int = 0  # seconds between scheduled DBCC CHECKMIRROR (mirrord/checkmirror.py); 0: off
 
     @property
     def backups(self) -> Path:
@@ -146,15 +147,16 @@ class NodeConfig:
         backup_dir = v.get("backup_dir")
         if backup_dir is not None and (not isinstance(backup_dir, str) or not backup_dir):
             raise ValueError("backup_dir must be a directory path (BACKUP and RESTORE use only files inside it)")
-        history = {}
-        for key, most in (("event_history_max_events", 10_000_000), ("event_history_max_age_days", 36_500)):
+        bounded = {}
+        for key, least, most in (("event_history_max_events", 1, 10_000_000), ("event_history_max_age_days", 1, 36_500),
+                                 ("checkmirror_interval", 0, 31 * 86400)):
             value = v.get(key)
             if value is not None:
-                if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
-                    raise ValueError(f"{key} must be a whole number from 1 to {most}")
-                history[key] = value
+                if not isinstance(value, int) or isinstance(value, bool) or not least <= value <= most:
+                    raise ValueError(f"{key} must be a whole number from {least} to {most}")
+                bounded[key] = value
         config = cls(
-            **history,
+            **bounded,
             limits=limits_from_settings(v),
             backup_dir=Path(backup_dir) if backup_dir else None,
             name=v["name"],
@@ -250,6 +252,7 @@ class Node:
             status_rows=lambda db: [r for r in status_rows(self) if db in (None, r["database"])],
             up=lambda: (self.serving_clients, len(self.databases), self.quarantined)))
         self._sampler: asyncio.Task | None = None
+        self._checker: asyncio.Task | None = None  # scheduled DBCC CHECKMIRROR
 
     # ---------------------------------------------------------------- addresses
 
@@ -293,6 +296,9 @@ class Node:
         if self.config.metrics is not None:
             await self.http.start(self.config.metrics.host, self.config.metrics.port)
         self._sampler = asyncio.create_task(run_sampler(self, self.metrics), name="monitor-sampler")
+        if self.config.checkmirror_interval > 0:
+            self._checker = asyncio.create_task(checkmirror.run_schedule(self, self.config.checkmirror_interval),
+                                                name="checkmirror-schedule")
         log.info("node_started", endpoint=self.endpoint_url, listen=self.listen_address, databases=sorted(self.databases))
 
     async def _load(self, directory: Path) -> None:
@@ -420,6 +426,7 @@ class Node:
         self.stopping = True
         log.info("node_stopping")
         await _cancel(self._sampler)
+        await _cancel(self._checker)
         await self.http.stop()
         if self._client_server is not None:
             self._client_server.close()

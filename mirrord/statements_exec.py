@@ -57,6 +57,8 @@ STATUS_COLUMNS = [
     *FIGURE_COLUMNS, "partner_state", "warnings",  # the Database Mirroring Monitor's figures (mirrord.monitor)
     "state_reason",  # why SUSPENDED or DISCONNECTED, when the state alone does not say
     "transport_security",  # "mutual TLS", or INSECURE for a node started with --insecure
+    # DBCC CHECKMIRROR on this principal since it started: the last identical comparison, mismatches, the last outcome
+    "last_verified_lsn", "last_verified_time", "checkmirror_mismatches", "last_checkmirror",
 ]
 ALERT_COLUMNS = ["database", "alert_id", "alert", "threshold", "unit", "enabled", "current_value", "over_threshold"]
 EVENT_COLUMNS = events.COLUMNS
@@ -329,6 +331,16 @@ class StatementExecutor:
             "anything the old principal held past that is lost unless salvaged when it returns"
         )
 
+    async def _do_CheckMirror(self, host, stmt) -> StatementResult:
+        from mirrord.checkmirror import check
+        from mirrord.core.checkmirror import ROW_COLUMNS
+
+        verdict = await check(self.node, host)
+        row = verdict.row()
+        result = StatementResult(ROW_COLUMNS, [[row[c] for c in ROW_COLUMNS]], 1)
+        result.message = verdict.message()  # type: ignore[attr-defined]
+        return result
+
     async def _do_SetSafety(self, host, stmt) -> StatementResult:
         host.update_config(safety=stmt.safety)
         self._send_settings(host)
@@ -587,5 +599,9 @@ def status_row(host: "DatabaseHost") -> dict:
         "log_bytes": host.log.size_bytes,
         "log_bytes_sent_raw": host.wire.raw,
         "log_bytes_sent_wire": host.wire.wire,
+        "last_verified_lsn": host.last_verified_lsn,
+        "last_verified_time": host.last_verified_time,
+        "checkmirror_mismatches": host.checkmirror_mismatches,
+        "last_checkmirror": host.last_checkmirror,
         **current_figures(host, time.monotonic()),
     }

@@ -41,6 +41,7 @@ EVENTS = {
     "WITNESS_VOTE": "witness: a vote for promotion was granted",
     "ALERT": "a monitor threshold (sp_dbmmonitorchangealert) was passed",
     "ALERT_CLEARED": "a monitor value fell back under its threshold",
+    "CHECKMIRROR_MISMATCH": "DBCC CHECKMIRROR found pages that differ between principal and mirror",
     "PAGE_REPAIR": "a damaged page was repaired from the partner",
 }
 COLUMNS = ["time", "node", "database", "event", "role", "state", "role_sequence", "lsn", "detail"]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from mirrord import checkmirror
 from mirrord.core import messages
 from mirrord.core.types import Endpoint, ProtocolError, Role, Safety
 from mirrord.monitor import monitor_of, note_connected, partner_report
@@ -122,6 +123,7 @@ async def serve_principal(node: "Node", host: "DatabaseHost", hello: dict, reade
         await _receive_loop(host, reader, writer)
     finally:
         host.partner_writer = None
+        checkmirror.cancel_answers(host)  # no answer can reach the principal: redo must not stay held
         session.note_partner_lost()
         host.note_state()
         host.poke()  # a lost principal may mean automatic failover
@@ -233,6 +235,8 @@ async def _handle(host: "DatabaseHost", msg: dict, writer, records: list, seed: 
     elif kind == "logins":
         if host.logins is not None:
             host.logins.adopt_from_peer(msg["table"])
+    elif kind == "checkmirror":
+        checkmirror.start_answer(host, writer, msg)  # holds redo at its LSN now; hashes in a task of its own
     elif kind == "partner_off":
         raise PartnerRemoved()
     elif kind == "failover":

@@ -149,6 +149,7 @@ class RedoThread(threading.Thread):
         self._persist_due = 0.0
         self._stopping = False
         self._done = False  # exited (stopped or failed): waiters must not wait forever
+        self._hold: int | None = None  # DBCC CHECKMIRROR: apply nothing past this LSN while it is set
         self.error: BaseException | None = None
 
     @property
@@ -174,6 +175,21 @@ class RedoThread(threading.Thread):
         with self._cond:
             self._cond.wait_for(lambda: self._applied >= lsn or self._done, timeout)
             return self._applied >= lsn
+
+    def hold_at(self, lsn: int) -> None:
+        """Apply nothing past lsn until release() (the page store then holds still at lsn for a check)."""
+        with self._cond:
+            self._hold = lsn
+
+    def release(self) -> None:
+        """Undo hold_at: redo goes on."""
+        with self._cond:
+            self._hold = None
+            self._cond.notify_all()
+
+    def _redo_limit(self) -> int:
+        """How far redo may go now: the hardened log, or the hold (called with _cond held)."""
+        return self._hardened if self._hold is None else min(self._hardened, self._hold)
 
     def stop(self) -> None:
         """Finish the current batch, persist, and exit; join() afterwards."""
@@ -216,7 +232,7 @@ class RedoThread(threading.Thread):
             while True:
                 if self._stopping:
                     return "stop"
-                if self._hardened > self._applied:
+                if self._redo_limit() > self._applied:
                     return "redo"
                 timeout = None
                 if self._applied > self._persisted:
@@ -228,7 +244,7 @@ class RedoThread(threading.Thread):
     def _apply_batch(self) -> None:
         """Apply one batch of whole transactions to the page store (not yet synced)."""
         with self._cond:
-            start, upto = self._applied + 1, self._hardened
+            start, upto = self._applied + 1, self._redo_limit()
         records = [r for r in self._log.read_from(start, self._batch_bytes) if r.lsn <= upto]
         if not records:
             raise RuntimeError(f"redo: hardened log up to {upto} but no record at {start}")
