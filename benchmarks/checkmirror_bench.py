@@ -1,6 +1,6 @@
 """What DBCC CHECKMIRROR costs the commits that go on while it runs.
 
-    python benchmarks/checkmirror_bench.py [--mb 64] [--seconds 5] [--clients 8] [--rounds 2] [--first-ip N]
+    python benchmarks/checkmirror_bench.py [--mb 64] [--seconds 5] [--clients 8] [--rounds 2] [--rate-mb R] [--first-ip N]
 
 How it works: start a 2-node LocalCluster (a principal, b mirror, SAFETY FULL)
 in a temporary directory, fill the database to about --mb MB (rows of ~1 KB in
@@ -48,9 +48,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=5.0, help="seconds per phase (default 5)")
     p.add_argument("--clients", type=int, default=8, help="committing clients (default 8)")
     p.add_argument("--rounds", type=int, default=2, help="off/on phase pairs (default 2)")
+    p.add_argument("--rate-mb", dest="rate_mb", type=int, default=0,
+                   help="the nodes' --checkmirror-rate-mb: MB/s each side hashes (default 0, unlimited)")
     p.add_argument("--first-ip", dest="first_ip", type=int, default=FIRST_IP, help=f"nodes on 127.0.0.N and N+1 (default {FIRST_IP})")
     args = p.parse_args(argv)
-    if args.mb < 1 or args.seconds <= 0 or args.clients < 1 or args.rounds < 1:
+    if args.rate_mb < 0 or args.mb < 1 or args.seconds <= 0 or args.clients < 1 or args.rounds < 1:
         p.error("--mb, --seconds, --clients and --rounds must be positive")
     return args
 
@@ -100,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     off, on, checks = [], [], []
     with tempfile.TemporaryDirectory(prefix="mirrord-bench-") as tmp:
         with LocalCluster(Path(tmp), names=("a", "b"), first_ip=args.first_ip) as cluster:
+            for node in cluster:
+                node.extra_args = ["--checkmirror-rate-mb", str(args.rate_mb)]
             cluster.start_all()
             print(f"  filling {DB} with about {args.mb} MB ...", flush=True)
             fill(cluster, args.mb)

@@ -50,17 +50,20 @@ async def check(node: "Node", host: "DatabaseHost") -> cm.Verdict:
         raise StatementRefused(why)
     host.checkmirror_started = time.monotonic()
     writer, rid = host.partner_writer, next(_rids)
+    mb_per_s = node.config.checkmirror_rate_mb
     reply: asyncio.Future = asyncio.get_running_loop().create_future()
     host.checkmirror_replies[rid] = reply
 
     def pinned(lsn: int) -> None:  # in the principal's capture gate: later records travel behind the request
         if writer.is_closing():
             raise StatementRefused(f"the mirror of {host.name} disconnected; try again once it is back")
-        framing.write_message(writer, {"t": "checkmirror", "rid": rid, "lsn": lsn})
+        framing.write_message(writer, {"t": "checkmirror", "rid": rid, "lsn": lsn, "mb_per_s": mb_per_s})
 
     timeout = answer_timeout(host.session.config.timeout)
     try:
-        mine = await host.principal.page_digests(pinned)
+        mine = await host.principal.page_digests(pinned, mb_per_s)
+        if mb_per_s:  # the mirror hashes as many pages at the same pace
+            timeout += mine.page_count * mine.page_size / (mb_per_s * 1e6)
         answer = await asyncio.wait_for(reply, timeout)
     except asyncio.TimeoutError:
         raise _failed(host, f"the mirror did not answer within {timeout:g} s") from None
@@ -127,7 +130,7 @@ def start_answer(host: "DatabaseHost", writer, msg: dict) -> None:
 
 async def _answer(host: "DatabaseHost", mirror, writer, msg: dict) -> None:
     try:
-        digests = await mirror.digests_at(msg["lsn"], answer_timeout(host.session.config.timeout))
+        digests = await mirror.digests_at(msg["lsn"], answer_timeout(host.session.config.timeout), msg["mb_per_s"])
     except Exception as exc:  # noqa: BLE001 - any failure is the answer, and the link goes on
         log.warning("checkmirror_not_hashed", database=host.name, lsn=msg["lsn"], error=repr(exc))
         _send_answer(writer, msg, 0, b"", str(exc) or type(exc).__name__)

@@ -22,7 +22,7 @@ from mirrord.core.types import Lsn, ProtocolError
 from mirrord.storage.fileutil import FLUSH_EVERY, atomic_write_bytes, copy_in_steps, fsync_dir, remove_sqlite_sidecars
 from mirrord.storage.log import DurableLog, LogRecord
 from mirrord.core.checkmirror import PageDigests
-from mirrord.storage.checksums import store_digests
+from mirrord.storage.checksums import store_digests_apart
 from mirrord.storage.pagestore import PageStore, RedoThread
 
 log = structlog.get_logger()
@@ -243,7 +243,7 @@ class MirrorDatabase:
         if self._redo is not None:
             self._redo.release()
 
-    async def digests_at(self, lsn: Lsn, timeout: float) -> PageDigests:
+    async def digests_at(self, lsn: Lsn, timeout: float, mb_per_s: int = 0) -> PageDigests:
         """Every page's digest once redo (held by hold_redo) reaches lsn; TimeoutError if it does not in time."""
         redo = self._redo
         deadline = self._loop.time() + timeout
@@ -253,7 +253,7 @@ class MirrorDatabase:
                 raise TimeoutError(f"redo did not reach LSN {lsn} within {timeout:g} s (it is at {self.redo_lsn})")
         if redo.redo_lsn != lsn:
             raise RuntimeError(f"redo passed LSN {lsn} (it is at {redo.redo_lsn}) while it was held")
-        return await asyncio.to_thread(store_digests, self.path, lsn)
+        return await store_digests_apart(self.path, lsn, mb_per_s)
 
     # ---------------------------------------------------------------- shutdown
 

@@ -87,6 +87,7 @@ class NodeConfig:
     event_history_max_events: int = DEFAULT_MAX_EVENTS  # sys.database_mirroring_events (storage/events.py)
     event_history_max_age_days: int = DEFAULT_MAX_AGE_DAYS
     checkmirror_interval: int = 0  # seconds between scheduled DBCC CHECKMIRROR (mirrord/checkmirror.py); 0: off
+    checkmirror_rate_mb: int = 0  # the pace of its hash on both partners, MB/s; 0: unlimited
 
     @property
     def backups(self) -> Path:
@@ -149,7 +150,7 @@ class NodeConfig:
             raise ValueError("backup_dir must be a directory path (BACKUP and RESTORE use only files inside it)")
         bounded = {}
         for key, least, most in (("event_history_max_events", 1, 10_000_000), ("event_history_max_age_days", 1, 36_500),
-                                 ("checkmirror_interval", 0, 31 * 86400)):
+                                 ("checkmirror_interval", 0, 31 * 86400), ("checkmirror_rate_mb", 0, 100_000)):
             value = v.get(key)
             if value is not None:
                 if not isinstance(value, int) or isinstance(value, bool) or not least <= value <= most:

@@ -56,7 +56,7 @@ from mirrord.core.quorum import AckRule
 from mirrord.core.session import Session
 from mirrord.core.types import (CommitInDoubt, DiskFull, LogFull, Lsn, MirrordError, NotServing, PermissionDenied,
                                 StatementRefused, TransactionAborted)
-from mirrord.storage.checksums import principal_digests
+from mirrord.storage.checksums import principal_digests_apart
 from mirrord.storage.decltypes import DeclaredTypes
 from mirrord.storage.fileutil import DISK_RESERVE_BYTES, NO_SPACE, atomic_write_bytes, copy_in_steps, disk_free
 from mirrord.storage.statement_guard import run_guarded
@@ -706,7 +706,7 @@ class PrincipalDatabase:
             self._checkpoints_paused -= 1
         return lsn, epoch
 
-    async def page_digests(self, pinned: Callable[[Lsn], None]) -> PageDigests:
+    async def page_digests(self, pinned: Callable[[Lsn], None], mb_per_s: int = 0) -> PageDigests:
         """Every page's digest at one LSN, writes going on (DBCC CHECKMIRROR; the view is snapshot_to's).
 
         `pinned(lsn)` is called in the instant the LSN is chosen, before any
@@ -722,7 +722,7 @@ class PrincipalDatabase:
                 self._checkpoints_paused -= 1
                 raise
         try:
-            digests = await asyncio.to_thread(principal_digests, self.path, self.log, base, lsn)
+            digests = await principal_digests_apart(self.path, self.log, base, lsn, mb_per_s)
         finally:
             self._checkpoints_paused -= 1
         if self.closed:  # close() checkpoints regardless of the pause: the file may have changed under the hash

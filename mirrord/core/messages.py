@@ -209,7 +209,7 @@ SCHEMAS: dict[str, dict[str, Checker]] = {
     "failover": {"epoch": _int, "failover_lsn": _int},  # manual failover: principal -> mirror
     "failover_done": {"epoch": _int},
     # DBCC CHECKMIRROR (core.checkmirror): principal -> mirror, and the mirror's page digests back
-    "checkmirror": {"rid": _int, "lsn": _int},
+    "checkmirror": {"rid": _int, "lsn": _int, "mb_per_s": _int},  # mb_per_s: the pace of the hash, 0 unlimited
     "checkmirror_result": {"rid": _int, "lsn": _int, "page_size": _int, "digests": _digests, "error": _str},
     # witness link, partner <-> witness (replies are w_state, matched by rid)
     "w_hello": {"db": _db, "from_endpoint": _str, "role": _str, "epoch": _int, "partner": _str,

@@ -34,7 +34,7 @@ GOOD = {
     "error": dict(id=1, code="refused", message="no", principal=None),
     "failover": dict(epoch=4, failover_lsn=10),
     "failover_done": dict(epoch=4),
-    "checkmirror": dict(rid=1, lsn=40),
+    "checkmirror": dict(rid=1, lsn=40, mb_per_s=0),
     "checkmirror_result": dict(rid=1, lsn=40, page_size=4096, digests=b"\x00" * 16, error=""),
     "w_hello": dict(db="shop", from_endpoint="tcp://a:5022", role="PRINCIPAL", epoch=3,
                     partner="tcp://b:5022", synchronized=True, safety="FULL", timeout=10),

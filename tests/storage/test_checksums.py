@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+
 from mirrord.core.checkmirror import compare
-from mirrord.storage.checksums import principal_digests, store_digests
+from mirrord.storage.checksums import (Pacer, digest_file_apart, principal_digests, principal_digests_apart,
+                                       store_digests, store_digests_apart)
 from mirrord.storage.log import DurableLog, LogRecord
 from mirrord.storage.pagestore import PageStore, RedoThread, apply_log_range
 
@@ -71,3 +76,38 @@ def test_redo_held_at_an_lsn_goes_no_further_until_released(tmp_path):
         redo.stop()
         redo.join()
         store.close()
+
+
+def test_the_pacer_keeps_the_rate():
+    now = [0.0]
+    slept = []
+
+    def sleep(s):
+        slept.append(s)
+        now[0] += s
+
+    pacer = Pacer(2, clock=lambda: now[0], sleep=sleep)  # 2 MB/s
+    pacer.spent(1_000_000)
+    assert slept == [0.5]
+    now[0] += 1.0  # the next MB took a second by itself: no wait
+    pacer.spent(1_000_000)
+    assert slept == [0.5]
+    unlimited = Pacer(0, clock=lambda: now[0], sleep=sleep)
+    unlimited.spent(10**9)
+    assert slept == [0.5]
+
+
+def test_hashing_in_a_child_process_gives_the_same_digests(tmp_path):
+    log = DurableLog(tmp_path / "log")
+    log.append(HISTORY)
+    base_file = tmp_path / "principal.sqlite"
+    apply_log_range(base_file, log, 1, 2)
+    store = tmp_path / "store.sqlite"
+    apply_log_range(store, log, 1, 5)
+    assert asyncio.run(principal_digests_apart(base_file, log, 2, 5)) == principal_digests(base_file, log, 2, 5)
+    assert asyncio.run(store_digests_apart(store, 5)) == store_digests(store, 5)
+
+
+def test_a_child_that_fails_says_why(tmp_path):
+    with pytest.raises(RuntimeError, match="hashing missing.sqlite failed: checksums: .*No such file"):
+        asyncio.run(digest_file_apart(tmp_path / "missing.sqlite", 512, 3, 0))
