@@ -119,16 +119,19 @@ def cancel_answers(host: "DatabaseHost") -> None:
 def start_answer(host: "DatabaseHost", writer, msg: dict) -> None:
     """The mirror's side, called as the request is read: hold redo at its LSN now, hash in a task."""
     mirror = host.mirror
-    why = mirror.hold_redo(msg["lsn"]) if mirror is not None else "this node has no mirror copy"
-    if why is not None:
-        _send_answer(writer, msg, 0, b"", why)
+    try:
+        if mirror is None:
+            raise RuntimeError("this node has no mirror copy")
+        hold = mirror.hold_redo(msg["lsn"])
+    except RuntimeError as exc:
+        _send_answer(writer, msg, 0, b"", str(exc))
         return
-    task = asyncio.ensure_future(_answer(host, mirror, writer, msg))
+    task = asyncio.ensure_future(_answer(host, mirror, hold, writer, msg))
     host.checkmirror_tasks.add(task)
     task.add_done_callback(host.checkmirror_tasks.discard)
 
 
-async def _answer(host: "DatabaseHost", mirror, writer, msg: dict) -> None:
+async def _answer(host: "DatabaseHost", mirror, hold, writer, msg: dict) -> None:
     try:
         digests = await mirror.digests_at(msg["lsn"], answer_timeout(host.session.config.timeout), msg["mb_per_s"])
     except Exception as exc:  # noqa: BLE001 - any failure is the answer, and the link goes on
@@ -136,7 +139,7 @@ async def _answer(host: "DatabaseHost", mirror, writer, msg: dict) -> None:
         _send_answer(writer, msg, 0, b"", str(exc) or type(exc).__name__)
         return
     finally:
-        mirror.release_redo()
+        mirror.release_redo(hold)
     log.info("checkmirror_hashed", database=host.name, lsn=msg["lsn"], pages=digests.page_count)
     _send_answer(writer, msg, digests.page_size, digests.digests, "")
 

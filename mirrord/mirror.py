@@ -229,23 +229,26 @@ class MirrorDatabase:
 
     # ---------------------------------------------------------------- DBCC CHECKMIRROR
 
-    def hold_redo(self, lsn: Lsn) -> str | None:
-        """Hold redo at lsn (nothing past it is applied until release_redo); why it cannot, or None."""
-        if self._redo is None or self.redo_error is not None:
-            return "this mirror's redo is not running (not seeded yet, or failed)"
-        if self._redo.redo_lsn > lsn:
-            return f"redo is already at LSN {self._redo.redo_lsn}, past the LSN {lsn} asked for"
-        self._redo.hold_at(lsn)
-        return None
+    def hold_redo(self, lsn: Lsn) -> tuple[RedoThread, int]:
+        """Hold redo at lsn (nothing past it is applied until release_redo); RuntimeError saying why it cannot."""
+        redo = self._redo
+        if redo is None or self.redo_error is not None:
+            raise RuntimeError("this mirror's redo is not running (not seeded yet, or failed)")
+        token = redo.hold_at(lsn)
+        if redo.redo_lsn > lsn:
+            redo.release(token)
+            raise RuntimeError(f"redo is already at LSN {redo.redo_lsn}, past the LSN {lsn} asked for")
+        return redo, token
 
-    def release_redo(self) -> None:
-        """Let redo go on after hold_redo."""
-        if self._redo is not None:
-            self._redo.release()
+    @staticmethod
+    def release_redo(hold: tuple[RedoThread, int]) -> None:
+        """Let redo go on after hold_redo (a no-op on a redo thread replaced meanwhile by a seed)."""
+        redo, token = hold
+        redo.release(token)
 
     async def digests_at(self, lsn: Lsn, timeout: float, mb_per_s: int = 0) -> PageDigests:
         """Every page's digest once redo (held by hold_redo) reaches lsn; TimeoutError if it does not in time."""
-        redo = self._redo
+        redo = self._redo  # the one holding at lsn (hold_redo); a seed meanwhile replaces it and this fails
         deadline = self._loop.time() + timeout
         # short waits: a cancelled check (its link closed) must not leave a thread blocked for the whole timeout
         while redo is None or not await asyncio.to_thread(redo.wait_for, lsn, 0.5):

@@ -7,6 +7,7 @@ Layout on disk, under --data-dir:
     databases/<db>/log/        the durable log
     databases/<db>/redo_lsn    db.sqlite (without a WAL) durably holds the log up to this LSN:
                                the mirror's redo LSN; the principal's last complete checkpoint
+    events/events.jsonl        the node's event history (+ events.1.jsonl; mirrord/storage/events.py)
 
 Everything a node knows about its sessions is on disk before it acts on it, so
 a node killed at any instant comes back with its roles and rejoins by itself.

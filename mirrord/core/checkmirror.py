@@ -27,7 +27,6 @@ from dataclasses import dataclass
 DIGEST_BYTES = 8  # blake2b-64 per page: a chance collision is 2^-64 per differing page
 MAX_PAGES = 1 << 22  # pages one answer may carry (32 MiB of digests, within one 64 MiB frame)
 LISTED_PAGES = 100  # differing pages named in the statement's answer; the count says how many in all
-DEFAULT_INTERVAL = 0  # seconds between scheduled checks; 0: off
 
 
 def page_digest(image: bytes) -> bytes:
@@ -113,9 +112,23 @@ def compare(database: str, principal: PageDigests, mirror: PageDigests) -> Verdi
     if principal.page_size != mirror.page_size:
         every = tuple(range(1, max(principal.page_count, mirror.page_count) + 1))
         return Verdict(database, principal.lsn, principal.page_count, mirror.page_count, every, page_size_differs=True)
-    differing = tuple(p for p in range(1, max(principal.page_count, mirror.page_count) + 1)
-                      if principal.digest_of(p) != mirror.digest_of(p))
-    return Verdict(database, principal.lsn, principal.page_count, mirror.page_count, differing)
+    return Verdict(database, principal.lsn, principal.page_count, mirror.page_count,
+                   _differing(principal.digests, mirror.digests))
+
+
+_BLOCK = 4096 * DIGEST_BYTES  # equal blocks are skipped whole: a million pages compare in milliseconds
+
+
+def _differing(a: bytes, b: bytes) -> tuple[int, ...]:
+    """Page numbers whose digests differ (or that one side lacks)."""
+    out: list[int] = []
+    for start in range(0, max(len(a), len(b)), _BLOCK):
+        if a[start:start + _BLOCK] == b[start:start + _BLOCK]:
+            continue
+        for offset in range(start, min(start + _BLOCK, max(len(a), len(b))), DIGEST_BYTES):
+            if a[offset:offset + DIGEST_BYTES] != b[offset:offset + DIGEST_BYTES]:
+                out.append(offset // DIGEST_BYTES + 1)
+    return tuple(out)
 
 
 def due(last_started: float | None, now: float, interval: float) -> bool:

@@ -149,7 +149,9 @@ class RedoThread(threading.Thread):
         self._persist_due = 0.0
         self._stopping = False
         self._done = False  # exited (stopped or failed): waiters must not wait forever
-        self._hold: int | None = None  # DBCC CHECKMIRROR: apply nothing past this LSN while it is set
+        # DBCC CHECKMIRROR: apply nothing past the lowest of these LSNs (by token) while any is set
+        self._holds: dict[int, int] = {}
+        self._next_hold = 0
         self.error: BaseException | None = None
 
     @property
@@ -176,20 +178,26 @@ class RedoThread(threading.Thread):
             self._cond.wait_for(lambda: self._applied >= lsn or self._done, timeout)
             return self._applied >= lsn
 
-    def hold_at(self, lsn: int) -> None:
-        """Apply nothing past lsn until release() (the page store then holds still at lsn for a check)."""
-        with self._cond:
-            self._hold = lsn
+    def hold_at(self, lsn: int) -> int:
+        """Apply nothing past lsn until release(token) (the page store then holds still at lsn for a check).
 
-    def release(self) -> None:
-        """Undo hold_at: redo goes on."""
+        Holds are counted apart, so two checks at once each keep their own
+        (redo stops at the lower) and neither's release ends the other's.
+        """
         with self._cond:
-            self._hold = None
+            self._next_hold += 1
+            self._holds[self._next_hold] = lsn
+            return self._next_hold
+
+    def release(self, token: int) -> None:
+        """End the hold hold_at returned this token for: redo goes on (up to any other hold)."""
+        with self._cond:
+            self._holds.pop(token, None)
             self._cond.notify_all()
 
     def _redo_limit(self) -> int:
-        """How far redo may go now: the hardened log, or the hold (called with _cond held)."""
-        return self._hardened if self._hold is None else min(self._hardened, self._hold)
+        """How far redo may go now: the hardened log, or the lowest hold (called with _cond held)."""
+        return min(self._hardened, *self._holds.values()) if self._holds else self._hardened
 
     def stop(self) -> None:
         """Finish the current batch, persist, and exit; join() afterwards."""

@@ -109,3 +109,14 @@ def test_who_may_run_it():
     assert "has no mirror" in refusal(_session(Role.NONE, partner=None), stmt)
     assert "DISCONNECTED" in refusal(_session(Role.PRINCIPAL, connected=False), stmt)
     assert "SET PARTNER RESUME first" in refusal(_session(Role.PRINCIPAL, suspended=True), stmt)
+
+
+def test_a_large_comparison_finds_the_pages_in_and_past_equal_blocks():
+    n = 100_000
+    same = digests(*[7] * n)
+    other = bytearray(same)
+    for pgno in (1, 4096, 4097, n):
+        other[(pgno - 1) * cm.DIGEST_BYTES] ^= 1
+    v = cm.compare("shop", cm.PageDigests(9, 512, same), cm.PageDigests(9, 512, bytes(other)))
+    assert v.differing == (1, 4096, 4097, n)
+    assert cm.compare("shop", cm.PageDigests(9, 512, same), cm.PageDigests(9, 512, same)).identical

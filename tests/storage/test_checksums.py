@@ -62,7 +62,7 @@ def test_redo_held_at_an_lsn_goes_no_further_until_released(tmp_path):
     log.append(HISTORY)
     store = PageStore(tmp_path / "store.sqlite")
     redo = RedoThread(log, store, tmp_path / "redo_lsn")
-    redo.hold_at(3)
+    first = redo.hold_at(3)
     redo.start()
     try:
         redo.notify(5)
@@ -70,7 +70,11 @@ def test_redo_held_at_an_lsn_goes_no_further_until_released(tmp_path):
         assert not redo.wait_for(4, 0.2) and redo.redo_lsn == 3  # held: the store stays at LSN 3
         (tmp_path / "principal.sqlite").touch()
         assert compare("shop", principal_digests(tmp_path / "principal.sqlite", log, 0, 3), store_digests(store.path, 3)).identical
-        redo.release()
+        second = redo.hold_at(4)
+        redo.release(first)  # the other check's hold stands
+        assert redo.wait_for(4, 10) and not redo.wait_for(5, 0.2) and redo.redo_lsn == 4
+        redo.release(first)  # twice: harmless
+        redo.release(second)
         assert redo.wait_for(5, 10) and redo.redo_lsn == 5
     finally:
         redo.stop()
