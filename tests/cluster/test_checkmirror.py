@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import subprocess
+import urllib.request
 
 import pytest
 
-from mirrord.localcluster import wait_for
+from mirrord.localcluster import free_port, wait_for
 from mirrorctl.client import ServerError
 
 from .helpers import Writer, create_table, db_file, ids_on
@@ -54,8 +55,11 @@ def test_identical_at_one_lsn_while_writes_go_on_and_on_a_schedule(cluster):
 
 
 def test_a_page_overwritten_on_the_mirrors_disk_is_reported(cluster):
-    cluster.setup_session(DB, principal="a", mirror="b")
     a, b = cluster["a"], cluster["b"]
+    metrics = f"{a.host}:{free_port(a.host)}"
+    a.extra_args = ["--metrics", metrics]
+    a.restart()
+    cluster.setup_session(DB, principal="a", mirror="b")
     create_table(a, DB)
     for i in range(300):
         a.query("INSERT INTO t(id, v) VALUES (?, ?)", db=DB, params=[i, "x" * 200])
@@ -80,6 +84,11 @@ def test_a_page_overwritten_on_the_mirrors_disk_is_reported(cluster):
     assert status["checkmirror_mismatches"] == 1 and f"1 page(s) differ: {victim}" in status["last_checkmirror"]
     events = a.query(f"SELECT * FROM sys.database_mirroring_events WHERE database = '{DB}'").as_dicts()
     assert any(e["event"] == "CHECKMIRROR_MISMATCH" and f"differ: {victim}" in e["detail"] for e in events)
+    with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    assert 'mirrord_checkmirror_mismatches_total{database="shop",node="a"} 1.0' in text
+    assert 'mirrord_checkmirror_runs_total{database="shop",node="a",result="identical"} 1.0' in text
+    assert 'mirrord_checkmirror_runs_total{database="shop",node="a",result="different"} 1.0' in text
     # the principal's data is untouched, and serves on
     assert a.query("SELECT id, v FROM t ORDER BY id", db=DB).rows == principal_rows
     a.query("INSERT INTO t(id, v) VALUES (1000, 'after')", db=DB)
