@@ -12,13 +12,15 @@ a hashing thread in the node's own process holds the GIL for most of each
 page, and every time the event loop gives it up (each socket read and write)
 it waits its turn behind the hash; commits then took twice as long while a
 check ran (benchmarks/checkmirror_bench.py). A child process takes nothing
-but its share of a core and of the disk, which --checkmirror-rate-mb paces.
+but its share of a core and of the disk, which --checkmirror-rate-mb paces, and
+it runs at a lower priority (nice 10) than the node.
 """
 
 from __future__ import annotations
 
 import time
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -27,6 +29,7 @@ from mirrord.core.checkmirror import DIGEST_BYTES, MAX_PAGES, PageDigests, page_
 from mirrord.storage.log import DurableLog
 
 READ_PAGES = 256  # pages per read
+NICENESS = 10  # the hashing child's scheduling priority, below the node's
 
 
 class Pacer:
@@ -166,6 +169,10 @@ async def digest_file_apart(path: Path, page_size: int, page_count: int, mb_per_
 
 def main(argv: list[str]) -> int:
     """python -m mirrord.storage.checksums PATH PAGE_SIZE PAGE_COUNT MB_PER_S: the digests on stdout."""
+    try:
+        os.nice(NICENESS)  # background work: the node's own commits come first on a busy machine
+    except OSError:
+        pass
     try:
         path, page_size, page_count, mb_per_s = Path(argv[0]), int(argv[1]), int(argv[2]), int(argv[3])
         digests = digest_file(path, page_size, page_count, pacer=Pacer(mb_per_s))
