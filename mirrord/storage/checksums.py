@@ -18,10 +18,10 @@ it runs at a lower priority (nice 10) than the node.
 
 from __future__ import annotations
 
-import time
 import asyncio
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
