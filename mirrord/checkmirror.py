@@ -3,6 +3,8 @@
 The principal's side runs as the statement (or the schedule, `--checkmirror-interval`);
 the mirror's side is a task the inbound link starts when the request arrives, so
 the link goes on reading (and hardening) the log records the check waits for.
+The node passes in what it owns (the pace, the metrics counter, its databases):
+this module imports nothing of the node's, so the links can import it.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import structlog
 
@@ -23,7 +25,8 @@ from mirrord.net import framing
 
 if TYPE_CHECKING:
     from mirrord.host import DatabaseHost
-    from mirrord.node import Node
+
+Counted = Callable[[str, bool], None]  # (database, identical): the node's metrics
 
 log = structlog.get_logger()
 
@@ -44,13 +47,13 @@ def refusal(host: "DatabaseHost") -> str | None:
     return None
 
 
-async def check(node: "Node", host: "DatabaseHost") -> cm.Verdict:
-    """Compare both copies at one LSN; StatementRefused saying why when no comparison could be made."""
+async def check(host: "DatabaseHost", mb_per_s: int = 0, counted: Counted | None = None) -> cm.Verdict:
+    """Compare both copies at one LSN, hashing at mb_per_s MB/s (0: unlimited); StatementRefused saying why
+    when no comparison could be made."""
     if (why := refusal(host)) is not None:
         raise StatementRefused(why)
     host.checkmirror_started = time.monotonic()
     writer, rid = host.partner_writer, next(_rids)
-    mb_per_s = node.config.checkmirror_rate_mb
     reply: asyncio.Future = asyncio.get_running_loop().create_future()
     host.checkmirror_replies[rid] = reply
 
@@ -74,7 +77,9 @@ async def check(node: "Node", host: "DatabaseHost") -> cm.Verdict:
     if (why := cm.answer_refusal(answer, mine.lsn)) is not None:
         raise _failed(host, why)
     verdict = cm.compare(host.name, mine, cm.PageDigests(answer["lsn"], answer["page_size"], answer["digests"]))
-    _note(node, host, verdict)
+    _note(host, verdict)
+    if counted is not None:
+        counted(host.name, verdict.identical)
     return verdict
 
 
@@ -83,7 +88,7 @@ def _failed(host: "DatabaseHost", why: str) -> StatementRefused:
     return StatementRefused(f"DBCC CHECKMIRROR({host.name}) could not compare the copies: {why}")
 
 
-def _note(node: "Node", host: "DatabaseHost", verdict: cm.Verdict) -> None:
+def _note(host: "DatabaseHost", verdict: cm.Verdict) -> None:
     host.last_checkmirror = verdict.message()
     if verdict.identical:
         host.last_verified_lsn, host.last_verified_time = verdict.lsn, utc_text(time.time())
@@ -93,7 +98,6 @@ def _note(node: "Node", host: "DatabaseHost", verdict: cm.Verdict) -> None:
         log.error("checkmirror_mismatch", database=host.name, lsn=verdict.lsn, differing=len(verdict.differing),
                   pages=list(verdict.differing[:cm.LISTED_PAGES]), detail=verdict.message())
         host.record_event("CHECKMIRROR_MISMATCH", verdict.message(), lsn=verdict.lsn)
-    node.metrics.count_checkmirror(host.name, verdict.identical)
 
 
 def answered(host: "DatabaseHost", msg: dict) -> None:
@@ -151,15 +155,16 @@ def _send_answer(writer, msg: dict, page_size: int, digests: bytes, error: str) 
                                    "page_size": page_size, "digests": digests, "error": error[:1000]})
 
 
-async def run_schedule(node: "Node", interval: float) -> None:
+async def run_schedule(hosts: Callable[[], Iterable["DatabaseHost"]], interval: float, mb_per_s: int = 0,
+                       counted: Counted | None = None) -> None:
     """Check every principal database with a connected mirror every `interval` seconds, until cancelled."""
     while True:
         await asyncio.sleep(min(interval, 1.0))
-        for host in list(node.databases.values()):
+        for host in list(hosts()):
             if refusal(host) is not None or not cm.due(host.checkmirror_started, time.monotonic(), interval):
                 continue
             try:
-                await check(node, host)
+                await check(host, mb_per_s, counted)
             except StatementRefused as exc:
                 log.warning("checkmirror_failed", database=host.name, reason=exc.message)
             except Exception:  # noqa: BLE001 - a scheduled check must never take the node down

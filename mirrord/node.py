@@ -299,8 +299,10 @@ class Node:
             await self.http.start(self.config.metrics.host, self.config.metrics.port)
         self._sampler = asyncio.create_task(run_sampler(self, self.metrics), name="monitor-sampler")
         if self.config.checkmirror_interval > 0:
-            self._checker = asyncio.create_task(checkmirror.run_schedule(self, self.config.checkmirror_interval),
-                                                name="checkmirror-schedule")
+            self._checker = asyncio.create_task(
+                checkmirror.run_schedule(lambda: self.databases.values(), self.config.checkmirror_interval,
+                                         self.config.checkmirror_rate_mb, self.metrics.count_checkmirror),
+                name="checkmirror-schedule")
         log.info("node_started", endpoint=self.endpoint_url, listen=self.listen_address, databases=sorted(self.databases))
 
     async def _load(self, directory: Path) -> None:

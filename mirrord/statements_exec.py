@@ -335,7 +335,7 @@ class StatementExecutor:
         from mirrord.checkmirror import check
         from mirrord.core.checkmirror import ROW_COLUMNS
 
-        verdict = await check(self.node, host)
+        verdict = await check(host, self.node.config.checkmirror_rate_mb, self.node.metrics.count_checkmirror)
         row = verdict.row()
         result = StatementResult(ROW_COLUMNS, [[row[c] for c in ROW_COLUMNS]], 1)
         result.message = verdict.message()  # type: ignore[attr-defined]
