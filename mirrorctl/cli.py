@@ -3,6 +3,7 @@
     mirrorctl -S HOST:PORT[,HOST:PORT...] [-d DB] (-Q "STATEMENT" | -i FILE...) [-b] [-o FILE] [--json]
     mirrorctl -S HOST:PORT[,HOST:PORT...] status [-d DB] [--json] [-o FILE]
     mirrorctl -S HOST:PORT[,HOST:PORT...] monitor [-d DB] [--interval S] [--once] [--json]
+    mirrorctl -S HOST:PORT[,HOST:PORT...] history [-d DB] [--last N] [--json] [-o FILE]
 
 How it works: parse arguments (every bad flag or value is a usage error, exit
 2), send each statement through a `PrincipalFollower` (the -S list, following
@@ -35,6 +36,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from mirrord.core.events import COLUMNS as EVENT_COLUMNS, merged
 from mirrord.core.types import ProtocolError
 from mirrord.version import installed_version
 from mirrorctl.client import Client, Result, ServerError, Unreachable, status_sql
@@ -55,6 +57,9 @@ exit status: 0 success, 1 the server returned an error, 2 usage error, 3 server 
 STATUS_EXAMPLES = """examples:
   mirrorctl -S 127.0.0.11:1433 status
   mirrorctl -S 127.0.0.11:1433 status -d shop --json      # every column of sys.database_mirroring"""
+HISTORY_EXAMPLES = """examples:
+  mirrorctl -S 127.0.0.11:1433,127.0.0.12:1433,127.0.0.13:1433 history          # every node's events, merged by time
+  mirrorctl -S 127.0.0.11:1433,127.0.0.12:1433 history -d shop --last 50 --json"""
 MONITOR_EXAMPLES = """examples:
   mirrorctl -S 127.0.0.11:1433,127.0.0.12:1433,127.0.0.13:1433 monitor
   mirrorctl -S 127.0.0.11:1433,127.0.0.12:1433 monitor -d shop --once --json"""
@@ -68,6 +73,17 @@ def seconds(text: str) -> float:
         value = math.nan
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
+
+
+def positive(text: str) -> int:
+    """An argparse type: a whole number > 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number > 0, got {text!r}")
     return value
 
 
@@ -115,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-b", "--abort-on-error", action="store_true", dest="abort_on_error",
                         help="stop at the first batch that fails (exit 1)")
     parser.add_argument("--version", action="version", version=f"mirrorctl {installed_version()}")
-    commands = parser.add_subparsers(dest="command", metavar="{status,monitor}",
+    commands = parser.add_subparsers(dest="command", metavar="{status,monitor,history}",
                                      title="commands (each has its own --help)")
     status = commands.add_parser("status", help="show mirroring status, one line per database",
                                  description="Show mirroring status: one line per database of the first node that answers.",
@@ -123,7 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     monitor = commands.add_parser("monitor", help="watch every node given to -S, asked all at once",
                                   description="A live table across the cluster: every node given to -S, asked concurrently.",
                                   epilog=MONITOR_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for sub in (status, monitor):
+    history = commands.add_parser("history", help="the event history of every node given to -S, merged by time",
+                                  description="Every node's sys.database_mirroring_events (role changes, state changes "
+                                              "and why, forced service and its loss, SUSPEND/RESUME, alerts, connections), "
+                                              "asked concurrently and merged into one table by time.",
+                                  epilog=HISTORY_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    history.add_argument("--last", type=positive, default=None, metavar="N", help="only the newest N events of the merge")
+    for sub in (status, monitor, history):
         add_connection_options(sub, suppress=True)
         add_output_options(sub, suppress=True)
     monitor.add_argument("--interval", type=seconds, default=2.0, help="seconds between refreshes (default 2)")
@@ -145,7 +167,7 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
             parser.error(f"-S {server}: {exc}")
     given = [flag for flag, value in (("-Q", args.query), ("-i", args.input), (args.command, args.command)) if value is not None]
     if len(given) != 1:
-        parser.error("give one of -Q STATEMENT, -i FILE, or the status or monitor command"
+        parser.error("give one of -Q STATEMENT, -i FILE, or the status, monitor or history command"
                      + (f" (got {' and '.join(given)})" if given else ""))
     if args.query is not None and not args.query.strip():
         parser.error("-Q needs a statement (it is empty)")
@@ -317,6 +339,45 @@ def _witness_row(server: str, w: dict) -> dict:
     }
 
 
+def _events_sql(db: str | None) -> str:
+    where = "" if db is None else f" WHERE database = '{db.replace(chr(39), chr(39) * 2)}'"
+    return f"SELECT * FROM sys.database_mirroring_events{where}"
+
+
+def _history_one(server: str, db: str | None, timeout: float, auth: dict) -> tuple[list[dict], str | None]:
+    """One node's events with the address asked as `node` beside the node's own name, or why there are none."""
+    try:
+        with Client.connect(server, timeout=min(timeout, CONNECT_TIMEOUT), **auth) as client:
+            rows = client.query(_events_sql(db), timeout=timeout).as_dicts()
+    except (ServerError, Unreachable, ProtocolError, OSError) as exc:
+        return [], str(exc)
+    return [{**row, "server": server} for row in rows], None
+
+
+def history(args: argparse.Namespace) -> int:
+    """`mirrorctl history`: every node's events merged by time (like patronictl history / pg_autoctl show events)."""
+    servers = _servers(args.server)
+    auth = auth_args(args)
+    with ThreadPoolExecutor(max_workers=max(1, len(servers)), thread_name_prefix="history") as pool:
+        answers = list(pool.map(lambda server: _history_one(server, args.database, args.timeout, auth), servers))
+    for server, (_, error) in zip(servers, answers):
+        if error is not None:
+            print(f"mirrorctl: no events from {server}: {error}", file=sys.stderr)
+    if all(error is not None for _, error in answers):
+        return EXIT_UNREACHABLE
+    rows = merged(rows for rows, _ in answers)
+    if args.last is not None:
+        rows = rows[-args.last:]
+    if args.json:
+        print(json.dumps(rows, default=_json_default))
+    elif not rows:
+        print("no events")
+    else:
+        columns = EVENT_COLUMNS
+        print_table(Result(columns, [[row.get(c) for c in columns] for row in rows], len(rows)), _console())
+    return EXIT_OK if all(error is None for _, error in answers) else EXIT_SERVER_ERROR
+
+
 def monitor(args: argparse.Namespace) -> int:
     """`mirrorctl monitor`: a live table across the cluster's nodes (or one snapshot with --once)."""
     servers = _servers(args.server)
@@ -416,6 +477,13 @@ def main(argv: list[str] | None = None) -> int:
         return args
     if args.command == "monitor":
         return monitor(args)
+    if args.command == "history":
+        try:
+            with _output(args.output):
+                return history(args)
+        except OSError as exc:  # -o FILE could not be written
+            print(f"mirrorctl: cannot write the output: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     try:
         batches = [] if args.command == "status" else _batches(args)
     except (OSError, ScriptError, UnicodeDecodeError) as exc:

@@ -48,6 +48,12 @@ SETTINGS = (
     Setting("log_size_limit_mb", "log size at which writes are refused", integer=True, default=1024),
     Setting("log_level", "debug, info, warning or error", default="info"),
     Setting("metrics", "serve HTTP on HOST:PORT: /metrics, /principal?db=X, /mirror?db=X, /health, /status (off when unset)"),
+    Setting("event_history_max_events", "events sys.database_mirroring_events keeps (default 10000)", integer=True),
+    Setting("event_history_max_age_days", "days sys.database_mirroring_events keeps an event (default 30)", integer=True),
+    Setting("checkmirror_interval", "seconds between scheduled DBCC CHECKMIRROR of each principal database (0: off, the default)",
+            integer=True),
+    Setting("checkmirror_rate_mb", "MB of pages a second DBCC CHECKMIRROR hashes on each partner (0: unlimited; default 0)",
+            integer=True),
     Setting("backup_dir", "the only directory BACKUP writes to and RESTORE reads from (default DATA_DIR/backups)"),
     # what one client may hold on the client port (net/client_port.py ClientLimits)
     Setting("max_clients", "client connections served at once (default 256)", integer=True),

@@ -15,6 +15,7 @@ from mirrord.core.session import Session
 from mirrord.core.types import Lsn, MirroringState
 from mirrord.mirror import MirrorDatabase
 from mirrord.principal import PrincipalDatabase
+from mirrord.storage.events import EventLog
 from mirrord.storage.fileutil import atomic_write_json
 from mirrord.login_store import LoginStore
 from mirrord.storage.log import DurableLog
@@ -55,6 +56,16 @@ class DatabaseHost:
     on_witness_changed: object | None = None  # node callback: start/stop the witness link
     monitor: object | None = None  # mirrord.monitor.DatabaseMonitor: rates, alerts, the partner's figures
     logins: "LoginStore | None" = None  # the node's login table, passed to and taken from the partner
+    events: EventLog | None = None  # the node's event history (sys.database_mirroring_events)
+    # DBCC CHECKMIRROR (mirrord/checkmirror.py): the principal's checks waiting for the mirror's answer, by request
+    # id; the mirror's hashing tasks; and the outcome of the last check (status columns, since this start)
+    checkmirror_replies: dict[int, asyncio.Future] = field(default_factory=dict)
+    checkmirror_tasks: set[asyncio.Task] = field(default_factory=set)
+    checkmirror_started: float | None = None  # monotonic
+    last_checkmirror: str | None = None
+    last_verified_lsn: Lsn | None = None
+    last_verified_time: str | None = None  # UTC
+    checkmirror_mismatches: int = 0
 
     def principal_view(self) -> PrincipalView:
         """The facts the quorum core needs about this principal."""
@@ -104,11 +115,21 @@ class DatabaseHost:
         self.session.config = new
         self.note_state()
 
+    def record_event(self, event: str, detail: str = "", lsn: Lsn | None = None) -> None:
+        """Add an event of this database to the node's history, with its role, state and role sequence now."""
+        if self.events is not None:
+            s = self.session
+            self.events.record(self.name, event, role=s.role.value, state=s.state.value,
+                               role_sequence=s.config.epoch, lsn=lsn, detail=detail)
+
     def note_state(self) -> None:
-        """Log a mirroring-state change once, with the LSNs that explain it."""
+        """Log a mirroring-state change once, with the LSNs that explain it (and record it in the history)."""
         state = self.session.state
         if state is not self.last_state:
-            self.last_state = state
+            before, self.last_state = self.last_state, state
+            was = "" if before is None else f"from {before.value}"
+            why = self.session.state_reason
+            self.record_event("STATE_CHANGE", "; ".join(x for x in (was, why) if x), lsn=self.log.last_lsn)
             log.info(
                 "mirroring_state",
                 database=self.name,

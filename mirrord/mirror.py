@@ -21,6 +21,8 @@ from mirrord.core.session import Session
 from mirrord.core.types import Lsn, ProtocolError
 from mirrord.storage.fileutil import FLUSH_EVERY, atomic_write_bytes, copy_in_steps, fsync_dir, remove_sqlite_sidecars
 from mirrord.storage.log import DurableLog, LogRecord
+from mirrord.core.checkmirror import PageDigests
+from mirrord.storage.checksums import store_digests_apart
 from mirrord.storage.pagestore import PageStore, RedoThread
 
 log = structlog.get_logger()
@@ -224,6 +226,37 @@ class MirrorDatabase:
         atomic_write_bytes(self.directory / "redo_lsn", str(lsn).encode())
         self.log.reset(lsn + 1, epoch)
         self.start()
+
+    # ---------------------------------------------------------------- DBCC CHECKMIRROR
+
+    def hold_redo(self, lsn: Lsn) -> tuple[RedoThread, int]:
+        """Hold redo at lsn (nothing past it is applied until release_redo); RuntimeError saying why it cannot."""
+        redo = self._redo
+        if redo is None or self.redo_error is not None:
+            raise RuntimeError("this mirror's redo is not running (not seeded yet, or failed)")
+        token = redo.hold_at(lsn)
+        if redo.redo_lsn > lsn:
+            redo.release(token)
+            raise RuntimeError(f"redo is already at LSN {redo.redo_lsn}, past the LSN {lsn} asked for")
+        return redo, token
+
+    @staticmethod
+    def release_redo(hold: tuple[RedoThread, int]) -> None:
+        """Let redo go on after hold_redo (a no-op on a redo thread replaced meanwhile by a seed)."""
+        redo, token = hold
+        redo.release(token)
+
+    async def digests_at(self, lsn: Lsn, timeout: float, mb_per_s: int = 0) -> PageDigests:
+        """Every page's digest once redo (held by hold_redo) reaches lsn; TimeoutError if it does not in time."""
+        redo = self._redo  # the one holding at lsn (hold_redo); a seed meanwhile replaces it and this fails
+        deadline = self._loop.time() + timeout
+        # short waits: a cancelled check (its link closed) must not leave a thread blocked for the whole timeout
+        while redo is None or not await asyncio.to_thread(redo.wait_for, lsn, 0.5):
+            if redo is None or redo.error is not None or self._loop.time() > deadline:
+                raise TimeoutError(f"redo did not reach LSN {lsn} within {timeout:g} s (it is at {self.redo_lsn})")
+        if redo.redo_lsn != lsn:
+            raise RuntimeError(f"redo passed LSN {lsn} (it is at {redo.redo_lsn}) while it was held")
+        return await store_digests_apart(self.path, lsn, mb_per_s)
 
     # ---------------------------------------------------------------- shutdown
 

@@ -190,8 +190,11 @@ def check_alerts(host: "DatabaseHost", figs: dict) -> None:
                       value=change.value, threshold=change.threshold, unit=change.alert.unit)
         if change.cleared:
             log.info("mirroring_alert_cleared", **fields)
+            host.record_event("ALERT_CLEARED", f"{change.alert.name} back within {change.threshold} {change.alert.unit} "
+                                               f"(alert {change.alert.alert_id})")
         else:
             log.warning("mirroring_alert", **fields, warning=change.describe())
+            host.record_event("ALERT", change.describe())
     figs["warnings"] = monitor_of(host).alerts.warnings()
 
 
@@ -278,6 +281,10 @@ class NodeMetrics:
         self.witnessed = Gauge("mirrord_witness_sessions", "mirroring sessions this node witnesses", ["node"], registry=r)
         self.witness_partners = Gauge("mirrord_witness_partner_connections", "partners connected to this witness now", ["node", "database"], registry=r)
         self.witness_votes = Counter("mirrord_witness_votes", "promotion votes this witness cast", ["node", "database", "outcome"], registry=r)
+        self.checkmirror_runs = Counter("mirrord_checkmirror_runs", "DBCC CHECKMIRROR comparisons completed (statement or schedule)",
+                                        labels + ["result"], registry=r)
+        self.checkmirror_mismatches = Counter("mirrord_checkmirror_mismatches", "DBCC CHECKMIRROR comparisons that found differing pages",
+                                              labels, registry=r)
         self._known: set[str] = set()
         self._witness_exported: dict = {}
 
@@ -336,6 +343,13 @@ class NodeMetrics:
             elif (self.node, db, str(alert_id)) in self.alert_threshold._metrics:  # noqa: SLF001 - no public "has labels"
                 self.alert_threshold.remove(self.node, db, str(alert_id))
 
+    def count_checkmirror(self, database: str, identical: bool) -> None:
+        """One completed DBCC CHECKMIRROR comparison."""
+        self.checkmirror_runs.labels(self.node, database, "identical" if identical else "different").inc()
+        counter = self.checkmirror_mismatches.labels(self.node, database)
+        if not identical:
+            counter.inc()
+
     def observe_commit(self, database: str, seconds: float) -> None:
         """One acknowledged commit and its latency (called by the principal, in the event loop)."""
         self.commits.labels(self.node, database).inc()
@@ -356,7 +370,7 @@ class NodeMetrics:
             for metric in (*self.figures.values(), self.role, self.state, self.role_sequence, self.partner_connected,
                            self.witness_connected, self.failover_ready, self.warnings, self.failovers, self.refused, self.reconnects,
                            self.log_sent, self.log_hardened, self.log_redone, self.commits, self.commit_latency,
-                           self.alert_threshold):
+                           self.alert_threshold, self.checkmirror_runs, self.checkmirror_mismatches):
                 for labels in list(metric._metrics):  # noqa: SLF001 - prometheus_client has no public "labels matching"
                     if labels[:2] == (self.node, db):
                         metric.remove(*labels)

@@ -7,6 +7,7 @@ Layout on disk, under --data-dir:
     databases/<db>/log/        the durable log
     databases/<db>/redo_lsn    db.sqlite (without a WAL) durably holds the log up to this LSN:
                                the mirror's redo LSN; the principal's last complete checkpoint
+    events/events.jsonl        the node's event history (+ events.1.jsonl; mirrord/storage/events.py)
 
 Everything a node knows about its sessions is on disk before it acts on it, so
 a node killed at any instant comes back with its roles and rejoins by itself.
@@ -34,6 +35,7 @@ from mirrord import config as settings
 from mirrord.core import logins as lg
 from mirrord.core import messages
 from mirrord.core.names import db_name_refusal, inside, is_db_name
+from mirrord.core.events import DEFAULT_MAX_AGE_DAYS, DEFAULT_MAX_EVENTS
 from mirrord.core.session import Session, SessionConfig
 from mirrord.core.types import (
     DatabaseStatus,
@@ -47,7 +49,7 @@ from mirrord.httpapi import HttpServer, NodeView
 from mirrord.login_store import LoginSetupError, LoginStore
 from mirrord.monitor import NodeMetrics, run_sampler
 from mirrord.mirror import MirrorDatabase
-from mirrord import role_change
+from mirrord import checkmirror, role_change
 from mirrord.net import framing, inbound
 from mirrord.net.client_port import ClientLimits, ClientPort, limits_from_settings
 from mirrord.net.tls import Listener, TlsContexts, TlsSetupError, cert_hosts, peer_covers
@@ -55,6 +57,7 @@ from mirrord.principal import PrincipalDatabase, StatementResult
 from mirrord.statements_exec import StatementExecutor, status_rows
 from mirrord.witness import Witness
 from mirrord.storage.fileutil import atomic_write_bytes
+from mirrord.storage.events import EventLog
 from mirrord.storage.log import DurableLog
 from mirrord.version import installed_version
 
@@ -82,6 +85,10 @@ class NodeConfig:
     admin_password_file: Path | None = None  # the first start gives login sa this password
     backup_dir: Path | None = None  # BACKUP/RESTORE files live only here; None: DATA_DIR/backups
     limits: ClientLimits = ClientLimits()  # what one client may hold on the client port
+    event_history_max_events: int = DEFAULT_MAX_EVENTS  # sys.database_mirroring_events (storage/events.py)
+    event_history_max_age_days: int = DEFAULT_MAX_AGE_DAYS
+    checkmirror_interval: int = 0  # seconds between scheduled DBCC CHECKMIRROR (mirrord/checkmirror.py); 0: off
+    checkmirror_rate_mb: int = 0  # the pace of its hash on both partners, MB/s; 0: unlimited
 
     @property
     def backups(self) -> Path:
@@ -142,7 +149,16 @@ class NodeConfig:
         backup_dir = v.get("backup_dir")
         if backup_dir is not None and (not isinstance(backup_dir, str) or not backup_dir):
             raise ValueError("backup_dir must be a directory path (BACKUP and RESTORE use only files inside it)")
+        bounded = {}
+        for key, least, most in (("event_history_max_events", 1, 10_000_000), ("event_history_max_age_days", 1, 36_500),
+                                 ("checkmirror_interval", 0, 31 * 86400), ("checkmirror_rate_mb", 0, 100_000)):
+            value = v.get(key)
+            if value is not None:
+                if not isinstance(value, int) or isinstance(value, bool) or not least <= value <= most:
+                    raise ValueError(f"{key} must be a whole number from {least} to {most}")
+                bounded[key] = value
         config = cls(
+            **bounded,
             limits=limits_from_settings(v),
             backup_dir=Path(backup_dir) if backup_dir else None,
             name=v["name"],
@@ -228,7 +244,9 @@ class Node:
         self._stopped = asyncio.Event()
         self.executor = StatementExecutor(self)
         self.client_port = ClientPort(config.limits)
-        self.witness = Witness(config.data_dir / "witness")
+        self.events = EventLog(config.data_dir / "events", config.name, max_events=config.event_history_max_events,
+                               max_age_seconds=config.event_history_max_age_days * 86400.0)
+        self.witness = Witness(config.data_dir / "witness", events=self.events)
         self.metrics = NodeMetrics(config.name)
         self.http = HttpServer(NodeView(
             name=config.name, registry=self.metrics.registry,
@@ -236,6 +254,7 @@ class Node:
             status_rows=lambda db: [r for r in status_rows(self) if db in (None, r["database"])],
             up=lambda: (self.serving_clients, len(self.databases), self.quarantined)))
         self._sampler: asyncio.Task | None = None
+        self._checker: asyncio.Task | None = None  # scheduled DBCC CHECKMIRROR
 
     # ---------------------------------------------------------------- addresses
 
@@ -262,6 +281,7 @@ class Node:
 
     async def start(self) -> None:
         """Load every database, then open the endpoint and the client port."""
+        self.events.record(None, "NODE_STARTED", detail=f"endpoint {self.endpoint_url}, client port {self.listen_address}")
         self.databases_dir.mkdir(parents=True, exist_ok=True)
         self.config.backups.mkdir(parents=True, exist_ok=True)
         for meta in sorted(self.databases_dir.glob("*/meta.json")):
@@ -278,6 +298,11 @@ class Node:
         if self.config.metrics is not None:
             await self.http.start(self.config.metrics.host, self.config.metrics.port)
         self._sampler = asyncio.create_task(run_sampler(self, self.metrics), name="monitor-sampler")
+        if self.config.checkmirror_interval > 0:
+            self._checker = asyncio.create_task(
+                checkmirror.run_schedule(lambda: self.databases.values(), self.config.checkmirror_interval,
+                                         self.config.checkmirror_rate_mb, self.metrics.count_checkmirror),
+                name="checkmirror-schedule")
         log.info("node_started", endpoint=self.endpoint_url, listen=self.listen_address, databases=sorted(self.databases))
 
     async def _load(self, directory: Path) -> None:
@@ -288,6 +313,7 @@ class Node:
             raise ValueError(f"meta.json names {config.db!r}, not a valid database name equal to its directory's")
         host = DatabaseHost(config.db, directory, Session(config), self.open_log(directory))
         host.on_witness_changed = self.sync_witness_link
+        host.events = self.events
         host.logins = self.logins
         self.databases[config.db] = host
         await self.activate(host)
@@ -404,6 +430,7 @@ class Node:
         self.stopping = True
         log.info("node_stopping")
         await _cancel(self._sampler)
+        await _cancel(self._checker)
         await self.http.stop()
         if self._client_server is not None:
             self._client_server.close()
@@ -695,6 +722,7 @@ class Node:
             atomic_write_bytes(directory / "redo_lsn", str(lsn).encode())
         host.persist()
         host.on_witness_changed = self.sync_witness_link
+        host.events = self.events
         host.logins = self.logins
         self.databases[config.db] = host
         await self.activate(host)

@@ -50,11 +50,13 @@ import aiosqlite
 import structlog
 
 from mirrord.core import sql_surface
+from mirrord.core.checkmirror import PageDigests
 from mirrord.core.monitoring import CommitClock
 from mirrord.core.quorum import AckRule
 from mirrord.core.session import Session
 from mirrord.core.types import (CommitInDoubt, DiskFull, LogFull, Lsn, MirrordError, NotServing, PermissionDenied,
                                 StatementRefused, TransactionAborted)
+from mirrord.storage.checksums import principal_digests_apart
 from mirrord.storage.decltypes import DeclaredTypes
 from mirrord.storage.fileutil import DISK_RESERVE_BYTES, NO_SPACE, atomic_write_bytes, copy_in_steps, disk_free
 from mirrord.storage.statement_guard import run_guarded
@@ -703,6 +705,29 @@ class PrincipalDatabase:
         finally:
             self._checkpoints_paused -= 1
         return lsn, epoch
+
+    async def page_digests(self, pinned: Callable[[Lsn], None], mb_per_s: int = 0) -> PageDigests:
+        """Every page's digest at one LSN, writes going on (DBCC CHECKMIRROR; the view is snapshot_to's).
+
+        `pinned(lsn)` is called in the instant the LSN is chosen, before any
+        later commit is captured: the caller sends the mirror its request there,
+        so that every record past lsn travels behind it.
+        """
+        async with self._hop_gate:
+            self._checkpoints_paused += 1
+            base, lsn = self.applied_lsn, self.end_lsn
+            try:
+                pinned(lsn)
+            except BaseException:
+                self._checkpoints_paused -= 1
+                raise
+        try:
+            digests = await principal_digests_apart(self.path, self.log, base, lsn, mb_per_s)
+        finally:
+            self._checkpoints_paused -= 1
+        if self.closed:  # close() checkpoints regardless of the pause: the file may have changed under the hash
+            raise NotServing("the database closed on this node during the check")
+        return digests
 
     async def wait_synced(self, lsn: Lsn) -> None:
         """Wait until the log is fsynced up to lsn."""

@@ -127,6 +127,7 @@ async def _promote(node: "Node", host: "DatabaseHost", epoch: int, *, forced: bo
         if host.session.redo_error is not None:
             # never a PRINCIPAL that cannot open: the copy stays a mirror, SUSPENDED, saying why
             log.error("promotion_refused", database=host.name, role_sequence=epoch, reason=host.session.redo_error)
+            host.record_event("PROMOTION_FAILED", f"to role sequence {epoch} ({why}) refused: {host.session.redo_error}")
             if forced:  # a statement: its client hears why
                 raise StatementRefused(f"{host.name} cannot become principal here: {host.session.redo_error}")
             return
@@ -149,6 +150,7 @@ async def _promote(node: "Node", host: "DatabaseHost", epoch: int, *, forced: bo
         except Exception as exc:  # noqa: BLE001 - the copy could not be opened: it must not stay PRINCIPAL
             why = f"promotion failed: the copy could not be opened ({exc})"
             log.critical("promotion_failed", database=host.name, role_sequence=epoch, error=repr(exc))
+            host.record_event("PROMOTION_FAILED", why, lsn=fork)
             host.principal = None
             host.update_config(role=Role.MIRROR, status=DatabaseStatus.RESTORING, suspended=True)
             s.redo_error = why
@@ -156,6 +158,11 @@ async def _promote(node: "Node", host: "DatabaseHost", epoch: int, *, forced: bo
             await node.activate(host)
             if forced:
                 raise StatementRefused(f"{host.name} cannot become principal here: {why}") from None
+        if host.principal is not None:
+            host.record_event("FORCED_SERVICE" if forced else "PROMOTED",
+                              f"{why}; a new role sequence from fork LSN {fork}"
+                              + ("; anything the old principal holds past it is lost unless salvaged when it returns" if forced else ""),
+                              lsn=fork)
         log.warning(
             "promoted_to_principal", database=host.name, role="PRINCIPAL", role_sequence=epoch, failover_lsn=fork,
             lsn=host.log.last_lsn, forced=forced, reason=why, seconds=round(time.monotonic() - started, 3),
@@ -187,6 +194,7 @@ async def _step_down(node: "Node", host: "DatabaseHost", epoch: int, why: str) -
         host.update_config(role=Role.MIRROR, status=DatabaseStatus.RESTORING, epoch=epoch, forced_fork=False)
         host.session.note_stepped_down()
         await node.activate(host)
+        host.record_event("STEPPED_DOWN", why, lsn=host.log.last_lsn)
         log.warning("stepped_down_to_mirror", database=host.name, role="MIRROR", role_sequence=epoch, lsn=host.log.last_lsn, reason=why)
 
 
@@ -206,6 +214,7 @@ async def manual_failover(node: "Node", host: "DatabaseHost") -> str:
     principal = host.principal
     s.failover_pending = True
     host.note_state()
+    host.record_event("MANUAL_FAILOVER", f"SET PARTNER FAILOVER to {cfg.partner}", lsn=host.log.last_lsn)
     decided = False  # once the witness recorded the switch, it is final
     try:
         await principal.mark_transactions_aborted()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from mirrord.core import events
 from mirrord.core import logins as lg
 from mirrord.core import statements as st
 from mirrord.core.alerts import ALERTS
@@ -56,8 +57,11 @@ STATUS_COLUMNS = [
     *FIGURE_COLUMNS, "partner_state", "warnings",  # the Database Mirroring Monitor's figures (mirrord.monitor)
     "state_reason",  # why SUSPENDED or DISCONNECTED, when the state alone does not say
     "transport_security",  # "mutual TLS", or INSECURE for a node started with --insecure
+    # DBCC CHECKMIRROR on this principal since it started: the last identical comparison, mismatches, the last outcome
+    "last_verified_lsn", "last_verified_time", "checkmirror_mismatches", "last_checkmirror",
 ]
 ALERT_COLUMNS = ["database", "alert_id", "alert", "threshold", "unit", "enabled", "current_value", "over_threshold"]
+EVENT_COLUMNS = events.COLUMNS
 WITNESS_COLUMNS = ["database", "principal", "mirror", "role_sequence", "safety", "mirror_synchronized", "principal_connected", "mirror_connected"]
 
 
@@ -292,19 +296,23 @@ class StatementExecutor:
     async def _partner_suspend(self, host: "DatabaseHost") -> StatementResult:
         if host.session.role is Role.MIRROR:  # the principal's settings are the session's: it suspends, we adopt
             self._tell_partner(host, {"t": "suspend", "reason": f"SET PARTNER SUSPEND on the mirror {self.node.name}"})
+            host.record_event("SUSPEND", "SET PARTNER SUSPEND on this mirror: asked the principal", lsn=host.log.last_lsn)
             return _message(f"mirroring of {host.name} SUSPENDED by the principal at the mirror's request")
         from mirrord.net.partner import suspend_session
 
         suspend_session(host)
+        host.record_event("SUSPEND", "SET PARTNER SUSPEND on this principal", lsn=host.log.last_lsn)
         return _message(f"mirroring of {host.name} SUSPENDED; the log grows until RESUME")
 
     async def _partner_resume(self, host: "DatabaseHost") -> StatementResult:
         if host.session.role is Role.MIRROR:
             self._tell_partner(host, {"t": "resume"})
+            host.record_event("RESUME", "SET PARTNER RESUME on this mirror: asked the principal", lsn=host.log.last_lsn)
             return _message(f"mirroring of {host.name}: RESUME sent to the principal, which resumes the session")
         from mirrord.net.partner import resume_session
 
         await resume_session(self.node, host)
+        host.record_event("RESUME", "SET PARTNER RESUME on this principal", lsn=host.log.last_lsn)
         return _message(f"mirroring of {host.name} resumed")
 
     async def _partner_failover(self, host: "DatabaseHost") -> StatementResult:
@@ -322,6 +330,16 @@ class StatementExecutor:
             f"forced service: {host.name} is principal here in role sequence {cfg.epoch}, a new recovery fork from LSN {cfg.failover_lsn}; "
             "anything the old principal held past that is lost unless salvaged when it returns"
         )
+
+    async def _do_CheckMirror(self, host, stmt) -> StatementResult:
+        from mirrord.checkmirror import check
+        from mirrord.core.checkmirror import ROW_COLUMNS
+
+        verdict = await check(host, self.node.config.checkmirror_rate_mb, self.node.metrics.count_checkmirror)
+        row = verdict.row()
+        result = StatementResult(ROW_COLUMNS, [[row[c] for c in ROW_COLUMNS]], 1)
+        result.message = verdict.message()  # type: ignore[attr-defined]
+        return result
 
     async def _do_SetSafety(self, host, stmt) -> StatementResult:
         host.update_config(safety=stmt.safety)
@@ -512,8 +530,11 @@ class StatementExecutor:
     # ---------------------------------------------------------------- status
 
     def _system_view(self, stmt) -> StatementResult:
+        in_order = False
         if stmt.view == "database_mirroring":
             rows, columns = status_rows(self.node), STATUS_COLUMNS
+        elif stmt.view == "database_mirroring_events":
+            rows, columns, in_order = self.node.events.rows(stmt.database), EVENT_COLUMNS, True  # oldest first
         else:
             rows, columns = self.node.witness.rows(), WITNESS_COLUMNS
         if stmt.database is not None:
@@ -522,7 +543,9 @@ class StatementExecutor:
         unknown = [c for c in wanted if c not in columns]
         if unknown:
             raise StatementRefused(f"sys.{stmt.view} has no column {', '.join(unknown)}; columns: {', '.join(columns)}")
-        return StatementResult(wanted, [[r[c] for c in wanted] for r in sorted(rows, key=lambda r: r["database"])], len(rows))
+        if not in_order:
+            rows = sorted(rows, key=lambda r: r["database"])
+        return StatementResult(wanted, [[r[c] for c in wanted] for r in rows], len(rows))
 
 
 def status_rows(node: "Node") -> list[dict]:
@@ -576,5 +599,9 @@ def status_row(host: "DatabaseHost") -> dict:
         "log_bytes": host.log.size_bytes,
         "log_bytes_sent_raw": host.wire.raw,
         "log_bytes_sent_wire": host.wire.wire,
+        "last_verified_lsn": host.last_verified_lsn,
+        "last_verified_time": host.last_verified_time,
+        "checkmirror_mismatches": host.checkmirror_mismatches,
+        "last_checkmirror": host.last_checkmirror,
         **current_figures(host, time.monotonic()),
     }

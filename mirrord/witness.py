@@ -32,6 +32,7 @@ from mirrord.storage.fileutil import NO_SPACE, atomic_write_json, read_json
 
 if TYPE_CHECKING:
     from mirrord.node import Node
+    from mirrord.storage.events import EventLog
 
 log = structlog.get_logger()
 
@@ -55,8 +56,9 @@ class _Seen:
 class Witness:
     """All databases this node witnesses."""
 
-    def __init__(self, directory: Path, max_records: int = MAX_RECORDS) -> None:
+    def __init__(self, directory: Path, max_records: int = MAX_RECORDS, events: "EventLog | None" = None) -> None:
         self.directory = directory
+        self.events = events  # the node's event history
         self.max_records = max_records
         directory.mkdir(parents=True, exist_ok=True)
         self.records: dict[str, WitnessRecord] = {}
@@ -86,6 +88,13 @@ class Witness:
         self.records[rec.db] = rec
         if old is None or old.role_sequence != rec.role_sequence or old.principal != rec.principal:
             log.info("witness_record", database=rec.db, role_sequence=rec.role_sequence, principal=rec.principal, mirror=rec.mirror)
+            self._record(rec.db, "WITNESS_RECORD", f"principal {rec.principal}, mirror {rec.mirror}", rec.role_sequence)
+
+    def _record(self, db: str, event: str, detail: str, role_sequence: int | None = None) -> None:
+        if self.events is not None:
+            if role_sequence is None and db in self.records:
+                role_sequence = self.records[db].role_sequence
+            self.events.record(db, event, role="WITNESS", role_sequence=role_sequence, detail=detail)
 
     def sees(self, db: str, endpoint: str) -> bool:
         """Does the witness currently hear from this partner (within the longer of its TIMEOUT and the record's)?"""
@@ -142,6 +151,7 @@ class Witness:
         self.connected.setdefault(db, {})[sender] = seen
         self.met.add((db, sender))
         log.info("witness_partner_connected", database=db, partner=sender, role=hello["role"], role_sequence=hello["epoch"])
+        self._record(db, "WITNESS_PARTNER_CONNECTED", f"{sender} ({hello['role']}, role sequence {hello['epoch']})")
         try:
             framing.write_message(writer, self.state(db, 0))
             await writer.drain()
@@ -154,6 +164,7 @@ class Witness:
             if self.connected.get(db, {}).get(sender) is seen:
                 del self.connected[db][sender]
             log.info("witness_partner_lost", database=db, partner=sender)
+            self._record(db, "WITNESS_PARTNER_LOST", sender)
 
     def _registration_refusal(self, db: str, sender: str, partner: str) -> str | None:
         """Why a principal's w_hello may not add or update the record of db, or None."""
@@ -210,5 +221,7 @@ class Witness:
         self.votes[db, vote.granted] = self.votes.get((db, vote.granted), 0) + 1
         if vote.granted:
             self._save(new)  # durable before the mirror hears of it
+            self._record(db, "WITNESS_VOTE", f"granted to {sender}{' (forced service)' if req.forced else ''}: {vote.reason}",
+                         vote.role_sequence)
         (log.warning if vote.granted else log.debug)("witness_vote", database=db, requester=sender, granted=vote.granted, reason=vote.reason, role_sequence=vote.role_sequence, forced=req.forced)
         return self.state(db, msg["rid"], granted=vote.granted, reason=vote.reason)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from mirrord.core.checkmirror import DIGEST_BYTES, MAX_PAGES
 from mirrord.core.names import DB_NAME_RULE, is_db_name
 from mirrord.core.types import MirrordError, ProtocolError
 
@@ -165,6 +166,7 @@ def _sized_bytes(low: int, high: int) -> Checker:
 
 
 _nonce = _sized_bytes(16, 64)
+_digests = _sized_bytes(0, MAX_PAGES * DIGEST_BYTES)  # one per page (core.checkmirror)
 
 
 def _login_name(value: Any) -> str | None:
@@ -206,6 +208,9 @@ SCHEMAS: dict[str, dict[str, Checker]] = {
     "resume": {},  # mirror -> principal: SET PARTNER RESUME ran on the mirror
     "failover": {"epoch": _int, "failover_lsn": _int},  # manual failover: principal -> mirror
     "failover_done": {"epoch": _int},
+    # DBCC CHECKMIRROR (core.checkmirror): principal -> mirror, and the mirror's page digests back
+    "checkmirror": {"rid": _int, "lsn": _int, "mb_per_s": _int},  # mb_per_s: the pace of the hash, 0 unlimited
+    "checkmirror_result": {"rid": _int, "lsn": _int, "page_size": _int, "digests": _digests, "error": _str},
     # witness link, partner <-> witness (replies are w_state, matched by rid)
     "w_hello": {"db": _db, "from_endpoint": _str, "role": _str, "epoch": _int, "partner": _str,
                 "synchronized": _bool, "safety": _safety, "timeout": _int},

@@ -180,6 +180,19 @@ def _restore(session, stmt) -> str | None:
     return None
 
 
+def _check_mirror(session, stmt) -> str | None:
+    if (why := _exists(session, stmt.db)) is not None:
+        return why
+    cfg = session.config
+    if cfg.role is not Role.PRINCIPAL or cfg.partner is None:
+        where = f"; issue it on the principal {cfg.partner}" if cfg.role is Role.MIRROR else " (it has no mirror)"
+        return f"DBCC CHECKMIRROR compares the principal with its mirror: this node is {cfg.role.value} for {stmt.db}{where}"
+    if cfg.suspended or not session.partner_connected:
+        return (f"DBCC CHECKMIRROR needs the mirror connected and the session not SUSPENDED; {stmt.db} is {session.state.value}"
+                + (" (SET PARTNER RESUME first)" if cfg.suspended else ""))
+    return None
+
+
 _CHECKS = {
     st.CreateDatabase: _create,
     st.DropDatabase: _drop,
@@ -190,4 +203,5 @@ _CHECKS = {
     st.SetWitness: _witness,
     st.BackupDatabase: _backup,
     st.RestoreDatabase: _restore,
+    st.CheckMirror: _check_mirror,
 }

@@ -5,7 +5,7 @@ How it works: a small regex tokenizer (words, [bracketed] identifiers,
 comments count as whitespace) feeds a recursive-descent parser. `parse` first
 looks at the leading tokens only: a statement that does not start like one of
 ours (`ALTER DATABASE`, `CREATE DATABASE`, `DROP DATABASE`, `ALTER ENDPOINT`,
-`BACKUP`, `RESTORE`, `USE`, `SET STATEMENT_TIMEOUT`, `SELECT ... FROM sys.<view>`) is returned untouched
+`BACKUP`, `RESTORE`, `USE`, `SET STATEMENT_TIMEOUT`, `SELECT ... FROM sys.<view>`, `EXEC`, `DBCC`) is returned untouched
 as `Sql` for SQLite, without tokenizing the rest, because big INSERTs pass here.
 
 Why so strict once a statement is ours: an administrative statement that is
@@ -34,7 +34,7 @@ from mirrord.core.values import INT64_MAX, check_int64
 
 IDENTIFIER = DB_NAME  # the one rule for names (mirrord.core.names); endpoints and columns use it too
 PARTNER_ACTIONS = ("FAILOVER", "FORCE_SERVICE_ALLOW_DATA_LOSS", "OFF", "RESUME", "SUSPEND")
-SYSTEM_VIEWS = ("database_mirroring", "database_mirroring_witnesses")
+SYSTEM_VIEWS = ("database_mirroring", "database_mirroring_witnesses", "database_mirroring_events")
 MIN_TIMEOUT, MAX_TIMEOUT = 1, 3600
 _HOST = re.compile(r"[A-Za-z0-9._:-]+")
 # Column names that cannot be written bare in a select list.
@@ -192,6 +192,17 @@ class SelectSystemView:
 
 
 @dataclass(frozen=True)
+class CheckMirror:
+    """DBCC CHECKMIRROR ('db'): compare principal and mirror page by page at one LSN (core.checkmirror)."""
+
+    db: str
+
+    def to_sql(self) -> str:
+        """Canonical text of this statement."""
+        return f"DBCC CHECKMIRROR ({_quote(self.db)})"
+
+
+@dataclass(frozen=True)
 class UseDatabase:
     """USE db"""
 
@@ -276,7 +287,7 @@ class Sql:
 Statement = (
     CreateDatabase | DropDatabase | SetPartner | PartnerAction | SetSafety | SetTimeout
     | SetWitness | AlterEndpoint | BackupDatabase | RestoreDatabase | SelectSystemView
-    | UseDatabase | TransactionStatus | ChangeAlert | HelpAlert | DropAlert | SetStatementTimeout | Sql
+    | UseDatabase | TransactionStatus | ChangeAlert | HelpAlert | DropAlert | SetStatementTimeout | CheckMirror | Sql
 )
 
 
@@ -596,6 +607,20 @@ def _where(p: _Parser) -> str | None:
     return database
 
 
+DBCC_COMMANDS = ("CHECKMIRROR",)
+
+
+def _dbcc(p: _Parser) -> CheckMirror:
+    """DBCC CHECKMIRROR ( 'db' | db )."""
+    p.keyword(*DBCC_COMMANDS, expected="a DBCC command: " + _one_of(DBCC_COMMANDS))
+    p.punct("(")
+    db = p.string("'database name'") if p.peek().kind == "string" else p.identifier("a database name")
+    if not IDENTIFIER.fullmatch(db):
+        p.refuse(f"{_quote(db)} is not a valid database name")
+    p.punct(")")
+    return CheckMirror(db)
+
+
 PROCEDURES = ("sp_transaction_status", "sp_dbmmonitorchangealert", "sp_dbmmonitorhelpalert", "sp_dbmmonitordropalert")
 
 
@@ -683,6 +708,7 @@ _RULES: dict[tuple[str, ...], Rule] = {
     ("EXEC",): _exec,
     ("EXECUTE",): _exec,
     ("SET", "STATEMENT_TIMEOUT"): _statement_timeout,
+    ("DBCC",): _dbcc,
 }
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from mirrord import checkmirror
 from mirrord.core import messages
 from mirrord.core.types import Endpoint, ProtocolError, Role, Safety
 from mirrord.monitor import monitor_of, note_connected, partner_report
@@ -116,11 +117,13 @@ async def serve_principal(node: "Node", host: "DatabaseHost", hello: dict, reade
     session.partner_listen = hello.get("listen") if isinstance(hello.get("listen"), str) else None
     host.partner_writer = writer
     host.note_state()
+    host.record_event("PARTNER_CONNECTED", f"the principal {hello['from_endpoint']} connected", lsn=mirror.hardened_lsn)
     log.info("principal_connected", database=host.name, role="MIRROR", role_sequence=session.config.epoch, lsn=mirror.hardened_lsn)
     try:
         await _receive_loop(host, reader, writer)
     finally:
         host.partner_writer = None
+        checkmirror.cancel_answers(host)  # no answer can reach the principal: redo must not stay held
         session.note_partner_lost()
         host.note_state()
         host.poke()  # a lost principal may mean automatic failover
@@ -232,6 +235,8 @@ async def _handle(host: "DatabaseHost", msg: dict, writer, records: list, seed: 
     elif kind == "logins":
         if host.logins is not None:
             host.logins.adopt_from_peer(msg["table"])
+    elif kind == "checkmirror":
+        checkmirror.start_answer(host, writer, msg)  # holds redo at its LSN now; hashes in a task of its own
     elif kind == "partner_off":
         raise PartnerRemoved()
     elif kind == "failover":
@@ -306,6 +311,8 @@ async def _note_divergence(host: "DatabaseHost", hello: dict) -> None:
     else:
         path = None
     host.update_config(lost_lsn_from=fork + 1, lost_lsn_to=end, salvage_path=path)
+    host.record_event("DATA_LOSS", f"the new principal (role sequence {hello['epoch']}) forked at LSN {fork}: LSN {fork + 1}-{end} "
+                      f"({end - fork} transactions) of this copy are not in its history; salvage copy: {path or 'none'}", lsn=fork)
     log.warning("diverged_from_new_principal", database=host.name, fork_lsn=fork, lost_from=fork + 1, lost_to=end,
                 transactions=end - fork, salvage_path=path, role="MIRROR", role_sequence=hello["epoch"])
 
@@ -329,6 +336,8 @@ def _adopt_settings(host: "DatabaseHost", msg: dict) -> None:
         host.update_config(**changes)
         if changes.get("suspended"):
             host.session.note_suspended()  # as on the principal: not caught up until it catches up again
+        if "suspended" in changes:
+            host.record_event("SUSPEND" if changes["suspended"] else "RESUME", "adopted from the principal", lsn=host.log.last_lsn)
         if "witness" in changes and host.on_witness_changed is not None:
             host.on_witness_changed(host)
 

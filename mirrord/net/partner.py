@@ -32,6 +32,7 @@ from mirrord.core import messages
 from mirrord.core.quorum import lease_until
 from mirrord.core.timing import timing
 from mirrord.core.types import Endpoint, ProtocolError, Role
+from mirrord import checkmirror
 from mirrord.monitor import monitor_of, note_connected, partner_report
 from mirrord.net import framing
 from mirrord.net.reconnect import Link, LinkRefused, run_link
@@ -76,6 +77,7 @@ def _lost(host: "DatabaseHost") -> None:
     host.session.note_partner_lost()
     if host.failover_reply is not None and not host.failover_reply.done():
         host.failover_reply.set_exception(ConnectionError("the mirror connection closed during failover"))
+    checkmirror.link_lost(host)
     host.poke()  # exposed (after the witness heard), or out of quorum
     if was:
         host.note_state()
@@ -122,6 +124,7 @@ async def _one_connection(node: "Node", host: "DatabaseHost") -> None:
         host.poke()
         host.note_state()
         note_connected(host)
+        host.record_event("PARTNER_CONNECTED", f"the mirror {cfg.partner} connected; it has hardened LSN {hardened}", lsn=hardened)
         log.info("partner_connected", database=host.name, role="PRINCIPAL", role_sequence=cfg.epoch, hardened_lsn=hardened, lsn=host.log.last_lsn)
         await _run_loops(node, host, reader, writer, hardened + 1)
     finally:
@@ -211,6 +214,7 @@ def suspended_by_mirror(host: "DatabaseHost", reason: str) -> None:
         return
     log.warning("suspended_by_mirror", database=host.name, reason=reason[:500], role="PRINCIPAL")
     suspend_session(host)
+    host.record_event("SUSPEND", f"asked by the mirror: {reason[:500]}", lsn=host.log.last_lsn)
 
 
 def suspend_session(host: "DatabaseHost") -> None:
@@ -455,6 +459,8 @@ async def _read_acks(node: "Node", host: "DatabaseHost", reader, pings: dict[int
         elif msg["t"] == "partner_off":
             ended_by_partner(host)
             raise ConnectionError("the mirror ended the session (SET PARTNER OFF)")
+        elif msg["t"] == "checkmirror_result":
+            checkmirror.answered(host, msg)
         elif msg["t"] == "failover_done":
             if host.failover_reply is not None and not host.failover_reply.done():
                 host.failover_reply.set_result(msg["epoch"])

@@ -116,6 +116,7 @@ async def _one_connection(node: "Node", host: "DatabaseHost") -> None:
         host.witness_conn = conn
         host.session.witness_connected = True
         host.poke()
+        host.record_event("WITNESS_CONNECTED", f"the witness {cfg.witness}")
         log.info("witness_connected", database=host.name, witness=cfg.witness, role=host.session.role.value, role_sequence=host.session.config.epoch)
         reader_task = asyncio.create_task(conn.read_answers())
         try:

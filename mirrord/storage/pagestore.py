@@ -149,6 +149,9 @@ class RedoThread(threading.Thread):
         self._persist_due = 0.0
         self._stopping = False
         self._done = False  # exited (stopped or failed): waiters must not wait forever
+        # DBCC CHECKMIRROR: apply nothing past the lowest of these LSNs (by token) while any is set
+        self._holds: dict[int, int] = {}
+        self._next_hold = 0
         self.error: BaseException | None = None
 
     @property
@@ -174,6 +177,27 @@ class RedoThread(threading.Thread):
         with self._cond:
             self._cond.wait_for(lambda: self._applied >= lsn or self._done, timeout)
             return self._applied >= lsn
+
+    def hold_at(self, lsn: int) -> int:
+        """Apply nothing past lsn until release(token) (the page store then holds still at lsn for a check).
+
+        Holds are counted apart, so two checks at once each keep their own
+        (redo stops at the lower) and neither's release ends the other's.
+        """
+        with self._cond:
+            self._next_hold += 1
+            self._holds[self._next_hold] = lsn
+            return self._next_hold
+
+    def release(self, token: int) -> None:
+        """End the hold hold_at returned this token for: redo goes on (up to any other hold)."""
+        with self._cond:
+            self._holds.pop(token, None)
+            self._cond.notify_all()
+
+    def _redo_limit(self) -> int:
+        """How far redo may go now: the hardened log, or the lowest hold (called with _cond held)."""
+        return min(self._hardened, *self._holds.values()) if self._holds else self._hardened
 
     def stop(self) -> None:
         """Finish the current batch, persist, and exit; join() afterwards."""
@@ -216,7 +240,7 @@ class RedoThread(threading.Thread):
             while True:
                 if self._stopping:
                     return "stop"
-                if self._hardened > self._applied:
+                if self._redo_limit() > self._applied:
                     return "redo"
                 timeout = None
                 if self._applied > self._persisted:
@@ -228,7 +252,7 @@ class RedoThread(threading.Thread):
     def _apply_batch(self) -> None:
         """Apply one batch of whole transactions to the page store (not yet synced)."""
         with self._cond:
-            start, upto = self._applied + 1, self._hardened
+            start, upto = self._applied + 1, self._redo_limit()
         records = [r for r in self._log.read_from(start, self._batch_bytes) if r.lsn <= upto]
         if not records:
             raise RuntimeError(f"redo: hardened log up to {upto} but no record at {start}")

@@ -33,9 +33,19 @@ STATUS_ROWS = [
 ]
 
 
+EVENT_COLUMNS = ["time", "node", "database", "event", "role", "state", "role_sequence", "lsn", "detail"]
+EVENT_ROWS = [
+    ["2027-01-15T08:00:01.000Z", "a", "shop", "STEPPED_DOWN", "MIRROR", "DISCONNECTED", 2, 40, "the witness records b"],
+    ["2027-01-15T08:00:03.000Z", "a", "crm", "SUSPEND", "PRINCIPAL", "SUSPENDED", 1, 9, "SET PARTNER SUSPEND"],
+]
+
+
 def answer(msg: dict) -> dict | None:
     """The fake node's answer to one query (None: special handling)."""
     sql, qid = msg["sql"], msg["id"]
+    if sql.startswith("SELECT * FROM sys.database_mirroring_events"):
+        rows = [r for r in EVENT_ROWS if "WHERE" not in sql or f"'{r[2]}'" in sql]
+        return messages.result(qid, EVENT_COLUMNS, rows, len(rows))
     if sql.startswith("SELECT * FROM sys.database_mirroring"):
         rows = [r for r in STATUS_ROWS if "WHERE" not in sql or f"'{r[0]}'" in sql]
         return messages.result(qid, STATUS_COLUMNS, rows, len(rows))
@@ -299,6 +309,9 @@ def test_cli_help(capsys) -> None:
     ["-S", "h:1,nohost", "-Q", "x"],
     ["-S", "h:1", "-o"],
     ["-S", "h:1", "monitor", "-o", "x.txt"],
+    ["-S", "h:1", "history", "--last", "0"],
+    ["-S", "h:1", "history", "--last", "x"],
+    ["-S", "h:1", "history", "-b"],
 ])
 def test_cli_bad_values_are_usage_errors(argv: list[str], capsys) -> None:
     code, out, err = run(capsys, *argv)
@@ -324,7 +337,7 @@ def test_cli_version(capsys) -> None:
     assert info.value.code == 0 and capsys.readouterr().out.startswith("mirrord ")
 
 
-@pytest.mark.parametrize("command", ["status", "monitor"])
+@pytest.mark.parametrize("command", ["status", "monitor", "history"])
 def test_cli_subcommand_help_has_examples(capsys, command: str) -> None:
     code, out, _ = run(capsys, command, "--help")
     assert code == 0 and "examples:" in out and f"mirrorctl -S 127.0.0.11:1433" in out
@@ -404,3 +417,15 @@ def test_cli_monitor_asks_all_nodes_at_once(server: str, frozen_addresses: list[
     assert code == 0 and [r["state"] for r in rows[:2]] == ["UNREACHABLE", "UNREACHABLE"]
     assert {r["database"] for r in rows[2:]} == {"shop", "crm"}
     assert took < 1.9, f"two frozen nodes cost {took:.2f} s: asked one after another"
+
+
+def test_cli_history_merges_the_nodes_by_time_and_names_the_missing(server: str, dead_address: str, capsys) -> None:
+    code, out, err = run(capsys, "-S", f"{server},{server}", "history", "--json")
+    rows = json.loads(out)
+    assert (code, err) == (0, "") and [r["event"] for r in rows] == ["STEPPED_DOWN", "STEPPED_DOWN", "SUSPEND", "SUSPEND"]
+    assert all(r["server"] == server for r in rows)
+    code, out, err = run(capsys, "-S", f"{server},{dead_address}", "history", "-d", "shop", "--last", "1")
+    assert code == 1 and f"no events from {dead_address}" in err
+    assert "STEPPED_DOWN" in out and "SUSPEND" not in out and "2027-01-15T08:00:01.000Z" in out
+    code, out, err = run(capsys, "-S", dead_address, "history")
+    assert code == 3 and out == ""

@@ -114,3 +114,20 @@ def test_systemd_analyze_verifies_the_unit(tmp_path):
     done = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "mirrord.service")],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "mirrord.service" not in done.stderr, done.stderr
+
+
+def test_event_history_and_checkmirror_settings_are_bounded():
+    env = {f"MIRRORD_{k.upper()}": v for k, v in BASE.items()}
+    cfg = node.NodeConfig.from_sources(node.parse_args([]), env)
+    assert (cfg.event_history_max_events, cfg.event_history_max_age_days, cfg.checkmirror_interval, cfg.checkmirror_rate_mb) \
+        == (10_000, 30, 0, 0)
+    cfg = node.NodeConfig.from_sources(node.parse_args(["--event-history-max-events", "50", "--checkmirror-interval", "3600",
+                                                        "--checkmirror-rate-mb", "32"]), env | {"MIRRORD_EVENT_HISTORY_MAX_AGE_DAYS": "7"})
+    assert (cfg.event_history_max_events, cfg.event_history_max_age_days, cfg.checkmirror_interval, cfg.checkmirror_rate_mb) \
+        == (50, 7, 3600, 32)
+    for flag, value, where in (("--event-history-max-events", "0", "event_history_max_events must be a whole number from 1"),
+                               ("--event-history-max-age-days", "-1", "event_history_max_age_days must be"),
+                               ("--checkmirror-interval", "-5", "checkmirror_interval must be a whole number from 0"),
+                               ("--checkmirror-rate-mb", "100001", "checkmirror_rate_mb must be")):
+        with pytest.raises(ValueError, match=f"{where}.*\\(from {flag}\\)"):
+            node.NodeConfig.from_sources(node.parse_args([flag, value]), env)

@@ -34,6 +34,8 @@ GOOD = {
     "error": dict(id=1, code="refused", message="no", principal=None),
     "failover": dict(epoch=4, failover_lsn=10),
     "failover_done": dict(epoch=4),
+    "checkmirror": dict(rid=1, lsn=40, mb_per_s=0),
+    "checkmirror_result": dict(rid=1, lsn=40, page_size=4096, digests=b"\x00" * 16, error=""),
     "w_hello": dict(db="shop", from_endpoint="tcp://a:5022", role="PRINCIPAL", epoch=3,
                     partner="tcp://b:5022", synchronized=True, safety="FULL", timeout=10),
     "w_ping": dict(rid=1),
@@ -70,6 +72,12 @@ def test_missing_field_is_named(kind: str, field: str) -> None:
 
 
 BAD = [
+    ("checkmirror", "lsn", -1),
+    ("checkmirror", "rid", "1"),
+    ("checkmirror_result", "digests", "not bytes"),
+    ("checkmirror_result", "digests", b"\x00" * ((1 << 22) * 8 + 1)),
+    ("checkmirror_result", "page_size", True),
+    ("checkmirror_result", "error", None),
     ("hello", "epoch", True),  # bool is not an int
     ("hello", "epoch", -1),
     ("hello", "end_lsn", 2**63),
