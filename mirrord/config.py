@@ -63,6 +63,8 @@ SETTINGS = (
     Setting("max_result_mb", "largest result a statement may build, in MiB of memory (default 64)", integer=True),
     Setting("statement_timeout_ms", "default STATEMENT_TIMEOUT of a connection in ms (default 60000)", integer=True),
     Setting("idle_transaction_timeout", "seconds a silent client may hold an open transaction (default 60)", integer=True),
+    Setting("lock_timeout_ms", "default LOCK_TIMEOUT: ms a writer waits for a database's write lock (default 10000)",
+            integer=True),
     Setting("tls_dir", "ca.crt, NAME.crt, NAME.key (mirrord certs): mutual TLS between nodes, TLS and logins for clients"),
     Setting("insecure", "run without TLS and without logins: anyone who can reach the ports gets in", boolean=True),
     Setting("admin_password_file", "first start only: the password of login sa (else MIRRORD_ADMIN_PASSWORD)"),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import logging
 import os
 import re
@@ -190,20 +191,38 @@ class ClientState:
     login: str | None = None  # who logged in (None on an --insecure node)
 
 
+class ClientOwner:
+    """Identifies one connection's transactions to the principals: its session id and lock timeout.
+
+    Only these two facts: a principal keeps owners as keys and reads `spid`
+    (sp_who, lock_timeout errors) and `lock_timeout_ms` (SET LOCK_TIMEOUT).
+    """
+
+    def __init__(self, spid: int) -> None:
+        self.spid = spid
+        self.lock_timeout_ms: int | None = None  # SET LOCK_TIMEOUT; None: the node's default
+        self.running: str | None = None  # the statement running now (sp_who), if any
+        self.last_statement = ""
+
+
 class ClientConnection:
     """One client connection as the client port sees it (net.client_port.ClientSession)."""
 
     def __init__(self, node: "Node") -> None:
         self.node = node
         self.state = ClientState()
-        self.owner = object()  # identifies this connection's open transaction
+        self.owner = ClientOwner(next(node.spids))  # identifies this connection's open transactions
 
     @property
     def statement_timeout_ms(self) -> int | None:
         return self.state.statement_timeout_ms
 
     async def answer(self, msg: dict) -> dict:
-        return await self.node._answer(self.state, self.owner, msg)
+        self.owner.running = self.owner.last_statement = msg["sql"]
+        try:
+            return await self.node._answer(self.state, self.owner, msg)
+        finally:
+            self.owner.running = None
 
     def holds_transaction(self) -> bool:
         return any(p.holds_transaction(self.owner) for p in self._principals())
@@ -214,6 +233,7 @@ class ClientConnection:
 
     async def close(self) -> None:
         """The client left: roll back its open transaction, if any."""
+        self.node.connections.pop(self.owner.spid, None)
         for principal in self._principals():
             await principal.abort_transaction(self.owner)
 
@@ -243,6 +263,8 @@ class Node:
         self._endpoint_writers: set[asyncio.StreamWriter] = set()
         self._stopped = asyncio.Event()
         self.executor = StatementExecutor(self)
+        self.spids = itertools.count(51)  # session ids, as SQL Server numbers user sessions (from 51)
+        self.connections: dict[int, ClientConnection] = {}  # by spid: EXEC sp_who
         self.client_port = ClientPort(config.limits)
         self.events = EventLog(config.data_dir / "events", config.name, max_events=config.event_history_max_events,
                                max_age_seconds=config.event_history_max_age_days * 86400.0)
@@ -350,7 +372,7 @@ class Node:
             # a copy that was a mirror's page store is brought up to the end of log by principal.open()
             principal = PrincipalDatabase(
                 host.directory, host.session, host.log, log_size_limit=self.config.log_size_limit,
-                ack_rule=host.ack_rule, quorum_refusal=host.quorum_refusal,
+                ack_rule=host.ack_rule, quorum_refusal=host.quorum_refusal, lock_timeout_ms=self.config.limits.lock_timeout_ms,
             )
             await principal.open()
             principal.on_commit = lambda seconds, db=host.name: self.metrics.observe_commit(db, seconds)
@@ -633,6 +655,7 @@ class Node:
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connection = ClientConnection(self)
+        self.connections[connection.owner.spid] = connection
         try:
             if self.logins is not None:
                 connection.state.login = await asyncio.wait_for(self._log_in(reader, writer), LOGIN_TIMEOUT)

@@ -54,8 +54,10 @@ from mirrord.core.checkmirror import PageDigests
 from mirrord.core.monitoring import CommitClock
 from mirrord.core.quorum import AckRule
 from mirrord.core.session import Session
-from mirrord.core.types import (CommitInDoubt, DiskFull, LogFull, Lsn, MirrordError, NotServing, PermissionDenied,
-                                StatementRefused, TransactionAborted)
+from mirrord.core.txn import (LOCK_TIMEOUT_DEFAULT_MS, READ_ONLY_PREFIXES, TxnWord, classify,
+                              serialization_message)
+from mirrord.core.types import (CommitInDoubt, DiskFull, LimitExceeded, LogFull, Lsn, MirrordError, NotServing,
+                                PermissionDenied, StatementRefused, TransactionAborted)
 from mirrord.storage.checksums import principal_digests_apart
 from mirrord.storage.decltypes import DeclaredTypes
 from mirrord.storage.fileutil import DISK_RESERVE_BYTES, NO_SPACE, atomic_write_bytes, copy_in_steps, disk_free
@@ -63,13 +65,17 @@ from mirrord.storage.statement_guard import run_guarded
 from mirrord.storage.log import DurableLog, LogRecord
 from mirrord.storage.pagestore import apply_log_range, load_redo_lsn, rebuild_from_log
 from mirrord.storage.wal import WalPosition, WalReader
+from mirrord.write_lock import WriteLock
 
 log = structlog.get_logger()
 
 CHECKPOINT_FRAMES = 2000  # checkpoint the WAL once this many frames were captured
-READ_ONLY_PREFIXES = ("SELECT", "VALUES", "EXPLAIN", "WITH")
 SCHEMA_WORDS, END_WORDS = ("CREATE", "ALTER", "DROP"), ("COMMIT", "END", "ROLLBACK")
-READER_COUNT = 3
+READER_COUNT = 3  # readers for autocommit reads
+# Readers for read transactions, opened as needed and kept for reuse: each is a thread and a
+# connection, and its snapshot holds back checkpoints, so there is a bound (a `limit` error past it).
+MAX_TRANSACTION_READERS = 32
+SNAPSHOT_PROBE = "SELECT 1 FROM sqlite_schema LIMIT 1"  # SQLite takes a transaction's snapshot at its first read
 WRITE_ATTEMPT_ON_READER = ("attempt to write a readonly database", "readonly database")
 # Capture depends on these: the journal mode, who checkpoints, and that every
 # page of the database lives in this one file.
@@ -81,6 +87,12 @@ class SqlError(MirrordError):
     """SQLite refused the statement (syntax, constraint, …)."""
 
     code = "sql"
+
+
+class SerializationFailure(MirrordError):
+    """A transaction that read a snapshot wrote after others committed (SQLITE_BUSY_SNAPSHOT)."""
+
+    code = "serialization"
 
 
 class IntegrityError(SqlError):
@@ -104,9 +116,17 @@ class StatementResult:
 
 @dataclass
 class ClientTransaction:
-    """An explicit transaction (BEGIN … COMMIT) a client holds the write lock for."""
+    """A client's explicit transaction (BEGIN … COMMIT): deferred, then reading on a snapshot, then writing.
+
+    Begun, it holds nothing. Its first read takes a reader connection of its own
+    and a snapshot there (`snapshot_lsn`: the end of log that snapshot holds); its
+    first write takes the write lock and moves it onto the writer (`on_writer`).
+    """
 
     owner: object
+    reader: aiosqlite.Connection | None = None
+    snapshot_lsn: Lsn | None = None
+    on_writer: bool = False
 
 
 _denial = threading.local()  # the authorizer's last reason, per connection thread
@@ -141,7 +161,8 @@ class PrincipalDatabase:
     """A database this node serves: SQL execution, capture, acknowledgement."""
 
     def __init__(self, directory: Path, session: Session, dlog: DurableLog, *, log_size_limit: int,
-                 ack_rule: Callable[[], AckRule], quorum_refusal: Callable[[], str | None], log_retention: int = 64 << 20) -> None:
+                 ack_rule: Callable[[], AckRule], quorum_refusal: Callable[[], str | None], log_retention: int = 64 << 20,
+                 lock_timeout_ms: int = LOCK_TIMEOUT_DEFAULT_MS) -> None:
         self.directory = directory
         self.path = directory / "db.sqlite"
         self.decltypes = DeclaredTypes(self.path)
@@ -152,7 +173,8 @@ class PrincipalDatabase:
         self.log_retention = log_retention
         self.ack_rule = ack_rule
         self.quorum_refusal = quorum_refusal
-        self.write_lock = asyncio.Lock()
+        self.write_lock = WriteLock(session.db)
+        self.lock_timeout_ms = lock_timeout_ms  # how long a writer queues for the lock unless its connection SET LOCK_TIMEOUT
         # Held only for one execute+capture hop: a reader passing through it knows
         # that every commit its snapshot can contain has been captured.
         self._hop_gate = asyncio.Lock()
@@ -177,7 +199,10 @@ class PrincipalDatabase:
         self._writer: aiosqlite.Connection | None = None
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._reader_list: list[aiosqlite.Connection] = []
-        self._txn_owner: object | None = None
+        self._txn_owner: object | None = None  # the client whose transaction runs on the writer (holding the write lock)
+        self._txns: dict[object, ClientTransaction] = {}  # every client's open explicit transaction, by owner
+        self._spare_txn_readers: list[aiosqlite.Connection] = []
+        self._txn_reader_count = 0  # transaction readers open, spare or in use
         # Clients whose transaction the node rolled back: until they end it, their
         # statements are refused, or they would run outside the transaction they believe open.
         self._aborted_owners: set[object] = set()
@@ -220,15 +245,18 @@ class PrincipalDatabase:
         await _in_connection_thread(self._writer, self._checkpoint, "TRUNCATE")
         self.synced_lsn = await asyncio.to_thread(self.log.sync)
         for _ in range(READER_COUNT):
-            reader = await aiosqlite.connect(self.path, isolation_level=None)
-            self._reader_list.append(reader)
-            await reader.execute("PRAGMA query_only=ON")  # a write attempt fails; it is retried on the writer
-            await reader.execute("PRAGMA busy_timeout=5000")
-            await reader.set_authorizer(self._authorize)
-            self._readers.put_nowait(reader)
+            self._readers.put_nowait(await self._open_reader())
         self._syncer = asyncio.create_task(self._sync_loop(), name=f"log-sync:{self.session.db}")
         self.session.end_of_log_lsn = self.end_lsn
         self.update_visible()
+
+    async def _open_reader(self) -> aiosqlite.Connection:
+        reader = await aiosqlite.connect(self.path, isolation_level=None)
+        self._reader_list.append(reader)
+        await reader.execute("PRAGMA query_only=ON")  # a write attempt fails; it is retried on the writer
+        await reader.execute("PRAGMA busy_timeout=5000")
+        await reader.set_authorizer(self._authorize)
+        return reader
 
     def _recover_file(self) -> None:
         """Rebuild the database file from the log if SQLite's WAL lost commits the log holds (a power cut)."""
@@ -285,6 +313,9 @@ class PrincipalDatabase:
                 task.cancel()
         self.fail_waiters(NotServing("the database is closing on this node; reconnect"))
         await self.mark_transactions_aborted()
+        for owner in list(self._txns):  # read transactions too: their readers close now
+            self._aborted_owners.add(owner)
+            await self._roll_back(owner)
         async with self.write_lock:
             self.decltypes.close()
             for reader in self._reader_list:
@@ -432,15 +463,130 @@ class PrincipalDatabase:
         if owner in self._aborted_owners:
             return self._end_aborted(owner, sql)
         started = time.monotonic()
-        if self._txn_owner is owner:
+        word = classify(sql)
+        txn = self._txns.get(owner)
+        if txn is not None and txn.on_writer:
+            self.write_lock.note_statement(owner, sql)
             return self._typed(sql, self._timed(started, await self._execute_in_transaction(owner, sql, params)))
-        if sql.lstrip().upper().startswith(READ_ONLY_PREFIXES):
+        if txn is not None:
+            return self._typed(sql, self._timed(started, await self._in_deferred_transaction(txn, word, sql, params)))
+        if word is TxnWord.BEGIN:
+            self._txns[owner] = ClientTransaction(owner)  # deferred: it holds nothing until its first statement
+            return StatementResult([], [], -1)
+        if word is TxnWord.READ:
             try:
                 return self._typed(sql, await self._execute_read(sql, params))
             except SqlError as exc:
                 if not any(m in exc.message for m in WRITE_ATTEMPT_ON_READER):
                     raise
         return self._typed(sql, self._timed(started, await self._execute_write(owner, sql, params)))
+
+    async def _in_deferred_transaction(self, txn: ClientTransaction, word: TxnWord, sql: str, params: Any) -> StatementResult:
+        """A statement of a transaction that has not written yet: read on its snapshot, end it, or make it write."""
+        if word in (TxnWord.BEGIN, TxnWord.BEGIN_WRITE):
+            raise SqlError("cannot start a transaction within a transaction")
+        if word in (TxnWord.COMMIT, TxnWord.ROLLBACK):
+            self._txns.pop(txn.owner, None)
+            await self._release_snapshot(txn)  # it wrote nothing: both just let the snapshot go
+            return StatementResult([], [], -1)
+        if word is TxnWord.READ:
+            try:
+                return await self._read_in_transaction(txn, sql, params)
+            except SqlError as exc:
+                if not any(m in exc.message for m in WRITE_ATTEMPT_ON_READER):
+                    raise
+        return await self._write_in_transaction(txn, sql, params)
+
+    async def _read_in_transaction(self, txn: ClientTransaction, sql: str, params: Any) -> StatementResult:
+        """Read on the transaction's snapshot; its first read takes a reader and the snapshot."""
+        if txn.reader is None:
+            self._refuse_reads_while_uncaptured()
+            txn.reader = await self._take_transaction_reader()
+            try:
+                await txn.reader.execute("BEGIN")
+                async with self._hop_gate:
+                    # no commit is half-captured while the gate is held: the snapshot holds exactly the
+                    # end of log, which is what a later write compares with
+                    self._refuse_reads_while_uncaptured()
+                    await (await txn.reader.execute(SNAPSHOT_PROBE)).fetchall()
+                    txn.snapshot_lsn = self.end_lsn
+            except BaseException:
+                await self._release_snapshot(txn)
+                raise
+            await self.wait_visible(txn.snapshot_lsn)  # nobody reads a commit a failover could take away
+        reader = txn.reader
+        try:
+            return await _in_connection_thread(reader, _run, sql, params)
+        except MirrordError as exc:
+            if txn.reader is reader and not reader.in_transaction:  # interrupted: SQLite ended the transaction
+                self._txns.pop(txn.owner, None)
+                await self._release_snapshot(txn)
+                self._aborted_owners.add(txn.owner)
+                self._abort_reasons[txn.owner] = f"{exc.message} The open transaction was rolled back with it"
+            raise
+
+    async def _take_transaction_reader(self) -> aiosqlite.Connection:
+        if self._spare_txn_readers:
+            return self._spare_txn_readers.pop()
+        if self._txn_reader_count >= MAX_TRANSACTION_READERS:
+            raise LimitExceeded(
+                f"{MAX_TRANSACTION_READERS} transactions on {self.session.db} are reading open snapshots already, the "
+                "most this node holds at once: nothing was done. End idle transactions (COMMIT or ROLLBACK; DB-API: "
+                "commit() after reading, or autocommit), or retry shortly")
+        self._txn_reader_count += 1
+        try:
+            return await self._open_reader()
+        except BaseException:
+            self._txn_reader_count -= 1
+            raise
+
+    async def _release_snapshot(self, txn: ClientTransaction) -> None:
+        """End the transaction's read snapshot, if it has one, and keep its reader for the next transaction."""
+        reader, txn.reader = txn.reader, None
+        if reader is None:
+            return
+        try:
+            if reader.in_transaction:
+                await reader.execute("ROLLBACK")
+        except (sqlite3.Error, ValueError):  # closed with the database
+            return
+        if not self.closed:
+            self._spare_txn_readers.append(reader)
+
+    async def _write_in_transaction(self, txn: ClientTransaction, sql: str, params: Any) -> StatementResult:
+        """The transaction's first write: take the write lock and move it onto the writer, if its view is still the newest."""
+        owner = txn.owner
+        self._check_log_space()
+        await self.write_lock.acquire(owner, sql, self._lock_timeout(owner))
+        if self.closed or not self.serving:  # the role moved on while this write waited
+            self.write_lock.release()
+            raise NotServing("the database is not being served on this node any more; reconnect")
+        if self._txns.get(owner) is not txn:  # rolled back by the node while it waited
+            self.write_lock.release()
+            return self._end_aborted(owner, sql)
+        end = self.end_lsn
+        if txn.snapshot_lsn is not None and (end != txn.snapshot_lsn or self._uncaptured):
+            # Its reads saw an older state than the writer would: refused, as SQLite's BUSY_SNAPSHOT.
+            self.write_lock.release()
+            self._txns.pop(owner, None)
+            await self._release_snapshot(txn)
+            self._aborted_owners.add(owner)
+            self._abort_reasons[owner] = "a serialization failure: it wrote after other transactions committed"
+            raise SerializationFailure(serialization_message(self.session.db, txn.snapshot_lsn, end))
+        try:
+            await self._writer.execute("BEGIN")  # nothing committed since its snapshot: the writer's view is the same
+        except BaseException:
+            self.write_lock.release()
+            raise
+        txn.on_writer = True
+        self._txn_owner = owner
+        await self._release_snapshot(txn)
+        return await self._execute_in_transaction(owner, sql, params)
+
+    def _lock_timeout(self, owner: object) -> int:
+        """owner's SET LOCK_TIMEOUT (node.ClientConnection), else the node's default; ms, -1 waits forever."""
+        ms = getattr(owner, "lock_timeout_ms", None)
+        return self.lock_timeout_ms if ms is None else ms
 
     def _timed(self, started: float, result: StatementResult) -> StatementResult:
         """Report an acknowledged commit's latency (the statement that committed, start to acknowledgement)."""
@@ -518,7 +664,7 @@ class PrincipalDatabase:
 
     async def _execute_write(self, owner: object, sql: str, params: Any) -> StatementResult:
         self._check_log_space()
-        await self.write_lock.acquire()
+        await self.write_lock.acquire(owner, sql, self._lock_timeout(owner))
         if self.closed or not self.serving:  # the role moved on while this write waited
             self.write_lock.release()
             raise NotServing("the database is not being served on this node any more; reconnect")
@@ -530,7 +676,8 @@ class PrincipalDatabase:
             self.write_lock.release()
             raise
         if in_txn:
-            self._txn_owner = owner  # keep the lock: the client opened a transaction
+            self._txn_owner = owner  # keep the lock: the client opened a transaction (BEGIN IMMEDIATE, SAVEPOINT)
+            self._txns[owner] = ClientTransaction(owner, on_writer=True)
             return await self._finish(result, records, wait_for=self.end_lsn)
         self.write_lock.release()
         return await self._finish(result, records, wait_for=self.end_lsn)
@@ -568,6 +715,7 @@ class PrincipalDatabase:
         """owner's transaction ended; release the write lock unless a rollback took it over already."""
         if self._txn_owner is owner:
             self._txn_owner = None
+            self._txns.pop(owner, None)
             self.write_lock.release()
 
     async def _finish(self, result: StatementResult, records: list[LogRecord], wait_for: Lsn) -> StatementResult:
@@ -643,16 +791,25 @@ class PrincipalDatabase:
         return outcome, records, conn.in_transaction
 
     def holds_transaction(self, owner: object) -> bool:
-        """True while owner has an open transaction here (and so the write lock)."""
-        return self._txn_owner is owner
+        """True while owner's open transaction holds something here: a read snapshot, or the write lock."""
+        txn = self._txns.get(owner)
+        return txn is not None and (txn.on_writer or txn.reader is not None)
+
+    def transaction_of(self, owner: object) -> str | None:
+        """owner's open transaction here, for sp_who: "write" (holds the write lock), "read" (a snapshot), "begun", or None."""
+        txn = self._txns.get(owner)
+        if txn is None:
+            return None
+        return "write" if txn.on_writer else "read" if txn.reader is not None else "begun"
 
     async def abort_idle_transaction(self, owner: object, seconds: float) -> None:
-        """owner held the write lock without a statement for longer than seconds: roll its transaction back."""
-        if self._txn_owner is not owner:
+        """owner held the write lock or a snapshot without a statement for longer than seconds: roll its transaction back."""
+        if not self.holds_transaction(owner):
             return
-        self._abort_reasons[owner] = f"it held the write lock idle for more than {seconds:g} s"
+        what = "the write lock" if self._txns[owner].on_writer else "a read snapshot"
+        self._abort_reasons[owner] = f"it held {what} idle for more than {seconds:g} s"
         self._aborted_owners.add(owner)  # before awaiting: its next statement must not run outside it
-        log.warning("idle_transaction_rolled_back", database=self.session.db, seconds=seconds)
+        log.warning("idle_transaction_rolled_back", database=self.session.db, seconds=seconds, held=what)
         await self._roll_back(owner)
 
     async def abort_transaction(self, owner: object) -> None:
@@ -662,12 +819,16 @@ class PrincipalDatabase:
         await self._roll_back(owner)
 
     async def _roll_back(self, owner: object) -> None:
-        """Roll back owner's transaction and release the write lock, exactly once.
+        """Roll back owner's transaction, releasing its snapshot or the write lock, exactly once.
 
         The transaction stops being owner's before the ROLLBACK is awaited, so a
         statement of owner's arriving meanwhile cannot run in it; one already
         queued at the hop gate runs first, inside the transaction.
         """
+        txn = self._txns.pop(owner, None)
+        if txn is not None and not txn.on_writer:
+            await self._release_snapshot(txn)
+            return
         if self._txn_owner is not owner:
             return
         self._txn_owner = None

@@ -22,6 +22,7 @@ from mirrord.core.names import db_name_refusal
 from mirrord.core.values import check_params
 from mirrord.core.rules import refusal
 from mirrord.core.session import SessionConfig
+from mirrord.core.txn import SP_WHO_COLUMNS, SessionFacts, sp_who_row
 from mirrord.core.types import (
     DatabaseStatus,
     DiskFull,
@@ -42,6 +43,7 @@ from mirrord.monitor import current_figures
 from mirrord.principal import StatementResult
 from mirrord.storage import backups
 from mirrord.storage.fileutil import NO_SPACE
+from mirrord.write_lock import spid_of
 
 if TYPE_CHECKING:
     from mirrord.host import DatabaseHost
@@ -104,6 +106,12 @@ class StatementExecutor:
             state.statement_timeout_ms = stmt.ms or None
             shown = f"{stmt.ms} ms" if stmt.ms else "the node's default"
             return _message(f"statement timeout of this connection: {shown}")
+        if isinstance(stmt, st.SetLockTimeout):
+            owner.lock_timeout_ms = stmt.ms  # node.ClientOwner: the principals read it when a write waits
+            shown = {-1: "wait forever", 0: "do not wait"}.get(stmt.ms, f"{stmt.ms} ms")
+            return _message(f"lock timeout of this connection: {shown}")
+        if isinstance(stmt, st.SpWho):
+            return self._sp_who(state, stmt)
         if isinstance(stmt, st.AlterEndpoint):
             return await self._alter_endpoint(stmt)
         if isinstance(stmt, st.EndpointSecurity):
@@ -141,6 +149,44 @@ class StatementExecutor:
             total += max(result.rowcount, 0)
         result.rowcount = total if many else -1
         return result
+
+    def _sp_who(self, state: "ClientState", stmt: st.SpWho) -> StatementResult:
+        """EXEC sp_who: a row per session and database it holds or waits for; a sysadmin sees all, others their own login's."""
+        login = self._login(state)
+        everyone = login is None or login.sysadmin  # --insecure: no logins, everyone sees everything
+        rows = []
+        for spid, conn in sorted(self.node.connections.items()):
+            if not everyone and conn.state.login != state.login:
+                continue
+            if (stmt.spid is not None and spid != stmt.spid) or (stmt.login is not None and conn.state.login != stmt.login):
+                continue
+            rows.extend(sp_who_row(f) for f in self._session_facts(conn))
+        return StatementResult(SP_WHO_COLUMNS, rows, len(rows))
+
+    def _session_facts(self, conn) -> list[SessionFacts]:
+        """What one connection holds and waits for, database by database (one row without a transaction)."""
+        owner, now = conn.owner, time.monotonic()
+        running = owner.running is not None
+        facts = []
+        for host in self.node.databases.values():
+            principal = host.principal
+            if principal is None:
+                continue
+            kind = principal.transaction_of(owner)
+            lock = principal.write_lock
+            waiting = lock.waiting(owner)
+            if waiting is not None:
+                holder = lock.holder
+                blk = (spid_of(holder.owner) or 0) if holder is not None else 0  # 0: mirrord itself, or released
+                facts.append(SessionFacts(owner.spid, conn.state.login, host.name, kind, blk, now - waiting.since,
+                                          running, owner.last_statement))
+            elif kind is not None:
+                holder = lock.holder
+                held = now - holder.since if holder is not None and holder.owner is owner else 0.0
+                facts.append(SessionFacts(owner.spid, conn.state.login, host.name, kind, None, held, running,
+                                          owner.last_statement))
+        return facts or [SessionFacts(owner.spid, conn.state.login, conn.state.db, None, None, 0.0, running,
+                                      owner.last_statement)]
 
     def _login(self, state: "ClientState") -> "lg.Login | None":
         """The connection's login as the table has it now (a dropped login is out at its next statement)."""

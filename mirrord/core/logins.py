@@ -286,8 +286,8 @@ def statement_need(stmt: object, login_name: str | None) -> tuple[str, str | Non
     """What a parsed statement (not plain SQL) needs: (SYSADMIN | SELECT, db), or None for anyone logged in."""
     from mirrord.core import statements as st
 
-    if isinstance(stmt, (st.SelectSystemView, st.SetStatementTimeout)):
-        return None  # status is for monitoring, a connection's own timeout its own: any login
+    if isinstance(stmt, (st.SelectSystemView, st.SetStatementTimeout, st.SetLockTimeout, st.SpWho)):
+        return None  # status is for monitoring, a connection's own timeouts its own, sp_who filters by login: any login
     if isinstance(stmt, (st.UseDatabase, st.TransactionStatus, st.HelpAlert)):
         return READ, stmt.db
     if isinstance(stmt, st.AlterLogin) and stmt.name == login_name:

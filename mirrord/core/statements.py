@@ -29,6 +29,7 @@ from typing import Callable, Iterator, NamedTuple, NoReturn
 
 from mirrord.core.alerts import ALERTS, alert_refusal
 from mirrord.core.names import DB_NAME, DB_NAME_RULE
+from mirrord.core.txn import lock_timeout_refusal
 from mirrord.core.types import Endpoint, Safety, StatementSyntaxError
 from mirrord.core.values import INT64_MAX, check_int64
 
@@ -274,6 +275,30 @@ class SetStatementTimeout:
 
 
 @dataclass(frozen=True)
+class SetLockTimeout:
+    """SET LOCK_TIMEOUT ms: how long this connection's writes wait for a database's write lock (-1 forever, 0 not at all)."""
+
+    ms: int
+
+    def to_sql(self) -> str:
+        """Canonical text of this statement."""
+        return f"SET LOCK_TIMEOUT {self.ms}"
+
+
+@dataclass(frozen=True)
+class SpWho:
+    """EXEC sp_who [ 'login' | spid ]: client sessions, and who holds and waits for each database's write lock."""
+
+    login: str | None = None
+    spid: int | None = None
+
+    def to_sql(self) -> str:
+        """Canonical text of this statement."""
+        arg = f" {_quote(self.login)}" if self.login is not None else f" {self.spid}" if self.spid is not None else ""
+        return f"EXEC sp_who{arg}"
+
+
+@dataclass(frozen=True)
 class Sql:
     """Anything else: SQLite SQL, passed on untouched."""
 
@@ -287,7 +312,8 @@ class Sql:
 Statement = (
     CreateDatabase | DropDatabase | SetPartner | PartnerAction | SetSafety | SetTimeout
     | SetWitness | AlterEndpoint | BackupDatabase | RestoreDatabase | SelectSystemView
-    | UseDatabase | TransactionStatus | ChangeAlert | HelpAlert | DropAlert | SetStatementTimeout | CheckMirror | Sql
+    | UseDatabase | TransactionStatus | ChangeAlert | HelpAlert | DropAlert | SetStatementTimeout | CheckMirror
+    | SetLockTimeout | SpWho | Sql
 )
 
 
@@ -621,7 +647,8 @@ def _dbcc(p: _Parser) -> CheckMirror:
     return CheckMirror(db)
 
 
-PROCEDURES = ("sp_transaction_status", "sp_dbmmonitorchangealert", "sp_dbmmonitorhelpalert", "sp_dbmmonitordropalert")
+PROCEDURES = ("sp_transaction_status", "sp_dbmmonitorchangealert", "sp_dbmmonitorhelpalert", "sp_dbmmonitordropalert",
+              "sp_who")
 
 
 def _exec(p: _Parser) -> Statement:
@@ -630,6 +657,8 @@ def _exec(p: _Parser) -> Statement:
     procedure = name.lower()
     if procedure not in PROCEDURES:
         p.refuse(f"unknown procedure {name}; the procedures are: {', '.join(PROCEDURES)}")
+    if procedure == "sp_who":
+        return _sp_who(p)
     db = p.string("'database name'")
     if not IDENTIFIER.fullmatch(db):
         p.refuse(f"{_quote(db)} is not a valid database name")
@@ -645,6 +674,16 @@ def _exec(p: _Parser) -> Statement:
         p.advance(",")
         alert_id = _alert_id(p)
     return (HelpAlert if procedure == "sp_dbmmonitorhelpalert" else DropAlert)(db, alert_id)
+
+
+def _sp_who(p: _Parser) -> SpWho:
+    """After EXEC sp_who: nothing, a login 'name', or a session id."""
+    tok = p.peek()
+    if tok.kind == "string":
+        return SpWho(login=p.string("a login name"))
+    if tok.kind == "number":
+        return SpWho(spid=p.integer("a session id (spid)"))
+    return SpWho()
 
 
 def _alert_id(p: _Parser) -> int:
@@ -673,6 +712,18 @@ def _change_alert(p: _Parser, db: str) -> ChangeAlert:
 
 
 MAX_STATEMENT_TIMEOUT_MS = 86_400_000  # a day
+
+
+def _lock_timeout(p: _Parser) -> SetLockTimeout:
+    """After SET LOCK_TIMEOUT: milliseconds, -1 to wait forever, 0 not to wait (T-SQL's meanings)."""
+    negative = p.peek() == _Token("punct", "-")
+    if negative:
+        p.advance("-")
+    ms = p.integer("milliseconds: -1 (wait forever), 0 (do not wait) or a positive number")
+    ms = -ms if negative else ms
+    if (why := lock_timeout_refusal(ms)) is not None:
+        p.refuse(why)
+    return SetLockTimeout(ms)
 
 
 def _statement_timeout(p: _Parser) -> SetStatementTimeout:
@@ -709,6 +760,7 @@ _RULES: dict[tuple[str, ...], Rule] = {
     ("EXECUTE",): _exec,
     ("SET", "STATEMENT_TIMEOUT"): _statement_timeout,
     ("DBCC",): _dbcc,
+    ("SET", "LOCK_TIMEOUT"): _lock_timeout,
 }
 
 

@@ -50,7 +50,8 @@ class ClientLimits:
     max_frame: int = 4 << 20  # bytes of one client frame (the mirroring endpoint allows 64 MiB)
     max_result_bytes: int = 64 << 20  # estimated memory of one result's rows
     statement_timeout_ms: int = 60_000  # default for a connection; SET STATEMENT_TIMEOUT changes it
-    idle_transaction_timeout: float = 60.0  # seconds a silent client may hold the write lock
+    idle_transaction_timeout: float = 60.0  # seconds a silent client may hold the write lock or a read snapshot
+    lock_timeout_ms: int = 10_000  # how long a writer queues for a database's write lock; SET LOCK_TIMEOUT changes it
 
 
 # setting (TOML key, MIRRORD_* variable, flag: mirrord/config.py) -> (ClientLimits field, scale, kind)
@@ -62,6 +63,7 @@ _LIMITS = {
     "max_result_mb": ("max_result_bytes", 1 << 20, int),
     "statement_timeout_ms": ("statement_timeout_ms", 1, int),
     "idle_transaction_timeout": ("idle_transaction_timeout", 1, float),
+    "lock_timeout_ms": ("lock_timeout_ms", 1, int),
 }
 MAX_CLIENT_FRAME_KB = 64 * 1024  # the frame format's own limit
 

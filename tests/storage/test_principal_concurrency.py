@@ -1,0 +1,167 @@
+"""Transactions that don't block each other, on one principal in-process (no network).
+
+A read transaction runs on a snapshot of its own beside writers; its first write
+takes the write lock and is refused if others committed since its snapshot; a
+writer queues for the lock at most its lock timeout and then hears who holds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from mirrord.core.quorum import AckRule
+from mirrord.core.session import Session, SessionConfig
+from mirrord.core.types import LimitExceeded, Role, TransactionAborted
+from mirrord.principal import MAX_TRANSACTION_READERS, PrincipalDatabase, SerializationFailure
+from mirrord.storage.log import DurableLog
+from mirrord.write_lock import LockTimeout
+
+
+class Owner:
+    """What node.ClientOwner gives a principal: a session id and a lock timeout."""
+
+    def __init__(self, spid: int, lock_timeout_ms: int | None = None) -> None:
+        self.spid = spid
+        self.lock_timeout_ms = lock_timeout_ms
+
+
+@pytest.fixture
+async def p(tmp_path: Path):
+    session = Session(SessionConfig(db="shop", role=Role.PRINCIPAL))
+    principal = PrincipalDatabase(tmp_path, session, DurableLog(tmp_path / "log", 1 << 20), log_size_limit=1 << 30,
+                                  ack_rule=lambda: AckRule.LOCAL, quorum_refusal=lambda: None, lock_timeout_ms=5000)
+    await principal.open()
+    await principal.execute(object(), "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)", None)
+    await principal.execute(object(), "INSERT INTO t VALUES (1, 'one')", None)
+    yield principal
+    await principal.close()
+
+
+async def _count(p: PrincipalDatabase, owner: object) -> int:
+    return (await p.execute(owner, "SELECT count(*) FROM t", None)).rows[0][0]
+
+
+async def test_a_read_transaction_does_not_block_writers_and_keeps_its_snapshot(p):
+    reader, writer = Owner(51), Owner(52, lock_timeout_ms=0)  # the writer would fail at once if the lock were held
+    await p.execute(reader, "BEGIN", None)
+    assert await _count(p, reader) == 1
+    assert p.transaction_of(reader) == "read" and not p.write_lock.locked()
+    result = await p.execute(writer, "INSERT INTO t VALUES (2, 'two')", None)
+    assert result.lsn is not None
+    assert await _count(p, reader) == 1  # its snapshot: the insert is not in it
+    assert await _count(p, object()) == 2
+    await p.execute(reader, "COMMIT", None)
+    assert p.transaction_of(reader) is None and not p.holds_transaction(reader)
+    assert await _count(p, reader) == 2
+
+
+async def test_two_read_transactions_and_a_writer_side_by_side(p):
+    a, b, w = Owner(51), Owner(52), Owner(53)
+    for o in (a, b):
+        await p.execute(o, "BEGIN", None)
+        assert await _count(p, o) == 1
+    await p.execute(w, "BEGIN", None)
+    await p.execute(w, "INSERT INTO t VALUES (2, 'two')", None)
+    assert p.transaction_of(w) == "write" and p.write_lock.holder.owner is w
+    assert await _count(p, w) == 2  # its own write, on the writer
+    assert [await _count(p, a), await _count(p, b)] == [1, 1]
+    await p.execute(w, "COMMIT", None)
+    assert [await _count(p, a), await _count(p, b)] == [1, 1]
+    await p.execute(a, "ROLLBACK", None)
+    await p.execute(b, "COMMIT", None)
+    assert await _count(p, a) == 2
+
+
+async def test_a_read_transaction_that_writes_after_another_commit_is_refused_and_rolled_back(p):
+    a, w = Owner(51), Owner(52)
+    await p.execute(a, "BEGIN", None)
+    assert await _count(p, a) == 1
+    await p.execute(w, "INSERT INTO t VALUES (2, 'two')", None)
+    with pytest.raises(SerializationFailure, match="could not serialize access.*ROLLBACK, then run the transaction again"):
+        await p.execute(a, "UPDATE t SET v = 'changed' WHERE id = 1", None)
+    assert not p.write_lock.locked() and p.transaction_of(a) is None
+    with pytest.raises(TransactionAborted):
+        await p.execute(a, "SELECT 1", None)
+    await p.execute(a, "ROLLBACK", None)
+    assert (await p.execute(a, "SELECT v FROM t WHERE id = 1", None)).rows == [["one"]]  # nothing of it ran
+
+
+async def test_a_read_transaction_that_writes_with_nothing_committed_since_moves_to_the_writer(p):
+    a = Owner(51)
+    await p.execute(a, "BEGIN", None)
+    assert await _count(p, a) == 1
+    await p.execute(a, "INSERT INTO t VALUES (2, 'two')", None)
+    assert p.transaction_of(a) == "write"
+    assert await _count(p, a) == 2  # reads after the first write see it
+    assert await _count(p, object()) == 1  # nobody else does before the commit
+    result = await p.execute(a, "COMMIT", None)
+    assert result.lsn is not None and not p.write_lock.locked()
+    assert await _count(p, object()) == 2
+
+
+async def test_a_transaction_that_writes_first_never_meets_a_serialization_failure(p):
+    a, w = Owner(51), Owner(52)
+    await p.execute(a, "BEGIN", None)
+    await p.execute(w, "INSERT INTO t VALUES (2, 'two')", None)  # between its BEGIN and its first statement
+    await p.execute(a, "INSERT INTO t VALUES (3, 'three')", None)
+    await p.execute(a, "COMMIT", None)
+    assert await _count(p, object()) == 3
+
+
+async def test_lock_timeout_names_the_holder_and_nothing_of_the_waiter_runs(p):
+    holder = Owner(51)
+    await p.execute(holder, "BEGIN IMMEDIATE", None)
+    await p.execute(holder, "UPDATE t SET v = 'held' WHERE id = 1", None)
+    with pytest.raises(LockTimeout, match=r"without waiting .*session 51 .*for \d+\.\d s; its last statement: "
+                                          r"\"UPDATE t SET v = 'held' WHERE id = 1\""):
+        await p.execute(Owner(52, lock_timeout_ms=0), "INSERT INTO t VALUES (5, 'no')", None)
+    with pytest.raises(LockTimeout, match="within 50 ms: it is held by session 51") as err:
+        await p.execute(Owner(53, lock_timeout_ms=50), "INSERT INTO t VALUES (6, 'no')", None)
+    assert err.value.code == "lock_timeout"
+    forever = Owner(54, lock_timeout_ms=-1)
+    waiting = asyncio.create_task(p.execute(forever, "INSERT INTO t VALUES (7, 'yes')", None))
+    while p.write_lock.waiting(forever) is None:
+        await asyncio.sleep(0)  # until it queues (no timing: a state)
+    await p.execute(holder, "COMMIT", None)
+    assert (await waiting).lsn is not None
+    assert (await p.execute(object(), "SELECT id FROM t ORDER BY id", None)).rows == [[1], [7]]
+
+
+async def test_read_transactions_beyond_the_bound_are_refused_and_autocommit_reads_go_on(p):
+    owners = [Owner(100 + i) for i in range(MAX_TRANSACTION_READERS)]
+    for o in owners:
+        await p.execute(o, "BEGIN", None)
+        await _count(p, o)
+    extra = Owner(99)
+    await p.execute(extra, "BEGIN", None)
+    with pytest.raises(LimitExceeded, match="End idle transactions"):
+        await _count(p, extra)
+    assert await _count(p, object()) == 1
+    await p.execute(owners[0], "COMMIT", None)
+    assert await _count(p, extra) == 1  # the reader owners[0] let go is reused
+
+
+async def test_idle_and_abandoned_read_transactions_are_rolled_back(p):
+    idle, gone = Owner(51), Owner(52)
+    for o in (idle, gone):
+        await p.execute(o, "BEGIN", None)
+        await _count(p, o)
+        assert p.holds_transaction(o)
+    await p.abort_idle_transaction(idle, 60)
+    await p.abort_transaction(gone)
+    assert not p.holds_transaction(idle) and not p.holds_transaction(gone)
+    with pytest.raises(TransactionAborted, match="held a read snapshot idle for more than 60 s"):
+        await _count(p, idle)
+    await p.execute(idle, "ROLLBACK", None)
+    assert await _count(p, gone) == 1  # the client that went away: nothing pending for a new one with its owner
+
+
+async def test_begin_inside_a_deferred_transaction_is_an_error(p):
+    a = Owner(51)
+    await p.execute(a, "BEGIN", None)
+    with pytest.raises(Exception, match="cannot start a transaction within a transaction"):
+        await p.execute(a, "BEGIN", None)
+    await p.execute(a, "ROLLBACK", None)
