@@ -12,6 +12,7 @@ table (rich; colours only on a terminal) or as JSON, and map the outcome to an
 exit status that scripts can test:
 
     0 success · 1 the server returned an error · 2 usage error · 3 server unreachable
+    4 outcome unknown: a statement was sent and its answer never came (it may have committed)
 
 Why a blocking client: a few statements per process need no event loop, and
 `main(argv)` returns the status instead of exiting, so tests call it in-process.
@@ -39,11 +40,11 @@ from rich.text import Text
 from mirrord.core.events import COLUMNS as EVENT_COLUMNS, merged
 from mirrord.core.types import ProtocolError
 from mirrord.version import installed_version
-from mirrorctl.client import Client, Result, ServerError, Unreachable, status_sql
+from mirrorctl.client import Client, OutcomeUnknown, Result, ServerError, Unreachable, status_sql
 from mirrorctl.follow import PrincipalFollower, partner_address
 from mirrorctl.script import ScriptError, split_batches
 
-EXIT_OK, EXIT_SERVER_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_OK, EXIT_SERVER_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_OUTCOME_UNKNOWN = 0, 1, 2, 3, 4
 SERVER_ENV = "MIRRORCTL_SERVER"
 CONNECT_TIMEOUT = 5.0
 
@@ -53,7 +54,8 @@ EXAMPLES = """examples:
   mirrorctl -S 127.0.0.11:1433 -d shop -i schema.sql -b -o out.txt               # GO batches, stop at the first error
   mirrorctl -S 127.0.0.12:1433 -Q "ALTER DATABASE shop SET PARTNER = 'tcp://127.0.0.11:5022'"
 
-exit status: 0 success, 1 the server returned an error, 2 usage error, 3 server unreachable"""
+exit status: 0 success, 1 the server returned an error, 2 usage error, 3 server unreachable (nothing was sent),
+4 outcome unknown (a statement was sent and no answer came: it may have committed)"""
 STATUS_EXAMPLES = """examples:
   mirrorctl -S 127.0.0.11:1433 status
   mirrorctl -S 127.0.0.11:1433 status -d shop --json      # every column of sys.database_mirroring"""
@@ -492,6 +494,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _output(args.output):
             return _status(args) if args.command == "status" else _statements(args, batches)
+    except OutcomeUnknown as exc:  # before Unreachable, which it also is
+        print(f"mirrorctl: outcome unknown: {exc}. The statement may or may not have run (a write may have "
+              f"committed); check before running it again", file=sys.stderr)
+        return EXIT_OUTCOME_UNKNOWN
     except (Unreachable, ProtocolError) as exc:
         print(f"mirrorctl: cannot talk to {args.server}: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE

@@ -11,7 +11,10 @@ Why a timed-out or failed request closes the connection: its answer may still
 arrive later and would be taken for the answer to the next request. Errors are
 split so an application can react: `ServerError` (the server answered no, with
 a code; `NotPrincipal` names where to go), `Unreachable` (connect failed,
-connection lost, or no answer in time).
+connection lost, or no answer in time). Of the last, `OutcomeUnknown` is the
+case where the statement had been sent: it may have run, and committed, on the
+server (mirrorctl exit 4, "outcome unknown", never "unreachable"). It stays an
+`Unreachable` too, so code that reconnects on any `Unreachable` goes on working.
 """
 
 from __future__ import annotations
@@ -127,6 +130,18 @@ class ConnectionLost(Unreachable, ConnectionError):
 
 class QueryTimeout(Unreachable, TimeoutError):
     """No answer within the timeout; the connection was closed."""
+
+
+class OutcomeUnknown(Unreachable):
+    """The statement was sent and its answer never came: it may or may not have run (and committed)."""
+
+
+class AnswerLost(OutcomeUnknown, ConnectionLost):
+    """The connection dropped after the statement was sent, before its answer."""
+
+
+class AnswerTimeout(OutcomeUnknown, QueryTimeout):
+    """The statement was sent and no answer came within the timeout; the connection was closed."""
 
 
 @dataclass
@@ -288,6 +303,7 @@ class AsyncClient:
         self._exchange = _Exchange()
         self._lock = asyncio.Lock()  # one request in flight
         self._closed = False
+        self._sent = False  # the request in flight was handed to the transport
 
     @classmethod
     async def connect(cls, address: str, timeout: float = 5.0, *, user: str | None = None,
@@ -331,14 +347,18 @@ class AsyncClient:
             if self._closed:
                 raise ConnectionLost("the connection is closed")
             request_id, frame = self._exchange.request(sql, db, params, many)
+            self._sent = False
             try:
                 answer = await asyncio.wait_for(self._roundtrip(frame), timeout)
                 return self._exchange.answer(request_id, answer)
             except asyncio.TimeoutError:
                 await self.close()
-                raise QueryTimeout(f"no answer within {timeout} s") from None
+                raise (AnswerTimeout(f"the statement was sent and no answer came within {timeout} s")
+                       if self._sent else QueryTimeout(f"the statement could not be sent within {timeout} s")) from None
             except (OSError, asyncio.IncompleteReadError) as exc:
                 await self.close()
+                if self._sent:
+                    raise AnswerLost(f"the connection was lost after the statement was sent: {exc}") from exc
                 raise ConnectionLost(f"connection lost: {exc}") from exc
             except ProtocolError:
                 await self.close()
@@ -347,6 +367,7 @@ class AsyncClient:
     async def _roundtrip(self, frame: bytes) -> dict:
         """Send a frame and read the answer frame."""
         self._writer.write(frame)
+        self._sent = True  # from here the server may have the whole statement
         await self._writer.drain()
         return await read_message(self._reader)
 
@@ -426,18 +447,26 @@ class Client:
         if self._closed:
             raise ConnectionLost("the connection is closed")
         request_id, frame = self._exchange.request(sql, db, params, many)
+        sent = False  # sendall returned: the whole frame is on its way (before, the server cannot run it)
         try:
             self._sock.settimeout(timeout)
             self._sock.sendall(frame)
+            sent = True
             return self._exchange.answer(request_id, self._receive())
         except socket.timeout:
             self.close()
-            raise QueryTimeout(f"no answer within {timeout} s") from None
-        except (ConnectionLost, ProtocolError):
+            if sent:
+                raise AnswerTimeout(f"the statement was sent and no answer came within {timeout} s") from None
+            raise QueryTimeout(f"the statement could not be sent within {timeout} s") from None
+        except ProtocolError:
             self.close()
             raise
-        except OSError as exc:
+        except (ConnectionLost, OSError) as exc:
             self.close()
+            if sent:
+                raise AnswerLost(f"the connection was lost after the statement was sent: {exc}") from exc
+            if isinstance(exc, ConnectionLost):
+                raise
             raise ConnectionLost(f"connection lost: {exc}") from exc
 
     def _receive(self) -> dict:

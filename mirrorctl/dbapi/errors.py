@@ -110,6 +110,8 @@ _BY_CODE: dict[str, type[Error]] = {
     "not_serving": OperationalError,
     "transaction_aborted": TransactionInterrupted,
     "in_doubt": InDoubt,
+    "lock_timeout": OperationalError,  # as sqlite3's "database is locked": retry later
+    "serialization": OperationalError,  # as psycopg's SerializationFailure: roll back, run the transaction again
 }
 
 # SQLite messages under code "sql" that PEP 249 files elsewhere (sqlite3 does the same).

@@ -16,7 +16,7 @@ from typing import Iterator
 import pytest
 
 from mirrorctl import cli
-from mirrorctl.client import (AsyncClient, BadSyntax, Client, ConnectionLost, NotPrincipal,
+from mirrorctl.client import (AnswerLost, AnswerTimeout, AsyncClient, BadSyntax, Client, ConnectionLost, NotPrincipal, OutcomeUnknown,
                               QueryTimeout, Result, ServerError, Unreachable)
 from mirrord.core import messages
 from mirrord.core.types import ProtocolError
@@ -152,18 +152,21 @@ def test_client_server_errors(server: str) -> None:
 
 def test_client_connection_lost(server: str) -> None:
     c = Client.connect(server)
-    with pytest.raises(ConnectionLost):
+    with pytest.raises(AnswerLost):  # sent, then the connection dropped: the outcome is unknown
         c.query("DROP")
-    with pytest.raises(ConnectionLost):
+    with pytest.raises(ConnectionLost) as info:  # closed before sending: plainly unreachable
         c.query("ECHO")
+    assert not isinstance(info.value, OutcomeUnknown)
 
 
 def test_client_timeout_closes(server: str) -> None:
     c = Client.connect(server)
-    with pytest.raises(QueryTimeout):
+    with pytest.raises(AnswerTimeout) as info:
         c.query("SLOW", timeout=0.1)
-    with pytest.raises(Unreachable):
+    assert isinstance(info.value, (OutcomeUnknown, QueryTimeout, Unreachable))  # older handlers still catch it
+    with pytest.raises(Unreachable) as info:
         c.query("ECHO")
+    assert not isinstance(info.value, OutcomeUnknown)
 
 
 @pytest.mark.parametrize("sql", ["WRONGID", "GARBAGE"])
@@ -193,10 +196,13 @@ async def test_async_client_failures(server: str, dead_address: str) -> None:
     with pytest.raises(Unreachable):
         await AsyncClient.connect(dead_address, timeout=1)
     c = await AsyncClient.connect(server)
-    with pytest.raises(QueryTimeout):
+    with pytest.raises(AnswerTimeout):
         await c.query("SLOW", timeout=0.1)
+    with pytest.raises(ConnectionLost) as info:
+        await c.query("ECHO")
+    assert not isinstance(info.value, OutcomeUnknown)
     c = await AsyncClient.connect(server)
-    with pytest.raises(ConnectionLost):
+    with pytest.raises(AnswerLost):
         await c.query("DROP")
     c = await AsyncClient.connect(server)
     with pytest.raises(ProtocolError):
@@ -272,6 +278,13 @@ def test_cli_server_error_without_principal(server: str, capsys) -> None:
 def test_cli_unreachable(dead_address: str, capsys) -> None:
     code, out, err = run(capsys, "-S", dead_address, "-Q", "SELECT 1")
     assert code == 3 and out == "" and "cannot talk to" in err
+
+
+@pytest.mark.parametrize("sql", ["SLOW", "DROP"])
+def test_cli_a_statement_sent_and_never_answered_is_outcome_unknown_not_unreachable(server: str, sql: str, capsys) -> None:
+    code, out, err = run(capsys, "-S", server, "--timeout", "0.2", "-Q", sql)
+    assert code == 4 and out == ""
+    assert err.startswith("mirrorctl: outcome unknown: ") and "may have committed" in err and "cannot talk" not in err
 
 
 @pytest.mark.parametrize("argv", [
