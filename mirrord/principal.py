@@ -61,7 +61,7 @@ from mirrord.core.types import (CommitInDoubt, DiskFull, LimitExceeded, LogFull,
 from mirrord.storage.checksums import principal_digests_apart
 from mirrord.storage.decltypes import DeclaredTypes
 from mirrord.storage.fileutil import DISK_RESERVE_BYTES, NO_SPACE, atomic_write_bytes, copy_in_steps, disk_free
-from mirrord.storage.statement_guard import run_guarded
+from mirrord.storage.statement_guard import CURRENT, run_guarded
 from mirrord.storage.log import DurableLog, LogRecord
 from mirrord.storage.pagestore import apply_log_range, load_redo_lsn, rebuild_from_log
 from mirrord.storage.wal import WalPosition, WalReader
@@ -556,11 +556,7 @@ class PrincipalDatabase:
     async def _write_in_transaction(self, txn: ClientTransaction, sql: str, params: Any) -> StatementResult:
         """The transaction's first write: take the write lock and move it onto the writer, if its view is still the newest."""
         owner = txn.owner
-        self._check_log_space()
-        await self.write_lock.acquire(owner, sql, self._lock_timeout(owner))
-        if self.closed or not self.serving:  # the role moved on while this write waited
-            self.write_lock.release()
-            raise NotServing("the database is not being served on this node any more; reconnect")
+        await self._take_write_lock(owner, sql)
         if self._txns.get(owner) is not txn:  # rolled back by the node while it waited
             self.write_lock.release()
             return self._end_aborted(owner, sql)
@@ -582,6 +578,18 @@ class PrincipalDatabase:
         self._txn_owner = owner
         await self._release_snapshot(txn)
         return await self._execute_in_transaction(owner, sql, params)
+
+    async def _take_write_lock(self, owner: object, sql: str) -> None:
+        """Queue for the write lock within owner's lock timeout; refuse if the wait made the statement moot."""
+        self._check_log_space()
+        await self.write_lock.acquire(owner, sql, self._lock_timeout(owner))
+        if self.closed or not self.serving:  # the role moved on while this write waited
+            self.write_lock.release()
+            raise NotServing("the database is not being served on this node any more; reconnect")
+        guard = CURRENT.get()
+        if guard is not None and guard.cancelled:  # its client left while it waited: nobody wants it run
+            self.write_lock.release()
+            raise guard.error()
 
     def _lock_timeout(self, owner: object) -> int:
         """owner's SET LOCK_TIMEOUT (node.ClientConnection), else the node's default; ms, -1 waits forever."""
@@ -663,11 +671,7 @@ class PrincipalDatabase:
             )
 
     async def _execute_write(self, owner: object, sql: str, params: Any) -> StatementResult:
-        self._check_log_space()
-        await self.write_lock.acquire(owner, sql, self._lock_timeout(owner))
-        if self.closed or not self.serving:  # the role moved on while this write waited
-            self.write_lock.release()
-            raise NotServing("the database is not being served on this node any more; reconnect")
+        await self._take_write_lock(owner, sql)
         try:
             result, records, in_txn = await self._hop(sql, params)
         except BaseException:
