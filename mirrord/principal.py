@@ -618,16 +618,43 @@ class PrincipalDatabase:
             result.types = self.decltypes.of(sql, len(result.columns))
         return result
 
-    async def execute_read_only(self, sql: str, params: Any, why_not_write: str) -> StatementResult:
-        """Run SQL for a login that may only read: on a query_only reader, never on the writer."""
+    async def execute_read_only(self, sql: str, params: Any, why_not_write: str, owner: object = None) -> StatementResult:
+        """Run SQL for a login that may only read: on a query_only reader, never on the writer.
+
+        With an owner, it may hold read transactions too (BEGIN, reads on one snapshot, COMMIT or
+        ROLLBACK), which a DB-API connection with autocommit off sends.
+        """
         if self.closed or not self.serving:
             raise NotServing("the database is not being served on this node any more; reconnect")
         if (why := self.quorum_refusal()) is not None:
             raise NotServing(why)
+        if owner is not None and (owner in self._aborted_owners or owner in self._txns or classify(sql) is TxnWord.BEGIN):
+            return await self._read_only_transaction(owner, sql, params, why_not_write)
         if not sql.lstrip().upper().startswith(READ_ONLY_PREFIXES):
             raise PermissionDenied(f"{why_not_write} (this login may run SELECT, VALUES, EXPLAIN and WITH … SELECT)")
         try:
             return await self._execute_read(sql, params)
+        except SqlError as exc:
+            if any(m in exc.message for m in WRITE_ATTEMPT_ON_READER):
+                raise PermissionDenied(why_not_write) from None
+            raise
+
+    async def _read_only_transaction(self, owner: object, sql: str, params: Any, why_not_write: str) -> StatementResult:
+        """A read-only login's transaction: it begins, reads on its snapshot and ends; it never writes."""
+        if owner in self._aborted_owners:
+            return self._end_aborted(owner, sql)
+        word = classify(sql)
+        txn = self._txns.get(owner)
+        if txn is None:  # BEGIN
+            self._txns[owner] = ClientTransaction(owner)
+            return StatementResult([], [], -1)
+        if word is TxnWord.OTHER:
+            raise PermissionDenied(f"{why_not_write} (this login may run SELECT, VALUES, EXPLAIN and WITH … SELECT, "
+                                   "and BEGIN, COMMIT, ROLLBACK)")
+        if word is not TxnWord.READ:
+            return await self._in_deferred_transaction(txn, word, sql, params)
+        try:
+            return self._typed(sql, await self._read_in_transaction(txn, sql, params))
         except SqlError as exc:
             if any(m in exc.message for m in WRITE_ATTEMPT_ON_READER):
                 raise PermissionDenied(why_not_write) from None

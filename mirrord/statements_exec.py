@@ -263,7 +263,7 @@ class StatementExecutor:
                                  "(role change or restart in progress); retry in a moment")
             raise StatementRefused(f"database {db} is RESTORING; RESTORE DATABASE {db} WITH RECOVERY brings it online")
         if read_only:
-            return await host.principal.execute_read_only(sql, params, read_only)
+            return await host.principal.execute_read_only(sql, params, read_only, owner)
         return await host.principal.execute(owner, sql, params)
 
     # ---------------------------------------------------------------- databases

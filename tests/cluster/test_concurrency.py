@@ -205,3 +205,20 @@ def test_the_driver_raises_in_doubt_when_a_frozen_server_never_answers(cluster):
     assert a.query("SELECT id FROM t ORDER BY id", db=DB).rows == [[1]]
     holder.close()
     conn.close()
+
+
+def test_a_read_only_login_reads_in_dbapi_transactions(cluster):
+    a = _standalone(cluster)
+    a.query("CREATE LOGIN viewer WITH PASSWORD = 'viewer-password'")
+    a.query(f"GRANT SELECT ON DATABASE::{DB} TO viewer")
+    conn = dbapi.connect(f"mirror://viewer:viewer-password@{a.address}/{DB}?tls_ca={a.security.ca_file}")
+    cur = conn.cursor()  # autocommit off: BEGIN, then the reads on one snapshot
+    assert _count(cur) == 1
+    a.query("INSERT INTO t VALUES (2, 'two')", db=DB)
+    assert _count(cur) == 1
+    with pytest.raises(dbapi.OperationalError) as err:
+        cur.execute("INSERT INTO t VALUES (3, 'by viewer')")
+    assert err.value.code == "permission_denied"
+    conn.commit()
+    assert _count(cur) == 2
+    conn.close()

@@ -14,7 +14,7 @@ import pytest
 
 from mirrord.core.quorum import AckRule
 from mirrord.core.session import Session, SessionConfig
-from mirrord.core.types import LimitExceeded, Role, TransactionAborted
+from mirrord.core.types import LimitExceeded, PermissionDenied, Role, TransactionAborted
 from mirrord.principal import MAX_TRANSACTION_READERS, PrincipalDatabase, SerializationFailure
 from mirrord.storage.log import DurableLog
 from mirrord.write_lock import LockTimeout
@@ -165,3 +165,18 @@ async def test_begin_inside_a_deferred_transaction_is_an_error(p):
     with pytest.raises(Exception, match="cannot start a transaction within a transaction"):
         await p.execute(a, "BEGIN", None)
     await p.execute(a, "ROLLBACK", None)
+
+
+async def test_a_read_only_login_holds_read_transactions_and_never_writes(p):
+    viewer, why = Owner(51), "login viewer has no WRITE grant"
+    await p.execute_read_only("BEGIN", None, why, viewer)
+    assert (await p.execute_read_only("SELECT count(*) FROM t", None, why, viewer)).rows == [[1]]
+    await p.execute(object(), "INSERT INTO t VALUES (2, 'two')", None)
+    assert (await p.execute_read_only("SELECT count(*) FROM t", None, why, viewer)).rows == [[1]]  # its snapshot
+    for sql in ("INSERT INTO t VALUES (3, 'no')", "WITH x AS (SELECT 3) INSERT INTO t(id) SELECT * FROM x"):
+        with pytest.raises(PermissionDenied, match="no WRITE grant"):
+            await p.execute_read_only(sql, None, why, viewer)
+    assert p.transaction_of(viewer) == "read" and not p.write_lock.locked()
+    await p.execute_read_only("COMMIT", None, why, viewer)
+    assert p.transaction_of(viewer) is None
+    assert (await p.execute_read_only("SELECT count(*) FROM t", None, why, viewer)).rows == [[2]]
