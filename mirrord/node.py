@@ -218,7 +218,7 @@ class ClientConnection:
         return self.state.statement_timeout_ms
 
     async def answer(self, msg: dict) -> dict:
-        self.owner.running = self.owner.last_statement = msg["sql"]
+        self.owner.running = self.owner.last_statement = _redacted(msg["sql"][:1000])  # sp_who shows it: no password
         try:
             return await self.node._answer(self.state, self.owner, msg)
         finally:

@@ -501,20 +501,22 @@ class PrincipalDatabase:
         """Read on the transaction's snapshot; its first read takes a reader and the snapshot."""
         if txn.reader is None:
             self._refuse_reads_while_uncaptured()
-            txn.reader = await self._take_transaction_reader()
+            reader = txn.reader = await self._take_transaction_reader()
             try:
-                await txn.reader.execute("BEGIN")
+                await reader.execute("BEGIN")
                 async with self._hop_gate:
                     # no commit is half-captured while the gate is held: the snapshot holds exactly the
                     # end of log, which is what a later write compares with
                     self._refuse_reads_while_uncaptured()
-                    await (await txn.reader.execute(SNAPSHOT_PROBE)).fetchall()
+                    await (await reader.execute(SNAPSHOT_PROBE)).fetchall()
                     txn.snapshot_lsn = self.end_lsn
             except BaseException:
                 await self._release_snapshot(txn)
                 raise
             await self.wait_visible(txn.snapshot_lsn)  # nobody reads a commit a failover could take away
         reader = txn.reader
+        if reader is None or self.closed:  # the database closed while the snapshot was being taken
+            raise NotServing("the database is not being served on this node any more; reconnect")
         try:
             return await _in_connection_thread(reader, _run, sql, params)
         except MirrordError as exc:

@@ -38,11 +38,8 @@ _WORD = re.compile(r"[A-Za-z_]+")
 
 def words(sql: str, n: int = 3) -> list[str]:
     """The first n keywords of sql, upper case, leading comments and whitespace skipped."""
-    text = sql
-    while (m := _COMMENT.match(text)) is not None and m.end() > 0:
-        text = text[m.end():]
     found = []
-    for token in re.split(r"[\s;]+", text.strip()):
+    for token in re.split(r"[\s;]+", _strip(sql)):
         m = _WORD.match(token)
         if m is None:
             break
@@ -80,8 +77,7 @@ def classify(sql: str) -> TxnWord:
     for word, form in _WHOLE.items():
         if form.fullmatch(text):
             return word
-    w = words(text, 1)
-    first = w[0] if w else ""
+    first = (words(text, 1) or [""])[0]
     if first == "BEGIN":
         return TxnWord.BEGIN_WRITE
     if first in READ_ONLY_PREFIXES:
