@@ -192,10 +192,10 @@ class ClientState:
 
 
 class ClientOwner:
-    """Identifies one connection's transactions to the principals: its session id and lock timeout.
+    """Identifies one connection's transactions to the principals, and what EXEC sp_who shows of it.
 
-    Only these two facts: a principal keeps owners as keys and reads `spid`
-    (sp_who, lock_timeout errors) and `lock_timeout_ms` (SET LOCK_TIMEOUT).
+    A principal keeps owners as keys and reads only `spid` (lock_timeout errors)
+    and `lock_timeout_ms` (SET LOCK_TIMEOUT); `running` and `last_statement` are sp_who's.
     """
 
     def __init__(self, spid: int) -> None:
