@@ -222,3 +222,22 @@ def test_a_read_only_login_reads_in_dbapi_transactions(cluster):
     conn.commit()
     assert _count(cur) == 2
     conn.close()
+
+
+def test_an_idle_read_transaction_is_rolled_back(cluster):
+    a = cluster["a"]
+    assert a.terminate() == 0
+    a.extra_args = ["--idle-transaction-timeout", "1"]
+    a.start()
+    _standalone(cluster)
+    idle = a.client()
+    idle.query("BEGIN", db=DB)
+    idle.query("SELECT count(*) FROM t", db=DB)
+    assert [r["open_tran"] for r in _who(a) if r["dbname"] == DB] == [1]
+    wait_for(lambda: not any(r["open_tran"] for r in _who(a)), 15, "the idle read transaction to be rolled back")
+    with pytest.raises(ServerError) as err:
+        idle.query("SELECT 1", db=DB)
+    assert err.value.code == "transaction_aborted" and "held a read snapshot idle for more than 1 s" in err.value.message
+    idle.query("ROLLBACK", db=DB)
+    assert idle.query("SELECT count(*) FROM t", db=DB).rows == [[1]]  # usable again
+    idle.close()
