@@ -57,7 +57,7 @@ from mirrord.net.tls import Listener, TlsContexts, TlsSetupError, cert_hosts, pe
 from mirrord.principal import PrincipalDatabase, StatementResult
 from mirrord.statements_exec import StatementExecutor, status_rows
 from mirrord.witness import Witness
-from mirrord.storage.fileutil import atomic_write_bytes
+from mirrord.storage.fileutil import DISK_RESERVE_BYTES, atomic_write_bytes, disk_free, is_disk_full
 from mirrord.storage.events import EventLog
 from mirrord.storage.log import DurableLog
 from mirrord.version import installed_version
@@ -66,6 +66,7 @@ log = structlog.get_logger()
 
 PROTOCOL_VERSION = 1
 HELLO_TIMEOUT = 10.0
+LOAD_RETRY_SECONDS = 2.0  # a database a full disk kept from loading at start tries again this often
 LOGIN_TIMEOUT = 10.0  # a client that has not finished logging in by then is cut off
 
 
@@ -277,6 +278,7 @@ class Node:
             up=lambda: (self.serving_clients, len(self.databases), self.quarantined)))
         self._sampler: asyncio.Task | None = None
         self._checker: asyncio.Task | None = None  # scheduled DBCC CHECKMIRROR
+        self._load_retries: set[asyncio.Task] = set()  # databases quarantined by a full disk, loaded again once there is room
 
     # ---------------------------------------------------------------- addresses
 
@@ -347,8 +349,36 @@ class Node:
         if host is not None:
             await self.deactivate(host)
         why = f"failed to load at start: {exc}"
+        if is_disk_full(exc):
+            # not the database's fault: it loads by itself once there is room (a restart while full, a power cut)
+            why += f" (the disk is full: loading is retried every {LOAD_RETRY_SECONDS:g} s until there is room)"
+            task = asyncio.create_task(self._load_when_room(directory), name=f"load-retry-{name}")
+            self._load_retries.add(task)
+            task.add_done_callback(self._load_retries.discard)
         self.quarantined[name] = why
         log.error("database_quarantined", database=name, reason=why, directory=str(directory))
+
+    async def _load_when_room(self, directory: Path) -> None:
+        """Load a database quarantined by a full disk again, every few seconds, until it loads or fails otherwise."""
+        name = directory.name
+        while not self.stopping:
+            await asyncio.sleep(LOAD_RETRY_SECONDS)
+            if disk_free(directory) < DISK_RESERVE_BYTES:
+                continue
+            try:
+                await self._load(directory)
+            except Exception as exc:  # noqa: BLE001 - as at start: this database only
+                host = self.databases.pop(name, None)
+                if host is not None:
+                    await self.deactivate(host)
+                if is_disk_full(exc):
+                    continue
+                self.quarantined[name] = f"failed to load: {exc}"
+                log.error("database_quarantined", database=name, reason=self.quarantined[name], directory=str(directory))
+                return
+            self.quarantined.pop(name, None)
+            log.warning("database_loaded_after_disk_full", database=name, role=self.databases[name].session.role.value)
+            return
 
     def _send_logins(self, table: lg.LoginTable) -> None:
         """Pass a changed login table to every connected partner (they adopt it and pass it on)."""
@@ -453,6 +483,8 @@ class Node:
         log.info("node_stopping")
         await _cancel(self._sampler)
         await _cancel(self._checker)
+        for task in list(self._load_retries):
+            await _cancel(task)
         await self.http.stop()
         if self._client_server is not None:
             self._client_server.close()

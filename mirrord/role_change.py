@@ -233,10 +233,18 @@ async def manual_failover(node: "Node", host: "DatabaseHost") -> str:
                 decided = True
             reply = asyncio.get_running_loop().create_future()
             host.failover_reply = reply
-            framing.write_message(host.partner_writer, {"t": "failover", "epoch": cfg.epoch + 1, "failover_lsn": end})
+            sent = False
             try:
+                if host.partner_writer is None:
+                    raise ConnectionResetError("the mirror is not connected")
+                framing.write_message(host.partner_writer, {"t": "failover", "epoch": cfg.epoch + 1, "failover_lsn": end})
+                sent = True
                 await asyncio.wait_for(reply, timing(cfg.timeout).slow_answer)
             except (asyncio.TimeoutError, ConnectionError):
+                if not sent and not decided:  # the link closed before the frame left: nothing happened anywhere
+                    raise StatementRefused("manual failover abandoned: the connection to the mirror closed before the "
+                                           "failover was sent; nothing changed. Retry once it is SYNCHRONIZED again") from None
+                # decided: the witness recorded the switch, and the mirror takes over once its witness tells it
                 if not decided:
                     # The mirror may have promoted itself and lost only its answer: serving on
                     # could make two principals. Serve again only once the mirror says it did not.

@@ -493,6 +493,9 @@ class Nemesis:
                 rows[name] = self.cluster[name].status(lay.db)
             except (LookupError, ServerError, Unreachable, OSError) as exc:
                 return f"{name}: no status ({exc.__class__.__name__})"
+        for name, row in rows.items():
+            if row.get("role") is None:  # QUARANTINED: a database that failed to load at start
+                return f"{name}: {row.get('status')} ({row.get('state_reason')})"
         roles = sorted(row["role"] for row in rows.values())
         if roles != ["MIRROR", "PRINCIPAL"]:
             return f"roles {roles}"

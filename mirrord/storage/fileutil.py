@@ -71,6 +71,22 @@ DISK_RESERVE_BYTES = 8 << 20
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """The error is the disk being full: an OSError ENOSPC/EDQUOT, or SQLite's SQLITE_FULL (anywhere in its causes)."""
+    import sqlite3  # here: the rest of this module is plain file handling
+
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+            return True
+        if isinstance(exc, sqlite3.Error) and (getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+                                               or "database or disk is full" in str(exc)):
+            return True
+        if getattr(exc, "code", None) == "disk_full":  # mirrord's DiskFull
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 FLUSH_EVERY = 8 << 20  # bytes a bulk copy may leave dirty before it syncs them
 
 
