@@ -1,9 +1,8 @@
 """No new import cycle in mirrord/ and mirrorctl/ (every import counts: module level, in functions, TYPE_CHECKING).
 
-Two cycles remain and are listed here, to be removed by issue 11 (one role
-state machine with a thin shell): the daemon's eight modules, and the DB-API
-driver's three. The test fails if any other cycle appears, or if one of these
-grows; when one is removed, delete it from KNOWN.
+One cycle remains and is listed here, to be removed by issue 11 (one role
+state machine with a thin shell): the daemon's eight modules. The test fails if
+any other cycle appears, or if this one grows; once it is gone, empty KNOWN.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ PACKAGES = ("mirrord", "mirrorctl")
 KNOWN = [
     {"mirrord.monitor", "mirrord.net.inbound", "mirrord.net.partner", "mirrord.net.witness_link", "mirrord.node",
      "mirrord.role_change", "mirrord.statements_exec", "mirrord.witness"},
-    {"mirrorctl.dbapi.driver", "mirrorctl.dbapi.errors", "mirrorctl.dbapi.routing"},
 ]
 
 

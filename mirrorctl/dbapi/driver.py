@@ -39,6 +39,7 @@ from mirrorctl.client import ClientError, LoginFailed, Result, ServerError
 from mirrorctl.dbapi import errors
 from mirrorctl.dbapi import types as dbtypes
 from mirrorctl.dbapi.routing import Backoff, PartnerList, RetrySchedule, Target, positive_seconds
+from mirrorctl.dbapi.token import Token, token_of
 from mirrord.core.types import ProtocolError
 
 READ_WORDS = frozenset({"SELECT", "VALUES", "EXPLAIN"})
@@ -46,27 +47,6 @@ ELSEWHERE_CODES = frozenset({"not_principal", "not_serving", "unknown_database"}
 
 
 # ------------------------------------------------------------------ tokens
-
-
-@dataclass(frozen=True, order=True)
-class Token:
-    """A commit token: the commit's LSN and the role sequence it was logged in."""
-
-    lsn: int
-    role_sequence: int
-
-    def status_sql(self, database: str) -> str:
-        """The statement any partner answers with this token's fate (COMMITTED, LOST, NOT_YET, UNKNOWN)."""
-        quoted = database.replace("'", "''")
-        return f"EXEC sp_transaction_status '{quoted}', {self.lsn}, {self.role_sequence}"
-
-    def __str__(self) -> str:
-        return f"LSN {self.lsn}, role sequence {self.role_sequence}"
-
-
-def token_of(lsn: int | None, epoch: int | None) -> Token | None:
-    """The token of a commit the server reported, if it reported one."""
-    return Token(lsn, epoch) if lsn is not None and epoch is not None else None
 
 
 def committed_from_status(row: dict) -> bool:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from mirrorctl.dbapi.driver import Token
+    from mirrorctl.dbapi.token import Token
 
 
 class Warning(Exception):  # noqa: A001 - the name PEP 249 prescribes
