@@ -893,10 +893,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def loop_exception(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """The event loop's error handler: a TLS connection the peer reset is a closed connection, not a failure.
+
+    uvloop's SSL protocol, on data arriving for a transport the peer's reset has
+    just closed, reports "Fatal error on SSL protocol" with a RuntimeError ("the
+    handler is closed") or a connection error, through the loop's handler, with a
+    traceback. The connection is gone either way and its reader sees it end;
+    anything else goes to the default handler, traceback and all.
+    """
+    exc = context.get("exception")
+    message = str(context.get("message", ""))
+    if message.startswith(("Fatal error on SSL", "Fatal error on transport")) and (
+            isinstance(exc, ConnectionError) or (isinstance(exc, RuntimeError) and "handler is closed" in str(exc))):
+        log.info("connection_closed_under_tls", reason=message.splitlines()[0], error=repr(exc))
+        return
+    loop.default_exception_handler(context)
+
+
 async def serve(config: NodeConfig) -> None:
     """Run a node until SIGTERM or SIGINT."""
     node = Node(config)
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(loop_exception)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(node.stop()))
     try:

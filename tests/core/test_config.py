@@ -131,3 +131,23 @@ def test_event_history_and_checkmirror_settings_are_bounded():
                                ("--checkmirror-rate-mb", "100001", "checkmirror_rate_mb must be")):
         with pytest.raises(ValueError, match=f"{where}.*\\(from {flag}\\)"):
             node.NodeConfig.from_sources(node.parse_args([flag, value]), env)
+
+
+def test_the_loop_handler_quiets_a_tls_connection_reset_and_passes_everything_else_on():
+    # found by the nemesis: uvloop's SSL protocol reporting a reset connection with a traceback
+    from mirrord.node import loop_exception
+
+    seen = []
+
+    class Loop:
+        def default_exception_handler(self, context):
+            seen.append(context["message"])
+
+    closed = RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed")
+    loop_exception(Loop(), {"message": "Fatal error on SSL protocol\nprotocol: <x>", "exception": closed})
+    loop_exception(Loop(), {"message": "Fatal error on SSL protocol", "exception": ConnectionResetError()})
+    assert seen == []
+    loop_exception(Loop(), {"message": "Fatal error on SSL protocol", "exception": RuntimeError("something else")})
+    loop_exception(Loop(), {"message": "Task exception was never retrieved", "exception": closed})
+    assert seen == ["Fatal error on SSL protocol", "Task exception was never retrieved"]
+
