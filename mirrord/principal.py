@@ -54,7 +54,7 @@ from mirrord.core.checkmirror import PageDigests
 from mirrord.core.monitoring import CommitClock
 from mirrord.core.quorum import AckRule
 from mirrord.core.session import Session
-from mirrord.core.txn import (LOCK_TIMEOUT_DEFAULT_MS, READ_ONLY_PREFIXES, TxnWord, classify,
+from mirrord.core.txn import (LOCK_TIMEOUT_DEFAULT_MS, READ_ONLY_PREFIXES, TxnWord, batchable, classify,
                               serialization_message)
 from mirrord.core.types import (CommitInDoubt, DiskFull, LimitExceeded, LogFull, Lsn, MirrordError, NotServing,
                                 PermissionDenied, StatementRefused, TransactionAborted)
@@ -64,8 +64,8 @@ from mirrord.storage.fileutil import DISK_RESERVE_BYTES, NO_SPACE, atomic_write_
 from mirrord.storage.statement_guard import CURRENT, run_guarded
 from mirrord.storage.log import DurableLog, LogRecord
 from mirrord.storage.pagestore import apply_log_range, load_redo_lsn, rebuild_from_log
-from mirrord.storage.wal import WalPosition, WalReader
-from mirrord.write_lock import WriteLock
+from mirrord.storage.wal import WalPosition, WalReader, WalTransaction
+from mirrord.write_lock import LockUse, WriteLock
 
 log = structlog.get_logger()
 
@@ -80,6 +80,7 @@ WRITE_ATTEMPT_ON_READER = ("attempt to write a readonly database", "readonly dat
 # Capture depends on these: the journal mode, who checkpoints, and that every
 # page of the database lives in this one file.
 INTERRUPTED = ("timeout", "cancelled")  # error codes of a statement its guard interrupted
+BATCH_LIMIT = 64  # queued autocommit writes the writer task runs in one hop at most
 MANAGED_PRAGMAS = frozenset({"journal_mode", "wal_autocheckpoint", "wal_checkpoint", "locking_mode", "journal_size_limit", "synchronous"})
 
 
@@ -127,6 +128,25 @@ class ClientTransaction:
     reader: aiosqlite.Connection | None = None
     snapshot_lsn: Lsn | None = None
     on_writer: bool = False
+
+
+@dataclass(eq=False)
+class QueuedWrite:
+    """A client's autocommit write waiting in the writer's queue, then its outcome."""
+
+    owner: object
+    sql: str
+    params: Any
+    context: contextvars.Context  # the client's: its statement guard goes along onto the writer thread
+    use: LockUse  # its place among the write lock's waiters (sp_who)
+    done: asyncio.Future  # (outcome, records), or an error that kept it from running
+    timer: asyncio.TimerHandle | None = None  # its lock timeout
+    taken: bool = False  # in a hop: it runs, whatever its wait said
+
+
+def _retrieved(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 _denial = threading.local()  # the authorizer's last reason, per connection thread
@@ -199,6 +219,10 @@ class PrincipalDatabase:
         self._writer: aiosqlite.Connection | None = None
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._reader_list: list[aiosqlite.Connection] = []
+        # Autocommit writes waiting for the writer task, which runs all of them in one hop (see _write_loop)
+        self._write_queue: list[QueuedWrite] = []
+        self._writes_queued = asyncio.Event()
+        self._write_task: asyncio.Task | None = None
         self._txn_owner: object | None = None  # the client whose transaction runs on the writer (holding the write lock)
         self._txns: dict[object, ClientTransaction] = {}  # every client's open explicit transaction, by owner
         self._spare_txn_readers: list[aiosqlite.Connection] = []
@@ -247,6 +271,7 @@ class PrincipalDatabase:
         for _ in range(READER_COUNT):
             self._readers.put_nowait(await self._open_reader())
         self._syncer = asyncio.create_task(self._sync_loop(), name=f"log-sync:{self.session.db}")
+        self._write_task = asyncio.create_task(self._write_loop(), name=f"writer:{self.session.db}")
         self.session.end_of_log_lsn = self.end_lsn
         self.update_visible()
 
@@ -312,6 +337,8 @@ class PrincipalDatabase:
             if task is not None:
                 task.cancel()
         self.fail_waiters(NotServing("the database is closing on this node; reconnect"))
+        self._writes_queued.set()  # the writer task ends once its hop in flight (if any) has ended
+        self._fail_queued(NotServing("the database is closing on this node; the statement was not run. Reconnect"))
         await self.mark_transactions_aborted()
         for owner in list(self._txns):  # read transactions too: their readers close now
             self._aborted_owners.add(owner)
@@ -335,6 +362,10 @@ class PrincipalDatabase:
     def _capture(self, conn: sqlite3.Connection) -> list[LogRecord]:
         """Append every newly committed WAL transaction to the log (writer thread)."""
         txns, pos = self._wal.read_committed(self._wal_pos)
+        return self._log_transactions(conn, txns, pos)
+
+    def _log_transactions(self, conn: sqlite3.Connection, txns: list[WalTransaction], pos: WalPosition | None) -> list[LogRecord]:
+        """Append WAL transactions read up to pos to the log as one batch, then checkpoint if it is time (writer thread)."""
         if not txns:
             return []
         lsn, epoch = self.log.last_lsn, self.session.config.epoch
@@ -700,6 +731,11 @@ class PrincipalDatabase:
             )
 
     async def _execute_write(self, owner: object, sql: str, params: Any) -> StatementResult:
+        timeout_ms = self._lock_timeout(owner)
+        if timeout_ms != 0 and batchable(sql):  # LOCK_TIMEOUT 0 takes the lock now or never: alone, below
+            self._check_log_space()
+            result, records = await self._queue_write(owner, sql, params, timeout_ms)
+            return await self._finish(result, records, wait_for=self.end_lsn)
         await self._take_write_lock(owner, sql)
         try:
             result, records, in_txn = await self._hop(sql, params)
@@ -782,6 +818,163 @@ class PrincipalDatabase:
         if isinstance(outcome, MirrordError):
             raise outcome
         return outcome, records, in_txn
+
+    # ---------------------------------------------------------------- the writer's queue
+
+    async def _queue_write(self, owner: object, sql: str, params: Any, timeout_ms: int) -> tuple[StatementResult, list[LogRecord]]:
+        """Queue an autocommit write for the writer task and wait for its outcome and its records.
+
+        It waits for the write lock as a lone writer would: at most its lock
+        timeout (then `lock_timeout`, nothing ran), shown by sp_who meanwhile.
+        Once the writer task has taken it into a hop it runs, and its outcome is
+        waited for however long that takes.
+        """
+        loop = asyncio.get_running_loop()
+        write = QueuedWrite(owner, sql, params, contextvars.copy_context(), self.write_lock.queue(owner, sql),
+                            loop.create_future())
+        self._write_queue.append(write)
+        if timeout_ms > 0:
+            write.timer = loop.call_later(timeout_ms / 1000, self._expire, write, timeout_ms)
+        self._writes_queued.set()
+        try:
+            outcome, records = await asyncio.shield(write.done)
+        except asyncio.CancelledError:
+            self._drop_queued(write)  # its client went away before it ran: nobody wants it run
+            write.done.add_done_callback(_retrieved)  # taken already: it runs, and nobody hears how
+            raise
+        if isinstance(outcome, MirrordError):
+            raise outcome
+        return outcome, records
+
+    def _expire(self, write: QueuedWrite, timeout_ms: int) -> None:
+        if not write.taken and not write.done.done():
+            self._drop_queued(write)
+            write.done.set_exception(self.write_lock.timed_out(timeout_ms))
+
+    def _drop_queued(self, write: QueuedWrite) -> None:
+        if write.taken:
+            return
+        if write in self._write_queue:
+            self._write_queue.remove(write)
+        self.write_lock.unqueue(write.use)
+        if write.timer is not None:
+            write.timer.cancel()
+
+    def _fail_queued(self, exc: MirrordError) -> None:
+        for write in list(self._write_queue):
+            self._drop_queued(write)
+            if not write.done.done():
+                write.done.set_exception(exc)
+
+    def _take_queued(self) -> list[QueuedWrite]:
+        """Up to BATCH_LIMIT queued writes, in arrival order; a write whose client left meanwhile is dropped unrun."""
+        batch: list[QueuedWrite] = []
+        while self._write_queue and len(batch) < BATCH_LIMIT:
+            write = self._write_queue.pop(0)
+            self.write_lock.unqueue(write.use)
+            if write.timer is not None:
+                write.timer.cancel()
+            if write.done.done():
+                continue
+            guard = write.context.get(CURRENT)
+            if guard is not None and guard.cancelled:
+                write.done.set_exception(guard.error())
+                continue
+            write.taken = True
+            batch.append(write)
+        return batch
+
+    async def _write_loop(self) -> None:
+        """The writer task: take the write lock for every queued autocommit write and run them all in one hop.
+
+        Each write is still its own SQLite transaction with its own outcome and
+        its own log record (its commit token); what they share is the thread hop,
+        one log append and one wakeup of the sync task. Writes that queued while
+        a hop ran go together in the next one: the busier, the larger the hops.
+        """
+        while not self.closed:
+            await self._writes_queued.wait()
+            self._writes_queued.clear()
+            while self._write_queue and not self.closed:
+                first = self._write_queue[0]
+                await self.write_lock.acquire_for_queue(first.owner, first.sql)
+                try:
+                    batch = self._take_queued()
+                    if not batch:
+                        continue
+                    if self.closed or not self.serving:  # the role moved on while they waited
+                        for write in batch:
+                            write.done.set_exception(NotServing(
+                                "the database is not being served on this node any more; the statement was not run. Reconnect"))
+                        continue
+                    await self._run_queued(batch)
+                finally:
+                    self.write_lock.release()
+
+    async def _run_queued(self, batch: list[QueuedWrite]) -> None:
+        """One hop for the batch; hand each write its own outcome and records."""
+        statements = [(w.context, w.sql, w.params) for w in batch]
+        try:
+            async with self._hop_gate:
+                outcomes = await _in_connection_thread(self._writer, self._run_batch_and_capture, statements)
+        except asyncio.CancelledError:  # the event loop is going away: nobody will hear more
+            self._fail_taken(batch, NotServing("the node stopped while the statement ran; its outcome is in doubt"))
+            raise
+        except Exception as exc:  # noqa: BLE001 - as a lone write would: its client hears the failure
+            self._fail_taken(batch, exc)
+            return
+        records = [r for _, own in outcomes for r in own]
+        self._note_captured(records)
+        if self._uncaptured and (self._recapture is None or self._recapture.done()):
+            self._recapture = asyncio.create_task(self._recapture_loop(), name=f"recapture:{self.session.db}")
+        for write, outcome in zip(batch, outcomes):
+            if not write.done.done():
+                write.done.set_result(outcome)
+
+    @staticmethod
+    def _fail_taken(batch: list[QueuedWrite], exc: BaseException) -> None:
+        for write in batch:
+            if not write.done.done():
+                write.done.set_exception(exc)
+
+    def _run_batch_and_capture(self, conn: sqlite3.Connection, statements: list[tuple[contextvars.Context, str, Any]]):
+        """Run each statement as its own transaction, reading the WAL transactions each committed; log them all at once.
+
+        Returns each statement's (outcome, its records): its result or its own
+        error, and the log records of what it committed (its token is the last).
+        """
+        pos = self._wal_pos
+        outcomes: list[Any] = []
+        committed: list[list[WalTransaction]] = []
+        for context, sql, params in statements:
+            try:
+                outcome = context.run(_run, conn, sql, params)
+            except MirrordError as exc:
+                outcome = exc
+            if conn.in_transaction:  # batchable() keeps such statements out; never leave one open for the next
+                conn.execute("ROLLBACK")
+                outcome = SqlError("this statement left a transaction open inside a batch of writes and was rolled back")
+            txns, pos = self._wal.read_committed(pos)
+            outcomes.append(outcome)
+            committed.append(txns)
+        try:
+            records = self._log_transactions(conn, [t for txns in committed for t in txns], pos)
+        except OSError as exc:
+            if exc.errno not in NO_SPACE:
+                raise
+            # SQLite committed, the log could not take it (the append was undone): it is captured
+            # by a retry once there is room, so every outcome of the hop is in doubt.
+            self._uncaptured = True
+            doubt = DiskFull(
+                f"the disk is full ({exc.strerror}): the statement ran but its commit could not be logged; its outcome "
+                "is in doubt until space is freed (it is logged then, and acknowledged to nobody)")
+            return [(doubt, []) for _ in statements]
+        self._uncaptured = False
+        result, start = [], 0
+        for outcome, txns in zip(outcomes, committed):
+            result.append((outcome, records[start:start + len(txns)]))
+            start += len(txns)
+        return result
 
     def _note_captured(self, records: list[LogRecord]) -> None:
         if records:

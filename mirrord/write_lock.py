@@ -67,6 +67,29 @@ class WriteLock:
                 self.waiters.remove(use)
         self.holder = LockUse(owner, time.monotonic(), statement)
 
+    def queue(self, owner: object, statement: str) -> LockUse:
+        """owner waits for the lock in the writer's queue (an autocommit write, run with others in one hop)."""
+        use = LockUse(owner, time.monotonic(), statement)
+        self.waiters.append(use)
+        return use
+
+    def unqueue(self, use: LockUse) -> None:
+        """A queued write stops waiting: taken into a hop, timed out, or its client left."""
+        if use in self.waiters:
+            self.waiters.remove(use)
+
+    def timed_out(self, timeout_ms: int) -> LockTimeout:
+        """The error of a queued write that waited timeout_ms in vain, naming the holder."""
+        return LockTimeout(lock_timeout_message(self.db, timeout_ms, self._holding()))
+
+    async def acquire_for_queue(self, owner: object, statement: str) -> None:
+        """The writer task takes the lock for the queued writes (they are the waiters sp_who shows), waiting as long as it takes.
+
+        owner and statement (the first queued write's) are shown as the holder while the hop runs.
+        """
+        await self._lock.acquire()
+        self.holder = LockUse(owner, time.monotonic(), statement)
+
     def release(self) -> None:
         self.holder = None
         self._lock.release()

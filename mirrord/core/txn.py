@@ -85,6 +85,21 @@ def classify(sql: str) -> TxnWord:
     return TxnWord.OTHER
 
 
+# Statements that may open, end or step inside a transaction: never run in a writer's batch.
+_TRANSACTION_WORDS = frozenset({"BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE"})
+
+
+def batchable(sql: str) -> bool:
+    """Whether sql, outside a transaction, may run in one writer hop with other clients' autocommit writes.
+
+    Only a statement that is its own transaction in SQLite qualifies: one that
+    opens or ends a transaction or a savepoint (BEGIN IMMEDIATE, SAVEPOINT, …)
+    leaves the writer in a state the next client's statement must not see.
+    """
+    first = words(sql, 1)
+    return bool(first) and first[0] not in _TRANSACTION_WORDS
+
+
 # ---------------------------------------------------------------- lock timeout
 
 LOCK_TIMEOUT_DEFAULT_MS = 10_000
