@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mirrord.core import statements as st
-from mirrord.core.txn import (SP_WHO_COLUMNS, Holding, SessionFacts, TxnWord, classify, lock_timeout_message,
+from mirrord.core.txn import (SP_WHO_COLUMNS, Holding, SessionFacts, TxnWord, batchable, classify, lock_timeout_message,
                               lock_timeout_refusal, serialization_message, shorten, sp_who_row, wait_seconds)
 from mirrord.core.types import StatementSyntaxError
 
@@ -89,3 +89,14 @@ def test_parse(sql, parsed):
 def test_parse_refusals(sql, why):
     with pytest.raises(StatementSyntaxError, match=why):
         st.parse(sql)
+
+
+@pytest.mark.parametrize("sql, ok", [
+    ("INSERT INTO t VALUES (1)", True), ("  -- c\n update t set v = 1", True), ("CREATE TABLE u(x)", True),
+    ("DELETE FROM t", True), ("WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x", True), ("PRAGMA user_version = 3", True),
+    ("BEGIN IMMEDIATE", False), ("begin exclusive transaction", False), ("SAVEPOINT sp1", False),
+    ("RELEASE sp1", False), ("ROLLBACK TO sp1", False), ("/* x */ COMMIT", False), ("END", False), ("", False),
+    ("   ", False), ("-- only a comment", False),
+])
+def test_batchable_keeps_transaction_statements_out_of_a_batch(sql, ok):
+    assert batchable(sql) is ok

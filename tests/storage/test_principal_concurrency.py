@@ -14,8 +14,8 @@ import pytest
 
 from mirrord.core.quorum import AckRule
 from mirrord.core.session import Session, SessionConfig
-from mirrord.core.types import LimitExceeded, PermissionDenied, Role, TransactionAborted
-from mirrord.principal import MAX_TRANSACTION_READERS, PrincipalDatabase, SerializationFailure
+from mirrord.core.types import LimitExceeded, NotServing, PermissionDenied, Role, TransactionAborted
+from mirrord.principal import MAX_TRANSACTION_READERS, IntegrityError, PrincipalDatabase, SerializationFailure
 from mirrord.storage.log import DurableLog
 from mirrord.write_lock import LockTimeout
 
@@ -128,6 +128,93 @@ async def test_lock_timeout_names_the_holder_and_nothing_of_the_waiter_runs(p):
     await p.execute(holder, "COMMIT", None)
     assert (await waiting).lsn is not None
     assert (await p.execute(object(), "SELECT id FROM t ORDER BY id", None)).rows == [[1], [7]]
+
+
+def _count_hops(p: PrincipalDatabase) -> list[int]:
+    """The size of every batch the writer task runs from now on."""
+    hops: list[int] = []
+    run = p._run_batch_and_capture
+
+    def counted(conn, statements):
+        hops.append(len(statements))
+        return run(conn, statements)
+
+    p._run_batch_and_capture = counted
+    return hops
+
+
+async def _queued(p: PrincipalDatabase, owners: list[Owner]) -> None:
+    while any(p.write_lock.waiting(o) is None for o in owners):
+        await asyncio.sleep(0)  # until every one is queued, as sp_who would show it (a state, no timing)
+
+
+async def test_queued_writes_of_many_clients_run_in_one_hop_each_with_its_own_outcome_and_token(p):
+    holder = Owner(51)
+    await p.execute(holder, "BEGIN IMMEDIATE", None)
+    await p.execute(holder, "INSERT INTO t VALUES (2, 'held')", None)
+    hops = _count_hops(p)
+    owners = [Owner(60 + i) for i in range(5)]
+    statements = ["INSERT INTO t VALUES (10, 'a')",
+                  "INSERT INTO t VALUES (1, 'duplicate')",  # its constraint error is its own
+                  "UPDATE t SET v = 'none' WHERE id = 999",  # commits nothing: no record, no token
+                  "INSERT INTO t VALUES (11, 'b')",
+                  "INSERT INTO t VALUES (12, 'c')"]
+    tasks = [asyncio.create_task(p.execute(o, sql, None)) for o, sql in zip(owners, statements)]
+    await _queued(p, owners)
+    await p.execute(holder, "COMMIT", None)
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    assert hops == [5]  # one hop for all of them
+    assert isinstance(outcomes[1], IntegrityError) and "UNIQUE" in outcomes[1].message
+    assert outcomes[2].rowcount == 0 and outcomes[2].lsn is None
+    tokens = [(outcomes[i].lsn, outcomes[i].epoch) for i in (0, 3, 4)]
+    first = tokens[0][0]
+    assert [lsn for lsn, _ in tokens] == [first, first + 1, first + 2]  # each its own record, in queue order
+    assert p.end_lsn == first + 2 and p.synced_lsn >= first + 2
+    for lsn, epoch in tokens:  # each token names the record holding exactly that client's row
+        assert p.log.get(lsn).epoch == epoch
+    assert outcomes[0].lastrowid == 10 and outcomes[4].lastrowid == 12
+    rows = (await p.execute(object(), "SELECT id, v FROM t ORDER BY id", None)).rows
+    assert rows == [[1, "one"], [2, "held"], [10, "a"], [11, "b"], [12, "c"]]
+
+
+async def test_a_queued_write_whose_client_left_never_runs_and_others_still_do(p):
+    holder, leaving, staying = Owner(51), Owner(52), Owner(53)
+    await p.execute(holder, "BEGIN IMMEDIATE", None)
+    gone = asyncio.create_task(p.execute(leaving, "INSERT INTO t VALUES (20, 'gone')", None))
+    kept = asyncio.create_task(p.execute(staying, "INSERT INTO t VALUES (21, 'kept')", None))
+    await _queued(p, [leaving, staying])
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert p.write_lock.waiting(leaving) is None and p.write_lock.waiting(staying) is not None
+    await p.execute(holder, "COMMIT", None)
+    assert (await kept).lsn is not None
+    assert (await p.execute(object(), "SELECT id FROM t ORDER BY id", None)).rows == [[1], [21]]
+    assert not p.write_lock.locked() and not p.write_lock.waiters
+
+
+async def test_a_queued_write_past_its_lock_timeout_leaves_the_queue_and_the_rest_run(p):
+    holder, hasty, patient = Owner(51), Owner(52, lock_timeout_ms=30), Owner(53, lock_timeout_ms=-1)
+    await p.execute(holder, "BEGIN IMMEDIATE", None)
+    await p.execute(holder, "UPDATE t SET v = 'held' WHERE id = 1", None)
+    waits = asyncio.create_task(p.execute(patient, "INSERT INTO t VALUES (31, 'patient')", None))
+    with pytest.raises(LockTimeout, match="within 30 ms: it is held by session 51"):
+        await p.execute(hasty, "INSERT INTO t VALUES (30, 'hasty')", None)
+    assert p.write_lock.waiting(hasty) is None and p.write_lock.waiting(patient) is not None
+    await p.execute(holder, "COMMIT", None)
+    assert (await waits).lsn is not None
+    assert (await p.execute(object(), "SELECT id FROM t ORDER BY id", None)).rows == [[1], [31]]
+
+
+async def test_queued_writes_hear_not_serving_when_the_database_closes_and_nothing_of_them_runs(p):
+    holder, queued = Owner(51), Owner(52)
+    await p.execute(holder, "BEGIN IMMEDIATE", None)
+    waits = asyncio.create_task(p.execute(queued, "INSERT INTO t VALUES (40, 'never')", None))
+    await _queued(p, [queued])
+    await p.close()
+    with pytest.raises(NotServing, match="was not run"):
+        await waits
+    assert not p.write_lock.waiters and p._write_task.done()
 
 
 async def test_read_transactions_beyond_the_bound_are_refused_and_autocommit_reads_go_on(p):
