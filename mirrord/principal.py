@@ -4,7 +4,10 @@ How a write works. Every statement that may write runs on the single writer
 connection, under `write_lock` (SQLite admits one writer anyway). Right after
 it, in the same hop on the connection's thread, the WAL reader captures every
 transaction committed since the last capture and appends them to the durable
-log, each under the next LSN. Automatic checkpoints are off: only `_capture`
+log, each under the next LSN. Autocommit writes queue for the writer task,
+which takes the lock once for all those queued and runs them in one hop: each
+its own SQLite transaction, its own outcome and record, one log append for the
+lot (`_write_loop`); the thread hop, not SQLite, is most of a small commit's cost. Automatic checkpoints are off: only `_capture`
 checkpoints, after it has read everything, so no frame can be checkpointed away
 before it is in the log. After a crash, `open()` captures whatever SQLite
 committed but the log did not yet hold (the last record carries the WAL
