@@ -845,7 +845,7 @@ class PrincipalDatabase:
             self._drop_queued(write)  # its client went away before it ran: nobody wants it run
             write.done.add_done_callback(_retrieved)  # taken already: it runs, and nobody hears how
             raise
-        if isinstance(outcome, MirrordError):
+        if isinstance(outcome, Exception):
             raise outcome
         return outcome, records
 
@@ -952,7 +952,7 @@ class PrincipalDatabase:
         for context, sql, params in statements:
             try:
                 outcome = context.run(_run, conn, sql, params)
-            except MirrordError as exc:
+            except Exception as exc:  # noqa: BLE001 - its own: raised to its client alone, the others go on
                 outcome = exc
             if conn.in_transaction:  # batchable() keeps such statements out; never leave one open for the next
                 conn.execute("ROLLBACK")
