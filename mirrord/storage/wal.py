@@ -34,7 +34,8 @@ WAL_MAGIC_BE = 0x377F0683  # checksums over big-endian words
 WAL_VERSION = 3007000
 WAL_HEADER_SIZE = 32
 FRAME_HEADER_SIZE = 24
-_READ_CHUNK = 4 << 20  # bytes per read(): one syscall covers many frames
+_READ_CHUNK = 4 << 20  # bytes per read() at most: one syscall covers many frames
+_FIRST_READ_FRAMES = 8  # frames of the first read of a scan
 
 _HEADER = struct.Struct(">IIIIIIII")
 _FRAME_HEADER = struct.Struct(">IIIIII")
@@ -298,7 +299,9 @@ class WalReader:
     def _scan_frames(f, scan: _Scan, stop_at: int | None = None) -> None:
         """Feed whole frames to `scan`, reading large chunks, until the first invalid one (or frame `stop_at`)."""
         size = FRAME_HEADER_SIZE + scan.header.page_size
-        per_read = max(1, _READ_CHUNK // size)
+        # Small first, then doubling: an incremental read after one commit needs a frame or
+        # two, and past them a restarted WAL still holds megabytes of stale frames nobody reads.
+        per_read, most = _FIRST_READ_FRAMES, max(1, _READ_CHUNK // size)
         f.seek(WAL_HEADER_SIZE + scan.frame * size)
         while True:
             chunk = f.read(per_read * size)
@@ -308,6 +311,7 @@ class WalReader:
                     return
             if len(chunk) < per_read * size:
                 return  # end of file (a torn last frame is simply not fed)
+            per_read = min(per_read * 2, most)
 
 
 def _timing(page_size: int = 4096, rounds: int = 2000) -> float:
