@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 import structlog
 
+from mirrord import page_repair
 from mirrord.core import checkmirror as cm
 from mirrord.core import rules
 from mirrord.core import statements as st
@@ -78,6 +79,8 @@ async def check(host: "DatabaseHost", mb_per_s: int = 0, counted: Counted | None
         raise _failed(host, why)
     verdict = cm.compare(host.name, mine, cm.PageDigests(answer["lsn"], answer["page_size"], answer["digests"]))
     _note(host, verdict)
+    if not verdict.identical and not verdict.page_size_differs:
+        page_repair.tell_differing(host, verdict.lsn, verdict.differing)  # the mirror repairs those damaged on its side
     if counted is not None:
         counted(host.name, verdict.identical)
     return verdict

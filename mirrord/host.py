@@ -10,6 +10,7 @@ from pathlib import Path
 import structlog
 
 from mirrord.core.health import DatabaseFacts
+from mirrord.core.page_repair import RepairHistory
 from mirrord.core.quorum import AckRule, PrincipalView, ack_rule
 from mirrord.core.session import Session
 from mirrord.core.types import Lsn, MirroringState
@@ -66,6 +67,20 @@ class DatabaseHost:
     last_verified_lsn: Lsn | None = None
     last_verified_time: str | None = None  # UTC
     checkmirror_mismatches: int = 0
+    # automatic page repair (mirrord/page_repair.py): the node's view rows; on the mirror the suspect pages
+    # (page -> error type), the requests waiting for an answer (rid -> pages, redo LSN then, redo thread) and
+    # where the scrubber is; on the principal the tasks reading pages for the mirror
+    repair_history: RepairHistory | None = None
+    repair_pages: dict[int, int] = field(default_factory=dict)
+    repair_asked: dict[int, tuple] = field(default_factory=dict)
+    repair_tasks: set[asyncio.Task] = field(default_factory=set)
+    repaired_pages: object | None = None  # node callback (database): counts a repair in the metrics
+    scrub_next: int = 1
+    scrub_passes: int = 0
+
+    def mirror_redo(self):
+        """The mirror's running redo thread, None if there is none."""
+        return self.mirror.redo_thread if self.mirror is not None else None
 
     def principal_view(self) -> PrincipalView:
         """The facts the quorum core needs about this principal."""

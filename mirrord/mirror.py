@@ -22,10 +22,13 @@ from mirrord.core.types import Lsn, ProtocolError
 from mirrord.storage.fileutil import FLUSH_EVERY, atomic_write_bytes, copy_in_steps, fsync_dir, remove_sqlite_sidecars
 from mirrord.storage.log import DurableLog, LogRecord
 from mirrord.core.checkmirror import PageDigests
+from mirrord.core.page_repair import ERROR_CHECKSUM, ERROR_IO
 from mirrord.storage.checksums import store_digests_apart
 from mirrord.storage.pagestore import PageStore, RedoThread
 
 log = structlog.get_logger()
+
+CHECKSUMS_FILE = "page_checksums"
 
 
 class MirrorDatabase:
@@ -44,6 +47,11 @@ class MirrorDatabase:
         self._seed_tmp: Path | None = None
         self._seed_file = None
         self._page_size: int | None = None  # known once read from the copy's header
+
+    @property
+    def checksums_path(self) -> Path:
+        """The page store's per-page checksums (automatic page repair; storage/pagestore.py)."""
+        return self.directory / CHECKSUMS_FILE
 
     def page_size(self) -> int | None:
         """The page size of this copy (its SQLite header), None while it has no header yet."""
@@ -87,7 +95,7 @@ class MirrorDatabase:
         """Start redo from the persisted redo LSN."""
         self._page_size = self.page_size()
         remove_sqlite_sidecars(self.path)
-        self._store = PageStore(self.path)
+        self._store = PageStore(self.path, self.checksums_path)
         self._redo = RedoThread(
             self.log,
             self._store,
@@ -222,6 +230,7 @@ class MirrorDatabase:
         """Make source the page store at lsn (seeding, RESTORE … WITH NORECOVERY)."""
         self.stop()
         os.replace(source, self.path)
+        self.checksums_path.unlink(missing_ok=True)  # another copy: start() checksums it anew
         fsync_dir(self.directory)
         atomic_write_bytes(self.directory / "redo_lsn", str(lsn).encode())
         self.log.reset(lsn + 1, epoch)
@@ -257,6 +266,41 @@ class MirrorDatabase:
         if redo.redo_lsn != lsn:
             raise RuntimeError(f"redo passed LSN {lsn} (it is at {redo.redo_lsn}) while it was held")
         return await store_digests_apart(self.path, lsn, mb_per_s)
+
+    # ---------------------------------------------------------------- automatic page repair
+
+    def damaged_pages(self, first: int, count: int) -> tuple[list[int], int, int]:
+        """(pages of first..first+count-1 that are damaged, pages read, their error type); ([], 0, _) past the end.
+
+        A page is damaged when its bytes do not match its checksum (error type 2),
+        or, when reading the range fails, when reading it alone fails (-1).
+        """
+        store = self._store
+        if store is None:
+            return [], 0, ERROR_CHECKSUM
+        try:
+            bad, read = store.damaged(first, count)
+            return bad, read, ERROR_CHECKSUM
+        except OSError:
+            return store.read_error(first, count), count, ERROR_IO
+
+    @property
+    def redo_thread(self) -> RedoThread | None:
+        """The running redo thread (a seed replaces it)."""
+        return self._redo if self.redo_error is None else None
+
+    @property
+    def page_count(self) -> int:
+        """Pages in the page store now."""
+        return self._store.page_count if self._store is not None else 0
+
+    def mark_suspect(self, pages: Sequence[int]) -> RedoThread:
+        """Note these pages are damaged (redo tracks whether it rewrites them); RuntimeError if redo is not running."""
+        redo = self._redo
+        if redo is None or self.redo_error is not None:
+            raise RuntimeError("this mirror's redo is not running (not seeded yet, or failed)")
+        redo.mark_suspect(pages)
+        return redo
 
     # ---------------------------------------------------------------- shutdown
 

@@ -285,6 +285,8 @@ class NodeMetrics:
                                         labels + ["result"], registry=r)
         self.checkmirror_mismatches = Counter("mirrord_checkmirror_mismatches", "DBCC CHECKMIRROR comparisons that found differing pages",
                                               labels, registry=r)
+        self.pages_repaired = Counter("mirrord_pages_repaired", "damaged pages of this node's copy repaired from the partner",
+                                      labels, registry=r)
         self._known: set[str] = set()
         self._witness_exported: dict = {}
 
@@ -350,6 +352,10 @@ class NodeMetrics:
         if not identical:
             counter.inc()
 
+    def count_page_repaired(self, database: str) -> None:
+        """One damaged page of this node's copy repaired (automatic page repair)."""
+        self.pages_repaired.labels(self.node, database).inc()
+
     def observe_commit(self, database: str, seconds: float) -> None:
         """One acknowledged commit and its latency (called by the principal, in the event loop)."""
         self.commits.labels(self.node, database).inc()
@@ -370,7 +376,8 @@ class NodeMetrics:
             for metric in (*self.figures.values(), self.role, self.state, self.role_sequence, self.partner_connected,
                            self.witness_connected, self.failover_ready, self.warnings, self.failovers, self.refused, self.reconnects,
                            self.log_sent, self.log_hardened, self.log_redone, self.commits, self.commit_latency,
-                           self.alert_threshold, self.checkmirror_runs, self.checkmirror_mismatches):
+                           self.alert_threshold, self.checkmirror_runs, self.checkmirror_mismatches,
+                           self.pages_repaired):
                 for labels in list(metric._metrics):  # noqa: SLF001 - prometheus_client has no public "labels matching"
                     if labels[:2] == (self.node, db):
                         metric.remove(*labels)

@@ -49,8 +49,9 @@ from mirrord.host import DatabaseHost
 from mirrord.httpapi import HttpServer, NodeView
 from mirrord.login_store import LoginSetupError, LoginStore
 from mirrord.monitor import NodeMetrics, run_sampler
-from mirrord.mirror import MirrorDatabase
-from mirrord import checkmirror, role_change
+from mirrord.mirror import CHECKSUMS_FILE, MirrorDatabase
+from mirrord import checkmirror, page_repair, role_change
+from mirrord.core.page_repair import RepairHistory
 from mirrord.net import framing, inbound
 from mirrord.net.client_port import ClientLimits, ClientPort, limits_from_settings
 from mirrord.net.tls import Listener, TlsContexts, TlsSetupError, cert_hosts, peer_covers
@@ -91,6 +92,7 @@ class NodeConfig:
     event_history_max_age_days: int = DEFAULT_MAX_AGE_DAYS
     checkmirror_interval: int = 0  # seconds between scheduled DBCC CHECKMIRROR (mirrord/checkmirror.py); 0: off
     checkmirror_rate_mb: int = 0  # the pace of its hash on both partners, MB/s; 0: unlimited
+    page_scrub_rate_mb: int = 0  # the mirror's page scrubber (mirrord/page_repair.py), MB/s; 0: off
 
     @property
     def backups(self) -> Path:
@@ -153,7 +155,8 @@ class NodeConfig:
             raise ValueError("backup_dir must be a directory path (BACKUP and RESTORE use only files inside it)")
         bounded = {}
         for key, least, most in (("event_history_max_events", 1, 10_000_000), ("event_history_max_age_days", 1, 36_500),
-                                 ("checkmirror_interval", 0, 31 * 86400), ("checkmirror_rate_mb", 0, 100_000)):
+                                 ("checkmirror_interval", 0, 31 * 86400), ("checkmirror_rate_mb", 0, 100_000),
+                                 ("page_scrub_rate_mb", 0, 100_000)):
             value = v.get(key)
             if value is not None:
                 if not isinstance(value, int) or isinstance(value, bool) or not least <= value <= most:
@@ -279,6 +282,8 @@ class Node:
         self._sampler: asyncio.Task | None = None
         self._checker: asyncio.Task | None = None  # scheduled DBCC CHECKMIRROR
         self._load_retries: set[asyncio.Task] = set()  # databases quarantined by a full disk, loaded again once there is room
+        self._scrubber: asyncio.Task | None = None  # the mirror's page scrubber
+        self.repairs = RepairHistory()  # sys.dm_db_mirroring_auto_page_repair
 
     # ---------------------------------------------------------------- addresses
 
@@ -327,6 +332,9 @@ class Node:
                 checkmirror.run_schedule(lambda: self.databases.values(), self.config.checkmirror_interval,
                                          self.config.checkmirror_rate_mb, self.metrics.count_checkmirror),
                 name="checkmirror-schedule")
+        if self.config.page_scrub_rate_mb > 0:
+            self._scrubber = asyncio.create_task(
+                page_repair.run_scrubber(lambda: self.databases.values(), self.config.page_scrub_rate_mb), name="page-scrubber")
         log.info("node_started", endpoint=self.endpoint_url, listen=self.listen_address, databases=sorted(self.databases))
 
     async def _load(self, directory: Path) -> None:
@@ -339,6 +347,8 @@ class Node:
         host.on_witness_changed = self.sync_witness_link
         host.events = self.events
         host.logins = self.logins
+        host.repair_history = self.repairs
+        host.repaired_pages = self.metrics.count_page_repaired
         self.databases[config.db] = host
         await self.activate(host)
 
@@ -400,6 +410,7 @@ class Node:
         cfg = host.session.config
         if cfg.status is DatabaseStatus.ONLINE:
             # a copy that was a mirror's page store is brought up to the end of log by principal.open()
+            (host.directory / CHECKSUMS_FILE).unlink(missing_ok=True)  # SQLite writes it now, not redo: checksums go stale
             principal = PrincipalDatabase(
                 host.directory, host.session, host.log, log_size_limit=self.config.log_size_limit,
                 ack_rule=host.ack_rule, quorum_refusal=host.quorum_refusal, lock_timeout_ms=self.config.limits.lock_timeout_ms,
@@ -485,6 +496,7 @@ class Node:
         await _cancel(self._checker)
         for task in list(self._load_retries):
             await _cancel(task)
+        await _cancel(self._scrubber)
         await self.http.stop()
         if self._client_server is not None:
             self._client_server.close()
@@ -779,6 +791,8 @@ class Node:
         host.on_witness_changed = self.sync_witness_link
         host.events = self.events
         host.logins = self.logins
+        host.repair_history = self.repairs
+        host.repaired_pages = self.metrics.count_page_repaired
         self.databases[config.db] = host
         await self.activate(host)
         return host

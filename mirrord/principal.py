@@ -61,7 +61,7 @@ from mirrord.core.txn import (LOCK_TIMEOUT_DEFAULT_MS, READ_ONLY_PREFIXES, TxnWo
                               serialization_message)
 from mirrord.core.types import (CommitInDoubt, DiskFull, LimitExceeded, LogFull, Lsn, MirrordError, NotServing,
                                 PermissionDenied, StatementRefused, TransactionAborted)
-from mirrord.storage.checksums import principal_digests_apart
+from mirrord.storage.checksums import page_images_at, principal_digests_apart
 from mirrord.storage.decltypes import DeclaredTypes
 from mirrord.storage.fileutil import DISK_RESERVE_BYTES, NO_SPACE, atomic_write_bytes, copy_in_steps, disk_free
 from mirrord.storage.statement_guard import CURRENT, run_guarded
@@ -1118,6 +1118,25 @@ class PrincipalDatabase:
         if self.closed:  # close() checkpoints regardless of the pause: the file may have changed under the hash
             raise NotServing("the database closed on this node during the check")
         return digests
+
+    async def page_images(self, pages: list[int]) -> tuple[Lsn, int, list[tuple[int, bytes]]]:
+        """(lsn, page size, [(pgno, image)]) of some pages as of the end of log, writes going on (page repair).
+
+        The view page_digests hashes: the file with checkpoints paused and the
+        log's images over it. The LSN is at least what the mirror has hardened
+        (it holds nothing this log lacks), so at least its redo LSN.
+        """
+        async with self._hop_gate:
+            self._checkpoints_paused += 1
+            base, lsn = self.applied_lsn, self.end_lsn
+        try:
+            await self.wait_synced(lsn)
+            page_size, images = await asyncio.to_thread(page_images_at, self.path, self.log, base, lsn, pages)
+        finally:
+            self._checkpoints_paused -= 1
+        if self.closed:
+            raise NotServing("the database closed on this node while its pages were read")
+        return lsn, page_size, images
 
     async def wait_synced(self, lsn: Lsn) -> None:
         """Wait until the log is fsynced up to lsn."""

@@ -15,6 +15,7 @@ import structlog
 
 from mirrord.core import events
 from mirrord.core import logins as lg
+from mirrord.core import page_repair as page_repair_core
 from mirrord.core import statements as st
 from mirrord.core.alerts import ALERTS
 from mirrord.core.monitoring import FIGURE_COLUMNS, set_threshold
@@ -64,6 +65,7 @@ STATUS_COLUMNS = [
 ]
 ALERT_COLUMNS = ["database", "alert_id", "alert", "threshold", "unit", "enabled", "current_value", "over_threshold"]
 EVENT_COLUMNS = events.COLUMNS
+REPAIR_COLUMNS = page_repair_core.COLUMNS
 WITNESS_COLUMNS = ["database", "principal", "mirror", "role_sequence", "safety", "mirror_synchronized", "principal_connected", "mirror_connected"]
 
 
@@ -581,6 +583,8 @@ class StatementExecutor:
             rows, columns = status_rows(self.node), STATUS_COLUMNS
         elif stmt.view == "database_mirroring_events":
             rows, columns, in_order = self.node.events.rows(stmt.database), EVENT_COLUMNS, True  # oldest first
+        elif stmt.view == "dm_db_mirroring_auto_page_repair":
+            rows, columns, in_order = self.node.repairs.rows(stmt.database), REPAIR_COLUMNS, True  # oldest change first
         else:
             rows, columns = self.node.witness.rows(), WITNESS_COLUMNS
         if stmt.database is not None:

@@ -211,6 +211,11 @@ SCHEMAS: dict[str, dict[str, Checker]] = {
     # DBCC CHECKMIRROR (core.checkmirror): principal -> mirror, and the mirror's page digests back
     "checkmirror": {"rid": _int, "lsn": _int, "mb_per_s": _int},  # mb_per_s: the pace of the hash, 0 unlimited
     "checkmirror_result": {"rid": _int, "lsn": _int, "page_size": _int, "digests": _digests, "error": _str},
+    # automatic page repair (core.page_repair): mirror -> principal, the principal's images back, and the
+    # principal's DBCC CHECKMIRROR telling the mirror which pages differed
+    "page_request": {"rid": _int, "pages": _list},
+    "page_answer": {"rid": _int, "lsn": _int, "page_size": _int, "pages": _list, "error": _str},
+    "page_suspect": {"lsn": _int, "pages": _list},
     # witness link, partner <-> witness (replies are w_state, matched by rid)
     "w_hello": {"db": _db, "from_endpoint": _str, "role": _str, "epoch": _int, "partner": _str,
                 "synchronized": _bool, "safety": _safety, "timeout": _int},

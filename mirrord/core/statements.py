@@ -35,7 +35,8 @@ from mirrord.core.values import INT64_MAX, check_int64
 
 IDENTIFIER = DB_NAME  # the one rule for names (mirrord.core.names); endpoints and columns use it too
 PARTNER_ACTIONS = ("FAILOVER", "FORCE_SERVICE_ALLOW_DATA_LOSS", "OFF", "RESUME", "SUSPEND")
-SYSTEM_VIEWS = ("database_mirroring", "database_mirroring_witnesses", "database_mirroring_events")
+SYSTEM_VIEWS = ("database_mirroring", "database_mirroring_witnesses", "database_mirroring_events",
+                "dm_db_mirroring_auto_page_repair")
 MIN_TIMEOUT, MAX_TIMEOUT = 1, 3600
 _HOST = re.compile(r"[A-Za-z0-9._:-]+")
 # Column names that cannot be written bare in a select list.

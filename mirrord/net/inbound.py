@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from mirrord import checkmirror
+from mirrord import checkmirror, page_repair
 from mirrord.core import messages
 from mirrord.core.types import Endpoint, ProtocolError, Role, Safety
 from mirrord.monitor import monitor_of, note_connected, partner_report
@@ -117,6 +117,7 @@ async def serve_principal(node: "Node", host: "DatabaseHost", hello: dict, reade
     session.partner_listen = hello.get("listen") if isinstance(hello.get("listen"), str) else None
     host.partner_writer = writer
     host.note_state()
+    page_repair.send_requests(host)  # pages found damaged while the principal was away
     host.record_event("PARTNER_CONNECTED", f"the principal {hello['from_endpoint']} connected", lsn=mirror.hardened_lsn)
     log.info("principal_connected", database=host.name, role="MIRROR", role_sequence=session.config.epoch, lsn=mirror.hardened_lsn)
     try:
@@ -124,6 +125,7 @@ async def serve_principal(node: "Node", host: "DatabaseHost", hello: dict, reade
     finally:
         host.partner_writer = None
         checkmirror.cancel_answers(host)  # no answer can reach the principal: redo must not stay held
+        page_repair.link_lost(host)  # pages asked for are asked again on the next connection
         session.note_partner_lost()
         host.note_state()
         host.poke()  # a lost principal may mean automatic failover
@@ -237,6 +239,10 @@ async def _handle(host: "DatabaseHost", msg: dict, writer, records: list, seed: 
             host.logins.adopt_from_peer(msg["table"])
     elif kind == "checkmirror":
         checkmirror.start_answer(host, writer, msg)  # holds redo at its LSN now; hashes in a task of its own
+    elif kind == "page_answer":
+        page_repair.answered(host, msg)  # each image goes to redo, which writes it at its LSN
+    elif kind == "page_suspect":
+        page_repair.suspected(host, msg)
     elif kind == "partner_off":
         raise PartnerRemoved()
     elif kind == "failover":

@@ -32,7 +32,7 @@ from mirrord.core import messages
 from mirrord.core.quorum import lease_until
 from mirrord.core.timing import timing
 from mirrord.core.types import Endpoint, ProtocolError, Role
-from mirrord import checkmirror
+from mirrord import checkmirror, page_repair
 from mirrord.monitor import monitor_of, note_connected, partner_report
 from mirrord.net import framing
 from mirrord.net.reconnect import Link, LinkRefused, run_link
@@ -78,6 +78,7 @@ def _lost(host: "DatabaseHost") -> None:
     if host.failover_reply is not None and not host.failover_reply.done():
         host.failover_reply.set_exception(ConnectionError("the mirror connection closed during failover"))
     checkmirror.link_lost(host)
+    page_repair.cancel_answers(host)
     host.poke()  # exposed (after the witness heard), or out of quorum
     if was:
         host.note_state()
@@ -461,6 +462,8 @@ async def _read_acks(node: "Node", host: "DatabaseHost", reader, pings: dict[int
             raise ConnectionError("the mirror ended the session (SET PARTNER OFF)")
         elif msg["t"] == "checkmirror_result":
             checkmirror.answered(host, msg)
+        elif msg["t"] == "page_request":
+            page_repair.start_answer(host, host.partner_writer, msg)  # read in a task: acks go on meanwhile
         elif msg["t"] == "failover_done":
             if host.failover_reply is not None and not host.failover_reply.done():
                 host.failover_reply.set_result(msg["epoch"])

@@ -115,6 +115,46 @@ def log_view(path: Path, log: DurableLog, base: int, lsn: int, pacer: Pacer | No
     return page_size, db_size, {p: d for p, d in overrides.items() if p <= db_size}
 
 
+def page_images_at(path: Path, log: DurableLog, base: int, lsn: int, pages: list[int],
+                   batch_bytes: int = 8 << 20) -> tuple[int, list[tuple[int, bytes]]]:
+    """(page size, [(pgno, image)]) of some pages of the principal's database at lsn (automatic page repair).
+
+    The view log_view hashes: the file (durable up to `base`, held still) with
+    the log's last image of each page in (base, lsn] over it. Pages past the
+    database's size at lsn are left out.
+    """
+    wanted = set(pages)
+    latest: dict[int, bytes] = {}
+    first = base + 1
+    while first <= lsn:
+        records = [r for r in log.read_from(first, batch_bytes) if r.lsn <= lsn]
+        for record in records:
+            for pgno, image in record.pages:
+                if pgno in wanted:
+                    latest[pgno] = image
+        first = records[-1].lsn + 1
+    last = log.get(lsn) if lsn else None
+    if last is not None:
+        page_size, db_size = last.page_size, last.db_size
+    else:
+        page_size = _header_page_size(path)
+        if not page_size:
+            return 4096, []
+        db_size = path.stat().st_size // page_size
+    out = []
+    with open(path, "rb") as f:
+        for pgno in sorted(wanted):
+            if pgno > db_size:
+                continue
+            image = latest.get(pgno)
+            if image is None:
+                f.seek((pgno - 1) * page_size)
+                image = f.read(page_size)
+                image += bytes(page_size - len(image))  # past the file's end: a page the size grew by, zeros
+            out.append((pgno, image))
+    return page_size, out
+
+
 def principal_digests(path: Path, log: DurableLog, base: int, lsn: int, mb_per_s: int = 0) -> PageDigests:
     """The principal's database at lsn: its file (durable up to `base`, held still) plus the log's images past it."""
     pacer = Pacer(mb_per_s)

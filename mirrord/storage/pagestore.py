@@ -31,45 +31,185 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from mirrord.storage.fileutil import NO_SPACE, atomic_write_bytes, remove_sqlite_sidecars
+from mirrord.core.page_repair import CHECKSUM_BYTES, page_checksum
 from mirrord.storage.log import DurableLog, LogRecord
 
 
 class PageStore:
-    """The mirror's copy of the SQLite database file: page N at byte (N-1)*page_size."""
+    """The mirror's copy of the SQLite database file: page N at byte (N-1)*page_size.
 
-    def __init__(self, path: Path) -> None:
+    With `checksums` (a path beside the store), it also keeps a crc32 of every
+    page there, 4 bytes per page at (N-1)*4, written with the page whenever
+    redo writes it and synced with the store (automatic page repair: a page
+    whose bytes no longer match is damaged). A crash re-applies redo from the
+    persisted LSN, rewriting page and checksum alike, so the two agree again.
+    A map that is missing or of the wrong length is rebuilt from the store's
+    pages as they are (after a seed, and once after an upgrade).
+    """
+
+    def __init__(self, path: Path, checksums: Path | None = None) -> None:
         self.path = Path(path)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.lock = threading.Lock()  # a page and its checksum change together (redo, repair) or are read together (scrub)
+        self._sums_path = checksums
+        self._sums_fd = -1
+        self._sums_pages = 0  # checksums the map holds (the store's page count once redo set its size)
+        self._page_size: int | None = None
+        if checksums is not None:
+            self._open_checksums()
+
+    # ------------------------------------------------------------ checksums
+
+    def _open_checksums(self) -> None:
+        self._page_size = _header_page_size(self._fd)
+        self._sums_fd = os.open(self._sums_path, os.O_RDWR | os.O_CREAT, 0o644)
+        if self._page_size is None:
+            os.ftruncate(self._sums_fd, 0)
+            return
+        pages = os.fstat(self._fd).st_size // self._page_size
+        if os.fstat(self._sums_fd).st_size != pages * CHECKSUM_BYTES:
+            self.rebuild_checksums()
+        self._sums_pages = pages
+
+    def rebuild_checksums(self) -> None:
+        """Checksum every page of the store as it is now."""
+        size = self._page_size
+        out = bytearray()
+        with self.lock:
+            pages = os.fstat(self._fd).st_size // size
+            for first in range(0, pages, 256):
+                data = os.pread(self._fd, 256 * size, first * size)
+                for i in range(0, len(data), size):
+                    out += page_checksum(data[i:i + size]).to_bytes(CHECKSUM_BYTES, "little")
+            os.ftruncate(self._sums_fd, 0)
+            _pwrite_all(self._sums_fd, bytes(out), 0)
+            os.fsync(self._sums_fd)
+            self._sums_pages = pages
+
+    @property
+    def page_count(self) -> int:
+        """Pages in the store now (0 before its first page)."""
+        if not self._page_size:
+            return 0
+        return os.fstat(self._fd).st_size // self._page_size
+
+    @property
+    def page_size(self) -> int | None:
+        return self._page_size
+
+    def _note_written(self, pgno: int, image: bytes) -> None:
+        if self._sums_fd >= 0:
+            _pwrite_all(self._sums_fd, page_checksum(image).to_bytes(CHECKSUM_BYTES, "little"), (pgno - 1) * CHECKSUM_BYTES)
+
+    def _note_size(self, db_size: int, page_size: int) -> None:
+        if self._sums_fd < 0:
+            return
+        if self._page_size is None:
+            self._page_size = page_size
+        old = self._sums_pages
+        if db_size == old:
+            return
+        if db_size > old:  # pages the size grew by without a write hold zeros (as the store does)
+            zero = page_checksum(bytes(page_size)).to_bytes(CHECKSUM_BYTES, "little")
+            _pwrite_all(self._sums_fd, zero * (db_size - old), old * CHECKSUM_BYTES)
+        os.ftruncate(self._sums_fd, db_size * CHECKSUM_BYTES)
+        self._sums_pages = db_size
+
+    def damaged(self, first: int, count: int) -> tuple[list[int], int]:
+        """(pages of first..first+count-1 whose bytes do not match their checksum, pages read).
+
+        Reads under the lock: redo writes no page of the range meanwhile.
+        """
+        if self._sums_fd < 0 or not self._page_size:
+            return [], 0
+        size = self._page_size
+        with self.lock:
+            pages = os.fstat(self._fd).st_size // size
+            count = max(0, min(count, pages - first + 1))
+            if count == 0:
+                return [], 0
+            data = os.pread(self._fd, count * size, (first - 1) * size)
+            sums = os.pread(self._sums_fd, count * CHECKSUM_BYTES, (first - 1) * CHECKSUM_BYTES)
+        bad = []
+        for i in range(count):
+            image = data[i * size:(i + 1) * size]
+            kept = sums[i * CHECKSUM_BYTES:(i + 1) * CHECKSUM_BYTES]
+            if len(image) != size or len(kept) != CHECKSUM_BYTES or page_checksum(image) != int.from_bytes(kept, "little"):
+                bad.append(first + i)
+        return bad, count
+
+    def read_error(self, first: int, count: int) -> list[int]:
+        """Pages of the range a read fails on (an I/O error, 823): each page read alone."""
+        bad = []
+        for pgno in range(first, first + count):
+            try:
+                os.pread(self._fd, self._page_size, (pgno - 1) * self._page_size)
+            except OSError:
+                bad.append(pgno)
+        return bad
+
+    def repair(self, pgno: int, image: bytes) -> bool:
+        """Write a partner's image of a page (and its checksum), synced; False if the page is past the end."""
+        with self.lock:
+            if not self._page_size or len(image) != self._page_size or pgno > self.page_count:
+                return False
+            _pwrite_all(self._fd, image, (pgno - 1) * self._page_size)
+            self._note_written(pgno, image)
+        self.sync()
+        return True
+
+    # ------------------------------------------------------------ redo
 
     def apply(self, records: Sequence[LogRecord]) -> None:
         """Apply whole records in LSN order: write each page, then set the file to db_size pages."""
         for record in records:
-            self._apply_one(record)
+            with self.lock:
+                self._apply_one(record)
 
     def write_pages(self, pages: Sequence[tuple[int, bytes]], page_size: int) -> None:
         """Write page images (a rewind); the size is set apart, by truncate()."""
         for pgno, image in pages:
             _pwrite_all(self._fd, image, (pgno - 1) * page_size)
+            self._note_written(pgno, image)
 
     def truncate(self, db_size: int, page_size: int) -> None:
         """Make the file exactly db_size pages long."""
         os.ftruncate(self._fd, db_size * page_size)
+        self._note_size(db_size, page_size)
 
     def _apply_one(self, record: LogRecord) -> None:
         size = record.page_size
+        if self._sums_fd >= 0:
+            self._note_size(max(record.db_size, self._sums_pages), size)  # room for the checksums of new pages
         for pgno, image in record.pages:
             _pwrite_all(self._fd, image, (pgno - 1) * size)
+            self._note_written(pgno, image)
         os.ftruncate(self._fd, record.db_size * size)
+        self._note_size(record.db_size, size)
 
     def sync(self) -> None:
-        """Make applied pages durable."""
+        """Make applied pages (and their checksums) durable."""
         os.fsync(self._fd)
+        if self._sums_fd >= 0:
+            os.fsync(self._sums_fd)
 
     def close(self) -> None:
         """Close the file (does not sync)."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        if self._sums_fd >= 0:
+            os.close(self._sums_fd)
+            self._sums_fd = -1
+
+
+def _header_page_size(fd: int) -> int | None:
+    header = os.pread(fd, 18, 0)
+    if len(header) < 18:
+        return None
+    size = int.from_bytes(header[16:18], "big")
+    size = 65536 if size == 1 else size
+    return size if 512 <= size <= 65536 and size & (size - 1) == 0 else None
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
@@ -152,6 +292,10 @@ class RedoThread(threading.Thread):
         # DBCC CHECKMIRROR: apply nothing past the lowest of these LSNs (by token) while any is set
         self._holds: dict[int, int] = {}
         self._next_hold = 0
+        # automatic page repair: suspect pages -> the LSN of the last record redo wrote them with since they
+        # became suspect (0: none), and the partner's images waiting for redo to reach their LSN
+        self._suspect: dict[int, int] = {}
+        self._repairs: list[tuple[int, int, bytes, Callable[[int, str], None]]] = []
         self.error: BaseException | None = None
 
     @property
@@ -195,6 +339,47 @@ class RedoThread(threading.Thread):
             self._holds.pop(token, None)
             self._cond.notify_all()
 
+    def mark_suspect(self, pages: Sequence[int]) -> None:
+        """These pages are damaged: note from now on whether redo rewrites them (page repair)."""
+        with self._cond:
+            for pgno in pages:
+                self._suspect.setdefault(pgno, 0)
+
+    def forget_suspect(self, pages: Sequence[int]) -> None:
+        """No repair of these pages is coming (the request failed): stop tracking them."""
+        with self._cond:
+            for pgno in pages:
+                self._suspect.pop(pgno, None)
+
+    def repair(self, lsn: int, pgno: int, image: bytes, done: Callable[[int, str], None]) -> None:
+        """Write the partner's image of pgno as of lsn once redo has reached lsn; done(pgno, outcome) from this thread.
+
+        outcome: "repaired" (written), "rewritten" (a record past lsn rewrote
+        the page whole: the older image must not go over it), "gone" (the
+        database no longer has the page).
+        """
+        with self._cond:
+            self._repairs.append((lsn, pgno, image, done))
+            self._cond.notify_all()
+
+    def _due_repairs(self) -> list:
+        """The repairs whose LSN redo has reached (called with _cond held); removed from the queue."""
+        due = [r for r in self._repairs if r[0] <= self._applied]
+        if due:
+            self._repairs = [r for r in self._repairs if r[0] > self._applied]
+        return due
+
+    def _do_repairs(self, due: list) -> None:
+        for lsn, pgno, image, done in due:
+            with self._cond:
+                rewritten = self._suspect.get(pgno, 0) > lsn
+                self._suspect.pop(pgno, None)
+            if rewritten:
+                outcome = "rewritten"
+            else:
+                outcome = "repaired" if self._store.repair(pgno, image) else "gone"
+            done(pgno, outcome)
+
     def _redo_limit(self) -> int:
         """How far redo may go now: the hardened log, or the lowest hold (called with _cond held)."""
         return min(self._hardened, *self._holds.values()) if self._holds else self._hardened
@@ -212,6 +397,10 @@ class RedoThread(threading.Thread):
                 try:
                     if work == "redo":
                         self._apply_batch()
+                    with self._cond:
+                        due = self._due_repairs()
+                    if due:
+                        self._do_repairs(due)
                     if self._applied > self._persisted and (work == "persist" or time.monotonic() >= self._persist_due):
                         self._persist()
                 except OSError as exc:
@@ -235,11 +424,13 @@ class RedoThread(threading.Thread):
                 self._cond.notify_all()
 
     def _wait_for_work(self) -> str:
-        """"redo" when hardened log waits, "persist" when the applied LSN is due to be made durable, or "stop"."""
+        """"repair" when a partner's page image is due, "redo" when hardened log waits, "persist" when the applied LSN is due to be made durable, or "stop"."""
         with self._cond:
             while True:
                 if self._stopping:
                     return "stop"
+                if any(r[0] <= self._applied for r in self._repairs):
+                    return "repair"
                 if self._redo_limit() > self._applied:
                     return "redo"
                 timeout = None
@@ -258,6 +449,13 @@ class RedoThread(threading.Thread):
             raise RuntimeError(f"redo: hardened log up to {upto} but no record at {start}")
         self._store.apply(records)
         lsn = records[-1].lsn
+        with self._cond:
+            if self._suspect:
+                for record in records:
+                    touched = {pgno for pgno, _ in record.pages}
+                    for pgno in self._suspect:
+                        if pgno in touched or pgno > record.db_size:
+                            self._suspect[pgno] = record.lsn
         if self._applied == self._persisted:
             self._persist_due = time.monotonic() + self._persist_interval
         with self._cond:

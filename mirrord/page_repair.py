@@ -1,0 +1,246 @@
+"""Automatic page repair on a node: the mirror finds, asks for and writes back damaged pages (see core.page_repair).
+
+The mirror's side: pages come in as suspect from the scrubber (run_scrubber,
+`--page-scrub-rate-mb`) or from the principal's DBCC CHECKMIRROR
+(`page_suspect`); they are asked for on the link from the principal
+(`page_request`), and the answer (`page_answer`) goes to the redo thread,
+which writes each image once redo has reached its LSN. The principal's side
+answers requests from its database at the end of its log (PrincipalDatabase.page_images).
+Like mirrord/checkmirror.py this module imports nothing of the node's, so the links can import it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from typing import TYPE_CHECKING, Callable, Iterable
+
+import structlog
+
+from mirrord.core import page_repair as pr
+from mirrord.core.events import utc_text
+from mirrord.core.types import ProtocolError
+from mirrord.net import framing
+
+if TYPE_CHECKING:
+    from mirrord.host import DatabaseHost
+
+log = structlog.get_logger()
+
+_rids = itertools.count(1)
+
+SCRUB_PAGES = 64  # pages the scrubber reads at a time (redo waits at most for one such read)
+SCRUB_PAUSE = 1.0  # seconds between passes over a small store, so that it does not spin
+MAX_SUSPECT_LISTED = 4096  # pages one page_suspect may name
+
+
+def _note(host: "DatabaseHost", page: int, error_type: int, status: int) -> None:
+    if host.repair_history is not None:
+        host.repair_history.note(host.name, page, error_type, status, utc_text(time.time()))
+
+
+# ------------------------------------------------------------------ the mirror's side
+
+
+def found(host: "DatabaseHost", pages: Iterable[int], error_type: int, why: str) -> list[int]:
+    """Damaged pages of the mirror's copy: mark them suspect and ask the principal for them; the pages newly taken up."""
+    mirror = host.mirror
+    new = sorted({p for p in pages if p not in host.repair_pages})
+    if mirror is None or not new:
+        return []
+    try:
+        mirror.mark_suspect(new)
+    except RuntimeError as exc:
+        log.warning("page_repair_not_started", database=host.name, pages=new[:20], reason=str(exc))
+        return []
+    for page in new:
+        host.repair_pages[page] = error_type
+        _note(host, page, error_type, pr.QUEUED_FOR_REQUEST)
+    log.error("page_damaged", database=host.name, pages=new[:20], count=len(new), error_type=error_type, reason=why)
+    host.record_event("PAGE_REPAIR", f"{len(new)} damaged page(s) of the mirror's copy ({why}): "
+                      f"{', '.join(map(str, new[:20]))}{' …' if len(new) > 20 else ''}; asking the principal",
+                      lsn=mirror.redo_lsn)
+    send_requests(host)
+    return new
+
+
+def send_requests(host: "DatabaseHost") -> None:
+    """Ask the principal for every suspect page not yet asked for (when the link is up; else at the next connect)."""
+    writer, mirror = host.partner_writer, host.mirror
+    if writer is None or writer.is_closing() or mirror is None or host.mirror_redo() is None:
+        return
+    asked = {p for pages, _, _ in host.repair_asked.values() for p in pages}
+    waiting = sorted(p for p in host.repair_pages if p not in asked)
+    for start in range(0, len(waiting), pr.MAX_REQUEST_PAGES):
+        chunk = waiting[start:start + pr.MAX_REQUEST_PAGES]
+        rid = next(_rids)
+        # the answer must be at an LSN redo had not passed by now (core.page_repair.answer_refusal)
+        host.repair_asked[rid] = (frozenset(chunk), mirror.redo_lsn, host.mirror_redo())
+        framing.write_message(writer, {"t": "page_request", "rid": rid, "pages": chunk})
+        for page in chunk:
+            _note(host, page, host.repair_pages[page], pr.QUEUED_FOR_DELIVERY)
+
+
+def link_lost(host: "DatabaseHost") -> None:
+    """The principal's connection closed: what was asked on it is asked again on the next one."""
+    host.repair_asked.clear()
+    for page, error_type in host.repair_pages.items():
+        if host.repair_history is None or host.repair_history.status(host.name, page) == pr.QUEUED_FOR_DELIVERY:
+            _note(host, page, error_type, pr.QUEUED_FOR_REQUEST)
+
+
+def answered(host: "DatabaseHost", msg: dict) -> None:
+    """The principal's page_answer (on the mirror's link task): each image goes to redo, written at its LSN."""
+    entry = host.repair_asked.pop(msg["rid"], None)
+    if entry is None:
+        raise ProtocolError(f"page_answer {msg['rid']} answers no page_request of this connection")
+    pages, redo_at, redo = entry
+    mirror = host.mirror
+    if msg["error"]:
+        _give_up(host, pages, f"the principal could not read them: {msg['error'][:300]}")
+        return
+    why = pr.answer_refusal(msg, pages, redo_at, mirror.page_size() if mirror is not None else None)
+    if why is not None:
+        raise ProtocolError(f"page_answer: {why}")
+    if mirror is None or host.mirror_redo() is not redo:
+        _give_up(host, pages, "this copy was replaced (seeded) meanwhile")
+        return
+    lsn, loop = msg["lsn"], asyncio.get_running_loop()
+    images = {pgno: image for pgno, image in msg["pages"]}
+
+    def done(pgno: int, outcome: str) -> None:  # on the redo thread
+        loop.call_soon_threadsafe(_repaired, host, pgno, outcome, lsn)
+
+    for page in sorted(pages):
+        _note(host, page, host.repair_pages.get(page, pr.ERROR_CHECKSUM), pr.QUEUED_FOR_REPAIR)
+        redo.repair(lsn, page, images.get(page), done)  # None: the database no longer had the page at lsn
+
+
+def _give_up(host: "DatabaseHost", pages: Iterable[int], why: str) -> None:
+    pages = sorted(pages)
+    redo = host.mirror_redo()
+    if redo is not None:
+        redo.forget_suspect(pages)
+    for page in pages:
+        _note(host, page, host.repair_pages.pop(page, pr.ERROR_CHECKSUM), pr.IRREPARABLE)
+    log.error("page_irreparable", database=host.name, pages=pages[:20], reason=why)
+    host.record_event("PAGE_REPAIR", f"page(s) {', '.join(map(str, pages[:20]))} NOT repaired: {why}")
+
+
+def _repaired(host: "DatabaseHost", pgno: int, outcome: str, lsn: int) -> None:
+    error_type = host.repair_pages.pop(pgno, pr.ERROR_CHECKSUM)
+    _note(host, pgno, error_type, pr.REPAIRED)
+    detail = {
+        "repaired": f"page {pgno} repaired with the principal's image as of LSN {lsn}",
+        "rewritten": f"page {pgno} repaired by redo itself (a record past LSN {lsn} rewrote it whole)",
+        "gone": f"page {pgno} repaired: the database no longer has it (cut off at or before LSN {lsn})",
+    }[outcome]
+    log.info("page_repaired", database=host.name, page=pgno, lsn=lsn, outcome=outcome)
+    host.record_event("PAGE_REPAIR", detail, lsn=lsn)
+    if host.repaired_pages is not None:
+        host.repaired_pages(host.name)
+
+
+def suspected(host: "DatabaseHost", msg: dict) -> None:
+    """The principal's DBCC CHECKMIRROR found pages differing: those not matching their checksum here are repaired.
+
+    A differing page that matches this store's checksum is what redo wrote
+    from the principal's log: it is the principal's copy that differs from its
+    own log (the principal's side of page repair is not built: only logged).
+    """
+    pages = msg["pages"]
+    if not isinstance(pages, list) or len(pages) > MAX_SUSPECT_LISTED or any(
+            type(p) is not int or not 1 <= p <= 0xFFFFFFFF for p in pages):
+        raise ProtocolError(f"page_suspect: pages must be at most {MAX_SUSPECT_LISTED} page numbers")
+    if host.mirror is None:
+        return
+    asyncio.ensure_future(_check_suspected(host, sorted(set(pages)), msg["lsn"]))
+
+
+async def _check_suspected(host: "DatabaseHost", pages: list[int], lsn: int) -> None:
+    mirror = host.mirror
+    damaged: dict[int, int] = {}
+    for page in pages:
+        bad, _, error_type = await asyncio.to_thread(mirror.damaged_pages, page, 1)
+        for p in bad:
+            damaged[p] = error_type
+    for error_type in set(damaged.values()):
+        found(host, [p for p, e in damaged.items() if e == error_type], error_type,
+              f"DBCC CHECKMIRROR at LSN {lsn} found it differing, and it does not match its checksum")
+    whole = [p for p in pages if p not in damaged and p <= mirror.page_count]
+    if whole:
+        log.error("page_differs_on_principal", database=host.name, lsn=lsn, pages=whole[:20],
+                  reason="the mirror's page matches the checksum redo wrote: the principal's copy may be damaged")
+        host.record_event("PAGE_REPAIR", f"DBCC CHECKMIRROR at LSN {lsn}: page(s) {', '.join(map(str, whole[:20]))} "
+                          "match this mirror's checksums: the principal's copy may be damaged (not repaired here)", lsn=lsn)
+
+
+async def run_scrubber(hosts: Callable[[], Iterable["DatabaseHost"]], mb_per_s: int) -> None:
+    """Read every page of every mirror copy against its checksum, at most mb_per_s MB/s in all, until cancelled."""
+    rate = mb_per_s * 1e6
+    while True:
+        read = False
+        for host in list(hosts()):
+            mirror = host.mirror
+            if mirror is None or mirror.page_count == 0:
+                continue
+            first = host.scrub_next
+            bad, count, error_type = await asyncio.to_thread(mirror.damaged_pages, first, SCRUB_PAGES)
+            if count == 0:  # a pass ended
+                host.scrub_next, host.scrub_passes = 1, host.scrub_passes + 1
+                continue
+            host.scrub_next = first + count
+            if bad and host.mirror is mirror:
+                found(host, bad, error_type, "the scrubber read it and it does not match its checksum"
+                      if error_type == pr.ERROR_CHECKSUM else "the scrubber could not read it")
+            read = True
+            await asyncio.sleep(count * (mirror.page_size() or 4096) / rate)
+        if not read:
+            await asyncio.sleep(SCRUB_PAUSE)
+
+
+# ------------------------------------------------------------------ the principal's side
+
+
+def start_answer(host: "DatabaseHost", writer, msg: dict) -> None:
+    """A page_request from the mirror (on the principal's link task): read the pages in a task of its own."""
+    task = asyncio.ensure_future(_answer(host, writer, msg))
+    host.repair_tasks.add(task)
+    task.add_done_callback(host.repair_tasks.discard)
+
+
+async def _answer(host: "DatabaseHost", writer, msg: dict) -> None:
+    lsn, page_size, pages, error = 0, 512, [], ""
+    why = pr.request_refusal(msg["pages"], 0xFFFFFFFF)
+    if why is not None:
+        error = why
+    elif host.principal is None:
+        error = "this node does not serve the database"
+    else:
+        try:
+            lsn, page_size, images = await host.principal.page_images(list(msg["pages"]))
+            pages = [[pgno, image] for pgno, image in images]
+        except Exception as exc:  # noqa: BLE001 - any failure is the answer, and the link goes on
+            error = str(exc) or type(exc).__name__
+            log.warning("page_request_not_answered", database=host.name, pages=msg["pages"][:20], error=repr(exc))
+    if writer.is_closing():
+        return  # the mirror asks again on the next connection
+    framing.write_message(writer, {"t": "page_answer", "rid": msg["rid"], "lsn": lsn, "page_size": page_size,
+                                   "pages": pages, "error": error[:1000]})
+    if not error:
+        log.info("page_request_answered", database=host.name, lsn=lsn, pages=[p for p, _ in pages][:20])
+
+
+def tell_differing(host: "DatabaseHost", lsn: int, pages: Iterable[int]) -> None:
+    """DBCC CHECKMIRROR found pages differing: tell the mirror, which repairs those damaged on its side."""
+    writer = host.partner_writer
+    pages = list(pages)[:MAX_SUSPECT_LISTED]
+    if pages and writer is not None and not writer.is_closing():
+        framing.write_message(writer, {"t": "page_suspect", "lsn": lsn, "pages": pages})
+
+
+def cancel_answers(host: "DatabaseHost") -> None:
+    """The mirror's connection closed: its requests are asked again on the next one."""
+    for task in list(host.repair_tasks):
+        task.cancel()
