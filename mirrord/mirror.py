@@ -96,6 +96,7 @@ class MirrorDatabase:
         self._page_size = self.page_size()
         remove_sqlite_sidecars(self.path)
         self._store = PageStore(self.path, self.checksums_path)
+        self._page_size = self._store.page_size or self._page_size  # the checksum map's: page 1 may be damaged
         self._redo = RedoThread(
             self.log,
             self._store,
@@ -283,6 +284,11 @@ class MirrorDatabase:
             return bad, read, ERROR_CHECKSUM
         except OSError:
             return store.read_error(first, count), count, ERROR_IO
+
+    @property
+    def store_page_size(self) -> int | None:
+        """This copy's page size as the page store knows it (its checksum map's; the header's of a damaged page 1 may lie)."""
+        return self._page_size or self.page_size()
 
     @property
     def redo_thread(self) -> RedoThread | None:

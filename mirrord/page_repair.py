@@ -100,7 +100,7 @@ def answered(host: "DatabaseHost", msg: dict) -> None:
     if msg["error"]:
         _give_up(host, pages, f"the principal could not read them: {msg['error'][:300]}")
         return
-    why = pr.answer_refusal(msg, pages, redo_at, mirror.page_size() if mirror is not None else None)
+    why = pr.answer_refusal(msg, pages, redo_at, mirror.store_page_size if mirror is not None else None)
     if why is not None:
         raise ProtocolError(f"page_answer: {why}")
     if mirror is None or host.mirror_redo() is not redo:
@@ -195,7 +195,7 @@ async def run_scrubber(hosts: Callable[[], Iterable["DatabaseHost"]], mb_per_s: 
                 found(host, bad, error_type, "the scrubber read it and it does not match its checksum"
                       if error_type == pr.ERROR_CHECKSUM else "the scrubber could not read it")
             read = True
-            await asyncio.sleep(count * (mirror.page_size() or 4096) / rate)
+            await asyncio.sleep(count * (mirror.store_page_size or 4096) / rate)
         if not read:
             await asyncio.sleep(SCRUB_PAUSE)
 

@@ -25,6 +25,7 @@ a promotion opens the copy only after that.
 from __future__ import annotations
 
 import os
+import struct
 import threading
 import time
 from pathlib import Path
@@ -39,7 +40,8 @@ class PageStore:
     """The mirror's copy of the SQLite database file: page N at byte (N-1)*page_size.
 
     With `checksums` (a path beside the store), it also keeps a crc32 of every
-    page there, 4 bytes per page at (N-1)*4, written with the page whenever
+    page there (after a header naming the page size, which a damaged page 1
+    cannot then hide), written with the page whenever
     redo writes it and synced with the store (automatic page repair: a page
     whose bytes no longer match is damaged). A crash re-applies redo from the
     persisted LSN, rewriting page and checksum alike, so the two agree again.
@@ -61,20 +63,23 @@ class PageStore:
     # ------------------------------------------------------------ checksums
 
     def _open_checksums(self) -> None:
-        self._page_size = _header_page_size(self._fd)
         self._sums_fd = os.open(self._sums_path, os.O_RDWR | os.O_CREAT, 0o644)
+        header = os.pread(self._sums_fd, SUMS_HEADER.size, 0)
+        # the map names the page size itself: a damaged page 1 must not make the store's header the judge
+        kept = _checked_page_size(SUMS_HEADER.unpack(header)[1]) if len(header) == SUMS_HEADER.size and header[:4] == SUMS_MAGIC else None
+        self._page_size = kept or _header_page_size(self._fd)
         if self._page_size is None:
-            os.ftruncate(self._sums_fd, 0)
+            os.ftruncate(self._sums_fd, 0)  # not seeded yet: redo's first record names the page size
             return
         pages = os.fstat(self._fd).st_size // self._page_size
-        if os.fstat(self._sums_fd).st_size != pages * CHECKSUM_BYTES:
+        if kept is None or os.fstat(self._sums_fd).st_size != _sum_offset(pages + 1):
             self.rebuild_checksums()
         self._sums_pages = pages
 
     def rebuild_checksums(self) -> None:
         """Checksum every page of the store as it is now."""
         size = self._page_size
-        out = bytearray()
+        out = bytearray(SUMS_HEADER.pack(SUMS_MAGIC, size))
         with self.lock:
             pages = os.fstat(self._fd).st_size // size
             for first in range(0, pages, 256):
@@ -99,20 +104,21 @@ class PageStore:
 
     def _note_written(self, pgno: int, image: bytes) -> None:
         if self._sums_fd >= 0:
-            _pwrite_all(self._sums_fd, page_checksum(image).to_bytes(CHECKSUM_BYTES, "little"), (pgno - 1) * CHECKSUM_BYTES)
+            _pwrite_all(self._sums_fd, page_checksum(image).to_bytes(CHECKSUM_BYTES, "little"), _sum_offset(pgno))
 
     def _note_size(self, db_size: int, page_size: int) -> None:
         if self._sums_fd < 0:
             return
-        if self._page_size is None:
+        if self._page_size is None:  # the first record of a store that had no header
             self._page_size = page_size
+            _pwrite_all(self._sums_fd, SUMS_HEADER.pack(SUMS_MAGIC, page_size), 0)
         old = self._sums_pages
         if db_size == old:
             return
         if db_size > old:  # pages the size grew by without a write hold zeros (as the store does)
             zero = page_checksum(bytes(page_size)).to_bytes(CHECKSUM_BYTES, "little")
-            _pwrite_all(self._sums_fd, zero * (db_size - old), old * CHECKSUM_BYTES)
-        os.ftruncate(self._sums_fd, db_size * CHECKSUM_BYTES)
+            _pwrite_all(self._sums_fd, zero * (db_size - old), _sum_offset(old + 1))
+        os.ftruncate(self._sums_fd, _sum_offset(db_size + 1))
         self._sums_pages = db_size
 
     def damaged(self, first: int, count: int) -> tuple[list[int], int]:
@@ -129,7 +135,7 @@ class PageStore:
             if count == 0:
                 return [], 0
             data = os.pread(self._fd, count * size, (first - 1) * size)
-            sums = os.pread(self._sums_fd, count * CHECKSUM_BYTES, (first - 1) * CHECKSUM_BYTES)
+            sums = os.pread(self._sums_fd, count * CHECKSUM_BYTES, _sum_offset(first))
         bad = []
         for i in range(count):
             image = data[i * size:(i + 1) * size]
@@ -203,13 +209,24 @@ class PageStore:
             self._sums_fd = -1
 
 
+SUMS_MAGIC = b"MPC1"
+SUMS_HEADER = struct.Struct(">4sI")  # magic, page size; then 4 bytes (crc32, little-endian) per page
+
+
+def _sum_offset(pgno: int) -> int:
+    return SUMS_HEADER.size + (pgno - 1) * CHECKSUM_BYTES
+
+
+def _checked_page_size(size: int) -> int | None:
+    return size if 512 <= size <= 65536 and size & (size - 1) == 0 else None
+
+
 def _header_page_size(fd: int) -> int | None:
     header = os.pread(fd, 18, 0)
     if len(header) < 18:
         return None
     size = int.from_bytes(header[16:18], "big")
-    size = 65536 if size == 1 else size
-    return size if 512 <= size <= 65536 and size & (size - 1) == 0 else None
+    return _checked_page_size(65536 if size == 1 else size)
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
@@ -295,7 +312,7 @@ class RedoThread(threading.Thread):
         # automatic page repair: suspect pages -> the LSN of the last record redo wrote them with since they
         # became suspect (0: none), and the partner's images waiting for redo to reach their LSN
         self._suspect: dict[int, int] = {}
-        self._repairs: list[tuple[int, int, bytes, Callable[[int, str], None]]] = []
+        self._repairs: list[tuple[int, int, bytes | None, Callable[[int, str], None]]] = []
         self.error: BaseException | None = None
 
     @property
@@ -351,12 +368,12 @@ class RedoThread(threading.Thread):
             for pgno in pages:
                 self._suspect.pop(pgno, None)
 
-    def repair(self, lsn: int, pgno: int, image: bytes, done: Callable[[int, str], None]) -> None:
+    def repair(self, lsn: int, pgno: int, image: bytes | None, done: Callable[[int, str], None]) -> None:
         """Write the partner's image of pgno as of lsn once redo has reached lsn; done(pgno, outcome) from this thread.
 
         outcome: "repaired" (written), "rewritten" (a record past lsn rewrote
         the page whole: the older image must not go over it), "gone" (the
-        database no longer has the page).
+        database no longer has the page; image None: the partner's had no such page at lsn).
         """
         with self._cond:
             self._repairs.append((lsn, pgno, image, done))
@@ -376,6 +393,8 @@ class RedoThread(threading.Thread):
                 self._suspect.pop(pgno, None)
             if rewritten:
                 outcome = "rewritten"
+            elif image is None:  # the partner's database had no such page at lsn: redo has cut it off since
+                outcome = "gone"
             else:
                 outcome = "repaired" if self._store.repair(pgno, image) else "gone"
             done(pgno, outcome)

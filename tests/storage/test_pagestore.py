@@ -179,3 +179,116 @@ def test_stop_without_work(parts):
     redo.stop()
     redo.join(10)
     assert not redo.is_alive()
+
+
+# ---------------------------------------------------------------- page checksums and repair (automatic page repair)
+
+from mirrord.core.page_repair import page_checksum  # noqa: E402
+
+
+def header_page(tag: int) -> bytes:
+    """Page 1 with a SQLite header naming page size PS (the store reads its page size there)."""
+    return b"SQLite format 3\x00" + PS.to_bytes(2, "big") + bytes([tag % 256]) * (PS - 18)
+
+
+def with_header(records: list[LogRecord]) -> list[LogRecord]:
+    return [LogRecord(r.lsn, r.epoch, r.db_size, r.page_size,
+                      tuple((p, header_page(r.lsn) if p == 1 else img) for p, img in r.pages)) for r in records]
+
+
+HISTORY_H = with_header(HISTORY)
+
+
+def checksums_of(data: bytes) -> bytes:
+    return b"MPC1" + PS.to_bytes(4, "big") + b"".join(page_checksum(data[i:i + PS]).to_bytes(4, "little") for i in range(0, len(data), PS))
+
+
+def test_the_store_keeps_a_checksum_of_every_page_redo_writes(tmp_path):
+    store = PageStore(tmp_path / "db", tmp_path / "sums")
+    store.apply(HISTORY_H)  # grows, cuts, regrows a page without writing it
+    store.sync()
+    assert store.damaged(1, 100) == ([], 4)
+    store.close()
+    data = (tmp_path / "db").read_bytes()
+    assert data == expected_image(HISTORY_H)
+    assert (tmp_path / "sums").read_bytes() == checksums_of(data)
+
+
+def test_a_damaged_page_is_found_and_a_repair_writes_page_and_checksum(tmp_path):
+    store = PageStore(tmp_path / "db", tmp_path / "sums")
+    store.apply(HISTORY_H)
+    good = (tmp_path / "db").read_bytes()[PS:2 * PS]
+    with open(tmp_path / "db", "r+b") as f:  # what dd does
+        f.seek(PS)
+        f.write(b"\xff" * 100)
+    assert store.damaged(1, 100) == ([2], 4)
+    assert store.damaged(3, 100) == ([], 2) and store.damaged(5, 10) == ([], 0)
+    assert store.repair(2, good) and store.damaged(1, 100) == ([], 4)
+    assert not store.repair(9, good)  # past the end: nothing written
+    assert (tmp_path / "db").stat().st_size == 4 * PS
+    store.close()
+
+
+def test_a_missing_or_short_checksum_map_is_rebuilt_from_the_store(tmp_path):
+    store = PageStore(tmp_path / "db", tmp_path / "sums")
+    store.apply(HISTORY_H)
+    store.close()
+    (tmp_path / "sums").write_bytes(b"\x00" * 5)
+    store = PageStore(tmp_path / "db", tmp_path / "sums")
+    assert store.damaged(1, 100) == ([], 4)
+    store.close()
+    assert (tmp_path / "sums").read_bytes() == checksums_of((tmp_path / "db").read_bytes())
+
+
+def repaired_by(redo: RedoThread, lsn: int, pgno: int, image: bytes | None) -> str:
+    outcome = []
+    done = threading.Event()
+    redo.repair(lsn, pgno, image, lambda p, o: (outcome.append((p, o)), done.set()))
+    assert done.wait(10)
+    assert outcome[0][0] == pgno
+    return outcome[0][1]
+
+
+def test_redo_writes_a_repair_at_its_lsn_unless_a_later_record_rewrote_the_page(tmp_path):
+    log = DurableLog(tmp_path / "log")
+    store = PageStore(tmp_path / "db", tmp_path / "sums")
+    records = with_header([txn(1, 3, [1, 2, 3]), txn(2, 3, [2]), txn(3, 3, [3]), txn(4, 3, [2])])
+    log.append(records[:2])
+    redo = start_redo(tmp_path, log, store)
+    try:
+        redo.notify(2)
+        assert redo.wait_for(2, 10)
+        with open(tmp_path / "db", "r+b") as f:  # pages 2 and 3 damaged
+            f.seek(PS)
+            f.write(b"\xee" * 2 * PS)
+        assert store.damaged(1, 10)[0] == [2, 3]
+        redo.mark_suspect([2, 3])
+        # the principal's images are as of LSN 3: redo must reach it before they are written
+        done: list = []
+        redo.repair(3, 3, records[2].pages[0][1], lambda p, o: done.append((p, o)))
+        assert not done and store.damaged(1, 10)[0] == [2, 3]  # not yet: redo is at 2
+        log.append(records[2:])
+        redo.notify(4)  # LSN 4 rewrites page 2 whole: a repair of it as of LSN 3 must not go over that
+        wait_for(lambda: done, 10, "the repair of page 3 at LSN 3")
+        assert done == [(3, "repaired")]
+        assert repaired_by(redo, 3, 2, page(32)) == "rewritten"
+        assert redo.redo_lsn == 4 and store.damaged(1, 10) == ([], 3)
+        assert (tmp_path / "db").read_bytes() == expected_image(records)
+        assert repaired_by(redo, 4, 9, None) == "gone"  # the database had no page 9 at LSN 4
+    finally:
+        redo.stop()
+        redo.join()
+        store.close()
+        log.close()
+
+
+def test_a_damaged_first_page_is_found_after_a_restart_the_map_names_the_page_size(tmp_path):
+    store = PageStore(tmp_path / "db", tmp_path / "sums")
+    store.apply(HISTORY_H)
+    store.sync()
+    store.close()
+    with open(tmp_path / "db", "r+b") as f:  # the SQLite header's page size is garbage now
+        f.write(b"\xff" * PS)
+    store = PageStore(tmp_path / "db", tmp_path / "sums")
+    assert store.page_size == PS and store.damaged(1, 100) == ([1], 4)
+    store.close()
