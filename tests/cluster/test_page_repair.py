@@ -1,0 +1,113 @@
+"""Automatic page repair with real processes: pages of the mirror's page store overwritten with dd are found
+(by the scrubber, or by DBCC CHECKMIRROR), fetched from the principal, written back and counted; nothing acknowledged is lost."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from mirrord.localcluster import wait_for
+
+from .helpers import Writer, create_table, db_file, ids_on, wait_synchronized
+
+DB = "shop"
+REPAIRED = 5
+
+
+def fill(node, rows: int = 400) -> None:
+    """A table and an index on it, many pages of each."""
+    create_table(node, DB)
+    node.query("CREATE INDEX t_v ON t(v)", db=DB)
+    for i in range(rows):
+        node.query("INSERT INTO t(id, v) VALUES (?, ?)", db=DB, params=[i, f"{i:05d}" * 40])
+
+
+def page_kinds(store: Path) -> dict[int, list[int]]:
+    """Page numbers by b-tree page type (13 table leaf, 10 index leaf, ...), read from the file itself."""
+    data = store.read_bytes()
+    size = int.from_bytes(data[16:18], "big")
+    kinds: dict[int, list[int]] = {}
+    for pgno in range(2, len(data) // size + 1):
+        kinds.setdefault(data[(pgno - 1) * size], []).append(pgno)
+    return kinds
+
+
+def overwrite(store: Path, pages: list[int]) -> None:
+    size = int.from_bytes(store.read_bytes()[16:18], "big")
+    for pgno in pages:
+        subprocess.run(["dd", "if=/dev/urandom", f"of={store}", f"bs={size}", f"seek={pgno - 1}", "count=1",
+                        "conv=notrunc,fsync", "status=none"], check=True)
+
+
+def repairs(node) -> dict[int, dict]:
+    rows = node.query(f"SELECT * FROM sys.dm_db_mirroring_auto_page_repair WHERE database = '{DB}'").as_dicts()
+    return {r["page_id"]: r for r in rows}
+
+
+def checkmirror(node) -> dict:
+    return node.query(f"DBCC CHECKMIRROR('{DB}')", timeout=120).as_dicts()[0]
+
+
+def victims(store: Path) -> list[int]:
+    """The first table leaf and the first index leaf past page 2: far from where new rows go (the right edge)."""
+    kinds = page_kinds(store)
+    assert len(kinds.get(13, [])) >= 6 and len(kinds.get(10, [])) >= 6, kinds
+    return [kinds[13][0], kinds[10][0]]
+
+
+def test_the_scrubber_finds_pages_overwritten_while_the_mirror_was_down_and_they_are_repaired_under_load(cluster):
+    a, b = cluster["a"], cluster["b"]
+    b.extra_args = ["--page-scrub-rate-mb", "20"]
+    b.restart()
+    cluster.setup_session(DB, principal="a", mirror="b")  # no witness: the principal goes on while b is down
+    fill(a)
+    wait_synchronized(cluster, DB, "a", "b")
+    writer = Writer(a, DB, start=100_000)
+    writer.start()
+    try:
+        wait_for(lambda: writer.acked_count_reaches(50), 30, "50 acknowledged writes")
+        b.terminate()  # redo persists its LSN as it stops: the restart does not redo over the damage
+        store = db_file(b, DB)
+        data_page, index_page = victims(store)
+        overwrite(store, [1, data_page, index_page])  # the first page (its header too), a data page, an index page
+        b.start()
+        wait_for(lambda: all(repairs(b).get(p, {}).get("page_status") == REPAIRED for p in (data_page, index_page)),
+                 60, "the data and index pages repaired")
+        acked = len(writer.acked)
+        wait_for(lambda: len(writer.acked) > acked + 50, 30, "writes go on")
+    finally:
+        writer.stop()
+    wait_synchronized(cluster, DB, "a", "b")
+    rows = repairs(b)
+    assert set(rows) <= {1, data_page, index_page}, rows  # page 1: found and repaired, unless redo rewrote it first
+    assert all(r["error_type"] == 2 and r["page_status"] == REPAIRED and r["modification_time"].endswith("Z")
+               for r in rows.values()), rows
+    assert repairs(a) == {}  # the principal's copy had nothing to repair
+    events = b.query(f"SELECT * FROM sys.database_mirroring_events WHERE database = '{DB}'").as_dicts()
+    repaired = [e for e in events if e["event"] == "PAGE_REPAIR" and "repaired" in e["detail"]]
+    assert {int(e["detail"].split()[1]) for e in repaired} >= {data_page, index_page}, events
+    row = checkmirror(a)
+    assert row["result"] == "IDENTICAL", row
+    assert set(writer.acked) <= ids_on(a, DB)
+
+
+def test_pages_dbcc_checkmirror_finds_differing_are_repaired_on_the_mirror(cluster):
+    a, b = cluster["a"], cluster["b"]
+    cluster.setup_session(DB, principal="a", mirror="b")  # the scrubber is off (the default)
+    fill(a)
+    wait_synchronized(cluster, DB, "a", "b")
+    b.terminate()
+    store = db_file(b, DB)
+    data_page, index_page = victims(store)
+    overwrite(store, [data_page, index_page])
+    b.start()
+    wait_synchronized(cluster, DB, "a", "b")
+    row = checkmirror(a)
+    assert row["result"] == "DIFFERENT" and row["first_differing_pages"] == ",".join(map(str, sorted([data_page, index_page]))), row
+    wait_for(lambda: all(repairs(b).get(p, {}).get("page_status") == REPAIRED for p in (data_page, index_page)),
+             60, "the differing pages repaired")
+    row = checkmirror(a)
+    assert row["result"] == "IDENTICAL", row
+    a.query("INSERT INTO t(id, v) VALUES (100000, 'after')", db=DB)
+    wait_synchronized(cluster, DB, "a", "b")
+    assert checkmirror(a)["result"] == "IDENTICAL"
