@@ -121,6 +121,8 @@ def test_event_history_and_checkmirror_settings_are_bounded():
     cfg = node.NodeConfig.from_sources(node.parse_args([]), env)
     assert (cfg.event_history_max_events, cfg.event_history_max_age_days, cfg.checkmirror_interval, cfg.checkmirror_rate_mb) \
         == (10_000, 30, 0, 0)
+    assert cfg.page_scrub_rate_mb == 0  # the scrubber is off unless asked for
+    assert node.NodeConfig.from_sources(node.parse_args(["--page-scrub-rate-mb", "20"]), env).page_scrub_rate_mb == 20
     cfg = node.NodeConfig.from_sources(node.parse_args(["--event-history-max-events", "50", "--checkmirror-interval", "3600",
                                                         "--checkmirror-rate-mb", "32"]), env | {"MIRRORD_EVENT_HISTORY_MAX_AGE_DAYS": "7"})
     assert (cfg.event_history_max_events, cfg.event_history_max_age_days, cfg.checkmirror_interval, cfg.checkmirror_rate_mb) \
@@ -128,7 +130,8 @@ def test_event_history_and_checkmirror_settings_are_bounded():
     for flag, value, where in (("--event-history-max-events", "0", "event_history_max_events must be a whole number from 1"),
                                ("--event-history-max-age-days", "-1", "event_history_max_age_days must be"),
                                ("--checkmirror-interval", "-5", "checkmirror_interval must be a whole number from 0"),
-                               ("--checkmirror-rate-mb", "100001", "checkmirror_rate_mb must be")):
+                               ("--checkmirror-rate-mb", "100001", "checkmirror_rate_mb must be"),
+                               ("--page-scrub-rate-mb", "-1", "page_scrub_rate_mb must be a whole number from 0")):
         with pytest.raises(ValueError, match=f"{where}.*\\(from {flag}\\)"):
             node.NodeConfig.from_sources(node.parse_args([flag, value]), env)
 

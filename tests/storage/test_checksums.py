@@ -115,3 +115,19 @@ def test_hashing_in_a_child_process_gives_the_same_digests(tmp_path):
 def test_a_child_that_fails_says_why(tmp_path):
     with pytest.raises(RuntimeError, match="hashing missing.sqlite failed: checksums: .*No such file"):
         asyncio.run(digest_file_apart(tmp_path / "missing.sqlite", 512, 3, 0))
+
+
+def test_the_principals_pages_at_an_lsn_are_the_page_store_redone_to_it(tmp_path):
+    from mirrord.storage.checksums import page_images_at
+
+    log = DurableLog(tmp_path / "log")
+    log.append(HISTORY)
+    base_file = tmp_path / "principal.sqlite"
+    apply_log_range(base_file, log, 1, 2)  # the file as of a checkpoint at LSN 2
+    for lsn in range(2, 6):
+        store = tmp_path / f"store{lsn}.sqlite"
+        apply_log_range(store, log, 1, lsn)
+        data = store.read_bytes()
+        size, images = page_images_at(base_file, log, 2, lsn, [6, 2, 4, 1, 9])
+        expected = [(p, data[(p - 1) * PS:p * PS]) for p in (1, 2, 4, 6) if p <= HISTORY[lsn - 1].db_size]
+        assert size == PS and images == expected, lsn  # past the size at lsn (page 9; page 6 after LSN 4): left out
