@@ -67,16 +67,18 @@ def found(host: "DatabaseHost", pages: Iterable[int], error_type: int, why: str)
 
 def send_requests(host: "DatabaseHost") -> None:
     """Ask the principal for every suspect page not yet asked for (when the link is up; else at the next connect)."""
-    writer, mirror = host.partner_writer, host.mirror
-    if writer is None or writer.is_closing() or mirror is None or host.mirror_redo() is None:
+    writer, mirror, redo = host.partner_writer, host.mirror, host.mirror_redo()
+    if writer is None or writer.is_closing() or mirror is None or redo is None:
         return
     asked = {p for pages, _, _ in host.repair_asked.values() for p in pages}
     waiting = sorted(p for p in host.repair_pages if p not in asked)
     for start in range(0, len(waiting), pr.MAX_REQUEST_PAGES):
         chunk = waiting[start:start + pr.MAX_REQUEST_PAGES]
         rid = next(_rids)
-        # the answer must be at an LSN redo had not passed by now (core.page_repair.answer_refusal)
-        host.repair_asked[rid] = (frozenset(chunk), mirror.redo_lsn, host.mirror_redo())
+        redo.mark_suspect(chunk)  # (again: a no-op unless redo was restarted since) before its LSN is taken:
+        # the answer must be at an LSN redo had not passed by now (core.page_repair.answer_refusal), and
+        # every record redo applies past it is tracked, so an older image never goes over a newer one
+        host.repair_asked[rid] = (frozenset(chunk), redo.redo_lsn, redo)
         framing.write_message(writer, {"t": "page_request", "rid": rid, "pages": chunk})
         for page in chunk:
             _note(host, page, host.repair_pages[page], pr.QUEUED_FOR_DELIVERY)
@@ -88,6 +90,32 @@ def link_lost(host: "DatabaseHost") -> None:
     for page, error_type in host.repair_pages.items():
         if host.repair_history is None or host.repair_history.status(host.name, page) == pr.QUEUED_FOR_DELIVERY:
             _note(host, page, error_type, pr.QUEUED_FOR_REQUEST)
+
+
+def copy_replaced(host: "DatabaseHost", whole: bool) -> None:
+    """A seed (whole) or a rewind installed a new copy: the requests made for the old one are void.
+
+    A seed replaced every page: what was damaged is gone. A rewind copied the
+    old store and rewrote only the pages that diverged, so a damaged page may
+    still be damaged (and the new checksum map was taken from it): it is asked
+    for again, for the new redo thread.
+    """
+    host.repair_asked.clear()
+    pages = sorted(host.repair_pages)
+    if not pages:
+        return
+    if whole:
+        for page in pages:
+            _note(host, page, host.repair_pages.pop(page), pr.REPAIRED)
+        host.record_event("PAGE_REPAIR", f"page(s) {', '.join(map(str, pages[:20]))} replaced whole by a seed of the copy")
+        return
+    redo = host.mirror_redo()
+    if redo is None:
+        return
+    redo.mark_suspect(pages)
+    for page in pages:
+        _note(host, page, host.repair_pages[page], pr.QUEUED_FOR_REQUEST)
+    send_requests(host)
 
 
 def answered(host: "DatabaseHost", msg: dict) -> None:

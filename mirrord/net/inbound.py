@@ -216,6 +216,7 @@ async def _handle(host: "DatabaseHost", msg: dict, writer, records: list, seed: 
         _expect_open(seed, "seed_begin", kind)
         await host.mirror.seed_end(seed["lsn"], seed["epoch"], seed["size"], msg["crc"])
         _copy_installed(host, writer, seed["lsn"])
+        page_repair.copy_replaced(host, whole=True)
         return None
     elif kind == "rewind_begin":
         check_page_size("rewind_begin", msg["page_size"])
@@ -233,6 +234,7 @@ async def _handle(host: "DatabaseHost", msg: dict, writer, records: list, seed: 
         _expect_open(seed, "rewind_begin", kind)
         await host.mirror.rewind_end(seed["lsn"], seed["epoch"], seed["db_size"], msg["count"])
         _copy_installed(host, writer, seed["lsn"])
+        page_repair.copy_replaced(host, whole=False)  # after the ack: the principal reads requests again then
         return None
     elif kind == "logins":
         if host.logins is not None:
