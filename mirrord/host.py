@@ -77,6 +77,10 @@ class DatabaseHost:
     repaired_pages: object | None = None  # node callback (database): counts a repair in the metrics
     scrub_next: int = 1
     scrub_passes: int = 0
+    # the principal's side: the check a damaged page started (one at a time), when, and the error it saw
+    principal_check: asyncio.Task | None = None
+    principal_check_started: float = float("-inf")
+    principal_damage_type: int = 2
 
     def mirror_redo(self):
         """The mirror's running redo thread, None if there is none."""

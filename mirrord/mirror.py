@@ -295,6 +295,14 @@ class MirrorDatabase:
         """The running redo thread (a seed replaces it)."""
         return self._redo if self.redo_error is None else None
 
+    def whole_images(self, pages: Sequence[int]) -> tuple[Lsn, list[tuple[int, bytes]]]:
+        """(an LSN the images are at least as of, the images of those pages that match their checksum)."""
+        redo, store = self._redo, self._store
+        if redo is None or store is None:
+            return 0, []
+        lsn = redo.redo_lsn  # read first: redo only goes forward, so every image read after is at least as of it
+        return lsn, store.read_whole(pages)
+
     @property
     def page_count(self) -> int:
         """Pages in the page store now."""

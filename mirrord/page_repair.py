@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Awaitable, Callable, Iterable
 
 import structlog
 
@@ -174,8 +174,8 @@ def suspected(host: "DatabaseHost", msg: dict) -> None:
     """The principal's DBCC CHECKMIRROR found pages differing: those not matching their checksum here are repaired.
 
     A differing page that matches this store's checksum is what redo wrote
-    from the principal's log: it is the principal's copy that differs from its
-    own log (the principal's side of page repair is not built: only logged).
+    from the principal's log: it is the principal's copy that is damaged, and
+    the mirror offers it its image (`page_offer`; principal_offered).
     """
     pages = msg["pages"]
     if not isinstance(pages, list) or len(pages) > MAX_SUSPECT_LISTED or any(
@@ -197,11 +197,16 @@ async def _check_suspected(host: "DatabaseHost", pages: list[int], lsn: int) -> 
         found(host, [p for p, e in damaged.items() if e == error_type], error_type,
               f"DBCC CHECKMIRROR at LSN {lsn} found it differing, and it does not match its checksum")
     whole = [p for p in pages if p not in damaged and p <= mirror.page_count]
-    if whole:
-        log.error("page_differs_on_principal", database=host.name, lsn=lsn, pages=whole[:20],
-                  reason="the mirror's page matches the checksum redo wrote: the principal's copy may be damaged")
-        host.record_event("PAGE_REPAIR", f"DBCC CHECKMIRROR at LSN {lsn}: page(s) {', '.join(map(str, whole[:20]))} "
-                          "match this mirror's checksums: the principal's copy may be damaged (not repaired here)", lsn=lsn)
+    if not whole:
+        return
+    log.error("page_differs_on_principal", database=host.name, lsn=lsn, pages=whole[:20],
+              reason="the mirror's page matches the checksum redo wrote: the principal's copy is damaged; offering it ours")
+    for start in range(0, len(whole), pr.MAX_REQUEST_PAGES):
+        since, images = await asyncio.to_thread(mirror.whole_images, whole[start:start + pr.MAX_REQUEST_PAGES])
+        writer = host.partner_writer
+        if not images or writer is None or writer.is_closing():
+            continue
+        framing.write_message(writer, {"t": "page_offer", "lsn": since, "pages": [[p, image] for p, image in images]})
 
 
 async def run_scrubber(hosts: Callable[[], Iterable["DatabaseHost"]], mb_per_s: int) -> None:
@@ -258,6 +263,88 @@ async def _answer(host: "DatabaseHost", writer, msg: dict) -> None:
                                    "pages": pages, "error": error[:1000]})
     if not error:
         log.info("page_request_answered", database=host.name, lsn=lsn, pages=[p for p, _ in pages][:20])
+
+
+PRINCIPAL_CHECK_INTERVAL = 5.0  # seconds between checks a read error on the principal starts
+
+
+def principal_damaged(host: "DatabaseHost", io_error: bool, check: Callable[[], Awaitable]) -> None:
+    """A statement on the principal hit a damaged page (SQLITE_CORRUPT / NOTADB / IOERR).
+
+    SQLite does not say which page. `check` (DBCC CHECKMIRROR) finds which
+    differ from the mirror's copy; the mirror offers its images of those that
+    match its checksums (suspected), which principal_offered writes back. One
+    check at a time, and at most one every PRINCIPAL_CHECK_INTERVAL seconds,
+    however many statements fail meanwhile.
+    """
+    host.principal_damage_type = pr.ERROR_IO if io_error else pr.ERROR_OTHER
+    now = time.monotonic()
+    task = host.principal_check
+    if (task is not None and not task.done()) or now - host.principal_check_started < PRINCIPAL_CHECK_INTERVAL:
+        return
+    host.principal_check_started = now
+    log.error("page_damaged_on_principal", database=host.name, io_error=io_error,
+              action="comparing with the mirror (DBCC CHECKMIRROR) to find and repair the page")
+    host.principal_check = asyncio.ensure_future(_principal_check(host, check))
+
+
+async def _principal_check(host: "DatabaseHost", check: Callable[[], Awaitable]) -> None:
+    try:
+        await check()  # its DIFFERENT verdict goes to the mirror (tell_differing), which offers its pages
+    except Exception as exc:  # noqa: BLE001 - the repair is tried again at the next failing statement
+        log.warning("page_repair_check_failed", database=host.name, error=getattr(exc, "message", None) or repr(exc))
+
+
+def principal_offered(host: "DatabaseHost", msg: dict) -> None:
+    """The mirror's images of pages damaged here (on the principal's link task): written back in a task."""
+    principal = host.principal
+    size = _file_page_size(principal.path) if principal is not None else None
+    pages = msg["pages"]
+    if not (isinstance(pages, list) and len(pages) <= pr.MAX_REQUEST_PAGES and all(
+            isinstance(i, list) and len(i) == 2 and type(i[0]) is int and i[0] >= 1 and isinstance(i[1], bytes)
+            and len(i[1]) == size for i in pages)):
+        raise ProtocolError(f"page_offer: pages must be at most {pr.MAX_REQUEST_PAGES} [page number, image of {size} bytes]")
+    if principal is None or not pages:
+        return
+    task = asyncio.ensure_future(_write_offered(host, principal, msg["lsn"], [(p, image) for p, image in pages]))
+    host.repair_tasks.add(task)
+    task.add_done_callback(host.repair_tasks.discard)
+
+
+def _file_page_size(path) -> int | None:
+    """The page size in a SQLite file's header (the principal's page 1 is SQLite's to keep whole: if it is
+    damaged, the database does not open at all)."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(18)
+    except OSError:
+        return None
+    size = int.from_bytes(header[16:18], "big") if len(header) == 18 else 0
+    return 65536 if size == 1 else size or None
+
+
+async def _write_offered(host: "DatabaseHost", principal, since: int, pages: list[tuple[int, bytes]]) -> None:
+    error_type = host.principal_damage_type
+    for pgno, _ in pages:
+        _note(host, pgno, error_type, pr.QUEUED_FOR_REPAIR)
+    try:
+        written, why = await principal.repair_pages(since, pages)
+    except Exception as exc:  # noqa: BLE001 - a repair that fails leaves the page as it was; the next check tries again
+        written, why = [], str(exc) or type(exc).__name__
+    for pgno, _ in pages:
+        # a page not written was rewritten after `since`: its newer image is in the WAL, which readers use
+        _note(host, pgno, error_type, pr.REPAIRED if why is None else pr.IRREPARABLE)
+    listed = ", ".join(str(p) for p, _ in pages[:20])
+    if why is not None:
+        log.error("page_irreparable", database=host.name, pages=listed, reason=why)
+        host.record_event("PAGE_REPAIR", f"page(s) {listed} NOT repaired from the mirror: {why}", lsn=since)
+        return
+    log.info("page_repaired", database=host.name, pages=written[:20], lsn=since, side="principal")
+    host.record_event("PAGE_REPAIR", f"page(s) {listed} of the principal's copy repaired with the mirror's images "
+                      f"(as of LSN {since} or later)", lsn=since)
+    if host.repaired_pages is not None:
+        for _ in pages:
+            host.repaired_pages(host.name)
 
 
 def tell_differing(host: "DatabaseHost", lsn: int, pages: Iterable[int]) -> None:

@@ -155,6 +155,19 @@ def _retrieved(future: asyncio.Future) -> None:
 _denial = threading.local()  # the authorizer's last reason, per connection thread
 
 
+class PageDamaged(SqlError):
+    """SQLite found a page of the database damaged (SQLITE_CORRUPT / SQLITE_NOTADB) or could not read it
+    (SQLITE_IOERR): the statement failed, the session goes on, and automatic page repair fetches the
+    page from the mirror (mirrord/page_repair.py)."""
+
+    DAMAGE_CODES = {sqlite3.SQLITE_CORRUPT: "SQLITE_CORRUPT", sqlite3.SQLITE_IOERR: "SQLITE_IOERR",
+                    sqlite3.SQLITE_NOTADB: "SQLITE_NOTADB"}
+
+    @property
+    def io_error(self) -> bool:
+        return "SQLITE_IOERR" in self.message
+
+
 def _sql_error(exc: sqlite3.Error) -> MirrordError:
     if "not authorized" in str(exc) or "authorization denied" in str(exc):
         why = getattr(_denial, "reason", None) or "the statement does something client SQL may not do here"
@@ -165,7 +178,24 @@ def _sql_error(exc: sqlite3.Error) -> MirrordError:
     if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
         return DiskFull(f"the disk is full ({exc}); the statement was rolled back, nothing was logged. "
                         "Writes succeed again by themselves once space is freed")
+    damage = PageDamaged.DAMAGE_CODES.get((getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF)
+    if damage is not None:
+        return PageDamaged(f"{exc} ({damage}): a page of this database is damaged on this node; the statement "
+                           "failed and changed nothing. Automatic page repair fetches the page from the mirror "
+                           "(see sys.dm_db_mirroring_auto_page_repair): retry in a moment")
     return SqlError(str(exc))
+
+
+async def _end_read(reader: aiosqlite.Connection) -> None:
+    """End a read transaction. After a damaged page (SQLITE_CORRUPT) SQLite may refuse its COMMIT: a read has
+    nothing to keep, so it is rolled back, and the client gets the statement's own error (PageDamaged)."""
+    try:
+        await reader.execute("COMMIT")
+    except sqlite3.Error:
+        try:
+            await reader.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # no transaction was left open
 
 
 def _in_connection_thread(conn: aiosqlite.Connection, fn, *args):
@@ -712,7 +742,7 @@ class PrincipalDatabase:
                 await self.wait_visible(seen)
                 return await _in_connection_thread(reader, _run, sql, params)
             finally:
-                await reader.execute("COMMIT")
+                await _end_read(reader)
         finally:
             self._readers.put_nowait(reader)
 
@@ -1137,6 +1167,42 @@ class PrincipalDatabase:
         if self.closed:
             raise NotServing("the database closed on this node while its pages were read")
         return lsn, page_size, images
+
+    async def repair_pages(self, since: Lsn, pages: list[tuple[int, bytes]]) -> tuple[list[int], str | None]:
+        """Write the mirror's images of damaged pages into the database file: (pages written, why none could be).
+
+        The file holds each page as of `applied_lsn` (its last complete
+        checkpoint; checkpoints are paused meanwhile); later versions live in
+        SQLite's WAL, which readers look in first. The mirror's image is of an
+        LSN at least `since`; it equals the page as of applied_lsn, and may go
+        into the file, only if no record after the lower of the two rewrote it.
+        A page that was rewrote is left out: its newer image is in the WAL, and
+        the next checkpoint writes it into the file anyway.
+        """
+        async with self._hop_gate:
+            self._checkpoints_paused += 1
+            base, end = self.applied_lsn, self.end_lsn
+        try:
+            return await asyncio.to_thread(self._write_pages, min(since, base), end, pages)
+        finally:
+            self._checkpoints_paused -= 1
+
+    def _write_pages(self, after: Lsn, end: Lsn, pages: list[tuple[int, bytes]]) -> tuple[list[int], str | None]:
+        touched = self.log.pages_touched(after + 1, end)
+        if touched is None:
+            return [], f"the log no longer reaches back to LSN {after + 1}, so it cannot tell which pages changed since"
+        size = self.path.stat().st_size
+        written = []
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            for pgno, image in pages:
+                if pgno not in touched and pgno * len(image) <= size:
+                    os.pwrite(fd, image, (pgno - 1) * len(image))
+                    written.append(pgno)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return written, None
 
     async def wait_synced(self, lsn: Lsn) -> None:
         """Wait until the log is fsynced up to lsn."""

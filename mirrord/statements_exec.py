@@ -41,7 +41,7 @@ from mirrord.core.types import (
 from mirrord.net import framing
 from mirrord.core import messages
 from mirrord.monitor import current_figures
-from mirrord.principal import StatementResult
+from mirrord.principal import PageDamaged, StatementResult
 from mirrord.storage import backups
 from mirrord.storage.fileutil import NO_SPACE
 from mirrord.write_lock import spid_of
@@ -247,6 +247,13 @@ class StatementExecutor:
             return await self._sql_on(host, owner, sql, db, params, read_only)
         except (NotPrincipal, StatementRefused, LogFull) as exc:
             self.node.metrics.count_refused(host.name, exc.code)
+            raise
+        except PageDamaged as exc:  # the statement failed, the session goes on; the page is fetched from the mirror
+            from mirrord import page_repair
+            from mirrord.checkmirror import check
+
+            page_repair.principal_damaged(host, exc.io_error, lambda: check(
+                host, self.node.config.checkmirror_rate_mb, self.node.metrics.count_checkmirror))
             raise
 
     async def _sql_on(self, host: "DatabaseHost", owner: object, sql: str, db: str, params: Any,

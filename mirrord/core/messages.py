@@ -216,6 +216,7 @@ SCHEMAS: dict[str, dict[str, Checker]] = {
     "page_request": {"rid": _int, "pages": _list},
     "page_answer": {"rid": _int, "lsn": _int, "page_size": _int, "pages": _list, "error": _str},
     "page_suspect": {"lsn": _int, "pages": _list},
+    "page_offer": {"lsn": _int, "pages": _list},  # mirror -> principal: its images of pages damaged on the principal
     # witness link, partner <-> witness (replies are w_state, matched by rid)
     "w_hello": {"db": _db, "from_endpoint": _str, "role": _str, "epoch": _int, "partner": _str,
                 "synchronized": _bool, "safety": _safety, "timeout": _int},

@@ -462,6 +462,8 @@ async def _read_acks(node: "Node", host: "DatabaseHost", reader, pings: dict[int
             raise ConnectionError("the mirror ended the session (SET PARTNER OFF)")
         elif msg["t"] == "checkmirror_result":
             checkmirror.answered(host, msg)
+        elif msg["t"] == "page_offer":
+            page_repair.principal_offered(host, msg)  # the mirror's images of pages damaged here
         elif msg["t"] == "page_request":
             page_repair.start_answer(host, host.partner_writer, msg)  # read in a task: acks go on meanwhile
         elif msg["t"] == "failover_done":

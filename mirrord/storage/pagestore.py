@@ -144,6 +144,19 @@ class PageStore:
                 bad.append(first + i)
         return bad, count
 
+    def read_whole(self, pages: Sequence[int]) -> list[tuple[int, bytes]]:
+        """The images of those pages that match their checksum (pages past the end, or damaged, left out)."""
+        out = []
+        with self.lock:
+            for pgno in pages:
+                if not self._page_size or pgno > self._sums_pages:
+                    continue
+                image = os.pread(self._fd, self._page_size, (pgno - 1) * self._page_size)
+                kept = os.pread(self._sums_fd, CHECKSUM_BYTES, _sum_offset(pgno))
+                if len(image) == self._page_size and page_checksum(image) == int.from_bytes(kept, "little"):
+                    out.append((pgno, image))
+        return out
+
     def read_error(self, first: int, count: int) -> list[int]:
         """Pages of the range a read fails on (an I/O error, 823): each page read alone."""
         bad = []

@@ -39,6 +39,7 @@ GOOD = {
     "page_request": dict(rid=1, pages=[3, 7]),
     "page_answer": dict(rid=1, lsn=40, page_size=512, pages=[[3, b"\x00" * 512]], error=""),
     "page_suspect": dict(lsn=40, pages=[3]),
+    "page_offer": dict(lsn=40, pages=[[3, b"\x00" * 512]]),
     "w_hello": dict(db="shop", from_endpoint="tcp://a:5022", role="PRINCIPAL", epoch=3,
                     partner="tcp://b:5022", synchronized=True, safety="FULL", timeout=10),
     "w_ping": dict(rid=1),
@@ -87,6 +88,7 @@ BAD = [
     ("page_answer", "pages", None),
     ("page_answer", "error", None),
     ("page_suspect", "pages", {}),
+    ("page_offer", "lsn", None),
     ("hello", "epoch", True),  # bool is not an int
     ("hello", "epoch", -1),
     ("hello", "end_lsn", 2**63),
