@@ -12,6 +12,12 @@ mirror's redo thread writes an image once its redo has reached n, unless a
 record past n rewrote the page meanwhile (redo writes full images, so such a
 page is whole again by itself, and the older image must not go over it).
 
+On the principal (which keeps no checksums: SQLite writes its file) a
+statement that meets a damaged page fails with a clear error and starts a
+DBCC CHECKMIRROR; the mirror offers its images of the differing pages that
+match its checksums (`page_offer`), and the principal writes back those no
+record rewrote since its file's last checkpoint (PrincipalDatabase.repair_pages).
+
 The view follows the reference's sys.dm_db_mirroring_auto_page_repair: the
 last 100 pages a repair was tried for, with its error type and status codes.
 """
@@ -24,7 +30,7 @@ from dataclasses import dataclass
 
 # error_type, as the reference numbers them
 ERROR_IO = -1  # an operating-system read error (823)
-ERROR_OTHER = 1  # the page differs from the partner's (DBCC CHECKMIRROR), no local checksum says so (824, other)
+ERROR_OTHER = 1  # SQLite found the page malformed (SQLITE_CORRUPT, on the principal): 824 other than a bad checksum
 ERROR_CHECKSUM = 2  # the page does not match its checksum (824, bad checksum)
 
 # page_status, as the reference numbers them
