@@ -73,6 +73,7 @@ class DatabaseHost:
     repair_history: RepairHistory | None = None
     repair_pages: dict[int, int] = field(default_factory=dict)
     repair_asked: dict[int, tuple] = field(default_factory=dict)
+    repair_queued: set[int] = field(default_factory=set)  # answered: the images wait in redo for their LSN
     repair_tasks: set[asyncio.Task] = field(default_factory=set)
     repaired_pages: object | None = None  # node callback (database): counts a repair in the metrics
     scrub_next: int = 1

@@ -71,7 +71,7 @@ def send_requests(host: "DatabaseHost") -> None:
     if writer is None or writer.is_closing() or mirror is None or redo is None:
         return
     asked = {p for pages, _, _ in host.repair_asked.values() for p in pages}
-    waiting = sorted(p for p in host.repair_pages if p not in asked)
+    waiting = sorted(p for p in host.repair_pages if p not in asked and p not in host.repair_queued)
     for start in range(0, len(waiting), pr.MAX_REQUEST_PAGES):
         chunk = waiting[start:start + pr.MAX_REQUEST_PAGES]
         rid = next(_rids)
@@ -101,6 +101,7 @@ def copy_replaced(host: "DatabaseHost", whole: bool) -> None:
     for again, for the new redo thread.
     """
     host.repair_asked.clear()
+    host.repair_queued.clear()  # the old redo thread, and the images it held, are gone
     pages = sorted(host.repair_pages)
     if not pages:
         return
@@ -142,6 +143,7 @@ def answered(host: "DatabaseHost", msg: dict) -> None:
 
     for page in sorted(pages):
         _note(host, page, host.repair_pages.get(page, pr.ERROR_CHECKSUM), pr.QUEUED_FOR_REPAIR)
+        host.repair_queued.add(page)  # with redo now: not asked for again, even after a reconnect
         redo.repair(lsn, page, images.get(page), done)  # None: the database no longer had the page at lsn
 
 
@@ -157,6 +159,7 @@ def _give_up(host: "DatabaseHost", pages: Iterable[int], why: str) -> None:
 
 
 def _repaired(host: "DatabaseHost", pgno: int, outcome: str, lsn: int) -> None:
+    host.repair_queued.discard(pgno)
     error_type = host.repair_pages.pop(pgno, pr.ERROR_CHECKSUM)
     _note(host, pgno, error_type, pr.REPAIRED)
     detail = {

@@ -403,7 +403,8 @@ class RedoThread(threading.Thread):
         for lsn, pgno, image, done in due:
             with self._cond:
                 rewritten = self._suspect.get(pgno, 0) > lsn
-                self._suspect.pop(pgno, None)
+                if not any(r[1] == pgno for r in self._repairs):  # another image of it still waits: keep tracking
+                    self._suspect.pop(pgno, None)
             if rewritten:
                 outcome = "rewritten"
             elif image is None:  # the partner's database had no such page at lsn: redo has cut it off since
