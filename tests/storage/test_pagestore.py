@@ -292,3 +292,28 @@ def test_a_damaged_first_page_is_found_after_a_restart_the_map_names_the_page_si
     store = PageStore(tmp_path / "db", tmp_path / "sums")
     assert store.page_size == PS and store.damaged(1, 100) == ([1], 4)
     store.close()
+
+
+def test_a_second_image_of_a_page_never_goes_over_what_redo_wrote_after_it(tmp_path):
+    log = DurableLog(tmp_path / "log")
+    store = PageStore(tmp_path / "db", tmp_path / "sums")
+    records = with_header([txn(1, 3, [1, 2, 3]), txn(2, 3, [3]), txn(3, 3, [3]), txn(4, 3, [2])])
+    log.append(records[:2])
+    redo = start_redo(tmp_path, log, store)
+    try:
+        redo.notify(2)
+        assert redo.wait_for(2, 10)
+        redo.mark_suspect([2])
+        done: list = []
+        redo.repair(3, 2, records[0].pages[1][1], lambda p, o: done.append(o))  # asked again (a reconnect): waits for 3
+        assert repaired_by(redo, 2, 2, records[0].pages[1][1]) == "repaired"  # the first answer, at redo's LSN
+        log.append(records[2:])
+        redo.notify(4)  # one batch: LSN 4 rewrites page 2 before the second image's turn comes
+        wait_for(lambda: done, 10, "the second image's turn")
+        assert done == ["rewritten"]
+        assert (tmp_path / "db").read_bytes() == expected_image(records)
+    finally:
+        redo.stop()
+        redo.join()
+        store.close()
+        log.close()
