@@ -121,11 +121,12 @@ def test_a_page_overwritten_on_the_principals_disk_fails_statements_clearly_and_
     cluster.setup_session(DB, principal="a", mirror="b")  # no witness: a restarted principal stays principal
     fill(a)
     expected = a.query("SELECT id, v FROM t ORDER BY id", db=DB).rows
+    by_index = a.query("SELECT v FROM t INDEXED BY t_v WHERE v >= '' ORDER BY v", db=DB).rows
     wait_synchronized(cluster, DB, "a", "b")
     assert a.terminate() == 0  # a clean stop checkpoints everything into the file
     store = db_file(a, DB)
-    data_page = victims(store)[0]
-    overwrite(store, [data_page])
+    data_page, index_page = victims(store)
+    overwrite(store, [data_page, index_page])
     a.start()
     wait_synchronized(cluster, DB, "a", "b")
     writer = Writer(a, DB, start=100_000)
@@ -133,14 +134,16 @@ def test_a_page_overwritten_on_the_principals_disk_fails_statements_clearly_and_
     try:
         with pytest.raises(ServerError, match="damaged on this node.*retry in a moment"):
             a.query("SELECT id, v FROM t ORDER BY id", db=DB)  # a statement touching the page: a clear error
-        wait_for(lambda: repairs(a).get(data_page, {}).get("page_status") == REPAIRED, 60, "the principal's page repaired")
+        wait_for(lambda: all(repairs(a).get(p, {}).get("page_status") == REPAIRED for p in (data_page, index_page)),
+                 60, "the principal's data and index pages repaired")
         acked = len(writer.acked)
         wait_for(lambda: len(writer.acked) > acked + 20, 30, "writes go on")
     finally:
         writer.stop()
     rows = a.query("SELECT id, v FROM t WHERE id < 100000 ORDER BY id", db=DB).rows
     assert rows == expected
-    assert repairs(a)[data_page]["error_type"] == 1 and repairs(b) == {}
+    assert a.query("SELECT v FROM t INDEXED BY t_v WHERE v >= '' AND v < 'x' ORDER BY v", db=DB).rows == by_index
+    assert repairs(a)[data_page]["error_type"] == repairs(a)[index_page]["error_type"] == 1 and repairs(b) == {}
     events = a.query(f"SELECT * FROM sys.database_mirroring_events WHERE database = '{DB}'").as_dicts()
     assert any(e["event"] == "PAGE_REPAIR" and "of the principal's copy repaired" in e["detail"] for e in events), events
     wait_synchronized(cluster, DB, "a", "b")
