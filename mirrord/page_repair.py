@@ -342,9 +342,12 @@ async def _write_offered(host: "DatabaseHost", principal, since: int, pages: lis
         log.error("page_irreparable", database=host.name, pages=listed, reason=why)
         host.record_event("PAGE_REPAIR", f"page(s) {listed} NOT repaired from the mirror: {why}", lsn=since)
         return
-    log.info("page_repaired", database=host.name, pages=written[:20], lsn=since, side="principal")
+    in_wal = [p for p, _ in pages if p not in written]
+    log.info("page_repaired", database=host.name, pages=written[:20], in_wal=in_wal[:20], lsn=since, side="principal")
     host.record_event("PAGE_REPAIR", f"page(s) {listed} of the principal's copy repaired with the mirror's images "
-                      f"(as of LSN {since} or later)", lsn=since)
+                      f"(as of LSN {since} or later)" + (f"; {', '.join(map(str, in_wal[:20]))} rewritten since: "
+                      "the WAL's newer image stands, and the next checkpoint writes it into the file" if in_wal else ""),
+                      lsn=since)
     if host.repaired_pages is not None:
         for _ in pages:
             host.repaired_pages(host.name)

@@ -1176,7 +1176,7 @@ class PrincipalDatabase:
         SQLite's WAL, which readers look in first. The mirror's image is of an
         LSN at least `since`; it equals the page as of applied_lsn, and may go
         into the file, only if no record after the lower of the two rewrote it.
-        A page that was rewrote is left out: its newer image is in the WAL, and
+        A page rewritten since is left out: its newer image is in the WAL, and
         the next checkpoint writes it into the file anyway.
         """
         async with self._hop_gate:
