@@ -19,7 +19,8 @@ import structlog
 
 from mirrord.core.session import Session
 from mirrord.core.types import Lsn, ProtocolError
-from mirrord.storage.fileutil import FLUSH_EVERY, atomic_write_bytes, copy_in_steps, fsync_dir, remove_sqlite_sidecars
+from mirrord.storage.fileutil import (FLUSH_EVERY, atomic_write_bytes, copy_in_steps, fsync_dir, remove_sqlite_sidecars,
+                                      sqlite_page_size)
 from mirrord.storage.log import DurableLog, LogRecord
 from mirrord.core.checkmirror import PageDigests
 from mirrord.core.page_repair import ERROR_CHECKSUM, ERROR_IO
@@ -55,15 +56,7 @@ class MirrorDatabase:
 
     def page_size(self) -> int | None:
         """The page size of this copy (its SQLite header), None while it has no header yet."""
-        try:
-            with open(self.path, "rb") as f:
-                header = f.read(18)
-        except FileNotFoundError:
-            return None
-        if len(header) < 18:
-            return None
-        size = int.from_bytes(header[16:18], "big")
-        return 65536 if size == 1 else size
+        return sqlite_page_size(self.path)
 
     def check_records(self, records: Sequence[LogRecord]) -> None:
         """Refuse records this copy cannot take: none before it is seeded, page size the copy's own.

@@ -36,6 +36,7 @@ from mirrord import checkmirror, page_repair
 from mirrord.monitor import monitor_of, note_connected, partner_report
 from mirrord.net import framing
 from mirrord.net.reconnect import Link, LinkRefused, run_link
+from mirrord.storage.fileutil import sqlite_page_size
 
 if TYPE_CHECKING:
     from mirrord.host import DatabaseHost
@@ -380,10 +381,7 @@ def _seed_frame(f, offset: int, crc: int) -> tuple[bytes, int, int]:
 
 
 def _page_size(path: Path) -> int:
-    with open(path, "rb") as f:
-        header = f.read(18)
-    size = int.from_bytes(header[16:18], "big") if len(header) == 18 else 4096
-    return 65536 if size == 1 else size
+    return sqlite_page_size(path) or 4096
 
 
 async def _run_loops(node: "Node", host: "DatabaseHost", reader, writer, next_lsn: int) -> None:

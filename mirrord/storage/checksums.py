@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from mirrord.core.checkmirror import DIGEST_BYTES, MAX_PAGES, PageDigests, page_digest
+from mirrord.storage.fileutil import sqlite_page_size
 from mirrord.storage.log import DurableLog
 
 READ_PAGES = 256  # pages per read
@@ -49,18 +50,6 @@ class Pacer:
             ahead = self.done / self.rate - (self.clock() - self.started)
             if ahead > 0:
                 self.sleep(ahead)
-
-
-def _header_page_size(path: Path) -> int | None:
-    try:
-        with open(path, "rb") as f:
-            header = f.read(18)
-    except FileNotFoundError:
-        return None
-    if len(header) < 18:
-        return None
-    size = int.from_bytes(header[16:18], "big")
-    return 65536 if size == 1 else size
 
 
 def digest_file(path: Path, page_size: int, page_count: int, overrides: dict[int, bytes] | None = None,
@@ -108,7 +97,7 @@ def log_view(path: Path, log: DurableLog, base: int, lsn: int, pacer: Pacer | No
     if last is not None:
         page_size, db_size = last.page_size, last.db_size
     else:
-        page_size = _header_page_size(path)
+        page_size = sqlite_page_size(path)
         db_size = path.stat().st_size // page_size if page_size else 0
     if not page_size:
         return 4096, 0, {}
@@ -137,7 +126,7 @@ def page_images_at(path: Path, log: DurableLog, base: int, lsn: int, pages: list
     if last is not None:
         page_size, db_size = last.page_size, last.db_size
     else:
-        page_size = _header_page_size(path)
+        page_size = sqlite_page_size(path)
         if not page_size:
             return 4096, []
         db_size = path.stat().st_size // page_size
@@ -173,7 +162,7 @@ async def principal_digests_apart(path: Path, log: DurableLog, base: int, lsn: i
 
 def store_digests(path: Path, lsn: int, mb_per_s: int = 0) -> PageDigests:
     """The mirror's page store as it is (redo held at lsn): its size is db_size pages after every transaction."""
-    page_size = _header_page_size(path)
+    page_size = sqlite_page_size(path)
     if not page_size:
         return PageDigests(lsn, 4096, b"")
     return PageDigests(lsn, page_size, digest_file(path, page_size, path.stat().st_size // page_size, pacer=Pacer(mb_per_s)))
@@ -181,7 +170,7 @@ def store_digests(path: Path, lsn: int, mb_per_s: int = 0) -> PageDigests:
 
 async def store_digests_apart(path: Path, lsn: int, mb_per_s: int = 0) -> PageDigests:
     """store_digests, hashed in a child process."""
-    page_size = _header_page_size(path)
+    page_size = sqlite_page_size(path)
     if not page_size:
         return PageDigests(lsn, 4096, b"")
     return PageDigests(lsn, page_size, await digest_file_apart(path, page_size, path.stat().st_size // page_size, mb_per_s))

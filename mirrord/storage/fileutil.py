@@ -71,6 +71,19 @@ DISK_RESERVE_BYTES = 8 << 20
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
+def sqlite_page_size(path: Path) -> int | None:
+    """The page size a SQLite file's header gives (bytes 16-17; 1 means 65536), or None without a whole header."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(18)
+    except FileNotFoundError:
+        return None
+    if len(header) < 18:
+        return None
+    size = int.from_bytes(header[16:18], "big")
+    return 65536 if size == 1 else size
+
+
 def is_disk_full(exc: BaseException) -> bool:
     """The error is the disk being full: an OSError ENOSPC/EDQUOT, or SQLite's SQLITE_FULL (anywhere in its causes)."""
     import sqlite3  # here: the rest of this module is plain file handling
