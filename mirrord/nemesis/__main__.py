@@ -26,7 +26,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=None, help="replays a run (default: a random seed, printed)")
     parser.add_argument("--data", type=Path, default=None,
                         help="directory for the nodes' data and logs (default: a temporary one, removed if all is well)")
-    parser.add_argument("--first-ip", type=int, default=int(os.environ.get("MIRRORD_TEST_FIRST_IP", "41")),
+    parser.add_argument("--first-ip", type=int, default=int(os.environ.get("MIRRORD_TEST_FIRST_IP") or "41"),
                         help="nodes on 127.0.0.FIRST_IP.. (default $MIRRORD_TEST_FIRST_IP or 41)")
     parser.add_argument("--databases", type=int, default=2)
     parser.add_argument("--writers", type=int, default=2, help="concurrent writers per database")

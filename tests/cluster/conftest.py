@@ -17,7 +17,7 @@ from mirrord.nemesis.lazyfs import unavailable_reason as lazyfs_unavailable
 HERE = Path(__file__).resolve().parent
 # Link cuts are iptables rules on these addresses: two test runs at once (say, two
 # engineers' checkouts on one machine) must each pick their own range.
-FIRST_IP = int(os.environ.get("MIRRORD_TEST_FIRST_IP", "11"))
+FIRST_IP = int(os.environ.get("MIRRORD_TEST_FIRST_IP") or "11")  # unset or empty: 11
 
 
 def pytest_collection_modifyitems(config, items):

@@ -30,7 +30,7 @@ from mirrorctl.client import Client, LoginFailed, PermissionDenied, ServerError,
 from .helpers import create_table, ids_on, wait_synchronized
 
 DB = "vault"
-FIRST_HOST = f"127.0.0.{int(os.environ.get('MIRRORD_TEST_FIRST_IP', '11'))}"
+FIRST_HOST = f"127.0.0.{int(os.environ.get('MIRRORD_TEST_FIRST_IP') or '11')}"
 
 
 def _context(cert_dir: Path | None, name: str | None) -> ssl.SSLContext:
