@@ -45,7 +45,9 @@ async def adopt_witness_state(node: "Node", host: "DatabaseHost", msg: dict) -> 
     if msg["epoch"] > cfg.epoch:
         if msg["principal"] == node.endpoint_url:
             if cfg.role is Role.MIRROR:
-                await promote(node, host, msg["epoch"], forced=False, why="the witness records this node as principal")
+                # forced: a forced vote whose answer this mirror never got (its request timed out) is still forced
+                await promote(node, host, msg["epoch"], forced=msg.get("forced") is True,
+                              why="the witness records this node as principal")
         elif cfg.role is Role.PRINCIPAL:
             await step_down(node, host, msg["epoch"], f"the witness records {msg['principal']} as principal")
         else:

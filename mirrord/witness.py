@@ -110,7 +110,7 @@ class Witness:
         return {
             "t": "w_state", "rid": rid, "epoch": rec.role_sequence, "principal": rec.principal, "mirror": rec.mirror,
             "mirror_synchronized": rec.mirror_synchronized, "principal_connected": self.sees(db, rec.principal),
-            "mirror_connected": self.sees(db, rec.mirror), **extra,
+            "mirror_connected": self.sees(db, rec.mirror), "forced": rec.forced, **extra,
         }
 
     def rows(self) -> list[dict]:

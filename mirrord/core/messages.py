@@ -244,7 +244,8 @@ SCHEMAS: dict[str, dict[str, Checker]] = {
 OPTIONAL: dict[str, dict[str, Checker]] = {
     "ping": {"monitor": _figures},  # the principal's monitor figures the mirror cannot see itself
     "pong": {"monitor": _figures},  # the mirror's redo rate
-    "w_report": {"timeout": _int},  # the principal's PARTNER TIMEOUT (the witness waits that long before a vote)
+    "w_report": {"timeout": _int},
+    "w_state": {"forced": _bool},  # the record's role sequence began by forced service  # the principal's PARTNER TIMEOUT (the witness waits that long before a vote)
     "refuse": {"partner_off": _bool},  # the partner ended this session (SET PARTNER OFF): end it here too
     "welcome": {"diverged_pages": _list,  # a diverged old principal: pages its log changed past the fork
                 "logins": _map},  # the mirror's login table (mirrord.login_store)

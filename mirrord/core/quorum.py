@@ -104,6 +104,9 @@ class WitnessRecord:
     mirror_synchronized: bool
     safety: Safety = Safety.FULL
     timeout: int = 10  # the principal's PARTNER TIMEOUT, as it last told the witness: how long silence must last
+    # this role sequence began by forced service: the promoted mirror starts a recovery fork (and the
+    # old principal rejoins SUSPENDED) even if it learns of its promotion from the record, not the vote's answer
+    forced: bool = False
 
     def to_dict(self) -> dict:
         """JSON-able."""
@@ -115,7 +118,7 @@ class WitnessRecord:
     def from_dict(cls, d: dict) -> "WitnessRecord":
         """Inverse of to_dict."""
         return cls(d["db"], d["role_sequence"], d["principal"], d["mirror"], d["mirror_synchronized"], Safety(d.get("safety", "FULL")),
-                   int(d.get("timeout", 10)))
+                   int(d.get("timeout", 10)), d.get("forced") is True)
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,7 @@ def decide_vote(record: WitnessRecord, req: VoteRequest, principal_seen: bool,
         principal=req.requester,
         mirror=record.principal,
         mirror_synchronized=False,  # the old principal is not a synchronized mirror until it catches up
+        forced=req.forced,
     )
     return Vote(True, new.role_sequence, "granted"), new
 
@@ -192,7 +196,8 @@ def apply_manual_failover(record: WitnessRecord, sender: str, role_sequence: Epo
     """The principal hands the role to its synchronized mirror; None if not accepted."""
     if sender != record.principal or role_sequence != record.role_sequence:
         return None
-    return replace(record, role_sequence=role_sequence + 1, principal=record.mirror, mirror=record.principal, mirror_synchronized=False)
+    return replace(record, role_sequence=role_sequence + 1, principal=record.mirror, mirror=record.principal, mirror_synchronized=False,
+                   forced=False)
 
 
 def adopt_principal_claim(record: WitnessRecord | None, db: str, sender: str, partner: str, role_sequence: Epoch, synchronized: bool,

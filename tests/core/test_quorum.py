@@ -218,7 +218,8 @@ def test_decide_vote_refusals(rec, req, principal_seen, reason):
 def test_decide_vote_grant(rec, req):
     vote, after = decide_vote(rec, req, principal_seen=False)
     assert vote == Vote(True, rec.role_sequence + 1, "granted")
-    assert after == replace(rec, role_sequence=rec.role_sequence + 1, principal=M, mirror=P, mirror_synchronized=False)
+    assert after == replace(rec, role_sequence=rec.role_sequence + 1, principal=M, mirror=P, mirror_synchronized=False,
+                            forced=req.forced)
     # The same request again (a retry, a duplicate, or the other partner's copy) is refused: one grant per sequence.
     again, unchanged = decide_vote(after, req, principal_seen=False)
     assert again.granted is False and unchanged == after
@@ -679,3 +680,14 @@ def test_the_principal_tells_the_witness_its_timeout():
     assert quorum.adopt_principal_claim(rec, "shop", P, M, rec.role_sequence, True, FULL, 7).timeout == 7
     assert quorum.adopt_principal_claim(rec, "shop", M, P, rec.role_sequence, True, FULL, 7) is rec
     assert WitnessRecord.from_dict(json.loads(json.dumps(replace(rec, timeout=7).to_dict()))).timeout == 7
+
+
+def test_a_forced_vote_is_recorded_as_forced_so_a_mirror_learning_of_it_from_the_record_forks():
+    # found by the nemesis: a forced vote granted after its request timed out was adopted as an ordinary promotion
+    rec = WitnessRecord("shop", 3, "tcp://a:5022", "tcp://b:5022", False, FULL)
+    vote, new = decide_vote(rec, VoteRequest("shop", "tcp://b:5022", 3, 10, True), principal_seen=False)
+    assert vote.granted and new.forced and new.role_sequence == 4
+    assert WitnessRecord.from_dict(json.loads(json.dumps(new.to_dict()))) == new
+    assert WitnessRecord.from_dict({k: v for k, v in new.to_dict().items() if k != "forced"}).forced is False
+    switched = quorum.apply_manual_failover(replace(new, mirror_synchronized=True), "tcp://b:5022", 4)
+    assert switched is not None and not switched.forced
