@@ -85,23 +85,31 @@ def log_view(path: Path, log: DurableLog, base: int, lsn: int, pacer: Pacer | No
     pacer = pacer or Pacer(0)
     overrides: dict[int, bytes] = {}
     page_size, db_size = None, None
-    first = base + 1
-    while first <= lsn:
-        records = [r for r in log.read_from(first, batch_bytes) if r.lsn <= lsn]
-        for record in records:
-            for pgno, image in record.pages:
-                overrides[pgno] = page_digest(image)
-            pacer.spent(record.nbytes)
-        first = records[-1].lsn + 1
-    last = log.get(lsn) if lsn else None
-    if last is not None:
-        page_size, db_size = last.page_size, last.db_size
-    else:
-        page_size = sqlite_page_size(path)
-        db_size = path.stat().st_size // page_size if page_size else 0
+    for record in _records(log, base + 1, lsn, batch_bytes):
+        for pgno, image in record.pages:
+            overrides[pgno] = page_digest(image)
+        pacer.spent(record.nbytes)
+    page_size, db_size = _size_at(path, log, lsn)
     if not page_size:
         return 4096, 0, {}
     return page_size, db_size, {p: d for p, d in overrides.items() if p <= db_size}
+
+
+def _records(log: DurableLog, first: int, lsn: int, batch_bytes: int):
+    """The log's records first..lsn, read a batch of about batch_bytes at a time."""
+    while first <= lsn:
+        records = [r for r in log.read_from(first, batch_bytes) if r.lsn <= lsn]
+        yield from records
+        first = records[-1].lsn + 1
+
+
+def _size_at(path: Path, log: DurableLog, lsn: int) -> tuple[int | None, int]:
+    """(page size, pages) of the database at lsn: its log record's, else the file's own (None: no header yet)."""
+    last = log.get(lsn) if lsn else None
+    if last is not None:
+        return last.page_size, last.db_size
+    page_size = sqlite_page_size(path)
+    return page_size, path.stat().st_size // page_size if page_size else 0
 
 
 def page_images_at(path: Path, log: DurableLog, base: int, lsn: int, pages: list[int],
@@ -114,22 +122,13 @@ def page_images_at(path: Path, log: DurableLog, base: int, lsn: int, pages: list
     """
     wanted = set(pages)
     latest: dict[int, bytes] = {}
-    first = base + 1
-    while first <= lsn:
-        records = [r for r in log.read_from(first, batch_bytes) if r.lsn <= lsn]
-        for record in records:
-            for pgno, image in record.pages:
-                if pgno in wanted:
-                    latest[pgno] = image
-        first = records[-1].lsn + 1
-    last = log.get(lsn) if lsn else None
-    if last is not None:
-        page_size, db_size = last.page_size, last.db_size
-    else:
-        page_size = sqlite_page_size(path)
-        if not page_size:
-            return 4096, []
-        db_size = path.stat().st_size // page_size
+    for record in _records(log, base + 1, lsn, batch_bytes):
+        for pgno, image in record.pages:
+            if pgno in wanted:
+                latest[pgno] = image
+    page_size, db_size = _size_at(path, log, lsn)
+    if not page_size:
+        return 4096, []
     out = []
     with open(path, "rb") as f:
         for pgno in sorted(wanted):
