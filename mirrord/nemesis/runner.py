@@ -523,6 +523,10 @@ class Nemesis:
         if witness is None or witness.get("role_sequence") != p["role_sequence"] \
                 or witness.get("principal") != principal.endpoint_url:
             return f"the witness {lay.witness} records {witness}, the principal is {p_name} in role sequence {p['role_sequence']}"
+        try:  # a commit SQLite took while the disk was full is logged by a retry: reads wait for it (disk_full)
+            principal.query("SELECT 1", db=lay.db, timeout=ADMIN_TIMEOUT)
+        except (ServerError, Unreachable, OSError) as exc:
+            return f"the principal {p_name} does not answer a read yet: {exc}"
         return "converged"
 
     @staticmethod
