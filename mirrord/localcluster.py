@@ -122,10 +122,12 @@ def iptables_available() -> bool:
     return subprocess.run(["iptables", "-S", "OUTPUT"], capture_output=True).returncode == 0
 
 
-def _iptables(*args: str, check: bool = True) -> None:
+def _iptables(*args: str, check: bool = True) -> bool:
+    """Run iptables; True if it succeeded (with check, a failure raises)."""
     proc = subprocess.run(["iptables", "-w", *args], capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise RuntimeError(f"iptables {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.returncode == 0
 
 
 def _traceback_blocks(lines: list[str]) -> Iterable[str]:
@@ -471,6 +473,7 @@ class LocalCluster:
 
     def start_all(self) -> None:
         """Spawn every node, then wait for each (they start in parallel)."""
+        self.clear_stale_cuts()
         for node in self.nodes.values():
             if not node.is_running():
                 node.start(wait=False)
@@ -540,6 +543,16 @@ class LocalCluster:
         for other in self.nodes:
             if other != x:
                 self.cut(x, other)
+
+    def clear_stale_cuts(self) -> None:
+        """Remove DROP rules between this cluster's addresses that a run killed before its heal left behind."""
+        if not iptables_available():
+            return
+        hosts = [node.host for node in self.nodes.values()]
+        for src in hosts:
+            for dst in hosts:
+                while src != dst and _iptables("-D", "OUTPUT", "-s", src, "-d", dst, "-j", "DROP", check=False):
+                    pass
 
     def heal_all(self) -> None:
         """Remove every cut this cluster made."""
