@@ -282,6 +282,7 @@ class Node:
         self._sampler: asyncio.Task | None = None
         self._checker: asyncio.Task | None = None  # scheduled DBCC CHECKMIRROR
         self._load_retries: set[asyncio.Task] = set()  # databases quarantined by a full disk, loaded again once there is room
+        self.loading_when_room: set[str] = set()  # their names
         self._scrubber: asyncio.Task | None = None  # the mirror's page scrubber
         self.repairs = RepairHistory()  # sys.dm_db_mirroring_auto_page_repair
 
@@ -363,6 +364,8 @@ class Node:
             # not the database's fault: it loads by itself once there is room (a restart while full, a power cut)
             why += f" (the disk is full: loading is retried every {LOAD_RETRY_SECONDS:g} s until there is room)"
             task = asyncio.create_task(self._load_when_room(directory), name=f"load-retry-{name}")
+            self.loading_when_room.add(name)
+            task.add_done_callback(lambda _, name=name: self.loading_when_room.discard(name))
             self._load_retries.add(task)
             task.add_done_callback(self._load_retries.discard)
         self.quarantined[name] = why

@@ -231,9 +231,10 @@ class StatementExecutor:
         if (why := db_name_refusal(db)) is not None:
             raise UnknownDatabase(why)
         host = self.node.databases.get(db)
-        if host is None and db in self.node.quarantined:
-            raise StatementRefused(f"database {db} is quarantined on this node: {self.node.quarantined[db]}; "
-                                   "fix or remove its directory and restart the node")
+        if db in self.node.quarantined:  # also while one quarantined by a full disk is loaded again: not open yet
+            hint = ("it loads by itself once there is room" if db in self.node.loading_when_room
+                    else "fix or remove its directory and restart the node")
+            raise StatementRefused(f"database {db} is quarantined on this node: {self.node.quarantined[db]}; {hint}")
         if host is None:
             raise UnknownDatabase(f"database {db} does not exist on this node ({self.node.name})")
         return host
@@ -608,7 +609,8 @@ class StatementExecutor:
 def status_rows(node: "Node") -> list[dict]:
     """Every row of sys.database_mirroring on this node (the HTTP /status serves the same), by database name."""
     security = "mutual TLS" if node.tls is not None else "INSECURE (--insecure: no TLS, no logins)"
-    rows = [status_row(h) for h in node.databases.values()]
+    # a database quarantined by a full disk is in both while it loads again: QUARANTINED until it is open
+    rows = [status_row(h) for name, h in node.databases.items() if name not in node.quarantined]
     rows += [quarantined_row(name, why) for name, why in node.quarantined.items()]
     return sorted(({**row, "transport_security": security} for row in rows), key=lambda r: r["database"])
 

@@ -186,9 +186,18 @@ def test_a_database_a_full_disk_kept_from_loading_loads_by_itself_once_there_is_
     if row["status"] != "QUARANTINED":  # it found enough room after all: nothing to show here
         pytest.skip(f"the database loaded on a full disk ({row['status']}); the filler left room")
     assert "disk is full" in row["state_reason"] and "retried" in row["state_reason"], row
+    with pytest.raises(ServerError) as info:
+        a.query("SELECT 1", db=DB)
+    assert "quarantined" in info.value.message and "loads by itself once there is room" in info.value.message
     filler.unlink()
-    # status says ONLINE from the configuration before the database is open: wait until it answers a read
-    assert wait_for(lambda: ids_on(a, DB), 20, "the database loaded once there was room", retry_on=(ServerError,)) == acked
+
+    def loaded() -> bool:
+        rows = [r for r in a.statuses() if r["database"] == DB]
+        assert len(rows) == 1, rows  # QUARANTINED until the database is open, then its session's row: never both
+        return rows[0]["status"] != "QUARANTINED"
+
+    wait_for(loaded, 20, "the database loaded once there was room")
+    assert ids_on(a, DB) == acked  # open once status says so: it answers at once
     assert "database_loaded_after_disk_full" in a.log_text() and a.tracebacks() == []
 
 
