@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,6 +135,15 @@ class DatabaseHost:
         atomic_write_json(self.directory / "meta.json", new.to_dict())
         self.session.config = new
         self.note_state()
+
+    def keep_salvage_copy(self, fork_lsn: int) -> str:
+        """Copy this diverged database as it stands at its last LSN, for the DBA to open; the copy's path."""
+        salvage_dir = self.directory.parent.parent / "salvage"
+        salvage_dir.mkdir(parents=True, exist_ok=True)
+        end = self.log.last_lsn
+        dest = salvage_dir / f"{self.name}-rs{self.log.last_epoch}-lsn{fork_lsn + 1}-{end}.sqlite"
+        shutil.copyfile(self.directory / "db.sqlite", dest)
+        return str(dest)
 
     def record_event(self, event: str, detail: str = "", lsn: Lsn | None = None) -> None:
         """Add an event of this database to the node's history, with its role, state and role sequence now."""

@@ -23,7 +23,7 @@ import math
 import platform
 import time
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -43,7 +43,6 @@ from mirrord.version import installed_version
 
 if TYPE_CHECKING:
     from mirrord.host import DatabaseHost
-    from mirrord.node import Node
     from mirrord.witness import Witness
 
 log = structlog.get_logger()
@@ -198,11 +197,12 @@ def check_alerts(host: "DatabaseHost", figs: dict) -> None:
     figs["warnings"] = monitor_of(host).alerts.warnings()
 
 
-async def run_sampler(node: "Node", metrics: "NodeMetrics | None") -> None:
-    """Sample every database, check alerts and update the gauges, until cancelled."""
+async def run_sampler(databases: Callable[[], dict[str, "DatabaseHost"]], witness: "Witness",
+                      metrics: "NodeMetrics | None") -> None:
+    """Sample every database (the node's, as they are now), check alerts and update the gauges, until cancelled."""
     while True:
         now = time.monotonic()
-        for host in list(node.databases.values()):
+        for host in list(databases().values()):
             try:
                 take_sample(host, now)
                 figs = current_figures(host, now)
@@ -212,8 +212,8 @@ async def run_sampler(node: "Node", metrics: "NodeMetrics | None") -> None:
             except Exception:  # a monitor must never take the node down; say what failed
                 log.exception("monitor_sample_failed", database=host.name)
         if metrics is not None:
-            metrics.forget_missing(set(node.databases))
-            metrics.update_witness(node.witness)
+            metrics.forget_missing(set(databases()))
+            metrics.update_witness(witness)
         await asyncio.sleep(SAMPLE_INTERVAL)
 
 

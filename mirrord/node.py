@@ -53,6 +53,9 @@ from mirrord.mirror import CHECKSUMS_FILE, MirrorDatabase
 from mirrord import checkmirror, page_repair, role_change
 from mirrord.core.page_repair import RepairHistory
 from mirrord.net import framing, inbound
+from mirrord.net.partner import run_off_notice, run_partner_link
+from mirrord.net.witness_link import run_witness_link
+from mirrord.node_services import ClientOwner, ClientState
 from mirrord.net.client_port import ClientLimits, ClientPort, limits_from_settings
 from mirrord.net.tls import Listener, TlsContexts, TlsSetupError, cert_hosts, peer_covers
 from mirrord.principal import PrincipalDatabase, StatementResult
@@ -186,29 +189,6 @@ class NodeConfig:
         return config
 
 
-@dataclass
-class ClientState:
-    """One client connection: its current database and who logged in (None on an --insecure node)."""
-
-    db: str | None = None
-    statement_timeout_ms: int | None = None  # SET STATEMENT_TIMEOUT; None: the node's default
-    login: str | None = None  # who logged in (None on an --insecure node)
-
-
-class ClientOwner:
-    """Identifies one connection's transactions to the principals, and what EXEC sp_who shows of it.
-
-    A principal keeps owners as keys and reads only `spid` (lock_timeout errors)
-    and `lock_timeout_ms` (SET LOCK_TIMEOUT); `running` and `last_statement` are sp_who's.
-    """
-
-    def __init__(self, spid: int) -> None:
-        self.spid = spid
-        self.lock_timeout_ms: int | None = None  # SET LOCK_TIMEOUT; None: the node's default
-        self.running: str | None = None  # the statement running now (sp_who), if any
-        self.last_statement = ""
-
-
 class ClientConnection:
     """One client connection as the client port sees it (net.client_port.ClientSession)."""
 
@@ -327,7 +307,7 @@ class Node:
                                                    self.tls and self.tls.client_server, self._on_client, "client")
         if self.config.metrics is not None:
             await self.http.start(self.config.metrics.host, self.config.metrics.port)
-        self._sampler = asyncio.create_task(run_sampler(self, self.metrics), name="monitor-sampler")
+        self._sampler = asyncio.create_task(run_sampler(lambda: self.databases, self.witness, self.metrics), name="monitor-sampler")
         if self.config.checkmirror_interval > 0:
             self._checker = asyncio.create_task(
                 checkmirror.run_schedule(lambda: self.databases.values(), self.config.checkmirror_interval,
@@ -435,8 +415,6 @@ class Node:
 
     def start_witness_link(self, host: DatabaseHost) -> None:
         """Start (once) the partner's link to the session's witness, if one is set."""
-        from mirrord.net.witness_link import run_witness_link
-
         cfg = host.session.config
         if cfg.witness is None or cfg.partner is None or not self.endpoint_started:
             return
@@ -451,15 +429,11 @@ class Node:
 
     def start_partner_link(self, host: DatabaseHost) -> None:
         """Start (once) the principal's link to its mirror."""
-        from mirrord.net.partner import run_partner_link
-
         if host.sender is None or host.sender.done():
             host.sender = asyncio.create_task(run_partner_link(self, host), name=f"partner-link-{host.name}")
 
     def start_off_notice(self, host: DatabaseHost) -> None:
         """Start (once) telling the old mirror of a SET PARTNER OFF run here (in the principal's link slot)."""
-        from mirrord.net.partner import run_off_notice
-
         if host.session.config.off_untold is not None and self.endpoint_started and (host.sender is None or host.sender.done()):
             host.sender = asyncio.create_task(run_off_notice(self, host), name=f"partner-off-notice-{host.name}")
 
@@ -590,6 +564,10 @@ class Node:
         """Ask the witness to promote this mirror (see role_change.request_promotion)."""
         return await role_change.request_promotion(self, host, conn, forced=forced, timeout=timeout)
 
+    async def step_down_for_partner(self, host: DatabaseHost, epoch: int, partner: str) -> None:
+        """The partner is principal of a newer role sequence (see role_change.step_down_for_partner)."""
+        await role_change.step_down_for_partner(self, host, epoch, partner)
+
     def sync_witness_link(self, host: DatabaseHost) -> None:
         """Start or stop the witness link after the session's witness setting changed."""
         if host.session.config.witness is not None:
@@ -621,7 +599,7 @@ class Node:
                     await writer.drain()
                     return
             if hello["t"] == "w_hello":
-                await self.witness.serve(self, hello, reader, writer)
+                await self.witness.serve(self.name, hello, reader, writer)
                 return
             if hello["t"] == "partner_off_notice":
                 await self._serve_off_notice(hello, writer)

@@ -18,7 +18,6 @@ keep I1 and I2 (see `core.quorum`):
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from typing import TYPE_CHECKING
 
@@ -32,12 +31,12 @@ from mirrord.net import framing
 if TYPE_CHECKING:
     from mirrord.host import DatabaseHost
     from mirrord.net.witness_link import WitnessConnection
-    from mirrord.node import Node
+    from mirrord.node_services import NodeServices
 
 log = structlog.get_logger()
 
 
-async def adopt_witness_state(node: "Node", host: "DatabaseHost", msg: dict) -> None:
+async def adopt_witness_state(node: "NodeServices", host: "DatabaseHost", msg: dict) -> None:
     """Act on what the witness says about the session: a newer role sequence wins."""
     s, cfg = host.session, host.session.config
     if s.failover_pending or s.failover_requested:
@@ -56,7 +55,7 @@ async def adopt_witness_state(node: "Node", host: "DatabaseHost", msg: dict) -> 
         s.witness_believes_synchronized = msg["mirror_synchronized"]
 
 
-async def request_promotion(node: "Node", host: "DatabaseHost", conn: "WitnessConnection", *, forced: bool, timeout: float) -> bool:
+async def request_promotion(node: "NodeServices", host: "DatabaseHost", conn: "WitnessConnection", *, forced: bool, timeout: float) -> bool:
     """Ask the witness to promote this mirror; promote if granted. True if granted."""
     s = host.session
     s.failover_requested = True  # from here on, no log from the old principal
@@ -94,7 +93,7 @@ async def witness_refusal(host: "DatabaseHost", claimant: str, epoch: int) -> st
     return quorum.witness_backing_refusal(answer["epoch"], answer["principal"], claimant, epoch)
 
 
-async def step_down_for_partner(node: "Node", host: "DatabaseHost", epoch: int, partner: str) -> None:
+async def step_down_for_partner(node: "NodeServices", host: "DatabaseHost", epoch: int, partner: str) -> None:
     """The partner says it is principal of a newer role sequence: step down, if the witness's record agrees."""
     why = await witness_refusal(host, partner, epoch)
     if why is not None:
@@ -103,7 +102,7 @@ async def step_down_for_partner(node: "Node", host: "DatabaseHost", epoch: int, 
     await step_down(node, host, epoch, f"the partner {partner} is principal in role sequence {epoch}")
 
 
-async def promote_for_failover(node: "Node", host: "DatabaseHost", epoch: int) -> None:
+async def promote_for_failover(node: "NodeServices", host: "DatabaseHost", epoch: int) -> None:
     """The principal asked for a manual failover: promote, if the witness recorded the switch first."""
     why = await witness_refusal(host, node.endpoint_url, epoch)
     if why is not None:
@@ -112,7 +111,7 @@ async def promote_for_failover(node: "Node", host: "DatabaseHost", epoch: int) -
     await promote(node, host, epoch, forced=False, why="manual failover")
 
 
-async def promote(node: "Node", host: "DatabaseHost", epoch: int, *, forced: bool, why: str) -> None:
+async def promote(node: "NodeServices", host: "DatabaseHost", epoch: int, *, forced: bool, why: str) -> None:
     """This mirror becomes the principal in role sequence `epoch`.
 
     Shielded: it is often started from a link task that it stops itself, and a
@@ -121,7 +120,7 @@ async def promote(node: "Node", host: "DatabaseHost", epoch: int, *, forced: boo
     await asyncio.shield(asyncio.ensure_future(_promote(node, host, epoch, forced=forced, why=why)))
 
 
-async def _promote(node: "Node", host: "DatabaseHost", epoch: int, *, forced: bool, why: str) -> None:
+async def _promote(node: "NodeServices", host: "DatabaseHost", epoch: int, *, forced: bool, why: str) -> None:
     async with host.role_change:
         cfg = host.session.config
         if cfg.role is not Role.MIRROR or epoch <= cfg.epoch:
@@ -171,12 +170,12 @@ async def _promote(node: "Node", host: "DatabaseHost", epoch: int, *, forced: bo
         )
 
 
-async def step_down(node: "Node", host: "DatabaseHost", epoch: int, why: str) -> None:
+async def step_down(node: "NodeServices", host: "DatabaseHost", epoch: int, why: str) -> None:
     """This principal learned of a newer principal: stop serving, become its mirror (shielded, as promote)."""
     await asyncio.shield(asyncio.ensure_future(_step_down(node, host, epoch, why)))
 
 
-async def _step_down(node: "Node", host: "DatabaseHost", epoch: int, why: str) -> None:
+async def _step_down(node: "NodeServices", host: "DatabaseHost", epoch: int, why: str) -> None:
     async with host.role_change:
         cfg = host.session.config
         if cfg.role is not Role.PRINCIPAL or epoch <= cfg.epoch:
@@ -200,17 +199,7 @@ async def _step_down(node: "Node", host: "DatabaseHost", epoch: int, why: str) -
         log.warning("stepped_down_to_mirror", database=host.name, role="MIRROR", role_sequence=epoch, lsn=host.log.last_lsn, reason=why)
 
 
-def keep_salvage_copy(host: "DatabaseHost", fork_lsn: int) -> str:
-    """Copy the diverged database as it stands at its last LSN, for the DBA to open."""
-    salvage_dir = host.directory.parent.parent / "salvage"
-    salvage_dir.mkdir(parents=True, exist_ok=True)
-    end = host.log.last_lsn
-    dest = salvage_dir / f"{host.name}-rs{host.log.last_epoch}-lsn{fork_lsn + 1}-{end}.sqlite"
-    shutil.copyfile(host.directory / "db.sqlite", dest)
-    return str(dest)
-
-
-async def manual_failover(node: "Node", host: "DatabaseHost") -> str:
+async def manual_failover(node: "NodeServices", host: "DatabaseHost") -> str:
     """SET PARTNER FAILOVER on the principal; returns where the principal is now."""
     s, cfg = host.session, host.session.config
     principal = host.principal
@@ -279,7 +268,7 @@ async def _wait_mirror_hardened(host: "DatabaseHost", end: int) -> None:
         await asyncio.sleep(0.005)  # acks arrive on the link task
 
 
-async def forced_service(node: "Node", host: "DatabaseHost") -> None:
+async def forced_service(node: "NodeServices", host: "DatabaseHost") -> None:
     """FORCE_SERVICE_ALLOW_DATA_LOSS on the mirror: start a new recovery fork here."""
     cfg = host.session.config
     if cfg.witness is not None:

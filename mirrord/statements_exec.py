@@ -39,6 +39,9 @@ from mirrord.core.types import (
     UnknownDatabase,
 )
 from mirrord.net import framing
+from mirrord.net.partner import resume_session, send_settings, suspend_session
+from mirrord.node_services import ClientState
+from mirrord.role_change import forced_service, manual_failover
 from mirrord.core import messages
 from mirrord.monitor import current_figures
 from mirrord.principal import PageDamaged, StatementResult
@@ -48,7 +51,7 @@ from mirrord.write_lock import spid_of
 
 if TYPE_CHECKING:
     from mirrord.host import DatabaseHost
-    from mirrord.node import ClientState, Node
+    from mirrord.node_services import NodeServices
 
 log = structlog.get_logger()
 
@@ -78,10 +81,10 @@ def _message(text: str) -> StatementResult:
 class StatementExecutor:
     """Runs one statement from a client against the node."""
 
-    def __init__(self, node: "Node") -> None:
+    def __init__(self, node: "NodeServices") -> None:
         self.node = node
 
-    async def run(self, state: "ClientState", owner: object, sql: str, db: str | None, params: Any) -> StatementResult:
+    async def run(self, state: ClientState, owner: object, sql: str, db: str | None, params: Any) -> StatementResult:
         """Parse and run sql; raise a MirrordError subclass when it is refused."""
         stmt = st.parse(sql)
         login = self._login(state)
@@ -109,7 +112,7 @@ class StatementExecutor:
             shown = f"{stmt.ms} ms" if stmt.ms else "the node's default"
             return _message(f"statement timeout of this connection: {shown}")
         if isinstance(stmt, st.SetLockTimeout):
-            owner.lock_timeout_ms = stmt.ms  # node.ClientOwner: the principals read it when a write waits
+            owner.lock_timeout_ms = stmt.ms  # node_services.ClientOwner: the principals read it when a write waits
             shown = {-1: "wait forever", 0: "do not wait"}.get(stmt.ms, f"{stmt.ms} ms")
             return _message(f"lock timeout of this connection: {shown}")
         if isinstance(stmt, st.SpWho):
@@ -138,7 +141,7 @@ class StatementExecutor:
         log.info("statement_done", database=stmt.db, statement=type(stmt).__name__, detail=result.message)
         return result
 
-    async def run_many(self, state: "ClientState", owner: object, sql: str, db: str | None, many: list) -> StatementResult:
+    async def run_many(self, state: ClientState, owner: object, sql: str, db: str | None, many: list) -> StatementResult:
         """executemany: run sql once per parameter set, in order, stopping at the first error (which is raised).
 
         The rows changed add up; the last set's result gives the rest. Each set
@@ -152,7 +155,7 @@ class StatementExecutor:
         result.rowcount = total if many else -1
         return result
 
-    def _sp_who(self, state: "ClientState", stmt: st.SpWho) -> StatementResult:
+    def _sp_who(self, state: ClientState, stmt: st.SpWho) -> StatementResult:
         """EXEC sp_who: a row per session and database it holds or waits for; a sysadmin sees all, others their own login's."""
         login = self._login(state)
         everyone = login is None or login.sysadmin  # --insecure: no logins, everyone sees everything
@@ -190,7 +193,7 @@ class StatementExecutor:
         return facts or [SessionFacts(owner.spid, conn.state.login, conn.state.db, None, None, 0.0, running,
                                       owner.last_statement)]
 
-    def _login(self, state: "ClientState") -> "lg.Login | None":
+    def _login(self, state: ClientState) -> "lg.Login | None":
         """The connection's login as the table has it now (a dropped login is out at its next statement)."""
         if self.node.logins is None:
             return None  # --insecure: no logins
@@ -354,8 +357,6 @@ class StatementExecutor:
             self._tell_partner(host, {"t": "suspend", "reason": f"SET PARTNER SUSPEND on the mirror {self.node.name}"})
             host.record_event("SUSPEND", "SET PARTNER SUSPEND on this mirror: asked the principal", lsn=host.log.last_lsn)
             return _message(f"mirroring of {host.name} SUSPENDED by the principal at the mirror's request")
-        from mirrord.net.partner import suspend_session
-
         suspend_session(host)
         host.record_event("SUSPEND", "SET PARTNER SUSPEND on this principal", lsn=host.log.last_lsn)
         return _message(f"mirroring of {host.name} SUSPENDED; the log grows until RESUME")
@@ -365,21 +366,15 @@ class StatementExecutor:
             self._tell_partner(host, {"t": "resume"})
             host.record_event("RESUME", "SET PARTNER RESUME on this mirror: asked the principal", lsn=host.log.last_lsn)
             return _message(f"mirroring of {host.name}: RESUME sent to the principal, which resumes the session")
-        from mirrord.net.partner import resume_session
-
         await resume_session(self.node, host)
         host.record_event("RESUME", "SET PARTNER RESUME on this principal", lsn=host.log.last_lsn)
         return _message(f"mirroring of {host.name} resumed")
 
     async def _partner_failover(self, host: "DatabaseHost") -> StatementResult:
-        from mirrord.role_change import manual_failover
-
         new_principal = await manual_failover(self.node, host)
         return _message(f"manual failover of {host.name} complete: the principal is now {new_principal}; this node is the mirror")
 
     async def _partner_force_service_allow_data_loss(self, host: "DatabaseHost") -> StatementResult:
-        from mirrord.role_change import forced_service
-
         await forced_service(self.node, host)
         cfg = host.session.config
         return _message(
@@ -431,8 +426,6 @@ class StatementExecutor:
 
     @staticmethod
     def _send_settings(host: "DatabaseHost") -> None:
-        from mirrord.net.partner import send_settings
-
         send_settings(host)
 
     @staticmethod
@@ -607,7 +600,7 @@ class StatementExecutor:
         return StatementResult(wanted, [[r[c] for c in wanted] for r in rows], len(rows))
 
 
-def status_rows(node: "Node") -> list[dict]:
+def status_rows(node: "NodeServices") -> list[dict]:
     """Every row of sys.database_mirroring on this node (the HTTP /status serves the same), by database name."""
     security = "mutual TLS" if node.tls is not None else "INSECURE (--insecure: no TLS, no logins)"
     # a database quarantined by a full disk is in both while it loads again: QUARANTINED until it is open

@@ -31,7 +31,6 @@ from mirrord.net import framing
 from mirrord.storage.fileutil import NO_SPACE, atomic_write_json, read_json
 
 if TYPE_CHECKING:
-    from mirrord.node import Node
     from mirrord.storage.events import EventLog
 
 log = structlog.get_logger()
@@ -126,7 +125,7 @@ class Witness:
 
     # ---------------------------------------------------------------- connections
 
-    async def serve(self, node: "Node", hello: dict, reader, writer) -> None:
+    async def serve(self, node_name: str, hello: dict, reader, writer) -> None:
         """Serve one partner's witness connection until it fails."""
         db, sender = hello["db"], hello["from_endpoint"]
         if not 1 <= hello["timeout"] <= 3600 or hello["role"] not in ("PRINCIPAL", "MIRROR"):
@@ -144,7 +143,7 @@ class Witness:
             if rec is not self.records.get(db):
                 self._save(rec)
         if db not in self.records:
-            framing.write_message(writer, {"t": "refuse", "reason": f"the witness {node.name} has no record of {db} yet; the principal registers it"})
+            framing.write_message(writer, {"t": "refuse", "reason": f"the witness {node_name} has no record of {db} yet; the principal registers it"})
             await writer.drain()
             return
         seen = _Seen(sender, float(hello["timeout"]))

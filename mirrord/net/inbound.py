@@ -25,14 +25,14 @@ from mirrord.storage.log import MAX_PAGE_COUNT, LogRecord, _check_pages, check_p
 
 if TYPE_CHECKING:
     from mirrord.host import DatabaseHost
-    from mirrord.node import Node
+    from mirrord.node_services import EndpointServices
 
 log = structlog.get_logger()
 
 READ_CHUNK = 1 << 20
 
 
-def refusal_for_hello(node: "Node", host: "DatabaseHost | None", hello: dict) -> str | None:
+def refusal_for_hello(node: "EndpointServices", host: "DatabaseHost | None", hello: dict) -> str | None:
     """Why this node will not mirror for the principal that said hello, or None."""
     db = hello["db"]
     if host is None:
@@ -89,7 +89,7 @@ def _same_endpoint(a: str, b: str) -> bool:
         return False
 
 
-async def serve_principal(node: "Node", host: "DatabaseHost", hello: dict, reader, writer) -> None:
+async def serve_principal(node: "EndpointServices", host: "DatabaseHost", hello: dict, reader, writer) -> None:
     """Run the mirror's side of one connection from the principal, until it fails."""
     session = host.session
     _adopt_settings(host, hello)
@@ -304,8 +304,6 @@ async def _note_divergence(host: "DatabaseHost", hello: dict) -> None:
     The principal's history diverged from ours after its fork point (its
     failover LSN): whatever this node holds past it is not in the new history.
     """
-    from mirrord.role_change import keep_salvage_copy
-
     fork = hello.get("failover_lsn")
     end = host.log.last_lsn
     if not isinstance(fork, int) or isinstance(fork, bool) or hello["epoch"] <= host.log.last_epoch or end <= fork:
@@ -315,7 +313,7 @@ async def _note_divergence(host: "DatabaseHost", hello: dict) -> None:
         return  # already recorded
     if host.mirror is not None and host.mirror.path.exists():
         await host.mirror.wait_redone()
-        path = await asyncio.to_thread(keep_salvage_copy, host, fork)
+        path = await asyncio.to_thread(host.keep_salvage_copy, fork)
     else:
         path = None
     host.update_config(lost_lsn_from=fork + 1, lost_lsn_to=end, salvage_path=path)

@@ -40,7 +40,7 @@ from mirrord.storage.fileutil import sqlite_page_size
 
 if TYPE_CHECKING:
     from mirrord.host import DatabaseHost
-    from mirrord.node import Node
+    from mirrord.node_services import EndpointServices
 
 log = structlog.get_logger()
 
@@ -55,7 +55,7 @@ class PartnerRefused(LinkRefused):
 
 
 
-async def run_partner_link(node: "Node", host: "DatabaseHost") -> None:
+async def run_partner_link(node: "EndpointServices", host: "DatabaseHost") -> None:
     """Keep a link to the mirror up while this node is the principal and streams log."""
 
     def refused(exc: LinkRefused) -> None:
@@ -68,7 +68,7 @@ async def run_partner_link(node: "Node", host: "DatabaseHost") -> None:
         context=lambda: {"database": host.name, "role": host.session.role.value, "lsn": host.log.last_lsn}))
 
 
-def _should_stream(node: "Node", host: "DatabaseHost") -> bool:
+def _should_stream(node: "EndpointServices", host: "DatabaseHost") -> bool:
     return host.session.role is Role.PRINCIPAL and host.session.config.partner is not None and not node.stopping
 
 
@@ -85,7 +85,7 @@ def _lost(host: "DatabaseHost") -> None:
         host.note_state()
 
 
-async def _one_connection(node: "Node", host: "DatabaseHost") -> None:
+async def _one_connection(node: "EndpointServices", host: "DatabaseHost") -> None:
     cfg = host.session.config
     ep = Endpoint.parse(cfg.partner)
     timeout = cfg.timeout
@@ -134,17 +134,15 @@ async def _one_connection(node: "Node", host: "DatabaseHost") -> None:
         node.untrack_endpoint_writer(writer)
 
 
-async def _maybe_step_down(node: "Node", host: "DatabaseHost", refuse: dict) -> None:
+async def _maybe_step_down(node: "EndpointServices", host: "DatabaseHost", refuse: dict) -> None:
     """The partner refused us because it is principal of a newer role sequence."""
-    from mirrord.role_change import step_down_for_partner
-
     epoch, partner = refuse.get("epoch"), host.session.config.partner
     if (refuse.get("role") == "PRINCIPAL" and isinstance(epoch, int) and not isinstance(epoch, bool)
             and epoch > host.session.config.epoch and partner is not None):
-        await step_down_for_partner(node, host, epoch, partner)
+        await node.step_down_for_partner(host, epoch, partner)
 
 
-async def resume_session(node: "Node", host: "DatabaseHost") -> None:
+async def resume_session(node: "EndpointServices", host: "DatabaseHost") -> None:
     """RESUME (issued here, or on the mirror): clear SUSPENDED, then a fresh handshake agrees the resume point.
 
     A diverged old principal is reseeded in that handshake.
@@ -168,7 +166,7 @@ def ended_by_partner(host: "DatabaseHost") -> None:
         host.principal.update_visible()
 
 
-async def run_off_notice(node: "Node", host: "DatabaseHost") -> None:
+async def run_off_notice(node: "EndpointServices", host: "DatabaseHost") -> None:
     """Tell the old mirror that SET PARTNER OFF ended the session here, until it confirms.
 
     Redials like any link (its backoff), across restarts (off_untold is
@@ -187,7 +185,7 @@ async def run_off_notice(node: "Node", host: "DatabaseHost") -> None:
         context=lambda: {"database": host.name, "mirror": host.session.config.off_untold}))
 
 
-async def _tell_off_once(node: "Node", host: "DatabaseHost") -> None:
+async def _tell_off_once(node: "EndpointServices", host: "DatabaseHost") -> None:
     cfg = host.session.config
     endpoint = cfg.off_untold
     reader, writer = await asyncio.wait_for(node.connect_endpoint(Endpoint.parse(endpoint)), cfg.timeout)
@@ -385,7 +383,7 @@ def _page_size(path: Path) -> int:
     return sqlite_page_size(path) or 4096
 
 
-async def _run_loops(node: "Node", host: "DatabaseHost", reader, writer, next_lsn: int) -> None:
+async def _run_loops(node: "EndpointServices", host: "DatabaseHost", reader, writer, next_lsn: int) -> None:
     pings: dict[int, float] = {}
     tasks = [
         asyncio.create_task(_ship(host, writer, next_lsn)),
@@ -428,7 +426,7 @@ def _principal_view(host: "DatabaseHost") -> dict:
     return {"synchronized": s.caught_up, "send_queue": host.queue_bytes(s.hardened_lsn, host.log.last_lsn)}
 
 
-async def _read_acks(node: "Node", host: "DatabaseHost", reader, pings: dict[int, float]) -> None:
+async def _read_acks(node: "EndpointServices", host: "DatabaseHost", reader, pings: dict[int, float]) -> None:
     acks = 0
     while True:
         msg = messages.validate(await asyncio.wait_for(framing.read_message(reader), host.session.config.timeout))

@@ -32,7 +32,7 @@ from mirrord.net.reconnect import Link, LinkRefused, run_link
 
 if TYPE_CHECKING:
     from mirrord.host import DatabaseHost
-    from mirrord.node import Node
+    from mirrord.node_services import EndpointServices
 
 log = structlog.get_logger()
 
@@ -40,7 +40,7 @@ log = structlog.get_logger()
 class WitnessConnection:
     """One open connection to the witness, with request/answer matching."""
 
-    def __init__(self, node: "Node", host: "DatabaseHost", reader, writer) -> None:
+    def __init__(self, node: "EndpointServices", host: "DatabaseHost", reader, writer) -> None:
         self.node, self.host, self.reader, self.writer = node, host, reader, writer
         self._rids = itertools.count(1)
         self._pending: dict[int, tuple[float, asyncio.Future]] = {}
@@ -74,7 +74,7 @@ class WitnessConnection:
             await self.node.adopt_witness_state(self.host, msg)
 
 
-async def run_witness_link(node: "Node", host: "DatabaseHost") -> None:
+async def run_witness_link(node: "EndpointServices", host: "DatabaseHost") -> None:
     """Keep a link to the witness while the session has one."""
 
     def should_run() -> bool:
@@ -96,7 +96,7 @@ async def run_witness_link(node: "Node", host: "DatabaseHost") -> None:
         context=lambda: {"database": host.name, "role": host.session.role.value}))
 
 
-async def _one_connection(node: "Node", host: "DatabaseHost") -> None:
+async def _one_connection(node: "EndpointServices", host: "DatabaseHost") -> None:
     cfg = host.session.config
     ep = Endpoint.parse(cfg.witness)
     reader, writer = await asyncio.wait_for(node.connect_endpoint(ep), cfg.timeout)
@@ -129,7 +129,7 @@ async def _one_connection(node: "Node", host: "DatabaseHost") -> None:
         node.untrack_endpoint_writer(writer)
 
 
-def _hello(node: "Node", host: "DatabaseHost") -> dict:
+def _hello(node: "EndpointServices", host: "DatabaseHost") -> dict:
     s, cfg = host.session, host.session.config
     return {
         "t": "w_hello", "db": host.name, "from_endpoint": node.endpoint_url, "role": cfg.role.value,
@@ -144,7 +144,7 @@ def _mirror_synchronized(host: "DatabaseHost") -> bool:
     return s.partner_connected and s.caught_up and not cfg.suspended and cfg.safety is Safety.FULL
 
 
-async def _drive(node: "Node", host: "DatabaseHost", conn: WitnessConnection, reader_task: asyncio.Task) -> None:
+async def _drive(node: "EndpointServices", host: "DatabaseHost", conn: WitnessConnection, reader_task: asyncio.Task) -> None:
     """Ping, report and request votes until the connection fails."""
     reported: tuple[int, bool, Safety] | None = None
     refusals = 0  # consecutive refused votes: retry fast at first (the witness may lag the loss by ms)
@@ -188,7 +188,7 @@ async def _report_if_changed(host: "DatabaseHost", conn: WitnessConnection, repo
     return None
 
 
-async def _maybe_request_failover(node: "Node", host: "DatabaseHost", conn: WitnessConnection, timeout: float) -> bool | None:
+async def _maybe_request_failover(node: "EndpointServices", host: "DatabaseHost", conn: WitnessConnection, timeout: float) -> bool | None:
     """Ask the witness for automatic failover when allowed: None if not asked, else whether it was granted."""
     s, cfg = host.session, host.session.config
     view = MirrorView(cfg.safety, cfg.witness is not None, True, s.partner_connected, s.principal_was_synchronized, cfg.suspended,

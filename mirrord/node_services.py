@@ -1,0 +1,124 @@
+"""What the node offers the parts below it, and a client connection's state.
+
+The node (`mirrord.node`) is the top layer: it owns the endpoint, the client
+port, the databases and the links, and imports every part. The parts under it —
+the network links (`net/`), role changes, the statement executor — call back
+into it through `NodeServices`, never by importing it, so the daemon's modules
+form layers without an import cycle (tests/test_import_cycles.py): a part is
+read knowing exactly what it may ask of the node.
+
+The node's configuration and metrics are typed loosely here (`Any`): their
+classes live in the node and the monitor, and naming them would tie the layers
+together again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from mirrord.core.page_repair import RepairHistory
+    from mirrord.core.session import SessionConfig
+    from mirrord.core.types import Endpoint
+    from mirrord.host import DatabaseHost
+    from mirrord.login_store import LoginStore
+    from mirrord.net.tls import TlsContexts
+    from mirrord.storage.events import EventLog
+    from mirrord.witness import Witness
+
+
+@dataclass
+class ClientState:
+    """One client connection: its current database and who logged in (None on an --insecure node)."""
+
+    db: str | None = None
+    statement_timeout_ms: int | None = None  # SET STATEMENT_TIMEOUT; None: the node's default
+    login: str | None = None  # who logged in (None on an --insecure node)
+
+
+class ClientOwner:
+    """Identifies one connection's transactions to the principals, and what EXEC sp_who shows of it.
+
+    A principal keeps owners as keys and reads only `spid` (lock_timeout errors)
+    and `lock_timeout_ms` (SET LOCK_TIMEOUT); `running` and `last_statement` are sp_who's.
+    """
+
+    def __init__(self, spid: int) -> None:
+        self.spid = spid
+        self.lock_timeout_ms: int | None = None  # SET LOCK_TIMEOUT; None: the node's default
+        self.running: str | None = None  # the statement running now (sp_who), if any
+        self.last_statement = ""
+
+
+class EndpointServices(Protocol):
+    """What the links (net/) ask of their node: its identity, dialing, and what a link's events call for."""
+
+    name: str
+    stopping: bool
+
+    @property
+    def endpoint_url(self) -> str: ...
+
+    @property
+    def listen_address(self) -> str: ...
+
+    async def connect_endpoint(self, ep: Endpoint) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]: ...
+
+    def track_endpoint_writer(self, writer: asyncio.StreamWriter) -> None: ...
+
+    def untrack_endpoint_writer(self, writer: asyncio.StreamWriter) -> None: ...
+
+    def hello(self, host: DatabaseHost) -> dict: ...
+
+    def start_partner_link(self, host: DatabaseHost) -> None: ...
+
+    async def stop_partner_link(self, host: DatabaseHost) -> None: ...
+
+    # role changes a link's events call for (mirrord.role_change carries them out)
+    async def adopt_witness_state(self, host: DatabaseHost, msg: dict) -> None: ...
+
+    async def request_promotion(self, host: DatabaseHost, conn: Any, *, forced: bool, timeout: float) -> bool: ...
+
+    async def step_down_for_partner(self, host: DatabaseHost, epoch: int, partner: str) -> None: ...
+
+
+class NodeServices(EndpointServices, Protocol):
+    """What role changes and statements ask of their node: its databases, settings, links and listeners."""
+
+    config: Any  # mirrord.node.NodeConfig
+    metrics: Any  # mirrord.monitor.NodeMetrics
+    databases: dict[str, DatabaseHost]
+    quarantined: dict[str, str]  # database: why it failed to load
+    loading_when_room: set[str]  # quarantined by a full disk, loaded again once there is room
+    connections: dict[int, Any]  # spid: the client connection (EXEC sp_who)
+    logins: LoginStore | None
+    tls: TlsContexts | None
+    witness: Witness
+    events: EventLog
+    repairs: RepairHistory
+
+    @property
+    def databases_dir(self) -> Path: ...
+
+    async def activate(self, host: DatabaseHost) -> None: ...
+
+    async def deactivate(self, host: DatabaseHost) -> None: ...
+
+    async def create_host(self, config: SessionConfig, snapshot: tuple[Path, int, int] | None = None) -> DatabaseHost: ...
+
+    async def drop_host(self, host: DatabaseHost) -> None: ...
+
+    async def stop_inbound(self, host: DatabaseHost) -> None: ...
+
+    def start_off_notice(self, host: DatabaseHost) -> None: ...
+
+    def sync_witness_link(self, host: DatabaseHost) -> None: ...
+
+    async def stop_witness_link(self, host: DatabaseHost) -> None: ...
+
+    async def start_endpoint(self) -> None: ...
+
+    async def stop_endpoint(self) -> None: ...
