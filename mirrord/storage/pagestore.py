@@ -332,7 +332,10 @@ def rebuild_from_log(path: Path, log: DurableLog, redo_lsn_path: Path, batch_byt
 
 
 NO_SPACE_RETRY = 0.5  # seconds redo waits before trying a batch again on a full disk
-PERSIST_INTERVAL = 0.05  # seconds an applied redo LSN may wait to be made durable
+# seconds an applied redo LSN may wait to be made durable: a crash re-applies at most this much of
+# the log (a second of commits is a few MB of page images); more often, the three fsyncs a persist
+# costs took a third of the mirror's busy time at 8 clients (benchmarks/profile_commit.py)
+PERSIST_INTERVAL = 1.0
 
 
 class RedoThread(threading.Thread):
