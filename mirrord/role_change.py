@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from mirrord.core import quorum
+from mirrord.core import quorum, roles
 from mirrord.core.timing import timing
 from mirrord.core.types import DatabaseStatus, Endpoint, NotPrincipal, Role, StatementRefused
 from mirrord.net import framing
@@ -36,23 +36,42 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 
-async def adopt_witness_state(node: "NodeServices", host: "DatabaseHost", msg: dict) -> None:
-    """Act on what the witness says about the session: a newer role sequence wins."""
+def role_view(node: "NodeServices", host: "DatabaseHost") -> roles.RoleView:
+    """What core.roles reads of this copy now."""
     s, cfg = host.session, host.session.config
-    if s.failover_pending or s.failover_requested:
-        return  # our own failover (manual, or a vote we asked for) switches roles itself
-    if msg["epoch"] > cfg.epoch:
-        if msg["principal"] == node.endpoint_url:
-            if cfg.role is Role.MIRROR:
-                # forced: a forced vote whose answer this mirror never got (its request timed out) is still forced
-                await promote(node, host, msg["epoch"], forced=msg.get("forced") is True,
-                              why="the witness records this node as principal")
-        elif cfg.role is Role.PRINCIPAL:
-            await step_down(node, host, msg["epoch"], f"the witness records {msg['principal']} as principal")
-        else:
-            host.update_config(epoch=msg["epoch"])
-    elif msg["epoch"] == cfg.epoch and cfg.role is Role.PRINCIPAL and msg["principal"] == node.endpoint_url:
-        s.witness_believes_synchronized = msg["mirror_synchronized"]
+    return roles.RoleView(role=cfg.role, role_sequence=cfg.epoch, endpoint=node.endpoint_url, partner=cfg.partner,
+                          changing=s.failover_pending or s.failover_requested, redo_error=s.redo_error)
+
+
+async def on_event(node: "NodeServices", host: "DatabaseHost", event: roles.Event) -> None:
+    """Feed an event to the role machine (core.roles) and carry out what it decides, in order."""
+    for action in roles.handle(role_view(node, host), event):
+        await carry_out(node, host, action)
+
+
+async def carry_out(node: "NodeServices", host: "DatabaseHost", action: roles.Action) -> None:
+    """Do one action of core.roles: a role change asks the witness's record first when the action says so."""
+    if isinstance(action, roles.Promote):
+        if action.needs_witness and (why := await witness_refusal(host, node.endpoint_url, action.role_sequence)) is not None:
+            log.warning("manual_failover_refused", database=host.name, role_sequence=action.role_sequence, reason=why)
+            return
+        await promote(node, host, action.role_sequence, forced=action.forced, why=action.why)
+    elif isinstance(action, roles.StepDown):
+        if action.needs_witness and (why := await witness_refusal(host, action.claimant, action.role_sequence)) is not None:
+            log.warning("step_down_refused", database=host.name, role_sequence=action.role_sequence,
+                        partner=action.claimant, reason=why)
+            return
+        await step_down(node, host, action.role_sequence, action.why)
+    elif isinstance(action, roles.AdoptRoleSequence):
+        host.update_config(epoch=action.role_sequence)
+    elif isinstance(action, roles.NoteWitnessSynchronized):
+        host.session.witness_believes_synchronized = action.synchronized
+
+
+async def adopt_witness_state(node: "NodeServices", host: "DatabaseHost", msg: dict) -> None:
+    """Act on what the witness says about the session (w_state, validated): a newer role sequence wins."""
+    await on_event(node, host, roles.WitnessState(msg["epoch"], msg["principal"], forced=msg.get("forced") is True,
+                                                  mirror_synchronized=msg["mirror_synchronized"]))
 
 
 async def request_promotion(node: "NodeServices", host: "DatabaseHost", conn: "WitnessConnection", *, forced: bool, timeout: float) -> bool:
@@ -95,20 +114,12 @@ async def witness_refusal(host: "DatabaseHost", claimant: str, epoch: int) -> st
 
 async def step_down_for_partner(node: "NodeServices", host: "DatabaseHost", epoch: int, partner: str) -> None:
     """The partner says it is principal of a newer role sequence: step down, if the witness's record agrees."""
-    why = await witness_refusal(host, partner, epoch)
-    if why is not None:
-        log.warning("step_down_refused", database=host.name, role_sequence=epoch, partner=partner, reason=why)
-        return
-    await step_down(node, host, epoch, f"the partner {partner} is principal in role sequence {epoch}")
+    await on_event(node, host, roles.PartnerIsPrincipal(epoch, partner))
 
 
 async def promote_for_failover(node: "NodeServices", host: "DatabaseHost", epoch: int) -> None:
     """The principal asked for a manual failover: promote, if the witness recorded the switch first."""
-    why = await witness_refusal(host, node.endpoint_url, epoch)
-    if why is not None:
-        log.warning("manual_failover_refused", database=host.name, role_sequence=epoch, reason=why)
-        return
-    await promote(node, host, epoch, forced=False, why="manual failover")
+    await on_event(node, host, roles.FailoverAsked(epoch))
 
 
 async def promote(node: "NodeServices", host: "DatabaseHost", epoch: int, *, forced: bool, why: str) -> None:
@@ -122,15 +133,14 @@ async def promote(node: "NodeServices", host: "DatabaseHost", epoch: int, *, for
 
 async def _promote(node: "NodeServices", host: "DatabaseHost", epoch: int, *, forced: bool, why: str) -> None:
     async with host.role_change:
-        cfg = host.session.config
-        if cfg.role is not Role.MIRROR or epoch <= cfg.epoch:
-            return
-        if host.session.redo_error is not None:
-            # never a PRINCIPAL that cannot open: the copy stays a mirror, SUSPENDED, saying why
-            log.error("promotion_refused", database=host.name, role_sequence=epoch, reason=host.session.redo_error)
-            host.record_event("PROMOTION_FAILED", f"to role sequence {epoch} ({why}) refused: {host.session.redo_error}")
+        view = role_view(node, host)
+        if not roles.promotion_due(view, epoch):
+            return  # the role moved on while this waited: nothing to do
+        if (refused := roles.promotion_refusal(view)) is not None:
+            log.error("promotion_refused", database=host.name, role_sequence=epoch, reason=refused)
+            host.record_event("PROMOTION_FAILED", f"to role sequence {epoch} ({why}) refused: {refused}")
             if forced:  # a statement: its client hears why
-                raise StatementRefused(f"{host.name} cannot become principal here: {host.session.redo_error}")
+                raise StatementRefused(f"{host.name} cannot become principal here: {refused}")
             return
         started = time.monotonic()
         await node.stop_inbound(host)
@@ -178,8 +188,8 @@ async def step_down(node: "NodeServices", host: "DatabaseHost", epoch: int, why:
 async def _step_down(node: "NodeServices", host: "DatabaseHost", epoch: int, why: str) -> None:
     async with host.role_change:
         cfg = host.session.config
-        if cfg.role is not Role.PRINCIPAL or epoch <= cfg.epoch:
-            return
+        if not roles.step_down_due(role_view(node, host), epoch):
+            return  # the role moved on while this waited: nothing to do
         host.failover_in_doubt = False  # settled: the partner is principal
         new_principal = host.session.partner_listen or cfg.partner
         if host.principal is not None:

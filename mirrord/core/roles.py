@@ -1,0 +1,203 @@
+"""Role changes: for each event a database's copy hears, what its role does next (pure, synchronous).
+
+A copy of a database is PRINCIPAL, MIRROR or NONE (standalone) in a role
+sequence. Three kinds of event can move it to another role without a
+statement, and TRANSITIONS lists, for each role and event, the rule that
+decides:
+
+    role        event                 rule                     what it may do
+    PRINCIPAL   WitnessState          on_witness_state         step down (newer principal recorded);
+                                                               note whether the witness holds the mirror synchronized
+    PRINCIPAL   PartnerIsPrincipal    on_partner_principal     step down, once the witness's record agrees
+    MIRROR      WitnessState          on_witness_state         promote (this node recorded as principal);
+                                                               adopt a newer role sequence
+    MIRROR      FailoverAsked         on_failover_asked        promote, once the witness's record agrees
+    NONE        WitnessState          on_witness_state         adopt a newer role sequence
+
+Anything not in the table changes nothing. The rules return actions; the shell
+(mirrord.role_change) carries them out in order — persisting the new
+configuration before it tells anyone (mirrord.host.DatabaseHost.update_config)
+— and asks `promotion_due` / `step_down_due` again at the instant it acts,
+under the database's role-change lock, since the role may have moved on while
+it waited for the witness.
+
+The words are the reference's and SQL Server's: the role sequence counts the
+role switches (failovers and forced service) of a session, as
+`mirroring_role_sequence` in sys.database_mirroring (the code's older name for
+it is `epoch`); a mirror that loses its principal "forms a quorum with the
+witness server and promotes itself" (reference/role-change-and-failover.txt),
+and the witness's record names the principal of the latest role sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Union
+
+from mirrord.core.types import Role
+
+
+@dataclass(frozen=True)
+class RoleView:
+    """What the rules read of a database's copy on this node."""
+
+    role: Role
+    role_sequence: int
+    endpoint: str  # this node's endpoint URL
+    partner: str | None = None  # the partner's endpoint URL, as configured
+    changing: bool = False  # a failover of our own is under way (manual, or a vote we asked for): it switches roles itself
+    redo_error: str | None = None  # a mirror whose redo failed cannot open its copy
+
+
+# ------------------------------------------------------------------ events
+
+
+@dataclass(frozen=True)
+class WitnessState:
+    """The witness's record of the session (w_state): the principal of its latest role sequence."""
+
+    role_sequence: int
+    principal: str
+    forced: bool = False  # that role sequence began by forced service
+    mirror_synchronized: bool = False
+
+
+@dataclass(frozen=True)
+class PartnerIsPrincipal:
+    """The partner speaks as principal of a role sequence (its hello, or its refusal of ours).
+
+    The shell raises it only for the configured partner (the links know whom
+    they dialed, and a hello's sender is checked against the partner setting).
+    """
+
+    role_sequence: int
+    partner: str
+
+
+@dataclass(frozen=True)
+class FailoverAsked:
+    """The principal asks this mirror to take over (manual failover) in a new role sequence."""
+
+    role_sequence: int
+
+
+Event = Union[WitnessState, PartnerIsPrincipal, FailoverAsked]
+
+
+# ------------------------------------------------------------------ actions
+
+
+@dataclass(frozen=True)
+class Promote:
+    """Become the principal of `role_sequence` (forced: a recovery fork, the old principal's extra log is lost)."""
+
+    role_sequence: int
+    forced: bool
+    why: str
+    needs_witness: bool = False  # only once the witness's record names this node principal of role_sequence
+
+
+@dataclass(frozen=True)
+class StepDown:
+    """Stop serving and become the mirror of the principal of `role_sequence`."""
+
+    role_sequence: int
+    why: str
+    needs_witness: bool = False  # only once the witness's record names the new principal (claimant)
+    claimant: str = ""
+
+
+@dataclass(frozen=True)
+class AdoptRoleSequence:
+    """Remember a newer role sequence without changing role (a mirror of the new principal, or a copy outside it)."""
+
+    role_sequence: int
+
+
+@dataclass(frozen=True)
+class NoteWitnessSynchronized:
+    """The witness's view of whether the mirror is synchronized (automatic failover needs it)."""
+
+    synchronized: bool
+
+
+Action = Union[Promote, StepDown, AdoptRoleSequence, NoteWitnessSynchronized]
+
+
+# ------------------------------------------------------------------ rules
+
+
+def on_witness_state(view: RoleView, event: WitnessState) -> list[Action]:
+    """The witness's record wins over what this copy believes: a newer role sequence decides the roles."""
+    if view.changing:
+        return []  # our own failover switches roles itself
+    if event.role_sequence > view.role_sequence:
+        if event.principal == view.endpoint:
+            if view.role is Role.MIRROR:
+                # forced as recorded: a forced vote whose answer this mirror never got is still a recovery fork
+                return [Promote(event.role_sequence, forced=event.forced, why="the witness records this node as principal")]
+            return []  # a principal already, or no longer in the session: nothing to take over
+        if view.role is Role.PRINCIPAL:
+            return [StepDown(event.role_sequence, f"the witness records {event.principal} as principal")]
+        return [AdoptRoleSequence(event.role_sequence)]
+    if event.role_sequence == view.role_sequence and view.role is Role.PRINCIPAL and event.principal == view.endpoint:
+        return [NoteWitnessSynchronized(event.mirror_synchronized)]
+    return []
+
+
+def on_partner_principal(view: RoleView, event: PartnerIsPrincipal) -> list[Action]:
+    """A principal hears its own partner claim a newer role sequence: it steps down if the witness agrees.
+
+    Without a witness the authenticated partner's word is the record, as
+    between the reference's partners; with one, the record decides.
+    """
+    if view.role is Role.PRINCIPAL and event.role_sequence > view.role_sequence and view.partner is not None:
+        return [StepDown(event.role_sequence, f"the partner {event.partner} is principal in role sequence {event.role_sequence}",
+                         needs_witness=True, claimant=event.partner)]
+    return []
+
+
+def on_failover_asked(view: RoleView, event: FailoverAsked) -> list[Action]:
+    """The principal handed over (manual failover): take over once the witness recorded the switch."""
+    if view.role is Role.MIRROR and event.role_sequence > view.role_sequence:
+        return [Promote(event.role_sequence, forced=False, why="manual failover", needs_witness=True)]
+    return []
+
+
+Rule = Callable[[RoleView, Event], list[Action]]
+
+TRANSITIONS: dict[tuple[Role, type], Rule] = {
+    (Role.PRINCIPAL, WitnessState): on_witness_state,
+    (Role.PRINCIPAL, PartnerIsPrincipal): on_partner_principal,
+    (Role.MIRROR, WitnessState): on_witness_state,
+    (Role.MIRROR, FailoverAsked): on_failover_asked,
+    (Role.NONE, WitnessState): on_witness_state,
+}
+
+
+def handle(view: RoleView, event: Event) -> list[Action]:
+    """What the copy does on event: the rule of TRANSITIONS for its role and the event, or nothing."""
+    rule = TRANSITIONS.get((view.role, type(event)))
+    return rule(view, event) if rule is not None else []
+
+
+# ------------------------------------------------------------------ checks at the instant of acting
+
+
+def promotion_due(view: RoleView, role_sequence: int) -> bool:
+    """Is it still this copy's turn to become principal of role_sequence (a mirror, the sequence newer)?"""
+    return view.role is Role.MIRROR and role_sequence > view.role_sequence
+
+
+def promotion_refusal(view: RoleView) -> str | None:
+    """Why this mirror cannot become principal although it is its turn; None if it can.
+
+    Never a PRINCIPAL that cannot open: a mirror whose redo failed stays a
+    mirror, SUSPENDED, saying why.
+    """
+    return view.redo_error
+
+
+def step_down_due(view: RoleView, role_sequence: int) -> bool:
+    """Must this copy still step down for a principal of role_sequence (a principal, the sequence newer)?"""
+    return view.role is Role.PRINCIPAL and role_sequence > view.role_sequence

@@ -1,0 +1,124 @@
+"""The role machine's rules (core.roles), exhaustively over a small world: every role, every relation of
+role sequences, the principal named being this node or not, a failover of our own under way or not."""
+
+from __future__ import annotations
+
+import itertools
+
+from mirrord.core import roles
+from mirrord.core.types import Role
+
+ME, PARTNER, OTHER = "tcp://a:5022", "tcp://b:5022", "tcp://c:5022"
+SEQ = 5
+
+
+def views():
+    for role, changing, redo_error, partner in itertools.product(Role, (False, True), (None, "redo failed at LSN 9"), (PARTNER, None)):
+        yield roles.RoleView(role, SEQ, ME, partner=partner, changing=changing, redo_error=redo_error)
+
+
+def events():
+    for seq in (SEQ - 1, SEQ, SEQ + 1, SEQ + 2):
+        for principal, forced, synced in itertools.product((ME, PARTNER, OTHER), (False, True), (False, True)):
+            yield roles.WitnessState(seq, principal, forced=forced, mirror_synchronized=synced)
+        yield roles.PartnerIsPrincipal(seq, PARTNER)
+        yield roles.FailoverAsked(seq)
+
+
+WORLD = [(v, e) for v in views() for e in events()]
+
+
+def test_every_action_obeys_the_invariants():
+    for view, event in WORLD:
+        _check_actions(view, event)
+
+
+def _check_actions(view: roles.RoleView, event: roles.Event) -> None:
+    actions = roles.handle(view, event)
+    assert len(actions) <= 1
+    for action in actions:
+        if isinstance(action, roles.Promote):
+            # only a mirror becomes principal, only of a newer role sequence, only of the one the event names
+            assert view.role is Role.MIRROR and action.role_sequence == event.role_sequence > view.role_sequence
+            # the witness's record decides: it names us, or it is asked before acting
+            assert action.needs_witness or (isinstance(event, roles.WitnessState) and event.principal == ME)
+            assert action.forced == (isinstance(event, roles.WitnessState) and event.forced)
+        elif isinstance(action, roles.StepDown):
+            assert view.role is Role.PRINCIPAL and action.role_sequence == event.role_sequence > view.role_sequence
+            assert action.needs_witness or (isinstance(event, roles.WitnessState) and event.principal != ME)
+            assert not action.needs_witness or action.claimant == event.partner
+        elif isinstance(action, roles.AdoptRoleSequence):
+            assert view.role is not Role.PRINCIPAL and action.role_sequence > view.role_sequence
+        else:
+            assert isinstance(action, roles.NoteWitnessSynchronized)
+            assert view.role is Role.PRINCIPAL and event.role_sequence == view.role_sequence and event.principal == ME
+
+
+def test_an_event_of_an_older_role_sequence_changes_nothing():
+    for view, event in WORLD:
+        if event.role_sequence < view.role_sequence:
+            assert roles.handle(view, event) == [], (view, event)
+
+
+def test_a_failover_of_our_own_is_left_to_switch_roles_itself():
+    for view, event in WORLD:
+        if view.changing and isinstance(event, roles.WitnessState):
+            assert roles.handle(view, event) == [], (view, event)
+
+
+def test_the_witness_naming_this_mirror_promotes_it_as_recorded():
+    view = roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER)
+    assert roles.handle(view, roles.WitnessState(SEQ + 1, ME)) == [
+        roles.Promote(SEQ + 1, forced=False, why="the witness records this node as principal")]
+    forced = roles.handle(view, roles.WitnessState(SEQ + 1, ME, forced=True))
+    assert [a.forced for a in forced] == [True]  # a forced vote whose answer was lost is still a recovery fork
+
+
+def test_the_witness_naming_another_principal_deposes_this_one_and_moves_a_mirror_on():
+    principal = roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER)
+    assert roles.handle(principal, roles.WitnessState(SEQ + 1, PARTNER)) == [
+        roles.StepDown(SEQ + 1, f"the witness records {PARTNER} as principal")]
+    mirror = roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER)
+    assert roles.handle(mirror, roles.WitnessState(SEQ + 2, OTHER)) == [roles.AdoptRoleSequence(SEQ + 2)]
+    assert roles.handle(principal, roles.WitnessState(SEQ + 1, ME)) == []  # already principal: nothing to take
+
+
+def test_the_principal_notes_the_witness_view_of_its_mirror_in_its_own_role_sequence():
+    principal = roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER)
+    assert roles.handle(principal, roles.WitnessState(SEQ, ME, mirror_synchronized=True)) == [roles.NoteWitnessSynchronized(True)]
+    assert roles.handle(principal, roles.WitnessState(SEQ, PARTNER, mirror_synchronized=True)) == []
+
+
+def test_a_partner_claiming_a_newer_role_sequence_deposes_a_principal_only_through_the_witness():
+    principal = roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER)
+    [action] = roles.handle(principal, roles.PartnerIsPrincipal(SEQ + 1, PARTNER))
+    assert isinstance(action, roles.StepDown) and action.needs_witness and action.claimant == PARTNER
+    assert roles.handle(principal, roles.PartnerIsPrincipal(SEQ, PARTNER)) == []
+    assert roles.handle(roles.RoleView(Role.PRINCIPAL, SEQ, ME, None), roles.PartnerIsPrincipal(SEQ + 1, PARTNER)) == []
+    assert roles.handle(roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER), roles.PartnerIsPrincipal(SEQ + 1, PARTNER)) == []
+
+
+def test_a_manual_failover_promotes_the_mirror_through_the_witness():
+    mirror = roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER)
+    assert roles.handle(mirror, roles.FailoverAsked(SEQ + 1)) == [
+        roles.Promote(SEQ + 1, forced=False, why="manual failover", needs_witness=True)]
+    assert roles.handle(mirror, roles.FailoverAsked(SEQ)) == []
+    assert roles.handle(roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER), roles.FailoverAsked(SEQ + 1)) == []
+
+
+def test_the_table_names_a_rule_for_every_pair_it_handles_and_nothing_else_acts():
+    handled = set(roles.TRANSITIONS)
+    for view, event in WORLD:
+        if (view.role, type(event)) not in handled:
+            assert roles.handle(view, event) == []
+
+
+def test_the_checks_at_the_instant_of_acting():
+    mirror = roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER)
+    assert roles.promotion_due(mirror, SEQ + 1) and not roles.promotion_due(mirror, SEQ)
+    assert not roles.promotion_due(roles.RoleView(Role.PRINCIPAL, SEQ, ME), SEQ + 1)
+    assert roles.promotion_refusal(mirror) is None
+    assert roles.promotion_refusal(roles.RoleView(Role.MIRROR, SEQ, ME, redo_error="redo failed")) == "redo failed"
+    principal = roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER)
+    assert roles.step_down_due(principal, SEQ + 1) and not roles.step_down_due(principal, SEQ)
+    assert not roles.step_down_due(mirror, SEQ + 1)
