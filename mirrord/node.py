@@ -34,7 +34,7 @@ import structlog
 
 from mirrord import config as settings
 from mirrord.core import logins as lg
-from mirrord.core import messages
+from mirrord.core import messages, roles
 from mirrord.core.names import db_name_refusal, inside, is_db_name
 from mirrord.core.events import DEFAULT_MAX_AGE_DAYS, DEFAULT_MAX_EVENTS
 from mirrord.core.session import Session, SessionConfig
@@ -564,9 +564,9 @@ class Node:
         """Ask the witness to promote this mirror (see role_change.request_promotion)."""
         return await role_change.request_promotion(self, host, conn, forced=forced, timeout=timeout)
 
-    async def step_down_for_partner(self, host: DatabaseHost, epoch: int, partner: str) -> None:
-        """The partner is principal of a newer role sequence (see role_change.step_down_for_partner)."""
-        await role_change.step_down_for_partner(self, host, epoch, partner)
+    async def role_event(self, host: DatabaseHost, event: roles.Event) -> None:
+        """An event for the role machine (core.roles) from a link; role_change carries out what it decides."""
+        await role_change.on_event(self, host, event)
 
     def sync_witness_link(self, host: DatabaseHost) -> None:
         """Start or stop the witness link after the session's witness setting changed."""

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from mirrord.core import roles
     from mirrord.core.page_repair import RepairHistory
     from mirrord.core.session import SessionConfig
     from mirrord.core.types import Endpoint
@@ -77,12 +78,12 @@ class EndpointServices(Protocol):
 
     async def stop_partner_link(self, host: DatabaseHost) -> None: ...
 
-    # role changes a link's events call for (mirrord.role_change carries them out)
+    # what a link's events call for: core.roles decides, mirrord.role_change carries it out
+    async def role_event(self, host: DatabaseHost, event: roles.Event) -> None: ...
+
     async def adopt_witness_state(self, host: DatabaseHost, msg: dict) -> None: ...
 
     async def request_promotion(self, host: DatabaseHost, conn: Any, *, forced: bool, timeout: float) -> bool: ...
-
-    async def step_down_for_partner(self, host: DatabaseHost, epoch: int, partner: str) -> None: ...
 
 
 class NodeServices(EndpointServices, Protocol):

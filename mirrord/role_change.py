@@ -40,7 +40,8 @@ def role_view(node: "NodeServices", host: "DatabaseHost") -> roles.RoleView:
     """What core.roles reads of this copy now."""
     s, cfg = host.session, host.session.config
     return roles.RoleView(role=cfg.role, role_sequence=cfg.epoch, endpoint=node.endpoint_url, partner=cfg.partner,
-                          changing=s.failover_pending or s.failover_requested, redo_error=s.redo_error)
+                          changing=s.failover_pending or s.failover_requested, redo_error=s.redo_error,
+                          forced_fork=cfg.forced_fork, failover_in_doubt=host.failover_in_doubt)
 
 
 async def on_event(node: "NodeServices", host: "DatabaseHost", event: roles.Event) -> None:
@@ -66,6 +67,16 @@ async def carry_out(node: "NodeServices", host: "DatabaseHost", action: roles.Ac
         host.update_config(epoch=action.role_sequence)
     elif isinstance(action, roles.NoteWitnessSynchronized):
         host.session.witness_believes_synchronized = action.synchronized
+    elif isinstance(action, roles.SuspendSession):
+        host.update_config(suspended=True, forced_fork=False)
+        log.warning("session_suspended", database=host.name, role_sequence=host.session.config.epoch, reason=action.why)
+    elif isinstance(action, roles.ServeAgain):
+        host.failover_in_doubt = False
+        host.session.state_reason = None
+        if host.principal is not None:
+            host.principal.resume_serving()
+        log.warning("manual_failover_did_not_happen", database=host.name, role="PRINCIPAL",
+                    role_sequence=host.session.config.epoch, reason=action.why)
 
 
 async def adopt_witness_state(node: "NodeServices", host: "DatabaseHost", msg: dict) -> None:

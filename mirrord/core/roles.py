@@ -1,14 +1,16 @@
 """Role changes: for each event a database's copy hears, what its role does next (pure, synchronous).
 
 A copy of a database is PRINCIPAL, MIRROR or NONE (standalone) in a role
-sequence. Three kinds of event can move it to another role without a
-statement, and TRANSITIONS lists, for each role and event, the rule that
-decides:
+sequence. Four kinds of event can change its role or its session's state
+without a statement, and TRANSITIONS lists, for each role and event, the rule
+that decides:
 
     role        event                 rule                     what it may do
     PRINCIPAL   WitnessState          on_witness_state         step down (newer principal recorded);
                                                                note whether the witness holds the mirror synchronized
     PRINCIPAL   PartnerIsPrincipal    on_partner_principal     step down, once the witness's record agrees
+    PRINCIPAL   PartnerWelcomed       on_partner_welcomed      after forced service, suspend the session;
+                                                               after a manual failover left in doubt, serve again
     MIRROR      WitnessState          on_witness_state         promote (this node recorded as principal);
                                                                adopt a newer role sequence
     MIRROR      FailoverAsked         on_failover_asked        promote, once the witness's record agrees
@@ -47,6 +49,8 @@ class RoleView:
     partner: str | None = None  # the partner's endpoint URL, as configured
     changing: bool = False  # a failover of our own is under way (manual, or a vote we asked for): it switches roles itself
     redo_error: str | None = None  # a mirror whose redo failed cannot open its copy
+    forced_fork: bool = False  # a principal whose role sequence began by forced service, not yet rejoined by its partner
+    failover_in_doubt: bool = False  # a principal whose manual failover was sent and never confirmed: not serving
 
 
 # ------------------------------------------------------------------ events
@@ -75,13 +79,20 @@ class PartnerIsPrincipal:
 
 
 @dataclass(frozen=True)
+class PartnerWelcomed:
+    """The partner welcomed this node as its principal in role_sequence (the link's handshake)."""
+
+    role_sequence: int
+
+
+@dataclass(frozen=True)
 class FailoverAsked:
     """The principal asks this mirror to take over (manual failover) in a new role sequence."""
 
     role_sequence: int
 
 
-Event = Union[WitnessState, PartnerIsPrincipal, FailoverAsked]
+Event = Union[WitnessState, PartnerIsPrincipal, PartnerWelcomed, FailoverAsked]
 
 
 # ------------------------------------------------------------------ actions
@@ -121,7 +132,21 @@ class NoteWitnessSynchronized:
     synchronized: bool
 
 
-Action = Union[Promote, StepDown, AdoptRoleSequence, NoteWitnessSynchronized]
+@dataclass(frozen=True)
+class SuspendSession:
+    """SUSPENDED: no log flows until RESUME (the old principal's lost transactions are reported first)."""
+
+    why: str
+
+
+@dataclass(frozen=True)
+class ServeAgain:
+    """Serve again: the role change that stopped this principal serving did not happen."""
+
+    why: str
+
+
+Action = Union[Promote, StepDown, AdoptRoleSequence, NoteWitnessSynchronized, SuspendSession, ServeAgain]
 
 
 # ------------------------------------------------------------------ rules
@@ -157,6 +182,20 @@ def on_partner_principal(view: RoleView, event: PartnerIsPrincipal) -> list[Acti
     return []
 
 
+def on_partner_welcomed(view: RoleView, event: PartnerWelcomed) -> list[Action]:
+    """The mirror accepted this principal in its own role sequence: what that settles."""
+    if view.role is not Role.PRINCIPAL or event.role_sequence != view.role_sequence:
+        return []
+    actions: list[Action] = []
+    if view.forced_fork:
+        # reference (forced service): the old principal rejoins as the mirror and the session is SUSPENDED
+        actions.append(SuspendSession("the partner rejoined after forced service"))
+    if view.failover_in_doubt:
+        actions.append(ServeAgain("the partner welcomed this node as its principal in its role sequence: "
+                                  "the manual failover did not happen"))
+    return actions
+
+
 def on_failover_asked(view: RoleView, event: FailoverAsked) -> list[Action]:
     """The principal handed over (manual failover): take over once the witness recorded the switch."""
     if view.role is Role.MIRROR and event.role_sequence > view.role_sequence:
@@ -169,6 +208,7 @@ Rule = Callable[[RoleView, Event], list[Action]]
 TRANSITIONS: dict[tuple[Role, type], Rule] = {
     (Role.PRINCIPAL, WitnessState): on_witness_state,
     (Role.PRINCIPAL, PartnerIsPrincipal): on_partner_principal,
+    (Role.PRINCIPAL, PartnerWelcomed): on_partner_welcomed,
     (Role.MIRROR, WitnessState): on_witness_state,
     (Role.MIRROR, FailoverAsked): on_failover_asked,
     (Role.NONE, WitnessState): on_witness_state,

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from mirrord.core import messages
+from mirrord.core import messages, roles
 from mirrord.core.quorum import lease_until
 from mirrord.core.timing import timing
 from mirrord.core.types import Endpoint, ProtocolError, Role
@@ -102,16 +102,10 @@ async def _one_connection(node: "EndpointServices", host: "DatabaseHost") -> Non
         if welcome["t"] != "welcome":
             raise ProtocolError(f"expected welcome, got {welcome['t']}")
         sent_at = time.monotonic()
-        if cfg.forced_fork:
-            # reference (forced service): the old principal rejoins as mirror, the session SUSPENDED
-            host.update_config(suspended=True, forced_fork=False)
-            framing.write_message(writer, settings_message(host))
-        if host.failover_in_doubt and host.principal is not None:
-            # the partner welcomed us as its principal in our role sequence: the failover never happened
-            host.failover_in_doubt = False
-            host.session.state_reason = None
-            host.principal.resume_serving()
-            log.warning("manual_failover_did_not_happen", database=host.name, role="PRINCIPAL", role_sequence=cfg.epoch)
+        was_suspended = cfg.suspended
+        await node.role_event(host, roles.PartnerWelcomed(cfg.epoch))  # SUSPENDED after forced service, ...
+        if host.session.config.suspended and not was_suspended:
+            framing.write_message(writer, settings_message(host))  # the mirror hears it before the resume point
         hardened = await _agree_resume_point(host, welcome, reader, writer)
         host.session.partner_listen = welcome.get("listen") if isinstance(welcome.get("listen"), str) else None
         host.session.note_partner_connected(hardened)
@@ -137,9 +131,8 @@ async def _one_connection(node: "EndpointServices", host: "DatabaseHost") -> Non
 async def _maybe_step_down(node: "EndpointServices", host: "DatabaseHost", refuse: dict) -> None:
     """The partner refused us because it is principal of a newer role sequence."""
     epoch, partner = refuse.get("epoch"), host.session.config.partner
-    if (refuse.get("role") == "PRINCIPAL" and isinstance(epoch, int) and not isinstance(epoch, bool)
-            and epoch > host.session.config.epoch and partner is not None):
-        await node.step_down_for_partner(host, epoch, partner)
+    if refuse.get("role") == "PRINCIPAL" and isinstance(epoch, int) and not isinstance(epoch, bool) and partner is not None:
+        await node.role_event(host, roles.PartnerIsPrincipal(epoch, partner))
 
 
 async def resume_session(node: "EndpointServices", host: "DatabaseHost") -> None:

@@ -13,8 +13,10 @@ SEQ = 5
 
 
 def views():
-    for role, changing, redo_error, partner in itertools.product(Role, (False, True), (None, "redo failed at LSN 9"), (PARTNER, None)):
-        yield roles.RoleView(role, SEQ, ME, partner=partner, changing=changing, redo_error=redo_error)
+    for role, changing, redo_error, partner, forked, doubt in itertools.product(
+            Role, (False, True), (None, "redo failed at LSN 9"), (PARTNER, None), (False, True), (False, True)):
+        yield roles.RoleView(role, SEQ, ME, partner=partner, changing=changing, redo_error=redo_error,
+                             forced_fork=forked, failover_in_doubt=doubt)
 
 
 def events():
@@ -22,6 +24,7 @@ def events():
         for principal, forced, synced in itertools.product((ME, PARTNER, OTHER), (False, True), (False, True)):
             yield roles.WitnessState(seq, principal, forced=forced, mirror_synchronized=synced)
         yield roles.PartnerIsPrincipal(seq, PARTNER)
+        yield roles.PartnerWelcomed(seq)
         yield roles.FailoverAsked(seq)
 
 
@@ -35,7 +38,7 @@ def test_every_action_obeys_the_invariants():
 
 def _check_actions(view: roles.RoleView, event: roles.Event) -> None:
     actions = roles.handle(view, event)
-    assert len(actions) <= 1
+    assert len(actions) <= 1 or all(isinstance(a, (roles.SuspendSession, roles.ServeAgain)) for a in actions)
     for action in actions:
         if isinstance(action, roles.Promote):
             # only a mirror becomes principal, only of a newer role sequence, only of the one the event names
@@ -49,6 +52,11 @@ def _check_actions(view: roles.RoleView, event: roles.Event) -> None:
             assert not action.needs_witness or action.claimant == event.partner
         elif isinstance(action, roles.AdoptRoleSequence):
             assert view.role is not Role.PRINCIPAL and action.role_sequence > view.role_sequence
+        elif isinstance(action, (roles.SuspendSession, roles.ServeAgain)):
+            # only the principal of the role sequence its partner welcomed it in, and only what it was waiting for
+            assert view.role is Role.PRINCIPAL and isinstance(event, roles.PartnerWelcomed)
+            assert event.role_sequence == view.role_sequence
+            assert view.forced_fork if isinstance(action, roles.SuspendSession) else view.failover_in_doubt
         else:
             assert isinstance(action, roles.NoteWitnessSynchronized)
             assert view.role is Role.PRINCIPAL and event.role_sequence == view.role_sequence and event.principal == ME
@@ -122,3 +130,14 @@ def test_the_checks_at_the_instant_of_acting():
     principal = roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER)
     assert roles.step_down_due(principal, SEQ + 1) and not roles.step_down_due(principal, SEQ)
     assert not roles.step_down_due(mirror, SEQ + 1)
+
+
+def test_the_partner_welcoming_this_principal_settles_a_forced_fork_and_a_failover_in_doubt():
+    plain = roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER)
+    assert roles.handle(plain, roles.PartnerWelcomed(SEQ)) == []
+    forked = roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER, forced_fork=True)
+    assert [type(a) for a in roles.handle(forked, roles.PartnerWelcomed(SEQ))] == [roles.SuspendSession]
+    doubt = roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER, failover_in_doubt=True)
+    assert [type(a) for a in roles.handle(doubt, roles.PartnerWelcomed(SEQ))] == [roles.ServeAgain]
+    assert roles.handle(doubt, roles.PartnerWelcomed(SEQ - 1)) == []  # another role sequence's welcome settles nothing
+    assert roles.handle(roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER, forced_fork=True), roles.PartnerWelcomed(SEQ)) == []
