@@ -502,7 +502,12 @@ class PrincipalDatabase:
     # ---------------------------------------------------------------- redo queue limit (flow control)
 
     def redo_queue_over(self) -> bool:
-        """True while writers must wait: the mirror's redo queue is over PARTNER REDO_QUEUE (core.redo_queue.must_wait)."""
+        """True while writers must wait: the mirror's redo queue is over PARTNER REDO_QUEUE (core.redo_queue.must_wait).
+
+        Never on a database closing or no longer served here: its writers go on to hear that instead.
+        """
+        if self.closed or not self.serving:
+            return False
         s = self.session
         return redo_queue.must_wait(s.config.redo_queue_mb, s.redo_queue_bytes, s.state)
 
@@ -513,7 +518,7 @@ class PrincipalDatabase:
 
     def redo_queue_changed(self) -> None:
         """The mirror reported its redo queue, the limit or the session's state changed: let held writers go if they may."""
-        if self.closed or not self.serving or not self.redo_queue_over():
+        if not self.redo_queue_over():
             self._redo_room.set()
 
     async def _wait_redo_room(self, deadline: float | None = None, timeout_ms: int = 0) -> None:
@@ -532,7 +537,7 @@ class PrincipalDatabase:
                      limit_mb=self.session.config.redo_queue_mb)
         self._redo_holders += 1
         try:
-            while not self.closed and self.serving and self.redo_queue_over():
+            while self.redo_queue_over():
                 self._redo_room.clear()
                 wait = REDO_QUEUE_RECHECK
                 if deadline is not None:
