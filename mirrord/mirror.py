@@ -35,8 +35,11 @@ CHECKSUMS_FILE = "page_checksums"
 class MirrorDatabase:
     """A database this node mirrors: durable log, page store, redo thread."""
 
-    def __init__(self, directory: Path, session: Session, dlog: DurableLog) -> None:
+    def __init__(self, directory: Path, session: Session, dlog: DurableLog, *, log_size_limit: int = 1 << 30) -> None:
         self.directory = directory
+        # the same limit as a principal's log (--log-size-limit-mb): past it this copy hardens nothing more
+        self.log_size_limit = log_size_limit
+        self.on_redo_progress: Callable[[], None] | None = None  # told (on the event loop) when redo went further
         self.path = directory / "db.sqlite"
         self.session = session
         self.log = dlog
@@ -84,6 +87,29 @@ class MirrorDatabase:
         """Everything up to here is in the page store."""
         return self._redo.redo_lsn if self._redo else self.log.last_lsn
 
+    @property
+    def redo_queue_bytes(self) -> int:
+        """The redo queue: bytes of log hardened here but not yet redone (this log holds all of them)."""
+        redo, hardened = self.redo_lsn, self.log.last_lsn
+        return self.log.bytes_between(redo, hardened) if hardened > redo else 0
+
+    def log_full_refusal(self) -> str | None:
+        """Why this copy may harden no more log now (its log is at its size limit), or None.
+
+        The log is first cut to what redo has not made durable (a restart redoes
+        from there): it shrinks by itself as redo goes on, so a refusal lasts
+        only until redo catches up. Nothing is ever dropped to make room.
+        """
+        if self.log.size_bytes > self.log_size_limit and self._redo is not None:
+            floor = self._redo.persisted_lsn + 1
+            if floor > self.log.first_lsn:
+                self.log.truncate_before(floor)
+        if self.log.size_bytes <= self.log_size_limit:
+            return None
+        return (f"the mirror's log is full ({self.log.size_bytes >> 20} MB, limit {self.log_size_limit >> 20} MB, "
+                f"--log-size-limit-mb): redo is {self.redo_queue_bytes >> 20} MB behind, so it hardens no more log "
+                "until redo catches up (a PARTNER REDO_QUEUE limit on the principal keeps this from happening)")
+
     def start(self) -> None:
         """Start redo from the persisted redo LSN."""
         self._page_size = self.page_size()
@@ -103,7 +129,12 @@ class MirrorDatabase:
         self.session.end_of_log_lsn = self.log.last_lsn
 
     def _on_redo_progress(self, lsn: Lsn) -> None:
-        self._loop.call_soon_threadsafe(setattr, self.session, "redo_lsn", lsn)
+        self._loop.call_soon_threadsafe(self._redo_progressed, lsn)
+
+    def _redo_progressed(self, lsn: Lsn) -> None:
+        self.session.redo_lsn = lsn
+        if self.on_redo_progress is not None:
+            self.on_redo_progress()
 
     def _on_redo_error(self, exc: BaseException) -> None:
         # A partial apply must not be served: stop redo, keep the durable log,

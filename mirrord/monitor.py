@@ -102,6 +102,18 @@ def _positions(host: "DatabaseHost") -> tuple[int, int, int]:
     return end, min(s.hardened_lsn, end), min(s.redo_lsn, s.hardened_lsn, end)
 
 
+def principal_redo_queue(host: "DatabaseHost", redo: int, hardened: int) -> int:
+    """The mirror's redo queue as its principal knows it, in bytes.
+
+    This log no longer holds what the mirror hardened (the principal truncates
+    it), so the bytes in (redo, hardened] counted here fall short; the mirror
+    reports its own count with every ack, pong and redo_progress frame. The
+    larger of the two: the report is exact but a moment old.
+    """
+    counted = host.queue_bytes(redo, hardened)
+    return max(counted, host.session.redo_queue_bytes) if host.session.partner_connected else counted
+
+
 def take_sample(host: "DatabaseHost", now: float) -> None:
     """Turn the engines' positions and counters into one Sample of the rate window."""
     mon = monitor_of(host)
@@ -141,7 +153,7 @@ def current_figures(host: "DatabaseHost", now: float) -> dict:
                         log_kb_per_s=_num(live.get("log_rate_kb_s")),
                         commit_delay_ms=_num(live.get("transaction_delay_ms")))
     else:
-        queues = Queues(host.queue_bytes(hardened, end), host.queue_bytes(redo, hardened), end - hardened,
+        queues = Queues(host.queue_bytes(hardened, end), principal_redo_queue(host, redo, hardened), end - hardened,
                         _oldest_unsent_age(host, hardened, end, now))
         if s.partner_connected and "redo_rate_kb_s" in remote:
             rates = replace(rates, redo_kb_per_s=_num(remote.get("redo_rate_kb_s")))
@@ -287,6 +299,16 @@ class NodeMetrics:
                                               labels, registry=r)
         self.pages_repaired = Counter("mirrord_pages_repaired", "damaged pages of this node's copy repaired from the partner",
                                       labels, registry=r)
+        # PARTNER REDO_QUEUE flow control (core.redo_queue), on the principal
+        self.redo_queue_limit = Gauge("mirrord_redo_queue_limit_bytes", "PARTNER REDO_QUEUE, NaN when UNLIMITED", labels, registry=r)
+        self.redo_queue_held = Gauge("mirrord_redo_queue_held", "1 while writes wait for the mirror's redo queue to drain",
+                                     labels, registry=r)
+        self.redo_queue_holds = Counter("mirrord_redo_queue_holds", "times writes began to wait on the redo queue limit",
+                                        labels, registry=r)
+        self.redo_queue_held_seconds = Counter("mirrord_redo_queue_held_seconds", "seconds writes waited on the redo queue limit",
+                                               labels, registry=r)
+        self.redo_queue_timeouts = Counter("mirrord_redo_queue_timeouts", "writes refused (redo_queue_full) after waiting "
+                                           "their lock timeout on the redo queue limit", labels, registry=r)
         self._known: set[str] = set()
         self._witness_exported: dict = {}
 
@@ -319,6 +341,17 @@ class NodeMetrics:
             self.failover_ready.labels(self.node, db, kind).set(1 if figs[f"{kind}_failover"] == "READY" else 0)
         self.warnings.labels(self.node, db).set(len(monitor_of(host).alerts.crossed))
         self._count_events(host)
+        self._export_redo_queue(host)
+
+    def _export_redo_queue(self, host: "DatabaseHost") -> None:
+        db, p, limit = host.name, host.principal, host.session.config.redo_queue_mb
+        self.redo_queue_limit.labels(self.node, db).set(limit << 20 if limit else math.nan)
+        self.redo_queue_held.labels(self.node, db).set(1 if p is not None and p.redo_queue_holding else 0)
+        exported = monitor_of(host).exported
+        for name, counter, value in (("holds", self.redo_queue_holds, p.redo_queue_holds if p else 0),
+                                     ("held_s", self.redo_queue_held_seconds, p.redo_queue_held_s if p else 0.0),
+                                     ("timeouts", self.redo_queue_timeouts, p.redo_queue_timeouts if p else 0)):
+            counter.labels(self.node, db).inc(_advance(exported, f"redo_queue_{name}", value))
 
     def _count_events(self, host: "DatabaseHost") -> None:
         mon, db, epoch = monitor_of(host), host.name, host.session.config.epoch
@@ -377,7 +410,8 @@ class NodeMetrics:
                            self.witness_connected, self.failover_ready, self.warnings, self.failovers, self.refused, self.reconnects,
                            self.log_sent, self.log_hardened, self.log_redone, self.commits, self.commit_latency,
                            self.alert_threshold, self.checkmirror_runs, self.checkmirror_mismatches,
-                           self.pages_repaired):
+                           self.pages_repaired, self.redo_queue_limit, self.redo_queue_held, self.redo_queue_holds,
+                           self.redo_queue_held_seconds, self.redo_queue_timeouts):
                 for labels in list(metric._metrics):  # noqa: SLF001 - prometheus_client has no public "labels matching"
                     if labels[:2] == (self.node, db):
                         metric.remove(*labels)

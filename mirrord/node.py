@@ -406,7 +406,7 @@ class Node:
             elif cfg.partner is None:
                 self.start_off_notice(host)
         else:
-            host.mirror = MirrorDatabase(host.directory, host.session, host.log)
+            host.mirror = MirrorDatabase(host.directory, host.session, host.log, log_size_limit=self.config.log_size_limit)
             host.mirror.on_failure = lambda why: inbound.mirror_cannot_go_on(host, why)
             if host.mirror.path.exists():
                 host.mirror.start()
@@ -583,7 +583,7 @@ class Node:
             "from_endpoint": self.endpoint_url, "role": cfg.role.value, "epoch": cfg.epoch,
             "end_lsn": host.log.last_lsn, "safety": cfg.safety.value, "timeout": cfg.timeout,
             "suspended": cfg.suspended, "listen": self.listen_address,
-            "failover_lsn": cfg.failover_lsn, "witness": cfg.witness or "",
+            "failover_lsn": cfg.failover_lsn, "witness": cfg.witness or "", "redo_queue_mb": cfg.redo_queue_mb,
         }
 
     async def _on_endpoint(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

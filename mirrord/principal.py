@@ -52,7 +52,7 @@ from typing import Any, Callable
 import aiosqlite
 import structlog
 
-from mirrord.core import sql_surface
+from mirrord.core import redo_queue, sql_surface
 from mirrord.core.checkmirror import PageDigests
 from mirrord.core.monitoring import CommitClock
 from mirrord.core.quorum import AckRule
@@ -60,7 +60,7 @@ from mirrord.core.session import Session
 from mirrord.core.txn import (LOCK_TIMEOUT_DEFAULT_MS, READ_ONLY_PREFIXES, TxnWord, batchable, classify,
                               serialization_message)
 from mirrord.core.types import (CommitInDoubt, DiskFull, LimitExceeded, LogFull, Lsn, MirrordError, NotServing,
-                                PermissionDenied, StatementRefused, TransactionAborted)
+                                PermissionDenied, RedoQueueFull, StatementRefused, TransactionAborted)
 from mirrord.storage.checksums import page_images_at, principal_digests_apart
 from mirrord.storage.decltypes import DeclaredTypes
 from mirrord.storage.fileutil import DISK_RESERVE_BYTES, NO_SPACE, atomic_write_bytes, copy_in_steps, disk_free
@@ -84,6 +84,9 @@ WRITE_ATTEMPT_ON_READER = ("attempt to write a readonly database", "readonly dat
 # page of the database lives in this one file.
 INTERRUPTED = ("timeout", "cancelled")  # error codes of a statement its guard interrupted
 BATCH_LIMIT = 64  # queued autocommit writes the writer task runs in one hop at most
+# Writers held by the redo queue limit look again this often even unwoken: a wakeup (the mirror's report, a
+# state change) is what normally lets them go, this only bounds the harm of one that never comes.
+REDO_QUEUE_RECHECK = 0.5  # seconds
 MANAGED_PRAGMAS = frozenset({"journal_mode", "wal_autocheckpoint", "wal_checkpoint", "locking_mode", "journal_size_limit", "synchronous"})
 
 
@@ -272,6 +275,14 @@ class PrincipalDatabase:
         self.commits = 0
         self.commit_wait = 0.0
         self.on_commit: Callable[[float], None] | None = None  # seconds from a committing statement's arrival to its ack
+        # PARTNER REDO_QUEUE flow control (core.redo_queue): writers wait here while the mirror's redo queue is over it
+        self._redo_room = asyncio.Event()
+        self._redo_holders = 0  # waits under way: the writer task's, and lone writers'
+        self._redo_held_since = 0.0
+        self._writer_held = False  # the writer task waits on the redo queue: its queued writes are held by it
+        self.redo_queue_holds = 0  # times writes began to be held (for status and metrics)
+        self.redo_queue_held_s = 0.0  # seconds writes were held, in all (the current hold not counted until it ends)
+        self.redo_queue_timeouts = 0  # writes that waited their lock timeout on the redo queue and did not run
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -366,6 +377,7 @@ class PrincipalDatabase:
         if self.closed:
             return
         self.closed = True
+        self._redo_room.set()  # writers held by the redo queue limit hear that the database closes
         for task in (self._syncer, self._recapture):
             if task is not None:
                 task.cancel()
@@ -485,6 +497,69 @@ class PrincipalDatabase:
             _, _, fut = heapq.heappop(self._waiters)
             if not fut.done():
                 fut.set_result(None)
+        self.redo_queue_changed()  # an ack brings the mirror's redo queue; a session change may end a hold
+
+    # ---------------------------------------------------------------- redo queue limit (flow control)
+
+    def redo_queue_over(self) -> bool:
+        """True while writers must wait: the mirror's redo queue is over PARTNER REDO_QUEUE (core.redo_queue.must_wait).
+
+        Never on a database closing or no longer served here: its writers go on to hear that instead.
+        """
+        if self.closed or not self.serving:
+            return False
+        s = self.session
+        return redo_queue.must_wait(s.config.redo_queue_mb, s.redo_queue_bytes, s.state)
+
+    @property
+    def redo_queue_holding(self) -> bool:
+        """Writes are being held by the redo queue limit now."""
+        return self._redo_holders > 0
+
+    def redo_queue_changed(self) -> None:
+        """The mirror reported its redo queue, the limit or the session's state changed: let held writers go if they may."""
+        if not self.redo_queue_over():
+            self._redo_room.set()
+
+    async def _wait_redo_room(self, deadline: float | None = None, timeout_ms: int = 0) -> None:
+        """Wait while the redo queue is over the limit; RedoQueueFull once `deadline` (monotonic) passes, nothing run.
+
+        Called where a write is about to take the write lock (the writer task
+        before it takes a batch, a lone write or a transaction's first write):
+        once per batch, never per statement, and never while holding the lock.
+        """
+        if not self.redo_queue_over():
+            return
+        if self._redo_holders == 0:
+            self.redo_queue_holds += 1
+            self._redo_held_since = time.monotonic()
+            log.info("redo_queue_holding_writes", database=self.session.db, redo_queue=self.session.redo_queue_bytes,
+                     limit_mb=self.session.config.redo_queue_mb)
+        self._redo_holders += 1
+        try:
+            while self.redo_queue_over():
+                self._redo_room.clear()
+                wait = REDO_QUEUE_RECHECK
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise self._redo_queue_full(timeout_ms)
+                    wait = min(wait, left)
+                try:
+                    await asyncio.wait_for(self._redo_room.wait(), wait)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            self._redo_holders -= 1
+            if self._redo_holders == 0:
+                self.redo_queue_held_s += time.monotonic() - self._redo_held_since
+        if self.closed:
+            raise NotServing("the database is closing on this node; the statement was not run. Reconnect")
+
+    def _redo_queue_full(self, timeout_ms: int) -> RedoQueueFull:
+        self.redo_queue_timeouts += 1
+        s = self.session
+        return RedoQueueFull(redo_queue.held_message(s.db, timeout_ms, s.redo_queue_bytes, s.config.redo_queue_mb))
 
     async def wait_visible(self, lsn: Lsn) -> None:
         """Wait until lsn may be shown to a client (hardened on the mirror, or exposed)."""
@@ -648,7 +723,13 @@ class PrincipalDatabase:
     async def _take_write_lock(self, owner: object, sql: str) -> None:
         """Queue for the write lock within owner's lock timeout; refuse if the wait made the statement moot."""
         self._check_log_space()
-        await self.write_lock.acquire(owner, sql, self._lock_timeout(owner))
+        timeout_ms = self._lock_timeout(owner)
+        if self.redo_queue_over():  # flow control first, within the same lock timeout: it holds no lock meanwhile
+            started = time.monotonic()
+            await self._wait_redo_room(None if timeout_ms < 0 else started + timeout_ms / 1000, timeout_ms)
+            if timeout_ms > 0:
+                timeout_ms = max(1, timeout_ms - int((time.monotonic() - started) * 1000))
+        await self.write_lock.acquire(owner, sql, timeout_ms)
         if self.closed or not self.serving:  # the role moved on while this write waited
             self.write_lock.release()
             raise NotServing("the database is not being served on this node any more; reconnect")
@@ -882,7 +963,9 @@ class PrincipalDatabase:
     def _expire(self, write: QueuedWrite, timeout_ms: int) -> None:
         if not write.taken and not write.done.done():
             self._drop_queued(write)
-            write.done.set_exception(self.write_lock.timed_out(timeout_ms))
+            # held by the redo queue limit (the writer task waits on it), or by whoever holds the write lock
+            held = self._writer_held and self.redo_queue_over()
+            write.done.set_exception(self._redo_queue_full(timeout_ms) if held else self.write_lock.timed_out(timeout_ms))
 
     def _drop_queued(self, write: QueuedWrite) -> None:
         if write.taken:
@@ -929,6 +1012,16 @@ class PrincipalDatabase:
             await self._writes_queued.wait()
             self._writes_queued.clear()
             while self._write_queue and not self.closed:
+                if self.redo_queue_over():
+                    # flow control where a batch is taken: the queued writes wait (within their lock timeouts)
+                    self._writer_held = True
+                    try:
+                        await self._wait_redo_room()
+                    except NotServing:
+                        break  # closing: close() fails what is queued
+                    finally:
+                        self._writer_held = False
+                    continue
                 first = self._write_queue[0]
                 await self.write_lock.acquire_for_queue(first.owner, first.sql)
                 try:
@@ -1221,6 +1314,7 @@ class PrincipalDatabase:
     def stop_serving(self) -> None:
         """The role has moved to the partner (manual failover), or may have: refuse every statement from now on."""
         self.serving = False
+        self._redo_room.set()  # writers held by the redo queue limit go on to hear it
 
     def resume_serving(self) -> None:
         """A manual failover in doubt did not happen (the mirror still follows this principal): serve again."""

@@ -16,6 +16,7 @@ import structlog
 from mirrord.core import events
 from mirrord.core import logins as lg
 from mirrord.core import page_repair as page_repair_core
+from mirrord.core import redo_queue
 from mirrord.core import statements as st
 from mirrord.core.alerts import ALERTS
 from mirrord.core.monitoring import FIGURE_COLUMNS, set_threshold
@@ -43,7 +44,7 @@ from mirrord.net.partner import resume_session, send_settings, suspend_session
 from mirrord.node_services import ClientState
 from mirrord.role_change import forced_service, manual_failover
 from mirrord.core import messages
-from mirrord.monitor import current_figures
+from mirrord.monitor import current_figures, principal_redo_queue
 from mirrord.principal import PageDamaged, StatementResult
 from mirrord.storage import backups
 from mirrord.storage.fileutil import NO_SPACE
@@ -65,6 +66,10 @@ STATUS_COLUMNS = [
     "transport_security",  # "mutual TLS", or INSECURE for a node started with --insecure
     # DBCC CHECKMIRROR on this principal since it started: the last identical comparison, mismatches, the last outcome
     "last_verified_lsn", "last_verified_time", "checkmirror_mismatches", "last_checkmirror",
+    # PARTNER REDO_QUEUE (core.redo_queue), in the reference's names: the limit in MB (NULL when UNLIMITED) and its
+    # type; on the principal whether writes are held by it now, how often and how long they were, and how many gave up
+    "mirroring_redo_queue", "mirroring_redo_queue_type", "redo_queue_held", "redo_queue_holds", "redo_queue_held_s",
+    "redo_queue_timeouts",
 ]
 ALERT_COLUMNS = ["database", "alert_id", "alert", "threshold", "unit", "enabled", "current_value", "over_threshold"]
 EVENT_COLUMNS = events.COLUMNS
@@ -409,6 +414,17 @@ class StatementExecutor:
         self._send_settings(host)
         return _message(f"{host.name}: PARTNER TIMEOUT {stmt.seconds} s")
 
+    async def _do_SetRedoQueue(self, host, stmt) -> StatementResult:
+        if stmt.mb != redo_queue.UNLIMITED:
+            # the redo queue lives in the mirror's log, whose size limit is this setting's (nodes share it, as a rule)
+            if (why := redo_queue.limit_over_log_refusal(stmt.mb, self.node.config.log_size_limit)) is not None:
+                raise StatementRefused(why)
+        host.update_config(redo_queue_mb=stmt.mb)
+        self._send_settings(host)  # the mirror adopts it: it reports redo progress while a limit is set
+        host.principal.redo_queue_changed()
+        limit, kind = redo_queue.shown_limit(stmt.mb)
+        return _message(f"{host.name}: PARTNER REDO_QUEUE {'UNLIMITED' if limit is None else f'{limit} {kind}'}")
+
     async def _tell_witness_timeout(self, host: "DatabaseHost", seconds: int) -> None:
         cfg, conn = host.session.config, host.witness_conn
         refused = (f"PARTNER TIMEOUT can be raised only while the witness {cfg.witness} hears it first (it must wait as "
@@ -623,9 +639,13 @@ def status_row(host: "DatabaseHost") -> dict:
     if host.mirror is not None:
         hardened, redo = end, host.mirror.redo_lsn
         send_queue = host.principal_send_queue if s.partner_connected else 0
+        redo_queue_bytes = host.queue_bytes(redo, hardened)
     else:
         hardened, redo = (s.hardened_lsn, s.redo_lsn) if cfg.partner else (end, end)
         send_queue = host.queue_bytes(hardened, end) if cfg.partner else 0
+        redo_queue_bytes = principal_redo_queue(host, redo, hardened) if cfg.partner else 0
+    limit, limit_type = redo_queue.shown_limit(cfg.redo_queue_mb)
+    p = host.principal
     return {
         "database": host.name,
         "role": cfg.role.value,
@@ -641,7 +661,7 @@ def status_row(host: "DatabaseHost") -> dict:
         "hardened_lsn": hardened,
         "redo_lsn": redo,
         "send_queue_bytes": send_queue,
-        "redo_queue_bytes": host.queue_bytes(redo, hardened),
+        "redo_queue_bytes": redo_queue_bytes,
         "timeout": cfg.timeout,
         "status": cfg.status.value,
         "partner_address": s.partner_listen,
@@ -656,5 +676,11 @@ def status_row(host: "DatabaseHost") -> dict:
         "last_verified_time": host.last_verified_time,
         "checkmirror_mismatches": host.checkmirror_mismatches,
         "last_checkmirror": host.last_checkmirror,
+        "mirroring_redo_queue": limit,
+        "mirroring_redo_queue_type": limit_type,
+        "redo_queue_held": p.redo_queue_holding if p is not None else False,
+        "redo_queue_holds": p.redo_queue_holds if p is not None else 0,
+        "redo_queue_held_s": round(p.redo_queue_held_s, 3) if p is not None else 0.0,
+        "redo_queue_timeouts": p.redo_queue_timeouts if p is not None else 0,
         **current_figures(host, time.monotonic()),
     }

@@ -111,6 +111,7 @@ _BY_CODE: dict[str, type[Error]] = {
     "transaction_aborted": TransactionInterrupted,
     "in_doubt": InDoubt,
     "lock_timeout": OperationalError,  # as sqlite3's "database is locked": retry later
+    "redo_queue_full": OperationalError,  # held by PARTNER REDO_QUEUE until its lock timeout; nothing ran: retry later
     "serialization": OperationalError,  # as psycopg's SerializationFailure: roll back, run the transaction again
 }
 

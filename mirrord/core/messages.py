@@ -190,6 +190,9 @@ SCHEMAS: dict[str, dict[str, Checker]] = {
     "refuse": {"reason": _str},
     "log": {"records": _list, "end_lsn": _int},  # records: LogRecord.from_wire checks them
     "ack": {"hardened_lsn": _int, "redo_lsn": _int},
+    # mirror -> principal, while a REDO_QUEUE limit is set: redo got this far, leaving this many bytes to redo
+    # (at most one per core.redo_queue.REPORT_INTERVAL, so held commits resume without waiting for a ping)
+    "redo_progress": {"redo_lsn": _int, "redo_queue": _int},
     "ping": {"seq": _int},
     "pong": {"seq": _int},
     "seed_begin": {"lsn": _int, "epoch": _int, "page_size": _int, "size": _int},
@@ -243,7 +246,11 @@ SCHEMAS: dict[str, dict[str, Checker]] = {
 # Fields a message may carry or leave out; checked only when present.
 OPTIONAL: dict[str, dict[str, Checker]] = {
     "ping": {"monitor": _figures},  # the principal's monitor figures the mirror cannot see itself
-    "pong": {"monitor": _figures},  # the mirror's redo rate
+    "pong": {"monitor": _figures,  # the mirror's redo rate
+             "redo_queue": _int},  # the mirror's redo queue in bytes (core.redo_queue)
+    "ack": {"redo_queue": _int},
+    "settings": {"redo_queue_mb": _int},  # PARTNER REDO_QUEUE, 0 UNLIMITED (left out by an older principal)
+    "hello": {"redo_queue_mb": _int},
     "w_report": {"timeout": _int},
     "w_state": {"forced": _bool},  # the record's role sequence began by forced service  # the principal's PARTNER TIMEOUT (the witness waits that long before a vote)
     "refuse": {"partner_off": _bool},  # the partner ended this session (SET PARTNER OFF): end it here too

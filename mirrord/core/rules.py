@@ -137,7 +137,7 @@ def _forced_service_refusal(session: Session | None, db: str) -> str | None:
 
 
 def _safety_or_timeout(session, stmt) -> str | None:
-    what = "SET PARTNER SAFETY" if isinstance(stmt, st.SetSafety) else "SET PARTNER TIMEOUT"
+    what = {st.SetSafety: "SET PARTNER SAFETY", st.SetTimeout: "SET PARTNER TIMEOUT"}.get(type(stmt), "SET PARTNER REDO_QUEUE")
     return _on_principal(session, stmt.db, what)
 
 
@@ -200,6 +200,7 @@ _CHECKS = {
     st.PartnerAction: _partner_action,
     st.SetSafety: _safety_or_timeout,
     st.SetTimeout: _safety_or_timeout,
+    st.SetRedoQueue: _safety_or_timeout,  # a setting of the session, set on the principal; the mirror adopts it
     st.SetWitness: _witness,
     st.BackupDatabase: _backup,
     st.RestoreDatabase: _restore,

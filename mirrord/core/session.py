@@ -51,6 +51,7 @@ class SessionConfig:
     witness: str | None = None
     safety: Safety = Safety.FULL
     timeout: int = DEFAULT_TIMEOUT
+    redo_queue_mb: int = 0  # PARTNER REDO_QUEUE: 0 is UNLIMITED (core.redo_queue)
     suspended: bool = False
     epoch: Epoch = 0  # role sequence
     failover_lsn: Lsn = NO_LSN  # where this node's role sequence began (the fork point of the last role change)
@@ -107,6 +108,7 @@ class Session:
     end_of_log_lsn: Lsn = NO_LSN
     hardened_lsn: Lsn = NO_LSN  # on the principal: what the mirror acknowledged
     redo_lsn: Lsn = NO_LSN
+    redo_queue_bytes: int = 0  # on the principal: the mirror's redo queue as it last reported it (core.redo_queue)
     # why the session is SUSPENDED or DISCONNECTED when the state alone does not say
     # (a full disk, a failed redo, a mirror this principal must not reseed), with since when
     state_reason: str | None = None
@@ -169,6 +171,7 @@ class Session:
         """The partner connection failed (hard error or timeout)."""
         if self.partner_connected:
             self.principal_was_synchronized = self.caught_up
+        self.redo_queue_bytes = 0  # stale once the link is gone; the next connection reports it anew
         self.partner_connected = False
         self.caught_up = False
         self.mirror_lease_until = 0.0

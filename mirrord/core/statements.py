@@ -29,6 +29,7 @@ from typing import Callable, Iterator, NamedTuple, NoReturn
 
 from mirrord.core.alerts import ALERTS, alert_refusal
 from mirrord.core.names import DB_NAME, DB_NAME_RULE
+from mirrord.core.redo_queue import MAX_REDO_QUEUE_MB, MIN_REDO_QUEUE_MB, UNLIMITED, limit_refusal
 from mirrord.core.txn import lock_timeout_refusal
 from mirrord.core.types import Endpoint, Safety, StatementSyntaxError
 from mirrord.core.values import INT64_MAX, check_int64
@@ -124,6 +125,19 @@ class SetTimeout:
     def to_sql(self) -> str:
         """Canonical text of this statement."""
         return f"ALTER DATABASE {self.db} SET PARTNER TIMEOUT {self.seconds}"
+
+
+@dataclass(frozen=True)
+class SetRedoQueue:
+    """ALTER DATABASE db SET PARTNER REDO_QUEUE { n MB | UNLIMITED } (mb 0: UNLIMITED; core.redo_queue)"""
+
+    db: str
+    mb: int
+
+    def to_sql(self) -> str:
+        """Canonical text of this statement."""
+        limit = "UNLIMITED" if self.mb == UNLIMITED else f"{self.mb} MB"
+        return f"ALTER DATABASE {self.db} SET PARTNER REDO_QUEUE {limit}"
 
 
 @dataclass(frozen=True)
@@ -311,7 +325,7 @@ class Sql:
 
 
 Statement = (
-    CreateDatabase | DropDatabase | SetPartner | PartnerAction | SetSafety | SetTimeout
+    CreateDatabase | DropDatabase | SetPartner | PartnerAction | SetSafety | SetTimeout | SetRedoQueue
     | SetWitness | AlterEndpoint | BackupDatabase | RestoreDatabase | SelectSystemView
     | UseDatabase | TransactionStatus | ChangeAlert | HelpAlert | DropAlert | SetStatementTimeout | CheckMirror
     | SetLockTimeout | SpWho | Sql
@@ -516,12 +530,14 @@ def _partner(p: _Parser, db: str) -> Statement:
     if tok == _Token("punct", "="):
         p.advance("=")
         return SetPartner(db, _endpoint(p))
-    expected = "= 'tcp://host:port', " + ", ".join(PARTNER_ACTIONS) + ", SAFETY or TIMEOUT"
-    word = p.keyword(*PARTNER_ACTIONS, "SAFETY", "TIMEOUT", expected=expected)
+    expected = "= 'tcp://host:port', " + ", ".join(PARTNER_ACTIONS) + ", SAFETY, TIMEOUT or REDO_QUEUE"
+    word = p.keyword(*PARTNER_ACTIONS, "SAFETY", "TIMEOUT", "REDO_QUEUE", expected=expected)
     if word == "SAFETY":
         return SetSafety(db, Safety(p.keyword("FULL", "OFF")))
     if word == "TIMEOUT":
         return SetTimeout(db, _timeout(p))
+    if word == "REDO_QUEUE":
+        return SetRedoQueue(db, _redo_queue(p))
     return PartnerAction(db, word)
 
 
@@ -531,6 +547,19 @@ def _timeout(p: _Parser) -> int:
     if not MIN_TIMEOUT <= seconds <= MAX_TIMEOUT:
         p.refuse(f"timeout must be {MIN_TIMEOUT}..{MAX_TIMEOUT} seconds; found {seconds}")
     return seconds
+
+
+def _redo_queue(p: _Parser) -> int:
+    """Consume [=] { n MB | UNLIMITED } after REDO_QUEUE; return the MB, 0 for UNLIMITED."""
+    if p.peek() == _Token("punct", "="):
+        p.advance("=")
+    if p.accept("UNLIMITED"):
+        return UNLIMITED
+    mb = p.integer(f"a size in MB {MIN_REDO_QUEUE_MB}..{MAX_REDO_QUEUE_MB}, or UNLIMITED")
+    p.keyword("MB", expected="MB (the redo queue limit is given in megabytes)")
+    if (why := limit_refusal(mb)) is not None:
+        p.refuse(why)
+    return mb
 
 
 def _witness(p: _Parser, db: str) -> SetWitness:

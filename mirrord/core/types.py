@@ -115,6 +115,12 @@ class LogFull(MirrordError):
     code = "log_full"
 
 
+class RedoQueueFull(MirrordError):
+    """A write waited its lock timeout while the mirror's redo queue was over REDO_QUEUE; it did not run."""
+
+    code = "redo_queue_full"
+
+
 class DiskFull(MirrordError):
     """The disk holding the database has no room for what the statement would log; nothing was done."""
 

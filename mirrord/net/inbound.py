@@ -17,6 +17,7 @@ import structlog
 
 from mirrord import checkmirror, page_repair
 from mirrord.core import messages
+from mirrord.core import redo_queue
 from mirrord.core.types import Endpoint, ProtocolError, Role, Safety
 from mirrord.monitor import monitor_of, note_connected, partner_report
 from mirrord.net import framing
@@ -51,6 +52,9 @@ def refusal_for_hello(node: "EndpointServices", host: "DatabaseHost | None", hel
         return f"database {db} on {node.name} mirrors {cfg.partner}, not {hello['from_endpoint']}"
     if hello["epoch"] < cfg.epoch:
         return f"hello from role sequence {hello['epoch']}, older than this node's {cfg.epoch}"
+    if (full := host.mirror.log_full_refusal()) is not None:
+        host.session.note_reason(full, time.strftime("%H:%M:%S"))
+        return f"{full}; it takes log again by itself once redo has caught up on {node.name}"
     free = disk_free(host.directory)
     if free < DISK_RESERVE_BYTES:
         why = f"mirror disk full ({free >> 20} MB free, {DISK_RESERVE_BYTES >> 20} MB needed): it cannot harden log"
@@ -120,9 +124,14 @@ async def serve_principal(node: "EndpointServices", host: "DatabaseHost", hello:
     page_repair.send_requests(host)  # pages found damaged while the principal was away
     host.record_event("PARTNER_CONNECTED", f"the principal {hello['from_endpoint']} connected", lsn=mirror.hardened_lsn)
     log.info("principal_connected", database=host.name, role="MIRROR", role_sequence=session.config.epoch, lsn=mirror.hardened_lsn)
+    reporter = RedoReporter(host, writer)
+    mirror.on_redo_progress = reporter.progressed
     try:
         await _receive_loop(host, reader, writer)
     finally:
+        reporter.close()
+        if mirror.on_redo_progress == reporter.progressed:
+            mirror.on_redo_progress = None
         host.partner_writer = None
         checkmirror.cancel_answers(host)  # no answer can reach the principal: redo must not stay held
         page_repair.link_lost(host)  # pages asked for are asked again on the next connection
@@ -148,6 +157,14 @@ async def _receive_loop(host: "DatabaseHost", reader, writer) -> None:
             msg = messages.validate(msg)
             seed = await _handle(host, msg, writer, records, seed)
         if records:
+            if (full := host.mirror.log_full_refusal()) is not None:
+                # as a full disk: nothing more is hardened, the principal goes on without us and redials;
+                # hellos are refused until redo has emptied enough of the log
+                host.session.note_reason(full, time.strftime("%H:%M:%S"))
+                host.session.caught_up = False
+                log.warning("mirror_log_full", database=host.name, log_bytes=host.log.size_bytes,
+                            limit=host.mirror.log_size_limit, redo_lsn=host.mirror.redo_lsn)
+                raise ConnectionError(full)
             try:
                 hardened = await host.mirror.harden(records)
             except OSError as exc:
@@ -158,8 +175,43 @@ async def _receive_loop(host: "DatabaseHost", reader, writer) -> None:
                 host.session.note_reason(f"mirror disk full ({exc.strerror}): it cannot harden log", time.strftime("%H:%M:%S"))
                 host.session.caught_up = False  # it lacks what it could not harden: no failover to it
                 raise ConnectionError(f"disk full: cannot harden log ({exc.strerror})") from None
-            framing.write_message(writer, {"t": "ack", "hardened_lsn": hardened, "redo_lsn": host.mirror.redo_lsn})
+            framing.write_message(writer, {"t": "ack", "hardened_lsn": hardened, "redo_lsn": host.mirror.redo_lsn,
+                                           "redo_queue": host.mirror.redo_queue_bytes})
         await writer.drain()
+
+
+class RedoReporter:
+    """Tells the principal how far redo got while a REDO_QUEUE limit is set (core.redo_queue).
+
+    Its commits may be held until the redo queue drains, and then no log
+    arrives to be acknowledged: without this, they would wait for the next
+    pong. One `redo_progress` frame per REPORT_INTERVAL at most, however many
+    records redo applies meanwhile; none at all without a limit.
+    """
+
+    def __init__(self, host: "DatabaseHost", writer) -> None:
+        self._host, self._writer = host, writer
+        self._timer: asyncio.TimerHandle | None = None
+
+    def progressed(self) -> None:
+        """Redo went further: report it within REPORT_INTERVAL, if a limit is set."""
+        if self._timer is not None or self._host.session.config.redo_queue_mb == redo_queue.UNLIMITED:
+            return
+        self._timer = asyncio.get_running_loop().call_later(redo_queue.REPORT_INTERVAL, self._send)
+
+    def _send(self) -> None:
+        self._timer = None
+        mirror = self._host.mirror
+        if mirror is None or self._writer.is_closing():
+            return
+        framing.write_message(self._writer, {"t": "redo_progress", "redo_lsn": mirror.redo_lsn,
+                                             "redo_queue": mirror.redo_queue_bytes})
+
+    def close(self) -> None:
+        """The link ended: report nothing more on it."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 SILENCE_GRACE = 0.1
@@ -202,7 +254,8 @@ async def _handle(host: "DatabaseHost", msg: dict, writer, records: list, seed: 
         _adopt_principal_view(host, msg)
     elif kind == "ping":
         _adopt_principal_view(host, msg)
-        framing.write_message(writer, {"t": "pong", "seq": msg["seq"], "redo_lsn": host.mirror.redo_lsn, "monitor": partner_report(host)})
+        framing.write_message(writer, {"t": "pong", "seq": msg["seq"], "redo_lsn": host.mirror.redo_lsn,
+                                       "redo_queue": host.mirror.redo_queue_bytes, "monitor": partner_report(host)})
     elif kind == "settings":
         _adopt_settings(host, msg)
     elif kind == "seed_begin":
@@ -333,6 +386,11 @@ def _adopt_settings(host: "DatabaseHost", msg: dict) -> None:
         changes["safety"] = Safety(msg["safety"])
     if msg["timeout"] != cfg.timeout:
         changes["timeout"] = msg["timeout"]
+    limit = msg.get("redo_queue_mb", cfg.redo_queue_mb)  # persisted here too: the setting outlives a role change
+    if limit != redo_queue.UNLIMITED and redo_queue.limit_refusal(limit) is not None:
+        raise ProtocolError(f"bad settings from the principal: redo_queue_mb {limit!r}")
+    if limit != cfg.redo_queue_mb:
+        changes["redo_queue_mb"] = limit
     if msg["suspended"] != cfg.suspended and not (cfg.suspended and host.session.redo_error is not None):
         changes["suspended"] = msg["suspended"]  # a mirror whose redo failed stays SUSPENDED until it is fixed
     witness = msg.get("witness")

@@ -227,7 +227,8 @@ def send_settings(host: "DatabaseHost") -> None:
 def settings_message(host: "DatabaseHost") -> dict:
     """The session settings the mirror adopts from its principal."""
     cfg = host.session.config
-    return {"t": "settings", "safety": cfg.safety.value, "timeout": cfg.timeout, "suspended": cfg.suspended, "witness": cfg.witness or ""}
+    return {"t": "settings", "safety": cfg.safety.value, "timeout": cfg.timeout, "suspended": cfg.suspended, "witness": cfg.witness or "",
+            "redo_queue_mb": cfg.redo_queue_mb}
 
 
 def diverged(host: "DatabaseHost", hardened: int, hardened_epoch: int) -> bool:
@@ -425,6 +426,8 @@ async def _read_acks(node: "EndpointServices", host: "DatabaseHost", reader, pin
         msg = messages.validate(await asyncio.wait_for(framing.read_message(reader), host.session.config.timeout))
         if msg["t"] == "ack":
             host.session.note_ack(msg["hardened_lsn"], msg["redo_lsn"])
+            if "redo_queue" in msg:
+                host.session.redo_queue_bytes = msg["redo_queue"]
             host.principal.update_visible()
             host.note_state()
             if host.session.caught_up:
@@ -438,10 +441,17 @@ async def _read_acks(node: "EndpointServices", host: "DatabaseHost", reader, pin
             redo = msg.get("redo_lsn")
             if isinstance(redo, int) and not isinstance(redo, bool):
                 host.session.redo_lsn = max(host.session.redo_lsn, min(redo, host.session.hardened_lsn))
+            if "redo_queue" in msg:
+                host.session.redo_queue_bytes = msg["redo_queue"]
+                host.principal.redo_queue_changed()
             sent_at = pings.pop(msg["seq"], None)
             if sent_at is not None:
                 s = host.session
                 s.mirror_lease_until = max(s.mirror_lease_until, lease_until(sent_at, s.config.timeout))
+        elif msg["t"] == "redo_progress":  # while a REDO_QUEUE limit is set (core.redo_queue)
+            host.session.redo_lsn = max(host.session.redo_lsn, min(msg["redo_lsn"], host.session.hardened_lsn))
+            host.session.redo_queue_bytes = msg["redo_queue"]
+            host.principal.redo_queue_changed()
         elif msg["t"] == "suspend":
             suspended_by_mirror(host, msg["reason"])
         elif msg["t"] == "resume":

@@ -299,12 +299,32 @@ def load_redo_lsn(path: Path) -> int:
         return 0
 
 
-def apply_log_range(path: Path, log: DurableLog, first: int, last: int, batch_bytes: int = 8 << 20) -> None:
-    """Apply the log's records first..last, in LSN order, to a database file, and sync it."""
+# Tests and benchmarks only (the redo queue limit's): redo, and the redo a promotion finishes, go no faster than
+# this many KB/s, as a mirror on a slow disk would. Unset, empty or not a positive integer: no cap.
+TEST_REDO_RATE_ENV = "MIRRORD_TEST_REDO_KB_S"
+
+
+def redo_rate_cap() -> int:
+    """The redo cap of TEST_REDO_RATE_ENV in bytes per second, 0 for none."""
+    text = os.environ.get(TEST_REDO_RATE_ENV, "")
+    return int(text) * 1024 if text.isdigit() and 0 < int(text) < 1 << 40 else 0
+
+
+def _paced_batch(batch_bytes: int, rate: int) -> int:
+    """Smaller batches under a cap, so that progress moves in steps of about a tenth of a second."""
+    return max(16 << 10, min(batch_bytes, rate // 10)) if rate else batch_bytes
+
+
+def apply_log_range(path: Path, log: DurableLog, first: int, last: int, batch_bytes: int = 8 << 20,
+                    rate: int = 0) -> None:
+    """Apply the log's records first..last, in LSN order, to a database file, and sync it (at most rate bytes/s if set)."""
     store = PageStore(path)
+    batch_bytes = _paced_batch(batch_bytes, rate)
     try:
         while first <= last:
             records = [r for r in log.read_from(first, batch_bytes) if r.lsn <= last]
+            if rate:
+                time.sleep(sum(r.nbytes for r in records) / rate)
             store.apply(records)
             first = records[-1].lsn + 1
         store.sync()
@@ -325,7 +345,7 @@ def rebuild_from_log(path: Path, log: DurableLog, redo_lsn_path: Path, batch_byt
     start, end = load_redo_lsn(redo_lsn_path) + 1, log.last_lsn
     if start > end:
         return end
-    apply_log_range(path, log, start, end, batch_bytes)
+    apply_log_range(path, log, start, end, batch_bytes, rate=redo_rate_cap())
     remove_sqlite_sidecars(path)  # what the WAL held is in the file now; a stale WAL must not be replayed over it
     atomic_write_bytes(redo_lsn_path, str(end).encode())
     return end
@@ -355,7 +375,8 @@ class RedoThread(threading.Thread):
         super().__init__(name=f"redo:{store.path.name}", daemon=True)
         self._log, self._store, self._path = log, store, Path(redo_lsn_path)
         self._on_progress, self._on_error = on_progress, on_error
-        self._batch_bytes = batch_bytes
+        self._rate = redo_rate_cap()  # 0 but in the tests of the redo queue limit
+        self._batch_bytes = _paced_batch(batch_bytes, self._rate)
         self._cond = threading.Condition()
         self._persisted = load_redo_lsn(self._path)  # durable: a restart redoes from here
         self._applied = self._persisted  # in the page store (the OS's cache until the next persist)
@@ -525,6 +546,10 @@ class RedoThread(threading.Thread):
         records = [r for r in self._log.read_from(start, self._batch_bytes) if r.lsn <= upto]
         if not records:
             raise RuntimeError(f"redo: hardened log up to {upto} but no record at {start}")
+        if self._rate:  # a slow disk, as tests make it (TEST_REDO_RATE_ENV): stopping ends the wait, the batch unapplied
+            with self._cond:
+                if self._cond.wait_for(lambda: self._stopping, sum(r.nbytes for r in records) / self._rate):
+                    return
         self._store.apply(records)
         lsn = records[-1].lsn
         with self._cond:

@@ -15,6 +15,7 @@ GOOD = {
     "refuse": dict(reason="older epoch"),
     "log": dict(records=[[1, 3, b"x"]], end_lsn=1),
     "ack": dict(hardened_lsn=1, redo_lsn=0),
+    "redo_progress": dict(redo_lsn=7, redo_queue=5 << 20),
     "ping": dict(seq=0),
     "pong": dict(seq=2**63 - 1),
     "seed_begin": dict(lsn=5, epoch=1, page_size=4096, size=8192),
@@ -109,6 +110,11 @@ BAD = [
     ("result", "lsn", "1"),
     ("error", "principal", 1),
     ("error", "id", False),
+    ("redo_progress", "redo_queue", -1),
+    ("redo_progress", "redo_lsn", True),
+    ("ack", "redo_queue", 1.5),  # optional, checked when present
+    ("settings", "redo_queue_mb", "10"),
+    ("pong", "redo_queue", None),
 ]
 
 

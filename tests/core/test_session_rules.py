@@ -110,7 +110,8 @@ def test_drop_refused_in_a_session():
     assert refusal(Session(SessionConfig("shop")), st.DropDatabase("shop")) is None
 
 
-@pytest.mark.parametrize("stmt", [st.SetSafety("shop", Safety.OFF), st.SetTimeout("shop", 5), st.PartnerAction("shop", "SUSPEND")])
+@pytest.mark.parametrize("stmt", [st.SetSafety("shop", Safety.OFF), st.SetTimeout("shop", 5), st.PartnerAction("shop", "SUSPEND"),
+                                  st.SetRedoQueue("shop", 10), st.SetRedoQueue("shop", 0)])
 def test_session_settings_only_on_the_principal(stmt):
     assert refusal(principal(), stmt) is None
     why = refusal(mirror(), stmt)
