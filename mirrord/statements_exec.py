@@ -275,6 +275,9 @@ class StatementExecutor:
             hint = ("it loads by itself once there is room" if db in self.node.loading_when_room
                     else "fix or remove its directory and restart the node")
             raise StatementRefused(f"database {db} is quarantined on this node: {self.node.quarantined[db]}; {hint}")
+        if host is None and db in self.node.dropped_snapshots:
+            raise UnknownDatabase(f"database snapshot {db} was dropped on this node ({self.node.name}): "
+                                  f"{self.node.dropped_snapshots[db]}")
         if host is None:
             raise UnknownDatabase(f"database {db} does not exist on this node ({self.node.name})")
         return host
