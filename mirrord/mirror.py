@@ -52,7 +52,8 @@ class MirrorDatabase:
         self._seed_file = None
         self._page_size: int | None = None  # known once read from the copy's header
         # database snapshots of this copy, by name (storage/snapshot.py); told (on the event loop) of each one
-        # dropped other than by DROP DATABASE, with why
+        # dropped other than by DROP DATABASE, with why. Changed by the redo thread too (a failed save) and by
+        # a seed's thread: readers copy it whole first (list(items())), which the GIL makes one step
         self.snapshots: dict[str, snapfiles.DatabaseSnapshot] = {}
         self.on_snapshot_dropped: Callable[[str, str], None] | None = None
 
@@ -150,7 +151,9 @@ class MirrorDatabase:
             store.fsync_pages()  # a restart re-applies from the persisted LSN: unsaved pages must read as of lsn
             meta = SnapshotMeta(name=name, database=self.session.db, lsn=lsn, page_size=store.page_size,
                                 page_count=store.page_count, created=created, role_sequence=self.session.config.epoch)
-            self.snapshots_dir.mkdir(exist_ok=True)
+            if not self.snapshots_dir.exists():
+                self.snapshots_dir.mkdir()
+                fsync_dir(self.directory)
             snap = snapfiles.DatabaseSnapshot.create(self.snapshots_dir / name, meta, self.path)
             self.snapshots[name] = snap
             store.snapshots.append(snap)
@@ -158,7 +161,9 @@ class MirrorDatabase:
 
     def drop_snapshot(self, name: str, why: str) -> None:
         """Drop one snapshot (DROP DATABASE): no more saves into it, then its files go."""
-        snap = self.snapshots.pop(name)
+        snap = self.snapshots.pop(name, None)
+        if snap is None:
+            return  # dropped meanwhile (a failed save)
         store = self._store
         if store is not None:
             with store.cow_lock:
@@ -168,7 +173,7 @@ class MirrorDatabase:
 
     def drop_all_snapshots(self, why: str) -> list[str]:
         """Drop every snapshot of this copy (it is being replaced, or is no longer a mirror's), each told with why."""
-        names = sorted(self.snapshots)
+        names = sorted(dict(self.snapshots))
         for name in names:
             self.drop_snapshot(name, why)
             self._tell_snapshot_dropped(name, why)
@@ -406,7 +411,7 @@ class MirrorDatabase:
             self._redo.stop()
             self._redo.join()
             self._redo = None
-        for snap in self.snapshots.values():
+        for snap in list(self.snapshots.values()):
             snap.close()
         self.snapshots.clear()
         if self._store is not None:

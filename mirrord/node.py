@@ -395,7 +395,7 @@ class Node:
         found = {}
         for host in self.databases.values():
             if host.mirror is not None:
-                for name, snap in host.mirror.snapshots.items():
+                for name, snap in list(host.mirror.snapshots.items()):  # one step: redo may drop one meanwhile
                     found[name] = (host, snap)
         return found
 

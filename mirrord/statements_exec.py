@@ -49,7 +49,7 @@ from mirrord.principal import PageDamaged, StatementResult
 from mirrord.storage import backups
 from mirrord.storage.fileutil import NO_SPACE
 from mirrord.storage.snapshot import SnapshotGone
-from mirrord.storage.snapshot_reader import SnapshotReaders
+from mirrord.storage.snapshot_reader import SnapshotReaders, run_snapshot_query
 from mirrord.write_lock import spid_of
 
 if TYPE_CHECKING:
@@ -335,10 +335,13 @@ class StatementExecutor:
         started = time.monotonic()
         if host.mirror is None:
             raise StatementRefused(f"{stmt.db} has no mirror copy being redone here; a snapshot is made of one")
-        try:
-            meta = await asyncio.to_thread(host.mirror.create_snapshot, stmt.name, events.utc_text(time.time()))
-        except RuntimeError as exc:
-            raise StatementRefused(str(exc)) from None
+        async with host.role_change:  # no promotion or step-down stops the copy's redo half way through
+            if host.mirror is None or host.session.config.role is not Role.MIRROR:
+                raise StatementRefused(f"{stmt.db} stopped being the mirror here; a snapshot is made of a mirror's copy")
+            try:
+                meta = await asyncio.to_thread(host.mirror.create_snapshot, stmt.name, events.utc_text(time.time()))
+            except RuntimeError as exc:
+                raise StatementRefused(str(exc)) from None
         ms = (time.monotonic() - started) * 1000
         self.node.dropped_snapshots.pop(stmt.name, None)
         detail = (f"database snapshot {stmt.name} of {stmt.db} as of LSN {meta.lsn}: {meta.page_count} pages of "
@@ -364,7 +367,7 @@ class StatementExecutor:
             return StatementResult([], [], -1)  # nothing changes a snapshot: every statement reads the same data
         readers = SnapshotReaders.of(snap)
         try:
-            columns, rows, types = await asyncio.to_thread(readers.run, sql, params)
+            columns, rows, types = await run_snapshot_query(readers, sql, params)
         except SnapshotGone:
             why = self.node.dropped_snapshots.get(name, "it was dropped")
             raise NotServing(f"database snapshot {name} was dropped while the statement ran: {why}") from None

@@ -15,7 +15,10 @@ runs), and ATTACH is refused (it would open a file by name).
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import apsw
@@ -27,6 +30,10 @@ from mirrord.storage.statement_guard import CURRENT, PROGRESS_STEPS, row_cost
 VFS_NAME = "mirrord-snapshot"
 _OPEN: dict[str, DatabaseSnapshot] = {}  # the name SQLite opens -> the snapshot it reads
 _OPEN_LOCK = threading.Lock()
+# Snapshot queries run on threads of their own: on asyncio's default pool, a few long SELECTs would hold up
+# the mirror's hardening (it syncs there), and with it every SAFETY FULL commit of the principal.
+QUERY_THREADS = 4
+_queries = ThreadPoolExecutor(max_workers=QUERY_THREADS, thread_name_prefix="snapshot-query")
 
 
 class _SnapshotFile:
@@ -167,6 +174,12 @@ class SnapshotReaders:
             return _run(conn, sql, params)
         finally:
             self._give_back(conn)
+
+
+async def run_snapshot_query(readers: "SnapshotReaders", sql: str, params: Any):
+    """readers.run on the snapshot query threads, with the client's guard (a context variable) along."""
+    context = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(_queries, context.run, readers.run, sql, params)
 
 
 def _run(conn: apsw.Connection, sql: str, params: Any) -> tuple[list[str], list[list[Any]], list[str | None]]:

@@ -180,3 +180,76 @@ def test_reads_during_redo_never_see_a_page_newer_than_creation(tmp_path, copy):
     assert seen and set(seen) == {tuple(expected)}
     store.close()
     snap.close()
+
+
+# ---------------------------------------------------------------- the mirror's snapshots (MirrorDatabase)
+
+
+def _mirror(tmp_path, copy_path):
+    from mirrord.core.session import Session, SessionConfig
+    from mirrord.core.types import DatabaseStatus, Role
+    from mirrord.mirror import MirrorDatabase
+    from mirrord.storage.log import DurableLog
+
+    directory = tmp_path / "databases" / "db"
+    directory.mkdir(parents=True)
+    shutil.copyfile(copy_path, directory / "db.sqlite")
+    log = DurableLog(directory / "log")
+    log.reset(1, 1)
+    session = Session(SessionConfig("db", role=Role.MIRROR, status=DatabaseStatus.RESTORING, partner="tcp://x:1"))
+    mirror = MirrorDatabase(directory, session, log)
+    mirror.start()
+    return mirror
+
+
+async def test_a_reseed_drops_the_snapshots_and_says_why(tmp_path, copy):
+    import asyncio
+
+    principal, _ = copy
+    mirror = _mirror(tmp_path, principal)
+    told = []
+    mirror.on_snapshot_dropped = lambda name, why: told.append((name, why))
+    mirror.create_snapshot("s1", "now")
+    mirror.create_snapshot("s2", "now")
+    assert sorted(mirror.snapshots) == ["s1", "s2"]
+    seed = tmp_path / "seed.tmp"
+    shutil.copyfile(principal, seed)
+    await asyncio.to_thread(mirror.install_snapshot, seed, 7, 2, "the mirror was reseeded at LSN 7")
+    await asyncio.sleep(0)  # the loop runs what the thread handed it
+    assert mirror.snapshots == {} and not any(mirror.snapshots_dir.iterdir())
+    assert sorted(told) == [("s1", "the mirror was reseeded at LSN 7"), ("s2", "the mirror was reseeded at LSN 7")]
+    mirror.stop()
+
+
+async def test_a_snapshot_that_cannot_save_is_dropped_and_redo_goes_on(tmp_path, copy, monkeypatch):
+    import asyncio
+    import errno
+
+    principal, _ = copy
+    mirror = _mirror(tmp_path, principal)
+    told = []
+    mirror.on_snapshot_dropped = lambda name, why: told.append((name, why))
+    mirror.create_snapshot("full", "now")
+    snap = mirror.snapshots["full"]
+
+    def no_space(pages, read_live):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(snap, "save", no_space)
+    old = principal.read_bytes()
+    _checkpointed(principal, ["UPDATE t SET v = 'x' WHERE id < 50"])
+    mirror.log.append([_record(1, old, principal.read_bytes())])
+    mirror.log.sync()
+    mirror._redo.notify(1)
+    assert await mirror.wait_redone(10)  # redo went on
+    for _ in range(100):
+        if told:
+            break
+        await asyncio.sleep(0.01)
+    assert told and told[0][0] == "full" and "No space left" in told[0][1]
+    assert "full" not in mirror.snapshots and not (mirror.snapshots_dir / "full").exists()
+    mirror.stop()
+    # a restart finds no snapshot to load
+    mirror.start()
+    assert mirror.snapshots == {}
+    mirror.stop()
