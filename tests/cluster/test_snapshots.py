@@ -9,7 +9,7 @@ from mirrorctl import dbapi
 from mirrorctl.client import ServerError
 from mirrord.localcluster import wait_for
 
-from .helpers import create_table, wait_synchronized
+from .helpers import Writer, create_table, wait_synchronized
 
 DB = "shop"
 
@@ -77,8 +77,11 @@ def test_a_snapshot_shows_the_mirror_as_of_its_creation_while_redo_goes_on_and_a
     assert "does not exist" in refused(b, "CREATE DATABASE snap2 AS SNAPSHOT OF nothere")
     assert "already exists" in refused(b, f"CREATE DATABASE {DB} AS SNAPSHOT OF {DB}")
 
-    # a restart of the mirror: the snapshot is still there and still as of its creation, redo goes on
-    b.restart()
+    # the mirror killed just after more redo, and started again: redo re-applies from its persisted LSN,
+    # saving first; the snapshot is still there and still as of its creation
+    a.query("UPDATE t SET v = 'before the kill' WHERE id % 5 = 0", db=DB)
+    b.kill()
+    b.start()
     wait_for(lambda: snapshot_row(b, "snap") is not None, 30, "the snapshot loaded again")
     assert rows(b, "snap") == before
     a.query("UPDATE t SET v = 'after restart' WHERE id < 100", db=DB)
@@ -110,3 +113,30 @@ def test_a_failover_drops_the_snapshots_of_the_mirror_saying_why(cluster):
     wait_synchronized(cluster, DB, "b", "a")
     a.query(f"CREATE DATABASE on_a AS SNAPSHOT OF {DB}")
     assert rows(a, "on_a") == [(1, "one")]
+
+
+def test_reads_of_a_snapshot_under_write_load_never_move(cluster):
+    a, b = cluster["a"], cluster["b"]
+    cluster.setup_session(DB, principal="a", mirror="b")
+    create_table(a, DB)
+    for i in range(200):
+        a.query("INSERT INTO t(id, v) VALUES (?, ?)", db=DB, params=[i, "v" * 500])
+    wait_synchronized(cluster, DB, "a", "b")
+    b.query(f"CREATE DATABASE steady AS SNAPSHOT OF {DB}")
+    expected = (200, sum(range(200)))
+    writer = Writer(a, DB, start=10_000)
+    writer.start()
+    updates = 0
+    try:
+        with b.client() as reader, a.client() as updater:
+            while len(writer.acked) < 300:
+                updater.query("UPDATE t SET v = v || 'u' WHERE id = ?", db=DB, params=[updates % 200])
+                updates += 1
+                got = tuple(reader.query("SELECT count(*), sum(id) FROM t WHERE length(v) = 500", db="steady").rows[0])
+                assert got == expected
+    finally:
+        writer.stop()
+    wait_synchronized(cluster, DB, "a", "b")
+    assert tuple(b.query("SELECT count(*), sum(id) FROM t WHERE length(v) = 500", db="steady").rows[0]) == expected
+    assert not writer.errors
+    assert a.query("SELECT count(*) FROM t", db=DB).rows[0][0] == 200 + len(writer.acked)
