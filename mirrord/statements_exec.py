@@ -365,12 +365,11 @@ class StatementExecutor:
             raise PermissionDenied(lg.access_refusal(login, lg.READ, host.name))
         if classify(sql) in (TxnWord.BEGIN, TxnWord.COMMIT, TxnWord.ROLLBACK):
             return StatementResult([], [], -1)  # nothing changes a snapshot: every statement reads the same data
-        readers = SnapshotReaders.of(snap)
         try:
-            columns, rows, types = await run_snapshot_query(readers, sql, params)
+            columns, rows, types = await run_snapshot_query(SnapshotReaders.of(snap), sql, params)
         except SnapshotGone:
-            why = self.node.dropped_snapshots.get(name, "it was dropped")
-            raise NotServing(f"database snapshot {name} was dropped while the statement ran: {why}") from None
+            why = self.node.dropped_snapshots.get(name, "it was dropped, or its database is changing role")
+            raise NotServing(f"database snapshot {name} is no longer served here: {why}") from None
         except StatementRefused as exc:
             if "read-only" in exc.message:
                 raise StatementRefused(snap_core.READ_ONLY_REFUSAL.format(name=name, db=host.name, lsn=meta.lsn)) from None

@@ -49,6 +49,7 @@ class DatabaseSnapshot:
         self.directory = Path(directory)
         self.meta = meta
         self.dropped: str | None = None  # why, once dropped: readers are refused from then on
+        self.closed = False  # closed (a drop, a promotion, the node stopping): no new reader starts
         self._pages_fd = os.open(self.directory / PAGES, os.O_RDWR)
         self._saved_fd = os.open(self.directory / SAVED, os.O_RDWR)
         self._live_fd = os.open(live, os.O_RDONLY)
@@ -100,6 +101,7 @@ class DatabaseSnapshot:
 
     def close(self) -> None:
         """Close the readers (their queries interrupted), then the files (the snapshot stays on disk)."""
+        self.closed = True
         if self.readers is not None:
             self.readers.close()  # no read may use a file number after it is closed (and perhaps reused)
         for name in ("_pages_fd", "_saved_fd", "_live_fd"):
@@ -174,8 +176,8 @@ class DatabaseSnapshot:
 
     def page(self, pgno: int) -> bytes:
         """Page pgno of the snapshot: its saved image, or the copy's page, which redo has not overwritten since."""
-        if self.dropped is not None:
-            raise SnapshotGone(self.dropped)
+        if self.dropped is not None or self.closed:
+            raise SnapshotGone(self.dropped or "closed")
         size = self.meta.page_size
         if self.is_saved(pgno):
             image = os.pread(self._pages_fd, size, (pgno - 1) * size)

@@ -128,7 +128,9 @@ class SnapshotReaders:
 
     @classmethod
     def of(cls, snap: DatabaseSnapshot) -> "SnapshotReaders":
-        """The snapshot's readers (made at its first query)."""
+        """The snapshot's readers (made at its first query); SnapshotGone once it is closed."""
+        if snap.closed:
+            raise SnapshotGone(snap.dropped or "closed")
         if snap.readers is None:
             snap.readers = cls(snap)
         return snap.readers
@@ -172,6 +174,10 @@ class SnapshotReaders:
         conn = self._take()
         try:
             return _run(conn, sql, params)
+        except SnapshotSqlError:
+            if self._snap.dropped is not None or self._snap.closed:  # a page read failed because it went
+                raise SnapshotGone(self._snap.dropped or "closed") from None
+            raise
         finally:
             self._give_back(conn)
 

@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from mirrord.core.snapshots import SnapshotMeta
+from mirrord.localcluster import wait_for
 from mirrord.core.types import StatementRefused
 from mirrord.storage.log import LogRecord
 from mirrord.storage.pagestore import PageStore
@@ -253,3 +254,32 @@ async def test_a_snapshot_that_cannot_save_is_dropped_and_redo_goes_on(tmp_path,
     mirror.start()
     assert mirror.snapshots == {}
     mirror.stop()
+
+
+def test_dropping_a_snapshot_interrupts_its_running_query_and_refuses_new_ones(tmp_path, copy):
+    from mirrord.storage.snapshot import SnapshotGone
+
+    _, store_path = copy
+    store = PageStore(store_path, tmp_path / "sums")
+    snap = _snapshot(tmp_path, store, store_path)
+    readers = SnapshotReaders.of(snap)
+    failure = []
+    started = threading.Event()
+
+    def long_query() -> None:
+        started.set()
+        try:
+            readers.run("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n, t", None)
+        except SnapshotGone as exc:
+            failure.append(exc)
+
+    runner = threading.Thread(target=long_query)
+    runner.start()
+    started.wait(5)
+    wait_for(lambda: bool(readers._busy), 5, "the query holding its connection")  # noqa: SLF001
+    snap.remove("DROP DATABASE")
+    runner.join(10)
+    assert not runner.is_alive() and failure
+    with pytest.raises(SnapshotGone):
+        SnapshotReaders.of(snap)
+    store.close()
