@@ -128,8 +128,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="snapshot-bench-") as tmp:
         result = asyncio.run(run(args.db_mb, args.redo_mb, Path(tmp)))
     print()
-    print(f"| database | creation (5 runs, ms) |")
-    print(f"|---|---|")
+    print("| database | creation (5 runs, ms) |")
+    print("|---|---|")
     print(f"| {args.db_mb} MB | {', '.join(str(c) for c in result['creation_ms'])} |")
     print()
     print("| snapshots | redo MB/s | seconds | pages saved |")

@@ -241,8 +241,10 @@ class PageStore:
             except OSError as exc:
                 # a snapshot that cannot save (a full disk) is dropped, never the mirror stopped: the
                 # reference's sparse file out of space marks the snapshot suspect, not the database
+                # made durably no snapshot before any page is overwritten; if even that fails, the batch is
+                # retried (a full disk) or redo stops, and the snapshot stays in the list until it succeeds
+                snap.invalidate(f"saving pages before redo failed: {exc}")
                 self.snapshots.remove(snap)
-                snap.invalidate(f"saving pages before redo failed: {exc}")  # durable before the pages are overwritten
                 if self.on_snapshot_failed is not None:
                     self.on_snapshot_failed(snap, exc)
 

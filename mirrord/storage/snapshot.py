@@ -33,7 +33,7 @@ import shutil
 import struct
 import threading
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from mirrord.core.snapshots import SnapshotMeta, reader_header
 from mirrord.storage.fileutil import atomic_write_json, fsync_dir, read_json
@@ -113,9 +113,9 @@ class DatabaseSnapshot:
     def invalidate(self, why: str) -> None:
         """Make it no snapshot, durably (meta.json removed: nothing to load at a restart), then close it."""
         with self._lock:
-            self.dropped = why
             (self.directory / META).unlink(missing_ok=True)
             fsync_dir(self.directory)
+            self.dropped = why  # only once that is durable: until then redo keeps saving into it (or retries)
         self.close()
 
     def remove(self, why: str) -> None:
@@ -134,7 +134,7 @@ class DatabaseSnapshot:
         """Pages saved so far (the sparse file holds this many)."""
         return self._count
 
-    def save(self, pages: Sequence[int], read_live: "callable") -> None:
+    def save(self, pages: Sequence[int], read_live: Callable[[int], bytes]) -> None:
         """Save the current images of these pages (read_live(pgno) -> bytes), durably, before redo overwrites them."""
         if not pages:
             return
