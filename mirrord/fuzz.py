@@ -49,7 +49,7 @@ INTERESTING_INTS = [0, 1, -1, 2, 255, 256, 511, 512, 4096, 65535, 65536, 2**31 -
 WORDS = ["ALTER", "DATABASE", "CREATE", "DROP", "SET", "PARTNER", "WITNESS", "SAFETY", "FULL", "OFF", "TIMEOUT",
          "FAILOVER", "FORCE_SERVICE_ALLOW_DATA_LOSS", "RESUME", "SUSPEND", "ENDPOINT", "STATE", "STARTED", "STOPPED",
          "BACKUP", "RESTORE", "TO", "FROM", "DISK", "WITH", "RECOVERY", "NORECOVERY", "USE", "SELECT", "sys",
-         "database_mirroring", "database_mirroring_witnesses", "database_mirroring_events", "dm_db_mirroring_auto_page_repair", "WHERE", "database", "EXEC", "EXECUTE",
+         "database_mirroring", "database_mirroring_witnesses", "database_mirroring_events", "dm_db_mirroring_auto_page_repair", "database_snapshots", "AS", "SNAPSHOT", "OF", "WHERE", "database", "EXEC", "EXECUTE",
          "sp_transaction_status", "sp_dbmmonitorchangealert", "sp_dbmmonitorhelpalert", "sp_dbmmonitordropalert",
          "STATEMENT_TIMEOUT", "shop", "[shop]", "[../x]", "*", ",", "=", ";", ".", "'tcp://h:5022'", "'x.bak'",
          "N'a''b'", "'", "[", "/*", "--", "9" * 30, "9" * 4301, "1e5", "٣", "\x00", "é", "1", "0", "3600"]

@@ -26,10 +26,13 @@ from mirrord.core.checkmirror import PageDigests
 from mirrord.core.page_repair import ERROR_CHECKSUM, ERROR_IO
 from mirrord.storage.checksums import store_digests_apart
 from mirrord.storage.pagestore import PageStore, RedoThread
+from mirrord.storage import snapshot as snapfiles
+from mirrord.core.snapshots import SnapshotMeta
 
 log = structlog.get_logger()
 
 CHECKSUMS_FILE = "page_checksums"
+SNAPSHOTS_DIR = "snapshots"
 
 
 class MirrorDatabase:
@@ -51,6 +54,11 @@ class MirrorDatabase:
         self._seed_tmp: Path | None = None
         self._seed_file = None
         self._page_size: int | None = None  # known once read from the copy's header
+        # database snapshots of this copy, by name (storage/snapshot.py); told (on the event loop) of each one
+        # dropped other than by DROP DATABASE, with why. Changed by the redo thread too (a failed save) and by
+        # a seed's thread: readers copy it whole first (list(items())), which the GIL makes one step
+        self.snapshots: dict[str, snapfiles.DatabaseSnapshot] = {}
+        self.on_snapshot_dropped: Callable[[str, str], None] | None = None
 
     @property
     def checksums_path(self) -> Path:
@@ -116,6 +124,7 @@ class MirrorDatabase:
         remove_sqlite_sidecars(self.path)
         self._store = PageStore(self.path, self.checksums_path)
         self._page_size = self._store.page_size or self._page_size  # the checksum map's: page 1 may be damaged
+        self._attach_snapshots()  # before redo starts: it re-applies from the persisted LSN, saving first
         self._redo = RedoThread(
             self.log,
             self._store,
@@ -127,6 +136,85 @@ class MirrorDatabase:
         self._redo.notify(self.log.last_lsn)
         self.session.redo_lsn = self._redo.redo_lsn
         self.session.end_of_log_lsn = self.log.last_lsn
+
+    # ---------------------------------------------------------------- database snapshots
+
+    @property
+    def snapshots_dir(self) -> Path:
+        """databases/<db>/snapshots: one directory per snapshot of this copy."""
+        return self.directory / SNAPSHOTS_DIR
+
+    def _attach_snapshots(self) -> None:
+        """Open the snapshots on disk and hand them to the page store; drop those that cannot be read, saying why."""
+        store = self._store
+        store.on_snapshot_failed = self._snapshot_failed
+        for directory in snapfiles.snapshot_dirs(self.snapshots_dir):
+            if not (directory / snapfiles.META).exists():
+                snapfiles.remove_directory(directory)  # an interrupted creation or drop
+                continue
+            try:
+                snap = snapfiles.DatabaseSnapshot.open(directory, self.path)
+                if snap.meta.page_size != store.page_size:
+                    snap.close()
+                    raise ValueError(f"its page size {snap.meta.page_size} is not the copy's {store.page_size}")
+            except (ValueError, OSError) as exc:
+                why = f"could not be opened at start: {exc}"
+                (directory / snapfiles.META).unlink(missing_ok=True)
+                snapfiles.remove_directory(directory)
+                self._tell_snapshot_dropped(directory.name, why)
+                continue
+            self.snapshots[snap.meta.name] = snap
+            store.snapshots.append(snap)
+
+    def create_snapshot(self, name: str, created: str) -> SnapshotMeta:
+        """Make a database snapshot of this copy as of the redo LSN now (no page is copied); RuntimeError saying why not."""
+        store, redo = self._store, self._redo
+        if store is None or redo is None or self.redo_error is not None or not store.page_size:
+            raise RuntimeError(f"the copy of {self.session.db} is not being redone here (not seeded yet, or redo failed); "
+                               "create the snapshot once the mirror is seeded and redo runs")
+        with store.cow_lock:  # between two batches of redo: the store is exactly at store_lsn
+            lsn = redo.store_lsn
+            store.fsync_pages()  # a restart re-applies from the persisted LSN: unsaved pages must read as of lsn
+            meta = SnapshotMeta(name=name, database=self.session.db, lsn=lsn, page_size=store.page_size,
+                                page_count=store.page_count, created=created, role_sequence=self.session.config.epoch)
+            if not self.snapshots_dir.exists():
+                self.snapshots_dir.mkdir()
+                fsync_dir(self.directory)
+            snap = snapfiles.DatabaseSnapshot.create(self.snapshots_dir / name, meta, self.path)
+            self.snapshots[name] = snap
+            store.snapshots.append(snap)
+        return meta
+
+    def drop_snapshot(self, name: str, why: str) -> None:
+        """Drop one snapshot (DROP DATABASE): no more saves into it, then its files go."""
+        snap = self.snapshots.pop(name, None)
+        if snap is None:
+            return  # dropped meanwhile (a failed save)
+        store = self._store
+        if store is not None:
+            with store.cow_lock:
+                if snap in store.snapshots:
+                    store.snapshots.remove(snap)
+        snap.remove(why)
+
+    def drop_all_snapshots(self, why: str) -> list[str]:
+        """Drop every snapshot of this copy (it is being replaced, or is no longer a mirror's), each told with why."""
+        names = sorted(dict(self.snapshots))
+        for name in names:
+            self.drop_snapshot(name, why)
+            self._tell_snapshot_dropped(name, why)
+        return names
+
+    def _snapshot_failed(self, snap, exc: BaseException) -> None:
+        """The page store dropped a snapshot that could not save (on the redo thread)."""
+        self.snapshots.pop(snap.meta.name, None)
+        snapfiles.remove_directory(snap.directory)
+        self._tell_snapshot_dropped(snap.meta.name, snap.dropped or str(exc))
+
+    def _tell_snapshot_dropped(self, name: str, why: str) -> None:
+        log.warning("snapshot_dropped", database=self.session.db, snapshot=name, reason=why)
+        if self.on_snapshot_dropped is not None:
+            self._loop.call_soon_threadsafe(self.on_snapshot_dropped, name, why)
 
     def _on_redo_progress(self, lsn: Lsn) -> None:
         self._loop.call_soon_threadsafe(self._redo_progressed, lsn)
@@ -213,7 +301,7 @@ class MirrorDatabase:
         data_crc = _file_crc(self._seed_tmp)
         if self._seed_tmp.stat().st_size != size or data_crc != crc:
             raise ProtocolError("seed snapshot does not match its size or checksum")
-        self.install_snapshot(self._seed_tmp, lsn, epoch)
+        self.install_snapshot(self._seed_tmp, lsn, epoch, why=f"the mirror was reseeded at LSN {lsn}")
 
     # ---------------------------------------------------------------- rewind
 
@@ -249,10 +337,11 @@ class MirrorDatabase:
             store.sync()
         finally:
             store.close()
-        self.install_snapshot(self._rewind_tmp, lsn, epoch)
+        self.install_snapshot(self._rewind_tmp, lsn, epoch, why=f"the mirror was rewound to the principal's copy at LSN {lsn}")
 
-    def install_snapshot(self, source: Path, lsn: Lsn, epoch: int) -> None:
-        """Make source the page store at lsn (seeding, RESTORE … WITH NORECOVERY)."""
+    def install_snapshot(self, source: Path, lsn: Lsn, epoch: int, why: str = "the mirror's copy was replaced") -> None:
+        """Make source the page store at lsn (seeding, RESTORE … WITH NORECOVERY); database snapshots are dropped."""
+        self.drop_all_snapshots(why)  # they show a copy that is about to be replaced whole
         self.stop()
         os.replace(source, self.path)
         self.checksums_path.unlink(missing_ok=True)  # another copy: start() checksums it anew
@@ -348,11 +437,14 @@ class MirrorDatabase:
         return await asyncio.to_thread(self._redo.wait_for, target, timeout)
 
     def stop(self) -> None:
-        """Stop redo (persisting its LSN) and close the page store."""
+        """Stop redo (persisting its LSN) and close the page store and the snapshots (their files stay)."""
         if self._redo is not None:
             self._redo.stop()
             self._redo.join()
             self._redo = None
+        for snap in list(self.snapshots.values()):
+            snap.close()
+        self.snapshots.clear()
         if self._store is not None:
             self._store.close()
             self._store = None

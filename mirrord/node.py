@@ -49,7 +49,8 @@ from mirrord.host import DatabaseHost
 from mirrord.httpapi import HttpServer, NodeView
 from mirrord.login_store import LoginSetupError, LoginStore
 from mirrord.monitor import NodeMetrics, run_sampler
-from mirrord.mirror import CHECKSUMS_FILE, MirrorDatabase
+from mirrord.mirror import CHECKSUMS_FILE, SNAPSHOTS_DIR, MirrorDatabase
+from mirrord.storage import snapshot as snapfiles
 from mirrord import checkmirror, page_repair, role_change
 from mirrord.core.page_repair import RepairHistory
 from mirrord.net import framing, inbound
@@ -265,6 +266,10 @@ class Node:
         self.loading_when_room: set[str] = set()  # their names
         self._scrubber: asyncio.Task | None = None  # the mirror's page scrubber
         self.repairs = RepairHistory()  # sys.dm_db_mirroring_auto_page_repair
+        # database snapshots: one CREATE/DROP of a snapshot at a time (names are checked, then taken), and the
+        # snapshots dropped since this start with why, so that a query on one hears why it is gone
+        self.snapshot_lock = asyncio.Lock()
+        self.dropped_snapshots: dict[str, str] = {}
 
     # ---------------------------------------------------------------- addresses
 
@@ -383,6 +388,34 @@ class Node:
                 except ConnectionResetError:
                     pass  # that link is closing; the next connection carries the table
 
+    # ---------------------------------------------------------------- database snapshots
+
+    def snapshots(self) -> dict[str, tuple[DatabaseHost, "snapfiles.DatabaseSnapshot"]]:
+        """Every database snapshot on this node by name, with the database it shows."""
+        found = {}
+        for host in self.databases.values():
+            if host.mirror is not None:
+                for name, snap in list(host.mirror.snapshots.items()):  # one step: redo may drop one meanwhile
+                    found[name] = (host, snap)
+        return found
+
+    def snapshot_dropped(self, host: DatabaseHost, name: str, why: str) -> None:
+        """A snapshot was dropped (by DROP DATABASE, a promotion, a reseed, a failed save): remember, record, log."""
+        self.dropped_snapshots[name] = why
+        host.record_event("SNAPSHOT_DROPPED", f"database snapshot {name} of {host.name} dropped: {why}",
+                          lsn=host.mirror.redo_lsn if host.mirror is not None else host.log.last_lsn)
+        log.warning("snapshot_dropped", database=host.name, snapshot=name, reason=why)
+
+    def _drop_snapshot_files(self, host: DatabaseHost) -> None:
+        """The copy is about to be opened by SQLite (a promotion, RESTORE … WITH RECOVERY): its snapshots go first."""
+        cfg = host.session.config
+        if cfg.role is Role.PRINCIPAL:
+            why = f"{host.name} became the principal here (role sequence {cfg.epoch}): a snapshot is of a mirror's copy"
+        else:
+            why = f"{host.name} was brought ONLINE here (RESTORE … WITH RECOVERY): a snapshot is of a mirror's copy"
+        for name in snapfiles.remove_all(host.directory / SNAPSHOTS_DIR):
+            self.snapshot_dropped(host, name, why)
+
     def open_log(self, directory: Path) -> DurableLog:
         """A database's durable log, with segments small enough to truncate well below the size limit."""
         segment = max(64 << 10, min(16 << 20, self.config.log_size_limit // 8))
@@ -392,6 +425,7 @@ class Node:
         """Start the engine the host's role and status call for."""
         cfg = host.session.config
         if cfg.status is DatabaseStatus.ONLINE:
+            self._drop_snapshot_files(host)  # before SQLite writes the copy (a crash after the promotion, too)
             # a copy that was a mirror's page store is brought up to the end of log by principal.open()
             (host.directory / CHECKSUMS_FILE).unlink(missing_ok=True)  # SQLite writes it now, not redo: checksums go stale
             principal = PrincipalDatabase(
@@ -408,6 +442,7 @@ class Node:
         else:
             host.mirror = MirrorDatabase(host.directory, host.session, host.log, log_size_limit=self.config.log_size_limit)
             host.mirror.on_failure = lambda why: inbound.mirror_cannot_go_on(host, why)
+            host.mirror.on_snapshot_dropped = lambda name, why: self.snapshot_dropped(host, name, why)
             if host.mirror.path.exists():
                 host.mirror.start()
         self.start_witness_link(host)

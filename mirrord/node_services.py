@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from mirrord.login_store import LoginStore
     from mirrord.net.tls import TlsContexts
     from mirrord.storage.events import EventLog
+    from mirrord.storage.snapshot import DatabaseSnapshot
     from mirrord.witness import Witness
 
 
@@ -101,8 +102,15 @@ class NodeServices(EndpointServices, Protocol):
     events: EventLog
     repairs: RepairHistory
 
+    snapshot_lock: asyncio.Lock  # a snapshot's name is checked, then taken: one at a time
+    dropped_snapshots: dict[str, str]  # snapshot name: why it was dropped (what a client asking for it hears)
+
     @property
     def databases_dir(self) -> Path: ...
+
+    def snapshots(self) -> dict[str, tuple[DatabaseHost, DatabaseSnapshot]]: ...
+
+    def snapshot_dropped(self, host: DatabaseHost, name: str, why: str) -> None: ...
 
     async def activate(self, host: DatabaseHost) -> None: ...
 

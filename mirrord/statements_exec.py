@@ -17,6 +17,7 @@ from mirrord.core import events
 from mirrord.core import logins as lg
 from mirrord.core import page_repair as page_repair_core
 from mirrord.core import redo_queue
+from mirrord.core import snapshots as snap_core
 from mirrord.core import statements as st
 from mirrord.core.alerts import ALERTS
 from mirrord.core.monitoring import FIGURE_COLUMNS, set_threshold
@@ -24,7 +25,7 @@ from mirrord.core.names import db_name_refusal
 from mirrord.core.values import check_params
 from mirrord.core.rules import refusal
 from mirrord.core.session import SessionConfig
-from mirrord.core.txn import SP_WHO_COLUMNS, SessionFacts, sp_who_row
+from mirrord.core.txn import SP_WHO_COLUMNS, SessionFacts, TxnWord, classify, sp_who_row
 from mirrord.core.types import (
     DatabaseStatus,
     DiskFull,
@@ -48,6 +49,8 @@ from mirrord.monitor import current_figures, principal_redo_queue
 from mirrord.principal import PageDamaged, StatementResult
 from mirrord.storage import backups
 from mirrord.storage.fileutil import NO_SPACE
+from mirrord.storage.snapshot import SnapshotGone
+from mirrord.storage.snapshot_reader import SnapshotReaders, run_snapshot_query
 from mirrord.write_lock import spid_of
 
 if TYPE_CHECKING:
@@ -74,6 +77,8 @@ STATUS_COLUMNS = [
 ALERT_COLUMNS = ["database", "alert_id", "alert", "threshold", "unit", "enabled", "current_value", "over_threshold"]
 EVENT_COLUMNS = events.COLUMNS
 REPAIR_COLUMNS = page_repair_core.COLUMNS
+SNAPSHOT_COLUMNS = ["name", "database", "lsn", "role_sequence", "created", "page_size", "page_count", "pages_saved",
+                    "bytes_saved", "redo_lsn"]
 WITNESS_COLUMNS = ["database", "principal", "mirror", "role_sequence", "safety", "mirror_synchronized", "principal_connected", "mirror_connected"]
 
 
@@ -96,6 +101,8 @@ class StatementExecutor:
         if isinstance(stmt, st.Sql):
             check_params(params)  # 64-bit integers, bindable scalars: a `data` error, never an OverflowError
             target = db or state.db
+            if target is not None and (found := self.node.snapshots().get(target)) is not None:
+                return await self._snapshot_sql(login, found, stmt.text, params)
             if not lg.can_write(login, target or ""):
                 if not lg.can_read(login, target or ""):
                     raise PermissionDenied(lg.access_refusal(login, lg.READ, target))
@@ -107,7 +114,8 @@ class StatementExecutor:
         if isinstance(stmt, st.LOGIN_STATEMENTS):
             return self._login_statement(stmt)
         if isinstance(stmt, st.UseDatabase):
-            self._host(stmt.db)
+            if stmt.db not in self.node.snapshots():
+                self._host(stmt.db)
             state.db = stmt.db
             return _message(f"database context changed to {stmt.db}")
         if isinstance(stmt, st.SelectSystemView):
@@ -130,6 +138,35 @@ class StatementExecutor:
             return self._transaction_status(stmt)
         if isinstance(stmt, (st.ChangeAlert, st.HelpAlert, st.DropAlert)):
             return self._alert_statement(stmt)
+        if isinstance(stmt, (st.CreateDatabase, st.DropDatabase, st.CreateSnapshot)):
+            async with self.node.snapshot_lock:  # a snapshot's name is checked, then taken: one at a time
+                return await self._database_statement(stmt)
+        return await self._admin(stmt)
+
+    async def _database_statement(self, stmt) -> StatementResult:
+        """CREATE/DROP DATABASE, of a database or a snapshot: the names of both share one space, as in SQL Server."""
+        snapshots = self.node.snapshots()
+        name = stmt.name if isinstance(stmt, st.CreateSnapshot) else stmt.db
+        if isinstance(stmt, st.DropDatabase) and name in snapshots:
+            return await self._drop_snapshot(*snapshots[name], name)
+        if isinstance(stmt, st.CreateDatabase) and name in snapshots:
+            raise StatementRefused(f"{name} is a database snapshot on this node; DROP DATABASE {name} first to reuse the name")
+        if isinstance(stmt, st.DropDatabase):
+            host = self.node.databases.get(name)
+            mine = sorted(n for n, (h, _) in snapshots.items() if h is host) if host is not None else []
+            if (why := snap_core.drop_source_refusal(name, mine)) is not None:
+                raise StatementRefused(why)
+        if isinstance(stmt, st.CreateSnapshot):
+            source = self.node.databases.get(stmt.db)
+            if (why := refusal(source.session if source else None, stmt)) is not None:
+                raise StatementRefused(why)
+            taken = [*self.node.databases, *self.node.quarantined]
+            if (why := snap_core.name_refusal(name, taken, snapshots)) is not None:
+                raise StatementRefused(why)
+        return await self._admin(stmt)
+
+    async def _admin(self, stmt) -> StatementResult:
+        """An administrative statement on a database: the rules first, then its handler."""
         host = self.node.databases.get(stmt.db)
         why = refusal(host.session if host else None, stmt)
         if why is not None:
@@ -243,6 +280,9 @@ class StatementExecutor:
             hint = ("it loads by itself once there is room" if db in self.node.loading_when_room
                     else "fix or remove its directory and restart the node")
             raise StatementRefused(f"database {db} is quarantined on this node: {self.node.quarantined[db]}; {hint}")
+        if host is None and db in self.node.dropped_snapshots:
+            raise UnknownDatabase(f"database snapshot {db} was dropped on this node ({self.node.name}): "
+                                  f"{self.node.dropped_snapshots[db]}")
         if host is None:
             raise UnknownDatabase(f"database {db} does not exist on this node ({self.node.name})")
         return host
@@ -293,6 +333,66 @@ class StatementExecutor:
     async def _do_DropDatabase(self, host, stmt) -> StatementResult:
         await self.node.drop_host(host)
         return _message(f"database {stmt.db} dropped")
+
+    # ---------------------------------------------------------------- database snapshots
+
+    async def _do_CreateSnapshot(self, host, stmt) -> StatementResult:
+        started = time.monotonic()
+        if host.mirror is None:
+            raise StatementRefused(f"{stmt.db} has no mirror copy being redone here; a snapshot is made of one")
+        async with host.role_change:  # no promotion or step-down stops the copy's redo half way through
+            if host.mirror is None or host.session.config.role is not Role.MIRROR:
+                raise StatementRefused(f"{stmt.db} stopped being the mirror here; a snapshot is made of a mirror's copy")
+            try:
+                meta = await asyncio.to_thread(host.mirror.create_snapshot, stmt.name, events.utc_text(time.time()))
+            except RuntimeError as exc:
+                raise StatementRefused(str(exc)) from None
+        ms = (time.monotonic() - started) * 1000
+        self.node.dropped_snapshots.pop(stmt.name, None)
+        detail = (f"database snapshot {stmt.name} of {stmt.db} as of LSN {meta.lsn}: {meta.page_count} pages of "
+                  f"{meta.page_size} bytes, none copied")
+        host.record_event("SNAPSHOT_CREATED", detail, lsn=meta.lsn)
+        return _message(f"{detail} (in {ms:.0f} ms); query it with -d {stmt.name}")
+
+    async def _drop_snapshot(self, host, snap, name: str) -> StatementResult:
+        if host.mirror is None or name not in host.mirror.snapshots:
+            raise UnknownDatabase(f"database snapshot {name} does not exist on this node")
+        await asyncio.to_thread(host.mirror.drop_snapshot, name, "DROP DATABASE")
+        self.node.snapshot_dropped(host, name, "DROP DATABASE")
+        log.info("statement_done", database=host.name, statement="DropDatabase", detail=f"database snapshot {name} dropped")
+        return _message(f"database snapshot {name} of {host.name} dropped")
+
+    async def _snapshot_sql(self, login, found, sql: str, params: Any) -> StatementResult:
+        """SQL on a database snapshot: reads only, as of its LSN; a login reads it if it may read the database."""
+        host, snap = found
+        name, meta = snap.meta.name, snap.meta
+        if not lg.can_read(login, host.name) and not lg.can_read(login, name):
+            raise PermissionDenied(lg.access_refusal(login, lg.READ, host.name))
+        if classify(sql) in (TxnWord.BEGIN, TxnWord.COMMIT, TxnWord.ROLLBACK):
+            return StatementResult([], [], -1)  # nothing changes a snapshot: every statement reads the same data
+        try:
+            columns, rows, types = await run_snapshot_query(SnapshotReaders.of(snap), sql, params)
+        except SnapshotGone:
+            why = self.node.dropped_snapshots.get(name, "it was dropped, or its database is changing role")
+            raise NotServing(f"database snapshot {name} is no longer served here: {why}") from None
+        except StatementRefused as exc:
+            if "read-only" in exc.message:
+                raise StatementRefused(snap_core.READ_ONLY_REFUSAL.format(name=name, db=host.name, lsn=meta.lsn)) from None
+            raise
+        result = StatementResult(columns, rows, -1)
+        result.types = types
+        return result
+
+    def _snapshot_rows(self) -> list[dict]:
+        """The rows of sys.database_snapshots."""
+        rows = []
+        for name, (host, snap) in sorted(self.node.snapshots().items()):
+            meta = snap.meta
+            rows.append({"name": name, "database": host.name, "lsn": meta.lsn, "role_sequence": meta.role_sequence,
+                         "created": meta.created, "page_size": meta.page_size, "page_count": meta.page_count,
+                         "pages_saved": snap.pages_saved, "bytes_saved": snap.pages_saved * meta.page_size,
+                         "redo_lsn": host.mirror.redo_lsn if host.mirror is not None else None})
+        return rows
 
     # ---------------------------------------------------------------- partner
 
@@ -601,6 +701,8 @@ class StatementExecutor:
             rows, columns = status_rows(self.node), STATUS_COLUMNS
         elif stmt.view == "database_mirroring_events":
             rows, columns, in_order = self.node.events.rows(stmt.database), EVENT_COLUMNS, True  # oldest first
+        elif stmt.view == "database_snapshots":
+            rows, columns = self._snapshot_rows(), SNAPSHOT_COLUMNS
         elif stmt.view == "dm_db_mirroring_auto_page_repair":
             rows, columns, in_order = self.node.repairs.rows(stmt.database), REPAIR_COLUMNS, True  # oldest change first
         else:
@@ -622,6 +724,7 @@ def status_rows(node: "NodeServices") -> list[dict]:
     # a database quarantined by a full disk is in both while it loads again: QUARANTINED until it is open
     rows = [status_row(h) for name, h in node.databases.items() if name not in node.quarantined]
     rows += [quarantined_row(name, why) for name, why in node.quarantined.items()]
+    rows += [snapshot_row(name, host.name, snap.meta.lsn) for name, (host, snap) in node.snapshots().items()]
     return sorted(({**row, "transport_security": security} for row in rows), key=lambda r: r["database"])
 
 
@@ -629,6 +732,14 @@ def quarantined_row(name: str, why: str) -> dict:
     """The row of a database that failed to load: its name, QUARANTINED and why; nothing else is known."""
     row = dict.fromkeys(STATUS_COLUMNS)
     row.update(database=name, status="QUARANTINED", state_reason=why)
+    return row
+
+
+def snapshot_row(name: str, db: str, lsn: int) -> dict:
+    """A database snapshot's row: ONLINE, in no mirroring session (as SQL Server shows one), saying what it shows."""
+    row = dict.fromkeys(STATUS_COLUMNS)
+    row.update(database=name, role="NONE", status="ONLINE", redo_lsn=lsn,
+               state_reason=f"database snapshot of {db} as of LSN {lsn} (read-only)")
     return row
 
 

@@ -43,6 +43,8 @@ EVENTS = {
     "ALERT_CLEARED": "a monitor value fell back under its threshold",
     "CHECKMIRROR_MISMATCH": "DBCC CHECKMIRROR found pages that differ between principal and mirror",
     "PAGE_REPAIR": "a damaged page was repaired from the partner",
+    "SNAPSHOT_CREATED": "CREATE DATABASE … AS SNAPSHOT OF made a database snapshot of this mirror's copy",
+    "SNAPSHOT_DROPPED": "a database snapshot was dropped (detail: why: DROP DATABASE, a promotion, a reseed, a failed save)",
 }
 COLUMNS = ["time", "node", "database", "event", "role", "state", "role_sequence", "lsn", "detail"]
 MAX_DETAIL = 2000  # characters; a reason quoting a long error stays readable and a line stays small

@@ -193,8 +193,23 @@ def _check_mirror(session, stmt) -> str | None:
     return None
 
 
+def _create_snapshot(session, stmt) -> str | None:
+    """A database snapshot is how a mirror is read (the reference): made on the mirror, of a copy redo is filling."""
+    if session is None:
+        return f"database {stmt.db} does not exist on this node; a snapshot is made on the mirror of the database"
+    cfg = session.config
+    if cfg.role is not Role.MIRROR or cfg.status is not DatabaseStatus.RESTORING:
+        where = "read it directly here" if cfg.status is DatabaseStatus.ONLINE else "a snapshot needs a mirror's copy"
+        return (f"CREATE DATABASE … AS SNAPSHOT OF {stmt.db} is issued on the mirror of {stmt.db}; this node is "
+                f"{cfg.role.value} ({cfg.status.value}) for it: {where}")
+    if session.redo_error is not None:
+        return f"redo failed on this mirror ({session.redo_error}): fix the cause and restart the node, then create the snapshot"
+    return None
+
+
 _CHECKS = {
     st.CreateDatabase: _create,
+    st.CreateSnapshot: _create_snapshot,
     st.DropDatabase: _drop,
     st.SetPartner: _set_partner,
     st.PartnerAction: _partner_action,

@@ -37,7 +37,7 @@ from mirrord.core.values import INT64_MAX, check_int64
 IDENTIFIER = DB_NAME  # the one rule for names (mirrord.core.names); endpoints and columns use it too
 PARTNER_ACTIONS = ("FAILOVER", "FORCE_SERVICE_ALLOW_DATA_LOSS", "OFF", "RESUME", "SUSPEND")
 SYSTEM_VIEWS = ("database_mirroring", "database_mirroring_witnesses", "database_mirroring_events",
-                "dm_db_mirroring_auto_page_repair")
+                "dm_db_mirroring_auto_page_repair", "database_snapshots")
 MIN_TIMEOUT, MAX_TIMEOUT = 1, 3600
 _HOST = re.compile(r"[A-Za-z0-9._:-]+")
 # Column names that cannot be written bare in a select list.
@@ -66,6 +66,18 @@ class CreateDatabase:
     def to_sql(self) -> str:
         """Canonical text of this statement."""
         return f"CREATE DATABASE {self.db}"
+
+
+@dataclass(frozen=True)
+class CreateSnapshot:
+    """CREATE DATABASE name AS SNAPSHOT OF db (on the mirror of db: a read-only view as of its redo LSN)"""
+
+    name: str
+    db: str  # the source database: the rules judge its session
+
+    def to_sql(self) -> str:
+        """Canonical text of this statement."""
+        return f"CREATE DATABASE {self.name} AS SNAPSHOT OF {self.db}"
 
 
 @dataclass(frozen=True)
@@ -325,7 +337,7 @@ class Sql:
 
 
 Statement = (
-    CreateDatabase | DropDatabase | SetPartner | PartnerAction | SetSafety | SetTimeout | SetRedoQueue
+    CreateDatabase | CreateSnapshot | DropDatabase | SetPartner | PartnerAction | SetSafety | SetTimeout | SetRedoQueue
     | SetWitness | AlterEndpoint | BackupDatabase | RestoreDatabase | SelectSystemView
     | UseDatabase | TransactionStatus | ChangeAlert | HelpAlert | DropAlert | SetStatementTimeout | CheckMirror
     | SetLockTimeout | SpWho | Sql
@@ -776,11 +788,21 @@ def _database_rule(make: Callable[[str], Statement]) -> Rule:
     return rule
 
 
+def _create_database(p: _Parser) -> "CreateDatabase | CreateSnapshot":
+    """CREATE DATABASE db, or CREATE DATABASE name AS SNAPSHOT OF db."""
+    name = p.identifier("a database name")
+    if not p.accept("AS"):
+        return CreateDatabase(name)
+    p.keyword("SNAPSHOT")
+    p.keyword("OF")
+    return CreateSnapshot(name, p.identifier("the name of the database to snapshot"))
+
+
 # Leading keywords -> rule; each rule runs after these are consumed.
 _RULES: dict[tuple[str, ...], Rule] = {
     ("ALTER", "DATABASE"): _alter_database,
     ("ALTER", "ENDPOINT"): _alter_endpoint,
-    ("CREATE", "DATABASE"): _database_rule(CreateDatabase),
+    ("CREATE", "DATABASE"): _create_database,
     ("DROP", "DATABASE"): _database_rule(DropDatabase),
     ("BACKUP",): _backup,
     ("RESTORE",): _restore,

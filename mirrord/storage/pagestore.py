@@ -63,6 +63,12 @@ class PageStore:
         self._page_size: int | None = None
         if checksums is not None:
             self._open_checksums()
+        # database snapshots (storage/snapshot.py): before redo overwrites or cuts off a page, each saves its image.
+        # cow_lock is held for a whole batch of redo, and by a snapshot's creation and drop, so a snapshot is
+        # made between batches (at exactly the redo LSN) and the list never changes while a batch runs.
+        self.snapshots: list = []
+        self.cow_lock = threading.Lock()
+        self.on_snapshot_failed: Callable[[object, BaseException], None] | None = None
 
     # ------------------------------------------------------------ checksums
 
@@ -210,10 +216,41 @@ class PageStore:
     # ------------------------------------------------------------ redo
 
     def apply(self, records: Sequence[LogRecord]) -> None:
-        """Apply whole records in LSN order: write each page, then set the file to db_size pages."""
+        """Apply whole records in LSN order: write each page, then set the file to db_size pages.
+
+        Database snapshots first save, durably, the images the batch would
+        overwrite or cut off (copy-on-write); the caller holds cow_lock when
+        there may be snapshots.
+        """
+        if self.snapshots:
+            self._save_for_snapshots(records)
         for record in records:
             with self.lock:
                 self._apply_one(record)
+
+    def _save_for_snapshots(self, records: Sequence[LogRecord]) -> None:
+        from mirrord.core.snapshots import pages_to_save
+
+        batch = [([pgno for pgno, _ in r.pages], r.db_size) for r in records]
+        size = records[0].page_size
+        before = os.fstat(self._fd).st_size // size
+        for snap in list(self.snapshots):
+            pages = pages_to_save(batch, before, snap.meta.page_count, snap.is_saved)
+            try:
+                snap.save(pages, lambda pgno: os.pread(self._fd, size, (pgno - 1) * size))
+            except OSError as exc:
+                # a snapshot that cannot save (a full disk) is dropped, never the mirror stopped: the
+                # reference's sparse file out of space marks the snapshot suspect, not the database
+                # made durably no snapshot before any page is overwritten; if even that fails, the batch is
+                # retried (a full disk) or redo stops, and the snapshot stays in the list until it succeeds
+                snap.invalidate(f"saving pages before redo failed: {exc}")
+                self.snapshots.remove(snap)
+                if self.on_snapshot_failed is not None:
+                    self.on_snapshot_failed(snap, exc)
+
+    def fsync_pages(self) -> None:
+        """Make the pages written so far durable (a snapshot's creation: a restart must find them as of its LSN)."""
+        os.fsync(self._fd)
 
     def write_pages(self, pages: Sequence[tuple[int, bytes]], page_size: int) -> None:
         """Write page images (a rewind); the size is set apart, by truncate()."""
@@ -380,6 +417,7 @@ class RedoThread(threading.Thread):
         self._cond = threading.Condition()
         self._persisted = load_redo_lsn(self._path)  # durable: a restart redoes from here
         self._applied = self._persisted  # in the page store (the OS's cache until the next persist)
+        self._applied_in_store = self._applied  # the same, set under the store's cow_lock (snapshot creation)
         self._hardened = self._persisted
         self._persist_interval = persist_interval
         self._persist_due = 0.0
@@ -404,6 +442,12 @@ class RedoThread(threading.Thread):
     def persisted_lsn(self) -> int:
         """Everything up to this LSN is durably in the page store: a restart redoes only what follows."""
         return self._persisted  # one int, written by the redo thread after the page store's sync
+
+    @property
+    def store_lsn(self) -> int:
+        """The LSN the page store is at; read under the store's cow_lock, exact (a snapshot's creation)."""
+        with self._cond:
+            return self._applied_in_store
 
     def notify(self, hardened_lsn: int) -> None:
         """Tell the thread there is hardened log up to `hardened_lsn` to redo."""
@@ -550,8 +594,11 @@ class RedoThread(threading.Thread):
             with self._cond:
                 if self._cond.wait_for(lambda: self._stopping, sum(r.nbytes for r in records) / self._rate):
                     return
-        self._store.apply(records)
         lsn = records[-1].lsn
+        with self._store.cow_lock:  # a snapshot made meanwhile sees the store and redo_lsn agree
+            self._store.apply(records)
+            with self._cond:
+                self._applied_in_store = lsn
         with self._cond:
             if self._suspect:
                 for record in records:
