@@ -7,9 +7,8 @@ into it through `NodeServices`, never by importing it, so the daemon's modules
 form layers without an import cycle (tests/test_import_cycles.py): a part is
 read knowing exactly what it may ask of the node.
 
-The node's configuration and metrics are typed loosely here (`Any`): their
-classes live in the node and the monitor, and naming them would tie the layers
-together again.
+The node's metrics are typed loosely here (`Any`): their class lives in the
+monitor, which the links import, and naming it would tie the layers together.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ if TYPE_CHECKING:
     from mirrord.host import DatabaseHost
     from mirrord.login_store import LoginStore
     from mirrord.net.tls import TlsContexts
+    from mirrord.node_config import NodeConfig
     from mirrord.storage.events import EventLog
     from mirrord.storage.snapshot import DatabaseSnapshot
     from mirrord.witness import Witness
@@ -90,7 +90,7 @@ class EndpointServices(Protocol):
 class NodeServices(EndpointServices, Protocol):
     """What role changes and statements ask of their node: its databases, settings, links and listeners."""
 
-    config: Any  # mirrord.node.NodeConfig
+    config: NodeConfig
     metrics: Any  # mirrord.monitor.NodeMetrics
     databases: dict[str, DatabaseHost]
     quarantined: dict[str, str]  # database: why it failed to load

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from mirrord import config, node
+from mirrord import config, node, node_config
 
 BASE = {"name": "a", "data_dir": "/d", "endpoint": "127.0.0.1:5022", "listen": "127.0.0.1:1433", "tls_dir": "/tls"}
 
@@ -27,7 +27,7 @@ def test_every_setting_has_one_name_in_each_place():
     for setting in config.SETTINGS:
         assert setting.env == "MIRRORD_" + setting.key.upper()
         assert setting.flag == "--" + setting.key.replace("_", "-")
-    args = node.parse_args([])
+    args = node_config.parse_args([])
     assert all(hasattr(args, key) for key in config.KEYS)
 
 
@@ -43,20 +43,20 @@ def test_node_config_from_all_three_sources(tmp_path):
     toml.write_text('name = "file"\ndata_dir = "/data"\nendpoint = "h:5022"\nlisten = "h:1433"\nlog_size_limit_mb = 8\n'
                     'tls_dir = "/tls"\n')
     env = {"MIRRORD_CONFIG": str(toml), "MIRRORD_NAME": "env", "MIRRORD_METRICS": "h:8008"}
-    cfg = node.NodeConfig.from_sources(node.parse_args(["--listen", "h:1"]), env)
+    cfg = node_config.NodeConfig.from_sources(node_config.parse_args(["--listen", "h:1"]), env)
     assert (cfg.name, cfg.listen.port, cfg.log_size_limit, str(cfg.metrics)) == ("env", 1, 8 << 20, "tcp://h:8008")
-    values, sources = node.NodeConfig.merged(node.parse_args([]), env)
+    values, sources = node_config.NodeConfig.merged(node_config.parse_args([]), env)
     assert sources["data_dir"] == f"file {toml}" and sources["name"] == "MIRRORD_NAME"
 
 
 def test_a_bad_value_says_where_it_came_from(tmp_path):
     env = {f"MIRRORD_{k.upper()}": v for k, v in BASE.items()} | {"MIRRORD_LOG_LEVEL": "loud"}
     with pytest.raises(ValueError, match=r"log_level must be .* \(from MIRRORD_LOG_LEVEL\)"):
-        node.NodeConfig.from_sources(node.parse_args([]), env)
+        node_config.NodeConfig.from_sources(node_config.parse_args([]), env)
     with pytest.raises(ValueError, match="unknown setting"):
         toml = tmp_path / "bad.toml"
         toml.write_text('nmae = "typo"\n')
-        node.NodeConfig.from_sources(node.parse_args(["--config", str(toml)]), {})
+        node_config.NodeConfig.from_sources(node_config.parse_args(["--config", str(toml)]), {})
 
 
 def test_print_config_shows_values_and_sources(capsys, monkeypatch):
@@ -75,7 +75,7 @@ def test_print_config_shows_values_and_sources(capsys, monkeypatch):
 
 LOGGING_SCRIPT = """
 import logging, structlog
-from mirrord.node import configure_logging
+from mirrord.node_config import configure_logging
 configure_logging("n1", "info")
 structlog.get_logger().info("ours", a=1)
 logging.getLogger("asyncio").warning("from the %s module", "stdlib")
@@ -103,7 +103,7 @@ def test_the_systemd_unit_and_example_make_a_valid_node():
     unit = (SYSTEMD / "mirrord.service").read_text()
     env = dict(line.split("=", 1)[1].split("=", 1) for line in unit.splitlines() if line.startswith("Environment="))
     env["MIRRORD_CONFIG"] = str(SYSTEMD / "mirrord.toml.example")
-    cfg = node.NodeConfig.from_sources(node.parse_args([]), env)
+    cfg = node_config.NodeConfig.from_sources(node_config.parse_args([]), env)
     assert (cfg.name, str(cfg.data_dir), str(cfg.metrics)) == ("node-a", "/var/lib/mirrord", "tcp://10.0.0.1:8008")
 
 
@@ -118,12 +118,12 @@ def test_systemd_analyze_verifies_the_unit(tmp_path):
 
 def test_event_history_and_checkmirror_settings_are_bounded():
     env = {f"MIRRORD_{k.upper()}": v for k, v in BASE.items()}
-    cfg = node.NodeConfig.from_sources(node.parse_args([]), env)
+    cfg = node_config.NodeConfig.from_sources(node_config.parse_args([]), env)
     assert (cfg.event_history_max_events, cfg.event_history_max_age_days, cfg.checkmirror_interval, cfg.checkmirror_rate_mb) \
         == (10_000, 30, 0, 0)
     assert cfg.page_scrub_rate_mb == 0  # the scrubber is off unless asked for
-    assert node.NodeConfig.from_sources(node.parse_args(["--page-scrub-rate-mb", "20"]), env).page_scrub_rate_mb == 20
-    cfg = node.NodeConfig.from_sources(node.parse_args(["--event-history-max-events", "50", "--checkmirror-interval", "3600",
+    assert node_config.NodeConfig.from_sources(node_config.parse_args(["--page-scrub-rate-mb", "20"]), env).page_scrub_rate_mb == 20
+    cfg = node_config.NodeConfig.from_sources(node_config.parse_args(["--event-history-max-events", "50", "--checkmirror-interval", "3600",
                                                         "--checkmirror-rate-mb", "32"]), env | {"MIRRORD_EVENT_HISTORY_MAX_AGE_DAYS": "7"})
     assert (cfg.event_history_max_events, cfg.event_history_max_age_days, cfg.checkmirror_interval, cfg.checkmirror_rate_mb) \
         == (50, 7, 3600, 32)
@@ -133,7 +133,7 @@ def test_event_history_and_checkmirror_settings_are_bounded():
                                ("--checkmirror-rate-mb", "100001", "checkmirror_rate_mb must be"),
                                ("--page-scrub-rate-mb", "-1", "page_scrub_rate_mb must be a whole number from 0")):
         with pytest.raises(ValueError, match=f"{where}.*\\(from {flag}\\)"):
-            node.NodeConfig.from_sources(node.parse_args([flag, value]), env)
+            node_config.NodeConfig.from_sources(node_config.parse_args([flag, value]), env)
 
 
 def test_the_loop_handler_quiets_a_tls_connection_reset_and_passes_everything_else_on():

@@ -434,7 +434,7 @@ def test_ping_and_pong_carry_checked_figures() -> None:
 
 
 def test_metrics_option_is_validated() -> None:
-    from mirrord.node import NodeConfig
+    from mirrord.node_config import NodeConfig
 
     base = {"name": "a", "data_dir": "/tmp/x", "endpoint": "127.0.0.1:5022", "listen": "127.0.0.1:1433", "insecure": True}
     assert NodeConfig._validated(base).metrics is None  # off unless asked for

@@ -14,7 +14,8 @@ from types import SimpleNamespace
 import pytest
 
 from mirrord.core.types import Endpoint
-from mirrord.node import Node, NodeConfig
+from mirrord.node import Node
+from mirrord.node_config import NodeConfig
 
 
 def test_endpoint_parses_hostnames():
