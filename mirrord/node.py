@@ -16,10 +16,7 @@ a node killed at any instant comes back with its roles and rejoins by itself.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
-import re
-import secrets
 import shutil
 import signal
 import sys
@@ -36,7 +33,6 @@ from mirrord.core.session import Session, SessionConfig
 from mirrord.core.types import (
     DatabaseStatus,
     Endpoint,
-    MirrordError,
     ProtocolError,
     Role,
 )
@@ -52,7 +48,7 @@ from mirrord.net import framing, inbound
 from mirrord.net.partner import run_off_notice, run_partner_link
 from mirrord.net.witness_link import run_witness_link
 from mirrord.node_config import NodeConfig, configure_logging, parse_args
-from mirrord.node_services import ClientOwner, ClientState
+from mirrord.client_listener import ClientListener
 from mirrord.net.client_port import ClientPort
 from mirrord.net.tls import Listener, TlsContexts, TlsSetupError, cert_hosts, peer_covers
 from mirrord.principal import PrincipalDatabase
@@ -67,43 +63,6 @@ log = structlog.get_logger()
 PROTOCOL_VERSION = 1
 HELLO_TIMEOUT = 10.0
 LOAD_RETRY_SECONDS = 2.0  # a database a full disk kept from loading at start tries again this often
-LOGIN_TIMEOUT = 10.0  # a client that has not finished logging in by then is cut off
-
-
-class ClientConnection:
-    """One client connection as the client port sees it (net.client_port.ClientSession)."""
-
-    def __init__(self, node: "Node") -> None:
-        self.node = node
-        self.state = ClientState()
-        self.owner = ClientOwner(next(node.spids))  # identifies this connection's open transactions
-
-    @property
-    def statement_timeout_ms(self) -> int | None:
-        return self.state.statement_timeout_ms
-
-    async def answer(self, msg: dict) -> dict:
-        self.owner.running = self.owner.last_statement = _redacted(msg["sql"][:1000])  # sp_who shows it: no password
-        try:
-            return await self.node._answer(self.state, self.owner, msg)
-        finally:
-            self.owner.running = None
-
-    def holds_transaction(self) -> bool:
-        return any(p.holds_transaction(self.owner) for p in self._principals())
-
-    async def abort_idle_transaction(self, seconds: float) -> None:
-        for principal in self._principals():
-            await principal.abort_idle_transaction(self.owner, seconds)
-
-    async def close(self) -> None:
-        """The client left: roll back its open transaction, if any."""
-        self.node.connections.pop(self.owner.spid, None)
-        for principal in self._principals():
-            await principal.abort_transaction(self.owner)
-
-    def _principals(self) -> list[PrincipalDatabase]:
-        return [h.principal for h in self.node.databases.values() if h.principal is not None]
 
 
 class Node:
@@ -128,9 +87,8 @@ class Node:
         self._endpoint_writers: set[asyncio.StreamWriter] = set()
         self._stopped = asyncio.Event()
         self.executor = StatementExecutor(self)
-        self.spids = itertools.count(51)  # session ids, as SQL Server numbers user sessions (from 51)
-        self.connections: dict[int, ClientConnection] = {}  # by spid: EXEC sp_who
-        self.client_port = ClientPort(config.limits)
+        self.clients = ClientListener(self.executor, ClientPort(config.limits), self.logins, lambda: self.databases.values())
+        self.connections = self.clients.connections  # by spid: EXEC sp_who
         self.events = EventLog(config.data_dir / "events", config.name, max_events=config.event_history_max_events,
                                max_age_seconds=config.event_history_max_age_days * 86400.0)
         self.witness = Witness(config.data_dir / "witness", events=self.events)
@@ -189,7 +147,7 @@ class Node:
                         "anyone who can reach the ports can read, write and administer", hint="restart with --tls-dir DIR")
         await self.start_endpoint()
         self._client_server = await Listener.start(self.config.listen.host, self.config.listen.port,
-                                                   self.tls and self.tls.client_server, self._on_client, "client")
+                                                   self.tls and self.tls.client_server, self.clients.on_client, "client")
         if self.config.metrics is not None:
             await self.http.start(self.config.metrics.host, self.config.metrics.port)
         self._sampler = asyncio.create_task(run_sampler(lambda: self.databases, self.witness, self.metrics), name="monitor-sampler")
@@ -591,75 +549,6 @@ class Node:
             host.update_config(partner=None, role=Role.NONE)
             log.info("partner_removed_by_principal", database=db, status=host.session.config.status.value)
 
-    # ---------------------------------------------------------------- clients
-
-    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connection = ClientConnection(self)
-        self.connections[connection.owner.spid] = connection
-        try:
-            if self.logins is not None:
-                connection.state.login = await asyncio.wait_for(self._log_in(reader, writer), LOGIN_TIMEOUT)
-                if connection.state.login is None:
-                    return
-            await self.client_port.serve(reader, writer, connection)
-        except ProtocolError as exc:  # during the login exchange (the client port logs its own)
-            log.warning("client_frame_rejected", reason=str(exc))
-        except (asyncio.IncompleteReadError, ConnectionError, OSError, asyncio.CancelledError, asyncio.TimeoutError):
-            pass  # the client left while logging in, or the node is shutting down
-        finally:
-            await connection.close()
-            writer.close()
-
-    async def _log_in(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str | None:
-        """The server side of the login exchange (core.logins); the login name, or None after login_failed."""
-        peer = writer.get_extra_info("peername")
-        first = messages.validate(await framing.read_message(reader, LOGIN_FRAME_LIMIT))
-        if first["t"] != "login":
-            await self._login_failed(writer, "log in first: this node requires a login (mirrorctl -U LOGIN -P PASSWORD, "
-                                             "or Client.connect(..., user=, password=))",
-                                     first["id"] if first["t"] == "query" else 0)  # answers the query it got
-            return None
-        user, client_nonce = first["user"], first["nonce"]
-        login, salt, n, r, p = self.logins.challenge_for(user)
-        server_nonce = secrets.token_bytes(24)
-        framing.write_message(writer, {"t": "challenge", "nonce": server_nonce, "salt": salt, "n": n, "r": r, "p": p})
-        await writer.drain()
-        answer = messages.validate(await framing.read_message(reader, LOGIN_FRAME_LIMIT))
-        if answer["t"] != "proof":
-            raise ProtocolError(f"expected the login proof, got {answer['t']}")
-        auth = lg.auth_message(user, client_nonce, server_nonce, salt, n, r, p)
-        if login is None or not lg.proof_ok(login.stored_key, auth, answer["proof"]):
-            log.warning("login_failed", login=user[:128], peer=str(peer))
-            await self._login_failed(writer, lg.LOGIN_FAILED)
-            return None
-        framing.write_message(writer, {"t": "login_ok", "signature": lg.server_signature(login.server_key, auth)})
-        await writer.drain()
-        return user
-
-    @staticmethod
-    async def _login_failed(writer: asyncio.StreamWriter, message: str, request_id: int = 0) -> None:
-        framing.write_message(writer, {"t": "error", "id": request_id, "code": "login_failed", "message": message,
-                                       "principal": None})
-        await writer.drain()
-
-    async def _answer(self, state: ClientState, owner: object, msg: dict) -> dict:
-        try:
-            if "many" in msg:
-                result = await self.executor.run_many(state, owner, msg["sql"], msg["db"], msg["many"])
-            else:
-                result = await self.executor.run(state, owner, msg["sql"], msg["db"], msg["params"])
-        except MirrordError as exc:
-            return _error(msg["id"], exc)
-        except Exception as exc:  # report, log, keep serving
-            log.exception("statement_failed", sql=_redacted(msg["sql"][:200]))
-            return {"t": "error", "id": msg["id"], "code": "internal", "message": f"internal error: {exc!r}", "principal": None}
-        return {
-            "t": "result", "id": msg["id"], "columns": result.columns, "rows": result.rows,
-            "rowcount": result.rowcount, "lsn": result.lsn, "epoch": result.epoch, "message": getattr(result, "message", None),
-            "lastrowid": result.lastrowid,  # beyond the schema: older clients ignore it
-            "types": getattr(result, "types", None),  # declared column types (PEP 249 description), beyond the schema
-        }
-
     # ---------------------------------------------------------------- databases
 
     def database_dir(self, db: str) -> Path:
@@ -721,25 +610,6 @@ async def _cancel(task: asyncio.Task | None) -> None:
         await asyncio.wait([task], timeout=CANCEL_RETRY)
     if not task.cancelled():
         task.exception()  # retrieved: the link's own failure was logged where it happened
-
-
-LOGIN_FRAME_LIMIT = 4096  # the login frames are small; nobody unauthenticated gets to send more
-
-
-def _redacted(sql: str) -> str:
-    """SQL as it may be logged: never a password."""
-    return re.sub(r"(?is)(PASSWORD\s*=\s*)N?'(?:[^']|'')*'?", r"\1'***'", sql)
-
-
-def _error(request_id: int, exc: MirrordError) -> dict:
-    """The error frame; an in-doubt commit also carries its token (lsn, epoch), beyond the schema."""
-    principal = exc.details.get("principal")
-    frame = {"t": "error", "id": request_id, "code": exc.code, "message": exc.message,
-             "principal": None if principal is None else str(principal)}
-    for key in ("lsn", "epoch"):
-        if isinstance(exc.details.get(key), int):
-            frame[key] = exc.details[key]
-    return frame
 
 
 # -------------------------------------------------------------------- main

@@ -739,7 +739,7 @@ class PrincipalDatabase:
             raise guard.error()
 
     def _lock_timeout(self, owner: object) -> int:
-        """owner's SET LOCK_TIMEOUT (node.ClientConnection), else the node's default; ms, -1 waits forever."""
+        """owner's SET LOCK_TIMEOUT (client_listener.ClientConnection), else the node's default; ms, -1 waits forever."""
         ms = getattr(owner, "lock_timeout_ms", None)
         return self.lock_timeout_ms if ms is None else ms
 

@@ -34,7 +34,7 @@ class LockUse:
 
 
 def spid_of(owner: object | None) -> int | None:
-    """The session id a client connection's owner carries (node.ClientConnection); None for mirrord itself."""
+    """The session id a client connection's owner carries (client_listener.ClientConnection); None for mirrord itself."""
     return getattr(owner, "spid", None) if owner is not None else None
 
 

@@ -269,6 +269,6 @@ def test_mirrorctl_takes_the_login_flags():
     "CREATE LOGIN bob WITH PASSWORD = 'hunter2-unterminated",
 ])
 def test_logged_sql_never_carries_a_password(sql):
-    from mirrord.node import _redacted
+    from mirrord.client_listener import _redacted
 
     assert "hunter2" not in _redacted(sql) and "***" in _redacted(sql)
