@@ -27,13 +27,12 @@ import structlog
 
 from mirrord import config as settings
 from mirrord.core import logins as lg
-from mirrord.core import messages, roles
+from mirrord.core import roles
 from mirrord.core.names import db_name_refusal, inside, is_db_name
 from mirrord.core.session import Session, SessionConfig
 from mirrord.core.types import (
     DatabaseStatus,
     Endpoint,
-    ProtocolError,
     Role,
 )
 from mirrord.host import DatabaseHost
@@ -48,9 +47,10 @@ from mirrord.net import framing, inbound
 from mirrord.net.partner import run_off_notice, run_partner_link
 from mirrord.net.witness_link import run_witness_link
 from mirrord.node_config import NodeConfig, configure_logging, parse_args
+from mirrord import endpoint_server
 from mirrord.client_listener import ClientListener
 from mirrord.net.client_port import ClientPort
-from mirrord.net.tls import Listener, TlsContexts, TlsSetupError, cert_hosts, peer_covers
+from mirrord.net.tls import Listener, TlsContexts, TlsSetupError
 from mirrord.principal import PrincipalDatabase
 from mirrord.statements_exec import StatementExecutor, status_rows
 from mirrord.witness import Witness
@@ -61,7 +61,6 @@ from mirrord.storage.log import DurableLog
 log = structlog.get_logger()
 
 PROTOCOL_VERSION = 1
-HELLO_TIMEOUT = 10.0
 LOAD_RETRY_SECONDS = 2.0  # a database a full disk kept from loading at start tries again this often
 
 
@@ -365,7 +364,8 @@ class Node:
         """Open the mirroring endpoint (ALTER ENDPOINT … STATE = STARTED)."""
         if self._endpoint_server is None:
             self._endpoint_server = await Listener.start(self.config.endpoint.host, self.config.endpoint.port,
-                                                         self.tls and self.tls.endpoint_server, self._on_endpoint, "endpoint")
+                                                         self.tls and self.tls.endpoint_server,
+                                                         lambda r, w: endpoint_server.serve_connection(self, r, w), "endpoint")
         self._endpoint_started.set()
         for host in self.databases.values():
             if host.session.role is Role.PRINCIPAL and host.session.config.partner is not None:
@@ -413,21 +413,7 @@ class Node:
         # the peer's certificate must cover the host we dialed: the configured partner or witness
         return await asyncio.open_connection(ep.host, ep.port, local_addr=(self.config.endpoint.host, 0),
                                              ssl=self.tls.endpoint_client, server_hostname=ep.host,
-                                             ssl_handshake_timeout=HELLO_TIMEOUT)
-
-    def impostor_refusal(self, writer: asyncio.StreamWriter, claimed_endpoint: str) -> str | None:
-        """Why a peer may not speak as claimed_endpoint, or None: its verified certificate must cover that host."""
-        if self.tls is None:
-            return None
-        try:
-            host = Endpoint.parse(claimed_endpoint).host
-        except ValueError:
-            return f"the claimed endpoint {claimed_endpoint!r} is not tcp://host:port"
-        peercert = writer.get_extra_info("peercert")
-        if peer_covers(peercert, host):
-            return None
-        return (f"the peer claims to be {claimed_endpoint} but its certificate covers only "
-                f"{', '.join(cert_hosts(peercert)) or 'no host'}; reissue its certificate with --host {host}")
+                                             ssl_handshake_timeout=endpoint_server.HELLO_TIMEOUT)
 
     async def adopt_witness_state(self, host: DatabaseHost, msg: dict) -> None:
         """What the witness says about a session (see role_change.adopt_witness_state)."""
@@ -458,96 +444,6 @@ class Node:
             "suspended": cfg.suspended, "listen": self.listen_address,
             "failover_lsn": cfg.failover_lsn, "witness": cfg.witness or "", "redo_queue_mb": cfg.redo_queue_mb,
         }
-
-    async def _on_endpoint(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        self.track_endpoint_writer(writer)
-        try:
-            hello = messages.validate(await asyncio.wait_for(framing.read_message(reader), HELLO_TIMEOUT))
-            if hello["t"] in ("hello", "w_hello", "partner_off_notice"):
-                impostor = self.impostor_refusal(writer, hello["from_endpoint"])
-                if impostor is not None:
-                    log.warning("peer_refused", peer=str(peer), database=hello["db"], reason=impostor)
-                    framing.write_message(writer, {"t": "refuse", "reason": impostor})
-                    await writer.drain()
-                    return
-            if hello["t"] == "w_hello":
-                await self.witness.serve(self.name, hello, reader, writer)
-                return
-            if hello["t"] == "partner_off_notice":
-                await self._serve_off_notice(hello, writer)
-                return
-            if hello["t"] != "hello":
-                raise ProtocolError(f"first frame must be hello, w_hello or partner_off_notice, got {hello['t']}")
-            await self._serve_hello(hello, reader, writer)
-        except ProtocolError as exc:
-            log.warning("endpoint_frame_rejected", peer=str(peer), reason=str(exc))
-        except inbound.PartnerRemoved:
-            await self._mirror_partner_removed(hello["db"])
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError) as exc:
-            log.info("endpoint_connection_closed", peer=str(peer), reason=repr(exc))
-        except asyncio.CancelledError:
-            pass
-        except Exception:  # a bug must close the connection, not the daemon
-            log.exception("endpoint_connection_failed", peer=str(peer))
-        finally:
-            writer.close()
-            self.untrack_endpoint_writer(writer)
-
-    async def _serve_hello(self, hello: dict, reader, writer) -> None:
-        host = self.databases.get(hello["db"])
-        if host is not None and inbound.hello_from_newer_principal(host, hello):
-            await role_change.step_down_for_partner(self, host, hello["epoch"], hello["from_endpoint"])
-        reason = inbound.refusal_for_hello(self, host, hello)
-        if reason is not None:
-            log.warning("hello_refused", database=hello["db"], reason=reason)
-            refuse = {"t": "refuse", "reason": reason}
-            if host is not None:
-                refuse.update(epoch=host.session.config.epoch, role=host.session.role.value)
-                if inbound.ended_by_off_here(host, hello):
-                    refuse["partner_off"] = True
-            framing.write_message(writer, refuse)
-            await writer.drain()
-            return
-        # A new connection from the principal replaces the old. Loop: several can arrive at
-        # once (a thawed node accepts every connection its backlog held), and another may
-        # have taken the slot while this one waited for the previous to end.
-        while host.inbound is not None and host.inbound is not asyncio.current_task():
-            await self.stop_inbound(host)
-        host.inbound = asyncio.current_task()
-        try:
-            await inbound.serve_principal(self, host, hello, reader, writer)
-        except inbound.FailoverRequested as req:
-            host.inbound = None
-            await role_change.promote_for_failover(self, host, req.epoch)
-            if host.session.role is Role.PRINCIPAL and host.session.config.epoch == req.epoch:  # else refused: say nothing
-                framing.write_message(writer, {"t": "failover_done", "epoch": req.epoch})
-                await writer.drain()
-        finally:
-            if host.inbound is asyncio.current_task():
-                host.inbound = None
-
-    async def _serve_off_notice(self, notice: dict, writer) -> None:
-        """SET PARTNER OFF ran on our principal while we were away: end the session here too, then confirm.
-
-        Confirmed also when there is nothing to end (no longer its mirror): the
-        sender only needs to know it may stop telling.
-        """
-        host = self.databases.get(notice["db"])
-        if host is not None:
-            cfg = host.session.config
-            if (cfg.role is Role.MIRROR and cfg.partner is not None and notice["epoch"] >= cfg.epoch
-                    and role_change.endpoint_matches(cfg.partner, notice["from_endpoint"])):
-                await self.stop_inbound(host)
-                await self._mirror_partner_removed(notice["db"])
-        framing.write_message(writer, {"t": "partner_off_done"})
-        await writer.drain()
-
-    async def _mirror_partner_removed(self, db: str) -> None:
-        host = self.databases.get(db)
-        if host is not None and host.session.role is Role.MIRROR:
-            host.update_config(partner=None, role=Role.NONE)
-            log.info("partner_removed_by_principal", database=db, status=host.session.config.status.value)
 
     # ---------------------------------------------------------------- databases
 

@@ -1,0 +1,139 @@
+"""The mirroring endpoint's side of a node: who may connect, and what each connection is served.
+
+A connection opens with one frame: a partner's `hello` (the principal's link to
+this mirror: net/inbound.py serves it), a partner's `w_hello` (this node is its
+witness: mirrord/witness.py), or a `partner_off_notice` (SET PARTNER OFF ran on
+the principal while this mirror was away). Under TLS the peer's certificate
+must cover the endpoint it claims, or it is refused with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import structlog
+
+from mirrord import role_change
+from mirrord.core import messages
+from mirrord.core.types import Endpoint, ProtocolError, Role
+from mirrord.net import framing, inbound
+from mirrord.net.tls import cert_hosts, peer_covers
+
+if TYPE_CHECKING:
+    from mirrord.node_services import NodeServices
+
+log = structlog.get_logger()
+
+HELLO_TIMEOUT = 10.0  # a peer that has not said who it is by then is cut off
+
+
+async def serve_connection(node: "NodeServices", reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """One connection to the endpoint: a partner's hello, a witness link (w_hello), or a SET PARTNER OFF notice."""
+    peer = writer.get_extra_info("peername")
+    node.track_endpoint_writer(writer)
+    try:
+        hello = messages.validate(await asyncio.wait_for(framing.read_message(reader), HELLO_TIMEOUT))
+        if hello["t"] in ("hello", "w_hello", "partner_off_notice"):
+            impostor = impostor_refusal(node, writer, hello["from_endpoint"])
+            if impostor is not None:
+                log.warning("peer_refused", peer=str(peer), database=hello["db"], reason=impostor)
+                framing.write_message(writer, {"t": "refuse", "reason": impostor})
+                await writer.drain()
+                return
+        if hello["t"] == "w_hello":
+            await node.witness.serve(node.name, hello, reader, writer)
+            return
+        if hello["t"] == "partner_off_notice":
+            await _serve_off_notice(node, hello, writer)
+            return
+        if hello["t"] != "hello":
+            raise ProtocolError(f"first frame must be hello, w_hello or partner_off_notice, got {hello['t']}")
+        await _serve_hello(node, hello, reader, writer)
+    except ProtocolError as exc:
+        log.warning("endpoint_frame_rejected", peer=str(peer), reason=str(exc))
+    except inbound.PartnerRemoved:
+        await _mirror_partner_removed(node, hello["db"])
+    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError) as exc:
+        log.info("endpoint_connection_closed", peer=str(peer), reason=repr(exc))
+    except asyncio.CancelledError:
+        pass
+    except Exception:  # a bug must close the connection, not the daemon
+        log.exception("endpoint_connection_failed", peer=str(peer))
+    finally:
+        writer.close()
+        node.untrack_endpoint_writer(writer)
+
+
+async def _serve_hello(node: "NodeServices", hello: dict, reader, writer) -> None:
+    """A principal's link to this mirror: refused with the reason, or served until it ends."""
+    host = node.databases.get(hello["db"])
+    if host is not None and inbound.hello_from_newer_principal(host, hello):
+        await role_change.step_down_for_partner(node, host, hello["epoch"], hello["from_endpoint"])
+    reason = inbound.refusal_for_hello(node, host, hello)
+    if reason is not None:
+        log.warning("hello_refused", database=hello["db"], reason=reason)
+        refuse = {"t": "refuse", "reason": reason}
+        if host is not None:
+            refuse.update(epoch=host.session.config.epoch, role=host.session.role.value)
+            if inbound.ended_by_off_here(host, hello):
+                refuse["partner_off"] = True
+        framing.write_message(writer, refuse)
+        await writer.drain()
+        return
+    # A new connection from the principal replaces the old. Loop: several can arrive at
+    # once (a thawed node accepts every connection its backlog held), and another may
+    # have taken the slot while this one waited for the previous to end.
+    while host.inbound is not None and host.inbound is not asyncio.current_task():
+        await node.stop_inbound(host)
+    host.inbound = asyncio.current_task()
+    try:
+        await inbound.serve_principal(node, host, hello, reader, writer)
+    except inbound.FailoverRequested as req:
+        host.inbound = None
+        await role_change.promote_for_failover(node, host, req.epoch)
+        if host.session.role is Role.PRINCIPAL and host.session.config.epoch == req.epoch:  # else refused: say nothing
+            framing.write_message(writer, {"t": "failover_done", "epoch": req.epoch})
+            await writer.drain()
+    finally:
+        if host.inbound is asyncio.current_task():
+            host.inbound = None
+
+
+async def _serve_off_notice(node: "NodeServices", notice: dict, writer) -> None:
+    """SET PARTNER OFF ran on our principal while we were away: end the session here too, then confirm.
+
+    Confirmed also when there is nothing to end (no longer its mirror): the
+    sender only needs to know it may stop telling.
+    """
+    host = node.databases.get(notice["db"])
+    if host is not None:
+        cfg = host.session.config
+        if (cfg.role is Role.MIRROR and cfg.partner is not None and notice["epoch"] >= cfg.epoch
+                and role_change.endpoint_matches(cfg.partner, notice["from_endpoint"])):
+            await node.stop_inbound(host)
+            await _mirror_partner_removed(node, notice["db"])
+    framing.write_message(writer, {"t": "partner_off_done"})
+    await writer.drain()
+
+
+async def _mirror_partner_removed(node: "NodeServices", db: str) -> None:
+    host = node.databases.get(db)
+    if host is not None and host.session.role is Role.MIRROR:
+        host.update_config(partner=None, role=Role.NONE)
+        log.info("partner_removed_by_principal", database=db, status=host.session.config.status.value)
+
+
+def impostor_refusal(node: "NodeServices", writer: asyncio.StreamWriter, claimed_endpoint: str) -> str | None:
+    """Why a peer may not speak as claimed_endpoint, or None: its verified certificate must cover that host."""
+    if node.tls is None:
+        return None
+    try:
+        host = Endpoint.parse(claimed_endpoint).host
+    except ValueError:
+        return f"the claimed endpoint {claimed_endpoint!r} is not tcp://host:port"
+    peercert = writer.get_extra_info("peercert")
+    if peer_covers(peercert, host):
+        return None
+    return (f"the peer claims to be {claimed_endpoint} but its certificate covers only "
+            f"{', '.join(cert_hosts(peercert)) or 'no host'}; reissue its certificate with --host {host}")
