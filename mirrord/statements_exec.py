@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import structlog
 
@@ -171,9 +171,9 @@ class StatementExecutor:
         why = refusal(host.session if host else None, stmt)
         if why is not None:
             raise StatementRefused(why)
-        handler = getattr(self, f"_do_{type(stmt).__name__}")
+        handler = self.ADMIN[type(stmt)]
         try:
-            result = await handler(host, stmt)
+            result = await handler(self, host, stmt)
         except OSError as exc:
             if exc.errno not in NO_SPACE:
                 raise
@@ -432,7 +432,7 @@ class StatementExecutor:
             raise StatementRefused(f"the mirror refused: {answer['reason']}")
 
     async def _do_PartnerAction(self, host, stmt) -> StatementResult:
-        return await getattr(self, f"_partner_{stmt.action.lower()}")(host)
+        return await self.PARTNER_ACTIONS[stmt.action](self, host)
 
     async def _partner_off(self, host: "DatabaseHost") -> StatementResult:
         if host.session.role is Role.PRINCIPAL:
@@ -717,6 +717,31 @@ class StatementExecutor:
             rows = sorted(rows, key=lambda r: r["database"])
         return StatementResult(wanted, [[r[c] for c in wanted] for r in rows], len(rows))
 
+
+    # Every administrative statement on a database, and what carries it out once core.rules allowed it
+    # (the statements of the connection itself — USE, SET …_TIMEOUT, logins, views — are answered in run).
+    ADMIN: dict[type, Callable[..., Awaitable[StatementResult]]] = {
+        st.CreateDatabase: _do_CreateDatabase,
+        st.DropDatabase: _do_DropDatabase,
+        st.CreateSnapshot: _do_CreateSnapshot,
+        st.SetPartner: _do_SetPartner,
+        st.PartnerAction: _do_PartnerAction,
+        st.CheckMirror: _do_CheckMirror,
+        st.SetSafety: _do_SetSafety,
+        st.SetTimeout: _do_SetTimeout,
+        st.SetRedoQueue: _do_SetRedoQueue,
+        st.SetWitness: _do_SetWitness,
+        st.BackupDatabase: _do_BackupDatabase,
+        st.RestoreDatabase: _do_RestoreDatabase,
+    }
+    # ALTER DATABASE … SET PARTNER { OFF | SUSPEND | RESUME | FAILOVER | FORCE_SERVICE_ALLOW_DATA_LOSS }
+    PARTNER_ACTIONS: dict[str, Callable[..., Awaitable[StatementResult]]] = {
+        "OFF": _partner_off,
+        "SUSPEND": _partner_suspend,
+        "RESUME": _partner_resume,
+        "FAILOVER": _partner_failover,
+        "FORCE_SERVICE_ALLOW_DATA_LOSS": _partner_force_service_allow_data_loss,
+    }
 
 def status_rows(node: "NodeServices") -> list[dict]:
     """Every row of sys.database_mirroring on this node (the HTTP /status serves the same), by database name."""
