@@ -92,8 +92,13 @@ def note_connected(host: "DatabaseHost") -> None:
 # ------------------------------------------------------------------ sampling
 
 
-def _positions(host: "DatabaseHost") -> tuple[int, int, int]:
-    """(end of log, hardened, redo) LSNs as status_row reads them."""
+def positions(host: "DatabaseHost") -> tuple[int, int, int]:
+    """(end of log, hardened, redo) LSNs of a database: the one reading of them, for the monitor and the status row.
+
+    A mirror hardened its whole log; a principal knows its mirror's positions
+    from acks (never past its own end of log); a database in no session is
+    all at its end.
+    """
     s, end = host.session, host.log.last_lsn
     if host.mirror is not None:
         return end, end, host.mirror.redo_lsn
@@ -117,7 +122,7 @@ def principal_redo_queue(host: "DatabaseHost", redo: int, hardened: int) -> int:
 def take_sample(host: "DatabaseHost", now: float) -> None:
     """Turn the engines' positions and counters into one Sample of the rate window."""
     mon = monitor_of(host)
-    end, hardened, redo = _positions(host)
+    end, hardened, redo = positions(host)
     if mon.positions is not None:
         prev_end, prev_hardened, prev_redo = mon.positions
         mon.logged += host.queue_bytes(prev_end, end)
@@ -135,7 +140,7 @@ def current_figures(host: "DatabaseHost", now: float) -> dict:
     """The monitor columns of sys.database_mirroring for this database, now."""
     mon = monitor_of(host)
     s, cfg = host.session, host.session.config
-    end, hardened, redo = _positions(host)
+    end, hardened, redo = positions(host)
     rates = mon.window.rates()
     remote = mon.remote
     if host.mirror is not None:

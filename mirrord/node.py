@@ -52,7 +52,8 @@ from mirrord.client_listener import ClientListener
 from mirrord.net.client_port import ClientPort
 from mirrord.net.tls import Listener, TlsContexts, TlsSetupError
 from mirrord.principal import PrincipalDatabase
-from mirrord.statements_exec import StatementExecutor, status_rows
+from mirrord.statements_exec import StatementExecutor
+from mirrord.views import status_rows
 from mirrord.witness import Witness
 from mirrord.storage.fileutil import DISK_RESERVE_BYTES, atomic_write_bytes, disk_free, is_disk_full
 from mirrord.storage.events import EventLog
