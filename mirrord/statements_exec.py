@@ -650,7 +650,7 @@ class StatementExecutor:
             host.update_config(alerts=kept)
             which = "every alert" if stmt.alert_id is None else f"alert {stmt.alert_id}"
             return _message(f"{stmt.db}: {which} dropped on {self.node.name}")
-        figs = status_row(host)
+        figs = views.status_row(host)
         rows = []
         for alert_id, threshold, enabled in current:
             if stmt.alert_id is not None and alert_id != stmt.alert_id:

@@ -1,4 +1,6 @@
-"""A small, deterministic simulation of one mirroring session's quorum, driving `mirrord.core.quorum`.
+"""A small, deterministic simulation of one mirroring session's quorum, driving `mirrord.core.quorum` and
+the role machine's rules of `mirrord.core.roles` (what a partner does on the witness's record and on its
+partner's claim to a newer role sequence).
 
 What it models
 --------------
@@ -50,9 +52,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mirrord.core import quorum
+from mirrord.core import quorum, roles
 from mirrord.core.quorum import AckRule, MirrorView, PrincipalView, VoteRequest, WitnessRecord
-from mirrord.core.types import Safety
+from mirrord.core.types import Role, Safety
 
 DB = "shop"
 PARTNERS = ("A", "B")
@@ -244,11 +246,17 @@ class Sim:
         self.heard[n] = self.now
         self.met.add(n)
         if me.seq < rec.role_sequence:
-            if rec.principal == n:  # a manual failover it could not confirm at the time (role_change.adopt_witness_state)
-                assert me.role == MIRROR, "the sim never loses a vote answer"
-                self._promote(n, rec.role_sequence, "recorded", witness_told=True)
-            else:
-                self._demote(me, rec.role_sequence)
+            # the real rules (core.roles, as role_change.adopt_witness_state feeds them): promote when the
+            # record names this node (a manual failover it could not confirm at the time), else step down / move on
+            event = roles.WitnessState(rec.role_sequence, rec.principal, forced=rec.forced,
+                                       mirror_synchronized=rec.mirror_synchronized)
+            for action in roles.handle(self._role_view(n), event):
+                if isinstance(action, roles.Promote):
+                    self._promote(n, action.role_sequence, "recorded", witness_told=True)
+                elif isinstance(action, (roles.StepDown, roles.AdoptRoleSequence)):
+                    self._demote(me, action.role_sequence)
+                else:
+                    raise Violation(f"{n} in sequence {me.seq} hearing the witness record {rec}: unexpected {action}")
         elif me.seq > rec.role_sequence and me.role == PRINCIPAL:
             self.record = quorum.adopt_principal_claim(rec, DB, n, other(n), me.seq, self._synchronized(n), self.safety,
                                                        self.timeout)
@@ -264,10 +272,14 @@ class Sim:
             lo, hi = sorted((a, b), key=lambda x: x.seq)
             if hi.role != PRINCIPAL:
                 return
-            backed = self.live(lo.name, "W") and quorum.witness_backing_refusal(
-                self.record.role_sequence, self.record.principal, hi.name, hi.seq) is None
-            if lo.role == PRINCIPAL and not backed:
-                return  # a principal steps down on its partner's word only with the witness's record (step_down_for_partner)
+            if lo.role == PRINCIPAL:
+                # the real rule (core.roles.on_partner_principal): step down, once the witness's record agrees
+                [action] = roles.handle(self._role_view(lo.name), roles.PartnerIsPrincipal(hi.seq, hi.name))
+                assert isinstance(action, roles.StepDown) and action.needs_witness, action
+                backed = self.live(lo.name, "W") and quorum.witness_backing_refusal(
+                    self.record.role_sequence, self.record.principal, action.claimant, action.role_sequence) is None
+                if not backed:
+                    return  # role_change.carry_out: the witness's record does not back the claim yet
             self._demote(lo, hi.seq)
         if a.role == b.role:
             return
@@ -279,6 +291,11 @@ class Sim:
         pr.mirror_lease_until = quorum.lease_until(self.now, self.timeout)
         m.last_heard_principal = self.now
         m.was_synchronized = m.log == pr.log and self.safety is Safety.FULL
+
+    def _role_view(self, n: str) -> roles.RoleView:
+        """What core.roles reads of partner n (endpoints are the partners' names here)."""
+        me = self.p[n]
+        return roles.RoleView(Role(me.role), me.seq, endpoint=n, partner=other(n))
 
     def _synchronized(self, n: str) -> bool:
         """The principal's view: its mirror of the same sequence is connected and caught up, SAFETY FULL."""
