@@ -1,0 +1,26 @@
+"""Short runs of the simulation's random runner and bounded explorer (tests/core/sim_explore.py); the long ones
+are commands: `python -m tests.core.sim_explore random --steps 1000000` and `... explore --depth 4`."""
+
+from __future__ import annotations
+
+from tests.core import sim_explore
+
+
+def test_a_random_run_keeps_the_invariants_and_converges_after_every_fault():
+    result = sim_explore.random_run(4_000, seed=2, report=lambda _: None)
+    assert result["steps"] == 4_000 and result["settles"] == 20
+    assert result["role_sequences"] > 1 and result["acknowledged"] > 0  # failovers happened, commits were made
+
+
+def test_every_sequence_of_two_events_from_each_starting_state_keeps_the_invariants():
+    result = sim_explore.explore(2, sim_explore.STARTS, report=lambda _: None)
+    assert result["states"] > 5 * len(sim_explore.EVENTS)  # the depth was explored, not cut short
+
+
+def test_the_state_key_forgets_absolute_time_and_commit_ids():
+    a, b = sim_explore.Sim(), sim_explore.Sim()
+    a.apply(("advance", 3.0))  # past the two timeouts the key still tells apart (time since a start, or heard)
+    b.apply(("advance", 3.0))
+    b.apply(("advance", 1.0))  # later, with more commits, in the same situation
+    assert len(b.commits) > len(a.commits)
+    assert sim_explore.state_key(a) == sim_explore.state_key(b)
