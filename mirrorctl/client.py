@@ -51,14 +51,14 @@ class ServerError(ClientError):
         self.code = code
         self.message = message
         self.principal = principal
-        self.token = token  # (lsn, role sequence) of an in-doubt commit, when the server knows it
+        self.token = token  # (lsn, role sequence, seq) of an in-doubt commit, when the server knows it
 
     @classmethod
     def from_frame(cls, frame: dict) -> "ServerError":
         """The ServerError subclass for the frame's code."""
         kind = _BY_CODE.get(frame["code"], ServerError)
-        lsn, epoch = frame.get("lsn"), frame.get("epoch")
-        token = (lsn, epoch) if _is_count(lsn) and _is_count(epoch) else None
+        lsn, epoch, seq = frame.get("lsn"), frame.get("epoch"), frame.get("seq")
+        token = (lsn, epoch, seq if _is_count(seq) else 0) if _is_count(lsn) and _is_count(epoch) else None
         return kind(frame["code"], frame["message"], frame["principal"], token)
 
 
@@ -156,6 +156,7 @@ class Result:
     message: str | None = None
     lastrowid: int | None = None
     types: list[str | None] | None = None  # each column's declared type, when the server knows it
+    seq: int | None = None  # with lsn and epoch, the commit token: its place among the statements one commit holds
 
     def as_dicts(self) -> list[dict]:
         """Rows as {column: value} dicts."""
@@ -279,12 +280,13 @@ class _Exchange:
             raise ProtocolError(f"answer carries id {frame['id']}, expected {request_id}")
         if frame["t"] == "error":
             raise ServerError.from_frame(frame)
-        lastrowid, types = frame.get("lastrowid"), frame.get("types")
+        lastrowid, types, seq = frame.get("lastrowid"), frame.get("types"), frame.get("seq")
         if not (isinstance(types, list) and len(types) == len(frame["columns"])
                 and all(t is None or isinstance(t, str) for t in types)):
             types = None  # beyond the schema: an older server sends none, and a malformed list is ignored
         return Result(frame["columns"], frame["rows"], frame["rowcount"], frame["lsn"], frame["epoch"],
-                      frame["message"], lastrowid if type(lastrowid) is int else None, types)
+                      frame["message"], lastrowid if type(lastrowid) is int else None, types,
+                      seq if _is_count(seq) else None)  # beyond the schema: an older server sends none
 
 
 def status_sql(db: str | None) -> str:

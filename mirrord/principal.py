@@ -5,9 +5,10 @@ connection, under `write_lock` (SQLite admits one writer anyway). Right after
 it, in the same hop on the connection's thread, the WAL reader captures every
 transaction committed since the last capture and appends them to the durable
 log, each under the next LSN. Autocommit writes queue for the writer task,
-which takes the lock once for all those queued and runs them in one hop: each
-its own SQLite transaction, its own outcome and record, one log append for the
-lot (`_write_loop`); the thread hop, not SQLite, is most of a small commit's cost. Automatic checkpoints are off: only `_capture`
+which takes the lock once for all those queued and runs them in one hop, the
+row changes among them in one SQLite transaction with a SAVEPOINT each: each its
+own outcome, one WAL commit, one capture and one log record for the lot
+(`_run_batch_and_capture`); the thread hop, not SQLite, is most of a small commit's cost. Automatic checkpoints are off: only `_capture`
 checkpoints, after it has read everything, so no frame can be checkpointed away
 before it is in the log. After a crash, `open()` captures whatever SQLite
 committed but the log did not yet hold (the last record carries the WAL
@@ -58,7 +59,7 @@ from mirrord.core.monitoring import CommitClock
 from mirrord.core.quorum import AckRule
 from mirrord.core.session import Session
 from mirrord.core.txn import (LOCK_TIMEOUT_DEFAULT_MS, READ_ONLY_PREFIXES, TxnWord, batchable, classify,
-                              serialization_message)
+                              serialization_message, shares_commit)
 from mirrord.core.types import (CommitInDoubt, DiskFull, LimitExceeded, LogFull, Lsn, MirrordError, NotServing,
                                 PermissionDenied, RedoQueueFull, StatementRefused, TransactionAborted)
 from mirrord.storage.checksums import page_images_at, principal_digests_apart
@@ -116,7 +117,10 @@ class StatementResult:
     rows: list[list[Any]]
     rowcount: int
     lsn: Lsn | None = None  # commit LSN, when the statement committed a transaction
-    epoch: int | None = None  # the role sequence that commit was logged in: (lsn, epoch) is its token
+    epoch: int | None = None  # the role sequence that commit was logged in: (lsn, epoch, seq) is its token
+    # its place among the client statements that commit holds (several clients' autocommit writes share
+    # one SQLite transaction, each under a SAVEPOINT): 0 for a commit of its own
+    seq: int | None = None
     lastrowid: int | None = None  # rowid of the row an INSERT added (DB-API cursor.lastrowid)
     types: list[str | None] | None = None  # each column's declared type (PEP 249 description), when known
 
@@ -904,6 +908,8 @@ class PrincipalDatabase:
     async def _finish(self, result: StatementResult, records: list[LogRecord], wait_for: Lsn) -> StatementResult:
         if records:
             result.lsn, result.epoch = records[-1].lsn, records[-1].epoch
+            if result.seq is None:
+                result.seq = 0
         committed = time.monotonic()
         try:
             await self.wait_visible(wait_for)
@@ -913,9 +919,9 @@ class PrincipalDatabase:
             # committed here, not acknowledged: only the token can tell later whether it survived
             raise CommitInDoubt(
                 f"{exc.message.rstrip('.')}. The commit is in doubt; its token is LSN {result.lsn}, role sequence "
-                f"{result.epoch}: EXEC sp_transaction_status '{self.session.db}', {result.lsn}, {result.epoch} "
-                "on the principal tells whether it committed",
-                lsn=result.lsn, epoch=result.epoch, principal=exc.details.get("principal"),
+                f"{result.epoch}{f', statement {result.seq}' if result.seq else ''}: EXEC sp_transaction_status "
+                f"'{self.session.db}', {result.lsn}, {result.epoch} on the principal tells whether it committed",
+                lsn=result.lsn, epoch=result.epoch, seq=result.seq, principal=exc.details.get("principal"),
             ) from None
         if records:  # the delay mirroring adds: local commit to acknowledgement (the mirror hardened it, SAFETY FULL)
             self.commits += 1
@@ -1049,7 +1055,7 @@ class PrincipalDatabase:
         except Exception as exc:  # noqa: BLE001 - as a lone write would: its client hears the failure
             self._fail_taken(batch, exc)
             return
-        records = [r for _, own in outcomes for r in own]
+        outcomes, records = outcomes
         self._note_captured(records)
         if self._uncaptured and (self._recapture is None or self._recapture.done()):
             self._recapture = asyncio.create_task(self._recapture_loop(), name=f"recapture:{self.session.db}")
@@ -1064,27 +1070,49 @@ class PrincipalDatabase:
                 write.done.set_exception(exc)
 
     def _run_batch_and_capture(self, conn: sqlite3.Connection, statements: list[tuple[contextvars.Context, str, Any]]):
-        """Run each statement as its own transaction, reading the WAL transactions each committed; log them all at once.
+        """Run the statements, row changes together in one transaction, the rest each alone; log all commits at once.
 
-        Returns each statement's (outcome, its records): its result or its own
-        error, and the log records of what it committed (its token is the last).
+        Returns each statement's (outcome, its records) — its result or its own
+        error, and the log records of what it committed (its token is the last;
+        several statements share a record, told apart by their `seq`) — and
+        every record appended, once each.
+
+        Consecutive row changes (`shares_commit`) run in one SQLite transaction,
+        each under a SAVEPOINT of its own: a statement that fails is rolled back
+        to its savepoint, so it changes nothing and the others still commit, as
+        separate autocommit transactions would; one WAL commit, one page image
+        per page and one log record serve them all. Each sees the rows of those
+        before it, as it would have once they committed; nobody else sees any of
+        them before the COMMIT.
         """
         pos = self._wal_pos
-        outcomes: list[Any] = []
-        committed: list[list[WalTransaction]] = []
-        for context, sql, params in statements:
+        outcomes: list[Any] = [None] * len(statements)
+        owns: list[list[int]] = [[] for _ in statements]  # per statement, the WAL transactions (indexes) holding it
+        committed: list[WalTransaction] = []
+        i = 0
+        while i < len(statements):
+            j = i
+            while j < len(statements) and shares_commit(statements[j][1]):
+                j += 1
+            if j - i >= 2:
+                pos = self._run_shared(conn, statements, list(range(i, j)), outcomes, owns, committed, pos)
+                i = j
+                continue
+            context, sql, params = statements[i]
             try:
                 outcome = context.run(_run, conn, sql, params)
             except Exception as exc:  # noqa: BLE001 - its own: raised to its client alone, the others go on
                 outcome = exc
             if conn.in_transaction:  # batchable() keeps such statements out; never leave one open for the next
-                conn.execute("ROLLBACK")
+                self._internal_sql(conn, "ROLLBACK")
                 outcome = SqlError("this statement left a transaction open inside a batch of writes and was rolled back")
             txns, pos = self._wal.read_committed(pos)
-            outcomes.append(outcome)
-            committed.append(txns)
+            owns[i] = list(range(len(committed), len(committed) + len(txns)))
+            committed.extend(txns)
+            outcomes[i] = outcome
+            i += 1
         try:
-            records = self._log_transactions(conn, [t for txns in committed for t in txns], pos)
+            records = self._log_transactions(conn, committed, pos)
         except OSError as exc:
             if exc.errno not in NO_SPACE:
                 raise
@@ -1094,13 +1122,70 @@ class PrincipalDatabase:
             doubt = DiskFull(
                 f"the disk is full ({exc.strerror}): the statement ran but its commit could not be logged; its outcome "
                 "is in doubt until space is freed (it is logged then, and acknowledged to nobody)")
-            return [(doubt, []) for _ in statements]
+            return [(doubt, []) for _ in statements], []
         self._uncaptured = False
-        result, start = [], 0
-        for outcome, txns in zip(outcomes, committed):
-            result.append((outcome, records[start:start + len(txns)]))
-            start += len(txns)
-        return result
+        return [(outcome, [records[k] for k in own]) for outcome, own in zip(outcomes, owns)], records
+
+    def _run_shared(self, conn: sqlite3.Connection, statements, pending: list[int], outcomes: list[Any],
+                    owns: list[list[int]], committed: list[WalTransaction], pos: WalPosition | None) -> WalPosition | None:
+        """Run the row changes `pending` (indexes) in one transaction, a SAVEPOINT each; note outcomes and the commit."""
+        while pending:
+            kept: list[int] = []  # run and released: they commit with the transaction
+            lost = None  # a statement that ended the whole transaction (INSERT OR ROLLBACK, RAISE(ROLLBACK), an interrupt)
+            self._internal_sql(conn, "BEGIN")
+            changed: set[int] = set()  # those that changed rows: a statement that changed nothing commits nothing
+            for k in pending:
+                context, sql, params = statements[k]
+                self._internal_sql(conn, "SAVEPOINT mirrord_statement")
+                before = conn.total_changes
+                try:
+                    outcome = context.run(_run, conn, sql, params)
+                except Exception as exc:  # noqa: BLE001 - its own: raised to its client alone, the others go on
+                    outcome = exc
+                if not conn.in_transaction:
+                    if not isinstance(outcome, Exception):
+                        outcome = SqlError("this statement ended the transaction it shared with other clients' writes "
+                                           "and was rolled back with it")
+                    outcomes[k], lost = outcome, k
+                    break
+                if isinstance(outcome, Exception):
+                    self._internal_sql(conn, "ROLLBACK TO mirrord_statement")  # it changes nothing; the others stay
+                else:
+                    kept.append(k)
+                    if conn.total_changes != before:
+                        changed.add(k)
+                self._internal_sql(conn, "RELEASE mirrord_statement")
+                outcomes[k] = outcome
+            if lost is not None:
+                # what ran before it was rolled back with it: those run again, then those after it
+                at = pending.index(lost)
+                pending = [k for k in pending[:at] if k in kept] + pending[at + 1:]
+                continue
+            try:
+                self._internal_sql(conn, "COMMIT")
+            except sqlite3.Error as exc:  # a full disk, an I/O error: none of them committed
+                if conn.in_transaction:
+                    self._internal_sql(conn, "ROLLBACK")
+                for k in kept:
+                    outcomes[k] = _sql_error(exc)
+                kept = []
+            txns, pos = self._wal.read_committed(pos)
+            if txns:
+                own = list(range(len(committed), len(committed) + len(txns)))
+                committed.extend(txns)
+                for seq, k in enumerate(k for k in kept if k in changed):
+                    owns[k] = own
+                    outcomes[k].seq = seq
+            return pos
+        return pos
+
+    def _internal_sql(self, conn: sqlite3.Connection, sql: str) -> None:
+        """A statement of the node's own on the writer, past the client authorizer."""
+        self._internal = True
+        try:
+            conn.execute(sql)
+        finally:
+            self._internal = False
 
     def _note_captured(self, records: list[LogRecord]) -> None:
         if records:

@@ -100,6 +100,21 @@ def batchable(sql: str) -> bool:
     return bool(first) and first[0] not in _TRANSACTION_WORDS
 
 
+_ROW_WORDS = frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE"})
+
+
+def shares_commit(sql: str) -> bool:
+    """Whether a batchable autocommit write may share one SQLite transaction with others, under a SAVEPOINT of its own.
+
+    Only row changes qualify: a SAVEPOINT undoes exactly what one did, and
+    nothing about them differs inside a transaction. Schema statements, PRAGMAs,
+    VACUUM and the rest keep a transaction of their own (VACUUM cannot run in
+    one; some PRAGMAs do nothing in one).
+    """
+    first = words(sql, 1)
+    return bool(first) and first[0] in _ROW_WORDS
+
+
 # ---------------------------------------------------------------- lock timeout
 
 LOCK_TIMEOUT_DEFAULT_MS = 10_000

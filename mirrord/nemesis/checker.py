@@ -40,6 +40,7 @@ class Ack:
     epoch: int
     lsn: int
     full: bool  # SAFETY FULL from before it was sent until it was acknowledged
+    seq: int = 0  # its place among the writes its commit holds (autocommit writes share one, a SAVEPOINT each)
 
 
 @dataclass(frozen=True)
@@ -143,15 +144,16 @@ def find_split_brain(acks: Sequence[Ack]) -> dict[tuple[str, int], set[str]]:
     return {key: nodes for key, nodes in writers.items() if len(nodes) > 1}
 
 
-def find_shared_tokens(acks: Sequence[Ack]) -> dict[tuple[str, int, int], list[int]]:
-    """(db, epoch, lsn) -> the write ids acknowledged with that commit token, where more than one.
+def find_shared_tokens(acks: Sequence[Ack]) -> dict[tuple[str, int, int, int], list[int]]:
+    """(db, epoch, lsn, seq) -> the write ids acknowledged with that commit token, where more than one.
 
-    Each write is its own transaction and each transaction its own LSN, so two
-    writes sharing a token means a token that does not name the commit.
+    Several writes may share a commit (and its LSN), each its own place (seq)
+    in it; so two writes sharing a whole token means a token that does not
+    name the write.
     """
-    by_token: dict[tuple[str, int, int], list[int]] = {}
+    by_token: dict[tuple[str, int, int, int], list[int]] = {}
     for a in acks:
-        by_token.setdefault((a.db, a.epoch, a.lsn), []).append(a.id)
+        by_token.setdefault((a.db, a.epoch, a.lsn, a.seq), []).append(a.id)
     return {token: ids for token, ids in by_token.items() if len(ids) > 1}
 
 

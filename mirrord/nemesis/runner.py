@@ -127,7 +127,7 @@ class Nemesis:
         self.power_cut_bytes = 0  # unsynced bytes the power cuts dropped
         self._reported_lost: set[int] = set()
         self._reported_split: set[tuple[str, int]] = set()
-        self._reported_tokens: set[tuple[str, int, int]] = set()
+        self._reported_tokens: set[tuple[str, int, int, int]] = set()
         self._tracebacks_seen: dict[str, int] = {n.name: 0 for n in cluster}
         self._cuts: set[frozenset[str]] = set()
         self._endpoints_stopped: set[str] = set()
@@ -237,7 +237,7 @@ class Nemesis:
                 continue
             epoch = result.epoch if result.epoch is not None else -1
             self.ledger.ack(Ack(write_id, lay.db, node.name, epoch, result.lsn or 0,
-                                self.safety.full_throughout(lay.db, before)))
+                                self.safety.full_throughout(lay.db, before), result.seq or 0))
         if client is not None:
             await client.close()
 
@@ -561,7 +561,7 @@ class Nemesis:
         for token, ids in sorted(find_shared_tokens(self.ledger.acks).items()):
             if token not in self._reported_tokens:
                 self._reported_tokens.add(token)
-                found.append(Violation("token", f"{token[0]} role sequence {token[1]} LSN {token[2]}: "
+                found.append(Violation("token", f"{token[0]} role sequence {token[1]} LSN {token[2]} statement {token[3]}: "
                                                 f"acknowledged for writes {ids[:10]}"))
         return found
 

@@ -243,7 +243,7 @@ def test_cli_no_columns(server: str, capsys, sql: str, expected: str) -> None:
 
 def test_cli_no_columns_json(server: str, capsys) -> None:
     code, out, _ = run(capsys, "-S", server, "-Q", "INSERT INTO t VALUES (1)", "--json")
-    assert json.loads(out) == {"rowcount": 2, "message": None, "lsn": 7, "epoch": 1}
+    assert json.loads(out) == {"rowcount": 2, "message": None, "lsn": 7, "epoch": 1, "seq": None}
 
 
 def test_cli_status_table(server: str, capsys, monkeypatch) -> None:

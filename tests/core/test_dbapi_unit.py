@@ -557,7 +557,11 @@ def test_error_frames_carry_the_token_beyond_the_schema():
     from mirrorctl.client import _Exchange
 
     base = {"t": "error", "id": 1, "code": "in_doubt", "message": "in doubt", "principal": None}
-    assert ServerError.from_frame({**base, "lsn": 12, "epoch": 3}).token == (12, 3)
+    assert ServerError.from_frame({**base, "lsn": 12, "epoch": 3}).token == (12, 3, 0)  # an older server: no seq
+    assert ServerError.from_frame({**base, "lsn": 12, "epoch": 3, "seq": 2}).token == (12, 3, 2)
+    assert ServerError.from_frame({**base, "lsn": 12, "epoch": 3, "seq": -1}).token == (12, 3, 0)
+    from mirrorctl.dbapi.token import token_of
+    assert token_of(*ServerError.from_frame({**base, "lsn": 12, "epoch": 3, "seq": 2}).token) == Token(12, 3, 2)
     assert isinstance(ServerError.from_frame(base), CommitInDoubt)
     for lsn, epoch in ((True, 3), (12, None), (-1, 3), (12, "3"), (2**63, 1)):
         assert ServerError.from_frame({**base, "lsn": lsn, "epoch": epoch}).token is None

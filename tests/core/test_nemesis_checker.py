@@ -112,8 +112,15 @@ def test_two_nodes_acknowledging_in_one_role_sequence_is_split_brain():
 def test_two_writes_acknowledged_with_one_commit_token_are_found():
     acks = _acks((1, "d1", "a", 1, True), (2, "d1", "a", 1, True), (3, "d2", "a", 1, True))
     assert find_shared_tokens(acks) == {}
-    acks.append(Ack(4, "d1", "a", 1, 2, True))  # the token (epoch 1, lsn 2) of write 2
-    assert find_shared_tokens(acks) == {("d1", 1, 2): [2, 4]}
+    acks.append(Ack(4, "d1", "a", 1, 2, True))  # the token (epoch 1, lsn 2, seq 0) of write 2
+    assert find_shared_tokens(acks) == {("d1", 1, 2, 0): [2, 4]}
+
+
+def test_writes_sharing_a_commit_have_tokens_of_their_own():
+    acks = [Ack(1, "d1", "a", 1, 5, True, 0), Ack(2, "d1", "a", 1, 5, True, 1), Ack(3, "d1", "a", 1, 5, True, 2)]
+    assert find_shared_tokens(acks) == {}
+    acks.append(Ack(4, "d1", "a", 1, 5, True, 1))  # the place of write 2 in that commit, again
+    assert find_shared_tokens(acks) == {("d1", 1, 5, 1): [2, 4]}
 
 
 def test_phantoms_are_ids_never_sent():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mirrord.core import statements as st
-from mirrord.core.txn import (SP_WHO_COLUMNS, Holding, SessionFacts, TxnWord, batchable, classify, lock_timeout_message,
+from mirrord.core.txn import (SP_WHO_COLUMNS, Holding, SessionFacts, TxnWord, batchable, classify, shares_commit, lock_timeout_message,
                               lock_timeout_refusal, serialization_message, shorten, sp_who_row, wait_seconds)
 from mirrord.core.types import StatementSyntaxError
 
@@ -100,3 +100,13 @@ def test_parse_refusals(sql, why):
 ])
 def test_batchable_keeps_transaction_statements_out_of_a_batch(sql, ok):
     assert batchable(sql) is ok
+
+
+@pytest.mark.parametrize("sql, ok", [
+    ("INSERT INTO t VALUES (1)", True), ("  -- c\n update t set v = 1", True), ("DELETE FROM t", True),
+    ("replace into t values (1)", True), ("/* x */ INSERT OR ROLLBACK INTO t VALUES (1)", True),
+    ("CREATE TABLE u(x)", False), ("PRAGMA user_version = 3", False), ("VACUUM", False), ("DROP TABLE t", False),
+    ("WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x", False), ("BEGIN", False), ("SAVEPOINT a", False), ("", False),
+])
+def test_only_row_changes_share_a_commit(sql, ok):
+    assert shares_commit(sql) is ok

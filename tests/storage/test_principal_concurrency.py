@@ -166,15 +166,74 @@ async def test_queued_writes_of_many_clients_run_in_one_hop_each_with_its_own_ou
     assert hops == [5]  # one hop for all of them
     assert isinstance(outcomes[1], IntegrityError) and "UNIQUE" in outcomes[1].message
     assert outcomes[2].rowcount == 0 and outcomes[2].lsn is None
-    tokens = [(outcomes[i].lsn, outcomes[i].epoch) for i in (0, 3, 4)]
+    tokens = [(outcomes[i].lsn, outcomes[i].epoch, outcomes[i].seq) for i in (0, 3, 4)]
     first = tokens[0][0]
-    assert [lsn for lsn, _ in tokens] == [first, first + 1, first + 2]  # each its own record, in queue order
-    assert p.end_lsn == first + 2 and p.synced_lsn >= first + 2
-    for lsn, epoch in tokens:  # each token names the record holding exactly that client's row
-        assert p.log.get(lsn).epoch == epoch
+    # one SQLite transaction, a SAVEPOINT each: one record, each its own place in it, in queue order
+    assert tokens == [(first, tokens[0][1], 0), (first, tokens[0][1], 1), (first, tokens[0][1], 2)]
+    assert p.end_lsn == first and p.synced_lsn >= first
+    assert p.log.get(first).epoch == tokens[0][1]
     assert outcomes[0].lastrowid == 10 and outcomes[4].lastrowid == 12
     rows = (await p.execute(object(), "SELECT id, v FROM t ORDER BY id", None)).rows
     assert rows == [[1, "one"], [2, "held"], [10, "a"], [11, "b"], [12, "c"]]
+
+
+async def _run_queued_together(p: PrincipalDatabase, statements: list[str], first_spid: int) -> list:
+    """Queue statements of as many clients behind a held write lock, then let them run in one hop."""
+    holder = Owner(first_spid - 1)
+    await p.execute(holder, "BEGIN IMMEDIATE", None)
+    await p.execute(holder, "DELETE FROM t WHERE id = -1", None)  # holds the lock, changes nothing
+    hops = _count_hops(p)
+    owners = [Owner(first_spid + i) for i in range(len(statements))]
+    tasks = [asyncio.create_task(p.execute(o, sql, None)) for o, sql in zip(owners, statements)]
+    await _queued(p, owners)
+    await p.execute(holder, "COMMIT", None)
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    assert hops == [len(statements)]
+    return outcomes
+
+
+async def test_row_changes_queued_together_share_one_commit_and_a_failing_one_changes_nothing(p):
+    before = p.end_lsn
+    outcomes = await _run_queued_together(p, [
+        "INSERT INTO t VALUES (20, 'a')",
+        "INSERT INTO t VALUES (21, 'x'), (1, 'duplicate')",  # fails at its second row: its first is undone too
+        "UPDATE t SET v = 'seen' WHERE id = 20",  # sees the row of the statement before it
+        "INSERT INTO t VALUES (22, 'c')",
+    ], first_spid=70)
+    assert isinstance(outcomes[1], IntegrityError)
+    assert outcomes[2].rowcount == 1
+    ok = [outcomes[i] for i in (0, 2, 3)]
+    assert {r.lsn for r in ok} == {before + 1} == {p.end_lsn}  # one commit, one record
+    assert [r.seq for r in ok] == [0, 1, 2]
+    rows = (await p.execute(object(), "SELECT id, v FROM t ORDER BY id", None)).rows
+    assert rows == [[1, "one"], [20, "seen"], [22, "c"]]
+
+
+async def test_a_statement_that_ends_the_shared_transaction_fails_alone_and_the_others_commit(p):
+    outcomes = await _run_queued_together(p, [
+        "INSERT INTO t VALUES (30, 'a')",
+        "INSERT INTO t VALUES (31, 'b')",
+        "INSERT OR ROLLBACK INTO t VALUES (1, 'duplicate')",  # rolls back the whole transaction it is in
+        "INSERT INTO t VALUES (32, 'c')",
+    ], first_spid=80)
+    assert isinstance(outcomes[2], IntegrityError)
+    tokens = [(outcomes[i].lsn, outcomes[i].epoch, outcomes[i].seq) for i in (0, 1, 3)]
+    assert all(lsn is not None for lsn, _, _ in tokens) and len(set(tokens)) == 3
+    rows = (await p.execute(object(), "SELECT id FROM t ORDER BY id", None)).rows
+    assert rows == [[1], [30], [31], [32]]
+    assert p.synced_lsn >= max(lsn for lsn, _, _ in tokens) == p.end_lsn
+
+
+async def test_a_schema_statement_in_a_batch_keeps_a_transaction_of_its_own(p):
+    before = p.end_lsn
+    outcomes = await _run_queued_together(p, [
+        "INSERT INTO t VALUES (40, 'a')",  # alone before the CREATE: a commit of its own
+        "CREATE TABLE u(x)",
+        "INSERT INTO u VALUES (41)",
+        "INSERT INTO t VALUES (42, 'c')",
+    ], first_spid=90)
+    assert [(r.lsn, r.seq) for r in outcomes] == [(before + 1, 0), (before + 2, 0), (before + 3, 0), (before + 3, 1)]
+    assert (await p.execute(object(), "SELECT x FROM u", None)).rows == [[41]]
 
 
 async def test_a_queued_write_whose_client_left_never_runs_and_others_still_do(p):
