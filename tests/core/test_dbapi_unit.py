@@ -567,5 +567,7 @@ def test_error_frames_carry_the_token_beyond_the_schema():
         assert ServerError.from_frame({**base, "lsn": lsn, "epoch": epoch}).token is None
     answer = {"t": "result", "id": 1, "columns": [], "rows": [], "rowcount": 1, "lsn": 4, "epoch": 1, "message": None}
     assert _Exchange.answer(1, {**answer, "lastrowid": 9}).lastrowid == 9
+    assert _Exchange.answer(1, {**answer, "seq": 3}).seq == 3  # its place in a commit shared with others
+    assert _Exchange.answer(1, answer).seq is None and _Exchange.answer(1, {**answer, "seq": "3"}).seq is None
     assert _Exchange.answer(1, {**answer, "lastrowid": "9"}).lastrowid is None
     assert _Exchange.answer(1, answer).lastrowid is None  # an older server
