@@ -1095,7 +1095,12 @@ class PrincipalDatabase:
             while j < len(statements) and shares_commit(statements[j][1]):
                 j += 1
             if j - i >= 2:
-                pos = self._run_shared(conn, statements, list(range(i, j)), outcomes, owns, committed, pos)
+                try:
+                    pos = self._run_shared(conn, statements, list(range(i, j)), outcomes, owns, committed, pos)
+                except BaseException:
+                    if conn.in_transaction:  # a SAVEPOINT or ROLLBACK TO failed (I/O): nothing of it committed
+                        self._internal_sql(conn, "ROLLBACK")
+                    raise
                 i = j
                 continue
             context, sql, params = statements[i]
