@@ -100,7 +100,8 @@ def copy_replaced(host: "DatabaseHost", whole: bool) -> None:
     still be damaged (and the new checksum map was taken from it): it is asked
     for again, for the new redo thread.
     """
-    host.repair_asked.clear()
+    # requests made for the old redo thread stay listed: their answers ask again for the new one (answered),
+    # and an answer the principal is still writing is not taken for a frame that answers nothing
     host.repair_queued.clear()  # the old redo thread, and the images it held, are gone
     pages = sorted(host.repair_pages)
     if not pages:
@@ -129,20 +130,28 @@ def answered(host: "DatabaseHost", msg: dict) -> None:
     if msg["error"]:
         _give_up(host, pages, f"the principal could not read them: {msg['error'][:300]}")
         return
-    why = pr.answer_refusal(msg, pages, redo_at, mirror.store_page_size if mirror is not None else None)
+    if mirror is None or host.mirror_redo() is not redo:
+        # asked for a redo thread that is gone (a rewind, a restart of redo): its images are not used; the pages
+        # still suspect (a seed replaced them all) are asked again for the one running now, which tracks them
+        _ask_again(host, [p for p in pages if p in host.repair_pages])
+        return
+    why = pr.answer_refusal(msg, pages, redo_at, mirror.store_page_size)
     if why is not None:
         raise ProtocolError(f"page_answer: {why}")
-    if mirror is None or host.mirror_redo() is not redo:
-        _give_up(host, pages, "this copy was replaced (seeded) meanwhile")
-        return
     lsn, loop = msg["lsn"], asyncio.get_running_loop()
     images = {pgno: image for pgno, image in msg["pages"]}
 
-    def done(pgno: int, outcome: str) -> None:  # on the redo thread
-        loop.call_soon_threadsafe(_repaired, host, pgno, outcome, lsn)
+    def done(pgno: int, outcome: str) -> None:  # on the redo thread (or on this one, when it has exited)
+        try:
+            loop.call_soon_threadsafe(_repaired, host, pgno, outcome, lsn)
+        except RuntimeError:  # the loop closed (the node stopped): nothing left to tell
+            pass
 
-    for page in sorted(pages):
-        _note(host, page, host.repair_pages.get(page, pr.ERROR_CHECKSUM), pr.QUEUED_FOR_REPAIR)
+    settled = [p for p in pages if p not in host.repair_pages]  # repaired meanwhile (a seed replaced the copy)
+    if settled:
+        redo.forget_suspect(settled)
+    for page in sorted(p for p in pages if p in host.repair_pages):
+        _note(host, page, host.repair_pages[page], pr.QUEUED_FOR_REPAIR)
         host.repair_queued.add(page)  # with redo now: not asked for again, even after a reconnect
         redo.repair(lsn, page, images.get(page), done)  # None: the database no longer had the page at lsn
 
@@ -158,7 +167,29 @@ def _give_up(host: "DatabaseHost", pages: Iterable[int], why: str) -> None:
     host.record_event("PAGE_REPAIR", f"page(s) {', '.join(map(str, pages[:20]))} NOT repaired: {why}")
 
 
+def _ask_again(host: "DatabaseHost", pages: Iterable[int]) -> None:
+    """Pages whose image a redo thread that stopped never wrote: still damaged, asked for again (at once if it can)."""
+    pages = sorted(pages)
+    if not pages:
+        return
+    if host.mirror is None:  # the copy is the principal's now (promotion) or closed: the mirror's repair is over
+        _give_up(host, pages, "redo stopped before the image could be written (this copy is no longer a mirror); "
+                 "SQLite, or the principal's scrubber, finds the page if it is still damaged, and it is repaired "
+                 "from the new mirror")
+        return
+    for page in pages:
+        host.repair_queued.discard(page)
+        _note(host, page, host.repair_pages[page], pr.QUEUED_FOR_REQUEST)
+    log.warning("page_repair_asked_again", database=host.name, pages=pages[:20],
+                reason="the redo thread the image was for stopped before writing it")
+    send_requests(host)
+
+
 def _repaired(host: "DatabaseHost", pgno: int, outcome: str, lsn: int) -> None:
+    if outcome == "dropped":
+        if pgno in host.repair_pages and pgno in host.repair_queued:
+            _ask_again(host, [pgno])
+        return
     host.repair_queued.discard(pgno)
     error_type = host.repair_pages.pop(pgno, pr.ERROR_CHECKSUM)
     _note(host, pgno, error_type, pr.REPAIRED)
