@@ -332,7 +332,7 @@ async def _principal_check(host: "DatabaseHost", check: Callable[[], Awaitable])
 def principal_offered(host: "DatabaseHost", msg: dict) -> None:
     """The mirror's images of pages damaged here (on the principal's link task): written back in a task."""
     principal = host.principal
-    size = _file_page_size(principal.path) if principal is not None else None
+    size = _principal_page_size(principal) if principal is not None else None
     pages = msg["pages"]
     if not (isinstance(pages, list) and len(pages) <= pr.MAX_REQUEST_PAGES and all(
             isinstance(i, list) and len(i) == 2 and type(i[0]) is int and i[0] >= 1 and isinstance(i[1], bytes)
@@ -345,9 +345,17 @@ def principal_offered(host: "DatabaseHost", msg: dict) -> None:
     task.add_done_callback(host.repair_tasks.discard)
 
 
+def _principal_page_size(principal) -> int | None:
+    """The principal's page size: its log's last record's (a damaged page 1, SQLite's header, may lie), else the file's."""
+    try:
+        last = principal.log.get(principal.log.last_lsn) if principal.log.last_lsn else None
+    except (LookupError, ValueError, OSError):
+        last = None
+    return last.page_size if last is not None else _file_page_size(principal.path)
+
+
 def _file_page_size(path) -> int | None:
-    """The page size in a SQLite file's header (the principal's page 1 is SQLite's to keep whole: if it is
-    damaged, the database does not open at all)."""
+    """The page size in a SQLite file's header."""
     try:
         with open(path, "rb") as f:
             header = f.read(18)
