@@ -83,6 +83,7 @@ class DatabaseHost:
     principal_check: asyncio.Task | None = None
     principal_check_started: float = float("-inf")
     principal_damage_type: int = 2
+    principal_scrub_seen: dict[int, tuple[int, float]] = field(default_factory=dict)  # page -> (checksum, when) of damage the scrubber reported
 
     def mirror_redo(self):
         """The mirror's running redo thread, None if there is none."""

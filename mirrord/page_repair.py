@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable, Iterable
 import structlog
 
 from mirrord.core import page_repair as pr
+from mirrord.core.page_check import page_problem
 from mirrord.core.events import utc_text
 from mirrord.core.types import ProtocolError
 from mirrord.net import framing
@@ -243,12 +244,24 @@ async def _check_suspected(host: "DatabaseHost", pages: list[int], lsn: int) -> 
         framing.write_message(writer, {"t": "page_offer", "lsn": since, "pages": [[p, image] for p, image in images]})
 
 
-async def run_scrubber(hosts: Callable[[], Iterable["DatabaseHost"]], mb_per_s: int) -> None:
-    """Read every page of every mirror copy against its checksum, at most mb_per_s MB/s in all, until cancelled."""
+async def run_scrubber(hosts: Callable[[], Iterable["DatabaseHost"]], mb_per_s: int,
+                       principal_check: Callable[["DatabaseHost"], Awaitable] | None = None) -> None:
+    """Read every page of every copy on the node, at most mb_per_s MB/s in all, until cancelled.
+
+    A mirror's pages are read against their checksums; a principal's (with a
+    partner, and principal_check, DBCC CHECKMIRROR, to find and repair them)
+    against SQLite's file format (core.page_check).
+    """
     rate = mb_per_s * 1e6
     while True:
         read = False
         for host in list(hosts()):
+            if host.principal is not None and principal_check is not None:
+                page_size, count = await _scrub_principal(host, principal_check)
+                if count:
+                    read = True
+                    await asyncio.sleep(count * page_size / rate)
+                continue
             mirror = host.mirror
             if mirror is None or mirror.page_count == 0:
                 continue
@@ -268,6 +281,53 @@ async def run_scrubber(hosts: Callable[[], Iterable["DatabaseHost"]], mb_per_s: 
 
 
 # ------------------------------------------------------------------ the principal's side
+
+
+async def _scrub_principal(host: "DatabaseHost", principal_check: Callable[["DatabaseHost"], Awaitable]) -> tuple[int, int]:
+    """Read the next pages of the principal's file and judge them by SQLite's file format; (page size, pages read).
+
+    A page found damaged goes the way a statement that meets it goes
+    (principal_damaged): DBCC CHECKMIRROR finds which pages differ from the
+    mirror's, and the mirror offers its images. A page the log rewrote since
+    the file's last checkpoint is damaged only in the file: the check (which
+    reads it from the log) finds it equal, and the next checkpoint writes it whole.
+    """
+    principal = host.principal
+    if principal is None or host.session.config.partner is None:
+        return 4096, 0
+    first = host.scrub_next
+    try:
+        page_size, total, reserved, images = await principal.file_pages(first, SCRUB_PAGES)
+    except OSError as exc:  # an I/O error (823): the check finds which pages, and the next pass reads on
+        log.error("page_damaged", database=host.name, side="principal", first=first, error=repr(exc),
+                  reason="the scrubber could not read the database file")
+        host.scrub_next = first + SCRUB_PAGES
+        principal_damaged(host, True, lambda: principal_check(host))
+        return 4096, SCRUB_PAGES
+    if not images:
+        host.scrub_next, host.scrub_passes = 1, host.scrub_passes + 1
+        return page_size, 0
+    host.scrub_next = first + len(images)
+    bad = []
+    seen = host.principal_scrub_seen
+    for pgno, image in images:
+        why = page_problem(image, pgno, total, page_size, reserved)
+        if why is None:
+            seen.pop(pgno, None)
+        else:
+            crc, now = pr.page_checksum(image), time.monotonic()
+            before = seen.get(pgno)
+            # the same bytes found again soon after: the check they started is under way, or found them equal
+            # to the mirror's (a freelist page's old bytes, a page the WAL rewrote); a check a pass would not help
+            if before is None or before[0] != crc or now - before[1] >= PRINCIPAL_SCRUB_RECHECK:
+                seen[pgno] = (crc, now)
+                bad.append((pgno, why))
+    if bad and host.principal is principal:
+        log.error("page_damaged", database=host.name, side="principal", pages=[p for p, _ in bad][:20],
+                  reason=f"the scrubber read it and SQLite's file format says: {bad[0][1]}")
+        principal_damaged(host, False, lambda: principal_check(host))
+    return page_size, len(images)
+
 
 
 def start_answer(host: "DatabaseHost", writer, msg: dict) -> None:
@@ -300,6 +360,7 @@ async def _answer(host: "DatabaseHost", writer, msg: dict) -> None:
 
 
 PRINCIPAL_CHECK_INTERVAL = 5.0  # seconds between checks a read error on the principal starts
+PRINCIPAL_SCRUB_RECHECK = 60.0  # seconds before the same damaged bytes the scrubber found start another check
 
 
 def principal_damaged(host: "DatabaseHost", io_error: bool, check: Callable[[], Awaitable]) -> None:
@@ -390,6 +451,20 @@ async def _write_offered(host: "DatabaseHost", principal, since: int, pages: lis
     if host.repaired_pages is not None:
         for _ in pages:
             host.repaired_pages(host.name)
+
+
+def note_opened(host: "DatabaseHost") -> None:
+    """The principal's open put back pages it found damaged (page 1, from its log): rows, event and count."""
+    principal = host.principal
+    for pgno, lsn, problem in (principal.repaired_at_open if principal is not None else []):
+        _note(host, pgno, pr.ERROR_OTHER, pr.QUEUED_FOR_REPAIR)
+        _note(host, pgno, pr.ERROR_OTHER, pr.REPAIRED)
+        host.record_event("PAGE_REPAIR", f"page {pgno} of the principal's copy was damaged ({problem}): SQLite could "
+                          f"not open the file; repaired at load with the log's image as of LSN {lsn}", lsn=lsn)
+        if host.repaired_pages is not None:
+            host.repaired_pages(host.name)
+    if principal is not None:
+        principal.repaired_at_open.clear()
 
 
 def tell_differing(host: "DatabaseHost", lsn: int, pages: Iterable[int]) -> None:

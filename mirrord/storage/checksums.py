@@ -213,3 +213,20 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+def last_image(log: DurableLog, pgno: int, upto: int, batch_bytes: int = 8 << 20) -> tuple[int, bytes] | None:
+    """(lsn, image) of the log's last image of page pgno at or before upto, None if the log holds none.
+
+    The log drops only its oldest records, so the last image it holds is the
+    page as of upto (automatic page repair of the principal's page 1 at load).
+    """
+    first = log.first_lsn
+    if first == 0 or first > upto:
+        return None
+    found = None
+    for record in _records(log, first, min(upto, log.last_lsn), batch_bytes):
+        for p, image in record.pages:
+            if p == pgno:
+                found = (record.lsn, image)
+    return found

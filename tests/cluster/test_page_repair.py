@@ -204,3 +204,37 @@ def test_a_damaged_first_page_on_the_principals_disk_under_load_is_repaired_from
     wait_synchronized(cluster, DB, "a", "b")
     assert checkmirror(a)["result"] == "IDENTICAL"
     assert set(writer.acked) <= ids_on(a, DB)
+
+
+def test_the_principals_scrubber_finds_pages_overwritten_under_load_and_they_are_repaired_from_the_mirror(cluster):
+    a, b = cluster["a"], cluster["b"]
+    a.extra_args = ["--page-scrub-rate-mb", "20"]
+    a.restart()
+    cluster.setup_session(DB, principal="a", mirror="b")
+    fill(a)
+    expected = a.query("SELECT id, v FROM t ORDER BY id", db=DB).rows
+    wait_synchronized(cluster, DB, "a", "b")
+    assert a.terminate() == 0  # a clean stop checkpoints: the file holds the pages, not SQLite's WAL
+    a.start()
+    wait_synchronized(cluster, DB, "a", "b")
+    store = db_file(a, DB)
+    data_page, index_page = victims(store)
+    writer = Writer(a, DB, start=100_000)
+    writer.start()
+    try:
+        wait_for(lambda: writer.acked_count_reaches(50), 30, "50 acknowledged writes")
+        overwrite(store, [1, data_page, index_page])  # under the running principal: no statement reads them
+        wait_for(lambda: all(repairs(a).get(p, {}).get("page_status") == REPAIRED for p in (data_page, index_page)),
+                 60, "the principal's data and index pages repaired")
+        acked = len(writer.acked)
+        wait_for(lambda: len(writer.acked) > acked + 50, 30, "writes go on")
+    finally:
+        writer.stop()
+    rows = repairs(a)
+    assert set(rows) <= {1, data_page, index_page}, rows  # page 1: repaired, unless a checkpoint rewrote it first
+    assert all(r["error_type"] == 1 and r["page_status"] == REPAIRED for r in rows.values()), rows
+    assert repairs(b) == {}
+    assert a.query("SELECT id, v FROM t WHERE id < 100000 ORDER BY id", db=DB).rows == expected
+    wait_synchronized(cluster, DB, "a", "b")
+    assert checkmirror(a)["result"] == "IDENTICAL"
+    assert set(writer.acked) <= ids_on(a, DB)
