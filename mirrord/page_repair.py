@@ -4,8 +4,12 @@ The mirror's side: pages come in as suspect from the scrubber (run_scrubber,
 `--page-scrub-rate-mb`) or from the principal's DBCC CHECKMIRROR
 (`page_suspect`); they are asked for on the link from the principal
 (`page_request`), and the answer (`page_answer`) goes to the redo thread,
-which writes each image once redo has reached its LSN. The principal's side
-answers requests from its database at the end of its log (PrincipalDatabase.page_images).
+which writes each image once redo has reached its LSN (a redo thread that
+stops hands back the images it did not reach: they are asked for again). The
+principal's side answers requests from its database at the end of its log
+(PrincipalDatabase.page_images), and repairs its own pages from the mirror's
+images: found by a statement that meets one, or by its scrubber, which judges
+its file's pages by SQLite's file format (core.page_check).
 Like mirrord/checkmirror.py this module imports nothing of the node's, so the links can import it.
 """
 
