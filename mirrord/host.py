@@ -76,6 +76,7 @@ class DatabaseHost:
     repair_asked: dict[int, tuple] = field(default_factory=dict)
     repair_queued: set[int] = field(default_factory=set)  # answered: the images wait in redo for their LSN
     repair_tasks: set[asyncio.Task] = field(default_factory=set)
+    repair_resumed: object | None = None  # the MirrorDatabase whose suspect_pages.json was taken up (page_repair._resume)
     repaired_pages: object | None = None  # node callback (database): counts a repair in the metrics
     scrub_next: int = 1
     scrub_passes: int = 0

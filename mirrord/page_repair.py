@@ -25,8 +25,9 @@ import structlog
 from mirrord.core import page_repair as pr
 from mirrord.core.page_check import page_problem
 from mirrord.core.events import utc_text
-from mirrord.core.types import ProtocolError
+from mirrord.core.types import ProtocolError, Role
 from mirrord.net import framing
+from mirrord.storage.fileutil import atomic_write_json, read_json
 
 if TYPE_CHECKING:
     from mirrord.host import DatabaseHost
@@ -40,6 +41,46 @@ SCRUB_PAUSE = 1.0  # seconds between passes over a small store, so that it does 
 MAX_SUSPECT_LISTED = 4096  # pages one page_suspect may name
 
 
+SUSPECT_FILE = "suspect_pages.json"  # the mirror's suspect pages, beside its copy (the reference's msdb suspect_pages)
+
+
+def _save(host: "DatabaseHost") -> None:
+    """Keep the mirror's suspect pages durably: a restarted node asks for them again at once (_resume).
+
+    Written at every change (repairs are rare); a file that cannot be written
+    (a full disk) costs only that: the checksum map still names the pages, and
+    the next scrub or check finds them.
+    """
+    path = host.directory / SUSPECT_FILE
+    try:
+        if host.repair_pages:
+            atomic_write_json(path, {"pages": {str(p): e for p, e in sorted(host.repair_pages.items())}})
+        else:
+            path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("suspect_pages_not_saved", database=host.name, error=repr(exc))
+
+
+def _resume(host: "DatabaseHost") -> None:
+    """Once per mirror copy opened: take up the suspect pages a stopped node left (asked for by send_requests)."""
+    mirror = host.mirror
+    if mirror is None or host.repair_resumed is mirror:
+        return
+    host.repair_resumed = mirror
+    try:
+        kept = read_json(host.directory / SUSPECT_FILE, {})
+    except (OSError, ValueError) as exc:
+        log.warning("suspect_pages_unreadable", database=host.name, error=repr(exc))
+        return
+    listed = kept.get("pages") if isinstance(kept, dict) else None
+    pages = {}
+    for key, error_type in (listed.items() if isinstance(listed, dict) else ()):
+        if key.isdigit() and 1 <= int(key) <= 0xFFFFFFFF and error_type in (pr.ERROR_IO, pr.ERROR_OTHER, pr.ERROR_CHECKSUM):
+            pages.setdefault(error_type, []).append(int(key))
+    for error_type, numbers in pages.items():
+        found(host, numbers, error_type, "found before this node stopped, not yet repaired (suspect_pages.json)")
+
+
 def _note(host: "DatabaseHost", page: int, error_type: int, status: int) -> None:
     if host.repair_history is not None:
         host.repair_history.note(host.name, page, error_type, status, utc_text(time.time()))
@@ -51,6 +92,7 @@ def _note(host: "DatabaseHost", page: int, error_type: int, status: int) -> None
 def found(host: "DatabaseHost", pages: Iterable[int], error_type: int, why: str) -> list[int]:
     """Damaged pages of the mirror's copy: mark them suspect and ask the principal for them; the pages newly taken up."""
     mirror = host.mirror
+    _resume(host)  # before anything is saved over the pages a stopped node left
     new = sorted({p for p in pages if p not in host.repair_pages})
     if mirror is None or not new:
         return []
@@ -62,6 +104,7 @@ def found(host: "DatabaseHost", pages: Iterable[int], error_type: int, why: str)
     for page in new:
         host.repair_pages[page] = error_type
         _note(host, page, error_type, pr.QUEUED_FOR_REQUEST)
+    _save(host)
     log.error("page_damaged", database=host.name, pages=new[:20], count=len(new), error_type=error_type, reason=why)
     host.record_event("PAGE_REPAIR", f"{len(new)} damaged page(s) of the mirror's copy ({why}): "
                       f"{', '.join(map(str, new[:20]))}{' …' if len(new) > 20 else ''}; asking the principal",
@@ -72,6 +115,7 @@ def found(host: "DatabaseHost", pages: Iterable[int], error_type: int, why: str)
 
 def send_requests(host: "DatabaseHost") -> None:
     """Ask the principal for every suspect page not yet asked for (when the link is up; else at the next connect)."""
+    _resume(host)
     writer, mirror, redo = host.partner_writer, host.mirror, host.mirror_redo()
     if writer is None or writer.is_closing() or mirror is None or redo is None:
         return
@@ -108,12 +152,17 @@ def copy_replaced(host: "DatabaseHost", whole: bool) -> None:
     # requests made for the old redo thread stay listed: their answers ask again for the new one (answered),
     # and an answer the principal is still writing is not taken for a frame that answers nothing
     host.repair_queued.clear()  # the old redo thread, and the images it held, are gone
+    if whole:
+        host.repair_resumed = host.mirror  # what a stopped node left was of the old copy too
     pages = sorted(host.repair_pages)
     if not pages:
+        if whole:
+            _save(host)
         return
     if whole:
         for page in pages:
             _note(host, page, host.repair_pages.pop(page), pr.REPAIRED)
+        _save(host)
         host.record_event("PAGE_REPAIR", f"page(s) {', '.join(map(str, pages[:20]))} replaced whole by a seed of the copy")
         return
     redo = host.mirror_redo()
@@ -168,6 +217,7 @@ def _give_up(host: "DatabaseHost", pages: Iterable[int], why: str) -> None:
         redo.forget_suspect(pages)
     for page in pages:
         _note(host, page, host.repair_pages.pop(page, pr.ERROR_CHECKSUM), pr.IRREPARABLE)
+    _save(host)
     log.error("page_irreparable", database=host.name, pages=pages[:20], reason=why)
     host.record_event("PAGE_REPAIR", f"page(s) {', '.join(map(str, pages[:20]))} NOT repaired: {why}")
 
@@ -177,7 +227,10 @@ def _ask_again(host: "DatabaseHost", pages: Iterable[int]) -> None:
     pages = sorted(pages)
     if not pages:
         return
-    if host.mirror is None:  # the copy is the principal's now (promotion) or closed: the mirror's repair is over
+    if host.mirror is None:
+        if host.session.role is not Role.PRINCIPAL:
+            return  # the node is stopping (or the copy closing): suspect_pages.json keeps them for its next start
+        # the copy is the principal's now (a promotion): the mirror's repair of it is over
         _give_up(host, pages, "redo stopped before the image could be written (this copy is no longer a mirror); "
                  "SQLite, or the principal's scrubber, finds the page if it is still damaged, and it is repaired "
                  "from the new mirror")
@@ -197,6 +250,7 @@ def _repaired(host: "DatabaseHost", pgno: int, outcome: str, lsn: int) -> None:
         return
     host.repair_queued.discard(pgno)
     error_type = host.repair_pages.pop(pgno, pr.ERROR_CHECKSUM)
+    _save(host)
     _note(host, pgno, error_type, pr.REPAIRED)
     detail = {
         "repaired": f"page {pgno} repaired with the principal's image as of LSN {lsn}",

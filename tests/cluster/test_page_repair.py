@@ -238,3 +238,40 @@ def test_the_principals_scrubber_finds_pages_overwritten_under_load_and_they_are
     wait_synchronized(cluster, DB, "a", "b")
     assert checkmirror(a)["result"] == "IDENTICAL"
     assert set(writer.acked) <= ids_on(a, DB)
+
+
+def test_repairs_waiting_in_the_mirrors_redo_when_it_stops_are_asked_again_when_it_starts(cluster, monkeypatch):
+    from mirrord.storage.pagestore import TEST_REDO_RATE_ENV
+
+    a, b = cluster["a"], cluster["b"]
+    cluster.setup_session(DB, principal="a", mirror="b")  # no witness: a goes on while b is down
+    fill(a)
+    wait_synchronized(cluster, DB, "a", "b")
+    b.terminate()
+    store = db_file(b, DB)
+    data_page, index_page = victims(store)
+    overwrite(store, [data_page, index_page])
+    monkeypatch.setenv(TEST_REDO_RATE_ENV, "32")  # b's redo trails the principal's log: the images wait for it
+    b.extra_args = ["--page-scrub-rate-mb", "20"]
+    b.start()
+    writer = Writer(a, DB, start=100_000)
+    writer.start()
+    try:
+        wait_for(lambda: all(repairs(b).get(p, {}).get("page_status") == 4 for p in (data_page, index_page)),
+                 60, "both images received, waiting for b's redo to reach their LSN")
+        assert b.terminate() == 0  # redo stops before it reaches them: the images are gone with it
+        monkeypatch.delenv(TEST_REDO_RATE_ENV)
+        b.extra_args = []  # no scrubber now: only the pages b kept as suspect bring the repair back
+        b.start()
+        wait_for(lambda: all(repairs(b).get(p, {}).get("page_status") == REPAIRED for p in (data_page, index_page)),
+                 60, "the pages asked for again and repaired after the restart")
+        acked = len(writer.acked)
+        wait_for(lambda: len(writer.acked) > acked + 20, 30, "writes go on")
+    finally:
+        writer.stop()
+    wait_synchronized(cluster, DB, "a", "b", timeout=120)
+    assert not (db_file(b, DB).parent / "suspect_pages.json").exists()
+    events = b.query(f"SELECT * FROM sys.database_mirroring_events WHERE database = '{DB}'").as_dicts()
+    assert any("suspect_pages.json" in e["detail"] for e in events), events
+    assert checkmirror(a)["result"] == "IDENTICAL"
+    assert set(writer.acked) <= ids_on(a, DB)
