@@ -190,6 +190,15 @@ def _sql_error(exc: sqlite3.Error) -> MirrordError:
     return SqlError(str(exc))
 
 
+async def _probe_snapshot(reader: aiosqlite.Connection) -> None:
+    """Take a read transaction's snapshot (SQLite takes it at the first read, of the schema, page 1): a damaged
+    page 1 fails the statement with its own clear error (PageDamaged), not an internal one."""
+    try:
+        await (await reader.execute(SNAPSHOT_PROBE)).fetchall()
+    except sqlite3.Error as exc:
+        raise _sql_error(exc) from None
+
+
 async def _end_read(reader: aiosqlite.Connection) -> None:
     """End a read transaction. After a damaged page (SQLITE_CORRUPT) SQLite may refuse its COMMIT: a read has
     nothing to keep, so it is rolled back, and the client gets the statement's own error (PageDamaged)."""
@@ -683,7 +692,7 @@ class PrincipalDatabase:
                     # no commit is half-captured while the gate is held: the snapshot holds exactly the
                     # end of log, which is what a later write compares with
                     self._refuse_reads_while_uncaptured()
-                    await (await reader.execute(SNAPSHOT_PROBE)).fetchall()
+                    await _probe_snapshot(reader)
                     txn.snapshot_lsn = self.end_lsn
             except BaseException:
                 await self._release_snapshot(txn)
@@ -852,7 +861,7 @@ class PrincipalDatabase:
                 # The snapshot is taken at the first read; every commit it can
                 # contain is captured once the hop gate is free, so waiting for
                 # end_lsn covers them all.
-                await (await reader.execute("SELECT 1 FROM sqlite_schema LIMIT 1")).fetchall()
+                await _probe_snapshot(reader)
                 async with self._hop_gate:
                     seen = self.end_lsn
                     self._refuse_reads_while_uncaptured()  # its snapshot may hold that commit

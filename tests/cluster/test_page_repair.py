@@ -275,3 +275,32 @@ def test_repairs_waiting_in_the_mirrors_redo_when_it_stops_are_asked_again_when_
     assert any("suspect_pages.json" in e["detail"] for e in events), events
     assert checkmirror(a)["result"] == "IDENTICAL"
     assert set(writer.acked) <= ids_on(a, DB)
+
+
+def test_a_first_page_damaged_under_the_running_principal_fails_statements_clearly_and_is_repaired(cluster):
+    from mirrorctl.client import ServerError
+    import pytest
+
+    a, b = cluster["a"], cluster["b"]
+    cluster.setup_session(DB, principal="a", mirror="b")
+    fill(a)
+    expected = a.query("SELECT id, v FROM t ORDER BY id", db=DB).rows
+    wait_synchronized(cluster, DB, "a", "b")
+    assert a.terminate() == 0  # a clean stop checkpoints: page 1 is read from the file, not SQLite's WAL
+    a.start()
+    wait_synchronized(cluster, DB, "a", "b")
+    overwrite(db_file(a, DB), [1])  # under the running principal, whose readers have not read page 1 yet
+    with pytest.raises(ServerError, match="damaged on this node.*retry in a moment"):
+        a.query("SELECT id, v FROM t ORDER BY id", db=DB)  # the session and the node go on
+    wait_for(lambda: repairs(a).get(1, {}).get("page_status") == REPAIRED, 60, "the principal's page 1 repaired")
+    assert repairs(a)[1]["error_type"] == 1 and repairs(b) == {}
+    writer = Writer(a, DB, start=100_000)
+    writer.start()
+    try:
+        wait_for(lambda: writer.acked_count_reaches(50), 30, "50 acknowledged writes")
+    finally:
+        writer.stop()
+    assert a.query("SELECT id, v FROM t WHERE id < 100000 ORDER BY id", db=DB).rows == expected
+    wait_synchronized(cluster, DB, "a", "b")
+    assert checkmirror(a)["result"] == "IDENTICAL"
+    assert set(writer.acked) <= ids_on(a, DB)
