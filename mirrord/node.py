@@ -272,9 +272,9 @@ class Node:
                 ack_rule=host.ack_rule, quorum_refusal=host.quorum_refusal, lock_timeout_ms=self.config.limits.lock_timeout_ms,
             )
             await principal.open()
+            principal.on_commit = lambda seconds, db=host.name: self.metrics.observe_commit(db, seconds)
             host.principal = principal
             page_repair.note_opened(host)  # a damaged page 1 open() put back from the log
-            principal.on_commit = lambda seconds, db=host.name: self.metrics.observe_commit(db, seconds)
             if cfg.role is Role.PRINCIPAL and cfg.partner is not None:
                 self.start_partner_link(host)
             elif cfg.partner is None:

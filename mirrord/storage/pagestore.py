@@ -517,17 +517,26 @@ class RedoThread(threading.Thread):
         return due
 
     def _do_repairs(self, due: list) -> None:
-        for lsn, pgno, image, done in due:
+        """Write the due images in turn; one a write fails on (OSError), and those after it, go back in the queue."""
+        while due:
+            lsn, pgno, image, done = due[0]
             with self._cond:
                 rewritten = self._suspect.get(pgno, 0) > lsn
+            try:
+                if rewritten:
+                    outcome = "rewritten"
+                elif image is None:  # the partner's database had no such page at lsn: redo has cut it off since
+                    outcome = "gone"
+                else:
+                    outcome = "repaired" if self._store.repair(pgno, image) else "gone"
+            except OSError:
+                with self._cond:  # tried again at the next turn (a full disk passes), or handed back at the exit
+                    self._repairs[:0] = due
+                raise
+            due.pop(0)
+            with self._cond:
                 if not any(r[1] == pgno for r in self._repairs):  # another image of it still waits: keep tracking
                     self._suspect.pop(pgno, None)
-            if rewritten:
-                outcome = "rewritten"
-            elif image is None:  # the partner's database had no such page at lsn: redo has cut it off since
-                outcome = "gone"
-            else:
-                outcome = "repaired" if self._store.repair(pgno, image) else "gone"
             done(pgno, outcome)
 
     def _redo_limit(self) -> int:
@@ -561,8 +570,10 @@ class RedoThread(threading.Thread):
                         self._cond.wait(NO_SPACE_RETRY)
             with self._cond:
                 due = self._due_repairs()
-            if due:  # stopping: an image redo has reached is written now, not lost with the thread
-                self._do_repairs(due)
+            try:
+                self._do_repairs(due)  # stopping: an image redo has reached is written now, not lost with the thread
+            except OSError:
+                pass  # not written (a full disk): handed back below with the others, and asked again
             try:
                 self._persist()  # stopping: everything applied becomes durable, so a promotion starts from it
             except OSError as exc:
