@@ -355,7 +355,7 @@ async def _scrub_principal(host: "DatabaseHost", principal_check: Callable[["Dat
         return 4096, 0
     first = host.scrub_next
     try:
-        page_size, total, reserved, images = await principal.file_pages(first, SCRUB_PAGES)
+        page_size, total, reserved, pointer_maps, images = await principal.file_pages(first, SCRUB_PAGES)
     except OSError as exc:  # an I/O error (823): the check finds which pages, and the next pass reads on
         log.error("page_damaged", database=host.name, side="principal", first=first, error=repr(exc),
                   reason="the scrubber could not read the database file")
@@ -369,7 +369,7 @@ async def _scrub_principal(host: "DatabaseHost", principal_check: Callable[["Dat
     bad = []
     seen = host.principal_scrub_seen
     for pgno, image in images:
-        why = page_problem(image, pgno, total, page_size, reserved)
+        why = page_problem(image, pgno, total, page_size, reserved, pointer_maps)
         if why is None:
             seen.pop(pgno, None)
         else:

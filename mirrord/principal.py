@@ -55,7 +55,7 @@ import structlog
 from mirrord.core import redo_queue, sql_surface
 from mirrord.core.checkmirror import PageDigests
 from mirrord.core.monitoring import CommitClock
-from mirrord.core.page_check import page_problem, page_size_of
+from mirrord.core.page_check import auto_vacuum, header_problem, page_problem, page_size_of
 from mirrord.core.quorum import AckRule
 from mirrord.core.session import Session
 from mirrord.core.txn import (LOCK_TIMEOUT_DEFAULT_MS, READ_ONLY_PREFIXES, TxnWord, batchable, classify,
@@ -1306,9 +1306,10 @@ class PrincipalDatabase:
             raise NotServing("the database closed on this node while its pages were read")
         return lsn, page_size, images
 
-    async def file_pages(self, first: int, count: int) -> tuple[int, int, int, list[tuple[int, bytes]]]:
-        """(page size, pages in the file, reserved bytes a page, [(pgno, image)] of pages first..first+count-1)
-        of the database file as it is on disk, checkpoints paused meanwhile (the principal's page scrubber).
+    async def file_pages(self, first: int, count: int) -> tuple[int, int, int, bool, list[tuple[int, bytes]]]:
+        """(page size, pages in the file, reserved bytes a page, whether it has pointer-map pages, [(pgno, image)]
+        of pages first..first+count-1) of the database file as it is on disk, checkpoints paused meanwhile (the
+        principal's page scrubber).
 
         The page size is the log's (page 1, SQLite's header, may be the damaged one); [] past the end.
         """
@@ -1387,16 +1388,18 @@ class PrincipalDatabase:
             await self._roll_back(owner)
 
 
-def _read_file_pages(path: Path, page_size: int | None, first: int, count: int) -> tuple[int, int, int, list[tuple[int, bytes]]]:
+def _read_file_pages(path: Path, page_size: int | None, first: int, count: int) -> tuple[int, int, int, bool, list[tuple[int, bytes]]]:
     with open(path, "rb") as f:
         header = f.read(100)
         page_size = page_size or page_size_of(header) or 4096
         total = os.fstat(f.fileno()).st_size // page_size
-        reserved = header[20] if page_size_of(header) == page_size else 0
+        whole = header_problem(header, page_size) is None  # a damaged page 1 says nothing of the others
+        reserved = header[20] if whole else 0
+        pointer_maps = whole and auto_vacuum(header)
         count = max(0, min(count, total - first + 1))
         f.seek((first - 1) * page_size)
         data = f.read(count * page_size)
-    return page_size, total, reserved, [(first + i, data[i * page_size:(i + 1) * page_size]) for i in range(count)]
+    return page_size, total, reserved, pointer_maps, [(first + i, data[i * page_size:(i + 1) * page_size]) for i in range(count)]
 
 
 def _run(conn: sqlite3.Connection, sql: str, params: Any) -> StatementResult:

@@ -111,8 +111,27 @@ def btree_problem(page: bytes, pgno: int, page_count: int, usable: int | None = 
     return None
 
 
-def page_problem(page: bytes, pgno: int, page_count: int, page_size: int, reserved: int = 0) -> str | None:
-    """What is wrong with page pgno of a database file (page 1: its header too), or None."""
+def is_pointer_map_page(pgno: int, usable: int) -> bool:
+    """Whether pgno is a pointer-map page of an auto-vacuum database: page 2, then one every usable/5 + 1 pages."""
+    return pgno >= 2 and (pgno - 2) % (usable // 5 + 1) == 0
+
+
+def pointer_map_problem(page: bytes, pgno: int, page_count: int, usable: int) -> str | None:
+    """What is wrong with a pointer-map page (5-byte entries: a type 1..5, or 0 past the database's end, and a parent)."""
+    for at in range(0, usable - usable % 5, 5):
+        kind, parent = page[at], int.from_bytes(page[at + 1:at + 5], "big")
+        if kind > 5 or parent > page_count:
+            return f"page {pgno} (a pointer map): entry {at // 5} has type {kind} and parent {parent}"
+    return None
+
+
+def page_problem(page: bytes, pgno: int, page_count: int, page_size: int, reserved: int = 0,
+                 auto_vacuum: bool = False) -> str | None:
+    """What is wrong with page pgno of a database file (page 1: its header too), or None.
+
+    auto_vacuum: page 1's header names a largest root page (offset 52), so the
+    file has pointer-map pages, judged as such.
+    """
     if len(page) != page_size:
         return f"page {pgno} is {len(page)} bytes, not a whole page of {page_size}"
     if pgno == 1:
@@ -120,4 +139,11 @@ def page_problem(page: bytes, pgno: int, page_count: int, page_size: int, reserv
         if problem is not None:
             return problem
         reserved = page[20]
+    elif auto_vacuum and is_pointer_map_page(pgno, page_size - reserved):
+        return pointer_map_problem(page, pgno, page_count, page_size - reserved)
     return btree_problem(page, pgno, page_count, page_size - reserved)
+
+
+def auto_vacuum(header: bytes) -> bool:
+    """Whether a (whole) page 1 header says the file has pointer-map pages (auto_vacuum or incremental_vacuum)."""
+    return len(header) >= 56 and int.from_bytes(header[52:56], "big") != 0

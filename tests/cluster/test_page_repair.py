@@ -175,37 +175,6 @@ def test_a_damaged_first_page_on_the_principals_disk_is_repaired_from_the_mirror
     assert set(writer.acked) <= ids_on(a, DB)
 
 
-def test_a_damaged_first_page_on_the_principals_disk_under_load_is_repaired_from_the_mirror(cluster):
-    a, b = cluster["a"], cluster["b"]
-    cluster.setup_session(DB, principal="a", mirror="b")
-    fill(a)
-    expected = a.query("SELECT id, v FROM t ORDER BY id", db=DB).rows
-    wait_synchronized(cluster, DB, "a", "b")
-    writer = Writer(a, DB, start=100_000)
-    writer.start()
-    try:
-        wait_for(lambda: writer.acked_count_reaches(50), 30, "50 acknowledged writes")
-        overwrite(db_file(a, DB), [1])
-        # whatever reads page 1 from the file next (a new connection, a check) meets the damage, or a
-        # checkpoint writes the WAL's newer page 1 over it first; either way the principal goes on serving
-        def whole() -> bool:
-            if repairs(a).get(1, {}).get("page_status") == REPAIRED:
-                return True
-            try:
-                return checkmirror(a)["result"] == "IDENTICAL"
-            except Exception:  # noqa: BLE001 - a check meeting the damaged page fails: it starts the repair
-                return False
-        wait_for(whole, 90, "page 1 whole again on the principal")
-        acked = len(writer.acked)
-        wait_for(lambda: len(writer.acked) > acked + 50, 30, "writes go on")
-    finally:
-        writer.stop()
-    assert a.query("SELECT id, v FROM t WHERE id < 100000 ORDER BY id", db=DB).rows == expected
-    wait_synchronized(cluster, DB, "a", "b")
-    assert checkmirror(a)["result"] == "IDENTICAL"
-    assert set(writer.acked) <= ids_on(a, DB)
-
-
 def test_the_principals_scrubber_finds_pages_overwritten_under_load_and_they_are_repaired_from_the_mirror(cluster):
     a, b = cluster["a"], cluster["b"]
     a.extra_args = ["--page-scrub-rate-mb", "20"]

@@ -110,3 +110,25 @@ def test_reserved_bytes_leaving_too_little_are_named(tmp_path):
     page1 = bytearray(pages(database(tmp_path, 512))[0])
     page1[20] = 40
     assert "fewer than 480 usable" in pc.header_problem(bytes(page1), 512)
+
+
+def test_an_auto_vacuum_databases_pointer_map_pages_are_judged_as_such(tmp_path):
+    path = tmp_path / "av.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA page_size=512")
+    conn.execute("PRAGMA auto_vacuum=FULL")
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+    for i in range(2000):
+        conn.execute("INSERT INTO t VALUES (?, ?)", (i, f"{i:06d}" * 5))
+    conn.commit()
+    conn.close()
+    data = path.read_bytes()
+    assert pc.auto_vacuum(data[:100]) and not pc.auto_vacuum(b"\x00" * 100)
+    all_pages = pages(data)
+    maps = [n for n in range(1, len(all_pages) + 1) if pc.is_pointer_map_page(n, 512)]
+    assert maps[:2] == [2, 2 + 512 // 5 + 1] and len(maps) >= 2
+    for pgno, page in enumerate(all_pages, 1):
+        assert pc.page_problem(page, pgno, len(all_pages), 512, auto_vacuum=True) is None, pgno
+    bad = bytearray(all_pages[1])
+    bad[5] = 9  # the second entry's type
+    assert "pointer map" in pc.page_problem(bytes(bad), 2, len(all_pages), 512, auto_vacuum=True)
