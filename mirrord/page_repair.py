@@ -367,25 +367,24 @@ async def _scrub_principal(host: "DatabaseHost", principal_check: Callable[["Dat
         return page_size, 0
     host.scrub_next = first + len(images)
     bad = []
-    seen = host.principal_scrub_seen
+    seen, now = host.principal_scrub_seen, time.monotonic()
     for pgno, image in images:
         why = page_problem(image, pgno, total, page_size, reserved, pointer_maps)
         if why is None:
             seen.pop(pgno, None)
-        else:
-            crc, now = pr.page_checksum(image), time.monotonic()
-            before = seen.get(pgno)
-            # the same bytes found again soon after: the check they started is under way, or found them equal
-            # to the mirror's (a freelist page's old bytes, a page the WAL rewrote); a check a pass would not help
-            if before is None or before[0] != crc or now - before[1] >= PRINCIPAL_SCRUB_RECHECK:
-                seen[pgno] = (crc, now)
-                bad.append((pgno, why))
+            continue
+        crc = pr.page_checksum(image)
+        before = seen.get(pgno)
+        # the same bytes found again soon after a check they started: it is under way, or found them equal to
+        # the mirror's (a freelist page's old bytes, a page the WAL rewrote); a check a pass would not help
+        if before is None or before[0] != crc or now - before[1] >= PRINCIPAL_SCRUB_RECHECK:
+            bad.append((pgno, why, crc))
     if bad and host.principal is principal:
-        log.error("page_damaged", database=host.name, side="principal", pages=[p for p, _ in bad][:20],
+        log.error("page_damaged", database=host.name, side="principal", pages=[p for p, _, _ in bad][:20],
                   reason=f"the scrubber read it and SQLite's file format says: {bad[0][1]}")
-        principal_damaged(host, False, lambda: principal_check(host))
+        if principal_damaged(host, False, lambda: principal_check(host)):
+            seen.update((pgno, (crc, now)) for pgno, _, crc in bad)
     return page_size, len(images)
-
 
 
 def start_answer(host: "DatabaseHost", writer, msg: dict) -> None:
@@ -421,24 +420,25 @@ PRINCIPAL_CHECK_INTERVAL = 5.0  # seconds between checks a read error on the pri
 PRINCIPAL_SCRUB_RECHECK = 60.0  # seconds before the same damaged bytes the scrubber found start another check
 
 
-def principal_damaged(host: "DatabaseHost", io_error: bool, check: Callable[[], Awaitable]) -> None:
+def principal_damaged(host: "DatabaseHost", io_error: bool, check: Callable[[], Awaitable]) -> bool:
     """A statement on the principal hit a damaged page (SQLITE_CORRUPT / NOTADB / IOERR).
 
     SQLite does not say which page. `check` (DBCC CHECKMIRROR) finds which
     differ from the mirror's copy; the mirror offers its images of those that
     match its checksums (suspected), which principal_offered writes back. One
     check at a time, and at most one every PRINCIPAL_CHECK_INTERVAL seconds,
-    however many statements fail meanwhile.
+    however many statements fail meanwhile. True if this call started one.
     """
     host.principal_damage_type = pr.ERROR_IO if io_error else pr.ERROR_OTHER
     now = time.monotonic()
     task = host.principal_check
     if (task is not None and not task.done()) or now - host.principal_check_started < PRINCIPAL_CHECK_INTERVAL:
-        return
+        return False
     host.principal_check_started = now
     log.error("page_damaged_on_principal", database=host.name, io_error=io_error,
               action="comparing with the mirror (DBCC CHECKMIRROR) to find and repair the page")
     host.principal_check = asyncio.ensure_future(_principal_check(host, check))
+    return True
 
 
 async def _principal_check(host: "DatabaseHost", check: Callable[[], Awaitable]) -> None:
