@@ -359,8 +359,10 @@ class PrincipalDatabase:
 
     def _repair_first_page(self) -> None:
         """A damaged page 1 (SQLite's header and the schema) keeps SQLite from opening the file at all: it is put
-        back from the log, whose last image of it at or before applied_lsn is the file's page 1 (automatic page
-        repair, at load). Later images are the WAL's and the log's to lay over it, as after any crash."""
+        back from the log's last image of it (automatic page repair, at load). An image at or before applied_lsn
+        is the file's page 1 (the log drops only its oldest records); a later one is also in SQLite's WAL, whose
+        frame SQLite reads over the file's, or is written again by the rebuild from the log below, as after any
+        crash. The mirror's copy, opened at a promotion, is put back the same way."""
         last = self.log.get(self.log.last_lsn) if self.log.last_lsn else None
         if last is None or not self.path.exists():
             return  # nothing logged yet: SQLite made the file, and nothing can be told about page 1
@@ -373,12 +375,12 @@ class PrincipalDatabase:
         problem = page_problem(page1, 1, anywhere, size)
         if problem is None:
             return
-        found = last_image(self.log, 1, self.applied_lsn)
+        found = last_image(self.log, 1, self.log.last_lsn)
         if found is None or page_problem(found[1], 1, anywhere, size) is not None:
             raise RuntimeError(
-                f"page 1 of {self.session.db} (SQLite's header and the schema) is damaged ({problem}) and the log holds "
-                f"no image of it at or before LSN {self.applied_lsn}, the file's: SQLite cannot open it. Fail over to "
-                "the mirror (SET PARTNER FAILOVER there, or FORCE_SERVICE_ALLOW_DATA_LOSS), or restore it from a backup")
+                f"page 1 of {self.session.db} (SQLite's header and the schema) is damaged ({problem}) and the log "
+                f"(LSN {self.log.first_lsn} on) holds no image of it: SQLite cannot open it. Fail over to the mirror "
+                "(SET PARTNER FAILOVER there, or FORCE_SERVICE_ALLOW_DATA_LOSS), or restore it from a backup")
         lsn, image = found
         fd = os.open(self.path, os.O_WRONLY)
         try:

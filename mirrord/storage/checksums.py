@@ -199,7 +199,8 @@ def last_image(log: DurableLog, pgno: int, upto: int, batch_bytes: int = 8 << 20
     """(lsn, image) of the log's last image of page pgno at or before upto, None if the log holds none.
 
     The log drops only its oldest records, so the last image it holds is the
-    page as of upto (automatic page repair of the principal's page 1 at load).
+    page as of upto (automatic page repair of the principal's page 1 at load),
+    unless it holds none that old.
     """
     first = log.first_lsn
     if first == 0 or first > upto:

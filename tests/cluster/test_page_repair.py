@@ -273,3 +273,22 @@ def test_a_first_page_damaged_under_the_running_principal_fails_statements_clear
     wait_synchronized(cluster, DB, "a", "b")
     assert checkmirror(a)["result"] == "IDENTICAL"
     assert set(writer.acked) <= ids_on(a, DB)
+
+
+def test_a_mirror_copy_whose_first_page_is_damaged_opens_when_a_failover_promotes_it(cluster):
+    a, b = cluster["a"], cluster["b"]
+    cluster.setup_session(DB, principal="a", mirror="b")
+    fill(a)
+    expected = a.query("SELECT id, v FROM t ORDER BY id", db=DB).rows
+    wait_synchronized(cluster, DB, "a", "b")
+    b.terminate()
+    overwrite(db_file(b, DB), [1])  # no scrubber, no writes after: redo does not rewrite it before the failover
+    b.start()
+    wait_synchronized(cluster, DB, "a", "b")
+    a.query(f"ALTER DATABASE {DB} SET PARTNER FAILOVER", timeout=60)
+    wait_for(lambda: b.status(DB)["role"] == "PRINCIPAL", 30, "b principal")
+    assert b.query("SELECT id, v FROM t ORDER BY id", db=DB).rows == expected
+    assert repairs(b)[1]["page_status"] == REPAIRED and repairs(b)[1]["error_type"] == 1
+    b.query("INSERT INTO t(id, v) VALUES (100000, 'after')", db=DB)
+    wait_synchronized(cluster, DB, "b", "a")
+    assert checkmirror(b)["result"] == "IDENTICAL"
