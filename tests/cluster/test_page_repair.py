@@ -220,12 +220,13 @@ def test_repairs_waiting_in_the_mirrors_redo_when_it_stops_are_asked_again_when_
     store = db_file(b, DB)
     data_page, index_page = victims(store)
     overwrite(store, [data_page, index_page])
-    monkeypatch.setenv(TEST_REDO_RATE_ENV, "32")  # b's redo trails the principal's log: the images wait for it
-    b.extra_args = ["--page-scrub-rate-mb", "20"]
-    b.start()
     writer = Writer(a, DB, start=100_000)
     writer.start()
     try:
+        wait_for(lambda: writer.acked_count_reaches(50), 30, "50 acknowledged writes while b is down")
+        monkeypatch.setenv(TEST_REDO_RATE_ENV, "32")  # b's redo trails the principal's log: the images wait for it
+        b.extra_args = ["--page-scrub-rate-mb", "20"]
+        b.start()  # it has the writes made meanwhile to redo at 32 KB/s: the principal's images are past its redo
         wait_for(lambda: all(repairs(b).get(p, {}).get("page_status") == 4 for p in (data_page, index_page)),
                  60, "both images received, waiting for b's redo to reach their LSN")
         assert b.terminate() == 0  # redo stops before it reaches them: the images are gone with it
