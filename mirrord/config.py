@@ -54,8 +54,9 @@ SETTINGS = (
             integer=True),
     Setting("checkmirror_rate_mb", "MB of pages a second DBCC CHECKMIRROR hashes on each partner (0: unlimited; default 0)",
             integer=True),
-    Setting("page_scrub_rate_mb", "MB of pages a second the mirror's page scrubber reads against their checksums, "
-            "repairing damaged ones from the principal (0: off, the default)", integer=True),
+    Setting("page_scrub_rate_mb", "MB of pages a second the page scrubber reads, on both partners (the mirror's pages "
+            "against their checksums, the principal's against SQLite's file format), repairing damaged ones from the "
+            "partner (0: off, the default)", integer=True),
     Setting("backup_dir", "the only directory BACKUP writes to and RESTORE reads from (default DATA_DIR/backups)"),
     # what one client may hold on the client port (net/client_port.py ClientLimits)
     Setting("max_clients", "client connections served at once (default 256)", integer=True),

@@ -76,6 +76,7 @@ class DatabaseHost:
     repair_asked: dict[int, tuple] = field(default_factory=dict)
     repair_queued: set[int] = field(default_factory=set)  # answered: the images wait in redo for their LSN
     repair_tasks: set[asyncio.Task] = field(default_factory=set)
+    repair_resumed: object | None = None  # the MirrorDatabase whose suspect_pages.json was taken up (page_repair._resume)
     repaired_pages: object | None = None  # node callback (database): counts a repair in the metrics
     scrub_next: int = 1
     scrub_passes: int = 0
@@ -83,6 +84,7 @@ class DatabaseHost:
     principal_check: asyncio.Task | None = None
     principal_check_started: float = float("-inf")
     principal_damage_type: int = 2
+    principal_scrub_seen: dict[int, tuple[int, float]] = field(default_factory=dict)  # page -> (checksum, when) of damage the scrubber reported
 
     def mirror_redo(self):
         """The mirror's running redo thread, None if there is none."""

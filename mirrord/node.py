@@ -158,7 +158,8 @@ class Node:
                 name="checkmirror-schedule")
         if self.config.page_scrub_rate_mb > 0:
             self._scrubber = asyncio.create_task(
-                page_repair.run_scrubber(lambda: self.databases.values(), self.config.page_scrub_rate_mb), name="page-scrubber")
+                page_repair.run_scrubber(lambda: self.databases.values(), self.config.page_scrub_rate_mb, lambda host: checkmirror.check(
+                    host, self.config.checkmirror_rate_mb, self.metrics.count_checkmirror)), name="page-scrubber")
         log.info("node_started", endpoint=self.endpoint_url, listen=self.listen_address, databases=sorted(self.databases))
 
     async def _load(self, directory: Path) -> None:
@@ -273,6 +274,7 @@ class Node:
             await principal.open()
             principal.on_commit = lambda seconds, db=host.name: self.metrics.observe_commit(db, seconds)
             host.principal = principal
+            page_repair.note_opened(host)  # a damaged page 1 open() put back from the log
             if cfg.role is Role.PRINCIPAL and cfg.partner is not None:
                 self.start_partner_link(host)
             elif cfg.partner is None:

@@ -4,8 +4,12 @@ The mirror's side: pages come in as suspect from the scrubber (run_scrubber,
 `--page-scrub-rate-mb`) or from the principal's DBCC CHECKMIRROR
 (`page_suspect`); they are asked for on the link from the principal
 (`page_request`), and the answer (`page_answer`) goes to the redo thread,
-which writes each image once redo has reached its LSN. The principal's side
-answers requests from its database at the end of its log (PrincipalDatabase.page_images).
+which writes each image once redo has reached its LSN (a redo thread that
+stops hands back the images it did not reach: they are asked for again). The
+principal's side answers requests from its database at the end of its log
+(PrincipalDatabase.page_images), and repairs its own pages from the mirror's
+images: found by a statement that meets one, or by its scrubber, which judges
+its file's pages by SQLite's file format (core.page_check).
 Like mirrord/checkmirror.py this module imports nothing of the node's, so the links can import it.
 """
 
@@ -19,9 +23,11 @@ from typing import TYPE_CHECKING, Awaitable, Callable, Iterable
 import structlog
 
 from mirrord.core import page_repair as pr
+from mirrord.core.page_check import page_problem
 from mirrord.core.events import utc_text
-from mirrord.core.types import ProtocolError
+from mirrord.core.types import ProtocolError, Role
 from mirrord.net import framing
+from mirrord.storage.fileutil import atomic_write_json, read_json
 
 if TYPE_CHECKING:
     from mirrord.host import DatabaseHost
@@ -35,6 +41,46 @@ SCRUB_PAUSE = 1.0  # seconds between passes over a small store, so that it does 
 MAX_SUSPECT_LISTED = 4096  # pages one page_suspect may name
 
 
+SUSPECT_FILE = "suspect_pages.json"  # the mirror's suspect pages, beside its copy (the reference's msdb suspect_pages)
+
+
+def _save(host: "DatabaseHost") -> None:
+    """Keep the mirror's suspect pages durably: a restarted node asks for them again at once (_resume).
+
+    Written at every change (repairs are rare); a file that cannot be written
+    (a full disk) costs only that: the checksum map still names the pages, and
+    the next scrub or check finds them.
+    """
+    path = host.directory / SUSPECT_FILE
+    try:
+        if host.repair_pages:
+            atomic_write_json(path, {"pages": {str(p): e for p, e in sorted(host.repair_pages.items())}})
+        else:
+            path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("suspect_pages_not_saved", database=host.name, error=repr(exc))
+
+
+def _resume(host: "DatabaseHost") -> None:
+    """Once per mirror copy opened: take up the suspect pages a stopped node left (asked for by send_requests)."""
+    mirror = host.mirror
+    if mirror is None or host.repair_resumed is mirror:
+        return
+    host.repair_resumed = mirror
+    try:
+        kept = read_json(host.directory / SUSPECT_FILE, {})
+    except (OSError, ValueError) as exc:
+        log.warning("suspect_pages_unreadable", database=host.name, error=repr(exc))
+        return
+    listed = kept.get("pages") if isinstance(kept, dict) else None
+    pages = {}
+    for key, error_type in (listed.items() if isinstance(listed, dict) else ()):
+        if key.isdigit() and 1 <= int(key) <= 0xFFFFFFFF and error_type in (pr.ERROR_IO, pr.ERROR_OTHER, pr.ERROR_CHECKSUM):
+            pages.setdefault(error_type, []).append(int(key))
+    for error_type, numbers in pages.items():
+        found(host, numbers, error_type, "found before this node stopped, not yet repaired (suspect_pages.json)")
+
+
 def _note(host: "DatabaseHost", page: int, error_type: int, status: int) -> None:
     if host.repair_history is not None:
         host.repair_history.note(host.name, page, error_type, status, utc_text(time.time()))
@@ -46,6 +92,7 @@ def _note(host: "DatabaseHost", page: int, error_type: int, status: int) -> None
 def found(host: "DatabaseHost", pages: Iterable[int], error_type: int, why: str) -> list[int]:
     """Damaged pages of the mirror's copy: mark them suspect and ask the principal for them; the pages newly taken up."""
     mirror = host.mirror
+    _resume(host)  # before anything is saved over the pages a stopped node left
     new = sorted({p for p in pages if p not in host.repair_pages})
     if mirror is None or not new:
         return []
@@ -57,6 +104,7 @@ def found(host: "DatabaseHost", pages: Iterable[int], error_type: int, why: str)
     for page in new:
         host.repair_pages[page] = error_type
         _note(host, page, error_type, pr.QUEUED_FOR_REQUEST)
+    _save(host)
     log.error("page_damaged", database=host.name, pages=new[:20], count=len(new), error_type=error_type, reason=why)
     host.record_event("PAGE_REPAIR", f"{len(new)} damaged page(s) of the mirror's copy ({why}): "
                       f"{', '.join(map(str, new[:20]))}{' …' if len(new) > 20 else ''}; asking the principal",
@@ -67,6 +115,7 @@ def found(host: "DatabaseHost", pages: Iterable[int], error_type: int, why: str)
 
 def send_requests(host: "DatabaseHost") -> None:
     """Ask the principal for every suspect page not yet asked for (when the link is up; else at the next connect)."""
+    _resume(host)
     writer, mirror, redo = host.partner_writer, host.mirror, host.mirror_redo()
     if writer is None or writer.is_closing() or mirror is None or redo is None:
         return
@@ -100,14 +149,20 @@ def copy_replaced(host: "DatabaseHost", whole: bool) -> None:
     still be damaged (and the new checksum map was taken from it): it is asked
     for again, for the new redo thread.
     """
-    host.repair_asked.clear()
+    # requests made for the old redo thread stay listed: their answers ask again for the new one (answered),
+    # and an answer the principal is still writing is not taken for a frame that answers nothing
     host.repair_queued.clear()  # the old redo thread, and the images it held, are gone
+    if whole:
+        host.repair_resumed = host.mirror  # what a stopped node left was of the old copy too
     pages = sorted(host.repair_pages)
     if not pages:
+        if whole:
+            _save(host)
         return
     if whole:
         for page in pages:
             _note(host, page, host.repair_pages.pop(page), pr.REPAIRED)
+        _save(host)
         host.record_event("PAGE_REPAIR", f"page(s) {', '.join(map(str, pages[:20]))} replaced whole by a seed of the copy")
         return
     redo = host.mirror_redo()
@@ -129,20 +184,28 @@ def answered(host: "DatabaseHost", msg: dict) -> None:
     if msg["error"]:
         _give_up(host, pages, f"the principal could not read them: {msg['error'][:300]}")
         return
-    why = pr.answer_refusal(msg, pages, redo_at, mirror.store_page_size if mirror is not None else None)
+    if mirror is None or host.mirror_redo() is not redo:
+        # asked for a redo thread that is gone (a rewind, a restart of redo): its images are not used; the pages
+        # still suspect (a seed replaced them all) are asked again for the one running now, which tracks them
+        _ask_again(host, [p for p in pages if p in host.repair_pages])
+        return
+    why = pr.answer_refusal(msg, pages, redo_at, mirror.store_page_size)
     if why is not None:
         raise ProtocolError(f"page_answer: {why}")
-    if mirror is None or host.mirror_redo() is not redo:
-        _give_up(host, pages, "this copy was replaced (seeded) meanwhile")
-        return
     lsn, loop = msg["lsn"], asyncio.get_running_loop()
     images = {pgno: image for pgno, image in msg["pages"]}
 
-    def done(pgno: int, outcome: str) -> None:  # on the redo thread
-        loop.call_soon_threadsafe(_repaired, host, pgno, outcome, lsn)
+    def done(pgno: int, outcome: str) -> None:  # on the redo thread (or on this one, when it has exited)
+        try:
+            loop.call_soon_threadsafe(_repaired, host, pgno, outcome, lsn)
+        except RuntimeError:  # the loop closed (the node stopped): nothing left to tell
+            pass
 
-    for page in sorted(pages):
-        _note(host, page, host.repair_pages.get(page, pr.ERROR_CHECKSUM), pr.QUEUED_FOR_REPAIR)
+    settled = [p for p in pages if p not in host.repair_pages]  # repaired meanwhile (a seed replaced the copy)
+    if settled:
+        redo.forget_suspect(settled)
+    for page in sorted(p for p in pages if p in host.repair_pages):
+        _note(host, page, host.repair_pages[page], pr.QUEUED_FOR_REPAIR)
         host.repair_queued.add(page)  # with redo now: not asked for again, even after a reconnect
         redo.repair(lsn, page, images.get(page), done)  # None: the database no longer had the page at lsn
 
@@ -154,13 +217,40 @@ def _give_up(host: "DatabaseHost", pages: Iterable[int], why: str) -> None:
         redo.forget_suspect(pages)
     for page in pages:
         _note(host, page, host.repair_pages.pop(page, pr.ERROR_CHECKSUM), pr.IRREPARABLE)
+    _save(host)
     log.error("page_irreparable", database=host.name, pages=pages[:20], reason=why)
     host.record_event("PAGE_REPAIR", f"page(s) {', '.join(map(str, pages[:20]))} NOT repaired: {why}")
 
 
+def _ask_again(host: "DatabaseHost", pages: Iterable[int]) -> None:
+    """Pages whose image a redo thread that stopped never wrote: still damaged, asked for again (at once if it can)."""
+    pages = sorted(pages)
+    if not pages:
+        return
+    if host.mirror is None:
+        if host.session.role is not Role.PRINCIPAL:
+            return  # the node is stopping (or the copy closing): suspect_pages.json keeps them for its next start
+        # the copy is the principal's now (a promotion): the mirror's repair of it is over
+        _give_up(host, pages, "redo stopped before the image could be written (this copy is no longer a mirror); "
+                 "SQLite, or the principal's scrubber, finds the page if it is still damaged, and it is repaired "
+                 "from the new mirror")
+        return
+    for page in pages:
+        host.repair_queued.discard(page)
+        _note(host, page, host.repair_pages[page], pr.QUEUED_FOR_REQUEST)
+    log.warning("page_repair_asked_again", database=host.name, pages=pages[:20],
+                reason="the redo thread the image was for stopped before writing it")
+    send_requests(host)
+
+
 def _repaired(host: "DatabaseHost", pgno: int, outcome: str, lsn: int) -> None:
+    if outcome == "dropped":
+        if pgno in host.repair_pages and pgno in host.repair_queued:
+            _ask_again(host, [pgno])
+        return
     host.repair_queued.discard(pgno)
     error_type = host.repair_pages.pop(pgno, pr.ERROR_CHECKSUM)
+    _save(host)
     _note(host, pgno, error_type, pr.REPAIRED)
     detail = {
         "repaired": f"page {pgno} repaired with the principal's image as of LSN {lsn}",
@@ -212,12 +302,24 @@ async def _check_suspected(host: "DatabaseHost", pages: list[int], lsn: int) -> 
         framing.write_message(writer, {"t": "page_offer", "lsn": since, "pages": [[p, image] for p, image in images]})
 
 
-async def run_scrubber(hosts: Callable[[], Iterable["DatabaseHost"]], mb_per_s: int) -> None:
-    """Read every page of every mirror copy against its checksum, at most mb_per_s MB/s in all, until cancelled."""
+async def run_scrubber(hosts: Callable[[], Iterable["DatabaseHost"]], mb_per_s: int,
+                       principal_check: Callable[["DatabaseHost"], Awaitable] | None = None) -> None:
+    """Read every page of every copy on the node, at most mb_per_s MB/s in all, until cancelled.
+
+    A mirror's pages are read against their checksums; a principal's (with a
+    partner, and principal_check, DBCC CHECKMIRROR, to find and repair them)
+    against SQLite's file format (core.page_check).
+    """
     rate = mb_per_s * 1e6
     while True:
         read = False
         for host in list(hosts()):
+            if host.principal is not None and principal_check is not None:
+                page_size, count = await _scrub_principal(host, principal_check)
+                if count:
+                    read = True
+                    await asyncio.sleep(count * page_size / rate)
+                continue
             mirror = host.mirror
             if mirror is None or mirror.page_count == 0:
                 continue
@@ -237,6 +339,52 @@ async def run_scrubber(hosts: Callable[[], Iterable["DatabaseHost"]], mb_per_s: 
 
 
 # ------------------------------------------------------------------ the principal's side
+
+
+async def _scrub_principal(host: "DatabaseHost", principal_check: Callable[["DatabaseHost"], Awaitable]) -> tuple[int, int]:
+    """Read the next pages of the principal's file and judge them by SQLite's file format; (page size, pages read).
+
+    A page found damaged goes the way a statement that meets it goes
+    (principal_damaged): DBCC CHECKMIRROR finds which pages differ from the
+    mirror's, and the mirror offers its images. A page the log rewrote since
+    the file's last checkpoint is damaged only in the file: the check (which
+    reads it from the log) finds it equal, and the next checkpoint writes it whole.
+    """
+    principal = host.principal
+    if principal is None or host.session.config.partner is None:
+        return 4096, 0
+    first = host.scrub_next
+    try:
+        page_size, total, reserved, pointer_maps, images = await principal.file_pages(first, SCRUB_PAGES)
+    except OSError as exc:  # an I/O error (823): the check finds which pages, and the next pass reads on
+        log.error("page_damaged", database=host.name, side="principal", first=first, error=repr(exc),
+                  reason="the scrubber could not read the database file")
+        host.scrub_next = first + SCRUB_PAGES
+        principal_damaged(host, True, lambda: principal_check(host))
+        return 4096, SCRUB_PAGES
+    if not images:
+        host.scrub_next, host.scrub_passes = 1, host.scrub_passes + 1
+        return page_size, 0
+    host.scrub_next = first + len(images)
+    bad = []
+    seen, now = host.principal_scrub_seen, time.monotonic()
+    for pgno, image in images:
+        why = page_problem(image, pgno, total, page_size, reserved, pointer_maps)
+        if why is None:
+            seen.pop(pgno, None)
+            continue
+        crc = pr.page_checksum(image)
+        before = seen.get(pgno)
+        # the same bytes found again soon after a check they started: it is under way, or found them equal to
+        # the mirror's (a freelist page's old bytes, a page the WAL rewrote); a check a pass would not help
+        if before is None or before[0] != crc or now - before[1] >= PRINCIPAL_SCRUB_RECHECK:
+            bad.append((pgno, why, crc))
+    if bad and host.principal is principal:
+        log.error("page_damaged", database=host.name, side="principal", pages=[p for p, _, _ in bad][:20],
+                  reason=f"the scrubber read it and SQLite's file format says: {bad[0][1]}")
+        if principal_damaged(host, False, lambda: principal_check(host)):
+            seen.update((pgno, (crc, now)) for pgno, _, crc in bad)
+    return page_size, len(images)
 
 
 def start_answer(host: "DatabaseHost", writer, msg: dict) -> None:
@@ -269,26 +417,28 @@ async def _answer(host: "DatabaseHost", writer, msg: dict) -> None:
 
 
 PRINCIPAL_CHECK_INTERVAL = 5.0  # seconds between checks a read error on the principal starts
+PRINCIPAL_SCRUB_RECHECK = 60.0  # seconds before the same damaged bytes the scrubber found start another check
 
 
-def principal_damaged(host: "DatabaseHost", io_error: bool, check: Callable[[], Awaitable]) -> None:
+def principal_damaged(host: "DatabaseHost", io_error: bool, check: Callable[[], Awaitable]) -> bool:
     """A statement on the principal hit a damaged page (SQLITE_CORRUPT / NOTADB / IOERR).
 
     SQLite does not say which page. `check` (DBCC CHECKMIRROR) finds which
     differ from the mirror's copy; the mirror offers its images of those that
     match its checksums (suspected), which principal_offered writes back. One
     check at a time, and at most one every PRINCIPAL_CHECK_INTERVAL seconds,
-    however many statements fail meanwhile.
+    however many statements fail meanwhile. True if this call started one.
     """
     host.principal_damage_type = pr.ERROR_IO if io_error else pr.ERROR_OTHER
     now = time.monotonic()
     task = host.principal_check
     if (task is not None and not task.done()) or now - host.principal_check_started < PRINCIPAL_CHECK_INTERVAL:
-        return
+        return False
     host.principal_check_started = now
     log.error("page_damaged_on_principal", database=host.name, io_error=io_error,
               action="comparing with the mirror (DBCC CHECKMIRROR) to find and repair the page")
     host.principal_check = asyncio.ensure_future(_principal_check(host, check))
+    return True
 
 
 async def _principal_check(host: "DatabaseHost", check: Callable[[], Awaitable]) -> None:
@@ -301,7 +451,7 @@ async def _principal_check(host: "DatabaseHost", check: Callable[[], Awaitable])
 def principal_offered(host: "DatabaseHost", msg: dict) -> None:
     """The mirror's images of pages damaged here (on the principal's link task): written back in a task."""
     principal = host.principal
-    size = _file_page_size(principal.path) if principal is not None else None
+    size = _principal_page_size(principal) if principal is not None else None
     pages = msg["pages"]
     if not (isinstance(pages, list) and len(pages) <= pr.MAX_REQUEST_PAGES and all(
             isinstance(i, list) and len(i) == 2 and type(i[0]) is int and i[0] >= 1 and isinstance(i[1], bytes)
@@ -314,9 +464,17 @@ def principal_offered(host: "DatabaseHost", msg: dict) -> None:
     task.add_done_callback(host.repair_tasks.discard)
 
 
+def _principal_page_size(principal) -> int | None:
+    """The principal's page size: its log's last record's (a damaged page 1, SQLite's header, may lie), else the file's."""
+    try:
+        last = principal.log.get(principal.log.last_lsn) if principal.log.last_lsn else None
+    except (LookupError, ValueError, OSError):
+        last = None
+    return last.page_size if last is not None else _file_page_size(principal.path)
+
+
 def _file_page_size(path) -> int | None:
-    """The page size in a SQLite file's header (the principal's page 1 is SQLite's to keep whole: if it is
-    damaged, the database does not open at all)."""
+    """The page size in a SQLite file's header."""
     try:
         with open(path, "rb") as f:
             header = f.read(18)
@@ -351,6 +509,20 @@ async def _write_offered(host: "DatabaseHost", principal, since: int, pages: lis
     if host.repaired_pages is not None:
         for _ in pages:
             host.repaired_pages(host.name)
+
+
+def note_opened(host: "DatabaseHost") -> None:
+    """The principal's open put back pages it found damaged (page 1, from its log): rows, event and count."""
+    principal = host.principal
+    for pgno, lsn, problem in (principal.repaired_at_open if principal is not None else []):
+        _note(host, pgno, pr.ERROR_OTHER, pr.QUEUED_FOR_REPAIR)
+        _note(host, pgno, pr.ERROR_OTHER, pr.REPAIRED)
+        host.record_event("PAGE_REPAIR", f"page {pgno} of the principal's copy was damaged ({problem}): SQLite could "
+                          f"not open the file; repaired at load with the log's image as of LSN {lsn}", lsn=lsn)
+        if host.repaired_pages is not None:
+            host.repaired_pages(host.name)
+    if principal is not None:
+        principal.repaired_at_open.clear()
 
 
 def tell_differing(host: "DatabaseHost", lsn: int, pages: Iterable[int]) -> None:

@@ -56,13 +56,14 @@ import structlog
 from mirrord.core import redo_queue, sql_surface
 from mirrord.core.checkmirror import PageDigests
 from mirrord.core.monitoring import CommitClock
+from mirrord.core.page_check import auto_vacuum, header_problem, page_problem, page_size_of
 from mirrord.core.quorum import AckRule
 from mirrord.core.session import Session
 from mirrord.core.txn import (LOCK_TIMEOUT_DEFAULT_MS, READ_ONLY_PREFIXES, TxnWord, batchable, classify,
                               serialization_message, shares_commit)
 from mirrord.core.types import (CommitInDoubt, DiskFull, LimitExceeded, LogFull, Lsn, MirrordError, NotServing,
                                 PermissionDenied, RedoQueueFull, StatementRefused, TransactionAborted)
-from mirrord.storage.checksums import page_images_at, principal_digests_apart
+from mirrord.storage.checksums import last_image, page_images_at, principal_digests_apart
 from mirrord.storage.decltypes import DeclaredTypes
 from mirrord.storage.fileutil import DISK_RESERVE_BYTES, NO_SPACE, atomic_write_bytes, copy_in_steps, disk_free
 from mirrord.storage.statement_guard import CURRENT, run_guarded
@@ -193,6 +194,15 @@ def _sql_error(exc: sqlite3.Error) -> MirrordError:
     return SqlError(str(exc))
 
 
+async def _probe_snapshot(reader: aiosqlite.Connection) -> None:
+    """Take a read transaction's snapshot (SQLite takes it at the first read, of the schema, page 1): a damaged
+    page 1 fails the statement with its own clear error (PageDamaged), not an internal one."""
+    try:
+        await (await reader.execute(SNAPSHOT_PROBE)).fetchall()
+    except sqlite3.Error as exc:
+        raise _sql_error(exc) from None
+
+
 async def _end_read(reader: aiosqlite.Connection) -> None:
     """End a read transaction. After a damaged page (SQLITE_CORRUPT) SQLite may refuse its COMMIT: a read has
     nothing to keep, so it is rolled back, and the client gets the statement's own error (PageDamaged)."""
@@ -244,6 +254,7 @@ class PrincipalDatabase:
         self._syncer: asyncio.Task | None = None
         self._redo_lsn_path = directory / "redo_lsn"
         self.applied_lsn: Lsn = 0  # the database file (without its WAL) is durable up to here
+        self.repaired_at_open: list[tuple[int, Lsn, str]] = []  # (page, LSN of the image, damage) put back by open()
         self._checkpoints_paused = 0  # snapshots copying db.sqlite: no checkpoint may write into it meanwhile
         # SQLite committed something the log could not take (the disk filled between the
         # space check and the append): reads are refused and capture retried until it is logged
@@ -334,6 +345,7 @@ class PrincipalDatabase:
     def _recover_file(self) -> None:
         """Rebuild the database file from the log if SQLite's WAL lost commits the log holds (a power cut)."""
         self.applied_lsn = load_redo_lsn(self._redo_lsn_path)
+        self._repair_first_page()
         end = self.log.last_lsn
         if self.applied_lsn >= end or (self._wal_pos is not None and self._wal.holds(self._wal_pos)):
             return
@@ -348,6 +360,41 @@ class PrincipalDatabase:
                  wal_lost=self._wal_pos is not None)
         self.applied_lsn = rebuild_from_log(self.path, self.log, self._redo_lsn_path)
         self._wal_pos = None
+
+    def _repair_first_page(self) -> None:
+        """A damaged page 1 (SQLite's header and the schema) keeps SQLite from opening the file at all: it is put
+        back from the log's last image of it (automatic page repair, at load). An image at or before applied_lsn
+        is the file's page 1 (the log drops only its oldest records); a later one is also in SQLite's WAL, whose
+        frame SQLite reads over the file's, or is written again by the rebuild from the log below, as after any
+        crash. The mirror's copy, opened at a promotion, is put back the same way."""
+        last = self.log.get(self.log.last_lsn) if self.log.last_lsn else None
+        if last is None or not self.path.exists():
+            return  # nothing logged yet: SQLite made the file, and nothing can be told about page 1
+        size = last.page_size
+        with open(self.path, "rb") as f:
+            page1 = f.read(size)
+        if len(page1) < size:
+            return
+        anywhere = 1 << 31  # the file may be shorter than the database its WAL and log make: no size is judged here
+        problem = page_problem(page1, 1, anywhere, size)
+        if problem is None:
+            return
+        found = last_image(self.log, 1, self.log.last_lsn)
+        if found is None or page_problem(found[1], 1, anywhere, size) is not None:
+            raise RuntimeError(
+                f"page 1 of {self.session.db} (SQLite's header and the schema) is damaged ({problem}) and the log "
+                f"(LSN {self.log.first_lsn} on) holds no image of it: SQLite cannot open it. Fail over to the mirror "
+                "(SET PARTNER FAILOVER there, or FORCE_SERVICE_ALLOW_DATA_LOSS), or restore it from a backup")
+        lsn, image = found
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            os.pwrite(fd, image, 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        log.error("page_repaired", database=self.session.db, pages=[1], lsn=lsn, side="principal", at="load",
+                  damage=problem)
+        self.repaired_at_open.append((1, lsn, problem))
 
     async def _sync_loop(self) -> None:
         """Group commit: fsync whatever was appended since the last fsync, then let it be shown and shipped."""
@@ -651,7 +698,7 @@ class PrincipalDatabase:
                     # no commit is half-captured while the gate is held: the snapshot holds exactly the
                     # end of log, which is what a later write compares with
                     self._refuse_reads_while_uncaptured()
-                    await (await reader.execute(SNAPSHOT_PROBE)).fetchall()
+                    await _probe_snapshot(reader)
                     txn.snapshot_lsn = self.end_lsn
             except BaseException:
                 await self._release_snapshot(txn)
@@ -820,7 +867,7 @@ class PrincipalDatabase:
                 # The snapshot is taken at the first read; every commit it can
                 # contain is captured once the hop gate is free, so waiting for
                 # end_lsn covers them all.
-                await (await reader.execute("SELECT 1 FROM sqlite_schema LIMIT 1")).fetchall()
+                await _probe_snapshot(reader)
                 async with self._hop_gate:
                     seen = self.end_lsn
                     self._refuse_reads_while_uncaptured()  # its snapshot may hold that commit
@@ -1351,6 +1398,21 @@ class PrincipalDatabase:
             raise NotServing("the database closed on this node while its pages were read")
         return lsn, page_size, images
 
+    async def file_pages(self, first: int, count: int) -> tuple[int, int, int, bool, list[tuple[int, bytes]]]:
+        """(page size, pages in the file, reserved bytes a page, whether it has pointer-map pages, [(pgno, image)]
+        of pages first..first+count-1) of the database file as it is on disk, checkpoints paused meanwhile (the
+        principal's page scrubber).
+
+        The page size is the log's (page 1, SQLite's header, may be the damaged one); [] past the end.
+        """
+        async with self._hop_gate:
+            self._checkpoints_paused += 1
+        try:
+            last = self.log.get(self.log.last_lsn) if self.log.last_lsn else None
+            return await asyncio.to_thread(_read_file_pages, self.path, last.page_size if last else None, first, count)
+        finally:
+            self._checkpoints_paused -= 1
+
     async def repair_pages(self, since: Lsn, pages: list[tuple[int, bytes]]) -> tuple[list[int], str | None]:
         """Write the mirror's images of damaged pages into the database file: (pages written, why none could be).
 
@@ -1416,6 +1478,20 @@ class PrincipalDatabase:
         if owner is not None:
             self._aborted_owners.add(owner)  # before awaiting: its next statement must not run outside it
             await self._roll_back(owner)
+
+
+def _read_file_pages(path: Path, page_size: int | None, first: int, count: int) -> tuple[int, int, int, bool, list[tuple[int, bytes]]]:
+    with open(path, "rb") as f:
+        header = f.read(100)
+        page_size = page_size or page_size_of(header) or 4096
+        total = os.fstat(f.fileno()).st_size // page_size
+        whole = header_problem(header, page_size) is None  # a damaged page 1 says nothing of the others
+        reserved = header[20] if whole else 0
+        pointer_maps = whole and auto_vacuum(header)
+        count = max(0, min(count, total - first + 1))
+        f.seek((first - 1) * page_size)
+        data = f.read(count * page_size)
+    return page_size, total, reserved, pointer_maps, [(first + i, data[i * page_size:(i + 1) * page_size]) for i in range(count)]
 
 
 def _run(conn: sqlite3.Connection, sql: str, params: Any) -> StatementResult:

@@ -195,6 +195,24 @@ async def digest_file_apart(path: Path, page_size: int, page_count: int, mb_per_
     return out
 
 
+def last_image(log: DurableLog, pgno: int, upto: int, batch_bytes: int = 8 << 20) -> tuple[int, bytes] | None:
+    """(lsn, image) of the log's last image of page pgno at or before upto, None if the log holds none.
+
+    The log drops only its oldest records, so the last image it holds is the
+    page as of upto (automatic page repair of the principal's page 1 at load),
+    unless it holds none that old.
+    """
+    first = log.first_lsn
+    if first == 0 or first > upto:
+        return None
+    found = None
+    for record in _records(log, first, min(upto, log.last_lsn), batch_bytes):
+        for p, image in record.pages:
+            if p == pgno:
+                found = (record.lsn, image)
+    return found
+
+
 def main(argv: list[str]) -> int:
     """python -m mirrord.storage.checksums PATH PAGE_SIZE PAGE_COUNT MB_PER_S: the digests on stdout."""
     try:
@@ -213,3 +231,4 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+

@@ -496,11 +496,18 @@ class RedoThread(threading.Thread):
 
         outcome: "repaired" (written), "rewritten" (a record past lsn rewrote
         the page whole: the older image must not go over it), "gone" (the
-        database no longer has the page; image None: the partner's had no such page at lsn).
+        database no longer has the page; image None: the partner's had no such page at lsn),
+        "dropped" (the thread stopped, or failed, before redo reached lsn: nothing
+        written, the page is as damaged as it was). A stop first writes the images
+        redo has reached.
         """
         with self._cond:
-            self._repairs.append((lsn, pgno, image, done))
-            self._cond.notify_all()
+            exited = self._done
+            if not exited:
+                self._repairs.append((lsn, pgno, image, done))
+                self._cond.notify_all()
+        if exited:  # too late for this thread: the caller asks again for the next one
+            done(pgno, "dropped")
 
     def _due_repairs(self) -> list:
         """The repairs whose LSN redo has reached (called with _cond held); removed from the queue."""
@@ -510,17 +517,26 @@ class RedoThread(threading.Thread):
         return due
 
     def _do_repairs(self, due: list) -> None:
-        for lsn, pgno, image, done in due:
+        """Write the due images in turn; one a write fails on (OSError), and those after it, go back in the queue."""
+        while due:
+            lsn, pgno, image, done = due[0]
             with self._cond:
                 rewritten = self._suspect.get(pgno, 0) > lsn
+            try:
+                if rewritten:
+                    outcome = "rewritten"
+                elif image is None:  # the partner's database had no such page at lsn: redo has cut it off since
+                    outcome = "gone"
+                else:
+                    outcome = "repaired" if self._store.repair(pgno, image) else "gone"
+            except OSError:
+                with self._cond:  # tried again at the next turn (a full disk passes), or handed back at the exit
+                    self._repairs[:0] = due
+                raise
+            due.pop(0)
+            with self._cond:
                 if not any(r[1] == pgno for r in self._repairs):  # another image of it still waits: keep tracking
                     self._suspect.pop(pgno, None)
-            if rewritten:
-                outcome = "rewritten"
-            elif image is None:  # the partner's database had no such page at lsn: redo has cut it off since
-                outcome = "gone"
-            else:
-                outcome = "repaired" if self._store.repair(pgno, image) else "gone"
             done(pgno, outcome)
 
     def _redo_limit(self) -> int:
@@ -552,6 +568,12 @@ class RedoThread(threading.Thread):
                     # a full disk passes: retry the batch (full page images: applying again is harmless)
                     with self._cond:
                         self._cond.wait(NO_SPACE_RETRY)
+            with self._cond:
+                due = self._due_repairs()
+            try:
+                self._do_repairs(due)  # stopping: an image redo has reached is written now, not lost with the thread
+            except OSError:
+                pass  # not written (a full disk): handed back below with the others, and asked again
             try:
                 self._persist()  # stopping: everything applied becomes durable, so a promotion starts from it
             except OSError as exc:
@@ -565,6 +587,11 @@ class RedoThread(threading.Thread):
             with self._cond:
                 self._done = True
                 self._cond.notify_all()
+                dropped, self._repairs = self._repairs, []
+            # images whose LSN redo never reached: their pages are still damaged, and the caller asks again
+            # for the next redo thread (page_repair: a stop must not leave a page waiting for nothing)
+            for _, pgno, _, done in dropped:
+                done(pgno, "dropped")
 
     def _wait_for_work(self) -> str:
         """"repair" when a partner's page image is due, "redo" when hardened log waits, "persist" when the applied LSN is due to be made durable, or "stop"."""

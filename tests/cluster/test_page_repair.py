@@ -149,3 +149,147 @@ def test_a_page_overwritten_on_the_principals_disk_fails_statements_clearly_and_
     wait_synchronized(cluster, DB, "a", "b")
     assert checkmirror(a)["result"] == "IDENTICAL"
     assert set(writer.acked) <= ids_on(a, DB)
+
+
+def test_a_damaged_first_page_on_the_principals_disk_is_repaired_from_the_mirror_at_load(cluster):
+    a, b = cluster["a"], cluster["b"]
+    cluster.setup_session(DB, principal="a", mirror="b")  # no witness: a restarted principal stays principal
+    fill(a)
+    expected = a.query("SELECT id, v FROM t ORDER BY id", db=DB).rows
+    wait_synchronized(cluster, DB, "a", "b")
+    assert a.terminate() == 0  # a clean stop checkpoints everything into the file: page 1 is read from it
+    overwrite(db_file(a, DB), [1])  # SQLite's header and the schema: the database does not open as it is
+    a.start()
+    wait_for(lambda: repairs(a).get(1, {}).get("page_status") == REPAIRED, 60, "the principal's page 1 repaired")
+    wait_synchronized(cluster, DB, "a", "b")
+    writer = Writer(a, DB, start=100_000)
+    writer.start()
+    try:
+        wait_for(lambda: writer.acked_count_reaches(50), 30, "50 acknowledged writes")
+    finally:
+        writer.stop()
+    assert a.query("SELECT id, v FROM t WHERE id < 100000 ORDER BY id", db=DB).rows == expected
+    assert repairs(b) == {}
+    wait_synchronized(cluster, DB, "a", "b")
+    assert checkmirror(a)["result"] == "IDENTICAL"
+    assert set(writer.acked) <= ids_on(a, DB)
+
+
+def test_the_principals_scrubber_finds_pages_overwritten_under_load_and_they_are_repaired_from_the_mirror(cluster):
+    a, b = cluster["a"], cluster["b"]
+    a.extra_args = ["--page-scrub-rate-mb", "20"]
+    a.restart()
+    cluster.setup_session(DB, principal="a", mirror="b")
+    fill(a)
+    expected = a.query("SELECT id, v FROM t ORDER BY id", db=DB).rows
+    wait_synchronized(cluster, DB, "a", "b")
+    assert a.terminate() == 0  # a clean stop checkpoints: the file holds the pages, not SQLite's WAL
+    a.start()
+    wait_synchronized(cluster, DB, "a", "b")
+    store = db_file(a, DB)
+    data_page, index_page = victims(store)
+    writer = Writer(a, DB, start=100_000)
+    writer.start()
+    try:
+        wait_for(lambda: writer.acked_count_reaches(50), 30, "50 acknowledged writes")
+        overwrite(store, [1, data_page, index_page])  # under the running principal: no statement reads them
+        wait_for(lambda: all(repairs(a).get(p, {}).get("page_status") == REPAIRED for p in (data_page, index_page)),
+                 60, "the principal's data and index pages repaired")
+        acked = len(writer.acked)
+        wait_for(lambda: len(writer.acked) > acked + 50, 30, "writes go on")
+    finally:
+        writer.stop()
+    rows = repairs(a)
+    assert set(rows) <= {1, data_page, index_page}, rows  # page 1: repaired, unless a checkpoint rewrote it first
+    assert all(r["error_type"] == 1 and r["page_status"] == REPAIRED for r in rows.values()), rows
+    assert repairs(b) == {}
+    assert a.query("SELECT id, v FROM t WHERE id < 100000 ORDER BY id", db=DB).rows == expected
+    wait_synchronized(cluster, DB, "a", "b")
+    assert checkmirror(a)["result"] == "IDENTICAL"
+    assert set(writer.acked) <= ids_on(a, DB)
+
+
+def test_repairs_waiting_in_the_mirrors_redo_when_it_stops_are_asked_again_when_it_starts(cluster, monkeypatch):
+    from mirrord.storage.pagestore import TEST_REDO_RATE_ENV
+
+    a, b = cluster["a"], cluster["b"]
+    cluster.setup_session(DB, principal="a", mirror="b")  # no witness: a goes on while b is down
+    fill(a)
+    wait_synchronized(cluster, DB, "a", "b")
+    b.terminate()
+    store = db_file(b, DB)
+    data_page, index_page = victims(store)
+    overwrite(store, [data_page, index_page])
+    writer = Writer(a, DB, start=100_000)
+    writer.start()
+    try:
+        wait_for(lambda: writer.acked_count_reaches(50), 30, "50 acknowledged writes while b is down")
+        monkeypatch.setenv(TEST_REDO_RATE_ENV, "32")  # b's redo trails the principal's log: the images wait for it
+        b.extra_args = ["--page-scrub-rate-mb", "20"]
+        b.start()  # it has the writes made meanwhile to redo at 32 KB/s: the principal's images are past its redo
+        wait_for(lambda: all(repairs(b).get(p, {}).get("page_status") == 4 for p in (data_page, index_page)),
+                 60, "both images received, waiting for b's redo to reach their LSN")
+        assert b.terminate() == 0  # redo stops before it reaches them: the images are gone with it
+        monkeypatch.delenv(TEST_REDO_RATE_ENV)
+        b.extra_args = []  # no scrubber now: only the pages b kept as suspect bring the repair back
+        b.start()
+        wait_for(lambda: all(repairs(b).get(p, {}).get("page_status") == REPAIRED for p in (data_page, index_page)),
+                 60, "the pages asked for again and repaired after the restart")
+        acked = len(writer.acked)
+        wait_for(lambda: len(writer.acked) > acked + 20, 30, "writes go on")
+    finally:
+        writer.stop()
+    wait_synchronized(cluster, DB, "a", "b", timeout=120)
+    assert not (db_file(b, DB).parent / "suspect_pages.json").exists()
+    events = b.query(f"SELECT * FROM sys.database_mirroring_events WHERE database = '{DB}'").as_dicts()
+    assert any("suspect_pages.json" in e["detail"] for e in events), events
+    assert checkmirror(a)["result"] == "IDENTICAL"
+    assert set(writer.acked) <= ids_on(a, DB)
+
+
+def test_a_first_page_damaged_under_the_running_principal_fails_statements_clearly_and_is_repaired(cluster):
+    from mirrorctl.client import ServerError
+    import pytest
+
+    a, b = cluster["a"], cluster["b"]
+    cluster.setup_session(DB, principal="a", mirror="b")
+    fill(a)
+    expected = a.query("SELECT id, v FROM t ORDER BY id", db=DB).rows
+    wait_synchronized(cluster, DB, "a", "b")
+    assert a.terminate() == 0  # a clean stop checkpoints: page 1 is read from the file, not SQLite's WAL
+    a.start()
+    wait_synchronized(cluster, DB, "a", "b")
+    overwrite(db_file(a, DB), [1])  # under the running principal, whose readers have not read page 1 yet
+    with pytest.raises(ServerError, match="damaged on this node.*retry in a moment"):
+        a.query("SELECT id, v FROM t ORDER BY id", db=DB)  # the session and the node go on
+    wait_for(lambda: repairs(a).get(1, {}).get("page_status") == REPAIRED, 60, "the principal's page 1 repaired")
+    assert repairs(a)[1]["error_type"] == 1 and repairs(b) == {}
+    writer = Writer(a, DB, start=100_000)
+    writer.start()
+    try:
+        wait_for(lambda: writer.acked_count_reaches(50), 30, "50 acknowledged writes")
+    finally:
+        writer.stop()
+    assert a.query("SELECT id, v FROM t WHERE id < 100000 ORDER BY id", db=DB).rows == expected
+    wait_synchronized(cluster, DB, "a", "b")
+    assert checkmirror(a)["result"] == "IDENTICAL"
+    assert set(writer.acked) <= ids_on(a, DB)
+
+
+def test_a_mirror_copy_whose_first_page_is_damaged_opens_when_a_failover_promotes_it(cluster):
+    a, b = cluster["a"], cluster["b"]
+    cluster.setup_session(DB, principal="a", mirror="b")
+    fill(a)
+    expected = a.query("SELECT id, v FROM t ORDER BY id", db=DB).rows
+    wait_synchronized(cluster, DB, "a", "b")
+    b.terminate()
+    overwrite(db_file(b, DB), [1])  # no scrubber, no writes after: redo does not rewrite it before the failover
+    b.start()
+    wait_synchronized(cluster, DB, "a", "b")
+    a.query(f"ALTER DATABASE {DB} SET PARTNER FAILOVER", timeout=60)
+    wait_for(lambda: b.status(DB)["role"] == "PRINCIPAL", 30, "b principal")
+    assert b.query("SELECT id, v FROM t ORDER BY id", db=DB).rows == expected
+    assert repairs(b)[1]["page_status"] == REPAIRED and repairs(b)[1]["error_type"] == 1
+    b.query("INSERT INTO t(id, v) VALUES (100000, 'after')", db=DB)
+    wait_synchronized(cluster, DB, "b", "a")
+    assert checkmirror(b)["result"] == "IDENTICAL"

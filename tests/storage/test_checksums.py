@@ -131,3 +131,20 @@ def test_the_principals_pages_at_an_lsn_are_the_page_store_redone_to_it(tmp_path
         size, images = page_images_at(base_file, log, 2, lsn, [6, 2, 4, 1, 9])
         expected = [(p, data[(p - 1) * PS:p * PS]) for p in (1, 2, 4, 6) if p <= HISTORY[lsn - 1].db_size]
         assert size == PS and images == expected, lsn  # past the size at lsn (page 9; page 6 after LSN 4): left out
+
+
+def test_the_last_image_of_a_page_at_or_before_an_lsn_is_the_logs_last_one(tmp_path):
+    from mirrord.storage.checksums import last_image
+
+    size = 512
+    log = DurableLog(tmp_path / "log", 2048)  # small segments: truncation drops whole old ones
+    log.append([LogRecord(lsn, 1, 3, size, ((1 if lsn % 3 == 0 else 2, bytes([lsn]) * size),)) for lsn in range(1, 31)])
+    assert last_image(log, 1, 10) == (9, bytes([9]) * size)
+    assert last_image(log, 1, 30) == (30, bytes([30]) * size)
+    assert last_image(log, 3, 30) is None  # no image of it at all
+    log.truncate_before(25)
+    first = log.first_lsn
+    assert 1 < first <= 25
+    assert last_image(log, 1, 30) == (30, bytes([30]) * size)
+    assert last_image(log, 1, first - 1) is None  # the log no longer reaches back there
+    log.close()

@@ -317,3 +317,69 @@ def test_a_second_image_of_a_page_never_goes_over_what_redo_wrote_after_it(tmp_p
         redo.join()
         store.close()
         log.close()
+
+
+def test_a_stopping_redo_writes_the_images_it_reached_and_hands_back_the_others(tmp_path):
+    log = DurableLog(tmp_path / "log")
+    store = PageStore(tmp_path / "db", tmp_path / "sums")
+    records = with_header([txn(1, 3, [1, 2, 3]), txn(2, 3, [3])])
+    log.append(records[:1])
+    redo = start_redo(tmp_path, log, store)
+    try:
+        redo.notify(1)
+        assert redo.wait_for(1, 10)
+        good2, good3 = records[0].pages[1][1], records[0].pages[2][1]
+        with open(tmp_path / "db", "r+b") as f:  # pages 2 and 3 damaged
+            f.seek(PS)
+            f.write(b"\xee" * 2 * PS)
+        redo.mark_suspect([2, 3])
+        done: list = []
+        with redo._cond:  # both answers arrive at once: one at redo's LSN, one at an LSN redo never reaches
+            redo._repairs += [(1, 2, good2, lambda p, o: done.append((p, o))),
+                              (2, 3, good3, lambda p, o: done.append((p, o)))]
+            redo._stopping = True  # the stop comes before redo's next turn (a seed, a promotion, a shutdown)
+            redo._cond.notify_all()
+        redo.join(10)
+        assert not redo.is_alive()
+        # the image redo had reached is written before the thread exits; the other is handed back, not lost
+        assert sorted(done) == [(2, "repaired"), (3, "dropped")]
+        assert store.damaged(1, 10)[0] == [3]
+        late: list = []
+        redo.repair(1, 3, good3, lambda p, o: late.append((p, o)))  # an answer after the exit: handed back at once
+        assert late == [(3, "dropped")]
+    finally:
+        redo.stop()
+        redo.join()
+        store.close()
+        log.close()
+    # a new redo thread takes the page up again and writes it (what page_repair asks it for)
+    log = DurableLog(tmp_path / "log")
+    store = PageStore(tmp_path / "db", tmp_path / "sums")
+    redo = start_redo(tmp_path, log, store)
+    try:
+        redo.mark_suspect([3])
+        assert repaired_by(redo, 1, 3, good3) == "repaired"
+        assert store.damaged(1, 10) == ([], 3)
+    finally:
+        redo.stop()
+        redo.join()
+        store.close()
+        log.close()
+
+
+def test_a_failing_redo_hands_back_the_images_it_held(tmp_path):
+    log = DurableLog(tmp_path / "log")
+    store = PageStore(tmp_path / "db", tmp_path / "sums")
+    log.append(with_header([txn(1, 2, [1, 2])]))
+    redo = start_redo(tmp_path, log, store)
+    try:
+        assert redo.wait_for(0, 1)
+        done: list = []
+        redo.repair(5, 2, page(2), lambda p, o: done.append((p, o)))
+        redo.notify(7)  # hardened past the log's end: redo finds no record at 2 and fails
+        redo.join(10)
+        assert not redo.is_alive() and redo.error is not None
+        assert done == [(2, "dropped")]
+    finally:
+        store.close()
+        log.close()
