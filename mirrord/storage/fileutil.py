@@ -123,3 +123,22 @@ def disk_free(path: Path) -> int:
     """Bytes an unprivileged writer may still use on the file system holding `path`."""
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize
+
+
+def pread_all(fd: int, size: int, offset: int) -> bytes:
+    """size bytes at offset, or fewer at the end of the file (os.pread may return less than asked)."""
+    out = bytearray()
+    while len(out) < size:
+        chunk = os.pread(fd, size - len(out), offset + len(out))
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)
+
+
+def pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    """Write all of data at offset (os.pwrite may write less than given)."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from mirrord.storage.fileutil import NO_SPACE, atomic_write_bytes, remove_sqlite_sidecars
+from mirrord.storage.fileutil import NO_SPACE, atomic_write_bytes, pread_all, pwrite_all, remove_sqlite_sidecars
 from mirrord.core.page_repair import CHECKSUM_BYTES, page_checksum
 from mirrord.storage.log import DurableLog, LogRecord
 
@@ -85,7 +85,7 @@ class PageStore:
         if kept is None or os.fstat(self._sums_fd).st_size != _sum_offset(pages + 1):
             self.rebuild_checksums()
         else:
-            self._sums = bytearray(_pread_all(self._sums_fd, pages * CHECKSUM_BYTES, SUMS_HEADER.size))
+            self._sums = bytearray(pread_all(self._sums_fd, pages * CHECKSUM_BYTES, SUMS_HEADER.size))
 
     def rebuild_checksums(self) -> None:
         """Checksum every page of the store as it is now."""
@@ -98,7 +98,7 @@ class PageStore:
                 for i in range(0, len(data), size):
                     out += page_checksum(data[i:i + size]).to_bytes(CHECKSUM_BYTES, "little")
             os.ftruncate(self._sums_fd, 0)
-            _pwrite_all(self._sums_fd, SUMS_HEADER.pack(SUMS_MAGIC, size) + out, 0)
+            pwrite_all(self._sums_fd, SUMS_HEADER.pack(SUMS_MAGIC, size) + out, 0)
             os.fsync(self._sums_fd)
             self._sums, self._dirty = out, set()
 
@@ -146,12 +146,12 @@ class PageStore:
     def _write_checksums(self) -> None:
         """Write the checksums changed since the last sync, block by block (and the size, and the header)."""
         if self._header_due:
-            _pwrite_all(self._sums_fd, SUMS_HEADER.pack(SUMS_MAGIC, self._page_size), 0)
+            pwrite_all(self._sums_fd, SUMS_HEADER.pack(SUMS_MAGIC, self._page_size), 0)
             self._header_due = False
         for block in sorted(self._dirty):
             chunk = self._sums[block * SUMS_BLOCK:(block + 1) * SUMS_BLOCK]
             if chunk:
-                _pwrite_all(self._sums_fd, bytes(chunk), SUMS_HEADER.size + block * SUMS_BLOCK)
+                pwrite_all(self._sums_fd, bytes(chunk), SUMS_HEADER.size + block * SUMS_BLOCK)
         self._dirty.clear()
         if self._resized:
             os.ftruncate(self._sums_fd, SUMS_HEADER.size + len(self._sums))
@@ -208,7 +208,7 @@ class PageStore:
         with self.lock:
             if not self._page_size or len(image) != self._page_size or pgno > self.page_count:
                 return False
-            _pwrite_all(self._fd, image, (pgno - 1) * self._page_size)
+            pwrite_all(self._fd, image, (pgno - 1) * self._page_size)
             self._note_written(pgno, image)
         self.sync()
         return True
@@ -255,7 +255,7 @@ class PageStore:
     def write_pages(self, pages: Sequence[tuple[int, bytes]], page_size: int) -> None:
         """Write page images (a rewind); the size is set apart, by truncate()."""
         for pgno, image in pages:
-            _pwrite_all(self._fd, image, (pgno - 1) * page_size)
+            pwrite_all(self._fd, image, (pgno - 1) * page_size)
             self._note_written(pgno, image)
 
     def truncate(self, db_size: int, page_size: int) -> None:
@@ -268,7 +268,7 @@ class PageStore:
         if self._sums_fd >= 0:
             self._note_size(max(record.db_size, self._sums_pages), size)  # room for the checksums of new pages
         for pgno, image in record.pages:
-            _pwrite_all(self._fd, image, (pgno - 1) * size)
+            pwrite_all(self._fd, image, (pgno - 1) * size)
             self._note_written(pgno, image)
         os.ftruncate(self._fd, record.db_size * size)
         self._note_size(record.db_size, size)
@@ -295,16 +295,6 @@ SUMS_HEADER = struct.Struct(">4sI")  # magic, page size; then 4 bytes (crc32, li
 SUMS_BLOCK = 4096  # bytes of checksums written at a time at a sync (1024 pages)
 
 
-def _pread_all(fd: int, size: int, offset: int) -> bytes:
-    out = bytearray()
-    while len(out) < size:
-        chunk = os.pread(fd, size - len(out), offset + len(out))
-        if not chunk:
-            break
-        out += chunk
-    return bytes(out)
-
-
 def _sum_offset(pgno: int) -> int:
     return SUMS_HEADER.size + (pgno - 1) * CHECKSUM_BYTES
 
@@ -319,13 +309,6 @@ def _header_page_size(fd: int) -> int | None:
         return None
     size = int.from_bytes(header[16:18], "big")
     return _checked_page_size(65536 if size == 1 else size)
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
 
 
 def load_redo_lsn(path: Path) -> int:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from mirrord.core.snapshots import SnapshotMeta, reader_header
-from mirrord.storage.fileutil import atomic_write_json, fsync_dir, read_json
+from mirrord.storage.fileutil import atomic_write_json, fsync_dir, pread_all, pwrite_all, read_json
 
 META, PAGES, SAVED = "meta.json", "pages", "saved"
 _ENTRY = struct.Struct(">I")
@@ -91,7 +91,7 @@ class DatabaseSnapshot:
         return cls(directory, meta, live)
 
     def _load_saved(self) -> None:
-        data = _pread_all(self._saved_fd, os.fstat(self._saved_fd).st_size, 0)
+        data = pread_all(self._saved_fd, os.fstat(self._saved_fd).st_size, 0)
         whole = len(data) - len(data) % _ENTRY.size  # a torn last entry: its page was not overwritten yet
         for (pgno,) in _ENTRY.iter_unpack(data[:whole]):
             if not 1 <= pgno <= self.meta.page_count:
@@ -144,10 +144,10 @@ class DatabaseSnapshot:
                 return
             for pgno in pages:
                 image = read_live(pgno)
-                _pwrite_all(self._pages_fd, image.ljust(size, b"\0")[:size], (pgno - 1) * size)
+                pwrite_all(self._pages_fd, image.ljust(size, b"\0")[:size], (pgno - 1) * size)
             os.fdatasync(self._pages_fd)
             entries = b"".join(_ENTRY.pack(p) for p in pages)
-            _pwrite_all(self._saved_fd, entries, self._count * _ENTRY.size)  # over a torn entry of an earlier failure
+            pwrite_all(self._saved_fd, entries, self._count * _ENTRY.size)  # over a torn entry of an earlier failure
             os.fdatasync(self._saved_fd)
             self._count += len(pages)
             for pgno in pages:
@@ -222,18 +222,3 @@ def remove_all(base: Path) -> list[str]:
     return names
 
 
-def _pread_all(fd: int, size: int, offset: int) -> bytes:
-    out = bytearray()
-    while len(out) < size:
-        chunk = os.pread(fd, size - len(out), offset + len(out))
-        if not chunk:
-            break
-        out += chunk
-    return bytes(out)
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
