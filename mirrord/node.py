@@ -1,4 +1,6 @@
-"""The mirrord daemon: databases, the mirroring endpoint and the client listener.
+"""The mirrord daemon: its databases' lifecycle (load, quarantine, activate, create, drop), their links, and the
+entry point. Who may connect to the endpoint and what it serves is endpoint_server.py; the clients' side is
+client_listener.py; the settings and the command line are node_config.py.
 
 Layout on disk, under --data-dir:
 
@@ -25,39 +27,34 @@ from pathlib import Path
 
 import structlog
 
+from mirrord import checkmirror, endpoint_server, page_repair, role_change
 from mirrord import config as settings
+from mirrord.client_listener import ClientListener
 from mirrord.core import logins as lg
 from mirrord.core import roles
 from mirrord.core.names import db_name_refusal, inside, is_db_name
+from mirrord.core.page_repair import RepairHistory
 from mirrord.core.session import Session, SessionConfig
-from mirrord.core.types import (
-    DatabaseStatus,
-    Endpoint,
-    Role,
-)
+from mirrord.core.types import DatabaseStatus, Endpoint, Role
 from mirrord.host import DatabaseHost
 from mirrord.httpapi import HttpServer, NodeView
 from mirrord.login_store import LoginSetupError, LoginStore
-from mirrord.monitor import NodeMetrics, run_sampler
 from mirrord.mirror import CHECKSUMS_FILE, SNAPSHOTS_DIR, MirrorDatabase
-from mirrord.storage import snapshot as snapfiles
-from mirrord import checkmirror, page_repair, role_change
-from mirrord.core.page_repair import RepairHistory
+from mirrord.monitor import NodeMetrics, run_sampler
 from mirrord.net import framing, inbound
+from mirrord.net.client_port import ClientPort
 from mirrord.net.partner import run_off_notice, run_partner_link
+from mirrord.net.tls import Listener, TlsContexts, TlsSetupError
 from mirrord.net.witness_link import run_witness_link
 from mirrord.node_config import NodeConfig, configure_logging, parse_args
-from mirrord import endpoint_server
-from mirrord.client_listener import ClientListener
-from mirrord.net.client_port import ClientPort
-from mirrord.net.tls import Listener, TlsContexts, TlsSetupError
 from mirrord.principal import PrincipalDatabase
 from mirrord.statements_exec import StatementExecutor
+from mirrord.storage import snapshot as snapfiles
+from mirrord.storage.events import EventLog
+from mirrord.storage.fileutil import DISK_RESERVE_BYTES, atomic_write_bytes, disk_free, is_disk_full
+from mirrord.storage.log import DurableLog
 from mirrord.views import status_rows
 from mirrord.witness import Witness
-from mirrord.storage.fileutil import DISK_RESERVE_BYTES, atomic_write_bytes, disk_free, is_disk_full
-from mirrord.storage.events import EventLog
-from mirrord.storage.log import DurableLog
 
 log = structlog.get_logger()
 
