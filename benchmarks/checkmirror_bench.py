@@ -55,8 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=5.0, help="seconds per phase (default 5)")
     p.add_argument("--clients", type=int, default=8, help="committing clients (default 8)")
     p.add_argument("--rounds", type=int, default=6, help="off/on phase pairs, every other one on first (default 6)")
-    p.add_argument("--rate-mb", dest="rate_mb", type=int, default=0,
-                   help="the nodes' --checkmirror-rate-mb: MB/s each side hashes (default 0, unlimited)")
+    p.add_argument("--rate-mb", dest="rate_mb", type=int, default=16,
+                   help="the nodes' --checkmirror-rate-mb: MB/s each side hashes (default 16, the node's; 0: unlimited)")
     p.add_argument("--first-ip", dest="first_ip", type=int, default=FIRST_IP, help=f"nodes on 127.0.0.N and N+1 (default {FIRST_IP})")
     args = p.parse_args(argv)
     if args.rate_mb < 0 or args.mb < 1 or args.seconds <= 0 or args.clients < 1 or args.rounds < 1:

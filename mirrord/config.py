@@ -52,7 +52,7 @@ SETTINGS = (
     Setting("event_history_max_age_days", "days sys.database_mirroring_events keeps an event (default 30)", integer=True),
     Setting("checkmirror_interval", "seconds between scheduled DBCC CHECKMIRROR of each principal database (0: off, the default)",
             integer=True),
-    Setting("checkmirror_rate_mb", "MB of pages a second DBCC CHECKMIRROR hashes on each partner (0: unlimited; default 0)",
+    Setting("checkmirror_rate_mb", "MB of pages a second DBCC CHECKMIRROR hashes on each partner (0: unlimited; default 16)",
             integer=True),
     Setting("page_scrub_rate_mb", "MB of pages a second the page scrubber reads, on both partners (the mirror's pages "
             "against their checksums, the principal's against SQLite's file format), repairing damaged ones from the "

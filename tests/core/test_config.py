@@ -120,7 +120,7 @@ def test_event_history_and_checkmirror_settings_are_bounded():
     env = {f"MIRRORD_{k.upper()}": v for k, v in BASE.items()}
     cfg = node_config.NodeConfig.from_sources(node_config.parse_args([]), env)
     assert (cfg.event_history_max_events, cfg.event_history_max_age_days, cfg.checkmirror_interval, cfg.checkmirror_rate_mb) \
-        == (10_000, 30, 0, 0)
+        == (10_000, 30, 0, 16)
     assert cfg.page_scrub_rate_mb == 0  # the scrubber is off unless asked for
     assert node_config.NodeConfig.from_sources(node_config.parse_args(["--page-scrub-rate-mb", "20"]), env).page_scrub_rate_mb == 20
     cfg = node_config.NodeConfig.from_sources(node_config.parse_args(["--event-history-max-events", "50", "--checkmirror-interval", "3600",
