@@ -437,13 +437,17 @@ class Node:
     def hello(self, host: DatabaseHost) -> dict:
         """The principal's opening message on a link to its mirror."""
         cfg = host.session.config
-        return {
+        hello = {
             "t": "hello", "v": PROTOCOL_VERSION, "db": host.name, "from_node": self.name,
             "from_endpoint": self.endpoint_url, "role": cfg.role.value, "epoch": cfg.epoch,
             "end_lsn": host.log.last_lsn, "safety": cfg.safety.value, "timeout": cfg.timeout,
             "suspended": cfg.suspended, "listen": self.listen_address,
             "failover_lsn": cfg.failover_lsn, "witness": cfg.witness or "", "redo_queue_mb": cfg.redo_queue_mb,
         }
+        fork_epoch = host.log.epoch_at(cfg.failover_lsn) if cfg.failover_lsn else None
+        if fork_epoch is not None:  # a rejoining copy finds where its history parts from ours (core.history)
+            hello["failover_epoch"] = fork_epoch
+        return hello
 
     # ---------------------------------------------------------------- databases
 

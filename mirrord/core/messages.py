@@ -250,11 +250,13 @@ OPTIONAL: dict[str, dict[str, Checker]] = {
              "redo_queue": _int},  # the mirror's redo queue in bytes (core.redo_queue)
     "ack": {"redo_queue": _int},
     "settings": {"redo_queue_mb": _int},  # PARTNER REDO_QUEUE, 0 UNLIMITED (left out by an older principal)
-    "hello": {"redo_queue_mb": _int},
+    "hello": {"redo_queue_mb": _int,
+              "failover_epoch": _int},  # the role sequence of the principal's record at its failover LSN (core.history)
     "w_report": {"timeout": _int},
     "w_state": {"forced": _bool},  # the record's role sequence began by forced service  # the principal's PARTNER TIMEOUT (the witness waits that long before a vote)
     "refuse": {"partner_off": _bool},  # the partner ended this session (SET PARTNER OFF): end it here too
     "welcome": {"diverged_pages": _list,  # a diverged old principal: pages its log changed past the fork
+                "shared_lsn": _int,  # ... and the last LSN it shares with the principal's history (core.history)
                 "logins": _map},  # the mirror's login table (mirrord.login_store)
     "query": {"many": _many},  # executemany: the statement once per parameter set, in one round trip
 }

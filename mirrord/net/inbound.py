@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from mirrord import checkmirror, page_repair
+from mirrord.core.history import shared_history_end
 from mirrord.core import messages
 from mirrord.core import redo_queue
 from mirrord.core.types import Endpoint, ProtocolError, Role, Safety
@@ -106,9 +107,11 @@ async def serve_principal(node: "EndpointServices", host: "DatabaseHost", hello:
         "hardened_lsn": mirror.hardened_lsn, "hardened_epoch": host.log.last_epoch,
         "redo_lsn": mirror.redo_lsn, "needs_seed": not mirror.path.exists(), "listen": node.listen_address,
     }
-    diverged = _diverged_pages(host, hello)
+    shared = _shared_end(host, hello)
+    diverged = _diverged_pages(host, shared)
     if diverged is not None:
         welcome["diverged_pages"] = diverged  # the principal can rewind this copy instead of copying it whole
+        welcome["shared_lsn"] = shared  # ... sending the pages either side changed past it
     if host.logins is not None:
         welcome["logins"] = host.logins.wire()  # the principal adopts it if it is newer than its own
     framing.write_message(writer, welcome)
@@ -339,15 +342,25 @@ def _adopt_principal_view(host: "DatabaseHost", msg: dict) -> None:
     host.note_state()
 
 
-def _diverged_pages(host: "DatabaseHost", hello: dict) -> list[int] | None:
-    """Pages this copy changed past the principal's fork point, when it diverged and its log still says which."""
+def _shared_end(host: "DatabaseHost", hello: dict) -> int | None:
+    """The last LSN whose record this copy shares with the new principal (core.history), when it holds log past
+    it (it diverged); None when it did not diverge (or the hello names no fork)."""
     fork = hello.get("failover_lsn")
     end = host.log.last_lsn
-    if not isinstance(fork, int) or isinstance(fork, bool) or hello["epoch"] <= host.log.last_epoch or end <= fork:
+    if not isinstance(fork, int) or isinstance(fork, bool) or hello["epoch"] <= host.log.last_epoch:
+        return None
+    shared = shared_history_end(fork, hello.get("failover_epoch"), host.log.first_lsn, end, host.log.epoch_at)
+    return shared if end > shared else None
+
+
+def _diverged_pages(host: "DatabaseHost", shared: int | None) -> list[int] | None:
+    """Pages this copy changed past the history it shares with the principal, when its log still says which."""
+    end = host.log.last_lsn
+    if shared is None:
         return None
     if host.mirror is None or not host.mirror.path.exists() or host.mirror.redo_lsn < end:
         return None  # the page store must be this copy at its end of log
-    touched = host.log.pages_touched(fork + 1, end)
+    touched = host.log.pages_touched(shared + 1, end)
     return sorted(touched) if touched is not None else None
 
 
@@ -355,11 +368,13 @@ async def _note_divergence(host: "DatabaseHost", hello: dict) -> None:
     """Before the new principal decides anything, record what this copy would lose, and salvage it.
 
     The principal's history diverged from ours after its fork point (its
-    failover LSN): whatever this node holds past it is not in the new history.
+    failover LSN), or before it when this copy went on in a newer role
+    sequence than the principal's record there (core.history): whatever this
+    node holds past the shared part is not in the new history.
     """
-    fork = hello.get("failover_lsn")
+    fork = _shared_end(host, hello)  # the last LSN of the history both hold
     end = host.log.last_lsn
-    if not isinstance(fork, int) or isinstance(fork, bool) or hello["epoch"] <= host.log.last_epoch or end <= fork:
+    if fork is None:
         return
     cfg = host.session.config
     if cfg.lost_lsn_to == end and cfg.salvage_path:
@@ -370,7 +385,8 @@ async def _note_divergence(host: "DatabaseHost", hello: dict) -> None:
     else:
         path = None
     host.update_config(lost_lsn_from=fork + 1, lost_lsn_to=end, salvage_path=path)
-    host.record_event("DATA_LOSS", f"the new principal (role sequence {hello['epoch']}) forked at LSN {fork}: LSN {fork + 1}-{end} "
+    host.record_event("DATA_LOSS", f"the new principal (role sequence {hello['epoch']}) shares this copy's history up to LSN "
+                      f"{fork} (its fork: LSN {hello['failover_lsn']}): LSN {fork + 1}-{end} "
                       f"({end - fork} transactions) of this copy are not in its history; salvage copy: {path or 'none'}", lsn=fork)
     log.warning("diverged_from_new_principal", database=host.name, fork_lsn=fork, lost_from=fork + 1, lost_to=end,
                 transactions=end - fork, salvage_path=path, role="MIRROR", role_sequence=hello["epoch"])

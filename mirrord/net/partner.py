@@ -267,7 +267,7 @@ async def _agree_resume_point(host: "DatabaseHost", welcome: dict, reader, write
         return min(hardened, end)
     log_gone = hardened < end and (host.log.first_lsn == 0 or host.log.first_lsn > hardened + 1)
     if is_diverged and not welcome["needs_seed"] and isinstance(welcome.get("diverged_pages"), list):
-        rewound = await _rewind(host, reader, writer, welcome["diverged_pages"])
+        rewound = await _rewind(host, reader, writer, welcome["diverged_pages"], welcome.get("shared_lsn"))
         if rewound is not None:
             return rewound
     if welcome["needs_seed"] or log_gone or is_diverged:
@@ -275,13 +275,17 @@ async def _agree_resume_point(host: "DatabaseHost", welcome: dict, reader, write
     return hardened
 
 
-async def _rewind(host: "DatabaseHost", reader, writer, diverged: list) -> int | None:
+async def _rewind(host: "DatabaseHost", reader, writer, diverged: list, shared: int | None) -> int | None:
     """pg_rewind's idea: send only the pages either side changed since the fork; None when the log no longer says which.
 
-    A page neither side wrote past the fork is the same in both copies (the
-    common history); every other page gets our image, from a snapshot at lsn.
+    A page neither side wrote past the shared history is the same in both
+    copies; every other page gets our image, from a snapshot at lsn. The
+    shared history ends at our fork, or before it when the mirror went on in a
+    newer role sequence than our record there (it says where: core.history).
     """
     fork = host.session.config.failover_lsn
+    if shared is not None and 0 <= shared < fork:
+        fork = shared  # our own records past it are not the mirror's either
     if not all(type(p) is int and 1 <= p <= 0xFFFFFFFE for p in diverged):
         raise ProtocolError("welcome: diverged_pages must be page numbers")
     tmp = host.directory / "rewind-snapshot.tmp"
