@@ -252,3 +252,62 @@ def test_old_principal_with_unacknowledged_records_rejoins_a_new_principal_that_
     wait_for(lambda: role(a) == "MIRROR", 20, "the old principal steps down")
     cluster.wait_synchronized(DB, "b", "a", timeout=30)
     assert ids_on(b, DB) == set(range(1, 11))
+
+
+@needs_iptables
+def test_forced_service_on_a_copy_that_stepped_down_with_records_of_its_own_reports_every_lost_commit(cluster):
+    """The 500-round nemesis's finding (seed 20261201, round 301), step by step.
+
+    a (principal, role sequence 1) is isolated with a commit logged only on itself; b takes over (2) and
+    acknowledges commits at the very LSNs a holds its own record at; a hears from the witness that b is
+    principal and steps down, still cut from b, its record kept; b dies; a is forced into service (3), its
+    fork past its own record. b's commits of role sequence 2 are not in the new history from where 2
+    began, not from a's fork: every one of them must be in b's loss report and its salvage copy, and the
+    rewind must make the copies identical.
+    """
+    cluster.setup_session(DB, principal="a", mirror="b", witness="c", timeout=2)
+    a, b, c = cluster["a"], cluster["b"], cluster["c"]
+    create_table(a, DB)
+    for i in range(1, 51):
+        a.query("INSERT INTO t VALUES (?, 'synced')", db=DB, params=[i])
+    settle(cluster, "a", "b")
+    cluster.isolate("a")
+    try:  # logged (and synced) on a, never hardened by b: in doubt, not acknowledged
+        a.query("INSERT INTO t VALUES (60, 'only on a, never acknowledged')", db=DB, timeout=1)
+    except (ServerError, OSError):
+        pass
+    wait_for(lambda: a.status(DB)["end_of_log_lsn"] > b.status(DB)["hardened_lsn"], 10, "a commit logged on a alone")
+    wait_for(lambda: role(b) == "PRINCIPAL", 20, "b promoted by automatic failover")
+    b_fork = b.status(DB)["fork_lsn"]
+    for i in range(200, 210):  # acknowledged by b alone (a is cut off), from LSN b_fork + 1: where a has its own record
+        b.query("INSERT INTO t VALUES (?, 'b in role sequence 2')", db=DB, params=[i])
+    cluster.heal("a", "c")  # a hears the witness's record, not b
+    wait_for(lambda: role(a) == "MIRROR", 20, "a stepped down on the witness's record")
+    a_end = a.status(DB)["end_of_log_lsn"]
+    assert a_end > b_fork  # its own record of role sequence 1 stands where b's of 2 do
+    b.kill()
+
+    def forced() -> bool:
+        try:
+            a.query(f"ALTER DATABASE {DB} SET PARTNER FORCE_SERVICE_ALLOW_DATA_LOSS")
+        except ServerError:
+            return False  # the witness still hears b, or has not yet waited a full TIMEOUT
+        return True
+
+    wait_for(forced, 30, "forced service on a")
+    assert role(a) == "PRINCIPAL" and a.status(DB)["fork_lsn"] == a_end
+    cluster.heal_all()
+    b.start()
+    wait_for(lambda: b.status(DB)["state"] == "SUSPENDED" and b.status(DB)["lost_transactions"] > 0, 30,
+             "b SUSPENDED with its loss report")
+    report = b.status(DB)
+    # from where role sequence 2 began, not from a's fork: all ten of b's acknowledged commits
+    assert report["lost_lsn_range"].split("-")[0] == str(b_fork + 1), report
+    assert report["lost_transactions"] == 10, report
+    salvage = sqlite3.connect(report["salvage_path"])
+    assert salvage.execute("SELECT count(*) FROM t WHERE v = 'b in role sequence 2'").fetchone() == (10,)
+    salvage.close()
+    a.query(f"ALTER DATABASE {DB} SET PARTNER RESUME")
+    settle(cluster, "a", "b")
+    assert_identical_copies(cluster, DB, "a", "b")
+    assert not ids_on(a, DB) & set(range(200, 210))
