@@ -25,7 +25,7 @@ import structlog
 
 from mirrord.core import quorum, roles
 from mirrord.core.timing import timing
-from mirrord.core.types import DatabaseStatus, Endpoint, NotPrincipal, Role, StatementRefused
+from mirrord.core.types import ActionInDoubt, DatabaseStatus, Endpoint, NotPrincipal, Role, StatementRefused
 from mirrord.net import framing
 
 if TYPE_CHECKING:
@@ -91,9 +91,19 @@ async def request_promotion(node: "NodeServices", host: "DatabaseHost", conn: "W
     s.failover_requested = True  # from here on, no log from the old principal
     await node.stop_inbound(host)
     try:
-        answer = await conn.request(
-            {"t": "w_vote", "epoch": s.config.epoch, "hardened_lsn": host.log.last_lsn, "forced": forced}, timeout
-        )
+        try:
+            answer = await conn.request(
+                {"t": "w_vote", "epoch": s.config.epoch, "hardened_lsn": host.log.last_lsn, "forced": forced}, timeout)
+        except (asyncio.TimeoutError, ConnectionError, OSError) as exc:
+            if not forced:
+                raise
+            # the witness may have recorded the vote and lost only its answer: then its record names this
+            # node, and the role machine promotes it as forced when it hears that (core.roles)
+            raise ActionInDoubt(
+                f"forced service on {host.name}: the witness did not answer the vote within {timeout:g} s "
+                f"({exc.__class__.__name__}); whether it granted it is unknown. If its record names this node, this "
+                "node becomes the principal as soon as it hears so: check sys.database_mirroring (role) before "
+                "trying again") from None
         if answer.get("granted"):
             await promote(node, host, answer["epoch"], forced=forced, why="witness vote granted")
             return True

@@ -41,7 +41,8 @@ EVENT_COLUMNS = events.COLUMNS
 REPAIR_COLUMNS = page_repair_core.COLUMNS
 SNAPSHOT_COLUMNS = ["name", "database", "lsn", "role_sequence", "created", "page_size", "page_count", "pages_saved",
                     "bytes_saved", "redo_lsn"]
-WITNESS_COLUMNS = ["database", "principal", "mirror", "role_sequence", "safety", "mirror_synchronized", "principal_connected", "mirror_connected"]
+WITNESS_COLUMNS = ["database", "principal", "mirror", "role_sequence", "safety", "mirror_synchronized", "principal_connected",
+                   "mirror_connected", "forced"]  # forced: the record's role sequence began by forced service
 
 
 def system_view(node: "NodeServices", stmt: st.SelectSystemView) -> StatementResult:

@@ -119,6 +119,7 @@ class Witness:
                 "database": r.db, "principal": r.principal, "mirror": r.mirror, "role_sequence": r.role_sequence,
                 "safety": r.safety.value, "mirror_synchronized": r.mirror_synchronized,
                 "principal_connected": self.sees(r.db, r.principal), "mirror_connected": self.sees(r.db, r.mirror),
+                "forced": r.forced,
             }
             for r in self.records.values()
         ]

@@ -133,6 +133,12 @@ class NotServing(StatementRefused):
     code = "not_serving"
 
 
+class ActionInDoubt(MirrordError):
+    """An action was sent and its answer never came: it may or may not have taken effect (a forced vote)."""
+
+    code = "in_doubt"
+
+
 class CommitInDoubt(MirrordError):
     """A commit is in this node's log but could not be acknowledged: it may or may not survive.
 

@@ -133,6 +133,8 @@ class Nemesis:
         self._endpoints_stopped: set[str] = set()
         self._full: set[str] = set()  # nodes whose disk is full (lazyfs)
         self._forced: dict[str, tuple[str, int]] = {}  # db -> (old principal, its role sequence): loss report not read yet
+        # forced services whose vote went unanswered (in_doubt): db -> the mirror asked; settled by the witness's record
+        self._forced_in_doubt: dict[str, LocalNode] = {}
         self.loss_reports: list[LossReport] = []
         self.forced_lost: set[int] = set()  # acknowledged writes a forced service lost, reported and salvaged
         self.aborted: str | None = None
@@ -405,6 +407,9 @@ class Nemesis:
                 mirror.query(f"ALTER DATABASE {db} SET PARTNER FORCE_SERVICE_ALLOW_DATA_LOSS", timeout=FAILOVER_TIMEOUT)
                 break
             except ServerError as exc:
+                if exc.code == "in_doubt":  # the vote's answer was lost: the witness's record tells, at convergence
+                    self._forced_in_doubt[db] = mirror
+                    return f"in doubt on {mirror.name}: {exc.message[:100]}"
                 if mirror.status(db)["role"] == "PRINCIPAL":  # automatic failover came first (the witness thought it synchronized)
                     del self._forced[db]
                     return f"superseded: {mirror.name} was promoted automatically ({how})"
@@ -414,6 +419,27 @@ class Nemesis:
                 time.sleep(0.1)  # poll: the mirror has not yet seen the principal go
         fork = mirror.status(db)["fork_lsn"]
         return f"done on {mirror.name}: {principal.name} {how}, fork at LSN {fork}"
+
+    def _forced_settled(self, lay: Layout) -> bool:
+        """Whether a forced service is known to have happened or not (always, unless its vote went unanswered).
+
+        In doubt, the witness's record decides: a role sequence past the old
+        principal's, begun by forced service and naming the mirror asked, means
+        it happened (its loss report is read as for any); anything else, that it
+        did not. The vote was the last the mirror asked for, so the record no
+        longer changes on its account.
+        """
+        mirror = self._forced_in_doubt.get(lay.db)
+        if mirror is None:
+            return True
+        record = self._witness_row(lay)
+        if record is None:
+            return False  # the witness does not answer yet
+        _, epoch = self._forced[lay.db]
+        del self._forced_in_doubt[lay.db]
+        if not (record["role_sequence"] > epoch and record.get("forced") and record["principal"] == mirror.endpoint_url):
+            del self._forced[lay.db]  # it did not happen (or an automatic failover did): nothing to read
+        return True
 
     def _read_loss_report(self, db: str, old: LocalNode, epoch: int) -> str | None:
         """The old principal's loss report and salvage copy, before RESUME rolls it back; None once read."""
@@ -506,11 +532,15 @@ class Nemesis:
             return self._admin(principal, lay.db, "SAFETY FULL", admin)
         self.safety.mark_full(lay.db)
         if p["state"] == "SUSPENDED":
+            if lay.db in self._forced and not self._forced_settled(lay):
+                return f"forced service on {lay.db} in doubt: waiting for the witness's record"
             if lay.db in self._forced:
                 old_name, epoch = self._forced[lay.db]
                 if (waiting := self._read_loss_report(lay.db, self.cluster[old_name], epoch)) is not None:
                     return waiting
             return self._admin(principal, lay.db, "RESUME", admin)
+        if lay.db in self._forced and not self._forced_settled(lay):
+            return f"forced service on {lay.db} in doubt: waiting for the witness's record"
         if lay.db in self._forced:  # a forced fork always rejoins SUSPENDED: its loss report is read first
             return f"forced service on {p_name}: waiting for the session to show SUSPENDED"
         fields = ("state", "role_sequence", "end_of_log_lsn", "witness_state")
