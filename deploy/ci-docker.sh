@@ -148,6 +148,9 @@ download_wheels() {
     # mirrord's own wheel only to learn its dependencies; the image installs from the sources
     timeout 600 "$py" -m pip wheel --quiet --no-deps -w "$build" . \
         || fail "pip wheel of the project failed"
+    # pip download takes a file it finds in the destination as the one asked for: a cached mirrord wheel of an
+    # older version would stand in for this one, with its older dependencies (it missed apsw)
+    rm -f "$WHEELS_CACHE"/mirrord-*.whl
     local arch platforms=()
     arch=$(uname -m)
     for tag in manylinux_2_28 manylinux_2_17 manylinux2014; do platforms+=(--platform "${tag}_$arch"); done
