@@ -548,11 +548,16 @@ class LocalCluster:
         """Remove DROP rules between this cluster's addresses that a run killed before its heal left behind."""
         if not iptables_available():
             return
-        hosts = [node.host for node in self.nodes.values()]
-        for src in hosts:
-            for dst in hosts:
-                while src != dst and _iptables("-D", "OUTPUT", "-s", src, "-d", dst, "-j", "DROP", check=False):
-                    pass
+        hosts = {node.host for node in self.nodes.values()}
+        # one listing, and a delete only for a rule found (a start usually finds none): "-A OUTPUT -s A/32 -d B/32 -j DROP"
+        listing = subprocess.run(["iptables", "-w", "-S", "OUTPUT"], capture_output=True, text=True).stdout
+        for words in (line.split() for line in listing.splitlines()):
+            if words[:2] != ["-A", "OUTPUT"] or words[-2:] != ["-j", "DROP"] or "-s" not in words or "-d" not in words:
+                continue
+            src = words[words.index("-s") + 1].removesuffix("/32")
+            dst = words[words.index("-d") + 1].removesuffix("/32")
+            if src in hosts and dst in hosts and src != dst:
+                _iptables("-D", "OUTPUT", "-s", src, "-d", dst, "-j", "DROP", check=False)
 
     def heal_all(self) -> None:
         """Remove every cut this cluster made."""

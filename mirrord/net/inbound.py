@@ -101,13 +101,13 @@ async def serve_principal(node: "EndpointServices", host: "DatabaseHost", hello:
     if hello["epoch"] > session.config.epoch:
         host.update_config(epoch=hello["epoch"])
     mirror = host.mirror
-    await _note_divergence(host, hello)
+    shared = _shared_end(host, hello)  # the log does not change before the welcome: one search serves both
+    await _note_divergence(host, hello, shared)
     welcome = {
         "t": "welcome", "db": host.name, "epoch": session.config.epoch,
         "hardened_lsn": mirror.hardened_lsn, "hardened_epoch": host.log.last_epoch,
         "redo_lsn": mirror.redo_lsn, "needs_seed": not mirror.path.exists(), "listen": node.listen_address,
     }
-    shared = _shared_end(host, hello)
     diverged = _diverged_pages(host, shared)
     if diverged is not None:
         welcome["diverged_pages"] = diverged  # the principal can rewind this copy instead of copying it whole
@@ -364,7 +364,7 @@ def _diverged_pages(host: "DatabaseHost", shared: int | None) -> list[int] | Non
     return sorted(touched) if touched is not None else None
 
 
-async def _note_divergence(host: "DatabaseHost", hello: dict) -> None:
+async def _note_divergence(host: "DatabaseHost", hello: dict, shared: int | None) -> None:
     """Before the new principal decides anything, record what this copy would lose, and salvage it.
 
     The principal's history diverged from ours after its fork point (its
@@ -372,7 +372,7 @@ async def _note_divergence(host: "DatabaseHost", hello: dict) -> None:
     sequence than the principal's record there (core.history): whatever this
     node holds past the shared part is not in the new history.
     """
-    fork = _shared_end(host, hello)  # the last LSN of the history both hold
+    fork = shared  # the last LSN of the history both hold (_shared_end)
     end = host.log.last_lsn
     if fork is None:
         return
