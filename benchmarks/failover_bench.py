@@ -104,7 +104,7 @@ class Writer(threading.Thread):
             key = self._next
             try:
                 result = client.query("INSERT INTO t(id, v) VALUES (?, ?)", db=DB, params=[key, name], timeout=5)
-                self.acked.append((key, name, result.epoch))
+                self.acked.append((key, name, result.role_sequence))
                 continue
             except ServerError as exc:
                 if "in doubt" in exc.message:
@@ -152,7 +152,7 @@ def probe_until_accepted(address: str, started: float, limit: float, res: RunRes
                     in_doubt.append(key)
                     raise
             took = time.monotonic() - started
-            acked.append((key, "b", result.epoch))
+            acked.append((key, "b", result.role_sequence))
             return took
         except (ServerError, Unreachable, OSError):
             pass
@@ -206,10 +206,10 @@ def one_run(kind: str, n: int, base: Path) -> RunResult:
         doubt = set(writer.in_doubt) | set(probe_doubt)
         res.in_doubt = len(doubt)
         res.in_doubt_committed = len(doubt & present)
-        by_epoch: dict = {}
-        for _, node, epoch in acked:
-            by_epoch.setdefault(epoch, set()).add(node)
-        res.split_brain = any(len(nodes) > 1 for nodes in by_epoch.values())
+        by_role_sequence: dict = {}
+        for _, node, role_sequence in acked:
+            by_role_sequence.setdefault(role_sequence, set()).add(node)
+        res.split_brain = any(len(nodes) > 1 for nodes in by_role_sequence.values())
     except Exception as exc:  # noqa: BLE001 - a failed run is reported in the table, the others go on
         res.error = f"{type(exc).__name__}: {exc}"
     finally:

@@ -237,7 +237,7 @@ def _json_shape(result: Result, is_status: bool) -> Any:
     if result.columns or is_status:
         return result.as_dicts()
     return {"rowcount": result.rowcount, "message": result.message,
-            "lsn": result.lsn, "epoch": result.epoch, "seq": result.seq}
+            "lsn": result.lsn, "role_sequence": result.role_sequence, "seq": result.seq}
 
 
 def _affected(rowcount: int) -> str:

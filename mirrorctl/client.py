@@ -57,8 +57,8 @@ class ServerError(ClientError):
     def from_frame(cls, frame: dict) -> "ServerError":
         """The ServerError subclass for the frame's code."""
         kind = _BY_CODE.get(frame["code"], ServerError)
-        lsn, epoch, seq = frame.get("lsn"), frame.get("epoch"), frame.get("seq")
-        token = (lsn, epoch, seq if _is_count(seq) else 0) if _is_count(lsn) and _is_count(epoch) else None
+        lsn, role_sequence, seq = frame.get("lsn"), frame.get("role_sequence"), frame.get("seq")
+        token = (lsn, role_sequence, seq if _is_count(seq) else 0) if _is_count(lsn) and _is_count(role_sequence) else None
         return kind(frame["code"], frame["message"], frame["principal"], token)
 
 
@@ -152,11 +152,11 @@ class Result:
     rows: list[list]
     rowcount: int
     lsn: int | None = None
-    epoch: int | None = None
+    role_sequence: int | None = None
     message: str | None = None
     lastrowid: int | None = None
     types: list[str | None] | None = None  # each column's declared type, when the server knows it
-    seq: int | None = None  # with lsn and epoch, the commit token: its place among the statements one commit holds
+    seq: int | None = None  # with lsn and role_sequence, the commit token: its place among the statements one commit holds
 
     def as_dicts(self) -> list[dict]:
         """Rows as {column: value} dicts."""
@@ -284,7 +284,7 @@ class _Exchange:
         if not (isinstance(types, list) and len(types) == len(frame["columns"])
                 and all(t is None or isinstance(t, str) for t in types)):
             types = None  # beyond the schema: an older server sends none, and a malformed list is ignored
-        return Result(frame["columns"], frame["rows"], frame["rowcount"], frame["lsn"], frame["epoch"],
+        return Result(frame["columns"], frame["rows"], frame["rowcount"], frame["lsn"], frame["role_sequence"],
                       frame["message"], lastrowid if type(lastrowid) is int else None, types,
                       seq if _is_count(seq) else None)  # beyond the schema: an older server sends none
 

@@ -144,7 +144,7 @@ class ClientListener:
             return {"t": "error", "id": msg["id"], "code": "internal", "message": f"internal error: {exc!r}", "principal": None}
         return {
             "t": "result", "id": msg["id"], "columns": result.columns, "rows": result.rows,
-            "rowcount": result.rowcount, "lsn": result.lsn, "epoch": result.epoch, "message": getattr(result, "message", None),
+            "rowcount": result.rowcount, "lsn": result.lsn, "role_sequence": result.role_sequence, "message": getattr(result, "message", None),
             "seq": getattr(result, "seq", None),  # the token's third part (its place in a shared commit), beyond the schema
             "lastrowid": result.lastrowid,  # beyond the schema: older clients ignore it
             "types": getattr(result, "types", None),  # declared column types (PEP 249 description), beyond the schema
@@ -157,11 +157,11 @@ def _redacted(sql: str) -> str:
 
 
 def _error(request_id: int, exc: MirrordError) -> dict:
-    """The error frame; an in-doubt commit also carries its token (lsn, epoch, seq), beyond the schema."""
+    """The error frame; an in-doubt commit also carries its token (lsn, role_sequence, seq), beyond the schema."""
     principal = exc.details.get("principal")
     frame = {"t": "error", "id": request_id, "code": exc.code, "message": exc.message,
              "principal": None if principal is None else str(principal)}
-    for key in ("lsn", "epoch", "seq"):
+    for key in ("lsn", "role_sequence", "seq"):
         if isinstance(exc.details.get(key), int):
             frame[key] = exc.details[key]
     return frame

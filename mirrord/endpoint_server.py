@@ -69,13 +69,13 @@ async def _serve_hello(node: "NodeServices", hello: dict, reader, writer) -> Non
     """A principal's link to this mirror: refused with the reason, or served until it ends."""
     host = node.databases.get(hello["db"])
     if host is not None and inbound.hello_from_newer_principal(host, hello):
-        await role_change.step_down_for_partner(node, host, hello["epoch"], hello["from_endpoint"])
+        await role_change.step_down_for_partner(node, host, hello["role_sequence"], hello["from_endpoint"])
     reason = inbound.refusal_for_hello(node, host, hello)
     if reason is not None:
         log.warning("hello_refused", database=hello["db"], reason=reason)
         refuse = {"t": "refuse", "reason": reason}
         if host is not None:
-            refuse.update(epoch=host.session.config.epoch, role=host.session.role.value)
+            refuse.update(role_sequence=host.session.config.role_sequence, role=host.session.role.value)
             if inbound.ended_by_off_here(host, hello):
                 refuse["partner_off"] = True
         framing.write_message(writer, refuse)
@@ -91,9 +91,9 @@ async def _serve_hello(node: "NodeServices", hello: dict, reader, writer) -> Non
         await inbound.serve_principal(node, host, hello, reader, writer)
     except inbound.FailoverRequested as req:
         host.inbound = None
-        await role_change.promote_for_failover(node, host, req.epoch)
-        if host.session.role is Role.PRINCIPAL and host.session.config.epoch == req.epoch:  # else refused: say nothing
-            framing.write_message(writer, {"t": "failover_done", "epoch": req.epoch})
+        await role_change.promote_for_failover(node, host, req.role_sequence)
+        if host.session.role is Role.PRINCIPAL and host.session.config.role_sequence == req.role_sequence:  # else refused: say nothing
+            framing.write_message(writer, {"t": "failover_done", "role_sequence": req.role_sequence})
             await writer.drain()
     finally:
         if host.inbound is asyncio.current_task():
@@ -109,7 +109,7 @@ async def _serve_off_notice(node: "NodeServices", notice: dict, writer) -> None:
     host = node.databases.get(notice["db"])
     if host is not None:
         cfg = host.session.config
-        if (cfg.role is Role.MIRROR and cfg.partner is not None and notice["epoch"] >= cfg.epoch
+        if (cfg.role is Role.MIRROR and cfg.partner is not None and notice["role_sequence"] >= cfg.role_sequence
                 and role_change.endpoint_matches(cfg.partner, notice["from_endpoint"])):
             await node.stop_inbound(host)
             await _mirror_partner_removed(node, notice["db"])

@@ -118,7 +118,7 @@ class DatabaseHost:
     def health_facts(self) -> DatabaseFacts:
         """What the HTTP health routes decide on (core.health)."""
         s, cfg = self.session, self.session.config
-        return DatabaseFacts(role=cfg.role, status=cfg.status, state=s.state.value, role_sequence=cfg.epoch,
+        return DatabaseFacts(role=cfg.role, status=cfg.status, state=s.state.value, role_sequence=cfg.role_sequence,
                              open=self.principal is not None, quorum_refusal=self.quorum_refusal())
 
     def poke(self) -> None:
@@ -143,7 +143,7 @@ class DatabaseHost:
         salvage_dir = self.directory.parent.parent / "salvage"
         salvage_dir.mkdir(parents=True, exist_ok=True)
         end = self.log.last_lsn
-        dest = salvage_dir / f"{self.name}-rs{self.log.last_epoch}-lsn{fork_lsn + 1}-{end}.sqlite"
+        dest = salvage_dir / f"{self.name}-rs{self.log.last_role_sequence}-lsn{fork_lsn + 1}-{end}.sqlite"
         shutil.copyfile(self.directory / "db.sqlite", dest)
         return str(dest)
 
@@ -152,7 +152,7 @@ class DatabaseHost:
         if self.events is not None:
             s = self.session
             self.events.record(self.name, event, role=s.role.value, state=s.state.value,
-                               role_sequence=s.config.epoch, lsn=lsn, detail=detail)
+                               role_sequence=s.config.role_sequence, lsn=lsn, detail=detail)
 
     def note_state(self) -> None:
         """Log a mirroring-state change once, with the LSNs that explain it (and record it in the history)."""
@@ -166,7 +166,7 @@ class DatabaseHost:
                 "mirroring_state",
                 database=self.name,
                 role=self.session.role.value,
-                role_sequence=self.session.config.epoch,
+                role_sequence=self.session.config.role_sequence,
                 state=state.value,
                 lsn=self.log.last_lsn,
                 hardened_lsn=self.session.hardened_lsn,

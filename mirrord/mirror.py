@@ -176,7 +176,7 @@ class MirrorDatabase:
             lsn = redo.store_lsn
             store.fsync_pages()  # a restart re-applies from the persisted LSN: unsaved pages must read as of lsn
             meta = SnapshotMeta(name=name, database=self.session.db, lsn=lsn, page_size=store.page_size,
-                                page_count=store.page_count, created=created, role_sequence=self.session.config.epoch)
+                                page_count=store.page_count, created=created, role_sequence=self.session.config.role_sequence)
             if not self.snapshots_dir.exists():
                 self.snapshots_dir.mkdir()
                 fsync_dir(self.directory)
@@ -286,22 +286,22 @@ class MirrorDatabase:
             self._seed_file.flush()
             os.fdatasync(self._seed_file.fileno())
 
-    async def seed_end(self, lsn: Lsn, epoch: int, size: int, crc: int) -> None:
+    async def seed_end(self, lsn: Lsn, role_sequence: int, size: int, crc: int) -> None:
         """Verify and install the snapshot as the page store at lsn; the log restarts after it."""
         if self._seed_file is None:
             raise ProtocolError("seed_end without seed_begin")
         f, self._seed_file = self._seed_file, None
-        await asyncio.to_thread(self._install_seed, f, lsn, epoch, size, crc)
-        log.info("seeded", database=self.session.db, lsn=lsn, epoch=epoch, bytes=size)
+        await asyncio.to_thread(self._install_seed, f, lsn, role_sequence, size, crc)
+        log.info("seeded", database=self.session.db, lsn=lsn, role_sequence=role_sequence, bytes=size)
 
-    def _install_seed(self, f, lsn: Lsn, epoch: int, size: int, crc: int) -> None:
+    def _install_seed(self, f, lsn: Lsn, role_sequence: int, size: int, crc: int) -> None:
         f.flush()
         os.fsync(f.fileno())
         f.close()
         data_crc = _file_crc(self._seed_tmp)
         if self._seed_tmp.stat().st_size != size or data_crc != crc:
             raise ProtocolError("seed snapshot does not match its size or checksum")
-        self.install_snapshot(self._seed_tmp, lsn, epoch, why=f"the mirror was reseeded at LSN {lsn}")
+        self.install_snapshot(self._seed_tmp, lsn, role_sequence, why=f"the mirror was reseeded at LSN {lsn}")
 
     # ---------------------------------------------------------------- rewind
 
@@ -320,7 +320,7 @@ class MirrorDatabase:
         self._rewind_store.write_pages(pages, self._rewind_page_size)
         self._rewind_count += len(pages)
 
-    async def rewind_end(self, lsn: Lsn, epoch: int, db_size: int, count: int) -> None:
+    async def rewind_end(self, lsn: Lsn, role_sequence: int, db_size: int, count: int) -> None:
         """Cut the copy to the principal's size and make it the page store at lsn."""
         store, self._rewind_store = getattr(self, "_rewind_store", None), None
         if store is None:
@@ -328,18 +328,18 @@ class MirrorDatabase:
         if count != self._rewind_count:
             store.close()
             raise ProtocolError(f"rewind carried {self._rewind_count} pages, its end says {count}")
-        await asyncio.to_thread(self._install_rewind, store, lsn, epoch, db_size)
-        log.info("rewound", database=self.session.db, lsn=lsn, epoch=epoch, pages=count)
+        await asyncio.to_thread(self._install_rewind, store, lsn, role_sequence, db_size)
+        log.info("rewound", database=self.session.db, lsn=lsn, role_sequence=role_sequence, pages=count)
 
-    def _install_rewind(self, store: PageStore, lsn: Lsn, epoch: int, db_size: int) -> None:
+    def _install_rewind(self, store: PageStore, lsn: Lsn, role_sequence: int, db_size: int) -> None:
         try:
             store.truncate(db_size, self._rewind_page_size)
             store.sync()
         finally:
             store.close()
-        self.install_snapshot(self._rewind_tmp, lsn, epoch, why=f"the mirror was rewound to the principal's copy at LSN {lsn}")
+        self.install_snapshot(self._rewind_tmp, lsn, role_sequence, why=f"the mirror was rewound to the principal's copy at LSN {lsn}")
 
-    def install_snapshot(self, source: Path, lsn: Lsn, epoch: int, why: str = "the mirror's copy was replaced") -> None:
+    def install_snapshot(self, source: Path, lsn: Lsn, role_sequence: int, why: str = "the mirror's copy was replaced") -> None:
         """Make source the page store at lsn (seeding, RESTORE … WITH NORECOVERY); database snapshots are dropped."""
         self.drop_all_snapshots(why)  # they show a copy that is about to be replaced whole
         self.stop()
@@ -347,7 +347,7 @@ class MirrorDatabase:
         self.checksums_path.unlink(missing_ok=True)  # another copy: start() checksums it anew
         fsync_dir(self.directory)
         atomic_write_bytes(self.directory / "redo_lsn", str(lsn).encode())
-        self.log.reset(lsn + 1, epoch)
+        self.log.reset(lsn + 1, role_sequence)
         self.start()
 
     # ---------------------------------------------------------------- DBCC CHECKMIRROR

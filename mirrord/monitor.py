@@ -67,7 +67,7 @@ class DatabaseMonitor:
     remote_at: float = 0.0  # when it arrived (monotonic)
     connects: int = 0  # partner connections established since this process started
     counted_connects: int = 0
-    epoch: int | None = None  # role sequence at the last sample
+    role_sequence: int | None = None  # role sequence at the last sample
     queues: Queues | None = None  # the exact queues behind the last figures (Prometheus wants bytes, not KB)
     exported: dict = field(default_factory=dict)  # counter name -> the source value last added to it
 
@@ -339,7 +339,7 @@ class NodeMetrics:
             self.role.labels(self.node, db, role.value).set(1 if s.role is role else 0)
         for state in MirroringState:
             self.state.labels(self.node, db, state.value).set(1 if s.state is state else 0)
-        self.role_sequence.labels(self.node, db).set(s.config.epoch)
+        self.role_sequence.labels(self.node, db).set(s.config.role_sequence)
         self.partner_connected.labels(self.node, db).set(1 if s.partner_connected else 0)
         self.witness_connected.labels(self.node, db).set(1 if s.witness_connected else 0)
         for kind in FAILOVER_KINDS:
@@ -359,12 +359,12 @@ class NodeMetrics:
             counter.labels(self.node, db).inc(_advance(exported, f"redo_queue_{name}", value))
 
     def _count_events(self, host: "DatabaseHost") -> None:
-        mon, db, epoch = monitor_of(host), host.name, host.session.config.epoch
-        if mon.epoch is not None and mon.epoch >= 1 and epoch > mon.epoch:
-            self.failovers.labels(self.node, db).inc(epoch - mon.epoch)
+        mon, db, role_sequence = monitor_of(host), host.name, host.session.config.role_sequence
+        if mon.role_sequence is not None and mon.role_sequence >= 1 and role_sequence > mon.role_sequence:
+            self.failovers.labels(self.node, db).inc(role_sequence - mon.role_sequence)
         else:
             self.failovers.labels(self.node, db)  # the series exists from the start, at 0
-        mon.epoch = epoch
+        mon.role_sequence = role_sequence
         reconnects = max(0, mon.connects - 1)
         if reconnects > mon.counted_connects:
             self.reconnects.labels(self.node, db).inc(reconnects - mon.counted_connects)

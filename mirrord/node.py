@@ -246,7 +246,7 @@ class Node:
         """The copy is about to be opened by SQLite (a promotion, RESTORE … WITH RECOVERY): its snapshots go first."""
         cfg = host.session.config
         if cfg.role is Role.PRINCIPAL:
-            why = f"{host.name} became the principal here (role sequence {cfg.epoch}): a snapshot is of a mirror's copy"
+            why = f"{host.name} became the principal here (role sequence {cfg.role_sequence}): a snapshot is of a mirror's copy"
         else:
             why = f"{host.name} was brought ONLINE here (RESTORE … WITH RECOVERY): a snapshot is of a mirror's copy"
         for name in snapfiles.remove_all(host.directory / SNAPSHOTS_DIR):
@@ -439,14 +439,14 @@ class Node:
         cfg = host.session.config
         hello = {
             "t": "hello", "v": PROTOCOL_VERSION, "db": host.name, "from_node": self.name,
-            "from_endpoint": self.endpoint_url, "role": cfg.role.value, "epoch": cfg.epoch,
+            "from_endpoint": self.endpoint_url, "role": cfg.role.value, "role_sequence": cfg.role_sequence,
             "end_lsn": host.log.last_lsn, "safety": cfg.safety.value, "timeout": cfg.timeout,
             "suspended": cfg.suspended, "listen": self.listen_address,
             "failover_lsn": cfg.failover_lsn, "witness": cfg.witness or "", "redo_queue_mb": cfg.redo_queue_mb,
         }
-        fork_epoch = host.log.epoch_at(cfg.failover_lsn) if cfg.failover_lsn else None
-        if fork_epoch is not None:  # a rejoining copy finds where its history parts from ours (core.history)
-            hello["failover_epoch"] = fork_epoch
+        fork_role_sequence = host.log.role_sequence_at(cfg.failover_lsn) if cfg.failover_lsn else None
+        if fork_role_sequence is not None:  # a rejoining copy finds where its history parts from ours (core.history)
+            hello["failover_role_sequence"] = fork_role_sequence
         return hello
 
     # ---------------------------------------------------------------- databases
@@ -460,7 +460,7 @@ class Node:
     async def create_host(self, config: SessionConfig, snapshot: tuple[Path, int, int] | None = None) -> DatabaseHost:
         """Create the directory and meta of a new database and activate it.
 
-        snapshot: (file, lsn, epoch) of a database image to start from (RESTORE).
+        snapshot: (file, lsn, role_sequence) of a database image to start from (RESTORE).
         """
         directory = self.database_dir(config.db)
         if directory.exists():
@@ -468,9 +468,9 @@ class Node:
         directory.mkdir(parents=True)
         host = DatabaseHost(config.db, directory, Session(config), self.open_log(directory))
         if snapshot is not None:
-            image, lsn, epoch = snapshot
+            image, lsn, role_sequence = snapshot
             os.replace(image, directory / "db.sqlite")
-            host.log.reset(lsn + 1, epoch)
+            host.log.reset(lsn + 1, role_sequence)
             atomic_write_bytes(directory / "redo_lsn", str(lsn).encode())
         host.persist()
         host.on_witness_changed = self.sync_witness_link

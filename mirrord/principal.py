@@ -118,7 +118,7 @@ class StatementResult:
     rows: list[list[Any]]
     rowcount: int
     lsn: Lsn | None = None  # commit LSN, when the statement committed a transaction
-    epoch: int | None = None  # the role sequence that commit was logged in: (lsn, epoch, seq) is its token
+    role_sequence: int | None = None  # the role sequence that commit was logged in: (lsn, role_sequence, seq) is its token
     # its place among the client statements that commit holds (several clients' autocommit writes share
     # one SQLite transaction, each under a SAVEPOINT): 0 for a commit of its own
     seq: int | None = None
@@ -464,11 +464,11 @@ class PrincipalDatabase:
         """Append WAL transactions read up to pos to the log as one batch, then checkpoint if it is time (writer thread)."""
         if not txns:
             return []
-        lsn, epoch = self.log.last_lsn, self.session.config.epoch
+        lsn, role_sequence = self.log.last_lsn, self.session.config.role_sequence
         records = []
         for i, txn in enumerate(txns, start=1):
             wal = pos.to_dict() if i == len(txns) else None
-            records.append(LogRecord(lsn + i, epoch, txn.db_size, txn.page_size, txn.pages, wal))
+            records.append(LogRecord(lsn + i, role_sequence, txn.db_size, txn.page_size, txn.pages, wal))
         self.log.append(records)
         self._wal_pos = pos
         if self._checkpoints_paused:
@@ -954,7 +954,7 @@ class PrincipalDatabase:
 
     async def _finish(self, result: StatementResult, records: list[LogRecord], wait_for: Lsn) -> StatementResult:
         if records:
-            result.lsn, result.epoch = records[-1].lsn, records[-1].epoch
+            result.lsn, result.role_sequence = records[-1].lsn, records[-1].role_sequence
             if result.seq is None:
                 result.seq = 0
         committed = time.monotonic()
@@ -966,9 +966,9 @@ class PrincipalDatabase:
             # committed here, not acknowledged: only the token can tell later whether it survived
             raise CommitInDoubt(
                 f"{exc.message.rstrip('.')}. The commit is in doubt; its token is LSN {result.lsn}, role sequence "
-                f"{result.epoch}{f', statement {result.seq}' if result.seq else ''}: EXEC sp_transaction_status "
-                f"'{self.session.db}', {result.lsn}, {result.epoch} on the principal tells whether it committed",
-                lsn=result.lsn, epoch=result.epoch, seq=result.seq, principal=exc.details.get("principal"),
+                f"{result.role_sequence}{f', statement {result.seq}' if result.seq else ''}: EXEC sp_transaction_status "
+                f"'{self.session.db}', {result.lsn}, {result.role_sequence} on the principal tells whether it committed",
+                lsn=result.lsn, role_sequence=result.role_sequence, seq=result.seq, principal=exc.details.get("principal"),
             ) from None
         if records:  # the delay mirroring adds: local commit to acknowledgement (the mirror hardened it, SAFETY FULL)
             self.commits += 1
@@ -1332,7 +1332,7 @@ class PrincipalDatabase:
     # ---------------------------------------------------------------- snapshots
 
     async def snapshot_to(self, dest: Path) -> tuple[Lsn, int]:
-        """Copy a consistent image of the database at some LSN to dest, writes going on; return (lsn, epoch).
+        """Copy a consistent image of the database at some LSN to dest, writes going on; return (lsn, role_sequence).
 
         Without the write lock: only checkpoints write into db.sqlite (commits go
         to the WAL), so with checkpoints paused the file stays as it is, durable up
@@ -1345,16 +1345,16 @@ class PrincipalDatabase:
         async with self._hop_gate:  # no capture under way: applied_lsn and the end of log hold still
             self._checkpoints_paused += 1
             base, lsn = self.applied_lsn, self.end_lsn
-            # the epoch of the record at lsn, not the current role sequence: a mirror seeded
-            # here reports it as its hardened epoch, and a mismatch reads as divergence (a full reseed)
-            epoch = self.log.last_epoch
+            # the role sequence of the record at lsn, not the current role sequence: a mirror seeded
+            # here reports it as its hardened role sequence, and a mismatch reads as divergence (a full reseed)
+            role_sequence = self.log.last_role_sequence
         try:
             await self.wait_synced(lsn)  # a mirror never holds what a power cut could take from us
             await asyncio.to_thread(copy_in_steps, self.path, dest)
             await asyncio.to_thread(apply_log_range, dest, self.log, base + 1, lsn)
         finally:
             self._checkpoints_paused -= 1
-        return lsn, epoch
+        return lsn, role_sequence
 
     async def page_digests(self, pinned: Callable[[Lsn], None], mb_per_s: int = 0) -> PageDigests:
         """Every page's digest at one LSN, writes going on (DBCC CHECKMIRROR; the view is snapshot_to's).

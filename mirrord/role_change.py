@@ -39,7 +39,7 @@ log = structlog.get_logger()
 def role_view(node: "NodeServices", host: "DatabaseHost") -> roles.RoleView:
     """What core.roles reads of this copy now."""
     s, cfg = host.session, host.session.config
-    return roles.RoleView(role=cfg.role, role_sequence=cfg.epoch, endpoint=node.endpoint_url, partner=cfg.partner,
+    return roles.RoleView(role=cfg.role, role_sequence=cfg.role_sequence, endpoint=node.endpoint_url, partner=cfg.partner,
                           changing=s.failover_pending or s.failover_requested, redo_error=s.redo_error,
                           forced_fork=cfg.forced_fork, failover_in_doubt=host.failover_in_doubt)
 
@@ -64,24 +64,24 @@ async def carry_out(node: "NodeServices", host: "DatabaseHost", action: roles.Ac
             return
         await step_down(node, host, action.role_sequence, action.why)
     elif isinstance(action, roles.AdoptRoleSequence):
-        host.update_config(epoch=action.role_sequence)
+        host.update_config(role_sequence=action.role_sequence)
     elif isinstance(action, roles.NoteWitnessSynchronized):
         host.session.witness_believes_synchronized = action.synchronized
     elif isinstance(action, roles.SuspendSession):
         host.update_config(suspended=True, forced_fork=False)
-        log.warning("session_suspended", database=host.name, role_sequence=host.session.config.epoch, reason=action.why)
+        log.warning("session_suspended", database=host.name, role_sequence=host.session.config.role_sequence, reason=action.why)
     elif isinstance(action, roles.ServeAgain):
         host.failover_in_doubt = False
         host.session.state_reason = None
         if host.principal is not None:
             host.principal.resume_serving()
         log.warning("manual_failover_did_not_happen", database=host.name, role="PRINCIPAL",
-                    role_sequence=host.session.config.epoch, reason=action.why)
+                    role_sequence=host.session.config.role_sequence, reason=action.why)
 
 
 async def adopt_witness_state(node: "NodeServices", host: "DatabaseHost", msg: dict) -> None:
     """Act on what the witness says about the session (w_state, validated): a newer role sequence wins."""
-    await on_event(node, host, roles.WitnessState(msg["epoch"], msg["principal"], forced=msg.get("forced") is True,
+    await on_event(node, host, roles.WitnessState(msg["role_sequence"], msg["principal"], forced=msg.get("forced") is True,
                                                   mirror_synchronized=msg["mirror_synchronized"]))
 
 
@@ -93,7 +93,7 @@ async def request_promotion(node: "NodeServices", host: "DatabaseHost", conn: "W
     try:
         try:
             answer = await conn.request(
-                {"t": "w_vote", "epoch": s.config.epoch, "hardened_lsn": host.log.last_lsn, "forced": forced}, timeout)
+                {"t": "w_vote", "role_sequence": s.config.role_sequence, "hardened_lsn": host.log.last_lsn, "forced": forced}, timeout)
         except (asyncio.TimeoutError, ConnectionError, OSError) as exc:
             if not forced:
                 raise
@@ -105,7 +105,7 @@ async def request_promotion(node: "NodeServices", host: "DatabaseHost", conn: "W
                 "node becomes the principal as soon as it hears so: check sys.database_mirroring (role) before "
                 "trying again") from None
         if answer.get("granted"):
-            await promote(node, host, answer["epoch"], forced=forced, why="witness vote granted")
+            await promote(node, host, answer["role_sequence"], forced=forced, why="witness vote granted")
             return True
         if forced:
             raise StatementRefused(f"the witness refused forced service: {answer.get('reason')}")
@@ -114,8 +114,8 @@ async def request_promotion(node: "NodeServices", host: "DatabaseHost", conn: "W
         s.failover_requested = False
 
 
-async def witness_refusal(host: "DatabaseHost", claimant: str, epoch: int) -> str | None:
-    """Why the witness does not (yet) back `claimant` as principal of `epoch`; None if it does, or no witness is set.
+async def witness_refusal(host: "DatabaseHost", claimant: str, role_sequence: int) -> str | None:
+    """Why the witness does not (yet) back `claimant` as principal of `role_sequence`; None if it does, or no witness is set.
 
     Without a witness the authenticated partner's word is the record, as between
     the reference's partners; with one, the record decides (`quorum.witness_backing_refusal`).
@@ -130,36 +130,36 @@ async def witness_refusal(host: "DatabaseHost", claimant: str, epoch: int) -> st
         answer = await conn.request({"t": "w_ping"}, cfg.timeout)
     except (asyncio.TimeoutError, ConnectionError, OSError) as exc:
         return f"the witness {cfg.witness} did not answer ({exc!r}): the role change waits until its record confirms it"
-    return quorum.witness_backing_refusal(answer["epoch"], answer["principal"], claimant, epoch)
+    return quorum.witness_backing_refusal(answer["role_sequence"], answer["principal"], claimant, role_sequence)
 
 
-async def step_down_for_partner(node: "NodeServices", host: "DatabaseHost", epoch: int, partner: str) -> None:
+async def step_down_for_partner(node: "NodeServices", host: "DatabaseHost", role_sequence: int, partner: str) -> None:
     """The partner says it is principal of a newer role sequence: step down, if the witness's record agrees."""
-    await on_event(node, host, roles.PartnerIsPrincipal(epoch, partner))
+    await on_event(node, host, roles.PartnerIsPrincipal(role_sequence, partner))
 
 
-async def promote_for_failover(node: "NodeServices", host: "DatabaseHost", epoch: int) -> None:
+async def promote_for_failover(node: "NodeServices", host: "DatabaseHost", role_sequence: int) -> None:
     """The principal asked for a manual failover: promote, if the witness recorded the switch first."""
-    await on_event(node, host, roles.FailoverAsked(epoch))
+    await on_event(node, host, roles.FailoverAsked(role_sequence))
 
 
-async def promote(node: "NodeServices", host: "DatabaseHost", epoch: int, *, forced: bool, why: str) -> None:
-    """This mirror becomes the principal in role sequence `epoch`.
+async def promote(node: "NodeServices", host: "DatabaseHost", role_sequence: int, *, forced: bool, why: str) -> None:
+    """This mirror becomes the principal in role sequence `role_sequence`.
 
     Shielded: it is often started from a link task that it stops itself, and a
     promotion cancelled half way would leave the database in neither role.
     """
-    await asyncio.shield(asyncio.ensure_future(_promote(node, host, epoch, forced=forced, why=why)))
+    await asyncio.shield(asyncio.ensure_future(_promote(node, host, role_sequence, forced=forced, why=why)))
 
 
-async def _promote(node: "NodeServices", host: "DatabaseHost", epoch: int, *, forced: bool, why: str) -> None:
+async def _promote(node: "NodeServices", host: "DatabaseHost", role_sequence: int, *, forced: bool, why: str) -> None:
     async with host.role_change:
         view = role_view(node, host)
-        if not roles.promotion_due(view, epoch):
+        if not roles.promotion_due(view, role_sequence):
             return  # the role moved on while this waited: nothing to do
         if (refused := roles.promotion_refusal(view)) is not None:
-            log.error("promotion_refused", database=host.name, role_sequence=epoch, reason=refused)
-            host.record_event("PROMOTION_FAILED", f"to role sequence {epoch} ({why}) refused: {refused}")
+            log.error("promotion_refused", database=host.name, role_sequence=role_sequence, reason=refused)
+            host.record_event("PROMOTION_FAILED", f"to role sequence {role_sequence} ({why}) refused: {refused}")
             if forced:  # a statement: its client hears why
                 raise StatementRefused(f"{host.name} cannot become principal here: {refused}")
             return
@@ -167,7 +167,7 @@ async def _promote(node: "NodeServices", host: "DatabaseHost", epoch: int, *, fo
         await node.stop_inbound(host)
         fork = host.log.last_lsn
         host.update_config(
-            role=Role.PRINCIPAL, status=DatabaseStatus.ONLINE, epoch=epoch, failover_lsn=fork,
+            role=Role.PRINCIPAL, status=DatabaseStatus.ONLINE, role_sequence=role_sequence, failover_lsn=fork,
             forced_fork=forced, suspended=False, lost_lsn_from=0, lost_lsn_to=0,
         )
         if host.mirror is not None:
@@ -181,7 +181,7 @@ async def _promote(node: "NodeServices", host: "DatabaseHost", epoch: int, *, fo
             await node.activate(host)
         except Exception as exc:  # noqa: BLE001 - the copy could not be opened: it must not stay PRINCIPAL
             why = f"promotion failed: the copy could not be opened ({exc})"
-            log.critical("promotion_failed", database=host.name, role_sequence=epoch, error=repr(exc))
+            log.critical("promotion_failed", database=host.name, role_sequence=role_sequence, error=repr(exc))
             host.record_event("PROMOTION_FAILED", why, lsn=fork)
             host.principal = None
             host.update_config(role=Role.MIRROR, status=DatabaseStatus.RESTORING, suspended=True)
@@ -196,20 +196,20 @@ async def _promote(node: "NodeServices", host: "DatabaseHost", epoch: int, *, fo
                               + ("; anything the old principal holds past it is lost unless salvaged when it returns" if forced else ""),
                               lsn=fork)
         log.warning(
-            "promoted_to_principal", database=host.name, role="PRINCIPAL", role_sequence=epoch, failover_lsn=fork,
+            "promoted_to_principal", database=host.name, role="PRINCIPAL", role_sequence=role_sequence, failover_lsn=fork,
             lsn=host.log.last_lsn, forced=forced, reason=why, seconds=round(time.monotonic() - started, 3),
         )
 
 
-async def step_down(node: "NodeServices", host: "DatabaseHost", epoch: int, why: str) -> None:
+async def step_down(node: "NodeServices", host: "DatabaseHost", role_sequence: int, why: str) -> None:
     """This principal learned of a newer principal: stop serving, become its mirror (shielded, as promote)."""
-    await asyncio.shield(asyncio.ensure_future(_step_down(node, host, epoch, why)))
+    await asyncio.shield(asyncio.ensure_future(_step_down(node, host, role_sequence, why)))
 
 
-async def _step_down(node: "NodeServices", host: "DatabaseHost", epoch: int, why: str) -> None:
+async def _step_down(node: "NodeServices", host: "DatabaseHost", role_sequence: int, why: str) -> None:
     async with host.role_change:
         cfg = host.session.config
-        if not roles.step_down_due(role_view(node, host), epoch):
+        if not roles.step_down_due(role_view(node, host), role_sequence):
             return  # the role moved on while this waited: nothing to do
         host.failover_in_doubt = False  # settled: the partner is principal
         new_principal = host.session.partner_listen or cfg.partner
@@ -223,11 +223,11 @@ async def _step_down(node: "NodeServices", host: "DatabaseHost", epoch: int, why
             # disk) less, and redo as the mirror replays the rest from the log
             await host.principal.close()
             host.principal = None
-        host.update_config(role=Role.MIRROR, status=DatabaseStatus.RESTORING, epoch=epoch, forced_fork=False)
+        host.update_config(role=Role.MIRROR, status=DatabaseStatus.RESTORING, role_sequence=role_sequence, forced_fork=False)
         host.session.note_stepped_down()
         await node.activate(host)
         host.record_event("STEPPED_DOWN", why, lsn=host.log.last_lsn)
-        log.warning("stepped_down_to_mirror", database=host.name, role="MIRROR", role_sequence=epoch, lsn=host.log.last_lsn, reason=why)
+        log.warning("stepped_down_to_mirror", database=host.name, role="MIRROR", role_sequence=role_sequence, lsn=host.log.last_lsn, reason=why)
 
 
 async def manual_failover(node: "NodeServices", host: "DatabaseHost") -> str:
@@ -247,7 +247,7 @@ async def manual_failover(node: "NodeServices", host: "DatabaseHost") -> str:
                 if host.witness_conn is None:
                     raise StatementRefused(f"manual failover abandoned: the witness {cfg.witness} went away; nothing changed")
                 try:
-                    answer = await host.witness_conn.request({"t": "w_switch", "epoch": cfg.epoch}, cfg.timeout)
+                    answer = await host.witness_conn.request({"t": "w_switch", "role_sequence": cfg.role_sequence}, cfg.timeout)
                 except (asyncio.TimeoutError, ConnectionError, OSError) as exc:
                     raise StatementRefused(f"manual failover abandoned: the witness did not answer ({exc!r}); nothing changed") from None
                 if not answer.get("accepted"):
@@ -259,7 +259,7 @@ async def manual_failover(node: "NodeServices", host: "DatabaseHost") -> str:
             try:
                 if host.partner_writer is None:
                     raise ConnectionResetError("the mirror is not connected")
-                framing.write_message(host.partner_writer, {"t": "failover", "epoch": cfg.epoch + 1, "failover_lsn": end})
+                framing.write_message(host.partner_writer, {"t": "failover", "role_sequence": cfg.role_sequence + 1, "failover_lsn": end})
                 sent = True
                 await asyncio.wait_for(reply, timing(cfg.timeout).slow_answer)
             except (asyncio.TimeoutError, ConnectionError):
@@ -276,14 +276,14 @@ async def manual_failover(node: "NodeServices", host: "DatabaseHost") -> str:
                            f"serve {host.name} until the partner answers (it becomes the mirror if the failover happened, "
                            "and serves again if not)")
                     s.note_reason(why, time.strftime("%H:%M:%S"))
-                    log.warning("manual_failover_in_doubt", database=host.name, role_sequence=cfg.epoch)
+                    log.warning("manual_failover_in_doubt", database=host.name, role_sequence=cfg.role_sequence)
                     raise StatementRefused(why) from None
             principal.stop_serving()  # the role has moved: no write waiting for this lock may commit here
     finally:
         s.failover_pending = False
         host.failover_reply = None
     new_principal = s.partner_listen or cfg.partner
-    await step_down(node, host, cfg.epoch + 1, f"manual failover to {cfg.partner}")
+    await step_down(node, host, cfg.role_sequence + 1, f"manual failover to {cfg.partner}")
     return new_principal
 
 
@@ -309,7 +309,7 @@ async def forced_service(node: "NodeServices", host: "DatabaseHost") -> None:
         return
     host.session.failover_requested = True
     try:
-        await promote(node, host, cfg.epoch + 1, forced=True, why="FORCE_SERVICE_ALLOW_DATA_LOSS")
+        await promote(node, host, cfg.role_sequence + 1, forced=True, why="FORCE_SERVICE_ALLOW_DATA_LOSS")
     finally:
         host.session.failover_requested = False
 

@@ -377,7 +377,7 @@ class StatementExecutor:
             return _message(f"{stmt.db} is the mirror of {url}")
         await self._probe_mirror(host, stmt.endpoint)
         await self.node.stop_partner_link(host)  # an OFF notice still under way: this new session supersedes it
-        host.update_config(role=Role.PRINCIPAL, partner=url, epoch=max(host.session.config.epoch, 1), ended_by_off=None,
+        host.update_config(role=Role.PRINCIPAL, partner=url, role_sequence=max(host.session.config.role_sequence, 1), ended_by_off=None,
                            off_untold=None)
         self.node.start_partner_link(host)
         return _message(f"{stmt.db} is the principal; mirroring to {url}")
@@ -385,7 +385,7 @@ class StatementExecutor:
     async def _probe_mirror(self, host: "DatabaseHost", endpoint: Endpoint) -> None:
         """Check the mirror is prepared before the principal commits to the session."""
         hello = self.node.hello(host)
-        hello.update(role=Role.PRINCIPAL.value, epoch=max(host.session.config.epoch, 1))
+        hello.update(role=Role.PRINCIPAL.value, role_sequence=max(host.session.config.role_sequence, 1))
         try:
             reader, writer = await asyncio.wait_for(self.node.connect_endpoint(endpoint), 5)
         except (OSError, asyncio.TimeoutError) as exc:
@@ -452,7 +452,7 @@ class StatementExecutor:
         await forced_service(self.node, host)
         cfg = host.session.config
         return _message(
-            f"forced service: {host.name} is principal here in role sequence {cfg.epoch}, a new recovery fork from LSN {cfg.failover_lsn}; "
+            f"forced service: {host.name} is principal here in role sequence {cfg.role_sequence}, a new recovery fork from LSN {cfg.failover_lsn}; "
             "anything the old principal held past that is lost unless salvaged when it returns"
         )
 
@@ -500,14 +500,14 @@ class StatementExecutor:
                    "long before it votes); nothing changed. Try again when witness_state is CONNECTED")
         if conn is None:
             raise StatementRefused(refused)
-        msg = {"t": "w_report", "epoch": cfg.epoch, "synchronized": host.session.witness_believes_synchronized,
+        msg = {"t": "w_report", "role_sequence": cfg.role_sequence, "synchronized": host.session.witness_believes_synchronized,
                "safety": cfg.safety.value, "timeout": seconds}
         try:
             answer = await conn.request(msg, cfg.timeout)
         except (asyncio.TimeoutError, ConnectionError, OSError):
             raise StatementRefused(refused) from None
         if not answer.get("accepted"):
-            raise StatementRefused(f"the witness did not accept the new TIMEOUT (it holds role sequence {answer.get('epoch')}); nothing changed")
+            raise StatementRefused(f"the witness did not accept the new TIMEOUT (it holds role sequence {answer.get('role_sequence')}); nothing changed")
 
     @staticmethod
     def _send_settings(host: "DatabaseHost") -> None:
@@ -568,8 +568,8 @@ class StatementExecutor:
             raise StatementRefused(str(exc)) from None
         tmp = host.directory / "backup-snapshot.tmp"
         try:
-            lsn, epoch = await host.principal.snapshot_to(tmp)
-            dest = await asyncio.to_thread(backups.write_backup, tmp, base, stmt.path, host.name, lsn, epoch)
+            lsn, role_sequence = await host.principal.snapshot_to(tmp)
+            dest = await asyncio.to_thread(backups.write_backup, tmp, base, stmt.path, host.name, lsn, role_sequence)
         except backups.BackupPathRefused as exc:
             raise StatementRefused(str(exc)) from None
         except OSError as exc:
@@ -592,8 +592,8 @@ class StatementExecutor:
             tmp.unlink(missing_ok=True)
             raise StatementRefused(f"cannot restore from {stmt.path!r}: {exc}") from None
         status = DatabaseStatus.ONLINE if stmt.recovery else DatabaseStatus.RESTORING
-        config = SessionConfig(stmt.db, status=status, epoch=header["epoch"])
-        await self.node.create_host(config, snapshot=(tmp, header["lsn"], header["epoch"]))
+        config = SessionConfig(stmt.db, status=status, role_sequence=header["role_sequence"])
+        await self.node.create_host(config, snapshot=(tmp, header["lsn"], header["role_sequence"]))
         state = "ONLINE" if stmt.recovery else "RESTORING (WITH NORECOVERY: ready to be a mirror)"
         return _message(f"database {stmt.db} restored from {stmt.path} at LSN {header['lsn']}; {state}")
 
@@ -620,17 +620,17 @@ class StatementExecutor:
         host = self._host(stmt.db)
         cfg = host.session.config
         end = host.log.last_lsn
-        epoch = host.log.epoch_at(stmt.lsn) if 0 < stmt.lsn <= end else None
+        role_sequence = host.log.role_sequence_at(stmt.lsn) if 0 < stmt.lsn <= end else None
         if cfg.lost_lsn_to and cfg.lost_lsn_from <= stmt.lsn <= cfg.lost_lsn_to:
             status = "LOST"  # still in this copy's log, but not in the session's history: the new principal forked before it
         elif stmt.lsn > end or stmt.lsn < 1:
             status = "NOT_YET" if host.session.role is Role.MIRROR else "LOST"
-        elif epoch is None:
+        elif role_sequence is None:
             status = "UNKNOWN"
         else:
-            status = "COMMITTED" if epoch == stmt.role_sequence else "LOST"
+            status = "COMMITTED" if role_sequence == stmt.role_sequence else "LOST"
         columns = ["database", "lsn", "role_sequence", "status", "node_role", "current_role_sequence", "end_of_log_lsn"]
-        row = [stmt.db, stmt.lsn, stmt.role_sequence, status, host.session.role.value, host.session.config.epoch, end]
+        row = [stmt.db, stmt.lsn, stmt.role_sequence, status, host.session.role.value, host.session.config.role_sequence, end]
         return StatementResult(columns, [row], 1)
 
     # ---------------------------------------------------------------- monitor alerts

@@ -127,7 +127,7 @@ def status_row(host: "DatabaseHost") -> dict:
         "partner": cfg.partner,
         "witness": cfg.witness,
         "witness_state": s.witness_state.value,
-        "role_sequence": cfg.epoch,
+        "role_sequence": cfg.role_sequence,
         "failover_lsn": min(hardened, end),
         "end_of_log_lsn": end,
         "hardened_lsn": hardened,

@@ -107,7 +107,7 @@ class Witness:
         """The w_state answer for a database."""
         rec = self.records[db]
         return {
-            "t": "w_state", "rid": rid, "epoch": rec.role_sequence, "principal": rec.principal, "mirror": rec.mirror,
+            "t": "w_state", "rid": rid, "role_sequence": rec.role_sequence, "principal": rec.principal, "mirror": rec.mirror,
             "mirror_synchronized": rec.mirror_synchronized, "principal_connected": self.sees(db, rec.principal),
             "mirror_connected": self.sees(db, rec.mirror), "forced": rec.forced, **extra,
         }
@@ -138,7 +138,7 @@ class Witness:
                 await writer.drain()
                 return
             rec = quorum.adopt_principal_claim(
-                self.records.get(db), db, sender, hello["partner"], hello["epoch"], hello["synchronized"], Safety(hello["safety"]),
+                self.records.get(db), db, sender, hello["partner"], hello["role_sequence"], hello["synchronized"], Safety(hello["safety"]),
                 hello["timeout"],
             )
             if rec is not self.records.get(db):
@@ -150,8 +150,8 @@ class Witness:
         seen = _Seen(sender, float(hello["timeout"]))
         self.connected.setdefault(db, {})[sender] = seen
         self.met.add((db, sender))
-        log.info("witness_partner_connected", database=db, partner=sender, role=hello["role"], role_sequence=hello["epoch"])
-        self._record(db, "WITNESS_PARTNER_CONNECTED", f"{sender} ({hello['role']}, role sequence {hello['epoch']})")
+        log.info("witness_partner_connected", database=db, partner=sender, role=hello["role"], role_sequence=hello["role_sequence"])
+        self._record(db, "WITNESS_PARTNER_CONNECTED", f"{sender} ({hello['role']}, role sequence {hello['role_sequence']})")
         try:
             framing.write_message(writer, self.state(db, 0))
             await writer.drain()
@@ -198,12 +198,12 @@ class Witness:
             seen = self.connected.get(db, {}).get(sender)
             if seen is not None and isinstance(msg.get("timeout"), int) and 1 <= msg["timeout"] <= 3600:
                 seen.timeout = float(msg["timeout"])
-            new = quorum.apply_principal_report(rec, sender, msg["epoch"], msg["synchronized"], Safety(msg["safety"]), msg.get("timeout"))
+            new = quorum.apply_principal_report(rec, sender, msg["role_sequence"], msg["synchronized"], Safety(msg["safety"]), msg.get("timeout"))
             if new is not None and new != rec:
                 self._save(new)
             return self.state(db, msg["rid"], accepted=new is not None)
         if kind == "w_switch":
-            new = quorum.apply_manual_failover(rec, sender, msg["epoch"])
+            new = quorum.apply_manual_failover(rec, sender, msg["role_sequence"])
             if new is not None:
                 self._save(new)
             return self.state(db, msg["rid"], accepted=new is not None)
@@ -213,7 +213,7 @@ class Witness:
 
     def _vote(self, db: str, sender: str, msg: dict) -> dict:
         rec = self.records[db]
-        req = VoteRequest(db, sender, msg["epoch"], msg["hardened_lsn"], msg["forced"])
+        req = VoteRequest(db, sender, msg["role_sequence"], msg["hardened_lsn"], msg["forced"])
         # Having seen the principal since this start, the witness knows when it went; otherwise
         # "not connected" may only mean "not connected yet", and it waits out a TIMEOUT first.
         uptime = float("inf") if (db, rec.principal) in self.met else time.monotonic() - self.started

@@ -583,7 +583,7 @@ class Driver:
         self.statements_in_transaction = 0
 
     def _note_commit(self, result: Any) -> None:
-        if isinstance(result, Result) and (token := token_of(result.lsn, result.epoch, result.seq)) is not None:
+        if isinstance(result, Result) and (token := token_of(result.lsn, result.role_sequence, result.seq)) is not None:
             self.last_token = token
 
     def _mapped(self, exc: BaseException) -> errors.Error:

@@ -32,6 +32,6 @@ class Token:
         return f"LSN {self.lsn}, role sequence {self.role_sequence}{shared}"
 
 
-def token_of(lsn: int | None, epoch: int | None, seq: int | None = None) -> Token | None:
+def token_of(lsn: int | None, role_sequence: int | None, seq: int | None = None) -> Token | None:
     """The token of a commit the server reported, if it reported one (an older server sends no seq)."""
-    return Token(lsn, epoch, seq or 0) if lsn is not None and epoch is not None else None
+    return Token(lsn, role_sequence, seq or 0) if lsn is not None and role_sequence is not None else None

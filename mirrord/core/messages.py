@@ -183,9 +183,9 @@ def _map(value: Any) -> str | None:
 SCHEMAS: dict[str, dict[str, Checker]] = {
     # mirroring endpoint, node <-> node
     "hello": {"v": _int, "db": _db, "from_node": _str, "from_endpoint": _str, "role": _str,
-              "epoch": _int, "end_lsn": _int, "safety": _safety, "timeout": _int,
+              "role_sequence": _int, "end_lsn": _int, "safety": _safety, "timeout": _int,
               "suspended": _bool},
-    "welcome": {"db": _db, "epoch": _int, "hardened_lsn": _int, "hardened_epoch": _int,
+    "welcome": {"db": _db, "role_sequence": _int, "hardened_lsn": _int, "hardened_role_sequence": _int,
                 "redo_lsn": _int, "needs_seed": _bool},
     "refuse": {"reason": _str},
     "log": {"records": _list, "end_lsn": _int},  # records: LogRecord.from_wire checks them
@@ -195,22 +195,22 @@ SCHEMAS: dict[str, dict[str, Checker]] = {
     "redo_progress": {"redo_lsn": _int, "redo_queue": _int},
     "ping": {"seq": _int},
     "pong": {"seq": _int},
-    "seed_begin": {"lsn": _int, "epoch": _int, "page_size": _int, "size": _int},
+    "seed_begin": {"lsn": _int, "role_sequence": _int, "page_size": _int, "size": _int},
     "seed_chunk": {"offset": _int, "data": _bytes},
     "seed_end": {"crc": _int},
     # rewind of a diverged old principal: only the pages either side changed since the fork
-    "rewind_begin": {"lsn": _int, "epoch": _int, "page_size": _int, "db_size": _int},
+    "rewind_begin": {"lsn": _int, "role_sequence": _int, "page_size": _int, "db_size": _int},
     "rewind_pages": {"pages": _list},  # [[pgno, image], ...]: checked as a log record's pages are
     "rewind_end": {"count": _int},
     "settings": {"safety": _safety, "timeout": _int, "suspended": _bool},
     "partner_off": {},
     # first frame on a fresh connection: SET PARTNER OFF ran on this principal while the mirror was away
-    "partner_off_notice": {"db": _db, "from_endpoint": _str, "epoch": _int},
+    "partner_off_notice": {"db": _db, "from_endpoint": _str, "role_sequence": _int},
     "partner_off_done": {},
     "suspend": {"reason": _str},  # mirror -> principal: the mirror cannot go on (redo failed), or SUSPEND ran there
     "resume": {},  # mirror -> principal: SET PARTNER RESUME ran on the mirror
-    "failover": {"epoch": _int, "failover_lsn": _int},  # manual failover: principal -> mirror
-    "failover_done": {"epoch": _int},
+    "failover": {"role_sequence": _int, "failover_lsn": _int},  # manual failover: principal -> mirror
+    "failover_done": {"role_sequence": _int},
     # DBCC CHECKMIRROR (core.checkmirror): principal -> mirror, and the mirror's page digests back
     "checkmirror": {"rid": _int, "lsn": _int, "mb_per_s": _int},  # mb_per_s: the pace of the hash, 0 unlimited
     "checkmirror_result": {"rid": _int, "lsn": _int, "page_size": _int, "digests": _digests, "error": _str},
@@ -221,18 +221,18 @@ SCHEMAS: dict[str, dict[str, Checker]] = {
     "page_suspect": {"lsn": _int, "pages": _list},
     "page_offer": {"lsn": _int, "pages": _list},  # mirror -> principal: its images of pages damaged on the principal
     # witness link, partner <-> witness (replies are w_state, matched by rid)
-    "w_hello": {"db": _db, "from_endpoint": _str, "role": _str, "epoch": _int, "partner": _str,
+    "w_hello": {"db": _db, "from_endpoint": _str, "role": _str, "role_sequence": _int, "partner": _str,
                 "synchronized": _bool, "safety": _safety, "timeout": _int},
     "w_ping": {"rid": _int},
-    "w_report": {"rid": _int, "epoch": _int, "synchronized": _bool, "safety": _safety},
-    "w_switch": {"rid": _int, "epoch": _int},
-    "w_vote": {"rid": _int, "epoch": _int, "hardened_lsn": _int, "forced": _bool},
-    "w_state": {"rid": _int, "epoch": _int, "principal": _str, "mirror": _str,
+    "w_report": {"rid": _int, "role_sequence": _int, "synchronized": _bool, "safety": _safety},
+    "w_switch": {"rid": _int, "role_sequence": _int},
+    "w_vote": {"rid": _int, "role_sequence": _int, "hardened_lsn": _int, "forced": _bool},
+    "w_state": {"rid": _int, "role_sequence": _int, "principal": _str, "mirror": _str,
                 "mirror_synchronized": _bool, "principal_connected": _bool, "mirror_connected": _bool},
     # client port
     "query": {"id": _int, "db": _optional(_str), "sql": _sql, "params": _params},
     "result": {"id": _int, "columns": _str_list, "rows": _rows, "rowcount": _rowcount,
-               "lsn": _optional(_int), "epoch": _optional(_int), "message": _optional(_str)},
+               "lsn": _optional(_int), "role_sequence": _optional(_int), "message": _optional(_str)},
     "error": {"id": _int, "code": _str, "message": _str, "principal": _optional(_str)},
     # client port, the login exchange before any query (core.logins)
     "login": {"user": _login_name, "nonce": _nonce},
@@ -251,7 +251,7 @@ OPTIONAL: dict[str, dict[str, Checker]] = {
     "ack": {"redo_queue": _int},
     "settings": {"redo_queue_mb": _int},  # PARTNER REDO_QUEUE, 0 UNLIMITED (left out by an older principal)
     "hello": {"redo_queue_mb": _int,
-              "failover_epoch": _int},  # the role sequence of the principal's record at its failover LSN (core.history)
+              "failover_role_sequence": _int},  # the role sequence of the principal's record at its failover LSN (core.history)
     "w_report": {"timeout": _int},
     "w_state": {"forced": _bool},  # the record's role sequence began by forced service  # the principal's PARTNER TIMEOUT (the witness waits that long before a vote)
     "refuse": {"partner_off": _bool},  # the partner ended this session (SET PARTNER OFF): end it here too
@@ -302,10 +302,10 @@ def query(id: int, sql: str, db: str | None = None, params: list | dict | None =
 
 
 def result(id: int, columns: list[str], rows: list[list], rowcount: int,
-           lsn: int | None = None, epoch: int | None = None, message: str | None = None) -> dict:
+           lsn: int | None = None, role_sequence: int | None = None, message: str | None = None) -> dict:
     """The answer to a query that succeeded."""
     return {"t": "result", "id": id, "columns": columns, "rows": rows, "rowcount": rowcount,
-            "lsn": lsn, "epoch": epoch, "message": message}
+            "lsn": lsn, "role_sequence": role_sequence, "message": message}
 
 
 def error(id: int, code: str, message: str, principal: str | None = None) -> dict:

@@ -35,7 +35,7 @@ import enum
 from dataclasses import dataclass, replace
 
 from mirrord.core.timing import LEASE_FRACTION, timing
-from mirrord.core.types import Endpoint, Epoch, Lsn, Safety
+from mirrord.core.types import Endpoint, RoleSequence, Lsn, Safety
 
 __all__ = ["LEASE_FRACTION"]  # re-exported: the lease's share of TIMEOUT is a quorum fact too (core.timing holds it)
 
@@ -98,7 +98,7 @@ class WitnessRecord:
     """What the witness keeps, durably, per database."""
 
     db: str
-    role_sequence: Epoch
+    role_sequence: RoleSequence
     principal: str  # mirroring endpoint of the principal
     mirror: str
     mirror_synchronized: bool
@@ -127,7 +127,7 @@ class VoteRequest:
 
     db: str
     requester: str  # the mirror's endpoint
-    role_sequence: Epoch  # the sequence the mirror is in now
+    role_sequence: RoleSequence  # the sequence the mirror is in now
     hardened_lsn: Lsn
     forced: bool = False  # FORCE_SERVICE_ALLOW_DATA_LOSS: synchronization not required
 
@@ -137,7 +137,7 @@ class Vote:
     """The witness's answer: granted with the new role sequence, or refused with why."""
 
     granted: bool
-    role_sequence: Epoch
+    role_sequence: RoleSequence
     reason: str
 
 
@@ -184,7 +184,7 @@ def _vote_refusal(record: WitnessRecord, req: VoteRequest, principal_seen: bool)
     return None
 
 
-def apply_principal_report(record: WitnessRecord, sender: str, role_sequence: Epoch, synchronized: bool, safety: Safety,
+def apply_principal_report(record: WitnessRecord, sender: str, role_sequence: RoleSequence, synchronized: bool, safety: Safety,
                            timeout: int | None = None) -> WitnessRecord | None:
     """The principal tells the witness whether its mirror is synchronized (and its TIMEOUT); None if not accepted."""
     if sender != record.principal or role_sequence != record.role_sequence:
@@ -192,7 +192,7 @@ def apply_principal_report(record: WitnessRecord, sender: str, role_sequence: Ep
     return replace(record, mirror_synchronized=synchronized, safety=safety, timeout=timeout or record.timeout)
 
 
-def apply_manual_failover(record: WitnessRecord, sender: str, role_sequence: Epoch) -> WitnessRecord | None:
+def apply_manual_failover(record: WitnessRecord, sender: str, role_sequence: RoleSequence) -> WitnessRecord | None:
     """The principal hands the role to its synchronized mirror; None if not accepted."""
     if sender != record.principal or role_sequence != record.role_sequence:
         return None
@@ -200,7 +200,7 @@ def apply_manual_failover(record: WitnessRecord, sender: str, role_sequence: Epo
                    forced=False)
 
 
-def adopt_principal_claim(record: WitnessRecord | None, db: str, sender: str, partner: str, role_sequence: Epoch, synchronized: bool,
+def adopt_principal_claim(record: WitnessRecord | None, db: str, sender: str, partner: str, role_sequence: RoleSequence, synchronized: bool,
                           safety: Safety, timeout: int = 10) -> WitnessRecord:
     """A principal introduces itself: a new session, or a role sequence the witness missed."""
     if record is None or role_sequence > record.role_sequence:
@@ -210,7 +210,7 @@ def adopt_principal_claim(record: WitnessRecord | None, db: str, sender: str, pa
     return record
 
 
-def witness_backing_refusal(record_role_sequence: Epoch, record_principal: str, claimant: str, role_sequence: Epoch) -> str | None:
+def witness_backing_refusal(record_role_sequence: RoleSequence, record_principal: str, claimant: str, role_sequence: RoleSequence) -> str | None:
     """Why the witness's record does not back `claimant` as principal of `role_sequence`, or None.
 
     Where a witness is set, every role change goes through its record first (a

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from mirrord.core.alerts import thresholds_from_json
 from mirrord.core.types import (
     DatabaseStatus,
-    Epoch,
+    RoleSequence,
     Lsn,
     MirroringState,
     NO_LSN,
@@ -53,7 +53,7 @@ class SessionConfig:
     timeout: int = DEFAULT_TIMEOUT
     redo_queue_mb: int = 0  # PARTNER REDO_QUEUE: 0 is UNLIMITED (core.redo_queue)
     suspended: bool = False
-    epoch: Epoch = 0  # role sequence
+    role_sequence: RoleSequence = 0  # +1 at every role change; each log record carries the one it was written in
     failover_lsn: Lsn = NO_LSN  # where this node's role sequence began (the fork point of the last role change)
     forced_fork: bool = False  # this principal was made by forced service; suspend when the old one returns
     lost_lsn_from: Lsn = NO_LSN  # a diverged old principal: its log past the fork, first..last
@@ -77,6 +77,8 @@ class SessionConfig:
     def from_dict(cls, d: dict) -> "SessionConfig":
         """Inverse of to_dict; unknown keys are ignored (a newer version wrote them)."""
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        if "role_sequence" not in d and "epoch" in d:
+            known["role_sequence"] = d["epoch"]  # meta.json written before the role sequence had one name
         known["role"] = Role(known.get("role", Role.NONE))
         known["status"] = DatabaseStatus(known.get("status", DatabaseStatus.ONLINE))
         known["safety"] = Safety(known.get("safety", Safety.FULL))

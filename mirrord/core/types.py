@@ -5,9 +5,9 @@ dataclasses: no I/O, no clock, nothing of ours imported.
 
 LSNs are integers: one log record per committed transaction, numbered from 1
 and never reused, across restarts and checkpoints. LSN 0 means "nothing". The
-role sequence (epoch) is an integer that every role change increments; each log
-record carries the epoch it was written in, so a history is a list of
-(epoch, first LSN) forks, as PostgreSQL timelines are.
+role sequence is an integer that every role change increments; each log
+record carries the role sequence it was written in, so a history is a list of
+(role sequence, first LSN) forks, as PostgreSQL timelines are.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import enum
 from dataclasses import dataclass
 
 Lsn = int
-Epoch = int
+RoleSequence = int
 
 NO_LSN: Lsn = 0
 
@@ -142,7 +142,7 @@ class ActionInDoubt(MirrordError):
 class CommitInDoubt(MirrordError):
     """A commit is in this node's log but could not be acknowledged: it may or may not survive.
 
-    details carry its token (lsn, epoch), which sp_transaction_status resolves.
+    details carry its token (lsn, role_sequence), which sp_transaction_status resolves.
     """
 
     code = "in_doubt"

@@ -1,7 +1,7 @@
 """What the nemesis checks, as pure functions over what it recorded.
 
 The writers record every write they send and, for each one the server
-acknowledged, an `Ack`: which node answered, the role sequence (epoch) and LSN
+acknowledged, an `Ack`: which node answered, the role sequence and LSN
 of its commit token, and whether SAFETY was FULL for the whole time the write
 was in flight (`SafetyBook`). A write that failed after it was sent, with or
 without an answer, is in doubt: it may or may not be there.
@@ -37,7 +37,7 @@ class Ack:
     id: int
     db: str
     node: str
-    epoch: int
+    role_sequence: int
     lsn: int
     full: bool  # SAFETY FULL from before it was sent until it was acknowledged
     seq: int = 0  # its place among the writes its commit holds (autocommit writes share one, a SAVEPOINT each)
@@ -114,7 +114,7 @@ class LossReport:
 
     db: str
     node: str  # the old principal
-    epoch: int  # its role sequence when service was forced elsewhere
+    role_sequence: int  # its role sequence when service was forced elsewhere
     lost_from: int  # its lost LSN range, first..last (0, 0: nothing past the fork)
     lost_to: int
     salvaged: frozenset[int]  # the ids in its salvage copy
@@ -122,7 +122,7 @@ class LossReport:
 
 def explained_by_forced_service(ack: Ack, reports: Iterable[LossReport]) -> bool:
     """A missing acknowledged write that a forced service's loss report names, and the salvage copy holds."""
-    return any(r.db == ack.db and r.node == ack.node and r.epoch == ack.epoch and r.lost_from <= ack.lsn <= r.lost_to
+    return any(r.db == ack.db and r.node == ack.node and r.role_sequence == ack.role_sequence and r.lost_from <= ack.lsn <= r.lost_to
                and ack.id in r.salvaged for r in reports)
 
 
@@ -137,15 +137,15 @@ def find_lost_unprotected(acks: Sequence[Ack], db: str, present: set[int]) -> li
 
 
 def find_split_brain(acks: Sequence[Ack]) -> dict[tuple[str, int], set[str]]:
-    """(db, epoch) -> the nodes that acknowledged in it, where that is more than one."""
+    """(db, role_sequence) -> the nodes that acknowledged in it, where that is more than one."""
     writers: dict[tuple[str, int], set[str]] = {}
     for a in acks:
-        writers.setdefault((a.db, a.epoch), set()).add(a.node)
+        writers.setdefault((a.db, a.role_sequence), set()).add(a.node)
     return {key: nodes for key, nodes in writers.items() if len(nodes) > 1}
 
 
 def find_shared_tokens(acks: Sequence[Ack]) -> dict[tuple[str, int, int, int], list[int]]:
-    """(db, epoch, lsn, seq) -> the write ids acknowledged with that commit token, where more than one.
+    """(db, role_sequence, lsn, seq) -> the write ids acknowledged with that commit token, where more than one.
 
     Several writes may share a commit (and its LSN), each its own place (seq)
     in it; so two writes sharing a whole token means a token that does not
@@ -153,7 +153,7 @@ def find_shared_tokens(acks: Sequence[Ack]) -> dict[tuple[str, int, int, int], l
     """
     by_token: dict[tuple[str, int, int, int], list[int]] = {}
     for a in acks:
-        by_token.setdefault((a.db, a.epoch, a.lsn, a.seq), []).append(a.id)
+        by_token.setdefault((a.db, a.role_sequence, a.lsn, a.seq), []).append(a.id)
     return {token: ids for token, ids in by_token.items() if len(ids) > 1}
 
 

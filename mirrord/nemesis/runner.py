@@ -237,8 +237,8 @@ class Nemesis:
                 client = None
                 await _pause(stop)
                 continue
-            epoch = result.epoch if result.epoch is not None else -1
-            self.ledger.ack(Ack(write_id, lay.db, node.name, epoch, result.lsn or 0,
+            role_sequence = result.role_sequence if result.role_sequence is not None else -1
+            self.ledger.ack(Ack(write_id, lay.db, node.name, role_sequence, result.lsn or 0,
                                 self.safety.full_throughout(lay.db, before), result.seq or 0))
         if client is not None:
             await client.close()
@@ -384,7 +384,7 @@ class Nemesis:
         mirror = self.cluster[lay.mirror if principal.name == lay.principal else lay.principal]
         if not _answers(mirror):
             return "skipped: the mirror is down or frozen"
-        epoch = principal.status(db)["role_sequence"]
+        role_sequence = principal.status(db)["role_sequence"]
         self._do_cut(*sorted((principal.name, mirror.name)))
         not_ready = (LookupError, ServerError, Unreachable, OSError)
         how = "not exposed"  # forced anyway if the principal never got to acknowledge alone: nothing is lost then
@@ -400,7 +400,7 @@ class Nemesis:
         except TimeoutError:
             pass
         principal.kill()
-        self._forced[db] = (principal.name, epoch)
+        self._forced[db] = (principal.name, role_sequence)
         deadline = time.monotonic() + FORCE_DEADLINE
         while True:
             try:
@@ -435,13 +435,13 @@ class Nemesis:
         record = self._witness_row(lay)
         if record is None:
             return False  # the witness does not answer yet
-        _, epoch = self._forced[lay.db]
+        _, role_sequence = self._forced[lay.db]
         del self._forced_in_doubt[lay.db]
-        if not (record["role_sequence"] > epoch and record.get("forced") and record["principal"] == mirror.endpoint_url):
+        if not (record["role_sequence"] > role_sequence and record.get("forced") and record["principal"] == mirror.endpoint_url):
             del self._forced[lay.db]  # it did not happen (or an automatic failover did): nothing to read
         return True
 
-    def _read_loss_report(self, db: str, old: LocalNode, epoch: int) -> str | None:
+    def _read_loss_report(self, db: str, old: LocalNode, role_sequence: int) -> str | None:
         """The old principal's loss report and salvage copy, before RESUME rolls it back; None once read."""
         row = old.status(db)
         if row["role"] != "MIRROR":
@@ -458,7 +458,7 @@ class Nemesis:
                 salvaged = frozenset(r[0] for r in conn.execute("SELECT id FROM t"))
             finally:
                 conn.close()
-        self.loss_reports.append(LossReport(db, old.name, epoch, lost_from, lost_to, salvaged))
+        self.loss_reports.append(LossReport(db, old.name, role_sequence, lost_from, lost_to, salvaged))
         del self._forced[db]
         return None
 
@@ -535,8 +535,8 @@ class Nemesis:
             if lay.db in self._forced and not self._forced_settled(lay):
                 return f"forced service on {lay.db} in doubt: waiting for the witness's record"
             if lay.db in self._forced:
-                old_name, epoch = self._forced[lay.db]
-                if (waiting := self._read_loss_report(lay.db, self.cluster[old_name], epoch)) is not None:
+                old_name, role_sequence = self._forced[lay.db]
+                if (waiting := self._read_loss_report(lay.db, self.cluster[old_name], role_sequence)) is not None:
                     return waiting
             return self._admin(principal, lay.db, "RESUME", admin)
         if lay.db in self._forced and not self._forced_settled(lay):
@@ -607,7 +607,7 @@ class Nemesis:
         lost = [a for a in missing if a.id not in self.forced_lost]
         if lost:
             self._reported_lost.update(a.id for a in lost)
-            sample = ", ".join(f"id {a.id} by {a.node} epoch {a.epoch} lsn {a.lsn}" for a in lost[:5])
+            sample = ", ".join(f"id {a.id} by {a.node} role_sequence {a.role_sequence} lsn {a.lsn}" for a in lost[:5])
             found.append(Violation("lost", f"{lay.db}: {len(lost)} acknowledged SAFETY FULL writes missing ({sample})"))
         self.lost_unprotected.update(a.id for a in find_lost_unprotected(self.ledger.acks, lay.db, present))
         phantoms = find_phantoms(self.ledger.sent.get(lay.db, set()), present)
@@ -663,7 +663,7 @@ class Nemesis:
             f"{len(self.forced_lost)} (each in the old principal's reported range and its salvage copy), "
             f"reported lost transactions {sum(r.lost_to - r.lost_from + 1 for r in self.loss_reports if r.lost_to)}",
             f"split-brain role sequences: {len(self._reported_split)}",
-            f"role sequences with acknowledged writes: {len({(a.db, a.epoch) for a in acks})}",
+            f"role sequences with acknowledged writes: {len({(a.db, a.role_sequence) for a in acks})}",
         ]
         cut_rounds = [r for r in self.reports if r.power_cuts]
         lines.append(f"power cuts: {sum(r.power_cuts for r in cut_rounds)} in {len(cut_rounds)} rounds "

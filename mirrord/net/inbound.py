@@ -46,13 +46,13 @@ def refusal_for_hello(node: "EndpointServices", host: "DatabaseHost | None", hel
     if ended_by_off_here(host, hello):
         return f"SET PARTNER OFF ended the mirroring of {db} on {node.name}; end it on the principal too"
     if host.mirror is None or cfg.role is not Role.MIRROR:
-        return f"database {db} on {node.name} is not a mirror (role {cfg.role.value}, role sequence {cfg.epoch})"
+        return f"database {db} on {node.name} is not a mirror (role {cfg.role.value}, role sequence {cfg.role_sequence})"
     if host.session.failover_requested:
         return f"database {db} on {node.name} is asking the witness to fail over; it takes no log meanwhile"
     if cfg.partner is None or not _same_endpoint(cfg.partner, hello["from_endpoint"]):
         return f"database {db} on {node.name} mirrors {cfg.partner}, not {hello['from_endpoint']}"
-    if hello["epoch"] < cfg.epoch:
-        return f"hello from role sequence {hello['epoch']}, older than this node's {cfg.epoch}"
+    if hello["role_sequence"] < cfg.role_sequence:
+        return f"hello from role sequence {hello['role_sequence']}, older than this node's {cfg.role_sequence}"
     if (full := host.mirror.log_full_refusal()) is not None:
         host.session.note_reason(full, time.strftime("%H:%M:%S"))
         return f"{full}; it takes log again by itself once redo has caught up on {node.name}"
@@ -74,7 +74,7 @@ def hello_from_newer_principal(host: "DatabaseHost", hello: dict) -> bool:
     """This principal hears its partner speak as principal of a newer role sequence."""
     cfg = host.session.config
     return (
-        cfg.role is Role.PRINCIPAL and hello["role"] == "PRINCIPAL" and hello["epoch"] > cfg.epoch
+        cfg.role is Role.PRINCIPAL and hello["role"] == "PRINCIPAL" and hello["role_sequence"] > cfg.role_sequence
         and cfg.partner is not None and _same_endpoint(cfg.partner, hello["from_endpoint"])
     )
 
@@ -82,9 +82,9 @@ def hello_from_newer_principal(host: "DatabaseHost", hello: dict) -> bool:
 class FailoverRequested(Exception):
     """The principal asked this mirror to take over (manual failover)."""
 
-    def __init__(self, epoch: int, failover_lsn: int) -> None:
-        super().__init__(epoch, failover_lsn)
-        self.epoch, self.failover_lsn = epoch, failover_lsn
+    def __init__(self, role_sequence: int, failover_lsn: int) -> None:
+        super().__init__(role_sequence, failover_lsn)
+        self.role_sequence, self.failover_lsn = role_sequence, failover_lsn
 
 
 def _same_endpoint(a: str, b: str) -> bool:
@@ -98,14 +98,14 @@ async def serve_principal(node: "EndpointServices", host: "DatabaseHost", hello:
     """Run the mirror's side of one connection from the principal, until it fails."""
     session = host.session
     _adopt_settings(host, hello)
-    if hello["epoch"] > session.config.epoch:
-        host.update_config(epoch=hello["epoch"])
+    if hello["role_sequence"] > session.config.role_sequence:
+        host.update_config(role_sequence=hello["role_sequence"])
     mirror = host.mirror
     shared = _shared_end(host, hello)  # the log does not change before the welcome: one search serves both
     await _note_divergence(host, hello, shared)
     welcome = {
-        "t": "welcome", "db": host.name, "epoch": session.config.epoch,
-        "hardened_lsn": mirror.hardened_lsn, "hardened_epoch": host.log.last_epoch,
+        "t": "welcome", "db": host.name, "role_sequence": session.config.role_sequence,
+        "hardened_lsn": mirror.hardened_lsn, "hardened_role_sequence": host.log.last_role_sequence,
         "redo_lsn": mirror.redo_lsn, "needs_seed": not mirror.path.exists(), "listen": node.listen_address,
     }
     diverged = _diverged_pages(host, shared)
@@ -126,7 +126,7 @@ async def serve_principal(node: "EndpointServices", host: "DatabaseHost", hello:
     host.note_state()
     page_repair.send_requests(host)  # pages found damaged while the principal was away
     host.record_event("PARTNER_CONNECTED", f"the principal {hello['from_endpoint']} connected", lsn=mirror.hardened_lsn)
-    log.info("principal_connected", database=host.name, role="MIRROR", role_sequence=session.config.epoch, lsn=mirror.hardened_lsn)
+    log.info("principal_connected", database=host.name, role="MIRROR", role_sequence=session.config.role_sequence, lsn=mirror.hardened_lsn)
     reporter = RedoReporter(host, writer)
     mirror.on_redo_progress = reporter.progressed
     try:
@@ -270,7 +270,7 @@ async def _handle(host: "DatabaseHost", msg: dict, writer, records: list, seed: 
         await asyncio.to_thread(host.mirror.seed_chunk, msg["offset"], msg["data"], seed["size"])  # it syncs now and then
     elif kind == "seed_end":
         _expect_open(seed, "seed_begin", kind)
-        await host.mirror.seed_end(seed["lsn"], seed["epoch"], seed["size"], msg["crc"])
+        await host.mirror.seed_end(seed["lsn"], seed["role_sequence"], seed["size"], msg["crc"])
         _copy_installed(host, writer, seed["lsn"])
         page_repair.copy_replaced(host, whole=True)
         return None
@@ -288,7 +288,7 @@ async def _handle(host: "DatabaseHost", msg: dict, writer, records: list, seed: 
         await asyncio.to_thread(host.mirror.rewind_pages, pages)
     elif kind == "rewind_end":
         _expect_open(seed, "rewind_begin", kind)
-        await host.mirror.rewind_end(seed["lsn"], seed["epoch"], seed["db_size"], msg["count"])
+        await host.mirror.rewind_end(seed["lsn"], seed["role_sequence"], seed["db_size"], msg["count"])
         _copy_installed(host, writer, seed["lsn"])
         page_repair.copy_replaced(host, whole=False)  # after the ack: the principal reads requests again then
         return None
@@ -304,12 +304,12 @@ async def _handle(host: "DatabaseHost", msg: dict, writer, records: list, seed: 
     elif kind == "partner_off":
         raise PartnerRemoved()
     elif kind == "failover":
-        if msg["epoch"] != host.session.config.epoch + 1 or msg["failover_lsn"] != host.log.last_lsn + len(records):
-            raise ProtocolError(f"failover to role sequence {msg['epoch']} at LSN {msg['failover_lsn']} does not match this mirror")
+        if msg["role_sequence"] != host.session.config.role_sequence + 1 or msg["failover_lsn"] != host.log.last_lsn + len(records):
+            raise ProtocolError(f"failover to role sequence {msg['role_sequence']} at LSN {msg['failover_lsn']} does not match this mirror")
         if records:
             await host.mirror.harden(records)
             records.clear()
-        raise FailoverRequested(msg["epoch"], msg["failover_lsn"])
+        raise FailoverRequested(msg["role_sequence"], msg["failover_lsn"])
     else:
         raise ProtocolError(f"unexpected {kind} from the principal")
     return seed
@@ -347,9 +347,9 @@ def _shared_end(host: "DatabaseHost", hello: dict) -> int | None:
     it (it diverged); None when it did not diverge (or the hello names no fork)."""
     fork = hello.get("failover_lsn")
     end = host.log.last_lsn
-    if not isinstance(fork, int) or isinstance(fork, bool) or hello["epoch"] <= host.log.last_epoch:
+    if not isinstance(fork, int) or isinstance(fork, bool) or hello["role_sequence"] <= host.log.last_role_sequence:
         return None
-    shared = shared_history_end(fork, hello.get("failover_epoch"), host.log.first_lsn, end, host.log.epoch_at)
+    shared = shared_history_end(fork, hello.get("failover_role_sequence"), host.log.first_lsn, end, host.log.role_sequence_at)
     return shared if end > shared else None
 
 
@@ -385,11 +385,11 @@ async def _note_divergence(host: "DatabaseHost", hello: dict, shared: int | None
     else:
         path = None
     host.update_config(lost_lsn_from=fork + 1, lost_lsn_to=end, salvage_path=path)
-    host.record_event("DATA_LOSS", f"the new principal (role sequence {hello['epoch']}) shares this copy's history up to LSN "
+    host.record_event("DATA_LOSS", f"the new principal (role sequence {hello['role_sequence']}) shares this copy's history up to LSN "
                       f"{fork} (its fork: LSN {hello['failover_lsn']}): LSN {fork + 1}-{end} "
                       f"({end - fork} transactions) of this copy are not in its history; salvage copy: {path or 'none'}", lsn=fork)
     log.warning("diverged_from_new_principal", database=host.name, fork_lsn=fork, lost_from=fork + 1, lost_to=end,
-                transactions=end - fork, salvage_path=path, role="MIRROR", role_sequence=hello["epoch"])
+                transactions=end - fork, salvage_path=path, role="MIRROR", role_sequence=hello["role_sequence"])
 
 
 def _adopt_settings(host: "DatabaseHost", msg: dict) -> None:

@@ -103,7 +103,7 @@ async def _one_connection(node: "EndpointServices", host: "DatabaseHost") -> Non
             raise ProtocolError(f"expected welcome, got {welcome['t']}")
         sent_at = time.monotonic()
         was_suspended = cfg.suspended
-        await node.role_event(host, roles.PartnerWelcomed(cfg.epoch))  # SUSPENDED after forced service, ...
+        await node.role_event(host, roles.PartnerWelcomed(cfg.role_sequence))  # SUSPENDED after forced service, ...
         if host.session.config.suspended and not was_suspended:
             framing.write_message(writer, settings_message(host))  # the mirror hears it before the resume point
         hardened = await _agree_resume_point(host, welcome, reader, writer)
@@ -121,7 +121,7 @@ async def _one_connection(node: "EndpointServices", host: "DatabaseHost") -> Non
         host.note_state()
         note_connected(host)
         host.record_event("PARTNER_CONNECTED", f"the mirror {cfg.partner} connected; it has hardened LSN {hardened}", lsn=hardened)
-        log.info("partner_connected", database=host.name, role="PRINCIPAL", role_sequence=cfg.epoch, hardened_lsn=hardened, lsn=host.log.last_lsn)
+        log.info("partner_connected", database=host.name, role="PRINCIPAL", role_sequence=cfg.role_sequence, hardened_lsn=hardened, lsn=host.log.last_lsn)
         await _run_loops(node, host, reader, writer, hardened + 1)
     finally:
         writer.close()
@@ -130,9 +130,9 @@ async def _one_connection(node: "EndpointServices", host: "DatabaseHost") -> Non
 
 async def _maybe_step_down(node: "EndpointServices", host: "DatabaseHost", refuse: dict) -> None:
     """The partner refused us because it is principal of a newer role sequence."""
-    epoch, partner = refuse.get("epoch"), host.session.config.partner
-    if refuse.get("role") == "PRINCIPAL" and isinstance(epoch, int) and not isinstance(epoch, bool) and partner is not None:
-        await node.role_event(host, roles.PartnerIsPrincipal(epoch, partner))
+    role_sequence, partner = refuse.get("role_sequence"), host.session.config.partner
+    if refuse.get("role") == "PRINCIPAL" and isinstance(role_sequence, int) and not isinstance(role_sequence, bool) and partner is not None:
+        await node.role_event(host, roles.PartnerIsPrincipal(role_sequence, partner))
 
 
 async def resume_session(node: "EndpointServices", host: "DatabaseHost") -> None:
@@ -185,7 +185,7 @@ async def _tell_off_once(node: "EndpointServices", host: "DatabaseHost") -> None
     node.track_endpoint_writer(writer)
     try:
         framing.write_message(writer, {"t": "partner_off_notice", "db": host.name, "from_endpoint": node.endpoint_url,
-                                       "epoch": cfg.epoch})
+                                       "role_sequence": cfg.role_sequence})
         answer = messages.validate(await asyncio.wait_for(framing.read_message(reader), cfg.timeout))
         if answer["t"] == "refuse":
             raise LinkRefused(answer["reason"])
@@ -231,13 +231,13 @@ def settings_message(host: "DatabaseHost") -> dict:
             "redo_queue_mb": cfg.redo_queue_mb}
 
 
-def diverged(host: "DatabaseHost", hardened: int, hardened_epoch: int) -> bool:
+def diverged(host: "DatabaseHost", hardened: int, hardened_role_sequence: int) -> bool:
     """The mirror holds log that is not in this principal's history."""
     end = host.log.last_lsn
     if hardened > end:
         return True
     if hardened and hardened >= host.log.first_lsn > 0:
-        return host.log.epoch_at(hardened) != hardened_epoch
+        return host.log.role_sequence_at(hardened) != hardened_role_sequence
     return False
 
 
@@ -250,7 +250,7 @@ async def _agree_resume_point(host: "DatabaseHost", welcome: dict, reader, write
     service) nothing is sent: RESUME reconnects and lands here again.
     """
     hardened, end = welcome["hardened_lsn"], host.log.last_lsn
-    if hardened > end and welcome["hardened_epoch"] == host.session.config.epoch:
+    if hardened > end and welcome["hardened_role_sequence"] == host.session.config.role_sequence:
         # The mirror holds more of this very role sequence than we do. Only synced
         # records are shipped, so only a damaged log here explains it: reseeding the
         # mirror from this shorter copy would throw acknowledged commits away.
@@ -258,10 +258,10 @@ async def _agree_resume_point(host: "DatabaseHost", welcome: dict, reader, write
         # the fork that has written nothing yet ends its log in the old one, and an
         # old principal's records past that fork are diverged, not ahead of us.)
         raise PartnerRefused(
-            f"the mirror holds log up to LSN {hardened} in role sequence {welcome['hardened_epoch']}, this principal only "
+            f"the mirror holds log up to LSN {hardened} in role sequence {welcome['hardened_role_sequence']}, this principal only "
             f"up to {end}: it is not reseeded from the shorter copy. Fail over to it (FORCE_SERVICE_ALLOW_DATA_LOSS on "
             "the mirror loses nothing of its log), or SET PARTNER OFF here to keep this copy")
-    is_diverged = diverged(host, hardened, welcome["hardened_epoch"])
+    is_diverged = diverged(host, hardened, welcome["hardened_role_sequence"])
     if is_diverged and host.session.config.suspended:
         log.warning("mirror_diverged_awaiting_resume", database=host.name, mirror_lsn=hardened, fork_lsn=host.session.config.failover_lsn)
         return min(hardened, end)
@@ -289,7 +289,7 @@ async def _rewind(host: "DatabaseHost", reader, writer, diverged: list, shared: 
     if not all(type(p) is int and 1 <= p <= 0xFFFFFFFE for p in diverged):
         raise ProtocolError("welcome: diverged_pages must be page numbers")
     tmp = host.directory / "rewind-snapshot.tmp"
-    lsn, epoch = await _pinging(host, writer, host.principal.snapshot_to(tmp))
+    lsn, role_sequence = await _pinging(host, writer, host.principal.snapshot_to(tmp))
     try:
         ours = await _pinging(host, writer, asyncio.to_thread(host.log.pages_touched, fork + 1, lsn))
         if ours is None:
@@ -297,8 +297,8 @@ async def _rewind(host: "DatabaseHost", reader, writer, diverged: list, shared: 
         page_size = _page_size(tmp)
         db_size = tmp.stat().st_size // page_size
         pages = sorted(p for p in ours.union(diverged) if p <= db_size)
-        log.info("rewinding_mirror", database=host.name, fork_lsn=fork, lsn=lsn, pages=len(pages), of_pages=db_size, role_sequence=epoch)
-        framing.write_message(writer, {"t": "rewind_begin", "lsn": lsn, "epoch": epoch, "page_size": page_size, "db_size": db_size})
+        log.info("rewinding_mirror", database=host.name, fork_lsn=fork, lsn=lsn, pages=len(pages), of_pages=db_size, role_sequence=role_sequence)
+        framing.write_message(writer, {"t": "rewind_begin", "lsn": lsn, "role_sequence": role_sequence, "page_size": page_size, "db_size": db_size})
         with open(tmp, "rb") as f:
             for i in range(0, len(pages), REWIND_BATCH):
                 batch = [[p, os.pread(f.fileno(), page_size, (p - 1) * page_size)] for p in pages[i:i + REWIND_BATCH]]
@@ -344,11 +344,11 @@ async def _wait_ack(host: "DatabaseHost", reader, lsn: int) -> int:
 async def _seed(host: "DatabaseHost", reader, writer) -> int:
     """Send a consistent snapshot of the database; return the LSN it is at."""
     tmp = host.directory / "seed-snapshot.tmp"
-    lsn, epoch = await _pinging(host, writer, host.principal.snapshot_to(tmp))
+    lsn, role_sequence = await _pinging(host, writer, host.principal.snapshot_to(tmp))
     try:
         size = tmp.stat().st_size
-        log.info("seeding_mirror", database=host.name, lsn=lsn, bytes=size, role_sequence=epoch)
-        framing.write_message(writer, {"t": "seed_begin", "lsn": lsn, "epoch": epoch, "page_size": _page_size(tmp), "size": size})
+        log.info("seeding_mirror", database=host.name, lsn=lsn, bytes=size, role_sequence=role_sequence)
+        framing.write_message(writer, {"t": "seed_begin", "lsn": lsn, "role_sequence": role_sequence, "page_size": _page_size(tmp), "size": size})
         crc = 0
         with open(tmp, "rb") as f:
             offset = 0
@@ -472,7 +472,7 @@ async def _read_acks(node: "EndpointServices", host: "DatabaseHost", reader, pin
             page_repair.start_answer(host, host.partner_writer, msg)  # read in a task: acks go on meanwhile
         elif msg["t"] == "failover_done":
             if host.failover_reply is not None and not host.failover_reply.done():
-                host.failover_reply.set_result(msg["epoch"])
+                host.failover_reply.set_result(msg["role_sequence"])
         elif msg["t"] == "logins":
             if host.logins is not None:
                 host.logins.adopt_from_peer(msg["table"])

@@ -117,7 +117,7 @@ async def _one_connection(node: "EndpointServices", host: "DatabaseHost") -> Non
         host.session.witness_connected = True
         host.poke()
         host.record_event("WITNESS_CONNECTED", f"the witness {cfg.witness}")
-        log.info("witness_connected", database=host.name, witness=cfg.witness, role=host.session.role.value, role_sequence=host.session.config.epoch)
+        log.info("witness_connected", database=host.name, witness=cfg.witness, role=host.session.role.value, role_sequence=host.session.config.role_sequence)
         reader_task = asyncio.create_task(conn.read_answers())
         try:
             await _drive(node, host, conn, reader_task)
@@ -133,7 +133,7 @@ def _hello(node: "EndpointServices", host: "DatabaseHost") -> dict:
     s, cfg = host.session, host.session.config
     return {
         "t": "w_hello", "db": host.name, "from_endpoint": node.endpoint_url, "role": cfg.role.value,
-        "epoch": cfg.epoch, "partner": cfg.partner or "", "synchronized": _mirror_synchronized(host),
+        "role_sequence": cfg.role_sequence, "partner": cfg.partner or "", "synchronized": _mirror_synchronized(host),
         "safety": cfg.safety.value, "timeout": cfg.timeout,
     }
 
@@ -176,10 +176,10 @@ async def _drive(node: "EndpointServices", host: "DatabaseHost", conn: WitnessCo
 
 async def _report_if_changed(host: "DatabaseHost", conn: WitnessConnection, reported, timeout: float):
     cfg = host.session.config
-    want = (cfg.epoch, _mirror_synchronized(host), cfg.safety, cfg.timeout)
+    want = (cfg.role_sequence, _mirror_synchronized(host), cfg.safety, cfg.timeout)
     if want == reported and host.session.witness_believes_synchronized == want[1]:
         return reported
-    answer = await conn.request({"t": "w_report", "epoch": cfg.epoch, "synchronized": want[1], "safety": cfg.safety.value,
+    answer = await conn.request({"t": "w_report", "role_sequence": cfg.role_sequence, "synchronized": want[1], "safety": cfg.safety.value,
                                  "timeout": cfg.timeout}, timeout)
     if answer.get("accepted"):
         host.session.witness_believes_synchronized = want[1]

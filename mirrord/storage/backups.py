@@ -1,6 +1,6 @@
 """Backup files: only inside the backup directory, never overwritten, one refusal for every bad path.
 
-A backup file is `MAGIC, u32 header length, msgpack header {db, lsn, epoch,
+A backup file is `MAGIC, u32 header length, msgpack header {db, lsn, role_sequence,
 size, crc}, the database image`. BACKUP and RESTORE name a file relative to
 the node's backup directory (`--backup-dir`, default DATA_DIR/backups), or
 an absolute path below it. Why so strict: a client that could name any path
@@ -61,7 +61,7 @@ def resolve(base: Path, text: str, verb: str) -> Path:
         raise refusal(verb, text, base) from None
 
 
-def write_backup(snapshot: Path, base: Path, text: str, db: str, lsn: int, epoch: int) -> Path:
+def write_backup(snapshot: Path, base: Path, text: str, db: str, lsn: int, role_sequence: int) -> Path:
     """Write snapshot as a backup at text (inside base), never replacing a file; return the path."""
     dest = resolve(base, text, "BACKUP")
     if dest.exists() or dest.is_symlink() or not dest.parent.is_dir():
@@ -70,7 +70,7 @@ def write_backup(snapshot: Path, base: Path, text: str, db: str, lsn: int, epoch
     with open(snapshot, "rb") as f:
         while chunk := f.read(_CHUNK):
             data_crc = zlib.crc32(chunk, data_crc)
-    header = msgpack.packb({"db": db, "lsn": lsn, "epoch": epoch, "size": size, "crc": data_crc})
+    header = msgpack.packb({"db": db, "lsn": lsn, "role_sequence": role_sequence, "size": size, "crc": data_crc})
     tmp = dest.with_name(f".{dest.name}.partial.{os.getpid()}")
     try:
         with open(tmp, "xb") as out, open(snapshot, "rb") as f:
@@ -126,8 +126,10 @@ def _read_header(f) -> dict:
         header = msgpack.unpackb(f.read(hlen), raw=False)
     except (ValueError, TypeError, msgpack.UnpackException):
         raise BackupDamaged("backup header is damaged") from None
+    if isinstance(header, dict) and "role_sequence" not in header and "epoch" in header:
+        header["role_sequence"] = header.pop("epoch")  # a backup written before the role sequence had one name
     if not isinstance(header, dict) or not all(
-        type(header.get(k)) is int and 0 <= header[k] < 2**63 for k in ("lsn", "epoch", "size", "crc")
+        type(header.get(k)) is int and 0 <= header[k] < 2**63 for k in ("lsn", "role_sequence", "size", "crc")
     ):
         raise BackupDamaged("backup header is damaged")
     return header

@@ -2,12 +2,12 @@
 
 Layout: a directory of segment files, each named by the first LSN it holds and
 the log's generation (`<first lsn, 20 digits>.<generation>.seg`), plus
-`base.json` = {next_lsn, epoch, generation}. A record on disk is
+`base.json` = {next_lsn, role_sequence, generation}. A record on disk is
 `[u32 length][u32 crc32(payload)][payload]`, payload = msgpack([wire, wal]).
 
 Appends write and flush (the OS has them; a process kill loses nothing);
 `sync()` makes them durable. Opening the log scans every segment and rebuilds an
-in-memory index (per LSN: segment, offset, epoch, cumulative bytes); the first
+in-memory index (per LSN: segment, offset, role_sequence, cumulative bytes); the first
 torn or corrupt record (a write cut by a kill or a power loss) is the end of the
 log, and the file is truncated there. `reset()` and emptying `truncate_after()`
 start a new generation: base.json is replaced atomically first (the commit
@@ -46,10 +46,10 @@ MAX_PAGE_COUNT = 4294967294
 
 @dataclass(frozen=True)
 class LogRecord:
-    """One committed transaction: its LSN, epoch, resulting db size and page images."""
+    """One committed transaction: its LSN, role sequence, resulting db size and page images."""
 
     lsn: int
-    epoch: int
+    role_sequence: int
     db_size: int
     page_size: int
     pages: tuple[tuple[int, bytes], ...]
@@ -57,7 +57,7 @@ class LogRecord:
 
     def to_wire(self) -> list:
         """The msgpack-able form sent to the partner (without `wal`)."""
-        return [self.lsn, self.epoch, self.db_size, self.page_size, [[p, d] for p, d in self.pages]]
+        return [self.lsn, self.role_sequence, self.db_size, self.page_size, [[p, d] for p, d in self.pages]]
 
     @classmethod
     def from_wire(cls, obj: object, wal: dict | None = None, *, strict: bool = True) -> "LogRecord":
@@ -72,16 +72,16 @@ class LogRecord:
         """
         if not isinstance(obj, (list, tuple)) or len(obj) != 5:
             raise ProtocolError("log record: expected a list of 5 fields")
-        lsn, epoch, db_size, page_size, raw_pages = obj
+        lsn, role_sequence, db_size, page_size, raw_pages = obj
         _check_int("lsn", lsn, 1)
-        _check_int("epoch", epoch, 0)
+        _check_int("role_sequence", role_sequence, 0)
         _check_int("db_size", db_size, 1)
         _check_int("page_size", page_size, 512)
         if db_size > MAX_PAGE_COUNT:
             raise ProtocolError(f"log record {lsn}: db_size {db_size} exceeds SQLite's maximum page count {MAX_PAGE_COUNT}")
         check_page_size(f"log record {lsn}", page_size)
         pages = _check_pages(lsn, page_size, raw_pages, db_size if strict else MAX_PAGE_COUNT)
-        return cls(lsn, epoch, db_size, page_size, pages, wal)
+        return cls(lsn, role_sequence, db_size, page_size, pages, wal)
 
     @property
     def nbytes(self) -> int:
@@ -197,7 +197,8 @@ class DurableLog:
         self._reset_index(0)
         base = read_json(self.directory / "base.json", {}) or {}
         self._base_next = int(base.get("next_lsn", 1))
-        self._base_epoch = int(base.get("epoch", 0))
+        # "epoch" is the key written before the role sequence had one name
+        self._base_role_sequence = int(base.get("role_sequence", base.get("epoch", 0)))
         self._generation = int(base.get("generation", 0))
         self._open_segments()
 
@@ -207,7 +208,7 @@ class DurableLog:
         self._first = 0  # LSN of _segs[0], 0 when empty
         self._segs: list[_Segment] = []  # per record
         self._offsets: list[int] = []
-        self._epochs: list[int] = []
+        self._role_sequences: list[int] = []
         self._cum: list[int] = []  # cumulative nbytes up to and including the record
         self._cum_before = cum_before
 
@@ -216,7 +217,7 @@ class DurableLog:
             self._first = record.lsn
         self._segs.append(seg)
         self._offsets.append(offset)
-        self._epochs.append(record.epoch)
+        self._role_sequences.append(record.role_sequence)
         self._cum.append((self._cum[-1] if self._cum else self._cum_before) + record.nbytes)
         seg.count += 1
 
@@ -305,10 +306,10 @@ class DurableLog:
         return self._first + len(self._segs) - 1 if self._segs else self._base_next - 1
 
     @property
-    def last_epoch(self) -> int:
-        """Epoch of the newest record, or the epoch given to reset(); 0 if never set."""
+    def last_role_sequence(self) -> int:
+        """Role sequence of the newest record, or the one given to reset(); 0 if never set."""
         with self._lock:
-            return self._epochs[-1] if self._epochs else self._base_epoch
+            return self._role_sequences[-1] if self._role_sequences else self._base_role_sequence
 
     @property
     def size_bytes(self) -> int:
@@ -337,7 +338,7 @@ class DurableLog:
         """Forget what one append() added: index entries, new segment files, bytes at the tail."""
         for seg in self._segs[records:]:
             seg.count -= 1
-        for lst in (self._segs, self._offsets, self._epochs, self._cum):
+        for lst in (self._segs, self._offsets, self._role_sequences, self._cum):
             del lst[records:]
         while len(self._segments) > segments:
             self._forget(self._segments.pop())
@@ -479,13 +480,13 @@ class DurableLog:
             first = records[-1].lsn + 1
         return touched
 
-    def epoch_at(self, lsn: int) -> int | None:
-        """Epoch of the record at `lsn` (or of the reset point), None if unknown."""
+    def role_sequence_at(self, lsn: int) -> int | None:
+        """Role sequence of the record at `lsn` (or of the reset point), None if unknown."""
         with self._lock:
             if self._segs and self._first <= lsn <= self._last():
-                return self._epochs[lsn - self._first]
+                return self._role_sequences[lsn - self._first]
             if lsn == self._base_next - 1 and lsn >= 1 and (not self._segs or self._first == self._base_next):
-                return self._base_epoch
+                return self._base_role_sequence
             return None
 
     # --- truncation -------------------------------------------------------------
@@ -500,7 +501,7 @@ class DurableLog:
                 self._forget(seg)
             if dropped:
                 self._cum_before = self._cum[dropped - 1]
-                for lst in (self._segs, self._offsets, self._epochs, self._cum):
+                for lst in (self._segs, self._offsets, self._role_sequences, self._cum):
                     del lst[:dropped]
                 self._first += dropped
                 self._sync_dir_if_dirty()
@@ -516,7 +517,7 @@ class DurableLog:
             if lsn >= self._last():
                 return
             if not self._segs or lsn < self._first:
-                self._start_generation(lsn + 1, self._base_epoch)
+                self._start_generation(lsn + 1, self._base_role_sequence)
                 return
             keep = lsn - self._first + 1
             seg, offset = self._segs[keep], self._offsets[keep]
@@ -524,27 +525,27 @@ class DurableLog:
                 self._forget(self._segments.pop())
             for dropped in self._segs[keep:]:
                 dropped.count -= 1
-            for lst in (self._segs, self._offsets, self._epochs, self._cum):
+            for lst in (self._segs, self._offsets, self._role_sequences, self._cum):
                 del lst[keep:]
             self._cut(seg, offset)
             self._drop_empty_tail()
             self._sync_dir_if_dirty()
 
-    def reset(self, next_lsn: int, epoch: int) -> None:
+    def reset(self, next_lsn: int, role_sequence: int) -> None:
         """Delete everything durably; the next append must be next_lsn."""
         if next_lsn < 1:
             raise ValueError("reset: next_lsn must be >= 1")
         with self._lock:
-            self._start_generation(next_lsn, epoch)
+            self._start_generation(next_lsn, role_sequence)
 
-    def _start_generation(self, next_lsn: int, epoch: int) -> None:
+    def _start_generation(self, next_lsn: int, role_sequence: int) -> None:
         """Commit a new empty log (base.json), then delete the old generation's files."""
         self._generation += 1
         atomic_write_json(
             self.directory / "base.json",
-            {"next_lsn": next_lsn, "epoch": epoch, "generation": self._generation},
+            {"next_lsn": next_lsn, "role_sequence": role_sequence, "generation": self._generation},
         )
-        self._base_next, self._base_epoch = next_lsn, epoch
+        self._base_next, self._base_role_sequence = next_lsn, role_sequence
         while self._segments:
             self._forget(self._segments.pop())
         self._reset_index(0)

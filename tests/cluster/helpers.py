@@ -24,7 +24,7 @@ class Writer(threading.Thread):
         self.next_id = start
         self.acked: list[int] = []
         self.acked_at: list[float] = []  # time.monotonic() of each acknowledgement
-        self.acked_epoch: list[int] = []  # the role sequence each was committed in
+        self.acked_role_sequence: list[int] = []  # the role sequence each was committed in
         self.errors: list[str] = []
         self._halt = threading.Event()
 
@@ -39,7 +39,7 @@ class Writer(threading.Thread):
                 result = client.query(f"INSERT INTO {self.table}(id, v) VALUES (?, ?)", db=self.db, params=[self.next_id, "x" * 100])
                 self.acked.append(self.next_id)
                 self.acked_at.append(time.monotonic())
-                self.acked_epoch.append(result.epoch)
+                self.acked_role_sequence.append(result.role_sequence)
             except (ServerError, Unreachable, OSError, ConnectionError) as exc:
                 self.errors.append(repr(exc))
                 if client is not None:
@@ -135,7 +135,7 @@ class FailoverWriter(threading.Thread):
                 clients[node.name] = client
                 self._next += 1
                 result = client.query(f"INSERT INTO {self.table}(id, v) VALUES (?, ?)", db=self.db, params=[self._next, node.name], timeout=5)
-                self.acked.append((self._next, node.name, result.epoch))
+                self.acked.append((self._next, node.name, result.role_sequence))
             except ServerError as exc:
                 if exc.code not in ("not_principal", "refused", "unknown_database", "not_serving", "in_doubt"):
                     raise
@@ -166,7 +166,7 @@ class FailoverWriter(threading.Thread):
     def assert_single_writer_per_role_sequence(self) -> None:
         """I2: in each role sequence, one node at most acknowledged writes."""
         writers: dict[int, set[str]] = {}
-        for _, node, epoch in self.acked:
-            writers.setdefault(epoch, set()).add(node)
+        for _, node, role_sequence in self.acked:
+            writers.setdefault(role_sequence, set()).add(node)
         split = {e: n for e, n in writers.items() if len(n) > 1}
         assert not split, f"two nodes acknowledged writes in one role sequence: {split}"

@@ -102,9 +102,9 @@ def rss_kb(pid: int) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
 
-def hello(db: str, from_endpoint: str, epoch: int, end_lsn: int = 0) -> dict:
+def hello(db: str, from_endpoint: str, role_sequence: int, end_lsn: int = 0) -> dict:
     return {"t": "hello", "v": 1, "db": db, "from_node": "attacker", "from_endpoint": from_endpoint,
-            "role": "PRINCIPAL", "epoch": epoch, "end_lsn": end_lsn, "safety": "FULL", "timeout": 10,
+            "role": "PRINCIPAL", "role_sequence": role_sequence, "end_lsn": end_lsn, "safety": "FULL", "timeout": 10,
             "suspended": False}
 
 
@@ -121,7 +121,7 @@ def test_names_from_the_wire_never_reach_the_file_system(cluster):
     a, c = cluster["a"], cluster["c"]
     for db in ("../../x", "../databases/v2/meta", "a/b", "x" * 200):
         for msg in (hello(db, a.endpoint_url, 1),
-                    {"t": "w_hello", "db": db, "from_endpoint": a.endpoint_url, "role": "PRINCIPAL", "epoch": 9,
+                    {"t": "w_hello", "db": db, "from_endpoint": a.endpoint_url, "role": "PRINCIPAL", "role_sequence": 9,
                      "partner": "tcp://127.0.0.1:9", "synchronized": True, "safety": "FULL", "timeout": 5}):
             sock = raw(c.endpoint_url)
             send(sock, msg)
@@ -173,15 +173,15 @@ def test_forged_log_records_change_nothing(cluster, record):
     a.query("INSERT INTO t VALUES (1, 'before')", db=DB)
     wait_synchronized(cluster, DB, "a", "b")
     before = b.status(DB)
-    lsn, epoch = before["hardened_lsn"] + 1, before["role_sequence"]
+    lsn, role_sequence = before["hardened_lsn"] + 1, before["role_sequence"]
     forged = {
-        "page past db_size": [lsn, epoch, 1, 4096, [[2, PAGE]]],
-        "page 2**40": [lsn, epoch, 2**40, 4096, [[2**40, PAGE]]],
-        "db_size past SQLite's maximum": [lsn, epoch, 2**33, 4096, [[1, PAGE]]],
-        "other page size": [lsn, epoch, 4, 1024, [[1, b"\x00" * 1024]]],
+        "page past db_size": [lsn, role_sequence, 1, 4096, [[2, PAGE]]],
+        "page 2**40": [lsn, role_sequence, 2**40, 4096, [[2**40, PAGE]]],
+        "db_size past SQLite's maximum": [lsn, role_sequence, 2**33, 4096, [[1, PAGE]]],
+        "other page size": [lsn, role_sequence, 4, 1024, [[1, b"\x00" * 1024]]],
     }[record]
     sock = raw(b.endpoint_url)  # claims to be the principal: without TLS a name is all it takes
-    send(sock, hello(DB, a.endpoint_url, epoch, end_lsn=before["hardened_lsn"]))
+    send(sock, hello(DB, a.endpoint_url, role_sequence, end_lsn=before["hardened_lsn"]))
     assert recv(sock)["t"] == "welcome"
     send(sock, {"t": "log", "records": [forged], "end_lsn": lsn})
     assert closed_by_peer(sock)

@@ -82,8 +82,8 @@ def test_isolated_principal_stops_and_mirror_takes_over(cluster, fault):
     settle(cluster, "b", "a")
     writer.assert_single_writer_per_role_sequence()
     assert writer.ids() <= ids_on(b, DB)
-    promoted_epoch = b.status(DB)["role_sequence"]
-    assert not [x for x in writer.acked if x[1] == "a" and x[2] >= promoted_epoch]
+    promoted_role_sequence = b.status(DB)["role_sequence"]
+    assert not [x for x in writer.acked if x[1] == "a" and x[2] >= promoted_role_sequence]
 
 
 @needs_iptables
@@ -121,7 +121,7 @@ def test_isolated_mirror_principal_runs_exposed_then_forced_service_reports_loss
     assert report["role"] == "MIRROR" and report["lost_transactions"] == 30
     for node in (a, b):  # the old principal still has them in its log, yet they are not in the session's history
         for t in (tokens[0], tokens[-1]):
-            answer = node.query(f"EXEC sp_transaction_status '{DB}', {t.lsn}, {t.epoch}").as_dicts()[0]
+            answer = node.query(f"EXEC sp_transaction_status '{DB}', {t.lsn}, {t.role_sequence}").as_dicts()[0]
             assert answer["status"] == "LOST", (node.name, answer)
     salvage = sqlite3.connect(report["salvage_path"])
     assert salvage.execute("SELECT count(*) FROM t WHERE v = 'only on a'").fetchone() == (30,)

@@ -131,7 +131,7 @@ def test_haproxy_follows_the_principal_through_a_sigkill(cluster, tmp_path):
         wait_for(lambda: writer.acked_count_reaches(50), 20, "writes acknowledged through HAProxy")
         # a restarted witness votes only once it has been up a full TIMEOUT (fencing): measure HAProxy, not that
         wait_for(lambda: time.monotonic() - restarted >= TIMEOUT, TIMEOUT + 10, "the witness up for a full TIMEOUT")
-        old_epoch = cluster["a"].status(DB)["role_sequence"]
+        old_role_sequence = cluster["a"].status(DB)["role_sequence"]
         killed_at = time.monotonic()
         cluster["a"].kill()
         promoted: list[float] = []  # when b first answered /principal with 200
@@ -139,10 +139,10 @@ def test_haproxy_follows_the_principal_through_a_sigkill(cluster, tmp_path):
         def new_principal_written() -> bool:
             if not promoted and get(f"{urls['b']}/principal?db={DB}")[0] == 200:
                 promoted.append(time.monotonic())
-            return bool(promoted) and sum(e > old_epoch for e in writer.acked_epoch) >= 20
+            return bool(promoted) and sum(e > old_role_sequence for e in writer.acked_role_sequence) >= 20
         wait_for(new_principal_written, 30, "writes through HAProxy to the new principal", retry_on=(OSError,))
         # the first write of the new role sequence went through HAProxy to the new principal
-        first = next(i for i, e in enumerate(writer.acked_epoch) if e > old_epoch)
+        first = next(i for i, e in enumerate(writer.acked_role_sequence) if e > old_role_sequence)
         took = writer.acked_at[first] - killed_at
         assert took <= TIMEOUT + CHECK_INTER, f"HAProxy took {took:.2f} s to reach the new principal"
     finally:

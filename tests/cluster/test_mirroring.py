@@ -95,8 +95,8 @@ def test_suspended_survives_restarts_and_resume_catches_up(cluster):
 def test_resume_catches_up_from_the_log_when_seeded_at_a_record_older_than_the_session(cluster):
     # The table is logged before the session exists (role sequence 0) and the
     # mirror is seeded at that record; nothing else is shipped before SUSPEND.
-    # RESUME must send the queued log, not reseed: the seed carries the epoch of
-    # its record, so the mirror's hardened epoch matches the principal's log.
+    # RESUME must send the queued log, not reseed: the seed carries the role sequence of
+    # its record, so the mirror's hardened role sequence matches the principal's log.
     a, b = cluster["a"], cluster["b"]
     a.query(f"CREATE DATABASE {DB}")
     create_table(a, DB)

@@ -67,38 +67,38 @@ def _refused(out: list[dict] | str) -> bool:
     return isinstance(out, str) or [m["t"] for m in out] in ([], ["refuse"])
 
 
-def _forged_principal_frames(cluster, epoch: int) -> list[dict]:
+def _forged_principal_frames(cluster, role_sequence: int) -> list[dict]:
     """What a's endpoint would send b to take it over: hello, a seed of its own, failover, partner_off."""
     a = cluster["a"]
     image = b"SQLite format 3\x00" + b"\x10\x00" + b"\x00" * 4078  # one 4 KiB page, enough to be taken for a database
     return [
         {"t": "hello", "v": 1, "db": DB, "from_node": "a", "from_endpoint": a.endpoint_url, "role": "PRINCIPAL",
-         "epoch": epoch + 1, "end_lsn": 10_000, "safety": "FULL", "timeout": 10, "suspended": False,
+         "role_sequence": role_sequence + 1, "end_lsn": 10_000, "safety": "FULL", "timeout": 10, "suspended": False,
          "listen": a.address, "failover_lsn": 0, "witness": ""},
-        {"t": "seed_begin", "lsn": 10_000, "epoch": epoch + 1, "page_size": 4096, "size": len(image)},
+        {"t": "seed_begin", "lsn": 10_000, "role_sequence": role_sequence + 1, "page_size": 4096, "size": len(image)},
         {"t": "seed_chunk", "offset": 0, "data": image},
         {"t": "seed_end", "crc": zlib.crc32(image)},
         {"t": "settings", "safety": "OFF", "timeout": 1, "suspended": True, "witness": ""},
-        {"t": "failover", "epoch": epoch + 2, "failover_lsn": 10_000},
+        {"t": "failover", "role_sequence": role_sequence + 2, "failover_lsn": 10_000},
         {"t": "partner_off"},
     ]
 
 
-def _forged_witness_frames(cluster, epoch: int) -> list[dict]:
+def _forged_witness_frames(cluster, role_sequence: int) -> list[dict]:
     """What b would send the witness to be promoted: w_hello as b, then a vote."""
     b = cluster["b"]
     return [
-        {"t": "w_hello", "db": DB, "from_endpoint": b.endpoint_url, "role": "MIRROR", "epoch": epoch,
+        {"t": "w_hello", "db": DB, "from_endpoint": b.endpoint_url, "role": "MIRROR", "role_sequence": role_sequence,
          "partner": cluster["a"].endpoint_url, "synchronized": True, "safety": "FULL", "timeout": 10},
-        {"t": "w_vote", "rid": 1, "epoch": epoch + 1, "hardened_lsn": 10 ** 9, "forced": True},
+        {"t": "w_vote", "rid": 1, "role_sequence": role_sequence + 1, "hardened_lsn": 10 ** 9, "forced": True},
     ]
 
 
-def _forged_newer_principal_hello(cluster, epoch: int) -> list[dict]:
+def _forged_newer_principal_hello(cluster, role_sequence: int) -> list[dict]:
     """What b's endpoint would say to a to make a step down (b principal of a newer role sequence)."""
     b = cluster["b"]
     return [{"t": "hello", "v": 1, "db": DB, "from_node": "b", "from_endpoint": b.endpoint_url, "role": "PRINCIPAL",
-             "epoch": epoch + 5, "end_lsn": 0, "safety": "FULL", "timeout": 10, "suspended": False,
+             "role_sequence": role_sequence + 5, "end_lsn": 0, "safety": "FULL", "timeout": 10, "suspended": False,
              "listen": b.address, "failover_lsn": 0, "witness": ""}]
 
 
@@ -124,7 +124,7 @@ def test_forged_peers_are_refused_and_change_nothing(cluster, tmp_path):
     a.query("INSERT INTO t VALUES (1, 'before')", db=DB)
     wait_synchronized(cluster, DB, "a", "b")
     before = _snapshot(cluster)
-    epoch = before[1]
+    role_sequence = before[1]
 
     mallory_host = ".".join(a.host.split(".")[:3] + [str(int(a.host.split(".")[3]) + 3)])
     mallory_dir = _mallory(cluster, "mallory", mallory_host)
@@ -140,12 +140,12 @@ def test_forged_peers_are_refused_and_change_nothing(cluster, tmp_path):
         "cluster CA, another host": (mallory_host, _context(mallory_dir, "mallory")),
     }
     for label, (source, ctx) in identities.items():
-        out = _attack(b, source, ctx, _forged_principal_frames(cluster, epoch))
+        out = _attack(b, source, ctx, _forged_principal_frames(cluster, role_sequence))
         assert _refused(out), f"{label} -> mirror: {out}"
-        out = _attack(a, source if label != "another CA" else a.host, ctx, _forged_newer_principal_hello(cluster, epoch))
+        out = _attack(a, source if label != "another CA" else a.host, ctx, _forged_newer_principal_hello(cluster, role_sequence))
         assert _refused(out), f"{label} -> principal: {out}"
         witness_ctx = _context(other_ca, "b") if label == "another CA" else ctx
-        out = _attack(c, source if label != "another CA" else b.host, witness_ctx, _forged_witness_frames(cluster, epoch))
+        out = _attack(c, source if label != "another CA" else b.host, witness_ctx, _forged_witness_frames(cluster, role_sequence))
         assert _refused(out), f"{label} -> witness: {out}"
         assert _snapshot(cluster) == before, f"after the {label} attacks"
 
@@ -175,18 +175,18 @@ def test_a_partner_alone_cannot_depose_or_promote_where_a_witness_is_set(cluster
     a.query("INSERT INTO t VALUES (1, 'before')", db=DB)
     wait_synchronized(cluster, DB, "a", "b")
     before = _snapshot(cluster)
-    epoch, tls = before[1], cluster.security.tls_dir
+    role_sequence, tls = before[1], cluster.security.tls_dir
 
-    out = _attack(a, b.host, _context(tls, "b"), _forged_newer_principal_hello(cluster, epoch))
+    out = _attack(a, b.host, _context(tls, "b"), _forged_newer_principal_hello(cluster, role_sequence))
     assert _refused(out), out
     wait_for(lambda: "step_down_refused" in a.log_text(), 10, "a logs why it did not step down")
     assert "the witness records" in a.log_text()
 
     end = b.status(DB)["hardened_lsn"]
     hello = {"t": "hello", "v": 1, "db": DB, "from_node": "a", "from_endpoint": a.endpoint_url, "role": "PRINCIPAL",
-             "epoch": epoch, "end_lsn": end, "safety": "FULL", "timeout": 10, "suspended": False,
+             "role_sequence": role_sequence, "end_lsn": end, "safety": "FULL", "timeout": 10, "suspended": False,
              "listen": a.address, "failover_lsn": 0, "witness": c.endpoint_url}
-    out = _attack(b, a.host, _context(tls, "a"), [hello, {"t": "failover", "epoch": epoch + 1, "failover_lsn": end}])
+    out = _attack(b, a.host, _context(tls, "a"), [hello, {"t": "failover", "role_sequence": role_sequence + 1, "failover_lsn": end}])
     assert isinstance(out, str) or "failover_done" not in [m["t"] for m in out], out
     wait_for(lambda: "manual_failover_refused" in b.log_text(), 10, "b logs why it did not take over")
     assert _snapshot(cluster) == before

@@ -52,7 +52,7 @@ def answer(msg: dict) -> dict | None:
     if sql == "ECHO":
         return messages.result(qid, ["db", "params", "[b]"], [[msg["db"], msg["params"], b"\x01"]], 1)
     if sql.startswith("INSERT"):
-        return messages.result(qid, [], [], 2, lsn=7, epoch=1)
+        return messages.result(qid, [], [], 2, lsn=7, role_sequence=1)
     if sql.startswith("CREATE TABLE"):
         return messages.result(qid, [], [], -1)
     if sql.startswith("CREATE DATABASE"):
@@ -243,7 +243,7 @@ def test_cli_no_columns(server: str, capsys, sql: str, expected: str) -> None:
 
 def test_cli_no_columns_json(server: str, capsys) -> None:
     code, out, _ = run(capsys, "-S", server, "-Q", "INSERT INTO t VALUES (1)", "--json")
-    assert json.loads(out) == {"rowcount": 2, "message": None, "lsn": 7, "epoch": 1, "seq": None}
+    assert json.loads(out) == {"rowcount": 2, "message": None, "lsn": 7, "role_sequence": 1, "seq": None}
 
 
 def test_cli_status_table(server: str, capsys, monkeypatch) -> None:

@@ -245,7 +245,7 @@ class Partner:
     def __init__(self, role="PRINCIPAL", partner=None, up=True, has_db=True, status="ONLINE"):
         self.role, self.partner, self.up, self.has_db, self.status = role, partner, up, has_db, status
         self.failures: list[tuple[str, BaseException]] = []  # (sql prefix, exception), used once each
-        self.lsn, self.epoch = 10, 1
+        self.lsn, self.role_sequence = 10, 1
         self.committed: list[int] = []
 
     def fail(self, prefix: str, exc: BaseException) -> None:
@@ -301,7 +301,7 @@ class World:
         if op.sql == "COMMIT" or op.sql.startswith("INSERT") and op.db == "auto":
             node.lsn += 1
             node.committed.append(node.lsn)
-            return Result([], [], -1, node.lsn, node.epoch)
+            return Result([], [], -1, node.lsn, node.role_sequence)
         if op.sql.startswith("SELECT"):
             return Result(["x"], [[1]], -1)
         return Result([], [], 1)
@@ -557,15 +557,15 @@ def test_error_frames_carry_the_token_beyond_the_schema():
     from mirrorctl.client import _Exchange
 
     base = {"t": "error", "id": 1, "code": "in_doubt", "message": "in doubt", "principal": None}
-    assert ServerError.from_frame({**base, "lsn": 12, "epoch": 3}).token == (12, 3, 0)  # an older server: no seq
-    assert ServerError.from_frame({**base, "lsn": 12, "epoch": 3, "seq": 2}).token == (12, 3, 2)
-    assert ServerError.from_frame({**base, "lsn": 12, "epoch": 3, "seq": -1}).token == (12, 3, 0)
+    assert ServerError.from_frame({**base, "lsn": 12, "role_sequence": 3}).token == (12, 3, 0)  # an older server: no seq
+    assert ServerError.from_frame({**base, "lsn": 12, "role_sequence": 3, "seq": 2}).token == (12, 3, 2)
+    assert ServerError.from_frame({**base, "lsn": 12, "role_sequence": 3, "seq": -1}).token == (12, 3, 0)
     from mirrorctl.dbapi.token import token_of
-    assert token_of(*ServerError.from_frame({**base, "lsn": 12, "epoch": 3, "seq": 2}).token) == Token(12, 3, 2)
+    assert token_of(*ServerError.from_frame({**base, "lsn": 12, "role_sequence": 3, "seq": 2}).token) == Token(12, 3, 2)
     assert isinstance(ServerError.from_frame(base), CommitInDoubt)
-    for lsn, epoch in ((True, 3), (12, None), (-1, 3), (12, "3"), (2**63, 1)):
-        assert ServerError.from_frame({**base, "lsn": lsn, "epoch": epoch}).token is None
-    answer = {"t": "result", "id": 1, "columns": [], "rows": [], "rowcount": 1, "lsn": 4, "epoch": 1, "message": None}
+    for lsn, role_sequence in ((True, 3), (12, None), (-1, 3), (12, "3"), (2**63, 1)):
+        assert ServerError.from_frame({**base, "lsn": lsn, "role_sequence": role_sequence}).token is None
+    answer = {"t": "result", "id": 1, "columns": [], "rows": [], "rowcount": 1, "lsn": 4, "role_sequence": 1, "message": None}
     assert _Exchange.answer(1, {**answer, "lastrowid": 9}).lastrowid == 9
     assert _Exchange.answer(1, {**answer, "seq": 3}).seq == 3  # its place in a commit shared with others
     assert _Exchange.answer(1, answer).seq is None and _Exchange.answer(1, {**answer, "seq": "3"}).seq is None

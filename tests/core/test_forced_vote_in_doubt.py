@@ -20,7 +20,7 @@ def parts():
     async def stop_inbound(host):
         return None
 
-    session = SimpleNamespace(failover_requested=False, config=SimpleNamespace(epoch=7))
+    session = SimpleNamespace(failover_requested=False, config=SimpleNamespace(role_sequence=7))
     host = SimpleNamespace(name="shop", session=session, log=SimpleNamespace(last_lsn=42))
     return SimpleNamespace(stop_inbound=stop_inbound), host
 

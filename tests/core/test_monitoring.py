@@ -255,7 +255,7 @@ def test_figures_without_history() -> None:
 def principal(**changes) -> Session:
     defaults = dict(partner_connected=True, caught_up=True, witness_connected=True)
     observed = {k: changes.pop(k) for k in list(changes) if k in defaults or k == "principal_was_synchronized"}
-    s = Session(SessionConfig("shop", **{"role": Role.PRINCIPAL, "partner": PARTNER, "witness": WITNESS, "epoch": 1, **changes}))
+    s = Session(SessionConfig("shop", **{"role": Role.PRINCIPAL, "partner": PARTNER, "witness": WITNESS, "role_sequence": 1, **changes}))
     for k, v in {**defaults, **observed}.items():
         setattr(s, k, v)
     s.end_of_log_lsn = s.hardened_lsn = 10
@@ -266,7 +266,7 @@ def mirror(**changes) -> Session:
     defaults = dict(partner_connected=True, caught_up=True, witness_connected=True)
     observed = {k: changes.pop(k) for k in list(changes) if k in defaults or k == "principal_was_synchronized"}
     s = Session(SessionConfig("shop", **{"role": Role.MIRROR, "status": DatabaseStatus.RESTORING, "partner": PARTNER,
-                                         "witness": WITNESS, "epoch": 1, **changes}))
+                                         "witness": WITNESS, "role_sequence": 1, **changes}))
     for k, v in {**defaults, **observed}.items():
         setattr(s, k, v)
     s.end_of_log_lsn = s.hardened_lsn = 10
@@ -486,7 +486,7 @@ def test_readiness_says_what_the_statements_say(role, safety, witness_set, suspe
 
     status = DatabaseStatus.ONLINE if role is Role.PRINCIPAL else DatabaseStatus.RESTORING
     s = Session(SessionConfig("shop", role=role, status=status, partner=PARTNER, witness=WITNESS if witness_set else None,
-                              safety=safety, suspended=suspended, epoch=1))
+                              safety=safety, suspended=suspended, role_sequence=1))
     s.partner_connected, s.caught_up = connected, caught_up and connected
     s.witness_connected, s.principal_was_synchronized = witness_connected and witness_set, was_synchronized
     s.end_of_log_lsn, s.hardened_lsn = 10, 10 if caught_up else 7

@@ -25,7 +25,7 @@ def test_good_names(name):
 def test_bad_names_everywhere(name):
     assert not is_db_name(name)
     assert "not a valid database name" in db_name_refusal(name)
-    hello = {"t": "w_hello", "db": name, "from_endpoint": "tcp://h:1", "role": "PRINCIPAL", "epoch": 1,
+    hello = {"t": "w_hello", "db": name, "from_endpoint": "tcp://h:1", "role": "PRINCIPAL", "role_sequence": 1,
              "partner": "tcp://h:2", "synchronized": True, "safety": "FULL", "timeout": 5}
     with pytest.raises(ProtocolError, match="'db' must be a database name"):
         messages.validate(hello)

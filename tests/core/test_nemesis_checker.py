@@ -90,7 +90,7 @@ def test_forced_service_excuses_only_what_the_loss_report_names_and_the_salvage_
 
 
 def _acks(*specs):
-    return [Ack(i, db, node, epoch, i, full) for i, db, node, epoch, full in specs]
+    return [Ack(i, db, node, role_sequence, i, full) for i, db, node, role_sequence, full in specs]
 
 
 def test_a_lost_full_write_is_found_and_an_unprotected_one_is_only_reported():
@@ -104,7 +104,7 @@ def test_a_lost_full_write_is_found_and_an_unprotected_one_is_only_reported():
 
 def test_two_nodes_acknowledging_in_one_role_sequence_is_split_brain():
     acks = _acks((1, "d1", "a", 1, True), (2, "d1", "a", 1, True), (3, "d1", "b", 2, True), (4, "d2", "a", 2, True))
-    assert find_split_brain(acks) == {}  # same epoch number in another database is not a conflict
+    assert find_split_brain(acks) == {}  # same role sequence number in another database is not a conflict
     acks += _acks((5, "d1", "b", 1, False))
     assert find_split_brain(acks) == {("d1", 1): {"a", "b"}}
 
@@ -112,7 +112,7 @@ def test_two_nodes_acknowledging_in_one_role_sequence_is_split_brain():
 def test_two_writes_acknowledged_with_one_commit_token_are_found():
     acks = _acks((1, "d1", "a", 1, True), (2, "d1", "a", 1, True), (3, "d2", "a", 1, True))
     assert find_shared_tokens(acks) == {}
-    acks.append(Ack(4, "d1", "a", 1, 2, True))  # the token (epoch 1, lsn 2, seq 0) of write 2
+    acks.append(Ack(4, "d1", "a", 1, 2, True))  # the token (role_sequence 1, lsn 2, seq 0) of write 2
     assert find_shared_tokens(acks) == {("d1", 1, 2, 0): [2, 4]}
 
 

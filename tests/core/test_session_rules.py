@@ -15,11 +15,11 @@ PARTNER = "tcp://127.0.0.12:5022"
 
 
 def principal(**changes) -> Session:
-    return Session(SessionConfig("shop", role=Role.PRINCIPAL, partner=PARTNER, epoch=1, **changes))
+    return Session(SessionConfig("shop", role=Role.PRINCIPAL, partner=PARTNER, role_sequence=1, **changes))
 
 
 def mirror(**changes) -> Session:
-    return Session(SessionConfig("shop", role=Role.MIRROR, status=DatabaseStatus.RESTORING, partner=PARTNER, epoch=1, **changes))
+    return Session(SessionConfig("shop", role=Role.MIRROR, status=DatabaseStatus.RESTORING, partner=PARTNER, role_sequence=1, **changes))
 
 
 # ------------------------------------------------------------------ derived state
@@ -72,10 +72,16 @@ def test_no_partner_means_no_mirroring_state():
 
 
 def test_config_round_trips_and_ignores_unknown_keys():
-    cfg = SessionConfig("shop", role=Role.MIRROR, status=DatabaseStatus.RESTORING, partner=PARTNER, safety=Safety.OFF, timeout=3, epoch=7)
+    cfg = SessionConfig("shop", role=Role.MIRROR, status=DatabaseStatus.RESTORING, partner=PARTNER, safety=Safety.OFF, timeout=3, role_sequence=7)
     d = cfg.to_dict()
     d["from_a_newer_version"] = True
     assert SessionConfig.from_dict(d) == cfg
+
+
+def test_config_written_before_the_role_sequence_had_one_name_keeps_it():
+    d = SessionConfig("shop", role=Role.PRINCIPAL, role_sequence=9).to_dict()
+    d["epoch"] = d.pop("role_sequence")
+    assert SessionConfig.from_dict(d).role_sequence == 9
 
 
 @given(hs.lists(hs.tuples(hs.sampled_from(["ack", "lost", "connect", "append"]), hs.integers(0, 50)), max_size=40))
@@ -167,7 +173,7 @@ def test_a_principal_that_stepped_down_does_not_take_its_own_mirror_state_for_th
     s.note_partner_connected(10)
     s.witness_connected = True
     assert s.state is MirroringState.SYNCHRONIZED
-    s.config = s.config.with_(role=Role.MIRROR, status=DatabaseStatus.RESTORING, epoch=2)
+    s.config = s.config.with_(role=Role.MIRROR, status=DatabaseStatus.RESTORING, role_sequence=2)
     s.note_stepped_down()
     assert not s.principal_was_synchronized and not s.partner_connected and s.witness_lease_until == 0.0
     view = MirrorView(s.config.safety, True, True, s.partner_connected, s.principal_was_synchronized, s.config.suspended)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import struct
+
+import msgpack
 
 import pytest
 
@@ -23,9 +26,23 @@ def test_round_trip(setup):
     dest = backups.write_backup(snap, base, "shop.bak", "shop", 7, 2)
     assert dest == (base / "shop.bak").resolve()
     header = backups.read_backup(base, "shop.bak", tmp / "out")
-    assert (header["lsn"], header["epoch"]) == (7, 2)
+    assert (header["lsn"], header["role_sequence"]) == (7, 2)
     assert (tmp / "out").read_bytes() == snap.read_bytes()
     assert [p.name for p in base.iterdir()] == ["shop.bak"]  # no temporary file left
+
+
+def test_a_backup_written_before_the_role_sequence_had_one_name_restores(setup):
+    base, snap, tmp = setup
+    dest = backups.write_backup(snap, base, "old.bak", "shop", 7, 2)
+    raw = dest.read_bytes()
+    (hlen,) = struct.unpack(">I", raw[len(backups.MAGIC):len(backups.MAGIC) + 4])
+    start = len(backups.MAGIC) + 4
+    header = msgpack.unpackb(raw[start:start + hlen])
+    header["epoch"] = header.pop("role_sequence")
+    packed = msgpack.packb(header)
+    dest.write_bytes(raw[:len(backups.MAGIC)] + struct.pack(">I", len(packed)) + packed + raw[start + hlen:])
+    assert backups.read_backup(base, "old.bak", tmp / "out")["role_sequence"] == 2
+    assert (tmp / "out").read_bytes() == snap.read_bytes()
 
 
 def test_backup_never_overwrites(setup):

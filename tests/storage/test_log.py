@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import threading
@@ -17,9 +18,9 @@ from mirrord.storage.log import MAX_PAGE_COUNT, DurableLog, LogRecord
 PS = 512
 
 
-def rec(lsn: int, epoch: int = 1, npages: int = 1, wal: dict | None = None) -> LogRecord:
+def rec(lsn: int, role_sequence: int = 1, npages: int = 1, wal: dict | None = None) -> LogRecord:
     pages = tuple((p, bytes([(lsn + p) % 256]) * PS) for p in range(1, npages + 1))
-    return LogRecord(lsn, epoch, max(npages, 1), PS, pages, wal)
+    return LogRecord(lsn, role_sequence, max(npages, 1), PS, pages, wal)
 
 
 def recs(first: int, last: int, **kw) -> list[LogRecord]:
@@ -37,8 +38,8 @@ def logdir(tmp_path):
 
 def test_empty_log(logdir):
     log = DurableLog(logdir)
-    assert (log.first_lsn, log.last_lsn, log.last_epoch, log.size_bytes) == (0, 0, 0, 0)
-    assert log.get(1) is None and log.read_from(1, 1 << 20) == [] and log.epoch_at(1) is None
+    assert (log.first_lsn, log.last_lsn, log.last_role_sequence, log.size_bytes) == (0, 0, 0, 0)
+    assert log.get(1) is None and log.read_from(1, 1 << 20) == [] and log.role_sequence_at(1) is None
     assert log.bytes_between(0, 10) == 0
 
 
@@ -47,7 +48,7 @@ def test_append_get_read_bytes_between(logdir):
     records = recs(1, 10, npages=2)
     log.append(records[:4])
     log.append(records[4:])
-    assert (log.first_lsn, log.last_lsn, log.last_epoch) == (1, 10, 1)
+    assert (log.first_lsn, log.last_lsn, log.last_role_sequence) == (1, 10, 1)
     assert log.get(5) == records[4]
     assert log.read_from(3, 1 << 30) == records[2:]
     one = records[0].nbytes
@@ -56,7 +57,7 @@ def test_append_get_read_bytes_between(logdir):
     assert log.read_from(11, 100) == []
     assert log.bytes_between(2, 5) == 3 * one
     assert log.bytes_between(0, 100) == 10 * one
-    assert log.epoch_at(7) == 1
+    assert log.role_sequence_at(7) == 1
 
 
 def test_append_must_be_contiguous(logdir):
@@ -80,16 +81,16 @@ def test_wal_position_kept_locally(logdir):
 
 def test_reopen_keeps_everything(logdir):
     log = DurableLog(logdir, segment_bytes=4 * PS)
-    records = recs(1, 25, epoch=3)
+    records = recs(1, 25, role_sequence=3)
     log.append(records)
     log.sync()
     size = log.size_bytes
     log.close()
     log = DurableLog(logdir, segment_bytes=4 * PS)
-    assert (log.first_lsn, log.last_lsn, log.last_epoch, log.size_bytes) == (1, 25, 3, size)
+    assert (log.first_lsn, log.last_lsn, log.last_role_sequence, log.size_bytes) == (1, 25, 3, size)
     assert log.read_from(1, 1 << 30) == records
-    log.append([rec(26, epoch=4)])
-    assert log.last_epoch == 4 and log.epoch_at(25) == 3
+    log.append([rec(26, role_sequence=4)])
+    assert log.last_role_sequence == 4 and log.role_sequence_at(25) == 3
 
 
 def test_segment_rollover(logdir):
@@ -160,32 +161,43 @@ def test_truncate_before(logdir):
 
 def test_truncate_after(logdir):
     log = DurableLog(logdir, segment_bytes=3 * PS)
-    log.append(recs(1, 20, epoch=2))
+    log.append(recs(1, 20, role_sequence=2))
     log.truncate_after(8)
     assert log.last_lsn == 8 and log.get(9) is None
-    log.append(recs(9, 12, epoch=3))  # a new fork
+    log.append(recs(9, 12, role_sequence=3))  # a new fork
     log.close()
     log = DurableLog(logdir, segment_bytes=3 * PS)
-    assert log.last_lsn == 12 and log.epoch_at(8) == 2 and log.epoch_at(9) == 3
-    assert log.read_from(1, 1 << 30) == recs(1, 8, epoch=2) + recs(9, 12, epoch=3)
+    assert log.last_lsn == 12 and log.role_sequence_at(8) == 2 and log.role_sequence_at(9) == 3
+    assert log.read_from(1, 1 << 30) == recs(1, 8, role_sequence=2) + recs(9, 12, role_sequence=3)
 
 
 def test_reset_survives_restart(logdir):
     log = DurableLog(logdir)
     log.append(recs(1, 5))
-    log.reset(101, epoch=7)
-    assert (log.first_lsn, log.last_lsn, log.last_epoch) == (0, 100, 7)
+    log.reset(101, role_sequence=7)
+    assert (log.first_lsn, log.last_lsn, log.last_role_sequence) == (0, 100, 7)
     assert segment_files(logdir) == []
     log.close()
     log = DurableLog(logdir)
-    assert (log.first_lsn, log.last_lsn, log.last_epoch) == (0, 100, 7)
-    assert log.epoch_at(100) == 7
+    assert (log.first_lsn, log.last_lsn, log.last_role_sequence) == (0, 100, 7)
+    assert log.role_sequence_at(100) == 7
     with pytest.raises(ValueError):
         log.append([rec(1)])
-    log.append(recs(101, 103, epoch=7))
+    log.append(recs(101, 103, role_sequence=7))
     log.close()
     log = DurableLog(logdir)
     assert (log.first_lsn, log.last_lsn) == (101, 103)
+
+
+def test_a_reset_point_written_before_the_role_sequence_had_one_name_is_read(logdir):
+    log = DurableLog(logdir)
+    log.reset(101, role_sequence=7)
+    log.close()
+    base = json.loads((logdir / "base.json").read_text())
+    base["epoch"] = base.pop("role_sequence")
+    (logdir / "base.json").write_text(json.dumps(base))
+    log = DurableLog(logdir)
+    assert (log.last_lsn, log.last_role_sequence, log.role_sequence_at(100)) == (100, 7, 7)
 
 
 def test_interrupted_reset_leftovers_are_ignored(logdir):
@@ -194,11 +206,11 @@ def test_interrupted_reset_leftovers_are_ignored(logdir):
     log.close()
     stale = segment_files(logdir)[0].read_bytes()
     log = DurableLog(logdir)
-    log.reset(3, epoch=2)
+    log.reset(3, role_sequence=2)
     log.close()
     (logdir / f"{1:020d}.0.seg").write_bytes(stale)  # as if the delete never reached the disk
     log = DurableLog(logdir)
-    assert (log.first_lsn, log.last_lsn, log.last_epoch) == (0, 2, 2)
+    assert (log.first_lsn, log.last_lsn, log.last_role_sequence) == (0, 2, 2)
 
 
 def test_concurrent_append_and_read(logdir):
@@ -229,7 +241,7 @@ def test_concurrent_append_and_read(logdir):
 
 
 def test_wire_roundtrip():
-    r = rec(7, epoch=2, npages=3, wal={"x": 1})
+    r = rec(7, role_sequence=2, npages=3, wal={"x": 1})
     back = LogRecord.from_wire(r.to_wire())
     assert back == LogRecord(7, 2, 3, PS, r.pages, None)
 
@@ -300,17 +312,17 @@ ops = st.lists(
 class Model:
     def __init__(self):
         self.records: dict[int, LogRecord] = {}
-        self.next, self.base_epoch = 1, 0
+        self.next, self.base_role_sequence = 1, 0
 
     def check(self, log: DurableLog):
         assert log.last_lsn == self.next - 1
         if self.records:
             assert log.first_lsn >= min(self.records)
-            assert log.last_epoch == self.records[self.next - 1].epoch
+            assert log.last_role_sequence == self.records[self.next - 1].role_sequence
             kept = [self.records[n] for n in range(log.first_lsn, self.next)]
             assert log.read_from(log.first_lsn, 1 << 30) == kept
         else:
-            assert log.first_lsn == 0 and log.last_epoch == self.base_epoch
+            assert log.first_lsn == 0 and log.last_role_sequence == self.base_role_sequence
 
 
 @settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -327,7 +339,7 @@ def test_log_model(ops_list):
 def apply_op(log: DurableLog, model: Model, op: tuple, d: Path) -> DurableLog:
     kind = op[0]
     if kind == "append":
-        new = [rec(model.next + i, epoch=op[2]) for i in range(op[1])]
+        new = [rec(model.next + i, role_sequence=op[2]) for i in range(op[1])]
         log.append(new)
         model.records.update((r.lsn, r) for r in new)
         model.next += op[1]
@@ -349,7 +361,7 @@ def apply_op(log: DurableLog, model: Model, op: tuple, d: Path) -> DurableLog:
                 model.next = op[1] + 1
     else:
         log.reset(op[1], op[2])
-        model.records, model.next, model.base_epoch = {}, op[1], op[2]
+        model.records, model.next, model.base_role_sequence = {}, op[1], op[2]
     return log
 
 

@@ -155,7 +155,7 @@ def test_redo_resumes_from_persisted_lsn(parts):
 
 def test_error_stops_redo_and_is_reported(parts):
     tmp_path, log, store = parts
-    log.reset(10, epoch=1)  # records 1..9 are gone: redo from 0 cannot proceed
+    log.reset(10, role_sequence=1)  # records 1..9 are gone: redo from 0 cannot proceed
     log.append([txn(10, 1, [1])])
     failed = threading.Event()
     errors = []
@@ -192,7 +192,7 @@ def header_page(tag: int) -> bytes:
 
 
 def with_header(records: list[LogRecord]) -> list[LogRecord]:
-    return [LogRecord(r.lsn, r.epoch, r.db_size, r.page_size,
+    return [LogRecord(r.lsn, r.role_sequence, r.db_size, r.page_size,
                       tuple((p, header_page(r.lsn) if p == 1 else img) for p, img in r.pages)) for r in records]
 
 

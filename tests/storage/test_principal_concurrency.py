@@ -166,12 +166,12 @@ async def test_queued_writes_of_many_clients_run_in_one_hop_each_with_its_own_ou
     assert hops == [5]  # one hop for all of them
     assert isinstance(outcomes[1], IntegrityError) and "UNIQUE" in outcomes[1].message
     assert outcomes[2].rowcount == 0 and outcomes[2].lsn is None
-    tokens = [(outcomes[i].lsn, outcomes[i].epoch, outcomes[i].seq) for i in (0, 3, 4)]
+    tokens = [(outcomes[i].lsn, outcomes[i].role_sequence, outcomes[i].seq) for i in (0, 3, 4)]
     first = tokens[0][0]
     # one SQLite transaction, a SAVEPOINT each: one record, each its own place in it, in queue order
     assert tokens == [(first, tokens[0][1], 0), (first, tokens[0][1], 1), (first, tokens[0][1], 2)]
     assert p.end_lsn == first and p.synced_lsn >= first
-    assert p.log.get(first).epoch == tokens[0][1]
+    assert p.log.get(first).role_sequence == tokens[0][1]
     assert outcomes[0].lastrowid == 10 and outcomes[4].lastrowid == 12
     rows = (await p.execute(object(), "SELECT id, v FROM t ORDER BY id", None)).rows
     assert rows == [[1, "one"], [2, "held"], [10, "a"], [11, "b"], [12, "c"]]
@@ -217,7 +217,7 @@ async def test_a_statement_that_ends_the_shared_transaction_fails_alone_and_the_
         "INSERT INTO t VALUES (32, 'c')",
     ], first_spid=80)
     assert isinstance(outcomes[2], IntegrityError)
-    tokens = [(outcomes[i].lsn, outcomes[i].epoch, outcomes[i].seq) for i in (0, 1, 3)]
+    tokens = [(outcomes[i].lsn, outcomes[i].role_sequence, outcomes[i].seq) for i in (0, 1, 3)]
     assert all(lsn is not None for lsn, _, _ in tokens) and len(set(tokens)) == 3
     rows = (await p.execute(object(), "SELECT id FROM t ORDER BY id", None)).rows
     assert rows == [[1], [30], [31], [32]]

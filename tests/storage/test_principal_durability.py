@@ -143,7 +143,7 @@ async def test_a_snapshot_is_exact_at_its_lsn_while_writes_go_on(tmp_path, monke
         snaps = []
         for k in range(5):
             await asyncio.sleep(0)
-            lsn, epoch = await p.snapshot_to(tmp_path / f"snap{k}.sqlite")
+            lsn, role_sequence = await p.snapshot_to(tmp_path / f"snap{k}.sqlite")
             snaps.append((k, lsn))
         await writing
         for k, lsn in snaps:
