@@ -39,7 +39,7 @@ import threading
 import time
 from pathlib import Path
 
-from mirrord.localcluster import LocalCluster, wait_for
+from mirrord_testing.localcluster import LocalCluster, wait_for
 from mirrorctl.client import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

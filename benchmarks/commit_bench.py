@@ -31,7 +31,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mirrord.localcluster import LocalCluster
+from mirrord_testing.localcluster import LocalCluster
 from mirrorctl.client import AsyncClient, ClientError, Unreachable
 
 MODES = {"standalone": "bench_standalone", "SAFETY OFF": "bench_off", "SAFETY FULL": "bench_full"}

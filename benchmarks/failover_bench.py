@@ -43,7 +43,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mirrord.localcluster import LocalCluster, wait_for
+from mirrord_testing.localcluster import LocalCluster, wait_for
 from mirrorctl.client import Client, ServerError, Unreachable
 
 DB = "bench"

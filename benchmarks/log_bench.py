@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from commit_bench import VALUE, _run_loop  # noqa: E402
 
-from mirrord.localcluster import LocalCluster, wait_for  # noqa: E402
+from mirrord_testing.localcluster import LocalCluster, wait_for  # noqa: E402
 from mirrorctl.client import AsyncClient, ClientError, ServerError, Unreachable  # noqa: E402
 
 CATCHUP_IP = 56

@@ -105,7 +105,7 @@ def ensure_installed(say=print) -> Path:
 
 
 def _free_port(host: str) -> int:
-    from mirrord.localcluster import free_port
+    from mirrord_testing.localcluster import free_port
     return free_port(host)
 
 

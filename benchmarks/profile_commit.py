@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import commit_bench  # noqa: E402
 
-from mirrord.localcluster import LocalCluster  # noqa: E402
+from mirrord_testing.localcluster import LocalCluster  # noqa: E402
 
 RATE = 250
 FIRST_IP = 56

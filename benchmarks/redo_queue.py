@@ -27,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from mirrord.localcluster import LocalCluster, wait_for
+from mirrord_testing.localcluster import LocalCluster, wait_for
 from mirrord.storage.pagestore import TEST_REDO_RATE_ENV
 from mirrorctl.client import ServerError, Unreachable
 

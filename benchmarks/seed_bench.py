@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from mirrord.localcluster import LocalCluster, wait_for
+from mirrord_testing.localcluster import LocalCluster, wait_for
 from mirrorctl.client import Client, ServerError, Unreachable
 
 DB = "seedbench"

@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from mirrord.core.session import Session, SessionConfig  # noqa: E402
 from mirrord.core.types import DatabaseStatus, Role  # noqa: E402
-from mirrord.mirror import MirrorDatabase  # noqa: E402
+from mirrord.engine.mirror import MirrorDatabase  # noqa: E402
 from mirrord.storage.fileutil import atomic_write_bytes  # noqa: E402
 from mirrord.storage.log import DurableLog, LogRecord  # noqa: E402
 

@@ -49,7 +49,7 @@ import failover_bench  # noqa: E402
 import log_bench  # noqa: E402
 import pg_bench  # noqa: E402
 
-from mirrord.localcluster import LocalCluster  # noqa: E402
+from mirrord_testing.localcluster import LocalCluster  # noqa: E402
 
 PARTS = ("pg", "failover", "catchup", "memory")
 COUNTERPART = {"SAFETY FULL": "PG sync standby", "SAFETY OFF": "PG async standby"}

@@ -4,7 +4,7 @@
     bash deploy/demo.sh stop       stop the nodes the tour left up
     python deploy/demo.py [--stop-at-end | --stop]   (what demo.sh runs)
 
-How it works: a LocalCluster (mirrord.localcluster) with data under
+How it works: a LocalCluster (mirrord_testing.localcluster) with data under
 ./demo-data/ (wiped at start) runs nodes a, b and c. Each step prints the
 `mirrorctl` command it runs and runs exactly that (the real CLI, so the output
 is what you would see), or says what it does with the client library (bulk
@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout even without `pip install -e .`
 
-from mirrord.localcluster import LocalCluster, LocalNode, wait_for  # noqa: E402
+from mirrord_testing.localcluster import LocalCluster, LocalNode, wait_for  # noqa: E402
 from mirrorctl.client import Client, ServerError, Unreachable  # noqa: E402
 
 DATA = ROOT / "demo-data"

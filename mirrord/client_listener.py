@@ -24,11 +24,11 @@ from mirrord.core.types import MirrordError, ProtocolError
 from mirrord.net import framing
 from mirrord.net.client_port import ClientPort
 from mirrord.node_services import ClientOwner, ClientState
-from mirrord.principal import PrincipalDatabase
+from mirrord.engine.principal import PrincipalDatabase
 
 if TYPE_CHECKING:
-    from mirrord.host import DatabaseHost
-    from mirrord.login_store import LoginStore
+    from mirrord.engine.database import Database
+    from mirrord.storage.login_store import LoginStore
     from mirrord.statements_exec import StatementExecutor
 
 log = structlog.get_logger()
@@ -77,7 +77,7 @@ class ClientListener:
     """The node's client port: connections, their logins and their statements."""
 
     def __init__(self, executor: "StatementExecutor", port: ClientPort, logins: "LoginStore | None",
-                 databases: Callable[[], Iterable["DatabaseHost"]]) -> None:
+                 databases: Callable[[], Iterable["Database"]]) -> None:
         self.executor, self.port, self.logins, self.databases = executor, port, logins, databases
         self.spids = itertools.count(51)  # session ids, as SQL Server numbers user sessions (from 51)
         self.connections: dict[int, ClientConnection] = {}  # by spid: EXEC sp_who

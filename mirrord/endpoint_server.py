@@ -1,8 +1,8 @@
 """The mirroring endpoint's side of a node: who may connect, and what each connection is served.
 
 A connection opens with one frame: a partner's `hello` (the principal's link to
-this mirror: net/inbound.py serves it), a partner's `w_hello` (this node is its
-witness: mirrord/witness.py), or a `partner_off_notice` (SET PARTNER OFF ran on
+this mirror: mirrord/engine/mirror_session.py serves it), a partner's `w_hello` (this node is its
+witness: mirrord/engine/witness.py), or a `partner_off_notice` (SET PARTNER OFF ran on
 the principal while this mirror was away). Under TLS the peer's certificate
 must cover the endpoint it claims, or it is refused with the reason.
 """
@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from mirrord import role_change
+from mirrord.engine import role_change
 from mirrord.core import messages
 from mirrord.core.types import Endpoint, ProtocolError, Role
-from mirrord.net import framing, inbound
+from mirrord.engine import mirror_session
+from mirrord.net import framing
 from mirrord.net.tls import cert_hosts, peer_covers
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ async def serve_connection(node: "NodeServices", reader: asyncio.StreamReader, w
         await _serve_hello(node, hello, reader, writer)
     except ProtocolError as exc:
         log.warning("endpoint_frame_rejected", peer=str(peer), reason=str(exc))
-    except inbound.PartnerRemoved:
+    except mirror_session.PartnerRemoved:
         await _mirror_partner_removed(node, hello["db"])
     except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError) as exc:
         log.info("endpoint_connection_closed", peer=str(peer), reason=repr(exc))
@@ -67,16 +68,16 @@ async def serve_connection(node: "NodeServices", reader: asyncio.StreamReader, w
 
 async def _serve_hello(node: "NodeServices", hello: dict, reader, writer) -> None:
     """A principal's link to this mirror: refused with the reason, or served until it ends."""
-    host = node.databases.get(hello["db"])
-    if host is not None and inbound.hello_from_newer_principal(host, hello):
-        await role_change.step_down_for_partner(node, host, hello["role_sequence"], hello["from_endpoint"])
-    reason = inbound.refusal_for_hello(node, host, hello)
+    database = node.databases.get(hello["db"])
+    if database is not None and mirror_session.hello_from_newer_principal(database, hello):
+        await role_change.step_down_for_partner(node, database, hello["role_sequence"], hello["from_endpoint"])
+    reason = mirror_session.refusal_for_hello(node, database, hello)
     if reason is not None:
         log.warning("hello_refused", database=hello["db"], reason=reason)
         refuse = {"t": "refuse", "reason": reason}
-        if host is not None:
-            refuse.update(role_sequence=host.session.config.role_sequence, role=host.session.role.value)
-            if inbound.ended_by_off_here(host, hello):
+        if database is not None:
+            refuse.update(role_sequence=database.session.config.role_sequence, role=database.session.role.value)
+            if mirror_session.ended_by_off_here(database, hello):
                 refuse["partner_off"] = True
         framing.write_message(writer, refuse)
         await writer.drain()
@@ -84,20 +85,20 @@ async def _serve_hello(node: "NodeServices", hello: dict, reader, writer) -> Non
     # A new connection from the principal replaces the old. Loop: several can arrive at
     # once (a thawed node accepts every connection its backlog held), and another may
     # have taken the slot while this one waited for the previous to end.
-    while host.inbound is not None and host.inbound is not asyncio.current_task():
-        await node.stop_inbound(host)
-    host.inbound = asyncio.current_task()
+    while database.inbound is not None and database.inbound is not asyncio.current_task():
+        await node.stop_inbound(database)
+    database.inbound = asyncio.current_task()
     try:
-        await inbound.serve_principal(node, host, hello, reader, writer)
-    except inbound.FailoverRequested as req:
-        host.inbound = None
-        await role_change.promote_for_failover(node, host, req.role_sequence)
-        if host.session.role is Role.PRINCIPAL and host.session.config.role_sequence == req.role_sequence:  # else refused: say nothing
+        await mirror_session.serve_principal(node, database, hello, reader, writer)
+    except mirror_session.FailoverRequested as req:
+        database.inbound = None
+        await role_change.promote_for_failover(node, database, req.role_sequence)
+        if database.session.role is Role.PRINCIPAL and database.session.config.role_sequence == req.role_sequence:  # else refused: say nothing
             framing.write_message(writer, {"t": "failover_done", "role_sequence": req.role_sequence})
             await writer.drain()
     finally:
-        if host.inbound is asyncio.current_task():
-            host.inbound = None
+        if database.inbound is asyncio.current_task():
+            database.inbound = None
 
 
 async def _serve_off_notice(node: "NodeServices", notice: dict, writer) -> None:
@@ -106,22 +107,22 @@ async def _serve_off_notice(node: "NodeServices", notice: dict, writer) -> None:
     Confirmed also when there is nothing to end (no longer its mirror): the
     sender only needs to know it may stop telling.
     """
-    host = node.databases.get(notice["db"])
-    if host is not None:
-        cfg = host.session.config
+    database = node.databases.get(notice["db"])
+    if database is not None:
+        cfg = database.session.config
         if (cfg.role is Role.MIRROR and cfg.partner is not None and notice["role_sequence"] >= cfg.role_sequence
                 and role_change.endpoint_matches(cfg.partner, notice["from_endpoint"])):
-            await node.stop_inbound(host)
+            await node.stop_inbound(database)
             await _mirror_partner_removed(node, notice["db"])
     framing.write_message(writer, {"t": "partner_off_done"})
     await writer.drain()
 
 
 async def _mirror_partner_removed(node: "NodeServices", db: str) -> None:
-    host = node.databases.get(db)
-    if host is not None and host.session.role is Role.MIRROR:
-        host.update_config(partner=None, role=Role.NONE)
-        log.info("partner_removed_by_principal", database=db, status=host.session.config.status.value)
+    database = node.databases.get(db)
+    if database is not None and database.session.role is Role.MIRROR:
+        database.update_config(partner=None, role=Role.NONE)
+        log.info("partner_removed_by_principal", database=db, status=database.session.config.status.value)
 
 
 def impostor_refusal(node: "NodeServices", writer: asyncio.StreamWriter, claimed_endpoint: str) -> str | None:

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import structlog
 
-from mirrord import checkmirror, endpoint_server, page_repair, role_change
+from mirrord import endpoint_server
+from mirrord.engine import checkmirror, page_repair, role_change
 from mirrord import config as settings
 from mirrord.client_listener import ClientListener
 from mirrord.core import logins as lg
@@ -36,25 +37,27 @@ from mirrord.core.names import db_name_refusal, inside, is_db_name
 from mirrord.core.page_repair import RepairHistory
 from mirrord.core.session import Session, SessionConfig
 from mirrord.core.types import DatabaseStatus, Endpoint, Role
-from mirrord.host import DatabaseHost
+from mirrord.engine.database import Database
 from mirrord.httpapi import HttpServer, NodeView
-from mirrord.login_store import LoginSetupError, LoginStore
-from mirrord.mirror import CHECKSUMS_FILE, SNAPSHOTS_DIR, MirrorDatabase
-from mirrord.monitor import NodeMetrics, run_sampler
-from mirrord.net import framing, inbound
+from mirrord.storage.login_store import LoginSetupError, LoginStore
+from mirrord.engine.mirror import CHECKSUMS_FILE, SNAPSHOTS_DIR, MirrorDatabase
+from mirrord.version import installed_version
+from mirrord.engine.monitor import NodeMetrics, run_sampler
+from mirrord.engine import mirror_session
+from mirrord.net import framing
 from mirrord.net.client_port import ClientPort
-from mirrord.net.partner import run_off_notice, run_partner_link
+from mirrord.engine.principal_session import run_off_notice, run_partner_link
 from mirrord.net.tls import Listener, TlsContexts, TlsSetupError
-from mirrord.net.witness_link import run_witness_link
+from mirrord.engine.witness_link import run_witness_link
 from mirrord.node_config import NodeConfig, configure_logging, parse_args
-from mirrord.principal import PrincipalDatabase
+from mirrord.engine.principal import PrincipalDatabase
 from mirrord.statements_exec import StatementExecutor
 from mirrord.storage import snapshot as snapfiles
 from mirrord.storage.events import EventLog
 from mirrord.storage.fileutil import DISK_RESERVE_BYTES, atomic_write_bytes, disk_free, is_disk_full
 from mirrord.storage.log import DurableLog
 from mirrord.views import status_rows
-from mirrord.witness import Witness
+from mirrord.engine.witness import Witness
 
 log = structlog.get_logger()
 
@@ -68,7 +71,7 @@ class Node:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.name = config.name
-        self.databases: dict[str, DatabaseHost] = {}
+        self.databases: dict[str, Database] = {}
         # databases that failed to load at start, and why: shown in status, never served, the rest run
         self.quarantined: dict[str, str] = {}
         self.stopping = False
@@ -89,7 +92,7 @@ class Node:
         self.events = EventLog(config.data_dir / "events", config.name, max_events=config.event_history_max_events,
                                max_age_seconds=config.event_history_max_age_days * 86400.0)
         self.witness = Witness(config.data_dir / "witness", events=self.events)
-        self.metrics = NodeMetrics(config.name)
+        self.metrics = NodeMetrics(config.name, installed_version())
         self.http = HttpServer(NodeView(
             name=config.name, registry=self.metrics.registry,
             facts=lambda db: h.health_facts() if (h := self.databases.get(db)) is not None else None,
@@ -155,8 +158,8 @@ class Node:
                 name="checkmirror-schedule")
         if self.config.page_scrub_rate_mb > 0:
             self._scrubber = asyncio.create_task(
-                page_repair.run_scrubber(lambda: self.databases.values(), self.config.page_scrub_rate_mb, lambda host: checkmirror.check(
-                    host, self.config.checkmirror_rate_mb, self.metrics.count_checkmirror)), name="page-scrubber")
+                page_repair.run_scrubber(lambda: self.databases.values(), self.config.page_scrub_rate_mb, lambda database: checkmirror.check(
+                    database, self.config.checkmirror_rate_mb, self.metrics.count_checkmirror)), name="page-scrubber")
         log.info("node_started", endpoint=self.endpoint_url, listen=self.listen_address, databases=sorted(self.databases))
 
     async def _load(self, directory: Path) -> None:
@@ -165,21 +168,21 @@ class Node:
         config = SessionConfig.from_dict(read_json(directory / "meta.json"))
         if not is_db_name(config.db) or config.db != directory.name:
             raise ValueError(f"meta.json names {config.db!r}, not a valid database name equal to its directory's")
-        host = DatabaseHost(config.db, directory, Session(config), self.open_log(directory))
-        host.on_witness_changed = self.sync_witness_link
-        host.events = self.events
-        host.logins = self.logins
-        host.repair_history = self.repairs
-        host.repaired_pages = self.metrics.count_page_repaired
-        self.databases[config.db] = host
-        await self.activate(host)
+        database = Database(config.db, directory, Session(config), self.open_log(directory))
+        database.on_witness_changed = self.sync_witness_link
+        database.events = self.events
+        database.logins = self.logins
+        database.repair_history = self.repairs
+        database.repaired_pages = self.metrics.count_page_repaired
+        self.databases[config.db] = database
+        await self.activate(database)
 
     async def _quarantine(self, directory: Path, exc: Exception) -> None:
         """A database that failed to load: close what was opened, remember why, serve the others."""
         name = directory.name
-        host = self.databases.pop(name, None)
-        if host is not None:
-            await self.deactivate(host)
+        database = self.databases.pop(name, None)
+        if database is not None:
+            await self.deactivate(database)
         why = f"failed to load at start: {exc}"
         if is_disk_full(exc):
             # not the database's fault: it loads by itself once there is room (a restart while full, a power cut)
@@ -202,9 +205,9 @@ class Node:
             try:
                 await self._load(directory)
             except Exception as exc:  # noqa: BLE001 - as at start: this database only
-                host = self.databases.pop(name, None)
-                if host is not None:
-                    await self.deactivate(host)
+                database = self.databases.pop(name, None)
+                if database is not None:
+                    await self.deactivate(database)
                 if is_disk_full(exc):
                     continue
                 self.quarantined[name] = f"failed to load: {exc}"
@@ -217,123 +220,123 @@ class Node:
     def _send_logins(self, table: lg.LoginTable) -> None:
         """Pass a changed login table to every connected partner (they adopt it and pass it on)."""
         frame = {"t": "logins", "table": table.to_dict()}
-        for host in self.databases.values():
-            if host.partner_writer is not None:
+        for database in self.databases.values():
+            if database.partner_writer is not None:
                 try:
-                    framing.write_message(host.partner_writer, frame)
+                    framing.write_message(database.partner_writer, frame)
                 except ConnectionResetError:
                     pass  # that link is closing; the next connection carries the table
 
     # ---------------------------------------------------------------- database snapshots
 
-    def snapshots(self) -> dict[str, tuple[DatabaseHost, "snapfiles.DatabaseSnapshot"]]:
+    def snapshots(self) -> dict[str, tuple[Database, "snapfiles.DatabaseSnapshot"]]:
         """Every database snapshot on this node by name, with the database it shows."""
         found = {}
-        for host in self.databases.values():
-            if host.mirror is not None:
-                for name, snap in list(host.mirror.snapshots.items()):  # one step: redo may drop one meanwhile
-                    found[name] = (host, snap)
+        for database in self.databases.values():
+            if database.mirror is not None:
+                for name, snap in list(database.mirror.snapshots.items()):  # one step: redo may drop one meanwhile
+                    found[name] = (database, snap)
         return found
 
-    def snapshot_dropped(self, host: DatabaseHost, name: str, why: str) -> None:
+    def snapshot_dropped(self, database: Database, name: str, why: str) -> None:
         """A snapshot was dropped (by DROP DATABASE, a promotion, a reseed, a failed save): remember, record, log."""
         self.dropped_snapshots[name] = why
-        host.record_event("SNAPSHOT_DROPPED", f"database snapshot {name} of {host.name} dropped: {why}",
-                          lsn=host.mirror.redo_lsn if host.mirror is not None else host.log.last_lsn)
-        log.warning("snapshot_dropped", database=host.name, snapshot=name, reason=why)
+        database.record_event("SNAPSHOT_DROPPED", f"database snapshot {name} of {database.name} dropped: {why}",
+                          lsn=database.mirror.redo_lsn if database.mirror is not None else database.log.last_lsn)
+        log.warning("snapshot_dropped", database=database.name, snapshot=name, reason=why)
 
-    def _drop_snapshot_files(self, host: DatabaseHost) -> None:
+    def _drop_snapshot_files(self, database: Database) -> None:
         """The copy is about to be opened by SQLite (a promotion, RESTORE … WITH RECOVERY): its snapshots go first."""
-        cfg = host.session.config
+        cfg = database.session.config
         if cfg.role is Role.PRINCIPAL:
-            why = f"{host.name} became the principal here (role sequence {cfg.role_sequence}): a snapshot is of a mirror's copy"
+            why = f"{database.name} became the principal here (role sequence {cfg.role_sequence}): a snapshot is of a mirror's copy"
         else:
-            why = f"{host.name} was brought ONLINE here (RESTORE … WITH RECOVERY): a snapshot is of a mirror's copy"
-        for name in snapfiles.remove_all(host.directory / SNAPSHOTS_DIR):
-            self.snapshot_dropped(host, name, why)
+            why = f"{database.name} was brought ONLINE here (RESTORE … WITH RECOVERY): a snapshot is of a mirror's copy"
+        for name in snapfiles.remove_all(database.directory / SNAPSHOTS_DIR):
+            self.snapshot_dropped(database, name, why)
 
     def open_log(self, directory: Path) -> DurableLog:
         """A database's durable log, with segments small enough to truncate well below the size limit."""
         segment = max(64 << 10, min(16 << 20, self.config.log_size_limit // 8))
         return DurableLog(directory / "log", segment_bytes=segment)
 
-    async def activate(self, host: DatabaseHost) -> None:
-        """Start the engine the host's role and status call for."""
-        cfg = host.session.config
+    async def activate(self, database: Database) -> None:
+        """Start the engine the database's role and status call for."""
+        cfg = database.session.config
         if cfg.status is DatabaseStatus.ONLINE:
-            self._drop_snapshot_files(host)  # before SQLite writes the copy (a crash after the promotion, too)
+            self._drop_snapshot_files(database)  # before SQLite writes the copy (a crash after the promotion, too)
             # a copy that was a mirror's page store is brought up to the end of log by principal.open()
-            (host.directory / CHECKSUMS_FILE).unlink(missing_ok=True)  # SQLite writes it now, not redo: checksums go stale
+            (database.directory / CHECKSUMS_FILE).unlink(missing_ok=True)  # SQLite writes it now, not redo: checksums go stale
             principal = PrincipalDatabase(
-                host.directory, host.session, host.log, log_size_limit=self.config.log_size_limit,
-                ack_rule=host.ack_rule, quorum_refusal=host.quorum_refusal, lock_timeout_ms=self.config.limits.lock_timeout_ms,
+                database.directory, database.session, database.log, log_size_limit=self.config.log_size_limit,
+                ack_rule=database.ack_rule, quorum_refusal=database.quorum_refusal, lock_timeout_ms=self.config.limits.lock_timeout_ms,
             )
             await principal.open()
-            principal.on_commit = lambda seconds, db=host.name: self.metrics.observe_commit(db, seconds)
-            host.principal = principal
-            page_repair.note_opened(host)  # a damaged page 1 open() put back from the log
+            principal.on_commit = lambda seconds, db=database.name: self.metrics.observe_commit(db, seconds)
+            database.principal = principal
+            page_repair.note_opened(database)  # a damaged page 1 open() put back from the log
             if cfg.role is Role.PRINCIPAL and cfg.partner is not None:
-                self.start_partner_link(host)
+                self.start_partner_link(database)
             elif cfg.partner is None:
-                self.start_off_notice(host)
+                self.start_off_notice(database)
         else:
-            host.mirror = MirrorDatabase(host.directory, host.session, host.log, log_size_limit=self.config.log_size_limit)
-            host.mirror.on_failure = lambda why: inbound.mirror_cannot_go_on(host, why)
-            host.mirror.on_snapshot_dropped = lambda name, why: self.snapshot_dropped(host, name, why)
-            if host.mirror.path.exists():
-                host.mirror.start()
-        self.start_witness_link(host)
-        host.note_state()
+            database.mirror = MirrorDatabase(database.directory, database.session, database.log, log_size_limit=self.config.log_size_limit)
+            database.mirror.on_failure = lambda why: mirror_session.mirror_cannot_go_on(database, why)
+            database.mirror.on_snapshot_dropped = lambda name, why: self.snapshot_dropped(database, name, why)
+            if database.mirror.path.exists():
+                database.mirror.start()
+        self.start_witness_link(database)
+        database.note_state()
 
-    def start_witness_link(self, host: DatabaseHost) -> None:
+    def start_witness_link(self, database: Database) -> None:
         """Start (once) the partner's link to the session's witness, if one is set."""
-        cfg = host.session.config
+        cfg = database.session.config
         if cfg.witness is None or cfg.partner is None or not self.endpoint_started:
             return
-        if host.witness_link is None or host.witness_link.done():
-            host.witness_link = asyncio.create_task(run_witness_link(self, host), name=f"witness-link-{host.name}")
+        if database.witness_link is None or database.witness_link.done():
+            database.witness_link = asyncio.create_task(run_witness_link(self, database), name=f"witness-link-{database.name}")
 
-    async def stop_witness_link(self, host: DatabaseHost) -> None:
+    async def stop_witness_link(self, database: Database) -> None:
         """Stop the partner's link to the witness, if any."""
-        task, host.witness_link = host.witness_link, None
+        task, database.witness_link = database.witness_link, None
         await _cancel(task)
-        host.session.witness_connected = False
+        database.session.witness_connected = False
 
-    def start_partner_link(self, host: DatabaseHost) -> None:
+    def start_partner_link(self, database: Database) -> None:
         """Start (once) the principal's link to its mirror."""
-        if host.sender is None or host.sender.done():
-            host.sender = asyncio.create_task(run_partner_link(self, host), name=f"partner-link-{host.name}")
+        if database.sender is None or database.sender.done():
+            database.sender = asyncio.create_task(run_partner_link(self, database), name=f"partner-link-{database.name}")
 
-    def start_off_notice(self, host: DatabaseHost) -> None:
+    def start_off_notice(self, database: Database) -> None:
         """Start (once) telling the old mirror of a SET PARTNER OFF run here (in the principal's link slot)."""
-        if host.session.config.off_untold is not None and self.endpoint_started and (host.sender is None or host.sender.done()):
-            host.sender = asyncio.create_task(run_off_notice(self, host), name=f"partner-off-notice-{host.name}")
+        if database.session.config.off_untold is not None and self.endpoint_started and (database.sender is None or database.sender.done()):
+            database.sender = asyncio.create_task(run_off_notice(self, database), name=f"partner-off-notice-{database.name}")
 
-    async def stop_partner_link(self, host: DatabaseHost) -> None:
+    async def stop_partner_link(self, database: Database) -> None:
         """Stop the principal's link to its mirror, if any."""
-        task, host.sender = host.sender, None
+        task, database.sender = database.sender, None
         await _cancel(task)
 
-    async def stop_inbound(self, host: DatabaseHost) -> None:
+    async def stop_inbound(self, database: Database) -> None:
         """Close the mirror's connection from its principal, if any."""
-        task, host.inbound = host.inbound, None
+        task, database.inbound = database.inbound, None
         await _cancel(task)
 
-    async def deactivate(self, host: DatabaseHost) -> None:
+    async def deactivate(self, database: Database) -> None:
         """Stop everything running for a database (before dropping it)."""
-        await self.stop_witness_link(host)
-        await self._stop_engines(host)
+        await self.stop_witness_link(database)
+        await self._stop_engines(database)
 
-    async def _stop_engines(self, host: DatabaseHost) -> None:
+    async def _stop_engines(self, database: Database) -> None:
         """Stop the role-specific engine and partner links, keeping the witness link."""
-        await self.stop_partner_link(host)
-        await self.stop_inbound(host)
-        if host.principal is not None:
-            await host.principal.close()
-            host.principal = None
-        if host.mirror is not None:
-            host.mirror.stop()
-            host.mirror = None
+        await self.stop_partner_link(database)
+        await self.stop_inbound(database)
+        if database.principal is not None:
+            await database.principal.close()
+            database.principal = None
+        if database.mirror is not None:
+            database.mirror.stop()
+            database.mirror = None
 
     async def stop(self) -> None:
         """Clean shutdown: stop listening, stop links, close databases."""
@@ -350,12 +353,12 @@ class Node:
         if self._client_server is not None:
             self._client_server.close()
         await self.stop_endpoint()
-        for host in list(self.databases.values()):
+        for database in list(self.databases.values()):
             try:
-                await self.deactivate(host)
+                await self.deactivate(database)
             except Exception as exc:  # noqa: BLE001 - the others must still close; the log holds what was committed
-                log.error("database_close_failed", database=host.name, error=repr(exc))
-            host.log.close()
+                log.error("database_close_failed", database=database.name, error=repr(exc))
+            database.log.close()
         self._stopped.set()
 
     # ---------------------------------------------------------------- endpoint
@@ -367,11 +370,11 @@ class Node:
                                                          self.tls and self.tls.endpoint_server,
                                                          lambda r, w: endpoint_server.serve_connection(self, r, w), "endpoint")
         self._endpoint_started.set()
-        for host in self.databases.values():
-            if host.session.role is Role.PRINCIPAL and host.session.config.partner is not None:
-                self.start_partner_link(host)
-            self.start_off_notice(host)
-            self.start_witness_link(host)
+        for database in self.databases.values():
+            if database.session.role is Role.PRINCIPAL and database.session.config.partner is not None:
+                self.start_partner_link(database)
+            self.start_off_notice(database)
+            self.start_witness_link(database)
 
     async def stop_endpoint(self) -> None:
         """Close the endpoint and every node-to-node connection (STATE = STOPPED)."""
@@ -379,13 +382,13 @@ class Node:
         server, self._endpoint_server = self._endpoint_server, None
         if server is not None:
             server.close()
-        for host in self.databases.values():
-            await self.stop_partner_link(host)
-            await self.stop_inbound(host)
-            await self.stop_witness_link(host)
-            host.session.witness_lease_until = 0.0  # links closed on purpose: no lease outlives them
-            host.session.mirror_lease_until = 0.0
-            host.poke()
+        for database in self.databases.values():
+            await self.stop_partner_link(database)
+            await self.stop_inbound(database)
+            await self.stop_witness_link(database)
+            database.session.witness_lease_until = 0.0  # links closed on purpose: no lease outlives them
+            database.session.mirror_lease_until = 0.0
+            database.poke()
         for writer in list(self._endpoint_writers):
             writer.close()
 
@@ -410,41 +413,41 @@ class Node:
         """
         if self.tls is None:
             return await asyncio.open_connection(ep.host, ep.port, local_addr=(self.config.endpoint.host, 0))
-        # the peer's certificate must cover the host we dialed: the configured partner or witness
+        # the peer's certificate must cover the database we dialed: the configured partner or witness
         return await asyncio.open_connection(ep.host, ep.port, local_addr=(self.config.endpoint.host, 0),
                                              ssl=self.tls.endpoint_client, server_hostname=ep.host,
                                              ssl_handshake_timeout=endpoint_server.HELLO_TIMEOUT)
 
-    async def adopt_witness_state(self, host: DatabaseHost, msg: dict) -> None:
+    async def adopt_witness_state(self, database: Database, msg: dict) -> None:
         """What the witness says about a session (see role_change.adopt_witness_state)."""
-        await role_change.adopt_witness_state(self, host, msg)
+        await role_change.adopt_witness_state(self, database, msg)
 
-    async def request_promotion(self, host: DatabaseHost, conn, *, forced: bool, timeout: float) -> bool:
+    async def request_promotion(self, database: Database, conn, *, forced: bool, timeout: float) -> bool:
         """Ask the witness to promote this mirror (see role_change.request_promotion)."""
-        return await role_change.request_promotion(self, host, conn, forced=forced, timeout=timeout)
+        return await role_change.request_promotion(self, database, conn, forced=forced, timeout=timeout)
 
-    async def role_event(self, host: DatabaseHost, event: roles.Event) -> None:
+    async def role_event(self, database: Database, event: roles.Event) -> None:
         """An event for the role machine (core.roles) from a link; role_change carries out what it decides."""
-        await role_change.on_event(self, host, event)
+        await role_change.on_event(self, database, event)
 
-    def sync_witness_link(self, host: DatabaseHost) -> None:
+    def sync_witness_link(self, database: Database) -> None:
         """Start or stop the witness link after the session's witness setting changed."""
-        if host.session.config.witness is not None:
-            self.start_witness_link(host)
-        elif host.witness_link is not None:
-            asyncio.ensure_future(self.stop_witness_link(host))
+        if database.session.config.witness is not None:
+            self.start_witness_link(database)
+        elif database.witness_link is not None:
+            asyncio.ensure_future(self.stop_witness_link(database))
 
-    def hello(self, host: DatabaseHost) -> dict:
+    def hello(self, database: Database) -> dict:
         """The principal's opening message on a link to its mirror."""
-        cfg = host.session.config
+        cfg = database.session.config
         hello = {
-            "t": "hello", "v": PROTOCOL_VERSION, "db": host.name, "from_node": self.name,
+            "t": "hello", "v": PROTOCOL_VERSION, "db": database.name, "from_node": self.name,
             "from_endpoint": self.endpoint_url, "role": cfg.role.value, "role_sequence": cfg.role_sequence,
-            "end_lsn": host.log.last_lsn, "safety": cfg.safety.value, "timeout": cfg.timeout,
+            "end_lsn": database.log.last_lsn, "safety": cfg.safety.value, "timeout": cfg.timeout,
             "suspended": cfg.suspended, "listen": self.listen_address,
             "failover_lsn": cfg.failover_lsn, "witness": cfg.witness or "", "redo_queue_mb": cfg.redo_queue_mb,
         }
-        fork_role_sequence = host.log.role_sequence_at(cfg.failover_lsn) if cfg.failover_lsn else None
+        fork_role_sequence = database.log.role_sequence_at(cfg.failover_lsn) if cfg.failover_lsn else None
         if fork_role_sequence is not None:  # a rejoining copy finds where its history parts from ours (core.history)
             hello["failover_role_sequence"] = fork_role_sequence
         return hello
@@ -457,7 +460,7 @@ class Node:
             raise ValueError(why)
         return inside(self.databases_dir, db)
 
-    async def create_host(self, config: SessionConfig, snapshot: tuple[Path, int, int] | None = None) -> DatabaseHost:
+    async def create_database(self, config: SessionConfig, snapshot: tuple[Path, int, int] | None = None) -> Database:
         """Create the directory and meta of a new database and activate it.
 
         snapshot: (file, lsn, role_sequence) of a database image to start from (RESTORE).
@@ -466,29 +469,29 @@ class Node:
         if directory.exists():
             shutil.rmtree(directory)  # leftovers of an interrupted CREATE/DROP
         directory.mkdir(parents=True)
-        host = DatabaseHost(config.db, directory, Session(config), self.open_log(directory))
+        database = Database(config.db, directory, Session(config), self.open_log(directory))
         if snapshot is not None:
             image, lsn, role_sequence = snapshot
             os.replace(image, directory / "db.sqlite")
-            host.log.reset(lsn + 1, role_sequence)
+            database.log.reset(lsn + 1, role_sequence)
             atomic_write_bytes(directory / "redo_lsn", str(lsn).encode())
-        host.persist()
-        host.on_witness_changed = self.sync_witness_link
-        host.events = self.events
-        host.logins = self.logins
-        host.repair_history = self.repairs
-        host.repaired_pages = self.metrics.count_page_repaired
-        self.databases[config.db] = host
-        await self.activate(host)
-        return host
+        database.persist()
+        database.on_witness_changed = self.sync_witness_link
+        database.events = self.events
+        database.logins = self.logins
+        database.repair_history = self.repairs
+        database.repaired_pages = self.metrics.count_page_repaired
+        self.databases[config.db] = database
+        await self.activate(database)
+        return database
 
-    async def drop_host(self, host: DatabaseHost) -> None:
+    async def drop_database(self, database: Database) -> None:
         """Remove a database and its files."""
-        await self.deactivate(host)
-        host.log.close()
-        del self.databases[host.name]
-        trash = host.directory.with_name(f".dropped-{host.name}-{os.getpid()}")
-        os.replace(host.directory, trash)  # one atomic step; the rest is cleanup
+        await self.deactivate(database)
+        database.log.close()
+        del self.databases[database.name]
+        trash = database.directory.with_name(f".dropped-{database.name}-{os.getpid()}")
+        os.replace(database.directory, trash)  # one atomic step; the rest is cleanup
         shutil.rmtree(trash, ignore_errors=True)
 
 

@@ -41,11 +41,11 @@ class NodeConfig:
     limits: ClientLimits = ClientLimits()  # what one client may hold on the client port
     event_history_max_events: int = DEFAULT_MAX_EVENTS  # sys.database_mirroring_events (storage/events.py)
     event_history_max_age_days: int = DEFAULT_MAX_AGE_DAYS
-    checkmirror_interval: int = 0  # seconds between scheduled DBCC CHECKMIRROR (mirrord/checkmirror.py); 0: off
+    checkmirror_interval: int = 0  # seconds between scheduled DBCC CHECKMIRROR (mirrord/engine/checkmirror.py); 0: off
     # the pace of its hash on both partners, MB/s (0: unlimited); 16 keeps a check under 10 % of the commits
     # running beside it (benchmarks/checkmirror_bench.py: median ratio 0.93 at 16, 0.52-0.83 unlimited)
     checkmirror_rate_mb: int = 16
-    page_scrub_rate_mb: int = 0  # the mirror's page scrubber (mirrord/page_repair.py), MB/s; 0: off
+    page_scrub_rate_mb: int = 0  # the mirror's page scrubber (mirrord/engine/page_repair.py), MB/s; 0: off
 
     @property
     def backups(self) -> Path:

@@ -40,20 +40,20 @@ from mirrord.core.types import (
     UnknownDatabase,
 )
 from mirrord.net import framing
-from mirrord.net.partner import resume_session, send_settings, suspend_session
+from mirrord.engine.principal_session import resume_session, send_settings, suspend_session
 from mirrord.node_services import ClientState
-from mirrord.role_change import forced_service, manual_failover
+from mirrord.engine.role_change import forced_service, manual_failover
 from mirrord.core import messages
-from mirrord.principal import PageDamaged, StatementResult
+from mirrord.engine.principal import PageDamaged, StatementResult
 from mirrord import views
 from mirrord.storage import backups
 from mirrord.storage.fileutil import NO_SPACE
 from mirrord.storage.snapshot import SnapshotGone
 from mirrord.storage.snapshot_reader import SnapshotReaders, run_snapshot_query
-from mirrord.write_lock import spid_of
+from mirrord.engine.write_lock import spid_of
 
 if TYPE_CHECKING:
-    from mirrord.host import DatabaseHost
+    from mirrord.engine.database import Database
     from mirrord.node_services import NodeServices
 
 log = structlog.get_logger()
@@ -95,7 +95,7 @@ class StatementExecutor:
             return self._login_statement(stmt)
         if isinstance(stmt, st.UseDatabase):
             if stmt.db not in self.node.snapshots():
-                self._host(stmt.db)
+                self._database(stmt.db)
             state.db = stmt.db
             return _message(f"database context changed to {stmt.db}")
         if isinstance(stmt, st.SelectSystemView):
@@ -132,8 +132,8 @@ class StatementExecutor:
         if isinstance(stmt, st.CreateDatabase) and name in snapshots:
             raise StatementRefused(f"{name} is a database snapshot on this node; DROP DATABASE {name} first to reuse the name")
         if isinstance(stmt, st.DropDatabase):
-            host = self.node.databases.get(name)
-            mine = sorted(n for n, (h, _) in snapshots.items() if h is host) if host is not None else []
+            database = self.node.databases.get(name)
+            mine = sorted(n for n, (h, _) in snapshots.items() if h is database) if database is not None else []
             if (why := snap_core.drop_source_refusal(name, mine)) is not None:
                 raise StatementRefused(why)
         if isinstance(stmt, st.CreateSnapshot):
@@ -147,13 +147,13 @@ class StatementExecutor:
 
     async def _admin(self, stmt) -> StatementResult:
         """An administrative statement on a database: the rules first, then its handler."""
-        host = self.node.databases.get(stmt.db)
-        why = refusal(host.session if host else None, stmt)
+        database = self.node.databases.get(stmt.db)
+        why = refusal(database.session if database else None, stmt)
         if why is not None:
             raise StatementRefused(why)
         handler = self.ADMIN[type(stmt)]
         try:
-            result = await handler(self, host, stmt)
+            result = await handler(self, database, stmt)
         except OSError as exc:
             if exc.errno not in NO_SPACE:
                 raise
@@ -195,8 +195,8 @@ class StatementExecutor:
         owner, now = conn.owner, time.monotonic()
         running = owner.running is not None
         facts = []
-        for host in self.node.databases.values():
-            principal = host.principal
+        for database in self.node.databases.values():
+            principal = database.principal
             if principal is None:
                 continue
             kind = principal.transaction_of(owner)
@@ -205,12 +205,12 @@ class StatementExecutor:
             if waiting is not None:
                 holder = lock.holder
                 blk = (spid_of(holder.owner) or 0) if holder is not None else 0  # 0: mirrord itself, or released
-                facts.append(SessionFacts(owner.spid, conn.state.login, host.name, kind, blk, now - waiting.since,
+                facts.append(SessionFacts(owner.spid, conn.state.login, database.name, kind, blk, now - waiting.since,
                                           running, owner.last_statement))
             elif kind is not None:
                 holder = lock.holder
                 held = now - holder.since if holder is not None and holder.owner is owner else 0.0
-                facts.append(SessionFacts(owner.spid, conn.state.login, host.name, kind, None, held, running,
+                facts.append(SessionFacts(owner.spid, conn.state.login, database.name, kind, None, held, running,
                                           owner.last_statement))
         return facts or [SessionFacts(owner.spid, conn.state.login, conn.state.db, None, None, 0.0, running,
                                       owner.last_statement)]
@@ -250,47 +250,47 @@ class StatementExecutor:
         log.info("statement_done", statement=type(stmt).__name__, detail=done, logins_version=store.table.version)
         return _message(f"{done}; login table version {store.table.version}, passed on to the partners")
 
-    def _host(self, db: str | None) -> "DatabaseHost":
+    def _host(self, db: str | None) -> "Database":
         if db is None:
             raise StatementRefused("no database selected: pass -d DB, or run USE db first")
         if (why := db_name_refusal(db)) is not None:
             raise UnknownDatabase(why)
-        host = self.node.databases.get(db)
+        database = self.node.databases.get(db)
         if db in self.node.quarantined:  # also while one quarantined by a full disk is loaded again: not open yet
             hint = ("it loads by itself once there is room" if db in self.node.loading_when_room
                     else "fix or remove its directory and restart the node")
             raise StatementRefused(f"database {db} is quarantined on this node: {self.node.quarantined[db]}; {hint}")
-        if host is None and db in self.node.dropped_snapshots:
+        if database is None and db in self.node.dropped_snapshots:
             raise UnknownDatabase(f"database snapshot {db} was dropped on this node ({self.node.name}): "
                                   f"{self.node.dropped_snapshots[db]}")
-        if host is None:
+        if database is None:
             raise UnknownDatabase(f"database {db} does not exist on this node ({self.node.name})")
-        return host
+        return database
 
     # ---------------------------------------------------------------- SQL
 
     async def _sql(self, owner: object, sql: str, db: str | None, params: Any, read_only: str | None = None) -> StatementResult:
         """Run SQL on the principal; read_only, when set, is why this login may not write (reads only)."""
-        host = self._host(db)
+        database = self._database(db)
         try:
-            return await self._sql_on(host, owner, sql, db, params, read_only)
+            return await self._sql_on(database, owner, sql, db, params, read_only)
         except (NotPrincipal, StatementRefused, LogFull) as exc:
-            self.node.metrics.count_refused(host.name, exc.code)
+            self.node.metrics.count_refused(database.name, exc.code)
             raise
         except PageDamaged as exc:  # the statement failed, the session goes on; the page is fetched from the mirror
-            from mirrord import page_repair
-            from mirrord.checkmirror import check
+            from mirrord.engine import page_repair
+            from mirrord.engine.checkmirror import check
 
-            page_repair.principal_damaged(host, exc.io_error, lambda: check(
-                host, self.node.config.checkmirror_rate_mb, self.node.metrics.count_checkmirror))
+            page_repair.principal_damaged(database, exc.io_error, lambda: check(
+                database, self.node.config.checkmirror_rate_mb, self.node.metrics.count_checkmirror))
             raise
 
-    async def _sql_on(self, host: "DatabaseHost", owner: object, sql: str, db: str, params: Any,
+    async def _sql_on(self, database: "Database", owner: object, sql: str, db: str, params: Any,
                       read_only: str | None = None) -> StatementResult:
-        if host.principal is None:
-            cfg = host.session.config
+        if database.principal is None:
+            cfg = database.session.config
             if cfg.role is Role.MIRROR:
-                principal = host.session.partner_listen or cfg.partner
+                principal = database.session.partner_listen or cfg.partner
                 raise NotPrincipal(
                     f"database {db} is the mirror on {self.node.name}; send SQL to the principal, {principal}",
                     principal=principal,
@@ -301,53 +301,53 @@ class StatementExecutor:
                                  "(role change or restart in progress); retry in a moment")
             raise StatementRefused(f"database {db} is RESTORING; RESTORE DATABASE {db} WITH RECOVERY brings it online")
         if read_only:
-            return await host.principal.execute_read_only(sql, params, read_only, owner)
-        return await host.principal.execute(owner, sql, params)
+            return await database.principal.execute_read_only(sql, params, read_only, owner)
+        return await database.principal.execute(owner, sql, params)
 
     # ---------------------------------------------------------------- databases
 
-    async def _do_CreateDatabase(self, host, stmt) -> StatementResult:
-        await self.node.create_host(SessionConfig(stmt.db))
+    async def _do_CreateDatabase(self, database, stmt) -> StatementResult:
+        await self.node.create_database(SessionConfig(stmt.db))
         return _message(f"database {stmt.db} created")
 
-    async def _do_DropDatabase(self, host, stmt) -> StatementResult:
-        await self.node.drop_host(host)
+    async def _do_DropDatabase(self, database, stmt) -> StatementResult:
+        await self.node.drop_database(database)
         return _message(f"database {stmt.db} dropped")
 
     # ---------------------------------------------------------------- database snapshots
 
-    async def _do_CreateSnapshot(self, host, stmt) -> StatementResult:
+    async def _do_CreateSnapshot(self, database, stmt) -> StatementResult:
         started = time.monotonic()
-        if host.mirror is None:
+        if database.mirror is None:
             raise StatementRefused(f"{stmt.db} has no mirror copy being redone here; a snapshot is made of one")
-        async with host.role_change:  # no promotion or step-down stops the copy's redo half way through
-            if host.mirror is None or host.session.config.role is not Role.MIRROR:
+        async with database.role_change:  # no promotion or step-down stops the copy's redo half way through
+            if database.mirror is None or database.session.config.role is not Role.MIRROR:
                 raise StatementRefused(f"{stmt.db} stopped being the mirror here; a snapshot is made of a mirror's copy")
             try:
-                meta = await asyncio.to_thread(host.mirror.create_snapshot, stmt.name, events.utc_text(time.time()))
+                meta = await asyncio.to_thread(database.mirror.create_snapshot, stmt.name, events.utc_text(time.time()))
             except RuntimeError as exc:
                 raise StatementRefused(str(exc)) from None
         ms = (time.monotonic() - started) * 1000
         self.node.dropped_snapshots.pop(stmt.name, None)
         detail = (f"database snapshot {stmt.name} of {stmt.db} as of LSN {meta.lsn}: {meta.page_count} pages of "
                   f"{meta.page_size} bytes, none copied")
-        host.record_event("SNAPSHOT_CREATED", detail, lsn=meta.lsn)
+        database.record_event("SNAPSHOT_CREATED", detail, lsn=meta.lsn)
         return _message(f"{detail} (in {ms:.0f} ms); query it with -d {stmt.name}")
 
-    async def _drop_snapshot(self, host, snap, name: str) -> StatementResult:
-        if host.mirror is None or name not in host.mirror.snapshots:
+    async def _drop_snapshot(self, database, snap, name: str) -> StatementResult:
+        if database.mirror is None or name not in database.mirror.snapshots:
             raise UnknownDatabase(f"database snapshot {name} does not exist on this node")
-        await asyncio.to_thread(host.mirror.drop_snapshot, name, "DROP DATABASE")
-        self.node.snapshot_dropped(host, name, "DROP DATABASE")
-        log.info("statement_done", database=host.name, statement="DropDatabase", detail=f"database snapshot {name} dropped")
-        return _message(f"database snapshot {name} of {host.name} dropped")
+        await asyncio.to_thread(database.mirror.drop_snapshot, name, "DROP DATABASE")
+        self.node.snapshot_dropped(database, name, "DROP DATABASE")
+        log.info("statement_done", database=database.name, statement="DropDatabase", detail=f"database snapshot {name} dropped")
+        return _message(f"database snapshot {name} of {database.name} dropped")
 
     async def _snapshot_sql(self, login, found, sql: str, params: Any) -> StatementResult:
         """SQL on a database snapshot: reads only, as of its LSN; a login reads it if it may read the database."""
-        host, snap = found
+        database, snap = found
         name, meta = snap.meta.name, snap.meta
-        if not lg.can_read(login, host.name) and not lg.can_read(login, name):
-            raise PermissionDenied(lg.access_refusal(login, lg.READ, host.name))
+        if not lg.can_read(login, database.name) and not lg.can_read(login, name):
+            raise PermissionDenied(lg.access_refusal(login, lg.READ, database.name))
         if classify(sql) in (TxnWord.BEGIN, TxnWord.COMMIT, TxnWord.ROLLBACK):
             return StatementResult([], [], -1)  # nothing changes a snapshot: every statement reads the same data
         try:
@@ -357,7 +357,7 @@ class StatementExecutor:
             raise NotServing(f"database snapshot {name} is no longer served here: {why}") from None
         except StatementRefused as exc:
             if "read-only" in exc.message:
-                raise StatementRefused(snap_core.READ_ONLY_REFUSAL.format(name=name, db=host.name, lsn=meta.lsn)) from None
+                raise StatementRefused(snap_core.READ_ONLY_REFUSAL.format(name=name, db=database.name, lsn=meta.lsn)) from None
             raise
         result = StatementResult(columns, rows, -1)
         result.types = types
@@ -365,27 +365,27 @@ class StatementExecutor:
 
     # ---------------------------------------------------------------- partner
 
-    async def _do_SetPartner(self, host, stmt) -> StatementResult:
+    async def _do_SetPartner(self, database, stmt) -> StatementResult:
         url = str(stmt.endpoint)
         if stmt.endpoint == self.node.config.endpoint:
             raise StatementRefused(f"{url} is this node's own endpoint; name the other partner's endpoint")
-        if host is None:
-            await self.node.create_host(SessionConfig(stmt.db, role=Role.MIRROR, status=DatabaseStatus.RESTORING, partner=url))
+        if database is None:
+            await self.node.create_database(SessionConfig(stmt.db, role=Role.MIRROR, status=DatabaseStatus.RESTORING, partner=url))
             return _message(f"{stmt.db} is the mirror of {url}; it will be seeded when the principal connects")
-        if host.session.config.status is DatabaseStatus.RESTORING:
-            host.update_config(role=Role.MIRROR, partner=url, ended_by_off=None, off_untold=None)
+        if database.session.config.status is DatabaseStatus.RESTORING:
+            database.update_config(role=Role.MIRROR, partner=url, ended_by_off=None, off_untold=None)
             return _message(f"{stmt.db} is the mirror of {url}")
-        await self._probe_mirror(host, stmt.endpoint)
-        await self.node.stop_partner_link(host)  # an OFF notice still under way: this new session supersedes it
-        host.update_config(role=Role.PRINCIPAL, partner=url, role_sequence=max(host.session.config.role_sequence, 1), ended_by_off=None,
+        await self._probe_mirror(database, stmt.endpoint)
+        await self.node.stop_partner_link(database)  # an OFF notice still under way: this new session supersedes it
+        database.update_config(role=Role.PRINCIPAL, partner=url, role_sequence=max(database.session.config.role_sequence, 1), ended_by_off=None,
                            off_untold=None)
-        self.node.start_partner_link(host)
+        self.node.start_partner_link(database)
         return _message(f"{stmt.db} is the principal; mirroring to {url}")
 
-    async def _probe_mirror(self, host: "DatabaseHost", endpoint: Endpoint) -> None:
+    async def _probe_mirror(self, database: "Database", endpoint: Endpoint) -> None:
         """Check the mirror is prepared before the principal commits to the session."""
-        hello = self.node.hello(host)
-        hello.update(role=Role.PRINCIPAL.value, role_sequence=max(host.session.config.role_sequence, 1))
+        hello = self.node.hello(database)
+        hello.update(role=Role.PRINCIPAL.value, role_sequence=max(database.session.config.role_sequence, 1))
         try:
             reader, writer = await asyncio.wait_for(self.node.connect_endpoint(endpoint), 5)
         except (OSError, asyncio.TimeoutError) as exc:
@@ -400,107 +400,107 @@ class StatementExecutor:
         if answer["t"] == "refuse":
             raise StatementRefused(f"the mirror refused: {answer['reason']}")
 
-    async def _do_PartnerAction(self, host, stmt) -> StatementResult:
-        return await self.PARTNER_ACTIONS[stmt.action](self, host)
+    async def _do_PartnerAction(self, database, stmt) -> StatementResult:
+        return await self.PARTNER_ACTIONS[stmt.action](self, database)
 
-    async def _partner_off(self, host: "DatabaseHost") -> StatementResult:
-        if host.session.role is Role.PRINCIPAL:
-            self._tell_partner(host, {"t": "partner_off"})
-            if host.partner_writer is not None:
-                await host.partner_writer.drain()
+    async def _partner_off(self, database: "Database") -> StatementResult:
+        if database.session.role is Role.PRINCIPAL:
+            self._tell_partner(database, {"t": "partner_off"})
+            if database.partner_writer is not None:
+                await database.partner_writer.drain()
             # The mirror may be away, or the frame lost with the link: it is told again on a connection of
             # its own until it confirms (net.partner.run_off_notice), and its hellos hear it meanwhile.
-            old = host.session.config.partner
-            host.update_config(partner=None, role=Role.NONE, suspended=False, ended_by_off=old, off_untold=old)
-            await self.node.stop_partner_link(host)
-            host.session.note_partner_lost()
-            host.principal.update_visible()
-            self.node.start_off_notice(host)
-            return _message(f"mirroring of {host.name} removed; it is a standalone database (the mirror {old} is told "
+            old = database.session.config.partner
+            database.update_config(partner=None, role=Role.NONE, suspended=False, ended_by_off=old, off_untold=old)
+            await self.node.stop_partner_link(database)
+            database.session.note_partner_lost()
+            database.principal.update_visible()
+            self.node.start_off_notice(database)
+            return _message(f"mirroring of {database.name} removed; it is a standalone database (the mirror {old} is told "
                             "now, or as soon as it can be reached)")
         # the principal is told now if it is connected, or by the refusal of its next hello
-        self._tell_partner(host, {"t": "partner_off"})
-        if host.partner_writer is not None:
-            await host.partner_writer.drain()
-        host.update_config(partner=None, role=Role.NONE, suspended=False, ended_by_off=host.session.config.partner)
-        await self.node.stop_inbound(host)
-        return _message(f"mirroring of {host.name} removed on both partners; the copy stays RESTORING until RESTORE DATABASE {host.name} WITH RECOVERY")
+        self._tell_partner(database, {"t": "partner_off"})
+        if database.partner_writer is not None:
+            await database.partner_writer.drain()
+        database.update_config(partner=None, role=Role.NONE, suspended=False, ended_by_off=database.session.config.partner)
+        await self.node.stop_inbound(database)
+        return _message(f"mirroring of {database.name} removed on both partners; the copy stays RESTORING until RESTORE DATABASE {database.name} WITH RECOVERY")
 
-    async def _partner_suspend(self, host: "DatabaseHost") -> StatementResult:
-        if host.session.role is Role.MIRROR:  # the principal's settings are the session's: it suspends, we adopt
-            self._tell_partner(host, {"t": "suspend", "reason": f"SET PARTNER SUSPEND on the mirror {self.node.name}"})
-            host.record_event("SUSPEND", "SET PARTNER SUSPEND on this mirror: asked the principal", lsn=host.log.last_lsn)
-            return _message(f"mirroring of {host.name} SUSPENDED by the principal at the mirror's request")
-        suspend_session(host)
-        host.record_event("SUSPEND", "SET PARTNER SUSPEND on this principal", lsn=host.log.last_lsn)
-        return _message(f"mirroring of {host.name} SUSPENDED; the log grows until RESUME")
+    async def _partner_suspend(self, database: "Database") -> StatementResult:
+        if database.session.role is Role.MIRROR:  # the principal's settings are the session's: it suspends, we adopt
+            self._tell_partner(database, {"t": "suspend", "reason": f"SET PARTNER SUSPEND on the mirror {self.node.name}"})
+            database.record_event("SUSPEND", "SET PARTNER SUSPEND on this mirror: asked the principal", lsn=database.log.last_lsn)
+            return _message(f"mirroring of {database.name} SUSPENDED by the principal at the mirror's request")
+        suspend_session(database)
+        database.record_event("SUSPEND", "SET PARTNER SUSPEND on this principal", lsn=database.log.last_lsn)
+        return _message(f"mirroring of {database.name} SUSPENDED; the log grows until RESUME")
 
-    async def _partner_resume(self, host: "DatabaseHost") -> StatementResult:
-        if host.session.role is Role.MIRROR:
-            self._tell_partner(host, {"t": "resume"})
-            host.record_event("RESUME", "SET PARTNER RESUME on this mirror: asked the principal", lsn=host.log.last_lsn)
-            return _message(f"mirroring of {host.name}: RESUME sent to the principal, which resumes the session")
-        await resume_session(self.node, host)
-        host.record_event("RESUME", "SET PARTNER RESUME on this principal", lsn=host.log.last_lsn)
-        return _message(f"mirroring of {host.name} resumed")
+    async def _partner_resume(self, database: "Database") -> StatementResult:
+        if database.session.role is Role.MIRROR:
+            self._tell_partner(database, {"t": "resume"})
+            database.record_event("RESUME", "SET PARTNER RESUME on this mirror: asked the principal", lsn=database.log.last_lsn)
+            return _message(f"mirroring of {database.name}: RESUME sent to the principal, which resumes the session")
+        await resume_session(self.node, database)
+        database.record_event("RESUME", "SET PARTNER RESUME on this principal", lsn=database.log.last_lsn)
+        return _message(f"mirroring of {database.name} resumed")
 
-    async def _partner_failover(self, host: "DatabaseHost") -> StatementResult:
-        new_principal = await manual_failover(self.node, host)
-        return _message(f"manual failover of {host.name} complete: the principal is now {new_principal}; this node is the mirror")
+    async def _partner_failover(self, database: "Database") -> StatementResult:
+        new_principal = await manual_failover(self.node, database)
+        return _message(f"manual failover of {database.name} complete: the principal is now {new_principal}; this node is the mirror")
 
-    async def _partner_force_service_allow_data_loss(self, host: "DatabaseHost") -> StatementResult:
-        await forced_service(self.node, host)
-        cfg = host.session.config
+    async def _partner_force_service_allow_data_loss(self, database: "Database") -> StatementResult:
+        await forced_service(self.node, database)
+        cfg = database.session.config
         return _message(
-            f"forced service: {host.name} is principal here in role sequence {cfg.role_sequence}, a new recovery fork from LSN {cfg.failover_lsn}; "
+            f"forced service: {database.name} is principal here in role sequence {cfg.role_sequence}, a new recovery fork from LSN {cfg.failover_lsn}; "
             "anything the old principal held past that is lost unless salvaged when it returns"
         )
 
-    async def _do_CheckMirror(self, host, stmt) -> StatementResult:
-        from mirrord.checkmirror import check
+    async def _do_CheckMirror(self, database, stmt) -> StatementResult:
+        from mirrord.engine.checkmirror import check
         from mirrord.core.checkmirror import ROW_COLUMNS
 
-        verdict = await check(host, self.node.config.checkmirror_rate_mb, self.node.metrics.count_checkmirror)
+        verdict = await check(database, self.node.config.checkmirror_rate_mb, self.node.metrics.count_checkmirror)
         row = verdict.row()
         result = StatementResult(ROW_COLUMNS, [[row[c] for c in ROW_COLUMNS]], 1)
         result.message = verdict.message()  # type: ignore[attr-defined]
         return result
 
-    async def _do_SetSafety(self, host, stmt) -> StatementResult:
-        host.update_config(safety=stmt.safety)
-        self._send_settings(host)
-        host.principal.update_visible()
-        return _message(f"{host.name}: SAFETY {stmt.safety.value}")
+    async def _do_SetSafety(self, database, stmt) -> StatementResult:
+        database.update_config(safety=stmt.safety)
+        self._send_settings(database)
+        database.principal.update_visible()
+        return _message(f"{database.name}: SAFETY {stmt.safety.value}")
 
-    async def _do_SetTimeout(self, host, stmt) -> StatementResult:
-        cfg = host.session.config
+    async def _do_SetTimeout(self, database, stmt) -> StatementResult:
+        cfg = database.session.config
         if cfg.witness is not None and stmt.seconds > cfg.timeout:
             # A longer TIMEOUT lengthens this principal's lease: the witness must wait as long
             # before it votes, so it hears first (a shorter one is safe to adopt at once).
-            await self._tell_witness_timeout(host, stmt.seconds)
-        host.update_config(timeout=stmt.seconds)
-        host.quorum_changed.set()  # the witness link reports the new TIMEOUT (a shorter one too)
-        self._send_settings(host)
-        return _message(f"{host.name}: PARTNER TIMEOUT {stmt.seconds} s")
+            await self._tell_witness_timeout(database, stmt.seconds)
+        database.update_config(timeout=stmt.seconds)
+        database.quorum_changed.set()  # the witness link reports the new TIMEOUT (a shorter one too)
+        self._send_settings(database)
+        return _message(f"{database.name}: PARTNER TIMEOUT {stmt.seconds} s")
 
-    async def _do_SetRedoQueue(self, host, stmt) -> StatementResult:
+    async def _do_SetRedoQueue(self, database, stmt) -> StatementResult:
         if stmt.mb != redo_queue.UNLIMITED:
             # the redo queue lives in the mirror's log, whose size limit is this setting's (nodes share it, as a rule)
             if (why := redo_queue.limit_over_log_refusal(stmt.mb, self.node.config.log_size_limit)) is not None:
                 raise StatementRefused(why)
-        host.update_config(redo_queue_mb=stmt.mb)
-        self._send_settings(host)  # the mirror adopts it: it reports redo progress while a limit is set
-        host.principal.redo_queue_changed()
+        database.update_config(redo_queue_mb=stmt.mb)
+        self._send_settings(database)  # the mirror adopts it: it reports redo progress while a limit is set
+        database.principal.redo_queue_changed()
         limit, kind = redo_queue.shown_limit(stmt.mb)
-        return _message(f"{host.name}: PARTNER REDO_QUEUE {'UNLIMITED' if limit is None else f'{limit} {kind}'}")
+        return _message(f"{database.name}: PARTNER REDO_QUEUE {'UNLIMITED' if limit is None else f'{limit} {kind}'}")
 
-    async def _tell_witness_timeout(self, host: "DatabaseHost", seconds: int) -> None:
-        cfg, conn = host.session.config, host.witness_conn
+    async def _tell_witness_timeout(self, database: "Database", seconds: int) -> None:
+        cfg, conn = database.session.config, database.witness_conn
         refused = (f"PARTNER TIMEOUT can be raised only while the witness {cfg.witness} hears it first (it must wait as "
                    "long before it votes); nothing changed. Try again when witness_state is CONNECTED")
         if conn is None:
             raise StatementRefused(refused)
-        msg = {"t": "w_report", "role_sequence": cfg.role_sequence, "synchronized": host.session.witness_believes_synchronized,
+        msg = {"t": "w_report", "role_sequence": cfg.role_sequence, "synchronized": database.session.witness_believes_synchronized,
                "safety": cfg.safety.value, "timeout": seconds}
         try:
             answer = await conn.request(msg, cfg.timeout)
@@ -510,25 +510,25 @@ class StatementExecutor:
             raise StatementRefused(f"the witness did not accept the new TIMEOUT (it holds role sequence {answer.get('role_sequence')}); nothing changed")
 
     @staticmethod
-    def _send_settings(host: "DatabaseHost") -> None:
-        send_settings(host)
+    def _send_settings(database: "Database") -> None:
+        send_settings(database)
 
     @staticmethod
-    def _tell_partner(host: "DatabaseHost", msg: dict) -> None:
-        if host.partner_writer is not None and not host.partner_writer.is_closing():
-            framing.write_message(host.partner_writer, msg)
+    def _tell_partner(database: "Database", msg: dict) -> None:
+        if database.partner_writer is not None and not database.partner_writer.is_closing():
+            framing.write_message(database.partner_writer, msg)
 
-    async def _do_SetWitness(self, host, stmt) -> StatementResult:
+    async def _do_SetWitness(self, database, stmt) -> StatementResult:
         url = str(stmt.endpoint) if stmt.endpoint is not None else None
-        await self.node.stop_witness_link(host)
-        host.session.witness_believes_synchronized = True  # until the new witness answers
-        host.session.witness_lease_until = 0.0
-        host.update_config(witness=url)
-        self._send_settings(host)
-        self.node.sync_witness_link(host)
+        await self.node.stop_witness_link(database)
+        database.session.witness_believes_synchronized = True  # until the new witness answers
+        database.session.witness_lease_until = 0.0
+        database.update_config(witness=url)
+        self._send_settings(database)
+        self.node.sync_witness_link(database)
         if url is None:
-            return _message(f"{host.name}: witness removed; automatic failover is no longer possible")
-        return _message(f"{host.name}: witness {url} set")
+            return _message(f"{database.name}: witness removed; automatic failover is no longer possible")
+        return _message(f"{database.name}: witness {url} set")
 
     # ---------------------------------------------------------------- endpoint
 
@@ -560,16 +560,16 @@ class StatementExecutor:
 
     # ---------------------------------------------------------------- backup / restore
 
-    async def _do_BackupDatabase(self, host, stmt) -> StatementResult:
+    async def _do_BackupDatabase(self, database, stmt) -> StatementResult:
         base = self.node.config.backups
         try:
             backups.resolve(base, stmt.path, "BACKUP")  # refused before the snapshot is taken
         except backups.BackupPathRefused as exc:
             raise StatementRefused(str(exc)) from None
-        tmp = host.directory / "backup-snapshot.tmp"
+        tmp = database.directory / "backup-snapshot.tmp"
         try:
-            lsn, role_sequence = await host.principal.snapshot_to(tmp)
-            dest = await asyncio.to_thread(backups.write_backup, tmp, base, stmt.path, host.name, lsn, role_sequence)
+            lsn, role_sequence = await database.principal.snapshot_to(tmp)
+            dest = await asyncio.to_thread(backups.write_backup, tmp, base, stmt.path, database.name, lsn, role_sequence)
         except backups.BackupPathRefused as exc:
             raise StatementRefused(str(exc)) from None
         except OSError as exc:
@@ -577,11 +577,11 @@ class StatementExecutor:
         finally:
             # off the event loop: freeing a large file's blocks takes long enough to stall every commit
             await asyncio.to_thread(tmp.unlink, missing_ok=True)
-        return _message(f"database {host.name} backed up to {dest} at LSN {lsn}")
+        return _message(f"database {database.name} backed up to {dest} at LSN {lsn}")
 
-    async def _do_RestoreDatabase(self, host, stmt) -> StatementResult:
+    async def _do_RestoreDatabase(self, database, stmt) -> StatementResult:
         if stmt.path is None:
-            return await self._recover(host)
+            return await self._recover(database)
         tmp = self.node.databases_dir / f".restore-{stmt.db}.tmp"
         try:
             header = await asyncio.to_thread(backups.read_backup, self.node.config.backups, stmt.path, tmp)
@@ -593,17 +593,17 @@ class StatementExecutor:
             raise StatementRefused(f"cannot restore from {stmt.path!r}: {exc}") from None
         status = DatabaseStatus.ONLINE if stmt.recovery else DatabaseStatus.RESTORING
         config = SessionConfig(stmt.db, status=status, role_sequence=header["role_sequence"])
-        await self.node.create_host(config, snapshot=(tmp, header["lsn"], header["role_sequence"]))
+        await self.node.create_database(config, snapshot=(tmp, header["lsn"], header["role_sequence"]))
         state = "ONLINE" if stmt.recovery else "RESTORING (WITH NORECOVERY: ready to be a mirror)"
         return _message(f"database {stmt.db} restored from {stmt.path} at LSN {header['lsn']}; {state}")
 
-    async def _recover(self, host: "DatabaseHost") -> StatementResult:
-        if not (host.directory / "db.sqlite").exists():
-            raise StatementRefused(f"database {host.name} has no copy yet (it was never seeded); nothing to recover")
-        await self.node.deactivate(host)
-        host.update_config(status=DatabaseStatus.ONLINE, role=Role.NONE)
-        await self.node.activate(host)
-        return _message(f"database {host.name} is ONLINE at LSN {host.log.last_lsn}")
+    async def _recover(self, database: "Database") -> StatementResult:
+        if not (database.directory / "db.sqlite").exists():
+            raise StatementRefused(f"database {database.name} has no copy yet (it was never seeded); nothing to recover")
+        await self.node.deactivate(database)
+        database.update_config(status=DatabaseStatus.ONLINE, role=Role.NONE)
+        await self.node.activate(database)
+        return _message(f"database {database.name} is ONLINE at LSN {database.log.last_lsn}")
 
     # ---------------------------------------------------------------- transaction tokens
 
@@ -617,40 +617,40 @@ class StatementExecutor:
         has not received it (ask the principal). UNKNOWN: the log no longer
         goes back that far.
         """
-        host = self._host(stmt.db)
-        cfg = host.session.config
-        end = host.log.last_lsn
-        role_sequence = host.log.role_sequence_at(stmt.lsn) if 0 < stmt.lsn <= end else None
+        database = self._database(stmt.db)
+        cfg = database.session.config
+        end = database.log.last_lsn
+        role_sequence = database.log.role_sequence_at(stmt.lsn) if 0 < stmt.lsn <= end else None
         if cfg.lost_lsn_to and cfg.lost_lsn_from <= stmt.lsn <= cfg.lost_lsn_to:
             status = "LOST"  # still in this copy's log, but not in the session's history: the new principal forked before it
         elif stmt.lsn > end or stmt.lsn < 1:
-            status = "NOT_YET" if host.session.role is Role.MIRROR else "LOST"
+            status = "NOT_YET" if database.session.role is Role.MIRROR else "LOST"
         elif role_sequence is None:
             status = "UNKNOWN"
         else:
             status = "COMMITTED" if role_sequence == stmt.role_sequence else "LOST"
         columns = ["database", "lsn", "role_sequence", "status", "node_role", "current_role_sequence", "end_of_log_lsn"]
-        row = [stmt.db, stmt.lsn, stmt.role_sequence, status, host.session.role.value, host.session.config.role_sequence, end]
+        row = [stmt.db, stmt.lsn, stmt.role_sequence, status, database.session.role.value, database.session.config.role_sequence, end]
         return StatementResult(columns, [row], 1)
 
     # ---------------------------------------------------------------- monitor alerts
 
     def _alert_statement(self, stmt) -> StatementResult:
         """sp_dbmmonitorchangealert / helpalert / dropalert: this node's warning thresholds for a database."""
-        host = self._host(stmt.db)
-        current = host.session.config.alerts
+        database = self._database(stmt.db)
+        current = database.session.config.alerts
         if isinstance(stmt, st.ChangeAlert):
-            host.update_config(alerts=set_threshold(current, stmt.alert_id, stmt.threshold, stmt.enabled))
+            database.update_config(alerts=set_threshold(current, stmt.alert_id, stmt.threshold, stmt.enabled))
             alert = ALERTS[stmt.alert_id]
             state = "enabled" if stmt.enabled else "disabled"
             log.info("statement_done", database=stmt.db, statement="ChangeAlert", alert_id=stmt.alert_id, threshold=stmt.threshold, enabled=stmt.enabled)
             return _message(f"{stmt.db}: alert {stmt.alert_id} ({alert.name}) threshold {stmt.threshold} {alert.unit}, {state}, on {self.node.name}")
         if isinstance(stmt, st.DropAlert):
             kept = tuple(t for t in current if stmt.alert_id is not None and t[0] != stmt.alert_id)
-            host.update_config(alerts=kept)
+            database.update_config(alerts=kept)
             which = "every alert" if stmt.alert_id is None else f"alert {stmt.alert_id}"
             return _message(f"{stmt.db}: {which} dropped on {self.node.name}")
-        figs = views.status_row(host)
+        figs = views.status_row(database)
         rows = []
         for alert_id, threshold, enabled in current:
             if stmt.alert_id is not None and alert_id != stmt.alert_id:

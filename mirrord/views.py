@@ -14,11 +14,11 @@ from mirrord.core import redo_queue
 from mirrord.core import statements as st
 from mirrord.core.monitoring import FIGURE_COLUMNS
 from mirrord.core.types import StatementRefused
-from mirrord.monitor import current_figures, positions, principal_redo_queue
-from mirrord.principal import StatementResult
+from mirrord.engine.monitor import current_figures, positions, principal_redo_queue
+from mirrord.engine.principal import StatementResult
 
 if TYPE_CHECKING:
-    from mirrord.host import DatabaseHost
+    from mirrord.engine.database import Database
     from mirrord.node_services import NodeServices
 
 
@@ -27,7 +27,7 @@ STATUS_COLUMNS = [
     "failover_lsn", "end_of_log_lsn", "hardened_lsn", "redo_lsn", "send_queue_bytes", "redo_queue_bytes",
     "timeout", "status", "partner_address", "fork_lsn", "lost_lsn_range", "lost_transactions", "salvage_path",
     "log_bytes", "log_bytes_sent_raw", "log_bytes_sent_wire",
-    *FIGURE_COLUMNS, "partner_state", "warnings",  # the Database Mirroring Monitor's figures (mirrord.monitor)
+    *FIGURE_COLUMNS, "partner_state", "warnings",  # the Database Mirroring Monitor's figures (mirrord.engine.monitor)
     "state_reason",  # why SUSPENDED or DISCONNECTED, when the state alone does not say
     "transport_security",  # "mutual TLS", or INSECURE for a node started with --insecure
     # DBCC CHECKMIRROR on this principal since it started: the last identical comparison, mismatches, the last outcome
@@ -72,12 +72,12 @@ def system_view(node: "NodeServices", stmt: st.SelectSystemView) -> StatementRes
 def snapshot_rows(node: "NodeServices") -> list[dict]:
     """The rows of sys.database_snapshots."""
     rows = []
-    for name, (host, snap) in sorted(node.snapshots().items()):
+    for name, (database, snap) in sorted(node.snapshots().items()):
         meta = snap.meta
-        rows.append({"name": name, "database": host.name, "lsn": meta.lsn, "role_sequence": meta.role_sequence,
+        rows.append({"name": name, "database": database.name, "lsn": meta.lsn, "role_sequence": meta.role_sequence,
                      "created": meta.created, "page_size": meta.page_size, "page_count": meta.page_count,
                      "pages_saved": snap.pages_saved, "bytes_saved": snap.pages_saved * meta.page_size,
-                     "redo_lsn": host.mirror.redo_lsn if host.mirror is not None else None})
+                     "redo_lsn": database.mirror.redo_lsn if database.mirror is not None else None})
     return rows
 
 
@@ -87,7 +87,7 @@ def status_rows(node: "NodeServices") -> list[dict]:
     # a database quarantined by a full disk is in both while it loads again: QUARANTINED until it is open
     rows = [status_row(h) for name, h in node.databases.items() if name not in node.quarantined]
     rows += [quarantined_row(name, why) for name, why in node.quarantined.items()]
-    rows += [snapshot_row(name, host.name, snap.meta.lsn) for name, (host, snap) in node.snapshots().items()]
+    rows += [snapshot_row(name, database.name, snap.meta.lsn) for name, (database, snap) in node.snapshots().items()]
     return sorted(({**row, "transport_security": security} for row in rows), key=lambda r: r["database"])
 
 
@@ -106,20 +106,20 @@ def snapshot_row(name: str, db: str, lsn: int) -> dict:
     return row
 
 
-def status_row(host: "DatabaseHost") -> dict:
+def status_row(database: "Database") -> dict:
     """One row of sys.database_mirroring for a database."""
-    s, cfg = host.session, host.session.config
-    end, hardened, redo = positions(host)
-    if host.mirror is not None:
-        send_queue = host.principal_send_queue if s.partner_connected else 0
-        redo_queue_bytes = host.queue_bytes(redo, hardened)
+    s, cfg = database.session, database.session.config
+    end, hardened, redo = positions(database)
+    if database.mirror is not None:
+        send_queue = database.principal_send_queue if s.partner_connected else 0
+        redo_queue_bytes = database.queue_bytes(redo, hardened)
     else:
-        send_queue = host.queue_bytes(hardened, end) if cfg.partner else 0
-        redo_queue_bytes = principal_redo_queue(host, redo, hardened) if cfg.partner else 0
+        send_queue = database.queue_bytes(hardened, end) if cfg.partner else 0
+        redo_queue_bytes = principal_redo_queue(database, redo, hardened) if cfg.partner else 0
     limit, limit_type = redo_queue.shown_limit(cfg.redo_queue_mb)
-    p = host.principal
+    p = database.principal
     return {
-        "database": host.name,
+        "database": database.name,
         "role": cfg.role.value,
         "state": s.state.value,
         "state_reason": s.state_reason,
@@ -141,18 +141,18 @@ def status_row(host: "DatabaseHost") -> dict:
         "lost_lsn_range": f"{cfg.lost_lsn_from}-{cfg.lost_lsn_to}" if cfg.lost_lsn_to else None,
         "lost_transactions": cfg.lost_lsn_to - cfg.lost_lsn_from + 1 if cfg.lost_lsn_to else 0,
         "salvage_path": cfg.salvage_path,
-        "log_bytes": host.log.size_bytes,
-        "log_bytes_sent_raw": host.wire.raw,
-        "log_bytes_sent_wire": host.wire.wire,
-        "last_verified_lsn": host.last_verified_lsn,
-        "last_verified_time": host.last_verified_time,
-        "checkmirror_mismatches": host.checkmirror_mismatches,
-        "last_checkmirror": host.last_checkmirror,
+        "log_bytes": database.log.size_bytes,
+        "log_bytes_sent_raw": database.wire.raw,
+        "log_bytes_sent_wire": database.wire.wire,
+        "last_verified_lsn": database.last_verified_lsn,
+        "last_verified_time": database.last_verified_time,
+        "checkmirror_mismatches": database.checkmirror_mismatches,
+        "last_checkmirror": database.last_checkmirror,
         "mirroring_redo_queue": limit,
         "mirroring_redo_queue_type": limit_type,
         "redo_queue_held": p.redo_queue_holding if p is not None else False,
         "redo_queue_holds": p.redo_queue_holds if p is not None else 0,
         "redo_queue_held_s": round(p.redo_queue_held_s, 3) if p is not None else 0.0,
         "redo_queue_timeouts": p.redo_queue_timeouts if p is not None else 0,
-        **current_figures(host, time.monotonic()),
+        **current_figures(database, time.monotonic()),
     }

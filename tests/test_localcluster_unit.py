@@ -1,4 +1,4 @@
-"""The parts of mirrord.localcluster that need no daemon: ports, waiting, log scanning."""
+"""The parts of mirrord_testing.localcluster that need no daemon: ports, waiting, log scanning."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from mirrord.localcluster import LocalCluster, LocalNode, free_port, wait_for
+from mirrord_testing.localcluster import LocalCluster, LocalNode, free_port, wait_for
 
 
 def test_free_port_can_be_listened_on():

@@ -8,7 +8,7 @@ import pytest
 
 from mirrord.core.quorum import WitnessRecord
 from mirrord.core.types import ProtocolError, Safety
-from mirrord.witness import Witness
+from mirrord.engine.witness import Witness
 
 
 def test_registration_is_bounded_and_checked(tmp_path):

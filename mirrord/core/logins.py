@@ -22,7 +22,7 @@ What a login may do (`access_refusal`): `sysadmin` may do everything;
 otherwise per database a read grant (SELECT) or a write grant (WRITE, which
 includes reading). Status views are open to any login (monitoring).
 
-The table travels between partners (see mirrord/login_store.py); versions
+The table travels between partners (see mirrord/storage/login_store.py); versions
 order it: a node adopts a table whose `order_key` is greater than its own, so
 two partners that changed logins independently still converge on one table.
 """

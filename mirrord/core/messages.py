@@ -257,7 +257,7 @@ OPTIONAL: dict[str, dict[str, Checker]] = {
     "refuse": {"partner_off": _bool},  # the partner ended this session (SET PARTNER OFF): end it here too
     "welcome": {"diverged_pages": _list,  # a diverged old principal: pages its log changed past the fork
                 "shared_lsn": _int,  # ... and the last LSN it shares with the principal's history (core.history)
-                "logins": _map},  # the mirror's login table (mirrord.login_store)
+                "logins": _map},  # the mirror's login table (mirrord.storage.login_store)
     "query": {"many": _many},  # executemany: the statement once per parameter set, in one round trip
 }
 

@@ -1,6 +1,6 @@
 """Automatic page repair: the pure part (what a page's checksum is, the rows of the view, the checks of a frame).
 
-How it works on the mirror (mirrord/page_repair.py drives it). The page store
+How it works on the mirror (mirrord/engine/page_repair.py drives it). The page store
 keeps a checksum of every page (storage/pagestore.py), written whenever redo
 writes the page. A page whose bytes no longer match it (the background
 scrubber, or DBCC CHECKMIRROR naming it) is marked suspect and asked for:

@@ -17,8 +17,8 @@ that decides:
     NONE        WitnessState          on_witness_state         adopt a newer role sequence
 
 Anything not in the table changes nothing. The rules return actions; the shell
-(mirrord.role_change) carries them out in order — persisting the new
-configuration before it tells anyone (mirrord.host.DatabaseHost.update_config)
+(mirrord.engine.role_change) carries them out in order — persisting the new
+configuration before it tells anyone (mirrord.engine.database.Database.update_config)
 — and asks `promotion_due` / `step_down_due` again at the instant it acts,
 under the database's role-change lock, since the role may have moved on while
 it waited for the witness.

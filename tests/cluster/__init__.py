@@ -1,1 +1,1 @@
-"""Tests with real mirrord processes on loopback (see mirrord.localcluster)."""
+"""Tests with real mirrord processes on loopback (see mirrord_testing.localcluster)."""

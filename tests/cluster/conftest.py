@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mirrord.localcluster import LocalCluster
-from mirrord.nemesis.lazyfs import unavailable_reason as lazyfs_unavailable
+from mirrord_testing.localcluster import LocalCluster
+from mirrord_testing.nemesis.lazyfs import unavailable_reason as lazyfs_unavailable
 
 HERE = Path(__file__).resolve().parent
 # Link cuts are iptables rules on these addresses: two test runs at once (say, two

@@ -20,7 +20,7 @@ import zlib
 import msgpack
 import pytest
 
-from mirrord.localcluster import wait_for
+from mirrord_testing.localcluster import wait_for
 from mirrord.net import framing
 from mirrorctl.client import Client, ServerError, _LoginExchange
 

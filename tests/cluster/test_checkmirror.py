@@ -7,7 +7,7 @@ import urllib.request
 
 import pytest
 
-from mirrord.localcluster import free_port, wait_for
+from mirrord_testing.localcluster import free_port, wait_for
 from mirrorctl.client import ServerError
 
 from .helpers import Writer, create_table, db_file, ids_on

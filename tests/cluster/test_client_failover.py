@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from mirrord.localcluster import iptables_available, wait_for
+from mirrord_testing.localcluster import iptables_available, wait_for
 from mirrorctl import dbapi
 from mirrorctl.dbapi.aio import connect_async
 

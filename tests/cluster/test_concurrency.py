@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from mirrord.localcluster import wait_for
+from mirrord_testing.localcluster import wait_for
 from mirrorctl import cli, dbapi
 from mirrorctl.client import ServerError
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from mirrord.localcluster import wait_for
+from mirrord_testing.localcluster import wait_for
 from mirrorctl.client import ServerError
 
 from .helpers import create_table, db_file, ids_on, wait_synchronized

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from mirrord.localcluster import wait_for
+from mirrord_testing.localcluster import wait_for
 from mirrorctl import cli
 
 from .helpers import create_table

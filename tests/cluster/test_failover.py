@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from mirrord.localcluster import iptables_available, wait_for
+from mirrord_testing.localcluster import iptables_available, wait_for
 from mirrorctl.client import ServerError
 
 from .helpers import FailoverWriter, assert_identical_copies, create_table, ids_on

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mirrord.localcluster import LocalCluster, _can_bind, free_port, wait_for
+from mirrord_testing.localcluster import LocalCluster, _can_bind, free_port, wait_for
 from mirrorctl import cli
 from tests.cluster.helpers import Writer, create_table, ids_on
 

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from mirrord.localcluster import wait_for
+from mirrord_testing.localcluster import wait_for
 from mirrorctl.client import Client, ServerError
 
 from .helpers import Writer, assert_identical_copies, create_table, ids_on, wait_synchronized

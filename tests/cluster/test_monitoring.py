@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import urllib.request
 
-from mirrord.localcluster import free_port, wait_for
+from mirrord_testing.localcluster import free_port, wait_for
 from mirrorctl import cli
 from mirrorctl.client import ServerError
 

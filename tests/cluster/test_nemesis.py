@@ -20,8 +20,8 @@ import sys
 
 import pytest
 
-from mirrord.localcluster import iptables_available
-from mirrord.nemesis.lazyfs import unavailable_reason as lazyfs_unavailable
+from mirrord_testing.localcluster import iptables_available
+from mirrord_testing.nemesis.lazyfs import unavailable_reason as lazyfs_unavailable
 
 from .conftest import FIRST_IP
 
@@ -34,7 +34,7 @@ FORCED_SEED, FORCED_ROUNDS = 102, 2
 def run_nemesis(tmp_path, seed: int, *flags: str, rounds: int = ROUNDS) -> str:
     """The command's output; it must exit 0."""
     proc = subprocess.run(
-        [sys.executable, "-m", "mirrord.nemesis", "--rounds", str(rounds), "--seed", str(seed),
+        [sys.executable, "-m", "mirrord_testing.nemesis", "--rounds", str(rounds), "--seed", str(seed),
          "--data", str(tmp_path / "nemesis"), "--first-ip", str(FIRST_IP), *flags],
         capture_output=True, text=True, timeout=240,
     )
@@ -93,7 +93,7 @@ def test_thawed_old_principal_rejoins_although_its_backlog_holds_many_connection
     meanwhile the new principal dials it again and again, and the kernel queues every one of
     those connections. On thaw the node accepted them all at once; two of them ended up served
     side by side and the stale one, closing, left the session DISCONNECTED for good."""
-    from mirrord.localcluster import wait_for
+    from mirrord_testing.localcluster import wait_for
 
     from .helpers import create_table
 

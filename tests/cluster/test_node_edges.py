@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from mirrord.localcluster import wait_for
+from mirrord_testing.localcluster import wait_for
 from mirrord.net.tls import TlsContexts, client_context
 from mirrorctl.client import ServerError
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from mirrord.localcluster import wait_for
+from mirrord_testing.localcluster import wait_for
 
 from .helpers import Writer, create_table, db_file, ids_on, wait_synchronized
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from mirrord.localcluster import LocalCluster, wait_for
+from mirrord_testing.localcluster import LocalCluster, wait_for
 from mirrorctl.client import ServerError, Unreachable
 
 from .helpers import FailoverWriter, Writer, assert_identical_copies, create_table, ids_on, wait_synchronized

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from mirrord.localcluster import wait_for
+from mirrord_testing.localcluster import wait_for
 from mirrord.storage.pagestore import TEST_REDO_RATE_ENV
 from mirrorctl.client import ServerError, Unreachable
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from mirrord import certs
-from mirrord.localcluster import ClusterSecurity, LocalNode, wait_for
+from mirrord_testing.localcluster import ClusterSecurity, LocalNode, wait_for
 from mirrord.net.framing import FrameDecoder, encode_frame
 from mirrorctl import dbapi
 from mirrorctl.client import Client, LoginFailed, PermissionDenied, ServerError, Unreachable

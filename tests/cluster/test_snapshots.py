@@ -7,7 +7,7 @@ import pytest
 
 from mirrorctl import dbapi
 from mirrorctl.client import ServerError
-from mirrord.localcluster import wait_for
+from mirrord_testing.localcluster import wait_for
 
 from .helpers import Writer, create_table, wait_synchronized
 

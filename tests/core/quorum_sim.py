@@ -13,7 +13,7 @@ What it models
   Leases, "last heard from the principal", "was synchronized" and the principal's belief about the
   witness record are volatile: a killed partner loses them (restart: no lease, belief "the witness
   thinks the mirror synchronized" until told otherwise, the mirror's failover clock restarted). The witness persists its
-  `WitnessRecord`; on restart it has heard from no partner, and, as `mirrord.witness` does, it counts
+  `WitnessRecord`; on restart it has heard from no partner, and, as `mirrord.engine.witness` does, it counts
   the principal as seen only once it has heard from it since that start (`met`), and votes without
   it only after a full timeout of its own uptime (`decide_vote(..., witness_uptime=...)`).
 * Each tick: partners ping the witness (the witness renews the principal's lease with

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
-from mirrord.monitor import NodeMetrics, _advance
+from mirrord.engine.monitor import NodeMetrics, _advance
 
 MONITORING = Path(__file__).resolve().parents[2] / "deploy" / "monitoring"
 RULES = MONITORING / "mirrord-alerts.yml"

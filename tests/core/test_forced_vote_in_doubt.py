@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from mirrord import role_change
+from mirrord.engine import role_change
 from mirrord.core.types import ActionInDoubt
 
 

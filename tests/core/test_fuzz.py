@@ -1,10 +1,10 @@
-"""A short run of `python -m mirrord.fuzz` in CI: every target, no crash."""
+"""A short run of `python -m mirrord_testing.fuzz` in CI: every target, no crash."""
 
 from __future__ import annotations
 
 import pytest
 
-from mirrord import fuzz
+from mirrord_testing import fuzz
 
 
 @pytest.mark.parametrize("target", sorted(fuzz.TARGETS))

@@ -467,7 +467,7 @@ def test_monitor_usage_errors(argv, capsys) -> None:
 
 
 def test_monitor_reports_unreachable_nodes(capsys) -> None:
-    from mirrord.localcluster import free_port
+    from mirrord_testing.localcluster import free_port
     from mirrorctl import cli
 
     dead = f"127.0.0.1:{free_port('127.0.0.1')}"

@@ -6,9 +6,9 @@ import itertools
 
 import pytest
 
-from mirrord.nemesis.checker import (Ack, Ledger, LossReport, SafetyBook, explained_by_forced_service, differing_pages, find_lost, find_lost_unprotected,
+from mirrord_testing.nemesis.checker import (Ack, Ledger, LossReport, SafetyBook, explained_by_forced_service, differing_pages, find_lost, find_lost_unprotected,
                                      find_phantoms, find_shared_tokens, find_split_brain, overlay_wal, page_size_of)
-from mirrord.nemesis.schedule import (FAULTS, MAX_DWELL, MIN_DWELL, NEEDS_IPTABLES, NEEDS_LAZYFS, PROCESS_FAULTS, UNDO,
+from mirrord_testing.nemesis.schedule import (FAULTS, MAX_DWELL, MIN_DWELL, NEEDS_IPTABLES, NEEDS_LAZYFS, PROCESS_FAULTS, UNDO,
                                       make_schedule)
 from mirrord.storage.wal import WalTransaction
 

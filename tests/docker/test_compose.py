@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from mirrord.localcluster import free_port, wait_for
+from mirrord_testing.localcluster import free_port, wait_for
 from mirrorctl.client import Client, NotPrincipal, ServerError, Unreachable
 
 ROOT = Path(__file__).resolve().parents[2]

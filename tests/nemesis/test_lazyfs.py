@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from mirrord.nemesis.lazyfs import LazyFS, unavailable_reason
+from mirrord_testing.nemesis.lazyfs import LazyFS, unavailable_reason
 
 REASON = unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"lazyfs cannot run here: {REASON}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mirrord.nemesis.unsynced import BLOCK, Unsynced
+from mirrord_testing.nemesis.unsynced import BLOCK, Unsynced
 
 
 class Disk:

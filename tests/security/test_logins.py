@@ -6,7 +6,7 @@ import pytest
 
 from mirrord.core import logins as lg
 from mirrord.core import statements as st
-from mirrord.login_store import LoginSetupError, LoginStore
+from mirrord.storage.login_store import LoginSetupError, LoginStore
 from mirrorctl.client import LoginFailed, _LoginExchange
 from mirrord.core.types import ProtocolError
 from mirrord.net.framing import FrameDecoder

@@ -9,7 +9,7 @@ import pytest
 
 from mirrord.core.session import Session, SessionConfig
 from mirrord.core.types import DatabaseStatus, Role
-from mirrord.mirror import MirrorDatabase
+from mirrord.engine.mirror import MirrorDatabase
 from mirrord.storage.log import DurableLog, LogRecord
 from mirrord.storage.pagestore import TEST_REDO_RATE_ENV, PageStore, RedoThread, redo_rate_cap
 

@@ -1,4 +1,4 @@
-"""mirrord.page_repair on a real MirrorDatabase and redo thread: a repair waiting in redo when redo stops is
+"""mirrord.engine.page_repair on a real MirrorDatabase and redo thread: a repair waiting in redo when redo stops is
 asked again for the next one, an answer for a redo thread that is gone asks again, and suspect_pages.json
 brings a stopped node's suspect pages back (the frames go to a writer that keeps them)."""
 
@@ -7,12 +7,12 @@ from __future__ import annotations
 import asyncio
 import time
 
-from mirrord import page_repair
+from mirrord.engine import page_repair
 from mirrord.core import page_repair as pr
 from mirrord.core.session import Session, SessionConfig
 from mirrord.core.types import DatabaseStatus, Role
-from mirrord.host import DatabaseHost
-from mirrord.mirror import MirrorDatabase
+from mirrord.engine.database import Database
+from mirrord.engine.mirror import MirrorDatabase
 from mirrord.net import framing
 from mirrord.storage.log import DurableLog, LogRecord
 from mirrord.storage.pagestore import PageStore
@@ -62,9 +62,9 @@ async def until(predicate, what: str, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
-def new_host(tmp_path, log: DurableLog) -> DatabaseHost:
+def new_host(tmp_path, log: DurableLog) -> Database:
     session = Session(SessionConfig("shop", role=Role.MIRROR, status=DatabaseStatus.RESTORING, partner="tcp://a:1"))
-    host = DatabaseHost("shop", tmp_path, session, log)
+    host = Database("shop", tmp_path, session, log)
     host.repair_history = pr.RepairHistory()
     host.mirror = MirrorDatabase(tmp_path, session, log)
     host.mirror.start()
@@ -78,7 +78,7 @@ def damage(tmp_path, pgno: int) -> None:
         f.write(b"\xee" * PS)
 
 
-def status(host: DatabaseHost, pgno: int) -> int | None:
+def status(host: Database, pgno: int) -> int | None:
     return host.repair_history.status("shop", pgno)
 
 

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from mirrord.storage.log import DurableLog, LogRecord
-from mirrord.localcluster import wait_for
+from mirrord_testing.localcluster import wait_for
 from mirrord.storage.pagestore import PageStore, RedoThread, load_redo_lsn
 
 PS = 512

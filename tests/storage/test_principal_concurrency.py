@@ -15,9 +15,9 @@ import pytest
 from mirrord.core.quorum import AckRule
 from mirrord.core.session import Session, SessionConfig
 from mirrord.core.types import LimitExceeded, NotServing, PermissionDenied, Role, TransactionAborted
-from mirrord.principal import MAX_TRANSACTION_READERS, IntegrityError, PrincipalDatabase, SerializationFailure
+from mirrord.engine.principal import MAX_TRANSACTION_READERS, IntegrityError, PrincipalDatabase, SerializationFailure
 from mirrord.storage.log import DurableLog
-from mirrord.write_lock import LockTimeout
+from mirrord.engine.write_lock import LockTimeout
 
 
 class Owner:

@@ -16,7 +16,7 @@ import pytest
 from mirrord.core.quorum import AckRule
 from mirrord.core.session import Session, SessionConfig
 from mirrord.core.types import Role
-from mirrord.principal import PrincipalDatabase
+from mirrord.engine.principal import PrincipalDatabase
 from mirrord.storage.log import DurableLog
 
 
@@ -87,7 +87,7 @@ async def test_power_cut_rebuilds_the_file_from_the_synced_log(tmp_path, wal_kep
 
 
 async def test_power_cut_after_a_checkpoint_replays_only_what_follows(tmp_path, monkeypatch):
-    import mirrord.principal as principal_mod
+    import mirrord.engine.principal as principal_mod
 
     monkeypatch.setattr(principal_mod, "CHECKPOINT_FRAMES", 50)  # checkpoints under way, WAL restarted
     src = tmp_path / "a"
@@ -131,7 +131,7 @@ async def test_a_snapshot_is_exact_at_its_lsn_while_writes_go_on(tmp_path, monke
     """Seeding and BACKUP copy without the write lock: commits during the copy are not in it, nor waited for."""
     import asyncio
 
-    import mirrord.principal as principal_mod
+    import mirrord.engine.principal as principal_mod
 
     monkeypatch.setattr(principal_mod, "CHECKPOINT_FRAMES", 40)  # the file is checkpointed now and then
     p = _principal(tmp_path / "a")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from mirrord.principal import PageDamaged
+from mirrord.engine.principal import PageDamaged
 
 from .test_principal_durability import _principal
 

@@ -15,7 +15,7 @@ import pytest
 from mirrord.core.quorum import AckRule
 from mirrord.core.session import Session, SessionConfig
 from mirrord.core.types import NotServing, RedoQueueFull, Role, Safety
-from mirrord.principal import PrincipalDatabase
+from mirrord.engine.principal import PrincipalDatabase
 from mirrord.storage.log import DurableLog
 
 MB = 1 << 20

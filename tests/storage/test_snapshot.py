@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from mirrord.core.snapshots import SnapshotMeta
-from mirrord.localcluster import wait_for
+from mirrord_testing.localcluster import wait_for
 from mirrord.core.types import StatementRefused
 from mirrord.storage.log import LogRecord
 from mirrord.storage.pagestore import PageStore
@@ -189,7 +189,7 @@ def test_reads_during_redo_never_see_a_page_newer_than_creation(tmp_path, copy):
 def _mirror(tmp_path, copy_path):
     from mirrord.core.session import Session, SessionConfig
     from mirrord.core.types import DatabaseStatus, Role
-    from mirrord.mirror import MirrorDatabase
+    from mirrord.engine.mirror import MirrorDatabase
     from mirrord.storage.log import DurableLog
 
     directory = tmp_path / "databases" / "db"

@@ -10,7 +10,7 @@ plain signals: `kill` (SIGKILL), `freeze`/`thaw` (SIGSTOP/SIGCONT),
 data directory across restarts, so partners find it again by itself.
 
 Power cuts: a node made with `lazyfs=True` has its data directory mounted from
-the power-cut file system (mirrord/nemesis/lazyfs.py; the disk is the
+the power-cut file system (mirrord_testing/nemesis/lazyfs.py; the disk is the
 directory `<name>.disk` beside it), mounted at its first start and unmounted
 by `stop_all`. `power_cut` SIGKILLs it, drops every write it did not fsync,
 and mounts the disk again; `start` (or `restart`) then boots it from what was
@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, TypeVar
 
 from mirrorctl.client import Client, Result, ServerError, Unreachable
-from mirrord.nemesis.lazyfs import LazyFS
+from mirrord_testing.nemesis.lazyfs import LazyFS
 
 T = TypeVar("T")
 

@@ -39,11 +39,10 @@ from mirrord.core.monitoring import (
 )
 from mirrord.core.alerts import ALERTS
 from mirrord.core.types import MirroringState, Role, Safety
-from mirrord.version import installed_version
 
 if TYPE_CHECKING:
-    from mirrord.host import DatabaseHost
-    from mirrord.witness import Witness
+    from mirrord.engine.database import Database
+    from mirrord.engine.witness import Witness
 
 log = structlog.get_logger()
 
@@ -77,37 +76,37 @@ class DatabaseMonitor:
             self.remote, self.remote_at = report, time.monotonic()
 
 
-def monitor_of(host: "DatabaseHost") -> DatabaseMonitor:
-    """The host's monitor, made on first use."""
-    if host.monitor is None:
-        host.monitor = DatabaseMonitor()
-    return host.monitor
+def monitor_of(database: "Database") -> DatabaseMonitor:
+    """The database's monitor, made on first use."""
+    if database.monitor is None:
+        database.monitor = DatabaseMonitor()
+    return database.monitor
 
 
-def note_connected(host: "DatabaseHost") -> None:
+def note_connected(database: "Database") -> None:
     """A partner connection was established (counts reconnects)."""
-    monitor_of(host).connects += 1
+    monitor_of(database).connects += 1
 
 
 # ------------------------------------------------------------------ sampling
 
 
-def positions(host: "DatabaseHost") -> tuple[int, int, int]:
+def positions(database: "Database") -> tuple[int, int, int]:
     """(end of log, hardened, redo) LSNs of a database: the one reading of them, for the monitor and the status row.
 
     A mirror hardened its whole log; a principal knows its mirror's positions
     from acks (never past its own end of log); a database in no session is
     all at its end.
     """
-    s, end = host.session, host.log.last_lsn
-    if host.mirror is not None:
-        return end, end, host.mirror.redo_lsn
+    s, end = database.session, database.log.last_lsn
+    if database.mirror is not None:
+        return end, end, database.mirror.redo_lsn
     if s.config.partner is None:
         return end, end, end
     return end, min(s.hardened_lsn, end), min(s.redo_lsn, s.hardened_lsn, end)
 
 
-def principal_redo_queue(host: "DatabaseHost", redo: int, hardened: int) -> int:
+def principal_redo_queue(database: "Database", redo: int, hardened: int) -> int:
     """The mirror's redo queue as its principal knows it, in bytes.
 
     This log no longer holds what the mirror hardened (the principal truncates
@@ -115,51 +114,51 @@ def principal_redo_queue(host: "DatabaseHost", redo: int, hardened: int) -> int:
     reports its own count with every ack, pong and redo_progress frame. The
     larger of the two: the report is exact but a moment old.
     """
-    counted = host.queue_bytes(redo, hardened)
-    return max(counted, host.session.redo_queue_bytes) if host.session.partner_connected else counted
+    counted = database.queue_bytes(redo, hardened)
+    return max(counted, database.session.redo_queue_bytes) if database.session.partner_connected else counted
 
 
-def take_sample(host: "DatabaseHost", now: float) -> None:
+def take_sample(database: "Database", now: float) -> None:
     """Turn the engines' positions and counters into one Sample of the rate window."""
-    mon = monitor_of(host)
-    end, hardened, redo = positions(host)
+    mon = monitor_of(database)
+    end, hardened, redo = positions(database)
     if mon.positions is not None:
         prev_end, prev_hardened, prev_redo = mon.positions
-        mon.logged += host.queue_bytes(prev_end, end)
-        mon.hardened += host.queue_bytes(prev_hardened, hardened)
-        mon.redone += host.queue_bytes(prev_redo, redo)
+        mon.logged += database.queue_bytes(prev_end, end)
+        mon.hardened += database.queue_bytes(prev_hardened, hardened)
+        mon.redone += database.queue_bytes(prev_redo, redo)
     mon.positions = (end, hardened, redo)
-    principal = host.principal
+    principal = database.principal
     commits, wait = (principal.commits, principal.commit_wait) if principal is not None else (0, 0.0)
-    sent = host.wire.raw if host.mirror is None else mon.hardened
+    sent = database.wire.raw if database.mirror is None else mon.hardened
     mon.window.add(Sample(now, transactions=end, logged_bytes=mon.logged, sent_bytes=sent,
                           hardened_bytes=mon.hardened, redone_bytes=mon.redone, commits=commits, commit_wait=wait))
 
 
-def current_figures(host: "DatabaseHost", now: float) -> dict:
+def current_figures(database: "Database", now: float) -> dict:
     """The monitor columns of sys.database_mirroring for this database, now."""
-    mon = monitor_of(host)
-    s, cfg = host.session, host.session.config
-    end, hardened, redo = positions(host)
+    mon = monitor_of(database)
+    s, cfg = database.session, database.session.config
+    end, hardened, redo = positions(database)
     rates = mon.window.rates()
     remote = mon.remote
-    if host.mirror is not None:
+    if database.mirror is not None:
         principal_end = _num(remote.get("end_of_log_lsn"))
         age = _num(remote.get("oldest_unsent_transaction_s"))
         if age:  # it keeps ageing while we wait for the next report
             age += max(0.0, now - mon.remote_at)
         # while disconnected nothing is queued for this mirror, but the principal's last report
         # is still the best guess of what forced service would lose
-        queues = Queues(host.principal_send_queue if s.partner_connected else 0, host.queue_bytes(redo, hardened),
+        queues = Queues(database.principal_send_queue if s.partner_connected else 0, database.queue_bytes(redo, hardened),
                         int(principal_end) - hardened if principal_end is not None else 0, age,
-                        at_risk_bytes=host.principal_send_queue)
+                        at_risk_bytes=database.principal_send_queue)
         live = remote if s.partner_connected else {}  # a lost principal's rates are history, not current
         rates = replace(rates, transactions_per_s=_num(live.get("new_transactions_per_s")),
                         log_kb_per_s=_num(live.get("log_rate_kb_s")),
                         commit_delay_ms=_num(live.get("transaction_delay_ms")))
     else:
-        queues = Queues(host.queue_bytes(hardened, end), principal_redo_queue(host, redo, hardened), end - hardened,
-                        _oldest_unsent_age(host, hardened, end, now))
+        queues = Queues(database.queue_bytes(hardened, end), principal_redo_queue(database, redo, hardened), end - hardened,
+                        _oldest_unsent_age(database, hardened, end, now))
         if s.partner_connected and "redo_rate_kb_s" in remote:
             rates = replace(rates, redo_kb_per_s=_num(remote.get("redo_rate_kb_s")))
     mon.queues = queues
@@ -170,12 +169,12 @@ def current_figures(host: "DatabaseHost", now: float) -> dict:
     return out
 
 
-def _oldest_unsent_age(host: "DatabaseHost", hardened: int, end: int, now: float) -> float | None:
+def _oldest_unsent_age(database: "Database", hardened: int, end: int, now: float) -> float | None:
     if end <= hardened:
         return 0.0
-    if host.principal is None:
+    if database.principal is None:
         return None
-    clock = host.principal.commit_clock
+    clock = database.principal.commit_clock
     clock.forget_through(hardened)
     at = clock.committed_at(hardened + 1)
     return None if at is None else max(0.0, now - at)
@@ -187,47 +186,47 @@ def _num(value: object) -> float | None:
     return None
 
 
-def partner_report(host: "DatabaseHost") -> dict:
+def partner_report(database: "Database") -> dict:
     """What this partner tells the other in pings (principal) and pongs (mirror)."""
     now = time.monotonic()
-    figs = current_figures(host, now)
-    keys = FROM_MIRROR if host.mirror is not None else FROM_PRINCIPAL
+    figs = current_figures(database, now)
+    keys = FROM_MIRROR if database.mirror is not None else FROM_PRINCIPAL
     report = {k: figs.get(k) for k in keys}
-    if host.mirror is None:
-        report["end_of_log_lsn"] = host.log.last_lsn  # the mirror counts the transactions forced service would lose
+    if database.mirror is None:
+        report["end_of_log_lsn"] = database.log.last_lsn  # the mirror counts the transactions forced service would lose
     return report
 
 
-def check_alerts(host: "DatabaseHost", figs: dict) -> None:
+def check_alerts(database: "Database", figs: dict) -> None:
     """Log each threshold crossing (and its clearing) once, as a structured event."""
-    cfg = host.session.config
-    for change in monitor_of(host).alerts.check(figs, cfg.alerts):
-        fields = dict(database=host.name, role=cfg.role.value, alert_id=change.alert.alert_id, alert=change.alert.name,
+    cfg = database.session.config
+    for change in monitor_of(database).alerts.check(figs, cfg.alerts):
+        fields = dict(database=database.name, role=cfg.role.value, alert_id=change.alert.alert_id, alert=change.alert.name,
                       value=change.value, threshold=change.threshold, unit=change.alert.unit)
         if change.cleared:
             log.info("mirroring_alert_cleared", **fields)
-            host.record_event("ALERT_CLEARED", f"{change.alert.name} back within {change.threshold} {change.alert.unit} "
+            database.record_event("ALERT_CLEARED", f"{change.alert.name} back within {change.threshold} {change.alert.unit} "
                                                f"(alert {change.alert.alert_id})")
         else:
             log.warning("mirroring_alert", **fields, warning=change.describe())
-            host.record_event("ALERT", change.describe())
-    figs["warnings"] = monitor_of(host).alerts.warnings()
+            database.record_event("ALERT", change.describe())
+    figs["warnings"] = monitor_of(database).alerts.warnings()
 
 
-async def run_sampler(databases: Callable[[], dict[str, "DatabaseHost"]], witness: "Witness",
+async def run_sampler(databases: Callable[[], dict[str, "Database"]], witness: "Witness",
                       metrics: "NodeMetrics | None") -> None:
     """Sample every database (the node's, as they are now), check alerts and update the gauges, until cancelled."""
     while True:
         now = time.monotonic()
-        for host in list(databases().values()):
+        for database in list(databases().values()):
             try:
-                take_sample(host, now)
-                figs = current_figures(host, now)
-                check_alerts(host, figs)
+                take_sample(database, now)
+                figs = current_figures(database, now)
+                check_alerts(database, figs)
                 if metrics is not None:
-                    metrics.update(host, figs)
+                    metrics.update(database, figs)
             except Exception:  # a monitor must never take the node down; say what failed
-                log.exception("monitor_sample_failed", database=host.name)
+                log.exception("monitor_sample_failed", database=database.name)
         if metrics is not None:
             metrics.forget_missing(set(databases()))
             metrics.update_witness(witness)
@@ -267,7 +266,7 @@ COMMIT_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 
 class NodeMetrics:
     """This node's Prometheus registry: gauges per (node, database), counters of events."""
 
-    def __init__(self, node_name: str) -> None:
+    def __init__(self, node_name: str, version: str = "unknown") -> None:
         self.node = node_name
         self.registry = r = CollectorRegistry()
         labels = ["node", "database"]
@@ -291,7 +290,7 @@ class NodeMetrics:
         self.commit_latency = Histogram("mirrord_commit_latency_seconds", "from a committing statement's arrival to its acknowledgement",
                                         labels, buckets=COMMIT_LATENCY_BUCKETS, registry=r)
         Gauge("mirrord_build_info", "1; the labels say which mirrord runs here", ["node", "version", "python"],
-              registry=r).labels(node_name, installed_version(), platform.python_version()).set(1)
+              registry=r).labels(node_name, version, platform.python_version()).set(1)
         self.alert_threshold = Gauge("mirrord_alert_threshold", "an enabled sp_dbmmonitorchangealert threshold, in the base "
                                      "unit of the gauge it watches (alert_id 1: seconds, 2 and 3: bytes, 4: seconds)",
                                      labels + ["alert_id"], registry=r)
@@ -320,9 +319,9 @@ class NodeMetrics:
     def count_refused(self, database: str, reason: str) -> None:
         self.refused.labels(self.node, database, reason).inc()
 
-    def update(self, host: "DatabaseHost", figs: dict) -> None:
+    def update(self, database: "Database", figs: dict) -> None:
         """Set every gauge of one database from its figures; count failovers and reconnects."""
-        db, s, mon = host.name, host.session, monitor_of(host)
+        db, s, mon = database.name, database.session, monitor_of(database)
         self._known.add(db)
         for column, gauge in self.figures.items():
             value = figs.get(column)
@@ -330,7 +329,7 @@ class NodeMetrics:
         if mon.queues is not None:  # exact bytes, where the column is rounded KB
             self.figures["send_queue_kb"].labels(self.node, db).set(mon.queues.send_queue_bytes)
             self.figures["redo_queue_kb"].labels(self.node, db).set(mon.queues.redo_queue_bytes)
-        for name, counter, value in (("sent", self.log_sent, host.wire.raw), ("hardened", self.log_hardened, mon.hardened),
+        for name, counter, value in (("sent", self.log_sent, database.wire.raw), ("hardened", self.log_hardened, mon.hardened),
                                      ("redone", self.log_redone, mon.redone)):
             counter.labels(self.node, db).inc(_advance(mon.exported, name, value))
         self.commits.labels(self.node, db)  # the series exists from the start, at 0
@@ -344,22 +343,22 @@ class NodeMetrics:
         self.witness_connected.labels(self.node, db).set(1 if s.witness_connected else 0)
         for kind in FAILOVER_KINDS:
             self.failover_ready.labels(self.node, db, kind).set(1 if figs[f"{kind}_failover"] == "READY" else 0)
-        self.warnings.labels(self.node, db).set(len(monitor_of(host).alerts.crossed))
-        self._count_events(host)
-        self._export_redo_queue(host)
+        self.warnings.labels(self.node, db).set(len(monitor_of(database).alerts.crossed))
+        self._count_events(database)
+        self._export_redo_queue(database)
 
-    def _export_redo_queue(self, host: "DatabaseHost") -> None:
-        db, p, limit = host.name, host.principal, host.session.config.redo_queue_mb
+    def _export_redo_queue(self, database: "Database") -> None:
+        db, p, limit = database.name, database.principal, database.session.config.redo_queue_mb
         self.redo_queue_limit.labels(self.node, db).set(limit << 20 if limit else math.nan)
         self.redo_queue_held.labels(self.node, db).set(1 if p is not None and p.redo_queue_holding else 0)
-        exported = monitor_of(host).exported
+        exported = monitor_of(database).exported
         for name, counter, value in (("holds", self.redo_queue_holds, p.redo_queue_holds if p else 0),
                                      ("held_s", self.redo_queue_held_seconds, p.redo_queue_held_s if p else 0.0),
                                      ("timeouts", self.redo_queue_timeouts, p.redo_queue_timeouts if p else 0)):
             counter.labels(self.node, db).inc(_advance(exported, f"redo_queue_{name}", value))
 
-    def _count_events(self, host: "DatabaseHost") -> None:
-        mon, db, role_sequence = monitor_of(host), host.name, host.session.config.role_sequence
+    def _count_events(self, database: "Database") -> None:
+        mon, db, role_sequence = monitor_of(database), database.name, database.session.config.role_sequence
         if mon.role_sequence is not None and mon.role_sequence >= 1 and role_sequence > mon.role_sequence:
             self.failovers.labels(self.node, db).inc(role_sequence - mon.role_sequence)
         else:

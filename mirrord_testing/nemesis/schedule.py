@@ -39,7 +39,7 @@ UNDO = {
 FAULTS = ("kill", "freeze", "cut", "isolate", "endpoint_stop", "failover", "safety_off", "power-cut", "disk-full", "force")
 PROCESS_FAULTS = ("kill", "freeze", "power-cut")
 NEEDS_IPTABLES = ("cut", "isolate", "force")
-NEEDS_LAZYFS = ("power-cut", "disk-full")  # the node's data directory on mirrord/nemesis/lazyfs.py
+NEEDS_LAZYFS = ("power-cut", "disk-full")  # the node's data directory on mirrord_testing/nemesis/lazyfs.py
 UNDOES = tuple(UNDO.values())
 
 MIN_DWELL = 0.3

@@ -55,11 +55,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from mirrord.localcluster import LocalCluster, LocalNode, wait_for
-from mirrord.nemesis.checker import (Ack, Ledger, LossReport, SafetyBook, Violation, differing_pages,
+from mirrord_testing.localcluster import LocalCluster, LocalNode, wait_for
+from mirrord_testing.nemesis.checker import (Ack, Ledger, LossReport, SafetyBook, Violation, differing_pages,
                                      explained_by_forced_service, find_lost, find_lost_unprotected, find_phantoms,
                                      find_shared_tokens, find_split_brain, overlay_wal)
-from mirrord.nemesis.schedule import Round, Step
+from mirrord_testing.nemesis.schedule import Round, Step
 from mirrord.storage.wal import WalReader
 from mirrorctl.client import AsyncClient, ServerError, Unreachable
 

@@ -15,18 +15,18 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from mirrord import checkmirror, page_repair
+from mirrord.engine import checkmirror, page_repair
 from mirrord.core.history import shared_history_end
 from mirrord.core import messages
 from mirrord.core import redo_queue
 from mirrord.core.types import Endpoint, ProtocolError, Role, Safety
-from mirrord.monitor import monitor_of, note_connected, partner_report
+from mirrord.engine.monitor import monitor_of, note_connected, partner_report
 from mirrord.net import framing
 from mirrord.storage.fileutil import DISK_RESERVE_BYTES, NO_SPACE, disk_free
 from mirrord.storage.log import MAX_PAGE_COUNT, LogRecord, _check_pages, check_page_size
 
 if TYPE_CHECKING:
-    from mirrord.host import DatabaseHost
+    from mirrord.engine.database import Database
     from mirrord.node_services import EndpointServices
 
 log = structlog.get_logger()
@@ -34,45 +34,45 @@ log = structlog.get_logger()
 READ_CHUNK = 1 << 20
 
 
-def refusal_for_hello(node: "EndpointServices", host: "DatabaseHost | None", hello: dict) -> str | None:
+def refusal_for_hello(node: "EndpointServices", database: "Database | None", hello: dict) -> str | None:
     """Why this node will not mirror for the principal that said hello, or None."""
     db = hello["db"]
-    if host is None:
+    if database is None:
         return (
             f"database {db} is not prepared on {node.name}: run ALTER DATABASE {db} SET PARTNER = "
             f"'{hello['from_endpoint']}' on {node.name} first"
         )
-    cfg = host.session.config
-    if ended_by_off_here(host, hello):
+    cfg = database.session.config
+    if ended_by_off_here(database, hello):
         return f"SET PARTNER OFF ended the mirroring of {db} on {node.name}; end it on the principal too"
-    if host.mirror is None or cfg.role is not Role.MIRROR:
+    if database.mirror is None or cfg.role is not Role.MIRROR:
         return f"database {db} on {node.name} is not a mirror (role {cfg.role.value}, role sequence {cfg.role_sequence})"
-    if host.session.failover_requested:
+    if database.session.failover_requested:
         return f"database {db} on {node.name} is asking the witness to fail over; it takes no log meanwhile"
     if cfg.partner is None or not _same_endpoint(cfg.partner, hello["from_endpoint"]):
         return f"database {db} on {node.name} mirrors {cfg.partner}, not {hello['from_endpoint']}"
     if hello["role_sequence"] < cfg.role_sequence:
         return f"hello from role sequence {hello['role_sequence']}, older than this node's {cfg.role_sequence}"
-    if (full := host.mirror.log_full_refusal()) is not None:
-        host.session.note_reason(full, time.strftime("%H:%M:%S"))
+    if (full := database.mirror.log_full_refusal()) is not None:
+        database.session.note_reason(full, time.strftime("%H:%M:%S"))
         return f"{full}; it takes log again by itself once redo has caught up on {node.name}"
-    free = disk_free(host.directory)
+    free = disk_free(database.directory)
     if free < DISK_RESERVE_BYTES:
         why = f"mirror disk full ({free >> 20} MB free, {DISK_RESERVE_BYTES >> 20} MB needed): it cannot harden log"
-        host.session.note_reason(why, time.strftime("%H:%M:%S"))
+        database.session.note_reason(why, time.strftime("%H:%M:%S"))
         return f"{why}; it takes log again by itself once space is freed on {node.name}"
     return None
 
 
-def ended_by_off_here(host: "DatabaseHost", hello: dict) -> bool:
+def ended_by_off_here(database: "Database", hello: dict) -> bool:
     """SET PARTNER OFF ran here on the mirror of the principal saying hello: it must end the session too."""
-    cfg = host.session.config
+    cfg = database.session.config
     return cfg.partner is None and cfg.ended_by_off is not None and _same_endpoint(cfg.ended_by_off, hello["from_endpoint"])
 
 
-def hello_from_newer_principal(host: "DatabaseHost", hello: dict) -> bool:
+def hello_from_newer_principal(database: "Database", hello: dict) -> bool:
     """This principal hears its partner speak as principal of a newer role sequence."""
-    cfg = host.session.config
+    cfg = database.session.config
     return (
         cfg.role is Role.PRINCIPAL and hello["role"] == "PRINCIPAL" and hello["role_sequence"] > cfg.role_sequence
         and cfg.partner is not None and _same_endpoint(cfg.partner, hello["from_endpoint"])
@@ -94,26 +94,26 @@ def _same_endpoint(a: str, b: str) -> bool:
         return False
 
 
-async def serve_principal(node: "EndpointServices", host: "DatabaseHost", hello: dict, reader, writer) -> None:
+async def serve_principal(node: "EndpointServices", database: "Database", hello: dict, reader, writer) -> None:
     """Run the mirror's side of one connection from the principal, until it fails."""
-    session = host.session
-    _adopt_settings(host, hello)
+    session = database.session
+    _adopt_settings(database, hello)
     if hello["role_sequence"] > session.config.role_sequence:
-        host.update_config(role_sequence=hello["role_sequence"])
-    mirror = host.mirror
-    shared = _shared_end(host, hello)  # the log does not change before the welcome: one search serves both
-    await _note_divergence(host, hello, shared)
+        database.update_config(role_sequence=hello["role_sequence"])
+    mirror = database.mirror
+    shared = _shared_end(database, hello)  # the log does not change before the welcome: one search serves both
+    await _note_divergence(database, hello, shared)
     welcome = {
-        "t": "welcome", "db": host.name, "role_sequence": session.config.role_sequence,
-        "hardened_lsn": mirror.hardened_lsn, "hardened_role_sequence": host.log.last_role_sequence,
+        "t": "welcome", "db": database.name, "role_sequence": session.config.role_sequence,
+        "hardened_lsn": mirror.hardened_lsn, "hardened_role_sequence": database.log.last_role_sequence,
         "redo_lsn": mirror.redo_lsn, "needs_seed": not mirror.path.exists(), "listen": node.listen_address,
     }
-    diverged = _diverged_pages(host, shared)
+    diverged = _diverged_pages(database, shared)
     if diverged is not None:
         welcome["diverged_pages"] = diverged  # the principal can rewind this copy instead of copying it whole
         welcome["shared_lsn"] = shared  # ... sending the pages either side changed past it
-    if host.logins is not None:
-        welcome["logins"] = host.logins.wire()  # the principal adopts it if it is newer than its own
+    if database.logins is not None:
+        welcome["logins"] = database.logins.wire()  # the principal adopts it if it is newer than its own
     framing.write_message(writer, welcome)
     if session.redo_error is not None:
         framing.write_message(writer, {"t": "suspend", "reason": session.redo_error})  # it outlives every reconnect
@@ -122,64 +122,64 @@ async def serve_principal(node: "EndpointServices", host: "DatabaseHost", hello:
     if session.redo_error is None:
         session.state_reason = None
     session.partner_listen = hello.get("listen") if isinstance(hello.get("listen"), str) else None
-    host.partner_writer = writer
-    host.note_state()
-    page_repair.send_requests(host)  # pages found damaged while the principal was away
-    host.record_event("PARTNER_CONNECTED", f"the principal {hello['from_endpoint']} connected", lsn=mirror.hardened_lsn)
-    log.info("principal_connected", database=host.name, role="MIRROR", role_sequence=session.config.role_sequence, lsn=mirror.hardened_lsn)
-    reporter = RedoReporter(host, writer)
+    database.partner_writer = writer
+    database.note_state()
+    page_repair.send_requests(database)  # pages found damaged while the principal was away
+    database.record_event("PARTNER_CONNECTED", f"the principal {hello['from_endpoint']} connected", lsn=mirror.hardened_lsn)
+    log.info("principal_connected", database=database.name, role="MIRROR", role_sequence=session.config.role_sequence, lsn=mirror.hardened_lsn)
+    reporter = RedoReporter(database, writer)
     mirror.on_redo_progress = reporter.progressed
     try:
-        await _receive_loop(host, reader, writer)
+        await _receive_loop(database, reader, writer)
     finally:
         reporter.close()
         if mirror.on_redo_progress == reporter.progressed:
             mirror.on_redo_progress = None
-        host.partner_writer = None
-        checkmirror.cancel_answers(host)  # no answer can reach the principal: redo must not stay held
-        page_repair.link_lost(host)  # pages asked for are asked again on the next connection
+        database.partner_writer = None
+        checkmirror.cancel_answers(database)  # no answer can reach the principal: redo must not stay held
+        page_repair.link_lost(database)  # pages asked for are asked again on the next connection
         session.note_partner_lost()
-        host.note_state()
-        host.poke()  # a lost principal may mean automatic failover
+        database.note_state()
+        database.poke()  # a lost principal may mean automatic failover
 
 
-async def _receive_loop(host: "DatabaseHost", reader, writer) -> None:
+async def _receive_loop(database: "Database", reader, writer) -> None:
     decoder = framing.FrameDecoder()
     seed: dict | None = None
     counted = False
     while True:
-        data = await _read_or_silence(reader, host.session.config.timeout)
+        data = await _read_or_silence(reader, database.session.config.timeout)
         if not data:
             raise ConnectionError("the principal closed the connection")
         if not counted:  # SET PARTNER's probe says hello and leaves: only a link that talks counts as a connection
-            note_connected(host)
+            note_connected(database)
             counted = True
         decoder.feed(data)
         records: list[LogRecord] = []
         while (msg := decoder.next_message()) is not None:
             msg = messages.validate(msg)
-            seed = await _handle(host, msg, writer, records, seed)
+            seed = await _handle(database, msg, writer, records, seed)
         if records:
-            if (full := host.mirror.log_full_refusal()) is not None:
+            if (full := database.mirror.log_full_refusal()) is not None:
                 # as a full disk: nothing more is hardened, the principal goes on without us and redials;
                 # hellos are refused until redo has emptied enough of the log
-                host.session.note_reason(full, time.strftime("%H:%M:%S"))
-                host.session.caught_up = False
-                log.warning("mirror_log_full", database=host.name, log_bytes=host.log.size_bytes,
-                            limit=host.mirror.log_size_limit, redo_lsn=host.mirror.redo_lsn)
+                database.session.note_reason(full, time.strftime("%H:%M:%S"))
+                database.session.caught_up = False
+                log.warning("mirror_log_full", database=database.name, log_bytes=database.log.size_bytes,
+                            limit=database.mirror.log_size_limit, redo_lsn=database.mirror.redo_lsn)
                 raise ConnectionError(full)
             try:
-                hardened = await host.mirror.harden(records)
+                hardened = await database.mirror.harden(records)
             except OSError as exc:
                 if exc.errno not in NO_SPACE:
                     raise
                 # the principal goes on without us (exposed, under the witness rule) and redials;
                 # hellos are refused until there is room again, then it catches up by itself
-                host.session.note_reason(f"mirror disk full ({exc.strerror}): it cannot harden log", time.strftime("%H:%M:%S"))
-                host.session.caught_up = False  # it lacks what it could not harden: no failover to it
+                database.session.note_reason(f"mirror disk full ({exc.strerror}): it cannot harden log", time.strftime("%H:%M:%S"))
+                database.session.caught_up = False  # it lacks what it could not harden: no failover to it
                 raise ConnectionError(f"disk full: cannot harden log ({exc.strerror})") from None
-            framing.write_message(writer, {"t": "ack", "hardened_lsn": hardened, "redo_lsn": host.mirror.redo_lsn,
-                                           "redo_queue": host.mirror.redo_queue_bytes})
+            framing.write_message(writer, {"t": "ack", "hardened_lsn": hardened, "redo_lsn": database.mirror.redo_lsn,
+                                           "redo_queue": database.mirror.redo_queue_bytes})
         await writer.drain()
 
 
@@ -192,19 +192,19 @@ class RedoReporter:
     records redo applies meanwhile; none at all without a limit.
     """
 
-    def __init__(self, host: "DatabaseHost", writer) -> None:
-        self._host, self._writer = host, writer
+    def __init__(self, database: "Database", writer) -> None:
+        self._database, self._writer = database, writer
         self._timer: asyncio.TimerHandle | None = None
 
     def progressed(self) -> None:
         """Redo went further: report it within REPORT_INTERVAL, if a limit is set."""
-        if self._timer is not None or self._host.session.config.redo_queue_mb == redo_queue.UNLIMITED:
+        if self._timer is not None or self._database.session.config.redo_queue_mb == redo_queue.UNLIMITED:
             return
         self._timer = asyncio.get_running_loop().call_later(redo_queue.REPORT_INTERVAL, self._send)
 
     def _send(self) -> None:
         self._timer = None
-        mirror = self._host.mirror
+        mirror = self._database.mirror
         if mirror is None or self._writer.is_closing():
             return
         framing.write_message(self._writer, {"t": "redo_progress", "redo_lsn": mirror.redo_lsn,
@@ -241,73 +241,73 @@ def _expect_open(opened: dict | None, begin: str, kind: str) -> None:
         raise ProtocolError(f"{kind} without {begin}")
 
 
-def _copy_installed(host: "DatabaseHost", writer, lsn: int) -> None:
+def _copy_installed(database: "Database", writer, lsn: int) -> None:
     """A seed or a rewind made this copy the principal's at lsn: acknowledge it."""
-    if host.session.config.lost_lsn_to:
-        host.update_config(lost_lsn_from=0, lost_lsn_to=0)  # rolled back; the salvage copy stays
+    if database.session.config.lost_lsn_to:
+        database.update_config(lost_lsn_from=0, lost_lsn_to=0)  # rolled back; the salvage copy stays
     framing.write_message(writer, {"t": "ack", "hardened_lsn": lsn, "redo_lsn": lsn})
 
 
-async def _handle(host: "DatabaseHost", msg: dict, writer, records: list, seed: dict | None) -> dict | None:
+async def _handle(database: "Database", msg: dict, writer, records: list, seed: dict | None) -> dict | None:
     kind = msg["t"]
     if kind == "log":
         batch = [LogRecord.from_wire(r) for r in msg["records"]]
-        host.mirror.check_records(batch)  # before anything of this read is hardened: a bad record changes nothing
+        database.mirror.check_records(batch)  # before anything of this read is hardened: a bad record changes nothing
         records.extend(batch)
-        _adopt_principal_view(host, msg)
+        _adopt_principal_view(database, msg)
     elif kind == "ping":
-        _adopt_principal_view(host, msg)
-        framing.write_message(writer, {"t": "pong", "seq": msg["seq"], "redo_lsn": host.mirror.redo_lsn,
-                                       "redo_queue": host.mirror.redo_queue_bytes, "monitor": partner_report(host)})
+        _adopt_principal_view(database, msg)
+        framing.write_message(writer, {"t": "pong", "seq": msg["seq"], "redo_lsn": database.mirror.redo_lsn,
+                                       "redo_queue": database.mirror.redo_queue_bytes, "monitor": partner_report(database)})
     elif kind == "settings":
-        _adopt_settings(host, msg)
+        _adopt_settings(database, msg)
     elif kind == "seed_begin":
         _check_seed(msg)
-        host.mirror.seed_begin()
+        database.mirror.seed_begin()
         return msg
     elif kind == "seed_chunk":
         _expect_open(seed, "seed_begin", kind)
-        await asyncio.to_thread(host.mirror.seed_chunk, msg["offset"], msg["data"], seed["size"])  # it syncs now and then
+        await asyncio.to_thread(database.mirror.seed_chunk, msg["offset"], msg["data"], seed["size"])  # it syncs now and then
     elif kind == "seed_end":
         _expect_open(seed, "seed_begin", kind)
-        await host.mirror.seed_end(seed["lsn"], seed["role_sequence"], seed["size"], msg["crc"])
-        _copy_installed(host, writer, seed["lsn"])
-        page_repair.copy_replaced(host, whole=True)
+        await database.mirror.seed_end(seed["lsn"], seed["role_sequence"], seed["size"], msg["crc"])
+        _copy_installed(database, writer, seed["lsn"])
+        page_repair.copy_replaced(database, whole=True)
         return None
     elif kind == "rewind_begin":
         check_page_size("rewind_begin", msg["page_size"])
         if not 1 <= msg["db_size"] <= MAX_PAGE_COUNT:
             raise ProtocolError(f"rewind_begin: db_size {msg['db_size']} is not in 1..{MAX_PAGE_COUNT}")
-        await asyncio.to_thread(host.mirror.rewind_begin, msg["page_size"])
+        await asyncio.to_thread(database.mirror.rewind_begin, msg["page_size"])
         return msg
     elif kind == "rewind_pages":
         _expect_open(seed, "rewind_begin", kind)
         pages = _check_pages(seed["lsn"], seed["page_size"], msg["pages"], MAX_PAGE_COUNT)
         if any(pgno > seed["db_size"] for pgno, _ in pages):
             raise ProtocolError(f"rewind page beyond the database's {seed['db_size']} pages")
-        await asyncio.to_thread(host.mirror.rewind_pages, pages)
+        await asyncio.to_thread(database.mirror.rewind_pages, pages)
     elif kind == "rewind_end":
         _expect_open(seed, "rewind_begin", kind)
-        await host.mirror.rewind_end(seed["lsn"], seed["role_sequence"], seed["db_size"], msg["count"])
-        _copy_installed(host, writer, seed["lsn"])
-        page_repair.copy_replaced(host, whole=False)  # after the ack: the principal reads requests again then
+        await database.mirror.rewind_end(seed["lsn"], seed["role_sequence"], seed["db_size"], msg["count"])
+        _copy_installed(database, writer, seed["lsn"])
+        page_repair.copy_replaced(database, whole=False)  # after the ack: the principal reads requests again then
         return None
     elif kind == "logins":
-        if host.logins is not None:
-            host.logins.adopt_from_peer(msg["table"])
+        if database.logins is not None:
+            database.logins.adopt_from_peer(msg["table"])
     elif kind == "checkmirror":
-        checkmirror.start_answer(host, writer, msg)  # holds redo at its LSN now; hashes in a task of its own
+        checkmirror.start_answer(database, writer, msg)  # holds redo at its LSN now; hashes in a task of its own
     elif kind == "page_answer":
-        page_repair.answered(host, msg)  # each image goes to redo, which writes it at its LSN
+        page_repair.answered(database, msg)  # each image goes to redo, which writes it at its LSN
     elif kind == "page_suspect":
-        page_repair.suspected(host, msg)
+        page_repair.suspected(database, msg)
     elif kind == "partner_off":
         raise PartnerRemoved()
     elif kind == "failover":
-        if msg["role_sequence"] != host.session.config.role_sequence + 1 or msg["failover_lsn"] != host.log.last_lsn + len(records):
+        if msg["role_sequence"] != database.session.config.role_sequence + 1 or msg["failover_lsn"] != database.log.last_lsn + len(records):
             raise ProtocolError(f"failover to role sequence {msg['role_sequence']} at LSN {msg['failover_lsn']} does not match this mirror")
         if records:
-            await host.mirror.harden(records)
+            await database.mirror.harden(records)
             records.clear()
         raise FailoverRequested(msg["role_sequence"], msg["failover_lsn"])
     else:
@@ -327,44 +327,44 @@ class PartnerRemoved(Exception):
     """The principal ended the session (SET PARTNER OFF)."""
 
 
-def _adopt_principal_view(host: "DatabaseHost", msg: dict) -> None:
+def _adopt_principal_view(database: "Database", msg: dict) -> None:
     synchronized = msg.get("synchronized")
     if isinstance(synchronized, bool):
-        host.session.caught_up = synchronized
+        database.session.caught_up = synchronized
     send_queue = msg.get("send_queue")
     if isinstance(send_queue, int) and not isinstance(send_queue, bool):
-        host.principal_send_queue = send_queue
+        database.principal_send_queue = send_queue
     end = msg.get("end_lsn")
     if isinstance(end, int) and not isinstance(end, bool):
-        host.session.hardened_lsn = host.mirror.hardened_lsn
+        database.session.hardened_lsn = database.mirror.hardened_lsn
     if "monitor" in msg:
-        monitor_of(host).adopt_report(msg["monitor"])
-    host.note_state()
+        monitor_of(database).adopt_report(msg["monitor"])
+    database.note_state()
 
 
-def _shared_end(host: "DatabaseHost", hello: dict) -> int | None:
+def _shared_end(database: "Database", hello: dict) -> int | None:
     """The last LSN whose record this copy shares with the new principal (core.history), when it holds log past
     it (it diverged); None when it did not diverge (or the hello names no fork)."""
     fork = hello.get("failover_lsn")
-    end = host.log.last_lsn
-    if not isinstance(fork, int) or isinstance(fork, bool) or hello["role_sequence"] <= host.log.last_role_sequence:
+    end = database.log.last_lsn
+    if not isinstance(fork, int) or isinstance(fork, bool) or hello["role_sequence"] <= database.log.last_role_sequence:
         return None
-    shared = shared_history_end(fork, hello.get("failover_role_sequence"), host.log.first_lsn, end, host.log.role_sequence_at)
+    shared = shared_history_end(fork, hello.get("failover_role_sequence"), database.log.first_lsn, end, database.log.role_sequence_at)
     return shared if end > shared else None
 
 
-def _diverged_pages(host: "DatabaseHost", shared: int | None) -> list[int] | None:
+def _diverged_pages(database: "Database", shared: int | None) -> list[int] | None:
     """Pages this copy changed past the history it shares with the principal, when its log still says which."""
-    end = host.log.last_lsn
+    end = database.log.last_lsn
     if shared is None:
         return None
-    if host.mirror is None or not host.mirror.path.exists() or host.mirror.redo_lsn < end:
+    if database.mirror is None or not database.mirror.path.exists() or database.mirror.redo_lsn < end:
         return None  # the page store must be this copy at its end of log
-    touched = host.log.pages_touched(shared + 1, end)
+    touched = database.log.pages_touched(shared + 1, end)
     return sorted(touched) if touched is not None else None
 
 
-async def _note_divergence(host: "DatabaseHost", hello: dict, shared: int | None) -> None:
+async def _note_divergence(database: "Database", hello: dict, shared: int | None) -> None:
     """Before the new principal decides anything, record what this copy would lose, and salvage it.
 
     The principal's history diverged from ours after its fork point (its
@@ -373,28 +373,28 @@ async def _note_divergence(host: "DatabaseHost", hello: dict, shared: int | None
     node holds past the shared part is not in the new history.
     """
     fork = shared  # the last LSN of the history both hold (_shared_end)
-    end = host.log.last_lsn
+    end = database.log.last_lsn
     if fork is None:
         return
-    cfg = host.session.config
+    cfg = database.session.config
     if cfg.lost_lsn_to == end and cfg.salvage_path:
         return  # already recorded
-    if host.mirror is not None and host.mirror.path.exists():
-        await host.mirror.wait_redone()
-        path = await asyncio.to_thread(host.keep_salvage_copy, fork)
+    if database.mirror is not None and database.mirror.path.exists():
+        await database.mirror.wait_redone()
+        path = await asyncio.to_thread(database.keep_salvage_copy, fork)
     else:
         path = None
-    host.update_config(lost_lsn_from=fork + 1, lost_lsn_to=end, salvage_path=path)
-    host.record_event("DATA_LOSS", f"the new principal (role sequence {hello['role_sequence']}) shares this copy's history up to LSN "
+    database.update_config(lost_lsn_from=fork + 1, lost_lsn_to=end, salvage_path=path)
+    database.record_event("DATA_LOSS", f"the new principal (role sequence {hello['role_sequence']}) shares this copy's history up to LSN "
                       f"{fork} (its fork: LSN {hello['failover_lsn']}): LSN {fork + 1}-{end} "
                       f"({end - fork} transactions) of this copy are not in its history; salvage copy: {path or 'none'}", lsn=fork)
-    log.warning("diverged_from_new_principal", database=host.name, fork_lsn=fork, lost_from=fork + 1, lost_to=end,
+    log.warning("diverged_from_new_principal", database=database.name, fork_lsn=fork, lost_from=fork + 1, lost_to=end,
                 transactions=end - fork, salvage_path=path, role="MIRROR", role_sequence=hello["role_sequence"])
 
 
-def _adopt_settings(host: "DatabaseHost", msg: dict) -> None:
+def _adopt_settings(database: "Database", msg: dict) -> None:
     """The principal's safety, timeout, witness and SUSPENDED flag are the session's."""
-    cfg = host.session.config
+    cfg = database.session.config
     if msg["safety"] not in ("FULL", "OFF") or not 1 <= msg["timeout"] <= 3600:
         raise ProtocolError(f"bad settings from the principal: safety {msg['safety']!r}, timeout {msg['timeout']!r}")
     changes = {}
@@ -407,35 +407,35 @@ def _adopt_settings(host: "DatabaseHost", msg: dict) -> None:
         raise ProtocolError(f"bad settings from the principal: redo_queue_mb {limit!r}")
     if limit != cfg.redo_queue_mb:
         changes["redo_queue_mb"] = limit
-    if msg["suspended"] != cfg.suspended and not (cfg.suspended and host.session.redo_error is not None):
+    if msg["suspended"] != cfg.suspended and not (cfg.suspended and database.session.redo_error is not None):
         changes["suspended"] = msg["suspended"]  # a mirror whose redo failed stays SUSPENDED until it is fixed
     witness = msg.get("witness")
     if isinstance(witness, str) and (witness or None) != cfg.witness:
         changes["witness"] = witness or None
     if changes:
-        host.update_config(**changes)
+        database.update_config(**changes)
         if changes.get("suspended"):
-            host.session.note_suspended()  # as on the principal: not caught up until it catches up again
+            database.session.note_suspended()  # as on the principal: not caught up until it catches up again
         if "suspended" in changes:
-            host.record_event("SUSPEND" if changes["suspended"] else "RESUME", "adopted from the principal", lsn=host.log.last_lsn)
-        if "witness" in changes and host.on_witness_changed is not None:
-            host.on_witness_changed(host)
+            database.record_event("SUSPEND" if changes["suspended"] else "RESUME", "adopted from the principal", lsn=database.log.last_lsn)
+        if "witness" in changes and database.on_witness_changed is not None:
+            database.on_witness_changed(database)
 
 
-def mirror_cannot_go_on(host: "DatabaseHost", why: str) -> None:
+def mirror_cannot_go_on(database: "Database", why: str) -> None:
     """This mirror cannot go on (redo failed): SUSPEND the session on both partners, with the reason.
 
     The principal is told now if it is connected, and at every connection until
     the cause is fixed (a restart redoes from the persisted redo LSN again).
     """
-    host.session.note_reason(why, time.strftime("%H:%M:%S"))
-    if not host.session.config.suspended:
+    database.session.note_reason(why, time.strftime("%H:%M:%S"))
+    if not database.session.config.suspended:
         try:
-            host.update_config(suspended=True)
+            database.update_config(suspended=True)
         except OSError as exc:  # no room even for meta.json: suspended until restart, when redo runs again
-            log.error("suspend_not_persisted", database=host.name, error=repr(exc))
-            host.session.config = host.session.config.with_(suspended=True)
-    host.session.note_suspended()
-    host.note_state()
-    if host.partner_writer is not None:
-        framing.write_message(host.partner_writer, {"t": "suspend", "reason": why})
+            log.error("suspend_not_persisted", database=database.name, error=repr(exc))
+            database.session.config = database.session.config.with_(suspended=True)
+    database.session.note_suspended()
+    database.note_state()
+    if database.partner_writer is not None:
+        framing.write_message(database.partner_writer, {"t": "suspend", "reason": why})

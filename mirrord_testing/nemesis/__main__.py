@@ -1,4 +1,4 @@
-"""`python -m mirrord.nemesis --rounds N --seed S [--data DIR]`: exit 0 only if no invariant broke."""
+"""`python -m mirrord_testing.nemesis --rounds N --seed S [--data DIR]`: exit 0 only if no invariant broke."""
 
 from __future__ import annotations
 
@@ -12,16 +12,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from mirrord.localcluster import LocalCluster, iptables_available
-from mirrord.nemesis.runner import Nemesis, default_layouts
-from mirrord.nemesis.lazyfs import unavailable_reason as lazyfs_unavailable
-from mirrord.nemesis.schedule import FAULTS, NEEDS_IPTABLES, NEEDS_LAZYFS, make_schedule
+from mirrord_testing.localcluster import LocalCluster, iptables_available
+from mirrord_testing.nemesis.runner import Nemesis, default_layouts
+from mirrord_testing.nemesis.lazyfs import unavailable_reason as lazyfs_unavailable
+from mirrord_testing.nemesis.schedule import FAULTS, NEEDS_IPTABLES, NEEDS_LAZYFS, make_schedule
 
 NODES = ("a", "b", "c")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m mirrord.nemesis", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m mirrord_testing.nemesis", description=__doc__)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--seed", type=int, default=None, help="replays a run (default: a random seed, printed)")
     parser.add_argument("--data", type=Path, default=None,
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         faults = tuple(f for f in faults if f not in NEEDS_LAZYFS)
     if args.no_forced_service:
         faults = tuple(f for f in faults if f != "force")
-    replay = (f"python -m mirrord.nemesis --rounds {args.rounds} --seed {seed}" + (" --no-power-cuts" if args.no_power_cuts else "")
+    replay = (f"python -m mirrord_testing.nemesis --rounds {args.rounds} --seed {seed}" + (" --no-power-cuts" if args.no_power_cuts else "")
               + (" --no-forced-service" if args.no_forced_service else ""))
     print(f"nemesis seed {seed} (replay: {replay})", flush=True)
     if "cut" not in faults:

@@ -15,11 +15,11 @@ from mirrord.core.page_repair import RepairHistory
 from mirrord.core.quorum import AckRule, PrincipalView, ack_rule
 from mirrord.core.session import Session
 from mirrord.core.types import Lsn, MirroringState
-from mirrord.mirror import MirrorDatabase
-from mirrord.principal import PrincipalDatabase
+from mirrord.engine.mirror import MirrorDatabase
+from mirrord.engine.principal import PrincipalDatabase
 from mirrord.storage.events import EventLog
 from mirrord.storage.fileutil import atomic_write_json
-from mirrord.login_store import LoginStore
+from mirrord.storage.login_store import LoginStore
 from mirrord.storage.log import DurableLog
 
 log = structlog.get_logger()
@@ -34,7 +34,7 @@ class WireStats:
 
 
 @dataclass
-class DatabaseHost:
+class Database:
     """A database on this node, whatever its role."""
 
     name: str
@@ -56,10 +56,10 @@ class DatabaseHost:
     witness_conn: object | None = None  # the open WitnessConnection, if any
     role_change: asyncio.Lock = field(default_factory=asyncio.Lock)  # one promotion/step-down at a time
     on_witness_changed: object | None = None  # node callback: start/stop the witness link
-    monitor: object | None = None  # mirrord.monitor.DatabaseMonitor: rates, alerts, the partner's figures
+    monitor: object | None = None  # mirrord.engine.monitor.DatabaseMonitor: rates, alerts, the partner's figures
     logins: "LoginStore | None" = None  # the node's login table, passed to and taken from the partner
     events: EventLog | None = None  # the node's event history (sys.database_mirroring_events)
-    # DBCC CHECKMIRROR (mirrord/checkmirror.py): the principal's checks waiting for the mirror's answer, by request
+    # DBCC CHECKMIRROR (mirrord/engine/checkmirror.py): the principal's checks waiting for the mirror's answer, by request
     # id; the mirror's hashing tasks; and the outcome of the last check (status columns, since this start)
     checkmirror_replies: dict[int, asyncio.Future] = field(default_factory=dict)
     checkmirror_tasks: set[asyncio.Task] = field(default_factory=set)
@@ -68,7 +68,7 @@ class DatabaseHost:
     last_verified_lsn: Lsn | None = None
     last_verified_time: str | None = None  # UTC
     checkmirror_mismatches: int = 0
-    # automatic page repair (mirrord/page_repair.py): the node's view rows; on the mirror the suspect pages
+    # automatic page repair (mirrord/engine/page_repair.py): the node's view rows; on the mirror the suspect pages
     # (page -> error type), the requests waiting for an answer (rid -> pages, redo LSN then, redo thread) and
     # where the scrubber is; on the principal the tasks reading pages for the mirror
     repair_history: RepairHistory | None = None

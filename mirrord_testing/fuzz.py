@@ -1,4 +1,4 @@
-"""python -m mirrord.fuzz: hostile input for every parser a peer or client reaches, in-process.
+"""python -m mirrord_testing.fuzz: hostile input for every parser a peer or client reaches, in-process.
 
 Targets, each a function of one input that must end in a result or in the
 target's own refusal (ProtocolError, a MirrordError), never in anything else:
@@ -363,7 +363,7 @@ def run(inputs: int, seed: int, targets: list[str], skip: int = 0, report_every:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mirrord.fuzz", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m mirrord_testing.fuzz", description=__doc__.split("\n\n")[0])
     p.add_argument("--inputs", type=int, default=100_000, help="number of inputs (default 100000)")
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     p.add_argument("--target", action="append", choices=sorted(TARGETS), help="only these targets (repeatable)")

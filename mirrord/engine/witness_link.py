@@ -31,7 +31,7 @@ from mirrord.core.timing import timing
 from mirrord.net.reconnect import Link, LinkRefused, run_link
 
 if TYPE_CHECKING:
-    from mirrord.host import DatabaseHost
+    from mirrord.engine.database import Database
     from mirrord.node_services import EndpointServices
 
 log = structlog.get_logger()
@@ -40,8 +40,8 @@ log = structlog.get_logger()
 class WitnessConnection:
     """One open connection to the witness, with request/answer matching."""
 
-    def __init__(self, node: "EndpointServices", host: "DatabaseHost", reader, writer) -> None:
-        self.node, self.host, self.reader, self.writer = node, host, reader, writer
+    def __init__(self, node: "EndpointServices", database: "Database", reader, writer) -> None:
+        self.node, self.database, self.reader, self.writer = node, database, reader, writer
         self._rids = itertools.count(1)
         self._pending: dict[int, tuple[float, asyncio.Future]] = {}
 
@@ -59,7 +59,7 @@ class WitnessConnection:
 
     async def read_answers(self) -> None:
         """Route every w_state to its request; apply what it says about the session."""
-        timeout = self.host.session.config.timeout
+        timeout = self.database.session.config.timeout
         while True:
             msg = messages.validate(await asyncio.wait_for(framing.read_message(self.reader), timeout))
             if msg["t"] != "w_state":
@@ -67,60 +67,60 @@ class WitnessConnection:
             sent_at, fut = self._pending.get(msg["rid"], (None, None))
             if sent_at is not None and msg["principal"] == self.node.endpoint_url:
                 # the witness names us principal: a lease, also for a mirror it just promoted
-                s = self.host.session
+                s = self.database.session
                 s.witness_lease_until = max(s.witness_lease_until, quorum.lease_until(sent_at, s.config.timeout))
             if fut is not None and not fut.done():
                 fut.set_result(msg)  # before acting on it: the requester may hold locks a role change needs
-            await self.node.adopt_witness_state(self.host, msg)
+            await self.node.adopt_witness_state(self.database, msg)
 
 
-async def run_witness_link(node: "EndpointServices", host: "DatabaseHost") -> None:
+async def run_witness_link(node: "EndpointServices", database: "Database") -> None:
     """Keep a link to the witness while the session has one."""
 
     def should_run() -> bool:
-        cfg = host.session.config
+        cfg = database.session.config
         return cfg.witness is not None and cfg.partner is not None and not node.stopping
 
     def lost() -> None:
-        host.witness_conn = None
-        if host.session.witness_connected:
-            host.session.witness_connected = False
-            host.poke()
+        database.witness_conn = None
+        if database.session.witness_connected:
+            database.session.witness_connected = False
+            database.poke()
 
     def refused(exc: LinkRefused) -> None:
-        log.warning("witness_refused", database=host.name, reason=str(exc), witness=host.session.config.witness)
+        log.warning("witness_refused", database=database.name, reason=str(exc), witness=database.session.config.witness)
 
     await run_link(node, Link(
-        name="witness", should_run=should_run, connect_once=lambda: _one_connection(node, host),
-        connected=lambda: host.session.witness_connected, on_lost=lost, on_refused=refused,
-        context=lambda: {"database": host.name, "role": host.session.role.value}))
+        name="witness", should_run=should_run, connect_once=lambda: _one_connection(node, database),
+        connected=lambda: database.session.witness_connected, on_lost=lost, on_refused=refused,
+        context=lambda: {"database": database.name, "role": database.session.role.value}))
 
 
-async def _one_connection(node: "EndpointServices", host: "DatabaseHost") -> None:
-    cfg = host.session.config
+async def _one_connection(node: "EndpointServices", database: "Database") -> None:
+    cfg = database.session.config
     ep = Endpoint.parse(cfg.witness)
     reader, writer = await asyncio.wait_for(node.connect_endpoint(ep), cfg.timeout)
     node.track_endpoint_writer(writer)
-    conn = WitnessConnection(node, host, reader, writer)
+    conn = WitnessConnection(node, database, reader, writer)
     try:
         sent_at = time.monotonic()
-        framing.write_message(writer, _hello(node, host))
+        framing.write_message(writer, _hello(node, database))
         first = messages.validate(await asyncio.wait_for(framing.read_message(reader), cfg.timeout))
         if first["t"] == "refuse":
             raise ConnectionError(f"the witness refused: {first['reason']}")
         if first["t"] != "w_state":
             raise ProtocolError(f"expected w_state from the witness, got {first['t']}")
-        if host.session.role is Role.PRINCIPAL and first["principal"] == node.endpoint_url:
-            host.session.witness_lease_until = quorum.lease_until(sent_at, cfg.timeout)
-        await node.adopt_witness_state(host, first)
-        host.witness_conn = conn
-        host.session.witness_connected = True
-        host.poke()
-        host.record_event("WITNESS_CONNECTED", f"the witness {cfg.witness}")
-        log.info("witness_connected", database=host.name, witness=cfg.witness, role=host.session.role.value, role_sequence=host.session.config.role_sequence)
+        if database.session.role is Role.PRINCIPAL and first["principal"] == node.endpoint_url:
+            database.session.witness_lease_until = quorum.lease_until(sent_at, cfg.timeout)
+        await node.adopt_witness_state(database, first)
+        database.witness_conn = conn
+        database.session.witness_connected = True
+        database.poke()
+        database.record_event("WITNESS_CONNECTED", f"the witness {cfg.witness}")
+        log.info("witness_connected", database=database.name, witness=cfg.witness, role=database.session.role.value, role_sequence=database.session.config.role_sequence)
         reader_task = asyncio.create_task(conn.read_answers())
         try:
-            await _drive(node, host, conn, reader_task)
+            await _drive(node, database, conn, reader_task)
         finally:
             reader_task.cancel()
             await asyncio.gather(reader_task, return_exceptions=True)
@@ -129,22 +129,22 @@ async def _one_connection(node: "EndpointServices", host: "DatabaseHost") -> Non
         node.untrack_endpoint_writer(writer)
 
 
-def _hello(node: "EndpointServices", host: "DatabaseHost") -> dict:
-    s, cfg = host.session, host.session.config
+def _hello(node: "EndpointServices", database: "Database") -> dict:
+    s, cfg = database.session, database.session.config
     return {
-        "t": "w_hello", "db": host.name, "from_endpoint": node.endpoint_url, "role": cfg.role.value,
-        "role_sequence": cfg.role_sequence, "partner": cfg.partner or "", "synchronized": _mirror_synchronized(host),
+        "t": "w_hello", "db": database.name, "from_endpoint": node.endpoint_url, "role": cfg.role.value,
+        "role_sequence": cfg.role_sequence, "partner": cfg.partner or "", "synchronized": _mirror_synchronized(database),
         "safety": cfg.safety.value, "timeout": cfg.timeout,
     }
 
 
-def _mirror_synchronized(host: "DatabaseHost") -> bool:
+def _mirror_synchronized(database: "Database") -> bool:
     """What the principal should tell the witness about its mirror."""
-    s, cfg = host.session, host.session.config
+    s, cfg = database.session, database.session.config
     return s.partner_connected and s.caught_up and not cfg.suspended and cfg.safety is Safety.FULL
 
 
-async def _drive(node: "EndpointServices", host: "DatabaseHost", conn: WitnessConnection, reader_task: asyncio.Task) -> None:
+async def _drive(node: "EndpointServices", database: "Database", conn: WitnessConnection, reader_task: asyncio.Task) -> None:
     """Ping, report and request votes until the connection fails."""
     reported: tuple[int, bool, Safety] | None = None
     refusals = 0  # consecutive refused votes: retry fast at first (the witness may lag the loss by ms)
@@ -152,12 +152,12 @@ async def _drive(node: "EndpointServices", host: "DatabaseHost", conn: WitnessCo
         if reader_task.done():
             reader_task.result()
             raise ConnectionError("the witness connection closed")
-        timeout = host.session.config.timeout
-        role = host.session.role
+        timeout = database.session.config.timeout
+        role = database.session.role
         if role is Role.PRINCIPAL:
-            reported = await _report_if_changed(host, conn, reported, timeout)
+            reported = await _report_if_changed(database, conn, reported, timeout)
         elif role is Role.MIRROR:
-            asked = await _maybe_request_failover(node, host, conn, timeout)
+            asked = await _maybe_request_failover(node, database, conn, timeout)
             if asked is False:
                 refusals += 1
                 if refusals <= 20:
@@ -166,33 +166,33 @@ async def _drive(node: "EndpointServices", host: "DatabaseHost", conn: WitnessCo
             else:
                 refusals = 0
         await conn.request({"t": "w_ping"}, timeout)
-        host.poke()  # a lease may have been renewed or expired
-        host.quorum_changed.clear()
+        database.poke()  # a lease may have been renewed or expired
+        database.quorum_changed.clear()
         try:
-            await asyncio.wait_for(host.quorum_changed.wait(), timing(timeout).ping_interval)
+            await asyncio.wait_for(database.quorum_changed.wait(), timing(timeout).ping_interval)
         except asyncio.TimeoutError:
             pass
 
 
-async def _report_if_changed(host: "DatabaseHost", conn: WitnessConnection, reported, timeout: float):
-    cfg = host.session.config
-    want = (cfg.role_sequence, _mirror_synchronized(host), cfg.safety, cfg.timeout)
-    if want == reported and host.session.witness_believes_synchronized == want[1]:
+async def _report_if_changed(database: "Database", conn: WitnessConnection, reported, timeout: float):
+    cfg = database.session.config
+    want = (cfg.role_sequence, _mirror_synchronized(database), cfg.safety, cfg.timeout)
+    if want == reported and database.session.witness_believes_synchronized == want[1]:
         return reported
     answer = await conn.request({"t": "w_report", "role_sequence": cfg.role_sequence, "synchronized": want[1], "safety": cfg.safety.value,
                                  "timeout": cfg.timeout}, timeout)
     if answer.get("accepted"):
-        host.session.witness_believes_synchronized = want[1]
-        host.poke()  # commits blocked on "the witness must hear first" may go on
+        database.session.witness_believes_synchronized = want[1]
+        database.poke()  # commits blocked on "the witness must hear first" may go on
         return want
     return None
 
 
-async def _maybe_request_failover(node: "EndpointServices", host: "DatabaseHost", conn: WitnessConnection, timeout: float) -> bool | None:
+async def _maybe_request_failover(node: "EndpointServices", database: "Database", conn: WitnessConnection, timeout: float) -> bool | None:
     """Ask the witness for automatic failover when allowed: None if not asked, else whether it was granted."""
-    s, cfg = host.session, host.session.config
+    s, cfg = database.session, database.session.config
     view = MirrorView(cfg.safety, cfg.witness is not None, True, s.partner_connected, s.principal_was_synchronized, cfg.suspended,
                       s.redo_error)
-    if quorum.automatic_failover_refusal(view) is not None or host.mirror is None:
+    if quorum.automatic_failover_refusal(view) is not None or database.mirror is None:
         return None
-    return await node.request_promotion(host, conn, forced=False, timeout=timeout)
+    return await node.request_promotion(database, conn, forced=False, timeout=timeout)

@@ -70,7 +70,7 @@ from mirrord.storage.statement_guard import CURRENT, run_guarded
 from mirrord.storage.log import DurableLog, LogRecord
 from mirrord.storage.pagestore import apply_log_range, load_redo_lsn, rebuild_from_log
 from mirrord.storage.wal import WalPosition, WalReader, WalTransaction
-from mirrord.write_lock import LockUse, WriteLock
+from mirrord.engine.write_lock import LockUse, WriteLock
 
 log = structlog.get_logger()
 
@@ -166,7 +166,7 @@ _denial = threading.local()  # the authorizer's last reason, per connection thre
 class PageDamaged(SqlError):
     """SQLite found a page of the database damaged (SQLITE_CORRUPT / SQLITE_NOTADB) or could not read it
     (SQLITE_IOERR): the statement failed, the session goes on, and automatic page repair fetches the
-    page from the mirror (mirrord/page_repair.py)."""
+    page from the mirror (mirrord/engine/page_repair.py)."""
 
     DAMAGE_CODES = {sqlite3.SQLITE_CORRUPT: "SQLITE_CORRUPT", sqlite3.SQLITE_IOERR: "SQLITE_IOERR",
                     sqlite3.SQLITE_NOTADB: "SQLITE_NOTADB"}

@@ -1,6 +1,6 @@
 """A power-cut file system for tests (Jepsen's LazyFS idea), and the API that drives it.
 
-`python -m mirrord.nemesis.lazyfs BACKING MOUNT --control SOCKET` mounts a FUSE
+`python -m mirrord_testing.nemesis.lazyfs BACKING MOUNT --control SOCKET` mounts a FUSE
 passthrough of BACKING at MOUNT. Every write and truncate is kept in this
 process's memory (`unsynced.Unsynced`, per file) and reaches BACKING only when
 the file is fsynced or fdatasynced; reads see the memory over BACKING. A "power
@@ -51,7 +51,7 @@ import threading
 import time
 from pathlib import Path
 
-from mirrord.nemesis.unsynced import Unsynced
+from mirrord_testing.nemesis.unsynced import Unsynced
 
 MOUNT_DEADLINE = 10.0
 FUSERMOUNT = "fusermount3"
@@ -361,7 +361,7 @@ def serve(backing: str, mount: str, control: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mirrord.nemesis.lazyfs", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m mirrord_testing.nemesis.lazyfs", description=__doc__.split("\n")[0])
     parser.add_argument("backing", help="the directory that plays the disk")
     parser.add_argument("mount", help="where programs see it")
     parser.add_argument("--control", required=True, help="Unix socket for the report and cut commands")
@@ -407,7 +407,7 @@ class LazyFS:
             self.control.unlink()
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mirrord.nemesis.lazyfs", str(self.backing), str(self.mount_point),
+                [sys.executable, "-m", "mirrord_testing.nemesis.lazyfs", str(self.backing), str(self.mount_point),
                  "--control", str(self.control)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + MOUNT_DEADLINE
