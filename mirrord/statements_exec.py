@@ -250,7 +250,7 @@ class StatementExecutor:
         log.info("statement_done", statement=type(stmt).__name__, detail=done, logins_version=store.table.version)
         return _message(f"{done}; login table version {store.table.version}, passed on to the partners")
 
-    def _host(self, db: str | None) -> "Database":
+    def _database(self, db: str | None) -> "Database":
         if db is None:
             raise StatementRefused("no database selected: pass -d DB, or run USE db first")
         if (why := db_name_refusal(db)) is not None:
