@@ -104,7 +104,10 @@ async def _one_connection(node: "EndpointServices", database: "Database") -> Non
     conn = WitnessConnection(node, database, reader, writer)
     try:
         sent_at = time.monotonic()
-        framing.write_message(writer, _hello(node, database))
+        hello = _hello(node, database)
+        if hello["synchronized"]:
+            database.session.witness_believes_synchronized = True  # it may adopt that and the answer be lost (see _report_if_changed)
+        framing.write_message(writer, hello)
         first = messages.validate(await asyncio.wait_for(framing.read_message(reader), cfg.timeout))
         if first["t"] == "refuse":
             raise ConnectionError(f"the witness refused: {first['reason']}")
@@ -179,6 +182,11 @@ async def _report_if_changed(database: "Database", conn: WitnessConnection, repo
     want = (cfg.role_sequence, _mirror_synchronized(database), cfg.safety, cfg.timeout)
     if want == reported and database.session.witness_believes_synchronized == want[1]:
         return reported
+    if want[1]:
+        # The witness may record "synchronized" and its answer be lost: from the moment this report is
+        # sent, the principal must act as if it had (commits stop going on alone when the mirror is lost,
+        # since the witness may promote it). Only an accepted "not synchronized" lets it go on alone.
+        database.session.witness_believes_synchronized = True
     answer = await conn.request({"t": "w_report", "role_sequence": cfg.role_sequence, "synchronized": want[1], "safety": cfg.safety.value,
                                  "timeout": cfg.timeout}, timeout)
     if answer.get("accepted"):
