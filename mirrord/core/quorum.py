@@ -61,9 +61,14 @@ class PrincipalView:
     witness_believes_synchronized: bool  # the witness's last acknowledged record
     mirror_lease_until: float  # monotonic; 0 when never
     witness_lease_until: float
+    # monotonic: a mirror promoted soon after it last answered the old principal serves only from here,
+    # once every lease it granted that principal has run out (old_principal_lease_end)
+    serves_from: float = 0.0
 
     def has_quorum(self, now: float) -> bool:
         """May serve: no witness (partners decide alone), or a live lease from mirror or witness."""
+        if now < self.serves_from:
+            return False
         if not self.has_partner or not self.witness_set:
             return True
         return now < self.mirror_lease_until or now < self.witness_lease_until
@@ -88,6 +93,19 @@ def _witness_must_hear_first(view: PrincipalView) -> bool:
 def lease_until(sent_at: float, timeout: float) -> float:
     """The lease an answered ping, sent at sent_at, grants the principal."""
     return sent_at + timing(timeout).lease
+
+
+def old_principal_lease_end(last_answered: float, timeout: float) -> float:
+    """When a promoted mirror may serve: once the lease its last answer to the old principal granted is over.
+
+    The old principal counts that lease from when it sent its ping, on its own clock; the mirror answered
+    later. A full silence after the answer, on the mirror's clock, outlasts it within the design's clock
+    bound, as the witness's silence outlasts the witness's lease. Normally the mirror asked for the vote
+    only after such a silence and this is already past; it matters when the vote's answer was lost and
+    the old principal reconnected before the mirror heard of its promotion from the witness's record
+    (found by the simulator with lost messages).
+    """
+    return last_answered + timing(timeout).silence
 
 
 # --------------------------------------------------------------------- witness

@@ -106,6 +106,9 @@ class Promote:
     forced: bool
     why: str
     needs_witness: bool = False  # only once the witness's record names this node principal of role_sequence
+    # the old principal handed the role over (manual failover): it stepped down first and holds no lease of
+    # this node's any more, so the new principal serves at once (else: quorum.old_principal_lease_end)
+    handed_over: bool = False
 
 
 @dataclass(frozen=True)
@@ -199,7 +202,7 @@ def on_partner_welcomed(view: RoleView, event: PartnerWelcomed) -> list[Action]:
 def on_failover_asked(view: RoleView, event: FailoverAsked) -> list[Action]:
     """The principal handed over (manual failover): take over once the witness recorded the switch."""
     if view.role is Role.MIRROR and event.role_sequence > view.role_sequence:
-        return [Promote(event.role_sequence, forced=False, why="manual failover", needs_witness=True)]
+        return [Promote(event.role_sequence, forced=False, why="manual failover", needs_witness=True, handed_over=True)]
     return []
 
 

@@ -106,6 +106,9 @@ class Session:
     witness_believes_synchronized: bool = True
     witness_lease_until: float = 0.0  # principal: monotonic instant its witness lease ends
     mirror_lease_until: float = 0.0
+    # mirror: when it last answered the principal (welcome, pong), granting it a mirror lease (monotonic)
+    principal_answered_at: float = float("-inf")
+    serves_from: float = 0.0  # principal: not before (quorum.old_principal_lease_end), monotonic
     failover_requested: bool = False  # mirror: a vote request is under way; take no log meanwhile
     end_of_log_lsn: Lsn = NO_LSN
     hardened_lsn: Lsn = NO_LSN  # on the principal: what the mirror acknowledged

@@ -99,6 +99,7 @@ class Database:
             witness_set=cfg.witness is not None,
             witness_believes_synchronized=s.witness_believes_synchronized,
             mirror_lease_until=s.mirror_lease_until, witness_lease_until=s.witness_lease_until,
+            serves_from=s.serves_from,
         )
 
     def ack_rule(self) -> AckRule:
@@ -107,8 +108,13 @@ class Database:
 
     def quorum_refusal(self) -> str | None:
         """Why this principal may not serve now (lost quorum), or None."""
-        if self.principal_view().has_quorum(time.monotonic()):
+        now = time.monotonic()
+        if self.principal_view().has_quorum(now):
             return None
+        if now < self.session.serves_from:
+            return (f"database {self.name} was promoted {self.session.config.timeout} s or less after this node last "
+                    f"answered the old principal {self.session.config.partner}; it is served in "
+                    f"{self.session.serves_from - now:.1f} s, once the lease that answer granted it has run out")
         return (
             f"database {self.name} has lost quorum here: neither the mirror {self.session.config.partner} "
             f"nor the witness {self.session.config.witness} answers; it is not served until one of them "

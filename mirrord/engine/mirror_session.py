@@ -115,6 +115,7 @@ async def serve_principal(node: "EndpointServices", database: "Database", hello:
     if database.logins is not None:
         welcome["logins"] = database.logins.wire()  # the principal adopts it if it is newer than its own
     framing.write_message(writer, welcome)
+    session.principal_answered_at = time.monotonic()  # the welcome grants the principal its mirror lease
     if session.redo_error is not None:
         framing.write_message(writer, {"t": "suspend", "reason": session.redo_error})  # it outlives every reconnect
     await writer.drain()
@@ -259,6 +260,7 @@ async def _handle(database: "Database", msg: dict, writer, records: list, seed: 
         _adopt_principal_view(database, msg)
         framing.write_message(writer, {"t": "pong", "seq": msg["seq"], "redo_lsn": database.mirror.redo_lsn,
                                        "redo_queue": database.mirror.redo_queue_bytes, "monitor": partner_report(database)})
+        database.session.principal_answered_at = time.monotonic()  # a pong renews the principal's mirror lease
     elif kind == "settings":
         _adopt_settings(database, msg)
     elif kind == "seed_begin":

@@ -56,7 +56,7 @@ async def carry_out(node: "NodeServices", database: "Database", action: roles.Ac
         if action.needs_witness and (why := await witness_refusal(database, node.endpoint_url, action.role_sequence)) is not None:
             log.warning("manual_failover_refused", database=database.name, role_sequence=action.role_sequence, reason=why)
             return
-        await promote(node, database, action.role_sequence, forced=action.forced, why=action.why)
+        await promote(node, database, action.role_sequence, forced=action.forced, why=action.why, handed_over=action.handed_over)
     elif isinstance(action, roles.StepDown):
         if action.needs_witness and (why := await witness_refusal(database, action.claimant, action.role_sequence)) is not None:
             log.warning("step_down_refused", database=database.name, role_sequence=action.role_sequence,
@@ -143,16 +143,19 @@ async def promote_for_failover(node: "NodeServices", database: "Database", role_
     await on_event(node, database, roles.FailoverAsked(role_sequence))
 
 
-async def promote(node: "NodeServices", database: "Database", role_sequence: int, *, forced: bool, why: str) -> None:
+async def promote(node: "NodeServices", database: "Database", role_sequence: int, *, forced: bool, why: str,
+                  handed_over: bool = False) -> None:
     """This mirror becomes the principal in role sequence `role_sequence`.
 
     Shielded: it is often started from a link task that it stops itself, and a
     promotion cancelled half way would leave the database in neither role.
     """
-    await asyncio.shield(asyncio.ensure_future(_promote(node, database, role_sequence, forced=forced, why=why)))
+    await asyncio.shield(asyncio.ensure_future(_promote(node, database, role_sequence, forced=forced, why=why,
+                                                        handed_over=handed_over)))
 
 
-async def _promote(node: "NodeServices", database: "Database", role_sequence: int, *, forced: bool, why: str) -> None:
+async def _promote(node: "NodeServices", database: "Database", role_sequence: int, *, forced: bool, why: str,
+                   handed_over: bool) -> None:
     async with database.role_change:
         view = role_view(node, database)
         if not roles.promotion_due(view, role_sequence):
@@ -175,6 +178,8 @@ async def _promote(node: "NodeServices", database: "Database", role_sequence: in
             database.mirror = None
         s = database.session
         s.note_partner_lost()
+        if not handed_over and s.config.witness is not None:  # the old principal may hold a lease from this node's last answer
+            s.serves_from = quorum.old_principal_lease_end(s.principal_answered_at, s.config.timeout)
         s.hardened_lsn = fork  # the new mirror (old principal) has at most this in our history
         s.witness_believes_synchronized = False  # the witness marked the new mirror unsynchronized
         try:

@@ -691,3 +691,13 @@ def test_a_forced_vote_is_recorded_as_forced_so_a_mirror_learning_of_it_from_the
     assert WitnessRecord.from_dict({k: v for k, v in new.to_dict().items() if k != "forced"}).forced is False
     switched = quorum.apply_manual_failover(replace(new, mirror_synchronized=True), "tcp://b:5022", 4)
     assert switched is not None and not switched.forced
+
+
+def test_a_mirror_promoted_soon_after_it_answered_the_old_principal_serves_only_once_that_lease_ran_out():
+    # the old principal's lease counts from its ping's sending; the mirror answered later, and waits a silence
+    answered = 100.0
+    serves_from = quorum.old_principal_lease_end(answered, 10)
+    assert serves_from == answered + 10 > quorum.lease_until(answered, 10)
+    view = PrincipalView(Safety.FULL, True, False, False, False, True, False, 0.0, 200.0, serves_from=serves_from)
+    assert not view.has_quorum(serves_from - 0.001) and quorum.ack_rule(view, serves_from - 0.001) is AckRule.BLOCKED
+    assert view.has_quorum(serves_from)

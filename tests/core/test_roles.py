@@ -109,7 +109,7 @@ def test_a_partner_claiming_a_newer_role_sequence_deposes_a_principal_only_throu
 def test_a_manual_failover_promotes_the_mirror_through_the_witness():
     mirror = roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER)
     assert roles.handle(mirror, roles.FailoverAsked(SEQ + 1)) == [
-        roles.Promote(SEQ + 1, forced=False, why="manual failover", needs_witness=True)]
+        roles.Promote(SEQ + 1, forced=False, why="manual failover", needs_witness=True, handed_over=True)]
     assert roles.handle(mirror, roles.FailoverAsked(SEQ)) == []
     assert roles.handle(roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER), roles.FailoverAsked(SEQ + 1)) == []
 
