@@ -7,49 +7,74 @@ What it models
 * Three processes for one database: partners "A" and "B" (A starts as principal, B as mirror, role
   sequence 1, SAFETY FULL, mirror synchronized) and the witness "W".
 * Abstract time: `now` only moves when the test calls `advance`; the processes act in `tick`s, at
-  most `STEP` x timeout apart. Messages are delivered at once over a link that is live (not cut, and
-  neither end killed or frozen); there is no delay, loss or reordering on a live link.
+  most `STEP` x timeout apart.
+* **Messages.** The processes talk only by messages: pings to the witness and its answers (the record,
+  and the lease the ping earns), the principal's reports, vote requests and answers, the log shipped to
+  the mirror and its acknowledgements. With `Network()` (the default) a message is handled the moment it
+  is sent, so an exchange is atomic, as the explorer wants. `Network(max_delay, drop, duplicate)` makes a
+  faulty network (the random runs use one): each message is delayed up to `max_delay` x timeout, lost
+  with probability `drop` (a connection broken and made again) and delivered twice with probability
+  `duplicate` (sent again after a reconnect). Messages on one link (one direction of a pair) arrive in the
+  order sent, as on a TCP connection; messages on different links overtake each other freely. A message
+  to a frozen process waits in its buffer and is handled when it thaws (with its old content: a witness
+  frozen for a while answers pings sent long ago); a cut link or a dead receiver loses what is in flight.
+* **Clocks.** Each process measures time with its own clock, running at a rate within `1 ± drift` of
+  real time (the design's bound, `DRIFT_BOUND`: a lease of LEASE_FRACTION x TIMEOUT on the principal's
+  clock must end before a full TIMEOUT of silence on the witness's; with 0.8 that holds for drift up to
+  0.111). Leases,
+  "last heard" and the witness's uptime are read on the clock of the process that keeps them.
 * Partners persist role, role sequence and their log (a list of commit ids; LSN = index + 1).
-  Leases, "last heard from the principal", "was synchronized" and the principal's belief about the
-  witness record are volatile: a killed partner loses them (restart: no lease, belief "the witness
-  thinks the mirror synchronized" until told otherwise, the mirror's failover clock restarted). The witness persists its
-  `WitnessRecord`; on restart it has heard from no partner, and, as `mirrord.engine.witness` does, it counts
-  the principal as seen only once it has heard from it since that start (`met`), and votes without
-  it only after a full timeout of its own uptime (`decide_vote(..., witness_uptime=...)`).
-* Each tick: partners ping the witness (the witness renews the principal's lease with
-  `lease_until(sent, timeout)` only for its recorded principal at its sequence; every principal first
-  reports "synchronized or not" with `apply_principal_report` (the witness refuses a deposed one); a
-  partner behind the
-  witness's sequence takes the mirror role; a principal ahead of it is adopted with
-  `adopt_principal_claim`); the partners exchange pings (the lower sequence yields to a higher-sequence
-  principal; the mirror of the same sequence rolls back to the common prefix, hardens at most
-  `SHIP` records, renews the principal's mirror lease and notes whether it is synchronized); a mirror
-  that has not heard from the principal for a timeout asks the witness for a vote when
-  `automatic_failover_refusal` allows; principals report again; then every partner that believes itself principal tries one commit and
-  acknowledges it as `ack_rule` says (MIRROR: the mirror of its sequence hardens it; LOCAL; BLOCKED:
-  written while it has quorum but never acknowledged; nothing at all without quorum).
+  Leases, "last heard from the principal", "was synchronized", what the principal knows of its mirror
+  (hardened, caught up), its commits waiting for the mirror and its belief about the witness record are
+  volatile: a killed partner loses them (restart: no lease, belief "the witness thinks the mirror
+  synchronized" until told otherwise, the mirror's failover clock restarted). The witness persists its
+  `WitnessRecord`; on restart it has heard from no partner, and, as `mirrord.engine.witness` does, it
+  counts the principal as seen only once it has heard from it since that start (`met`), and votes
+  without it only after a full timeout of its own uptime (`decide_vote(..., witness_uptime=...)`).
+* A message to a dead process over a live link is refused at once (a hard error): the principal takes
+  its mirror for disconnected then, not after the lease. Silence (a cut link, a frozen process) is only
+  noticed when leases and "last heard" run out.
+* Each tick, every process that is up: a principal reports "synchronized or not" with
+  `apply_principal_report` (the witness refuses a deposed one; the principal believes the new record
+  only once the witness answered); partners ping the witness (the answer carries the record: a partner
+  behind its sequence follows `core.roles`; the principal it names renews its lease with
+  `lease_until(sent, timeout)`, `sent` on its own clock; a principal ahead of it is adopted with
+  `adopt_principal_claim`); the principal ships its log to the other partner (a partner of a lower
+  sequence yields to a higher-sequence principal; the mirror of the same sequence rolls back to the
+  common prefix, hardens at most `SHIP` records and answers with what it holds, which renews the
+  principal's mirror lease and releases commits waiting for it); a mirror that has not heard from the
+  principal for a timeout asks the witness for a vote when `automatic_failover_refusal` allows (promoted
+  when the answer arrives, or by the record if the answer was lost); then every principal tries one
+  commit, acknowledged as `ack_rule` says (MIRROR: once the mirror of its sequence answers that it
+  hardened it, or locally once the witness heard the mirror is behind; LOCAL; BLOCKED: written while
+  it has quorum but never acknowledged; nothing at all without quorum).
 * Operator actions: manual failover (when the principal is SAFETY FULL, connected to its synchronized
   mirror of the same sequence; the witness is told with `apply_manual_failover` if reachable), forced
   service on the mirror (when `forced_service_refusal` allows; a forced `VoteRequest`), SAFETY changes
-  (applied to both partners at once; the principal reports them to the witness).
+  (applied to both partners at once; the principal reports them to the witness). These exchanges are
+  atomic even on a faulty network, and so is a principal asking the witness whether it backs a
+  partner's claim to a newer sequence.
 
 Checked on the way (raising `Violation`): two principals in one role sequence, or a promotion to a
 sequence already used; two nodes acknowledging in one role sequence; an automatic failover granted
 while the witness recorded the mirror unsynchronized or SAFETY OFF; an acknowledgement without quorum;
 an acknowledged commit missing from a newly promoted principal's log, unless it was acknowledged before
 a forced-service fork (those are the reported `forced_loss()`); two partners that may serve (have
-quorum) at one instant; this holds with forced service too, as the witness is always set.
+quorum, each by its own clock) at one real instant; this holds with forced service too, as the witness
+is always set.
 
 What it leaves out
 ------------------
-Message delay/loss/reordering on live links, lost vote answers, clock skew, hard errors (the mirror
-acts only after a full timeout of silence), SUSPEND/RESUME (a demoted partner rejoins and rolls back at
-once), SYNCHRONIZING details beyond "hardens SHIP records per ping", the witness being removed or
-added, SQL, pages, redo, and more than one database.
+Hard errors other than the principal's refused connection to a dead mirror (the mirror acts only after
+a full timeout of silence), SUSPEND/RESUME (a demoted partner
+rejoins and rolls back at once), SYNCHRONIZING details beyond "hardens SHIP records per message", the
+witness being removed or added, SQL, pages, redo, and more than one database.
 """
 
 from __future__ import annotations
 
+import heapq
+import random
 from dataclasses import dataclass, field
 
 from mirrord.core import quorum, roles
@@ -61,11 +86,44 @@ PARTNERS = ("A", "B")
 NODES = ("A", "B", "W")
 PRINCIPAL, MIRROR = "PRINCIPAL", "MIRROR"
 STEP = 0.25  # longest stretch between ticks, as a fraction of the timeout
-SHIP = 3  # log records a mirror hardens per ping when it is behind
+SHIP = 3  # log records a mirror hardens per shipped message when it is behind
+# The design's bound on clock rates, 1 ± this: a lease of LEASE_FRACTION x TIMEOUT on the fastest-ending
+# principal clock must end before a TIMEOUT of silence on the quickest witness clock,
+# (1 - d) / (1 + d) >= LEASE_FRACTION; 0.111 for 0.8.
+DRIFT_BOUND = (1 - quorum.LEASE_FRACTION) / (1 + quorum.LEASE_FRACTION)
 
 
 class Violation(AssertionError):
     """An invariant of DESIGN.md section 2 does not hold."""
+
+
+@dataclass(frozen=True)
+class Network:
+    """How messages travel: at once (the default), or late, lost and doubled (see the module docstring)."""
+
+    max_delay: float = 0.0  # in timeouts
+    drop: float = 0.0
+    duplicate: float = 0.0
+
+    @property
+    def instant(self) -> bool:
+        return self.max_delay == 0 and self.drop == 0 and self.duplicate == 0
+
+
+# Round trips stay under the interval between commits (a tick): with longer ones, under steady load, the
+# principal would never see its mirror at its end of log and the session would stay SYNCHRONIZING (as it
+# would in the real node if a round trip outlasted a commit's local sync).
+FAULTY = Network(max_delay=0.1, drop=0.05, duplicate=0.05)
+
+
+@dataclass(order=True)
+class Message:
+    at: float  # real time it arrives
+    n: int  # send order, for ties
+    src: str = field(compare=False)
+    dst: str = field(compare=False)
+    kind: str = field(compare=False)
+    body: dict = field(compare=False)
 
 
 @dataclass
@@ -74,19 +132,26 @@ class Partner:
     role: str
     seq: int
     log: list[int] = field(default_factory=list)  # durable
-    mirror_lease_until: float = 0.0  # volatile from here on
+    mirror_lease_until: float = 0.0  # volatile from here on; times on this partner's clock
     witness_lease_until: float = 0.0
     believes_synchronized: bool = True  # principal: what it thinks the witness recorded
+    mirror_hardened: int = 0  # principal: the most its mirror of this sequence said it holds
+    mirror_caught_up: bool = False  # principal: the mirror reached its end of log (stays while connected)
+    waiting: list[int] = field(default_factory=list)  # principal: commits waiting for the mirror
+    reports: int = 0  # principal: reports sent to the witness (an answer counts only for the latest)
     last_heard_principal: float = 0.0  # mirror
     was_synchronized: bool = False  # mirror
+    vote_asked_until: float = 0.0  # mirror: a vote request awaits its answer (role_change: failover_requested)
+    principal_answered_at: float = float("-inf")  # mirror: when it last answered the principal (renewing its lease)
+    serves_from: float = 0.0  # principal: not before (quorum.old_principal_lease_end)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Commit:
     node: str
     seq: int
     cid: int
-    rule: AckRule
+    rule: AckRule  # how it was acknowledged (or would have been)
     acked: bool
     at: float
 
@@ -96,18 +161,28 @@ def other(name: str) -> str:
 
 
 class Sim:
-    def __init__(self, timeout: float = 1.0) -> None:
+    def __init__(self, timeout: float = 1.0, network: Network = Network(), drift: float = 0.0, seed: int = 0) -> None:
+        if drift >= DRIFT_BOUND:
+            raise ValueError(f"drift {drift} is past the bound the design assumes ({DRIFT_BOUND:.3f})")
         self.timeout = timeout
+        self.network = network
+        self.serve_after_old_leases = True  # the rule of quorum.old_principal_lease_end (a test turns it off)
+        self.rng = random.Random(seed)
+        self.rate = {n: 1.0 + self.rng.uniform(-drift, drift) if drift else 1.0 for n in NODES}
         self.now = 0.0
         self.safety = Safety.FULL
-        self.p = {"A": Partner("A", PRINCIPAL, 1), "B": Partner("B", MIRROR, 1, was_synchronized=True)}
+        self.p = {"A": Partner("A", PRINCIPAL, 1, mirror_caught_up=True),
+                  "B": Partner("B", MIRROR, 1, was_synchronized=True)}
         self.record = WitnessRecord(DB, 1, "A", "B", True, Safety.FULL, timeout)  # the witness learns the session's TIMEOUT
-        self.heard = {"A": 0.0, "B": 0.0}  # witness: last time it heard each partner
-        self.w_started = 0.0  # witness: its last (re)start
+        self.heard = {"A": 0.0, "B": 0.0}  # witness: when it last heard each partner (its clock)
+        self.w_started = 0.0  # witness: its last (re)start (its clock)
         self.met = set(PARTNERS)  # witness: the partners it heard from since that start (volatile)
         self.dead: set[str] = set()
         self.frozen: set[str] = set()
         self.cut: set[frozenset[str]] = set()
+        self.inflight: list[Message] = []  # a heap by arrival
+        self.last_arrival: dict[tuple[str, str], float] = {}  # per link: messages keep their order
+        self.sent = 0
         self.commits: list[Commit] = []
         self.ackers: dict[int, set[str]] = {}
         self.principals: dict[int, set[str]] = {1: {"A"}}
@@ -116,7 +191,11 @@ class Sim:
         self.history: list[str] = []  # role changes, for failure messages and scenario tests
         self.tick()
 
-    # ------------------------------------------------------------------ network
+    # ------------------------------------------------------------------ clocks and network
+
+    def clock(self, n: str) -> float:
+        """What process n's clock reads now (rates differ within the drift; the origin does not matter)."""
+        return self.rate[n] * self.now
 
     def up(self, n: str) -> bool:
         return n not in self.dead and n not in self.frozen
@@ -124,13 +203,53 @@ class Sim:
     def live(self, x: str, y: str) -> bool:
         return self.up(x) and self.up(y) and frozenset((x, y)) not in self.cut
 
+    def send(self, src: str, dst: str, kind: str, **body) -> None:
+        """Send a message; on the instant network it is handled before send returns."""
+        if frozenset((src, dst)) in self.cut:
+            return
+        if dst in self.dead:
+            if kind == "ship":  # a hard error (connection refused) counts at once: the mirror is gone
+                self._forget_mirror(self.p[src])
+            return
+        if self.network.instant:
+            if dst not in self.frozen:
+                self._handle(Message(self.now, 0, src, dst, kind, body))
+            return
+        if self.rng.random() < self.network.drop:
+            return
+        for _ in range(2 if self.rng.random() < self.network.duplicate else 1):
+            at = max(self.now + self.rng.uniform(0, self.network.max_delay) * self.timeout,
+                     self.last_arrival.get((src, dst), 0.0))
+            self.last_arrival[(src, dst)] = at
+            self.sent += 1
+            heapq.heappush(self.inflight, Message(at, self.sent, src, dst, kind, body))
+
+    def _deliver_until(self, end: float) -> None:
+        """Handle every message arriving by `end`, each at its arrival time; a frozen receiver's wait."""
+        held: list[Message] = []
+        while self.inflight and self.inflight[0].at <= end:
+            msg = heapq.heappop(self.inflight)
+            if frozenset((msg.src, msg.dst)) in self.cut or msg.dst in self.dead:
+                continue  # the connection broke: what was in flight is lost
+            if msg.dst in self.frozen:
+                held.append(msg)
+                continue
+            self.now = max(self.now, msg.at)
+            self._handle(msg)
+        for msg in held:  # handled once it thaws, in order, after what is due then
+            msg.at = max(msg.at, end)
+            heapq.heappush(self.inflight, msg)
+
+    def _handle(self, msg: Message) -> None:
+        getattr(self, f"_on_{msg.kind}")(msg.src, msg.dst, **msg.body)
+
     def principal_seen(self) -> bool:
         p = self.record.principal
-        return p in self.met and self.now - self.heard[p] < self.timeout
+        return p in self.met and self.clock("W") - self.heard[p] < self.timeout
 
     def witness_uptime(self) -> float:
         """What the witness passes decide_vote: infinite once it heard the principal since its start."""
-        return float("inf") if self.record.principal in self.met else self.now - self.w_started
+        return float("inf") if self.record.principal in self.met else self.clock("W") - self.w_started
 
     # ------------------------------------------------------------------ events
 
@@ -174,15 +293,17 @@ class Sim:
             return
         self.dead.discard(n)
         if n == "W":
-            self.w_started, self.met = self.now, set()
+            self.w_started, self.met = self.clock("W"), set()
             return
         old = self.p[n]
-        self.p[n] = Partner(n, old.role, old.seq, old.log, last_heard_principal=self.now)
+        self.p[n] = Partner(n, old.role, old.seq, old.log, last_heard_principal=self.clock(n))
 
     def advance(self, dt: float) -> None:
         end = self.now + dt
         while self.now < end:
-            self.now = min(end, self.now + STEP * self.timeout)
+            step_end = min(end, self.now + STEP * self.timeout)
+            self._deliver_until(step_end)
+            self.now = step_end
             self.tick()
 
     def manual_failover(self) -> bool:
@@ -198,139 +319,205 @@ class Sim:
             if new is None:
                 continue
             self.record = new
-            pr.role, pr.seq, pr.last_heard_principal, pr.was_synchronized = MIRROR, pr.seq + 1, self.now, False
-            pr.mirror_lease_until = pr.witness_lease_until = 0.0
+            self._demote(pr, pr.seq + 1)
+            pr.principal_answered_at = float("-inf")  # it was the principal: it answered no one's lease
             if self.live(m.name, "W"):  # the mirror promotes once the witness's record confirms it (promote_for_failover)
                 self._promote(m.name, pr.seq, "manual", witness_told=True)
             return True
         return False
 
     def force_service(self) -> bool:
-        """SET PARTNER FORCE_SERVICE_ALLOW_DATA_LOSS on the mirror, if allowed now."""
+        """SET PARTNER FORCE_SERVICE_ALLOW_DATA_LOSS on the mirror, if allowed now; the vote is atomic."""
         for name in PARTNERS:
             m = self.p[name]
             if not self.up(name) or m.role != MIRROR:
                 continue
-            principal_connected = self.now - m.last_heard_principal < self.timeout
+            principal_connected = self.clock(name) - m.last_heard_principal < self.timeout
             if quorum.forced_service_refusal(principal_connected, True, self.live(name, "W")) is None:
-                return self._request_vote(name, forced=True)
+                vote = self._decide_vote(name, m.seq, len(m.log), forced=True)
+                if vote.granted:
+                    self._promote(name, vote.role_sequence, "forced", witness_told=True)
+                return vote.granted
         return False
 
     # ------------------------------------------------------------------ one tick
 
     def tick(self) -> None:
         for n in PARTNERS:
-            if self.live(n, "W") and self.p[n].role == PRINCIPAL:
+            if self.up(n) and self.p[n].role == PRINCIPAL:
                 self._report(n)  # a deposed principal may speak before it learns: the witness must refuse
         for n in PARTNERS:
-            if self.live(n, "W"):
-                self._exchange_with_witness(n)
-        if self.live("A", "B"):
-            self._exchange_partners()
+            if self.up(n):
+                me = self.p[n]
+                self.send(n, "W", "w_ping", role=me.role, seq=me.seq, sent=self.clock(n), synchronized=self._synchronized(n))
+        for n in PARTNERS:
+            if self.up(n) and self.p[n].role == PRINCIPAL:
+                self._ship(n)
         for n in PARTNERS:
             m = self.p[n]
-            if self.up(n) and m.role == MIRROR and self.now - m.last_heard_principal >= self.timeout:
+            if self.up(n) and m.role == MIRROR and self.clock(n) - m.last_heard_principal >= self.timeout:
                 view = MirrorView(self.safety, True, self.live(n, "W"), False, m.was_synchronized, False)
-                if quorum.automatic_failover_refusal(view) is None:
-                    self._request_vote(n, forced=False)
+                # on a faulty network timers are jittered (half the ticks), as the real links' are: in lockstep
+                # with the principal's, a mirror asking every tick would drop every reconnection it gets
+                jittered = self.network.instant or self.rng.random() < 0.5
+                if quorum.automatic_failover_refusal(view) is None and self.clock(n) >= m.vote_asked_until and jittered:
+                    # role_change.request_promotion: from here until the answer (or its timeout), no log from
+                    # the old principal, so no lease renewed for it
+                    m.vote_asked_until = self.clock(n) + self.timeout
+                    self.send(n, "W", "vote", seq=m.seq, hardened=len(m.log))
         for n in PARTNERS:
             if self.up(n) and self.p[n].role == PRINCIPAL:
                 self._report(n)
         for n in PARTNERS:
             if self.up(n) and self.p[n].role == PRINCIPAL:
+                if not self._mirror_connected(n):
+                    self.p[n].mirror_caught_up = False  # session.note_partner_lost
+                self._release_waiting(n)
                 self._commit(n)
         self._check_tick()
 
-    def _exchange_with_witness(self, n: str) -> None:
-        me, rec = self.p[n], self.record
-        self.heard[n] = self.now
+    # --- the witness's side
+
+    def _on_w_ping(self, n: str, _w: str, role: str, seq: int, sent: float, synchronized: bool) -> None:
+        self.heard[n] = self.clock("W")
         self.met.add(n)
-        if me.seq < rec.role_sequence:
+        rec, adopted = self.record, False
+        if role == PRINCIPAL and seq > rec.role_sequence:
+            self.record = quorum.adopt_principal_claim(rec, DB, n, other(n), seq, synchronized, self.safety, self.timeout)
+            adopted = self.record != rec
+        self.send("W", n, "w_state", record=self.record, sent=sent, adopted=adopted)
+
+    def _on_w_report(self, n: str, _w: str, seq: int, synchronized: bool, safety: Safety, number: int) -> None:
+        if (new := quorum.apply_principal_report(self.record, n, seq, synchronized, safety)) is not None:
+            self.record = new
+            self.send("W", n, "w_report_ok", seq=seq, synchronized=synchronized, number=number)
+
+    def _on_vote(self, n: str, _w: str, seq: int, hardened: int) -> None:
+        vote = self._decide_vote(n, seq, hardened, forced=False)
+        self.send("W", n, "vote_answer", granted=vote.granted, seq=vote.role_sequence)
+
+    def _decide_vote(self, n: str, seq: int, hardened: int, forced: bool) -> quorum.Vote:
+        before = self.record
+        vote, after = quorum.decide_vote(before, VoteRequest(DB, n, seq, hardened, forced), self.principal_seen(),
+                                         self.witness_uptime())
+        if vote.granted:
+            if not forced and not (before.mirror_synchronized and before.safety is Safety.FULL):
+                raise Violation(f"automatic failover granted to {n} though the witness recorded {before}")
+            self.record = after
+            if forced:
+                self.forced_seqs.add(vote.role_sequence)
+                self.fork_mark = len(self.commits)
+        return vote
+
+    # --- a partner's side
+
+    def _on_w_state(self, _w: str, n: str, record: WitnessRecord, sent: float, adopted: bool) -> None:
+        me = self.p[n]
+        if me.seq < record.role_sequence:
             # the real rules (core.roles, as role_change.adopt_witness_state feeds them): promote when the
-            # record names this node (a manual failover it could not confirm at the time), else step down / move on
-            event = roles.WitnessState(rec.role_sequence, rec.principal, forced=rec.forced,
-                                       mirror_synchronized=rec.mirror_synchronized)
+            # record names this node (a vote whose answer was lost, a manual failover it could not confirm),
+            # else step down / move on
+            event = roles.WitnessState(record.role_sequence, record.principal, forced=record.forced,
+                                       mirror_synchronized=record.mirror_synchronized)
             for action in roles.handle(self._role_view(n), event):
                 if isinstance(action, roles.Promote):
                     self._promote(n, action.role_sequence, "recorded", witness_told=True)
                 elif isinstance(action, (roles.StepDown, roles.AdoptRoleSequence)):
                     self._demote(me, action.role_sequence)
                 else:
-                    raise Violation(f"{n} in sequence {me.seq} hearing the witness record {rec}: unexpected {action}")
-        elif me.seq > rec.role_sequence and me.role == PRINCIPAL:
-            self.record = quorum.adopt_principal_claim(rec, DB, n, other(n), me.seq, self._synchronized(n), self.safety,
-                                                       self.timeout)
-            if self.record != rec:
-                me.believes_synchronized = self.record.mirror_synchronized
-        rec = self.record
-        if me.role == PRINCIPAL and rec.principal == n and rec.role_sequence == me.seq:
-            me.witness_lease_until = quorum.lease_until(self.now, self.timeout)
+                    raise Violation(f"{n} in sequence {me.seq} hearing the witness record {record}: unexpected {action}")
+        if me.role == PRINCIPAL and record.principal == n and record.role_sequence == me.seq:
+            me.witness_lease_until = max(me.witness_lease_until, quorum.lease_until(sent, self.timeout))
+            if adopted:
+                me.believes_synchronized = record.mirror_synchronized
 
-    def _exchange_partners(self) -> None:
-        a, b = self.p["A"], self.p["B"]
-        if a.seq != b.seq:
-            lo, hi = sorted((a, b), key=lambda x: x.seq)
-            if hi.role != PRINCIPAL:
-                return
-            if lo.role == PRINCIPAL:
+    def _on_w_report_ok(self, _w: str, n: str, seq: int, synchronized: bool, number: int) -> None:
+        me = self.p[n]
+        if me.role == PRINCIPAL and me.seq == seq and number == me.reports:  # the answer to its latest report
+            me.believes_synchronized = synchronized
+
+    def _on_vote_answer(self, _w: str, n: str, granted: bool, seq: int) -> None:
+        me = self.p[n]
+        me.vote_asked_until = 0.0
+        if granted and me.role == MIRROR and me.seq < seq:
+            self._promote(n, seq, "automatic", witness_told=True)
+
+    def _ship(self, n: str) -> None:
+        me = self.p[n]
+        self.send(n, other(n), "ship", seq=me.seq, log=tuple(me.log), sent=self.clock(n))
+
+    def _on_ship(self, src: str, n: str, seq: int, log: tuple[int, ...], sent: float) -> None:
+        me = self.p[n]
+        if seq < me.seq:
+            return  # a principal of an older sequence: this partner ships to it in turn, and it yields then
+        if seq > me.seq:
+            if me.role == PRINCIPAL:
                 # the real rule (core.roles.on_partner_principal): step down, once the witness's record agrees
-                [action] = roles.handle(self._role_view(lo.name), roles.PartnerIsPrincipal(hi.seq, hi.name))
+                [action] = roles.handle(self._role_view(n), roles.PartnerIsPrincipal(seq, src))
                 assert isinstance(action, roles.StepDown) and action.needs_witness, action
-                backed = self.live(lo.name, "W") and quorum.witness_backing_refusal(
+                backed = self.live(n, "W") and quorum.witness_backing_refusal(
                     self.record.role_sequence, self.record.principal, action.claimant, action.role_sequence) is None
                 if not backed:
                     return  # role_change.carry_out: the witness's record does not back the claim yet
-            self._demote(lo, hi.seq)
-        if a.role == b.role:
+            self._demote(me, seq)
+        if me.role != MIRROR or self.clock(n) < me.vote_asked_until:
             return
-        pr, m = (a, b) if a.role == PRINCIPAL else (b, a)
         common = 0
-        while common < min(len(m.log), len(pr.log)) and m.log[common] == pr.log[common]:
+        while common < min(len(me.log), len(log)) and me.log[common] == log[common]:
             common += 1
-        m.log = pr.log[: min(len(pr.log), common + SHIP)]  # roll back past the fork, then harden
-        pr.mirror_lease_until = quorum.lease_until(self.now, self.timeout)
-        m.last_heard_principal = self.now
-        m.was_synchronized = m.log == pr.log and self.safety is Safety.FULL
+        me.log = list(log[: min(len(log), common + SHIP)])  # roll back past the fork, then harden
+        me.last_heard_principal = self.clock(n)
+        me.was_synchronized = len(me.log) == len(log) and self.safety is Safety.FULL
+        me.principal_answered_at = self.clock(n)
+        self.send(n, src, "ship_ack", seq=seq, hardened=len(me.log), sent=sent)
+
+    def _on_ship_ack(self, _m: str, n: str, seq: int, hardened: int, sent: float) -> None:
+        me = self.p[n]
+        if me.role != PRINCIPAL or me.seq != seq:
+            return
+        me.mirror_lease_until = max(me.mirror_lease_until, quorum.lease_until(sent, self.timeout))
+        me.mirror_hardened = max(me.mirror_hardened, hardened)  # what it holds is a prefix of this log
+        if me.mirror_hardened >= len(me.log):
+            me.mirror_caught_up = True
+        done = [cid for cid in me.waiting if me.log.index(cid) < me.mirror_hardened]
+        if done:
+            me.waiting = [cid for cid in me.waiting if cid not in done]
+            for cid in done:
+                self._acknowledge(self.commits[cid - 1])
 
     def _role_view(self, n: str) -> roles.RoleView:
         """What core.roles reads of partner n (endpoints are the partners' names here)."""
         me = self.p[n]
         return roles.RoleView(Role(me.role), me.seq, endpoint=n, partner=other(n))
 
+    def _mirror_connected(self, n: str) -> bool:
+        return self.clock(n) < self.p[n].mirror_lease_until
+
     def _synchronized(self, n: str) -> bool:
-        """The principal's view: its mirror of the same sequence is connected and caught up, SAFETY FULL."""
-        pr, m = self.p[n], self.p[other(n)]
-        return (self.safety is Safety.FULL and self.live(n, m.name) and m.role == MIRROR
-                and m.seq == pr.seq and m.log == pr.log)
+        """The principal's view: its mirror of the same sequence answers and has caught up, SAFETY FULL."""
+        me = self.p[n]
+        return (me.role == PRINCIPAL and self.safety is Safety.FULL and self._mirror_connected(n)
+                and me.mirror_caught_up)
 
     def _report(self, n: str) -> None:
-        me, want = self.p[n], self._synchronized(n)
-        if self.live(n, "W") and (new := quorum.apply_principal_report(self.record, n, me.seq, want, self.safety)) is not None:
-            self.record, me.believes_synchronized = new, want
-
-    def _request_vote(self, n: str, forced: bool) -> bool:
-        me, before = self.p[n], self.record
-        req = VoteRequest(DB, n, me.seq, len(me.log), forced)
-        vote, after = quorum.decide_vote(before, req, self.principal_seen(), self.witness_uptime())
-        if not vote.granted:
-            return False
-        if not forced and not (before.mirror_synchronized and before.safety is Safety.FULL):
-            raise Violation(f"automatic failover granted to {n} though the witness recorded {before}")
-        self.record = after
-        if forced:
-            self.forced_seqs.add(vote.role_sequence)
-            self.fork_mark = len(self.commits)
-        self._promote(n, vote.role_sequence, "forced" if forced else "automatic", witness_told=True)
-        return True
+        me = self.p[n]
+        synchronized = self._synchronized(n)
+        if synchronized:
+            me.believes_synchronized = True  # the witness may record it before its answer arrives, if ever
+        me.reports += 1
+        self.send(n, "W", "w_report", seq=me.seq, synchronized=synchronized, safety=self.safety, number=me.reports)
 
     def _promote(self, n: str, seq: int, how: str, witness_told: bool) -> None:
         me = self.p[n]
         if seq <= max(self.principals):
             raise Violation(f"{how} failover to {n} reuses role sequence {seq} (highest so far {max(self.principals)})")
+        answered = me.principal_answered_at
+        self._forget_session(me)
+        if how != "manual" and self.serve_after_old_leases:  # role_change._promote: not after a hand-over
+            me.serves_from = quorum.old_principal_lease_end(answered, self.timeout)
         me.role, me.seq = PRINCIPAL, seq
         me.believes_synchronized = self.record.mirror_synchronized if witness_told else True
-        me.witness_lease_until = quorum.lease_until(self.now, self.timeout) if witness_told else 0.0
-        me.mirror_lease_until = 0.0
+        me.witness_lease_until = quorum.lease_until(self.clock(n), self.timeout) if witness_told else 0.0
         self.history.append(f"t={self.now:.2f} {how}: {n} principal in sequence {seq}")
         self.principals.setdefault(seq, set()).add(n)
         if len(self.principals[seq]) > 1:
@@ -340,34 +527,57 @@ class Sim:
             raise Violation(f"{how} failover to {n} (sequence {seq}) loses acknowledged commits {lost}")
 
     def _demote(self, me: Partner, seq: int) -> None:
-        me.role, me.seq, me.was_synchronized, me.last_heard_principal = MIRROR, seq, False, self.now
+        self._forget_session(me)
+        me.role, me.seq, me.was_synchronized, me.last_heard_principal = MIRROR, seq, False, self.clock(me.name)
+
+    @staticmethod
+    def _forget_mirror(me: Partner) -> None:
+        me.mirror_lease_until, me.mirror_caught_up = 0.0, False
+
+    @staticmethod
+    def _forget_session(me: Partner) -> None:
+        """What a role change ends: leases, what the principal knew of its mirror, commits waiting (never acknowledged)."""
         me.mirror_lease_until = me.witness_lease_until = 0.0
+        me.mirror_hardened, me.mirror_caught_up, me.waiting = 0, False, []
 
     def view(self, n: str) -> PrincipalView:
-        pr, m = self.p[n], self.p[other(n)]
-        connected = self.live(n, m.name) and m.role == MIRROR and m.seq == pr.seq
-        return PrincipalView(self.safety, True, False, connected, connected and m.log == pr.log, True,
-                             pr.believes_synchronized, pr.mirror_lease_until, pr.witness_lease_until)
+        pr = self.p[n]
+        connected = self._mirror_connected(n)
+        return PrincipalView(self.safety, True, False, connected, connected and pr.mirror_caught_up, True,
+                             pr.believes_synchronized, pr.mirror_lease_until, pr.witness_lease_until, pr.serves_from)
 
     def _commit(self, n: str) -> None:
         me, view = self.p[n], self.view(n)
-        rule = quorum.ack_rule(view, self.now)
-        if not view.has_quorum(self.now):
+        rule = quorum.ack_rule(view, self.clock(n))
+        if not view.has_quorum(self.clock(n)):
             if rule is not AckRule.BLOCKED:
                 raise Violation(f"{n} may acknowledge ({rule}) without quorum at t={self.now}")
             return
         cid = len(self.commits) + 1
         me.log.append(cid)
+        commit = Commit(n, me.seq, cid, rule, False, self.now)
+        self.commits.append(commit)
         if rule is AckRule.MIRROR:
-            m = self.p[other(n)]
-            assert self.live(n, m.name) and m.role == MIRROR and m.seq == me.seq and m.log == me.log[:-1]
-            m.log = list(me.log)  # the mirror of this sequence hardens it
-        acked = rule is not AckRule.BLOCKED
-        self.commits.append(Commit(n, me.seq, cid, rule, acked, self.now))
-        if acked:
-            self.ackers.setdefault(me.seq, set()).add(n)
-            if len(self.ackers[me.seq]) > 1:
-                raise Violation(f"two nodes acknowledged in role sequence {me.seq}: {self.ackers[me.seq]}")
+            me.waiting.append(cid)  # the mirror's answer releases it
+        elif rule is AckRule.LOCAL:
+            self._acknowledge(commit)
+        self._ship(n)  # the principal ships what it captured at once
+
+    def _release_waiting(self, n: str) -> None:
+        """Commits waiting for a mirror that went away are acknowledged once the principal may go on alone."""
+        me, view = self.p[n], self.view(n)
+        if me.waiting and not view.mirror_connected and quorum.ack_rule(view, self.clock(n)) is AckRule.LOCAL:
+            for cid in me.waiting:
+                commit = self.commits[cid - 1]
+                commit.rule = AckRule.LOCAL  # how it was acknowledged in the end: alone
+                self._acknowledge(commit)
+            me.waiting = []
+
+    def _acknowledge(self, commit: Commit) -> None:
+        commit.acked = True
+        self.ackers.setdefault(commit.seq, set()).add(commit.node)
+        if len(self.ackers[commit.seq]) > 1:
+            raise Violation(f"two nodes acknowledged in role sequence {commit.seq}: {self.ackers[commit.seq]}")
 
     def _check_tick(self) -> None:
         for n in PARTNERS:
@@ -376,7 +586,7 @@ class Sim:
                 self.principals.setdefault(me.seq, set()).add(n)
                 if len(self.principals[me.seq]) > 1:
                     raise Violation(f"two principals in role sequence {me.seq}: {self.principals[me.seq]}")
-        serving = [n for n in PARTNERS if self.up(n) and self.p[n].role == PRINCIPAL and self.view(n).has_quorum(self.now)]
+        serving = [n for n in PARTNERS if self.up(n) and self.p[n].role == PRINCIPAL and self.view(n).has_quorum(self.clock(n))]
         if len(serving) > 1:
             raise Violation(f"two partners may serve at t={self.now}: {serving}; {self.history}")
 

@@ -1,6 +1,7 @@
 """Long random runs and a bounded exhaustive explorer over the quorum simulation (tests/core/quorum_sim.py).
 
-    python -m tests.core.sim_explore random --steps 1000000 --seed 1
+    python -m tests.core.sim_explore random --steps 1000000 --seed 1 [--max-delay 0.1 --drop 0.05
+        --duplicate 0.05 --drift 0.1]
     python -m tests.core.sim_explore explore --depth 5
 
 The simulation drives the real decisions of `mirrord.core.quorum` (leases, votes, the ack rule, the
@@ -9,12 +10,15 @@ partner's claim). Every event is checked as it happens (quorum_sim.Violation: tw
 role sequence, two nodes acknowledging in one, an acknowledgement without quorum, a promotion losing
 acknowledged commits, two partners that may serve at one instant).
 
-`random`: events drawn uniformly from EVENTS; every SETTLE_EVERY events all faults end (links heal,
+`random`: on a faulty network (messages late by up to 0.1 timeout, 5 % lost, 5 % delivered twice; see
+quorum_sim.Network) with clocks drifting up to 10 % (under the design's bound of 11.1 %), events drawn
+uniformly from EVENTS; every SETTLE_EVERY events all faults end (links heal,
 nodes thaw and restart, SAFETY FULL) and the session must converge — one principal, its mirror of
 the same role sequence holding its whole log, and no acknowledged commit missing but those a forced
 service reported (liveness, and I1).
 
-`explore`: every sequence of EVENTS up to a depth, breadth first from each starting state, states
+`explore` (on the instant network, so that a state is the processes' state alone): every sequence of
+EVENTS up to a depth, breadth first from each starting state, states
 deduplicated by `state_key`. The key abstracts what a node cannot observe: absolute time (leases and
 "last heard" are kept as what remains of them, in steps), commit ids (a log is kept as its length,
 what it holds past the part both partners share, and whether it holds every acknowledged commit). Two runs
@@ -32,7 +36,7 @@ import time
 from collections import deque
 
 from mirrord.core.types import Safety
-from tests.core.quorum_sim import NODES, PARTNERS, SHIP, STEP, Sim, Violation
+from tests.core.quorum_sim import FAULTY, NODES, PARTNERS, SHIP, STEP, Network, Sim, Violation
 
 PAIRS = [("A", "B"), ("A", "W"), ("B", "W")]
 EVENTS: list[tuple] = (
@@ -71,11 +75,18 @@ def settle(sim: Sim) -> None:
 
 
 def _converged(sim: Sim) -> bool:
+    """SYNCHRONIZED: one principal, its mirror of the same sequence caught up (holding every commit the
+    principal acknowledged; on a faulty network the last records may still be in flight), and the witness's
+    record saying so."""
     principal = sim.current_principal()
     if principal is None:
         return False
     mirror = sim.p["B" if principal.name == "A" else "A"]
-    return mirror.role == "MIRROR" and mirror.seq == principal.seq and mirror.log == principal.log
+    acked = {c.cid for c in sim.commits if c.acked and c.node == principal.name and c.seq == principal.seq}
+    return (mirror.role == "MIRROR" and mirror.seq == principal.seq
+            and principal.log[:len(mirror.log)] == mirror.log and acked <= set(mirror.log)
+            and (sim.network.instant and mirror.log == principal.log
+                 or not sim.network.instant and sim.record.role_sequence == principal.seq and sim.record.mirror_synchronized))
 
 
 def _compact(sim: Sim) -> None:
@@ -83,8 +94,9 @@ def _compact(sim: Sim) -> None:
     a long run does not slow down as its logs grow: the roles, role sequences, leases and the witness's
     record stay; commit ids start again."""
     for p in sim.p.values():
-        p.log = []
+        p.log, p.waiting, p.mirror_hardened = [], [], 0
     sim.commits, sim.fork_mark = [], 0
+    sim.inflight.clear()  # they carry the old ids: lost, as a network may lose them
 
 
 def _brief(sim: Sim) -> str:
@@ -93,10 +105,10 @@ def _brief(sim: Sim) -> str:
     return f"{'; '.join(parts)}; witness {sim.record}; t={sim.now:.2f}"
 
 
-def random_run(steps: int, seed: int, report=print) -> dict:
+def random_run(steps: int, seed: int, report=print, network: Network = FAULTY, drift: float = 0.1) -> dict:
     """`steps` random events on one simulation (settling every SETTLE_EVERY); counts of what happened."""
     rng = random.Random(seed)
-    sim, done, settles, started = Sim(), 0, 0, time.monotonic()
+    sim, done, settles, started = Sim(network=network, drift=drift, seed=seed), 0, 0, time.monotonic()
     totals = {"commits": 0, "acknowledged": 0}
     events: list[tuple] = []
     try:
@@ -117,7 +129,7 @@ def random_run(steps: int, seed: int, report=print) -> dict:
     except Violation as exc:
         raise Violation(f"seed {seed}, step {done}: {str(exc)[:2000]}; events since the last settle: {events[-60:]}") from None
     return {"steps": done, "settles": settles, "role_sequences": max(sim.principals), "forced": len(sim.forced_seqs),
-            "commits": totals["commits"] + len(sim.commits),
+            "commits": totals["commits"] + len(sim.commits), "messages": sim.sent,
             "acknowledged": totals["acknowledged"] + sum(c.acked for c in sim.commits),
             "seconds": round(time.monotonic() - started, 1)}
 
@@ -127,15 +139,17 @@ def state_key(sim: Sim) -> tuple:
     def left(until: float) -> int:
         return max(0, min(8, round((until - sim.now) / (STEP * sim.timeout))))
 
-    def ago(at: float) -> int:
-        return max(0, min(8, round((sim.now - at) / (STEP * sim.timeout))))
+    def ago(at: float) -> int:  # (explored with clocks that do not drift: every clock reads sim.now)
+        return 8 if at == float("-inf") else max(0, min(8, round((sim.now - at) / (STEP * sim.timeout))))
 
     acked = {c.cid for c in sim.commits if c.acked}
     a, b = sim.p["A"].log, sim.p["B"].log
     shared = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
     partners = tuple(  # a log as what it holds past the part both share (capped), and whether it has every ack
         (p.role, p.seq, min(8, len(p.log) - shared), acked <= set(p.log), left(p.mirror_lease_until),
-         left(p.witness_lease_until), p.believes_synchronized, ago(p.last_heard_principal), p.was_synchronized)
+         left(p.witness_lease_until), p.believes_synchronized, ago(p.last_heard_principal), p.was_synchronized,
+         p.mirror_caught_up, min(8, len(p.log) - p.mirror_hardened), min(8, len(p.waiting)), left(p.vote_asked_until),
+         ago(p.principal_answered_at), left(p.serves_from))
         for p in (sim.p[n] for n in PARTNERS))
     return (partners, sim.record, sim.safety, frozenset(sim.dead), frozenset(sim.frozen), frozenset(sim.cut),
             frozenset(sim.met), tuple(ago(sim.heard[n]) for n in PARTNERS), min(8, ago(sim.w_started)),
@@ -189,12 +203,17 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("random", help="one long random run")
     r.add_argument("--steps", type=int, default=1_000_000)
     r.add_argument("--seed", type=int, default=1)
+    r.add_argument("--max-delay", type=float, default=FAULTY.max_delay, help="in timeouts (0: instant)")
+    r.add_argument("--drop", type=float, default=FAULTY.drop)
+    r.add_argument("--duplicate", type=float, default=FAULTY.duplicate)
+    r.add_argument("--drift", type=float, default=0.1, help="clock rates within 1 ± this")
     e = sub.add_parser("explore", help="every event sequence up to a depth from the starting states")
     e.add_argument("--depth", type=int, default=4)
     args = p.parse_args(argv)
     try:
         if args.mode == "random":
-            print(f"random run: {random_run(args.steps, args.seed)}")
+            network = Network(args.max_delay, args.drop, args.duplicate)
+            print(f"random run: {random_run(args.steps, args.seed, network=network, drift=args.drift)}")
         else:
             print(f"explored: {explore(args.depth, STARTS)}")
     except Violation as exc:

@@ -34,7 +34,7 @@ from mirrord.core.quorum import (
     lease_until,
 )
 from mirrord.core.types import Safety
-from tests.core.quorum_sim import NODES, PARTNERS, Sim, Violation
+from tests.core.quorum_sim import DRIFT_BOUND, NODES, PARTNERS, Network, Sim, Violation
 
 FULL, OFF = Safety.FULL, Safety.OFF
 MIRROR, LOCAL, BLOCKED = AckRule.MIRROR, AckRule.LOCAL, AckRule.BLOCKED
@@ -567,8 +567,10 @@ def test_sim_catches_an_ack_rule_going_local_without_telling_the_witness(monkeyp
     monkeypatch.setattr(quorum, "ack_rule", lambda v, now: real(replace(v, witness_believes_synchronized=False), now))
     sim = Sim()
     sim.advance(1)
-    sim.apply(("isolate", "A"))
+    sim.apply(("cut_link", "A", "W"))  # A keeps its witness lease a while, and cannot report
+    sim._forget_mirror(sim.p["A"])  # its connection to B resets (a hard error): A knows at once, B not yet
     with pytest.raises(Violation, match="loses acknowledged"):
+        sim.apply(("cut_link", "A", "B"))  # A acknowledges alone; the witness still records B synchronized
         sim.advance(3)
 
 
@@ -579,6 +581,94 @@ def test_sim_catches_a_lease_as_long_as_the_timeout(monkeypatch):
     sim.apply(("isolate", "A"))
     with pytest.raises(Violation, match="two partners may serve"):
         sim.advance(3)
+
+
+def test_sim_catches_clocks_drifting_past_the_bound_the_lease_assumes():
+    sim = Sim()
+    sim.rate.update(A=0.7, W=1.3)  # the principal's lease lasts 0.8/0.7 of a timeout; the witness waits 1/1.3
+    sim.advance(1)
+    sim.apply(("isolate", "A"))
+    with pytest.raises(Violation, match="two partners may serve"):
+        sim.advance(3)
+
+
+def test_sim_refuses_a_drift_past_the_bound():
+    with pytest.raises(ValueError, match="past the bound"):
+        Sim(drift=DRIFT_BOUND)
+
+
+def test_sim_within_the_drift_bound_the_old_principal_stops_before_the_new_one_serves():
+    for rates in ((1 - 0.11, 1 + 0.11), (1 + 0.11, 1 - 0.11)):
+        sim = Sim()
+        sim.rate.update(A=rates[0], W=rates[1], B=rates[1])
+        sim.advance(1)
+        sim.apply(("isolate", "A"))
+        sim.advance(3)  # no violation
+        assert sim.p["B"].role == "PRINCIPAL" and sim.p["B"].seq == 2
+
+
+def test_sim_mirror_whose_vote_answer_is_lost_learns_its_promotion_from_the_record(monkeypatch):
+    sim = Sim()
+    sim.advance(1)
+    monkeypatch.setattr(sim, "_on_vote_answer", lambda *a, **k: None)  # every answer lost on the way
+    sim.apply(("isolate", "A"))
+    sim.advance(3)
+    assert sim.record.principal == "B" and sim.record.role_sequence == 2
+    assert (sim.p["B"].role, sim.p["B"].seq) == ("PRINCIPAL", 2) and "recorded" in sim.history[-1]
+
+
+def lost_vote_answer_then_the_old_principal_reconnects(sim: Sim, monkeypatch) -> None:
+    """B's vote is granted but its answer lost; A reaches B again and B answers it before the witness's
+    record tells B it was promoted (found with lost messages)."""
+    sim.advance(1)
+    monkeypatch.setattr(sim, "_on_vote_answer", lambda *a, **k: None)
+    sim.apply(("cut_link", "A", "W"))
+    sim.apply(("cut_link", "A", "B"))
+    sim.apply(("cut_link", "B", "W"))
+    sim.advance(1.25)  # B silent for a timeout; the witness has not heard A for as long
+    sim.apply(("heal", "B", "W"))  # B asks; the witness grants; the answer is lost
+    assert sim.record.principal == "B" and sim.p["B"].role == "MIRROR"
+    sim.apply(("cut_link", "B", "W"))  # and the connection with it
+    sim.advance(1.0)  # B's request times out: it takes the principal's log again
+    sim.apply(("heal", "A", "B"))  # A ships, B answers: A's mirror lease is renewed by B
+    sim.advance(0.25)
+    sim.apply(("heal", "B", "W"))  # the witness's record tells B it is principal
+
+
+def test_sim_a_mirror_promoted_by_the_record_soon_after_answering_the_old_principal_waits_out_its_lease(monkeypatch):
+    sim = Sim()
+    lost_vote_answer_then_the_old_principal_reconnects(sim, monkeypatch)
+    sim.advance(2)  # checked at every tick: A and B never serve at one instant
+    assert sim.p["B"].role == "PRINCIPAL" and "recorded" in sim.history[-1]
+
+
+def test_sim_catches_a_mirror_serving_at_once_while_the_old_principal_holds_its_lease(monkeypatch):
+    sim = Sim()
+    sim.serve_after_old_leases = False
+    with pytest.raises(Violation, match="two partners may serve"):
+        lost_vote_answer_then_the_old_principal_reconnects(sim, monkeypatch)
+        sim.advance(2)
+
+
+def test_sim_a_witness_frozen_with_pings_in_its_buffer_renews_no_lease_past_its_end(monkeypatch):
+    sim = Sim(network=Network(max_delay=0.05))
+    answered: list[float] = []
+    real = sim._on_w_state
+    monkeypatch.setattr(sim, "_on_w_state", lambda w, n, record, sent, adopted: (
+        answered.append(sent) if n == "A" else None, real(w, n, record, sent, adopted)))
+    sim.advance(1)
+    sim.apply(("freeze", "W"))
+    sim.advance(0.5)  # A's pings wait in W's buffer; A's lease runs out meanwhile
+    thawed_at, answered[:] = sim.now, []
+    sim.apply(("cut_link", "A", "B"))
+    sim.apply(("thaw", "W"))  # W answers the old pings: the lease they earn counts from when they were sent
+    sim.advance(0.25)
+    old = [sent for sent in answered if sent < thawed_at]
+    assert len(old) >= 2  # answers to pings sent while W was frozen
+    assert sim.p["A"].witness_lease_until == quorum.lease_until(max(answered), sim.timeout)
+    sim.apply(("cut_link", "A", "W"))
+    sim.advance(3)  # B is promoted; A never serves alongside it (checked at every tick)
+    assert sim.p["B"].role == "PRINCIPAL"
 
 
 def test_sim_catches_a_witness_ignoring_the_principal_for_forced_service(monkeypatch):

@@ -7,9 +7,15 @@ from tests.core import sim_explore
 
 
 def test_a_random_run_keeps_the_invariants_and_converges_after_every_fault():
-    result = sim_explore.random_run(4_000, seed=2, report=lambda _: None)
+    result = sim_explore.random_run(4_000, seed=2, report=lambda _: None)  # late, lost and doubled messages, drifting clocks
     assert result["steps"] == 4_000 and result["settles"] == 20
     assert result["role_sequences"] > 1 and result["acknowledged"] > 0  # failovers happened, commits were made
+    assert result["messages"] > 1_000  # they went through the faulty network
+
+
+def test_a_random_run_on_the_instant_network_keeps_the_invariants_too():
+    result = sim_explore.random_run(2_000, seed=3, report=lambda _: None, network=sim_explore.Network(), drift=0.0)
+    assert result["settles"] == 10 and result["messages"] == 0 and result["acknowledged"] > 0
 
 
 def test_every_sequence_of_two_events_from_each_starting_state_keeps_the_invariants():
