@@ -25,8 +25,8 @@ it waited for the witness.
 
 The words are the reference's and SQL Server's: the role sequence counts the
 role switches (failovers and forced service) of a session, as
-`mirroring_role_sequence` in sys.database_mirroring (the code's older name for
-it is `role_sequence`); a mirror that loses its principal "forms a quorum with the
+`mirroring_role_sequence` in sys.database_mirroring (`role_sequence` everywhere in
+the code); a mirror that loses its principal "forms a quorum with the
 witness server and promotes itself" (reference/role-change-and-failover.txt),
 and the witness's record names the principal of the latest role sequence.
 """
