@@ -1,7 +1,7 @@
 """Role changes: for each event a database's copy hears, what its role does next (pure, synchronous).
 
 A copy of a database is PRINCIPAL, MIRROR or NONE (standalone) in a role
-sequence. Four kinds of event can change its role or its session's state
+sequence. Five kinds of event can change its role or its session's state
 without a statement, and TRANSITIONS lists, for each role and event, the rule
 that decides:
 
@@ -14,6 +14,7 @@ that decides:
     MIRROR      WitnessState          on_witness_state         promote (this node recorded as principal);
                                                                adopt a newer role sequence
     MIRROR      FailoverAsked         on_failover_asked        promote, once the witness's record agrees
+    MIRROR      VoteAnswered          on_vote_answered         promote (the witness granted the vote it asked for)
     NONE        WitnessState          on_witness_state         adopt a newer role sequence
 
 Anything not in the table changes nothing. The rules return actions; the shell
@@ -92,7 +93,16 @@ class FailoverAsked:
     role_sequence: int
 
 
-Event = Union[WitnessState, PartnerIsPrincipal, PartnerWelcomed, FailoverAsked]
+@dataclass(frozen=True)
+class VoteAnswered:
+    """The witness answered this mirror's vote request (automatic failover, or forced service)."""
+
+    granted: bool
+    role_sequence: int  # the new role sequence if granted, the witness's current one if not
+    forced: bool = False
+
+
+Event = Union[WitnessState, PartnerIsPrincipal, PartnerWelcomed, FailoverAsked, VoteAnswered]
 
 
 # ------------------------------------------------------------------ actions
@@ -206,6 +216,14 @@ def on_failover_asked(view: RoleView, event: FailoverAsked) -> list[Action]:
     return []
 
 
+def on_vote_answered(view: RoleView, event: VoteAnswered) -> list[Action]:
+    """The witness granted the vote: this mirror "forms a quorum with the witness and promotes itself"."""
+    if view.role is Role.MIRROR and event.granted and event.role_sequence > view.role_sequence:
+        why = "FORCE_SERVICE_ALLOW_DATA_LOSS, the witness granted the vote" if event.forced else "witness vote granted"
+        return [Promote(event.role_sequence, forced=event.forced, why=why)]
+    return []  # refused (the caller says why), or the role moved on while the answer was on its way
+
+
 Rule = Callable[[RoleView, Event], list[Action]]
 
 TRANSITIONS: dict[tuple[Role, type], Rule] = {
@@ -214,6 +232,7 @@ TRANSITIONS: dict[tuple[Role, type], Rule] = {
     (Role.PRINCIPAL, PartnerWelcomed): on_partner_welcomed,
     (Role.MIRROR, WitnessState): on_witness_state,
     (Role.MIRROR, FailoverAsked): on_failover_asked,
+    (Role.MIRROR, VoteAnswered): on_vote_answered,
     (Role.NONE, WitnessState): on_witness_state,
 }
 

@@ -105,7 +105,7 @@ async def request_promotion(node: "NodeServices", database: "Database", conn: "W
                 "node becomes the principal as soon as it hears so: check sys.database_mirroring (role) before "
                 "trying again") from None
         if answer.get("granted"):
-            await promote(node, database, answer["role_sequence"], forced=forced, why="witness vote granted")
+            await on_event(node, database, roles.VoteAnswered(True, answer["role_sequence"], forced=forced))
             return True
         if forced:
             raise StatementRefused(f"the witness refused forced service: {answer.get('reason')}")

@@ -1,6 +1,6 @@
 """A small, deterministic simulation of one mirroring session's quorum, driving `mirrord.core.quorum` and
-the role machine's rules of `mirrord.core.roles` (what a partner does on the witness's record and on its
-partner's claim to a newer role sequence).
+the role machine's rules of `mirrord.core.roles` (what a partner does on the witness's record, on its
+partner's claim to a newer role sequence and on the answer to its vote).
 
 What it models
 --------------
@@ -335,8 +335,9 @@ class Sim:
             principal_connected = self.clock(name) - m.last_heard_principal < self.timeout
             if quorum.forced_service_refusal(principal_connected, True, self.live(name, "W")) is None:
                 vote = self._decide_vote(name, m.seq, len(m.log), forced=True)
-                if vote.granted:
-                    self._promote(name, vote.role_sequence, "forced", witness_told=True)
+                for action in roles.handle(self._role_view(name), roles.VoteAnswered(vote.granted, vote.role_sequence, forced=True)):
+                    assert isinstance(action, roles.Promote) and action.forced, action
+                    self._promote(name, action.role_sequence, "forced", witness_told=True)
                 return vote.granted
         return False
 
@@ -439,8 +440,9 @@ class Sim:
     def _on_vote_answer(self, _w: str, n: str, granted: bool, seq: int) -> None:
         me = self.p[n]
         me.vote_asked_until = 0.0
-        if granted and me.role == MIRROR and me.seq < seq:
-            self._promote(n, seq, "automatic", witness_told=True)
+        for action in roles.handle(self._role_view(n), roles.VoteAnswered(granted, seq)):  # the real rule
+            assert isinstance(action, roles.Promote), action
+            self._promote(n, action.role_sequence, "automatic", witness_told=True)
 
     def _ship(self, n: str) -> None:
         me = self.p[n]

@@ -26,6 +26,8 @@ def events():
         yield roles.PartnerIsPrincipal(seq, PARTNER)
         yield roles.PartnerWelcomed(seq)
         yield roles.FailoverAsked(seq)
+        for granted, forced in itertools.product((False, True), (False, True)):
+            yield roles.VoteAnswered(granted, seq, forced=forced)
 
 
 WORLD = [(v, e) for v in views() for e in events()]
@@ -43,9 +45,12 @@ def _check_actions(view: roles.RoleView, event: roles.Event) -> None:
         if isinstance(action, roles.Promote):
             # only a mirror becomes principal, only of a newer role sequence, only of the one the event names
             assert view.role is Role.MIRROR and action.role_sequence == event.role_sequence > view.role_sequence
-            # the witness's record decides: it names us, or it is asked before acting
-            assert action.needs_witness or (isinstance(event, roles.WitnessState) and event.principal == ME)
-            assert action.forced == (isinstance(event, roles.WitnessState) and event.forced)
+            # the witness decides: its record names us, it granted our vote, or it is asked before acting
+            assert (action.needs_witness or (isinstance(event, roles.WitnessState) and event.principal == ME)
+                    or (isinstance(event, roles.VoteAnswered) and event.granted))
+            assert action.forced == (isinstance(event, (roles.WitnessState, roles.VoteAnswered)) and event.forced)
+            # only a hand-over (manual failover: the old principal stepped down first) serves at once
+            assert action.handed_over == isinstance(event, roles.FailoverAsked)
         elif isinstance(action, roles.StepDown):
             assert view.role is Role.PRINCIPAL and action.role_sequence == event.role_sequence > view.role_sequence
             assert action.needs_witness or (isinstance(event, roles.WitnessState) and event.principal != ME)
@@ -112,6 +117,17 @@ def test_a_manual_failover_promotes_the_mirror_through_the_witness():
         roles.Promote(SEQ + 1, forced=False, why="manual failover", needs_witness=True, handed_over=True)]
     assert roles.handle(mirror, roles.FailoverAsked(SEQ)) == []
     assert roles.handle(roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER), roles.FailoverAsked(SEQ + 1)) == []
+
+
+def test_a_granted_vote_promotes_the_mirror_that_asked_even_while_its_own_failover_is_under_way():
+    asking = roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER, changing=True)  # it asked: failover_requested
+    assert roles.handle(asking, roles.VoteAnswered(True, SEQ + 1)) == [
+        roles.Promote(SEQ + 1, forced=False, why="witness vote granted")]
+    [forced] = roles.handle(asking, roles.VoteAnswered(True, SEQ + 1, forced=True))
+    assert forced.forced and "FORCE_SERVICE_ALLOW_DATA_LOSS" in forced.why and not forced.handed_over
+    assert roles.handle(asking, roles.VoteAnswered(False, SEQ)) == []  # refused: the caller says why
+    assert roles.handle(asking, roles.VoteAnswered(True, SEQ)) == []  # the role moved on meanwhile
+    assert roles.handle(roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER), roles.VoteAnswered(True, SEQ + 1)) == []
 
 
 def test_the_table_names_a_rule_for_every_pair_it_handles_and_nothing_else_acts():
