@@ -32,7 +32,8 @@ What it models
   counts the principal as seen only once it has heard from it since that start (`met`), and votes
   without it only after a full timeout of its own uptime (`decide_vote(..., witness_uptime=...)`).
 * A message to a dead process over a live link is refused at once (a hard error): the principal takes
-  its mirror for disconnected then, not after the lease. Silence (a cut link, a frozen process) is only
+  its mirror for disconnected then, not after the lease; `reset` breaks the partners' connection with a
+  hard error on both ends (the mirror may then ask for a vote at once). Silence (a cut link, a frozen process) is only
   noticed when leases and "last heard" run out.
 * Each tick, every process that is up: a principal reports "synchronized or not" with
   `apply_principal_report` (the witness refuses a deposed one; the principal believes the new record
@@ -167,6 +168,7 @@ class Sim:
         self.timeout = timeout
         self.network = network
         self.serve_after_old_leases = True  # the rule of quorum.old_principal_lease_end (a test turns it off)
+        self.believe_reports_when_sent = True  # witness_link._report_if_changed's rule (a test turns it off)
         self.rng = random.Random(seed)
         self.rate = {n: 1.0 + self.rng.uniform(-drift, drift) if drift else 1.0 for n in NODES}
         self.now = 0.0
@@ -278,6 +280,22 @@ class Sim:
 
     def heal(self, x: str, y: str) -> None:
         self.cut.discard(frozenset((x, y)))
+
+    def reset(self) -> None:
+        """The partners' connection breaks with a hard error (a reset, an endpoint stopped): both ends learn
+        at once, what was in flight between them is lost, and they may reconnect at once. The principal
+        takes its mirror for gone; the mirror may ask for a vote at once (it keeps whether the principal was
+        synchronized, as session.note_partner_lost does)."""
+        self.inflight = [m for m in self.inflight if {m.src, m.dst} != set(PARTNERS)]
+        heapq.heapify(self.inflight)
+        for n in PARTNERS:
+            me = self.p[n]
+            if not self.up(n):
+                continue
+            if me.role == PRINCIPAL:
+                self._forget_mirror(me)
+            elif me.role == MIRROR:
+                me.last_heard_principal = float("-inf")
 
     def freeze(self, n: str) -> None:
         self.frozen.add(n)
@@ -504,7 +522,7 @@ class Sim:
     def _report(self, n: str) -> None:
         me = self.p[n]
         synchronized = self._synchronized(n)
-        if synchronized:
+        if synchronized and self.believe_reports_when_sent:
             me.believes_synchronized = True  # the witness may record it before its answer arrives, if ever
         me.reports += 1
         self.send(n, "W", "w_report", seq=me.seq, synchronized=synchronized, safety=self.safety, number=me.reports)

@@ -617,6 +617,36 @@ def test_sim_mirror_whose_vote_answer_is_lost_learns_its_promotion_from_the_reco
     assert (sim.p["B"].role, sim.p["B"].seq) == ("PRINCIPAL", 2) and "recorded" in sim.history[-1]
 
 
+def lost_report_answer_then_the_mirror_connection_resets(sim: Sim, monkeypatch) -> None:
+    """A, exposed, tells the witness its mirror caught up again; the witness records it and the answer is lost;
+    A loses the witness, then its mirror with a hard error (found by modelling the code with lost messages)."""
+    sim.advance(1)
+    sim.apply(("cut_link", "A", "B"))
+    sim.advance(2)  # A exposed: the witness records B behind
+    assert not sim.record.mirror_synchronized and acked(sim, "A", LOCAL)
+    monkeypatch.setattr(sim, "_on_w_report_ok", lambda *a, **k: None)
+    sim.apply(("heal", "A", "B"))
+    sim.advance(1)  # B caught up; the witness records it synchronized; A never hears so
+    assert sim.record.mirror_synchronized
+    sim.apply(("cut_link", "A", "W"))
+    sim.reset()  # A's mirror connection breaks: A knows at once, its witness lease still runs
+    sim.apply(("cut_link", "A", "B"))
+    sim.advance(3)
+
+
+def test_sim_a_principal_believes_a_synchronized_report_from_its_sending(monkeypatch):
+    sim = Sim()
+    lost_report_answer_then_the_mirror_connection_resets(sim, monkeypatch)  # A blocks; B is promoted with everything
+    assert sim.p["B"].role == "PRINCIPAL" and "automatic" in sim.history[-1]
+
+
+def test_sim_catches_a_principal_that_believes_a_report_only_once_answered(monkeypatch):
+    sim = Sim()
+    sim.believe_reports_when_sent = False
+    with pytest.raises(Violation, match="loses acknowledged"):
+        lost_report_answer_then_the_mirror_connection_resets(sim, monkeypatch)
+
+
 def lost_vote_answer_then_the_old_principal_reconnects(sim: Sim, monkeypatch) -> None:
     """B's vote is granted but its answer lost; A reaches B again and B answers it before the witness's
     record tells B it was promoted (found with lost messages)."""
