@@ -1,0 +1,89 @@
+"""Persist before send: the shell (engine/role_change.py) writes a role change's new configuration
+(meta.json, through Database.update_config) before it starts the links that tell anyone of it.
+
+A crash between the two leaves a node that knows its new role and has told no one, never one that told
+its partner or the witness a role it does not remember. The node's links start in `activate`; the fakes
+journal both, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+from mirrord.core import roles
+from mirrord.core.session import Session, SessionConfig
+from mirrord.core.types import Role
+from mirrord.engine import role_change
+
+ME, PARTNER, WITNESS = "tcp://a:5022", "tcp://b:5022", "tcp://c:5022"
+
+
+class Node:
+    endpoint_url = ME
+
+    def __init__(self, journal: list) -> None:
+        self.journal = journal
+
+    async def stop_inbound(self, database) -> None:
+        self.journal.append(("stop", "inbound"))
+
+    async def stop_partner_link(self, database) -> None:
+        self.journal.append(("stop", "partner link"))
+
+    async def activate(self, database) -> None:
+        # the node opens the role's engine and starts the links: the partner and the witness hear from here on
+        self.journal.append(("send", database.session.config.role.value, database.session.config.role_sequence))
+        database.principal = object() if database.session.config.role is Role.PRINCIPAL else None
+
+
+class Database:
+    def __init__(self, role: Role, journal: list) -> None:
+        self.name = "shop"
+        self.journal = journal
+        self.session = Session(SessionConfig("shop", role=role, partner=PARTNER, witness=WITNESS, role_sequence=4))
+        self.role_change = asyncio.Lock()
+        self.log = SimpleNamespace(last_lsn=17)
+        self.mirror = None
+        self.principal = None
+        self.failover_in_doubt = False
+
+    def update_config(self, **changes) -> None:
+        self.session.config = self.session.config.with_(**changes)
+        self.journal.append(("persist", self.session.config.role.value, self.session.config.role_sequence))
+
+    def record_event(self, *args, **kwargs) -> None:
+        pass
+
+
+def run(role: Role, event: roles.Event) -> list:
+    journal: list = []
+    asyncio.run(role_change.on_event(Node(journal), Database(role, journal), event))
+    return journal
+
+
+def test_a_promotion_is_persisted_before_the_new_principal_speaks():
+    journal = run(Role.MIRROR, roles.WitnessState(5, ME))
+    assert journal.index(("persist", "PRINCIPAL", 5)) < journal.index(("send", "PRINCIPAL", 5))
+
+
+def test_a_promotion_on_a_granted_vote_is_persisted_before_the_new_principal_speaks():
+    journal = run(Role.MIRROR, roles.VoteAnswered(True, 5, forced=True))
+    assert journal.index(("persist", "PRINCIPAL", 5)) < journal.index(("send", "PRINCIPAL", 5))
+
+
+def test_a_step_down_is_persisted_before_the_new_mirror_speaks():
+    journal = run(Role.PRINCIPAL, roles.WitnessState(5, PARTNER))
+    assert journal.index(("persist", "MIRROR", 5)) < journal.index(("send", "MIRROR", 5))
+    assert journal.index(("stop", "partner link")) < journal.index(("persist", "MIRROR", 5))  # the old principal is silent first
+
+
+def test_nothing_is_sent_in_a_role_sequence_that_was_not_persisted_first():
+    for role, event in ((Role.MIRROR, roles.WitnessState(5, ME)), (Role.MIRROR, roles.VoteAnswered(True, 5)),
+                        (Role.PRINCIPAL, roles.WitnessState(5, PARTNER)), (Role.MIRROR, roles.WitnessState(6, PARTNER))):
+        persisted: set = set()
+        for entry in run(role, event):
+            if entry[0] == "persist":
+                persisted.add(entry[1:])
+            elif entry[0] == "send":
+                assert entry[1:] in persisted, (role, event, entry)
