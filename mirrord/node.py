@@ -43,7 +43,6 @@ from mirrord.storage.login_store import LoginSetupError, LoginStore
 from mirrord.engine.mirror import CHECKSUMS_FILE, SNAPSHOTS_DIR, MirrorDatabase
 from mirrord.version import installed_version
 from mirrord.engine.monitor import NodeMetrics, run_sampler
-from mirrord.engine import mirror_session
 from mirrord.net import framing
 from mirrord.net.client_port import ClientPort
 from mirrord.engine.principal_session import run_off_notice, run_partner_link
@@ -101,6 +100,7 @@ class Node:
         self._sampler: asyncio.Task | None = None
         self._checker: asyncio.Task | None = None  # scheduled DBCC CHECKMIRROR
         self._load_retries: set[asyncio.Task] = set()  # databases quarantined by a full disk, loaded again once there is room
+        self._background: set[asyncio.Task] = set()  # role events from callbacks (a redo failure), until they end
         self.loading_when_room: set[str] = set()  # their names
         self._scrubber: asyncio.Task | None = None  # the mirror's page scrubber
         self.repairs = RepairHistory()  # sys.dm_db_mirroring_auto_page_repair
@@ -281,7 +281,8 @@ class Node:
                 self.start_off_notice(database)
         else:
             database.mirror = MirrorDatabase(database.directory, database.session, database.log, log_size_limit=self.config.log_size_limit)
-            database.mirror.on_failure = lambda why: mirror_session.mirror_cannot_go_on(database, why)
+            database.mirror.on_failure = lambda why: self._in_background(
+                self.role_event(database, roles.RedoFailed(why)), f"redo-failed-{database.name}")
             database.mirror.on_snapshot_dropped = lambda name, why: self.snapshot_dropped(database, name, why)
             if database.mirror.path.exists():
                 database.mirror.start()
@@ -429,6 +430,17 @@ class Node:
     async def role_event(self, database: Database, event: roles.Event) -> None:
         """An event for the role machine (core.roles) from a link; role_change carries out what it decides."""
         await role_change.on_event(self, database, event)
+
+    def _in_background(self, work, name: str) -> None:
+        """Run work (from a callback that cannot await) as a task kept until it ends; a failure is logged."""
+        task = asyncio.create_task(work, name=name)
+        self._background.add(task)
+
+        def done(t: asyncio.Task) -> None:
+            self._background.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("background_task_failed", task=name, error=repr(t.exception()))
+        task.add_done_callback(done)
 
     def sync_witness_link(self, database: Database) -> None:
         """Start or stop the witness link after the session's witness setting changed."""

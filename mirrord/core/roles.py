@@ -1,7 +1,7 @@
 """Role changes: for each event a database's copy hears, what its role does next (pure, synchronous).
 
 A copy of a database is PRINCIPAL, MIRROR or NONE (standalone) in a role
-sequence. Five kinds of event can change its role or its session's state
+sequence. Seven kinds of event can change its role or its session's state
 without a statement, and TRANSITIONS lists, for each role and event, the rule
 that decides:
 
@@ -15,6 +15,8 @@ that decides:
                                                                adopt a newer role sequence
     MIRROR      FailoverAsked         on_failover_asked        promote, once the witness's record agrees
     MIRROR      VoteAnswered          on_vote_answered         promote (the witness granted the vote it asked for)
+    MIRROR      RedoFailed            on_redo_failed           suspend the session on both partners, saying why
+    PRINCIPAL   MirrorSuspended       on_mirror_suspended      suspend the session here too
     NONE        WitnessState          on_witness_state         adopt a newer role sequence
 
 Anything not in the table changes nothing. The rules return actions; the shell
@@ -34,6 +36,7 @@ and the witness's record names the principal of the latest role sequence.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Callable, Union
 
@@ -102,7 +105,21 @@ class VoteAnswered:
     forced: bool = False
 
 
-Event = Union[WitnessState, PartnerIsPrincipal, PartnerWelcomed, FailoverAsked, VoteAnswered]
+@dataclass(frozen=True)
+class RedoFailed:
+    """The mirror's redo could not apply a record: its copy cannot be served (mirroring-states.txt: SUSPENDED)."""
+
+    why: str
+
+
+@dataclass(frozen=True)
+class MirrorSuspended:
+    """The mirror asks its principal to suspend the session (its redo failed), saying why."""
+
+    reason: str
+
+
+Event = Union[WitnessState, PartnerIsPrincipal, PartnerWelcomed, FailoverAsked, VoteAnswered, RedoFailed, MirrorSuspended]
 
 
 # ------------------------------------------------------------------ actions
@@ -145,11 +162,20 @@ class NoteWitnessSynchronized:
     synchronized: bool
 
 
+class SuspendCause(str, enum.Enum):
+    """Why a session is suspended without a statement; the shell says so in its own way for each."""
+
+    FORCED_REJOIN = "forced rejoin"  # the old principal rejoined after forced service: its lost transactions are reported first
+    REDO_FAILED = "redo failed"  # this mirror's redo failed: the principal is told now and at every connection
+    MIRROR_ASKED = "mirror asked"  # the mirror's redo failed and it said so
+
+
 @dataclass(frozen=True)
 class SuspendSession:
-    """SUSPENDED: no log flows until RESUME (the old principal's lost transactions are reported first)."""
+    """SUSPENDED: no log flows until RESUME."""
 
     why: str
+    cause: SuspendCause = SuspendCause.FORCED_REJOIN
 
 
 @dataclass(frozen=True)
@@ -224,6 +250,16 @@ def on_vote_answered(view: RoleView, event: VoteAnswered) -> list[Action]:
     return []  # refused (the caller says why), or the role moved on while the answer was on its way
 
 
+def on_redo_failed(view: RoleView, event: RedoFailed) -> list[Action]:
+    """A mirror that cannot redo suspends the session (both partners), so no failover goes to a copy that cannot open."""
+    return [SuspendSession(event.why, SuspendCause.REDO_FAILED)] if view.role is Role.MIRROR else []
+
+
+def on_mirror_suspended(view: RoleView, event: MirrorSuspended) -> list[Action]:
+    """The principal's side of a mirror that cannot go on: suspended here too, commits stop waiting for it."""
+    return [SuspendSession(event.reason, SuspendCause.MIRROR_ASKED)] if view.role is Role.PRINCIPAL else []
+
+
 Rule = Callable[[RoleView, Event], list[Action]]
 
 TRANSITIONS: dict[tuple[Role, type], Rule] = {
@@ -233,6 +269,8 @@ TRANSITIONS: dict[tuple[Role, type], Rule] = {
     (Role.MIRROR, WitnessState): on_witness_state,
     (Role.MIRROR, FailoverAsked): on_failover_asked,
     (Role.MIRROR, VoteAnswered): on_vote_answered,
+    (Role.MIRROR, RedoFailed): on_redo_failed,
+    (Role.PRINCIPAL, MirrorSuspended): on_mirror_suspended,
     (Role.NONE, WitnessState): on_witness_state,
 }
 

@@ -457,7 +457,7 @@ async def _read_acks(node: "EndpointServices", database: "Database", reader, pin
             database.session.redo_queue_bytes = msg["redo_queue"]
             database.principal.redo_queue_changed()
         elif msg["t"] == "suspend":
-            suspended_by_mirror(database, msg["reason"])
+            await node.role_event(database, roles.MirrorSuspended(msg["reason"]))
         elif msg["t"] == "resume":
             if database.session.config.suspended:  # a task of its own: it restarts this very link
                 asyncio.ensure_future(resume_session(node, database))

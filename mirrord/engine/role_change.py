@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from mirrord.core import quorum, roles
+from mirrord.engine import mirror_session, principal_session
 from mirrord.core.timing import timing
 from mirrord.core.types import ActionInDoubt, DatabaseStatus, Endpoint, NotPrincipal, Role, StatementRefused
 from mirrord.net import framing
@@ -68,8 +69,13 @@ async def carry_out(node: "NodeServices", database: "Database", action: roles.Ac
     elif isinstance(action, roles.NoteWitnessSynchronized):
         database.session.witness_believes_synchronized = action.synchronized
     elif isinstance(action, roles.SuspendSession):
-        database.update_config(suspended=True, forced_fork=False)
-        log.warning("session_suspended", database=database.name, role_sequence=database.session.config.role_sequence, reason=action.why)
+        if action.cause is roles.SuspendCause.REDO_FAILED:
+            mirror_session.mirror_cannot_go_on(database, action.why)
+        elif action.cause is roles.SuspendCause.MIRROR_ASKED:
+            principal_session.suspended_by_mirror(database, action.why)
+        else:
+            database.update_config(suspended=True, forced_fork=False)
+            log.warning("session_suspended", database=database.name, role_sequence=database.session.config.role_sequence, reason=action.why)
     elif isinstance(action, roles.ServeAgain):
         database.failover_in_doubt = False
         database.session.state_reason = None

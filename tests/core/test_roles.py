@@ -28,6 +28,8 @@ def events():
         yield roles.FailoverAsked(seq)
         for granted, forced in itertools.product((False, True), (False, True)):
             yield roles.VoteAnswered(granted, seq, forced=forced)
+    yield roles.RedoFailed("redo failed at LSN 9: disk I/O error")
+    yield roles.MirrorSuspended("redo failed at LSN 9: disk I/O error")
 
 
 WORLD = [(v, e) for v in views() for e in events()]
@@ -40,6 +42,13 @@ def test_every_action_obeys_the_invariants():
 
 def _check_actions(view: roles.RoleView, event: roles.Event) -> None:
     actions = roles.handle(view, event)
+    if isinstance(event, (roles.RedoFailed, roles.MirrorSuspended)):
+        # whatever else holds, the session is suspended on the copy the failure concerns, and nothing else happens
+        concerned = Role.MIRROR if isinstance(event, roles.RedoFailed) else Role.PRINCIPAL
+        assert actions == ([roles.SuspendSession(event.why if isinstance(event, roles.RedoFailed) else event.reason,
+                                                 roles.SuspendCause.REDO_FAILED if concerned is Role.MIRROR
+                                                 else roles.SuspendCause.MIRROR_ASKED)] if view.role is concerned else [])
+        return
     assert len(actions) <= 1 or all(isinstance(a, (roles.SuspendSession, roles.ServeAgain)) for a in actions)
     for action in actions:
         if isinstance(action, roles.Promote):
@@ -69,7 +78,7 @@ def _check_actions(view: roles.RoleView, event: roles.Event) -> None:
 
 def test_an_event_of_an_older_role_sequence_changes_nothing():
     for view, event in WORLD:
-        if event.role_sequence < view.role_sequence:
+        if getattr(event, "role_sequence", view.role_sequence) < view.role_sequence:
             assert roles.handle(view, event) == [], (view, event)
 
 
