@@ -100,10 +100,11 @@ def old_principal_lease_end(last_answered: float, timeout: float) -> float:
 
     The old principal counts that lease from when it sent its ping, on its own clock; the mirror answered
     later. A full silence after the answer, on the mirror's clock, outlasts it within the design's clock
-    bound, as the witness's silence outlasts the witness's lease. Normally the mirror asked for the vote
-    only after such a silence and this is already past; it matters when the vote's answer was lost and
-    the old principal reconnected before the mirror heard of its promotion from the witness's record
-    (found by the simulator with lost messages).
+    bound, as the witness's silence outlasts the witness's lease. It applies to a promotion learned from
+    the witness's record: the vote's answer was lost, the request timed out, and the old principal
+    reconnected and was answered before the mirror heard of its promotion (found by the simulator with
+    lost messages). A mirror promoted on its vote's answer took no log from the old principal since it
+    asked (role_change.request_promotion), and waiting there would slow every failover on a hard error.
     """
     return last_answered + timing(timeout).silence
 

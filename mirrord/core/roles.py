@@ -133,9 +133,10 @@ class Promote:
     forced: bool
     why: str
     needs_witness: bool = False  # only once the witness's record names this node principal of role_sequence
-    # the old principal handed the role over (manual failover): it stepped down first and holds no lease of
-    # this node's any more, so the new principal serves at once (else: quorum.old_principal_lease_end)
-    handed_over: bool = False
+    # learned from the witness's record, not from a vote's answer or a hand-over: this mirror may have answered
+    # the old principal since it asked (its request timed out, the principal reconnected), so it serves only once
+    # the lease that answer granted has run out (quorum.old_principal_lease_end)
+    from_record: bool = False
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,8 @@ def on_witness_state(view: RoleView, event: WitnessState) -> list[Action]:
         if event.principal == view.endpoint:
             if view.role is Role.MIRROR:
                 # forced as recorded: a forced vote whose answer this mirror never got is still a recovery fork
-                return [Promote(event.role_sequence, forced=event.forced, why="the witness records this node as principal")]
+                return [Promote(event.role_sequence, forced=event.forced, why="the witness records this node as principal",
+                                from_record=True)]
             return []  # a principal already, or no longer in the session: nothing to take over
         if view.role is Role.PRINCIPAL:
             return [StepDown(event.role_sequence, f"the witness records {event.principal} as principal")]
@@ -238,7 +240,7 @@ def on_partner_welcomed(view: RoleView, event: PartnerWelcomed) -> list[Action]:
 def on_failover_asked(view: RoleView, event: FailoverAsked) -> list[Action]:
     """The principal handed over (manual failover): take over once the witness recorded the switch."""
     if view.role is Role.MIRROR and event.role_sequence > view.role_sequence:
-        return [Promote(event.role_sequence, forced=False, why="manual failover", needs_witness=True, handed_over=True)]
+        return [Promote(event.role_sequence, forced=False, why="manual failover", needs_witness=True)]
     return []
 
 

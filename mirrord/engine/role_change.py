@@ -57,7 +57,7 @@ async def carry_out(node: "NodeServices", database: "Database", action: roles.Ac
         if action.needs_witness and (why := await witness_refusal(database, node.endpoint_url, action.role_sequence)) is not None:
             log.warning("manual_failover_refused", database=database.name, role_sequence=action.role_sequence, reason=why)
             return
-        await promote(node, database, action.role_sequence, forced=action.forced, why=action.why, handed_over=action.handed_over)
+        await promote(node, database, action.role_sequence, forced=action.forced, why=action.why, from_record=action.from_record)
     elif isinstance(action, roles.StepDown):
         if action.needs_witness and (why := await witness_refusal(database, action.claimant, action.role_sequence)) is not None:
             log.warning("step_down_refused", database=database.name, role_sequence=action.role_sequence,
@@ -150,18 +150,18 @@ async def promote_for_failover(node: "NodeServices", database: "Database", role_
 
 
 async def promote(node: "NodeServices", database: "Database", role_sequence: int, *, forced: bool, why: str,
-                  handed_over: bool = False) -> None:
+                  from_record: bool = False) -> None:
     """This mirror becomes the principal in role sequence `role_sequence`.
 
     Shielded: it is often started from a link task that it stops itself, and a
     promotion cancelled half way would leave the database in neither role.
     """
     await asyncio.shield(asyncio.ensure_future(_promote(node, database, role_sequence, forced=forced, why=why,
-                                                        handed_over=handed_over)))
+                                                        from_record=from_record)))
 
 
 async def _promote(node: "NodeServices", database: "Database", role_sequence: int, *, forced: bool, why: str,
-                   handed_over: bool) -> None:
+                   from_record: bool) -> None:
     async with database.role_change:
         view = role_view(node, database)
         if not roles.promotion_due(view, role_sequence):
@@ -184,7 +184,7 @@ async def _promote(node: "NodeServices", database: "Database", role_sequence: in
             database.mirror = None
         s = database.session
         s.note_partner_lost()
-        if not handed_over and s.config.witness is not None:  # the old principal may hold a lease from this node's last answer
+        if from_record and s.config.witness is not None:  # the old principal may hold a lease from this node's last answer
             s.serves_from = quorum.old_principal_lease_end(s.principal_answered_at, s.config.timeout)
         s.hardened_lsn = fork  # the new mirror (old principal) has at most this in our history
         s.witness_believes_synchronized = False  # the witness marked the new mirror unsynchronized

@@ -82,10 +82,7 @@ async def run_witness_link(node: "EndpointServices", database: "Database") -> No
         return cfg.witness is not None and cfg.partner is not None and not node.stopping
 
     def lost() -> None:
-        database.witness_conn = None
-        if database.session.witness_connected:
-            database.session.witness_connected = False
-            database.poke()
+        witness_lost(database)
 
     def refused(exc: LinkRefused) -> None:
         log.warning("witness_refused", database=database.name, reason=str(exc), witness=database.session.config.witness)
@@ -94,6 +91,19 @@ async def run_witness_link(node: "EndpointServices", database: "Database") -> No
         name="witness", should_run=should_run, connect_once=lambda: _one_connection(node, database),
         connected=lambda: database.session.witness_connected, on_lost=lost, on_refused=refused,
         context=lambda: {"database": database.name, "role": database.session.role.value}))
+
+
+def witness_lost(database: "Database") -> None:
+    """The connection to the witness ended: the principal's witness lease ends with it.
+
+    The witness stops seeing a partner the moment its connection ends (engine/witness.py), so it may grant
+    the mirror's vote at once; a lease kept until it ran out let an old principal serve alongside the new one
+    after a reset that reached both of its links (found by the simulator). Its mirror's lease still counts.
+    """
+    database.witness_conn = None
+    database.session.witness_lease_until = 0.0
+    database.session.witness_connected = False
+    database.poke()
 
 
 async def _one_connection(node: "EndpointServices", database: "Database") -> None:

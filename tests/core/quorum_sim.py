@@ -169,6 +169,7 @@ class Sim:
         self.network = network
         self.serve_after_old_leases = True  # the rule of quorum.old_principal_lease_end (a test turns it off)
         self.believe_reports_when_sent = True  # witness_link._report_if_changed's rule (a test turns it off)
+        self.drop_witness_lease_on_reset = True  # witness_link's `lost` (a test turns it off)
         self.rng = random.Random(seed)
         self.rate = {n: 1.0 + self.rng.uniform(-drift, drift) if drift else 1.0 for n in NODES}
         self.now = 0.0
@@ -281,13 +282,24 @@ class Sim:
     def heal(self, x: str, y: str) -> None:
         self.cut.discard(frozenset((x, y)))
 
-    def reset(self) -> None:
-        """The partners' connection breaks with a hard error (a reset, an endpoint stopped): both ends learn
-        at once, what was in flight between them is lost, and they may reconnect at once. The principal
-        takes its mirror for gone; the mirror may ask for a vote at once (it keeps whether the principal was
-        synchronized, as session.note_partner_lost does)."""
-        self.inflight = [m for m in self.inflight if {m.src, m.dst} != set(PARTNERS)]
+    def reset(self, x: str = "A", y: str = "B") -> None:
+        """A connection breaks with a hard error (a reset, an endpoint stopped): both ends learn at once, what
+        was in flight between them is lost, and they may reconnect at once.
+
+        Between the partners: the principal takes its mirror for gone; the mirror may ask for a vote at once
+        (it keeps whether the principal was synchronized, as session.note_partner_lost does). Between a
+        partner and the witness: the witness no longer sees it, at once (as mirrord.engine.witness drops a
+        partner whose connection ended), so it may grant a vote at once; the partner drops its witness
+        lease (witness_link's `lost`), as the witness may already have voted against it."""
+        self.inflight = [m for m in self.inflight if {m.src, m.dst} != {x, y}]
         heapq.heapify(self.inflight)
+        if "W" in (x, y):
+            n = y if x == "W" else x
+            if self.up("W"):
+                self.heard[n] = float("-inf")
+            if self.up(n) and self.drop_witness_lease_on_reset:
+                self.p[n].witness_lease_until = 0.0
+            return
         for n in PARTNERS:
             me = self.p[n]
             if not self.up(n):
@@ -533,7 +545,7 @@ class Sim:
             raise Violation(f"{how} failover to {n} reuses role sequence {seq} (highest so far {max(self.principals)})")
         answered = me.principal_answered_at
         self._forget_session(me)
-        if how != "manual" and self.serve_after_old_leases:  # role_change._promote: not after a hand-over
+        if how == "recorded" and self.serve_after_old_leases:  # role_change._promote: learned from the record
             me.serves_from = quorum.old_principal_lease_end(answered, self.timeout)
         me.role, me.seq = PRINCIPAL, seq
         me.believes_synchronized = self.record.mirror_synchronized if witness_told else True

@@ -42,7 +42,8 @@ PAIRS = [("A", "B"), ("A", "W"), ("B", "W")]
 EVENTS: list[tuple] = (
     [("cut_link", *p) for p in PAIRS] + [("heal", *p) for p in PAIRS]
     + [(kind, n) for kind in ("freeze", "thaw", "kill", "restart", "isolate") for n in NODES]
-    + [("manual_failover",), ("force_service",), ("safety", Safety.FULL), ("safety", Safety.OFF), ("reset",)]
+    + [("manual_failover",), ("force_service",), ("safety", Safety.FULL), ("safety", Safety.OFF)]
+    + [("reset", *p) for p in PAIRS]
     + [("advance", STEP), ("advance", 1.0), ("advance", 2.0)]  # in timeouts
 )
 SETTLE_EVERY = 200

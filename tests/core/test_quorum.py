@@ -617,6 +617,31 @@ def test_sim_mirror_whose_vote_answer_is_lost_learns_its_promotion_from_the_reco
     assert (sim.p["B"].role, sim.p["B"].seq) == ("PRINCIPAL", 2) and "recorded" in sim.history[-1]
 
 
+def resets_on_both_links_of_the_principal(sim: Sim) -> None:
+    """Both of A's connections break with a hard error, and A stays cut off: the witness stops seeing A at once
+    and grants B's vote at once (found by the simulator)."""
+    sim.advance(1)
+    sim.reset("A", "W")
+    sim.reset("A", "B")
+    sim.cut_link("A", "W")
+    sim.cut_link("A", "B")
+    sim.tick()
+    assert sim.p["B"].role == "PRINCIPAL" and "automatic" in sim.history[-1]
+    sim.advance(2)
+
+
+def test_sim_a_principal_whose_witness_connection_reset_drops_its_witness_lease():
+    sim = Sim()
+    resets_on_both_links_of_the_principal(sim)  # A stops serving at once; B serves alone
+
+
+def test_sim_catches_a_principal_keeping_its_witness_lease_after_a_reset():
+    sim = Sim()
+    sim.drop_witness_lease_on_reset = False
+    with pytest.raises(Violation, match="two partners may serve"):
+        resets_on_both_links_of_the_principal(sim)
+
+
 def lost_report_answer_then_the_mirror_connection_resets(sim: Sim, monkeypatch) -> None:
     """A, exposed, tells the witness its mirror caught up again; the witness records it and the answer is lost;
     A loses the witness, then its mirror with a hard error (found by modelling the code with lost messages)."""

@@ -58,8 +58,8 @@ def _check_actions(view: roles.RoleView, event: roles.Event) -> None:
             assert (action.needs_witness or (isinstance(event, roles.WitnessState) and event.principal == ME)
                     or (isinstance(event, roles.VoteAnswered) and event.granted))
             assert action.forced == (isinstance(event, (roles.WitnessState, roles.VoteAnswered)) and event.forced)
-            # only a hand-over (manual failover: the old principal stepped down first) serves at once
-            assert action.handed_over == isinstance(event, roles.FailoverAsked)
+            # only a promotion learned from the record waits out the old principal's lease from this node
+            assert action.from_record == isinstance(event, roles.WitnessState)
         elif isinstance(action, roles.StepDown):
             assert view.role is Role.PRINCIPAL and action.role_sequence == event.role_sequence > view.role_sequence
             assert action.needs_witness or (isinstance(event, roles.WitnessState) and event.principal != ME)
@@ -91,7 +91,7 @@ def test_a_failover_of_our_own_is_left_to_switch_roles_itself():
 def test_the_witness_naming_this_mirror_promotes_it_as_recorded():
     view = roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER)
     assert roles.handle(view, roles.WitnessState(SEQ + 1, ME)) == [
-        roles.Promote(SEQ + 1, forced=False, why="the witness records this node as principal")]
+        roles.Promote(SEQ + 1, forced=False, why="the witness records this node as principal", from_record=True)]
     forced = roles.handle(view, roles.WitnessState(SEQ + 1, ME, forced=True))
     assert [a.forced for a in forced] == [True]  # a forced vote whose answer was lost is still a recovery fork
 
@@ -123,7 +123,7 @@ def test_a_partner_claiming_a_newer_role_sequence_deposes_a_principal_only_throu
 def test_a_manual_failover_promotes_the_mirror_through_the_witness():
     mirror = roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER)
     assert roles.handle(mirror, roles.FailoverAsked(SEQ + 1)) == [
-        roles.Promote(SEQ + 1, forced=False, why="manual failover", needs_witness=True, handed_over=True)]
+        roles.Promote(SEQ + 1, forced=False, why="manual failover", needs_witness=True)]
     assert roles.handle(mirror, roles.FailoverAsked(SEQ)) == []
     assert roles.handle(roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER), roles.FailoverAsked(SEQ + 1)) == []
 
@@ -133,7 +133,7 @@ def test_a_granted_vote_promotes_the_mirror_that_asked_even_while_its_own_failov
     assert roles.handle(asking, roles.VoteAnswered(True, SEQ + 1)) == [
         roles.Promote(SEQ + 1, forced=False, why="witness vote granted")]
     [forced] = roles.handle(asking, roles.VoteAnswered(True, SEQ + 1, forced=True))
-    assert forced.forced and "FORCE_SERVICE_ALLOW_DATA_LOSS" in forced.why and not forced.handed_over
+    assert forced.forced and "FORCE_SERVICE_ALLOW_DATA_LOSS" in forced.why and not forced.from_record
     assert roles.handle(asking, roles.VoteAnswered(False, SEQ)) == []  # refused: the caller says why
     assert roles.handle(asking, roles.VoteAnswered(True, SEQ)) == []  # the role moved on meanwhile
     assert roles.handle(roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER), roles.VoteAnswered(True, SEQ + 1)) == []

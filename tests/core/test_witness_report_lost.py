@@ -1,4 +1,5 @@
-"""A principal's report to the witness whose answer is lost (found by the simulator's model of the code).
+"""A principal's report to the witness whose answer is lost, and its witness connection ending (found by the
+simulator's model of the code).
 
 The witness may have recorded "synchronized" before the answer was lost. A principal still believing
 "not synchronized" would go on alone once its mirror is lost, and the witness, recording the mirror
@@ -54,3 +55,12 @@ def test_an_accepted_not_synchronized_report_lets_the_principal_go_on_alone():
     database = principal(believes=True, caught_up=False)
     reported = asyncio.run(witness_link._report_if_changed(database, Witness({"accepted": True}), None, 10))
     assert database.session.witness_believes_synchronized is False and reported[1] is False
+
+
+def test_a_principal_whose_witness_connection_ended_holds_no_witness_lease():
+    session = SimpleNamespace(witness_lease_until=1e12, witness_connected=True)
+    pokes = []
+    database = SimpleNamespace(session=session, witness_conn=object(), poke=lambda: pokes.append(1))
+    witness_link.witness_lost(database)
+    assert session.witness_lease_until == 0.0 and not session.witness_connected and database.witness_conn is None
+    assert pokes  # the quorum is evaluated again: it may serve on its mirror's lease alone, or not at all
