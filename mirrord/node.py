@@ -168,13 +168,16 @@ class Node:
         config = SessionConfig.from_dict(read_json(directory / "meta.json"))
         if not is_db_name(config.db) or config.db != directory.name:
             raise ValueError(f"meta.json names {config.db!r}, not a valid database name equal to its directory's")
-        database = Database(config.db, directory, Session(config), self.open_log(directory))
+        await self._serve(Database(config.db, directory, Session(config), self.open_log(directory)))
+
+    async def _serve(self, database: Database) -> None:
+        """Wire a loaded or created database to this node's services, list it, and start its role."""
         database.on_witness_changed = self.sync_witness_link
         database.events = self.events
         database.logins = self.logins
         database.repair_history = self.repairs
         database.repaired_pages = self.metrics.count_page_repaired
-        self.databases[config.db] = database
+        self.databases[database.name] = database
         await self.activate(database)
 
     async def _quarantine(self, directory: Path, exc: Exception) -> None:
@@ -488,13 +491,7 @@ class Node:
             database.log.reset(lsn + 1, role_sequence)
             atomic_write_bytes(directory / "redo_lsn", str(lsn).encode())
         database.persist()
-        database.on_witness_changed = self.sync_witness_link
-        database.events = self.events
-        database.logins = self.logins
-        database.repair_history = self.repairs
-        database.repaired_pages = self.metrics.count_page_repaired
-        self.databases[config.db] = database
-        await self.activate(database)
+        await self._serve(database)
         return database
 
     async def drop_database(self, database: Database) -> None:
