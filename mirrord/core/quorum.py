@@ -64,6 +64,8 @@ class PrincipalView:
     # monotonic: a mirror promoted soon after it last answered the old principal serves only from here,
     # once every lease it granted that principal has run out (old_principal_lease_end)
     serves_from: float = 0.0
+    # the mirror is a round trip behind at most and catching up (session.closing): commits wait for it already
+    mirror_closing: bool = False
 
     def has_quorum(self, now: float) -> bool:
         """May serve: no witness (partners decide alone), or a live lease from mirror or witness."""
@@ -80,7 +82,7 @@ def ack_rule(view: PrincipalView, now: float) -> AckRule:
         return AckRule.BLOCKED
     if not view.has_partner or view.suspended or view.safety is Safety.OFF:
         return AckRule.LOCAL if not _witness_must_hear_first(view) else AckRule.BLOCKED
-    if view.mirror_connected and view.mirror_caught_up:
+    if view.mirror_connected and (view.mirror_caught_up or view.mirror_closing):
         return AckRule.MIRROR
     return AckRule.BLOCKED if _witness_must_hear_first(view) else AckRule.LOCAL
 

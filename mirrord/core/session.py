@@ -96,7 +96,14 @@ class Session:
 
     config: SessionConfig
     partner_connected: bool = False
-    caught_up: bool = False  # the mirror reached the principal's end of log on this connection
+    caught_up: bool = False  # the mirror holds every acknowledged commit, and commits wait for it (see note_ack)
+    # principal: the mirror answered for a frame that held the whole log when it was sent: it is a round trip
+    # behind at most, and commits wait for it from here on (quorum.ack_rule), so it can catch up under load
+    closing: bool = False
+    # principal: the end of the first frame, of those sent since the mirror was last more than a frame behind,
+    # that held the whole log when it was sent
+    tail_sent_lsn: Lsn = NO_LSN
+    acknowledged_lsn: Lsn = NO_LSN  # principal: the commits acknowledged to clients end here (visible_lsn)
     failover_pending: bool = False
     witness_connected: bool = False
     partner_listen: str | None = None  # the partner's client address, for "the principal is X"
@@ -150,11 +157,34 @@ class Session:
             return WitnessState.UNKNOWN
         return WitnessState.CONNECTED if self.witness_connected else WitnessState.DISCONNECTED
 
+    def note_sent(self, lsn: Lsn, whole_log: bool) -> None:
+        """The principal sent a frame ending at `lsn`; `whole_log`: nothing more was in its log then.
+
+        The first such frame counts (under steady load the latest one is never acknowledged before the
+        next is sent); a frame that could not take the whole log means the mirror is further behind again.
+        """
+        if not whole_log:
+            self.tail_sent_lsn = NO_LSN
+        elif self.tail_sent_lsn == NO_LSN:
+            self.tail_sent_lsn = lsn
+
     def note_ack(self, hardened: Lsn, redo: Lsn) -> None:
-        """The mirror acknowledged log hardened up to `hardened`."""
+        """The mirror acknowledged log hardened up to `hardened`.
+
+        Caught up (SYNCHRONIZED) means the mirror holds every commit acknowledged so far and every later
+        one waits for it, so that the witness may promote it without a loss. Reaching the end of the log
+        at the instant an ack arrives does that, but under steady load with a round trip longer than the
+        time between commits that instant never comes (found by the simulator): so once the mirror holds
+        a frame that was the whole log when sent (`closing`), commits wait for it (quorum.ack_rule), and
+        it is caught up as soon as it holds what was acknowledged before that.
+        """
         self.hardened_lsn = max(self.hardened_lsn, hardened)
         self.redo_lsn = max(self.redo_lsn, redo)
-        if self.hardened_lsn >= self.end_of_log_lsn and not self.config.suspended:
+        if self.config.suspended:
+            return
+        if self.tail_sent_lsn > NO_LSN and self.hardened_lsn >= self.tail_sent_lsn:
+            self.closing = True
+        if self.hardened_lsn >= self.end_of_log_lsn or (self.closing and self.hardened_lsn >= self.acknowledged_lsn):
             self.caught_up = True
 
     def note_reason(self, why: str, since: str) -> None:
@@ -170,7 +200,8 @@ class Session:
         SYNCHRONIZED and the principal could tell the witness so (which would let
         it promote a mirror that lacks those commits).
         """
-        self.caught_up = False
+        self.caught_up = self.closing = False
+        self.tail_sent_lsn = NO_LSN
 
     def note_partner_lost(self) -> None:
         """The partner connection failed (hard error or timeout)."""
@@ -178,7 +209,8 @@ class Session:
             self.principal_was_synchronized = self.caught_up
         self.redo_queue_bytes = 0  # stale once the link is gone; the next connection reports it anew
         self.partner_connected = False
-        self.caught_up = False
+        self.caught_up = self.closing = False
+        self.tail_sent_lsn = NO_LSN
         self.mirror_lease_until = 0.0
 
     def note_stepped_down(self) -> None:
@@ -199,4 +231,5 @@ class Session:
         if not self.config.suspended:
             self.state_reason = None
         self.hardened_lsn = hardened
+        self.closing, self.tail_sent_lsn = False, NO_LSN
         self.caught_up = hardened >= self.end_of_log_lsn

@@ -99,7 +99,7 @@ class Database:
             witness_set=cfg.witness is not None,
             witness_believes_synchronized=s.witness_believes_synchronized,
             mirror_lease_until=s.mirror_lease_until, witness_lease_until=s.witness_lease_until,
-            serves_from=s.serves_from,
+            serves_from=s.serves_from, mirror_closing=s.closing,
         )
 
     def ack_rule(self) -> AckRule:

@@ -544,6 +544,7 @@ class PrincipalDatabase:
                 self.fail_waiters(NotServing(f"{why}. The outcome of this commit is in doubt: check it on the principal"))
         if target > self.visible_lsn:
             self.visible_lsn = target
+        self.session.acknowledged_lsn = self.visible_lsn  # what the mirror must hold to be caught up (Session.note_ack)
         while self._waiters and self._waiters[0][0] <= self.visible_lsn:
             _, _, fut = heapq.heappop(self._waiters)
             if not fut.done():

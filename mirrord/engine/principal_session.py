@@ -412,6 +412,7 @@ async def _ship(database: "Database", writer, next_lsn: int) -> None:
         msg = {"t": "log", "records": [r.to_wire() for r in records], "end_lsn": database.log.last_lsn, **_principal_view(database)}
         frame, raw = framing.encode_frame_sized(msg, compress=True)
         writer.write(frame)
+        database.session.note_sent(records[-1].lsn, whole_log=records[-1].lsn >= database.log.last_lsn)
         database.wire.raw += raw
         database.wire.wire += len(frame)
         next_lsn = records[-1].lsn + 1

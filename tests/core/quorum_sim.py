@@ -111,10 +111,11 @@ class Network:
         return self.max_delay == 0 and self.drop == 0 and self.duplicate == 0
 
 
-# Round trips stay under the interval between commits (a tick): with longer ones, under steady load, the
-# principal would never see its mirror at its end of log and the session would stay SYNCHRONIZING (as it
-# would in the real node if a round trip outlasted a commit's local sync).
-FAULTY = Network(max_delay=0.1, drop=0.05, duplicate=0.05)
+# Round trips up to 0.6 of a timeout, longer than the time between commits (a tick): under steady load the
+# mirror is then never at the principal's end of log when an ack arrives, and the session reaches
+# SYNCHRONIZED only through `closing` (session.note_ack; with round trips this long it stayed SYNCHRONIZING
+# before that rule).
+FAULTY = Network(max_delay=0.3, drop=0.05, duplicate=0.05)
 
 
 @dataclass(order=True)
@@ -137,7 +138,10 @@ class Partner:
     witness_lease_until: float = 0.0
     believes_synchronized: bool = True  # principal: what it thinks the witness recorded
     mirror_hardened: int = 0  # principal: the most its mirror of this sequence said it holds
-    mirror_caught_up: bool = False  # principal: the mirror reached its end of log (stays while connected)
+    mirror_caught_up: bool = False  # principal: the mirror holds every acknowledged commit (stays while connected)
+    closing: bool = False  # principal: session.closing (the mirror held a frame that was the whole log)
+    tail_sent: int = 0  # principal: session.tail_sent_lsn
+    acknowledged: int = 0  # principal: the log's acknowledged prefix (session.acknowledged_lsn)
     waiting: list[int] = field(default_factory=list)  # principal: commits waiting for the mirror
     reports: int = 0  # principal: reports sent to the witness (an answer counts only for the latest)
     last_heard_principal: float = 0.0  # mirror
@@ -244,7 +248,13 @@ class Sim:
             heapq.heappush(self.inflight, msg)
 
     def _handle(self, msg: Message) -> None:
+        if msg.dst == "W":
+            self._witness_hears(msg.src)  # any message on a partner's connection, as engine/witness.py counts them
         getattr(self, f"_on_{msg.kind}")(msg.src, msg.dst, **msg.body)
+
+    def _witness_hears(self, n: str) -> None:
+        self.heard[n] = self.clock("W")
+        self.met.add(n)
 
     def principal_seen(self) -> bool:
         p = self.record.principal
@@ -346,12 +356,14 @@ class Sim:
             if not self.live(name, "W"):
                 continue  # the witness records the switch first (rules.manual_failover_refusal)
             new = quorum.apply_manual_failover(self.record, name, pr.seq)
+            self._witness_hears(name)  # its request
             if new is None:
                 continue
             self.record = new
             self._demote(pr, pr.seq + 1)
             pr.principal_answered_at = float("-inf")  # it was the principal: it answered no one's lease
             if self.live(m.name, "W"):  # the mirror promotes once the witness's record confirms it (promote_for_failover)
+                self._witness_hears(m.name)  # the confirming ping (role_change.witness_refusal)
                 self._promote(m.name, pr.seq, "manual", witness_told=True)
             return True
         return False
@@ -364,6 +376,7 @@ class Sim:
                 continue
             principal_connected = self.clock(name) - m.last_heard_principal < self.timeout
             if quorum.forced_service_refusal(principal_connected, True, self.live(name, "W")) is None:
+                self._witness_hears(name)  # its vote request
                 vote = self._decide_vote(name, m.seq, len(m.log), forced=True)
                 for action in roles.handle(self._role_view(name), roles.VoteAnswered(vote.granted, vote.role_sequence, forced=True)):
                     assert isinstance(action, roles.Promote) and action.forced, action
@@ -402,7 +415,7 @@ class Sim:
         for n in PARTNERS:
             if self.up(n) and self.p[n].role == PRINCIPAL:
                 if not self._mirror_connected(n):
-                    self.p[n].mirror_caught_up = False  # session.note_partner_lost
+                    self._forget_mirror(self.p[n])  # session.note_partner_lost
                 self._release_waiting(n)
                 self._commit(n)
         self._check_tick()
@@ -410,8 +423,6 @@ class Sim:
     # --- the witness's side
 
     def _on_w_ping(self, n: str, _w: str, role: str, seq: int, sent: float, synchronized: bool) -> None:
-        self.heard[n] = self.clock("W")
-        self.met.add(n)
         rec, adopted = self.record, False
         if role == PRINCIPAL and seq > rec.role_sequence:
             self.record = quorum.adopt_principal_claim(rec, DB, n, other(n), seq, synchronized, self.safety, self.timeout)
@@ -476,6 +487,11 @@ class Sim:
 
     def _ship(self, n: str) -> None:
         me = self.p[n]
+        # session.note_sent: the frame holds the whole log when the mirror lacks no more than a frame's worth
+        if len(me.log) - me.mirror_hardened > SHIP:
+            me.tail_sent = 0
+        elif me.tail_sent == 0:
+            me.tail_sent = len(me.log)
         self.send(n, other(n), "ship", seq=me.seq, log=tuple(me.log), sent=self.clock(n))
 
     def _on_ship(self, src: str, n: str, seq: int, log: tuple[int, ...], sent: float) -> None:
@@ -509,7 +525,9 @@ class Sim:
             return
         me.mirror_lease_until = max(me.mirror_lease_until, quorum.lease_until(sent, self.timeout))
         me.mirror_hardened = max(me.mirror_hardened, hardened)  # what it holds is a prefix of this log
-        if me.mirror_hardened >= len(me.log):
+        if me.tail_sent and me.mirror_hardened >= me.tail_sent:  # session.note_ack
+            me.closing = True
+        if me.mirror_hardened >= len(me.log) or (me.closing and me.mirror_hardened >= me.acknowledged):
             me.mirror_caught_up = True
         done = [cid for cid in me.waiting if me.log.index(cid) < me.mirror_hardened]
         if done:
@@ -564,19 +582,21 @@ class Sim:
 
     @staticmethod
     def _forget_mirror(me: Partner) -> None:
-        me.mirror_lease_until, me.mirror_caught_up = 0.0, False
+        me.mirror_lease_until, me.mirror_caught_up, me.closing, me.tail_sent = 0.0, False, False, 0
 
     @staticmethod
     def _forget_session(me: Partner) -> None:
         """What a role change ends: leases, what the principal knew of its mirror, commits waiting (never acknowledged)."""
         me.mirror_lease_until = me.witness_lease_until = 0.0
         me.mirror_hardened, me.mirror_caught_up, me.waiting = 0, False, []
+        me.closing, me.tail_sent, me.acknowledged = False, 0, len(me.log)  # (a new principal's own log counts as acknowledged)
 
     def view(self, n: str) -> PrincipalView:
         pr = self.p[n]
         connected = self._mirror_connected(n)
         return PrincipalView(self.safety, True, False, connected, connected and pr.mirror_caught_up, True,
-                             pr.believes_synchronized, pr.mirror_lease_until, pr.witness_lease_until, pr.serves_from)
+                             pr.believes_synchronized, pr.mirror_lease_until, pr.witness_lease_until, pr.serves_from,
+                             mirror_closing=connected and pr.closing)
 
     def _commit(self, n: str) -> None:
         me, view = self.p[n], self.view(n)
@@ -607,6 +627,9 @@ class Sim:
 
     def _acknowledge(self, commit: Commit) -> None:
         commit.acked = True
+        me = self.p[commit.node]
+        if commit.cid in me.log:
+            me.acknowledged = max(me.acknowledged, me.log.index(commit.cid) + 1)
         self.ackers.setdefault(commit.seq, set()).add(commit.node)
         if len(self.ackers[commit.seq]) > 1:
             raise Violation(f"two nodes acknowledged in role sequence {commit.seq}: {self.ackers[commit.seq]}")

@@ -1,6 +1,6 @@
 """Long random runs and a bounded exhaustive explorer over the quorum simulation (tests/core/quorum_sim.py).
 
-    python -m tests.core.sim_explore random --steps 1000000 --seed 1 [--max-delay 0.1 --drop 0.05
+    python -m tests.core.sim_explore random --steps 1000000 --seed 1 [--max-delay 0.3 --drop 0.05
         --duplicate 0.05 --drift 0.1]
     python -m tests.core.sim_explore explore --depth 5
 
@@ -10,7 +10,7 @@ partner's claim and on the answer to its vote). Every event is checked as it hap
 role sequence, two nodes acknowledging in one, an acknowledgement without quorum, a promotion losing
 acknowledged commits, two partners that may serve at one instant).
 
-`random`: on a faulty network (messages late by up to 0.1 timeout, 5 % lost, 5 % delivered twice; see
+`random`: on a faulty network (messages late by up to 0.3 timeout, 5 % lost, 5 % delivered twice; see
 quorum_sim.Network) with clocks drifting up to 10 % (under the design's bound of 11.1 %), events drawn
 uniformly from EVENTS; every SETTLE_EVERY events all faults end (links heal,
 nodes thaw and restart, SAFETY FULL) and the session must converge — one principal, its mirror of
@@ -95,7 +95,7 @@ def _compact(sim: Sim) -> None:
     a long run does not slow down as its logs grow: the roles, role sequences, leases and the witness's
     record stay; commit ids start again."""
     for p in sim.p.values():
-        p.log, p.waiting, p.mirror_hardened = [], [], 0
+        p.log, p.waiting, p.mirror_hardened, p.acknowledged, p.tail_sent = [], [], 0, 0, 0
     sim.commits, sim.fork_mark = [], 0
     sim.inflight.clear()  # they carry the old ids: lost, as a network may lose them
 

@@ -846,3 +846,10 @@ def test_a_mirror_promoted_soon_after_it_answered_the_old_principal_serves_only_
     view = PrincipalView(Safety.FULL, True, False, False, False, True, False, 0.0, 200.0, serves_from=serves_from)
     assert not view.has_quorum(serves_from - 0.001) and quorum.ack_rule(view, serves_from - 0.001) is AckRule.BLOCKED
     assert view.has_quorum(serves_from)
+
+
+def test_commits_wait_for_a_mirror_closing_in_even_before_it_caught_up():
+    view = PrincipalView(Safety.FULL, True, False, True, False, True, False, 0.0, 200.0, mirror_closing=True)
+    assert ack_rule(view, 100.0) is AckRule.MIRROR
+    assert ack_rule(replace(view, mirror_closing=False), 100.0) is AckRule.LOCAL  # exposed, the witness told
+    assert ack_rule(replace(view, mirror_connected=False), 100.0) is AckRule.LOCAL  # closing means nothing unconnected

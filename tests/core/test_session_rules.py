@@ -179,3 +179,46 @@ def test_a_principal_that_stepped_down_does_not_take_its_own_mirror_state_for_th
     view = MirrorView(s.config.safety, True, True, s.partner_connected, s.principal_was_synchronized, s.config.suspended)
     assert "not SYNCHRONIZED" in automatic_failover_refusal(view)
     assert "not SYNCHRONIZED" in readiness(s).automatic
+
+
+def principal_session(end: int = 10) -> Session:
+    s = Session(SessionConfig("shop", role=Role.PRINCIPAL, partner=PARTNER, witness="tcp://c:5022"))
+    s.end_of_log_lsn = s.acknowledged_lsn = end
+    s.note_partner_connected(0)
+    return s
+
+
+def test_under_steady_load_a_mirror_a_round_trip_behind_closes_in_and_catches_up():
+    # found by the simulator: commits every tick, a round trip longer than a tick: the ack never finds the end of the log
+    s = principal_session(10)
+    s.note_sent(10, whole_log=True)
+    for end in (11, 12):  # acknowledged alone (the witness knows the mirror is behind) while the frame travels
+        s.note_sent(end, whole_log=True)
+        s.end_of_log_lsn = s.acknowledged_lsn = end
+    s.note_ack(10, 10)
+    assert s.closing and not s.caught_up  # commits wait for the mirror from here on (quorum.ack_rule: MIRROR)
+    s.end_of_log_lsn = 14  # later commits wait: nothing more is acknowledged
+    s.note_ack(12, 12)
+    assert s.caught_up and s.state is MirroringState.SYNCHRONIZED  # it holds every acknowledged commit
+
+
+def test_a_mirror_more_than_a_frame_behind_is_not_closing_in():
+    s = principal_session(100)
+    s.note_sent(10, whole_log=True)
+    s.note_sent(40, whole_log=False)  # a burst: the mirror fell behind again
+    s.note_ack(10, 10)
+    assert not s.closing and not s.caught_up
+    s.note_sent(100, whole_log=True)
+    s.note_ack(100, 100)
+    assert s.closing and s.caught_up
+
+
+def test_closing_in_ends_with_the_connection_and_with_suspend():
+    for end in ("lost", "suspended", "connected"):
+        s = principal_session(10)
+        s.note_sent(10, whole_log=True)
+        s.acknowledged_lsn = 12
+        s.note_ack(10, 10)
+        assert s.closing
+        {"lost": s.note_partner_lost, "suspended": s.note_suspended, "connected": lambda: s.note_partner_connected(10)}[end]()
+        assert not s.closing and s.tail_sent_lsn == 0, end
