@@ -7,43 +7,9 @@ never by importing mirrord.node. The test fails on any cycle.
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
+from tests.import_graph import imports, modules
 
-ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("mirrord", "mirrorctl")
-
-def _modules() -> dict[str, Path]:
-    found = {}
-    for package in PACKAGES:
-        for path in (ROOT / package).rglob("*.py"):
-            parts = list(path.relative_to(ROOT).with_suffix("").parts)
-            if parts[-1] == "__init__":
-                parts.pop()
-            found[".".join(parts)] = path
-    return found
-
-
-def _imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    out = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            targets = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(parts + ([base] if base else []))
-            targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
-        else:
-            continue
-        for target in targets:
-            while target and target not in known:  # a name inside a module: the module
-                target = target.rpartition(".")[0]
-            if target and target != name and not name.startswith(target + "."):  # a package's own parents
-                out.add(target)
-    return out
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[set[str]]:
@@ -82,8 +48,8 @@ def _cycles(graph: dict[str, set[str]]) -> list[set[str]]:
 
 
 def test_no_import_cycle():
-    known = _modules()
-    graph = {name: _imports(name, path, known) for name, path in known.items()}
+    known = modules(PACKAGES)
+    graph = {name: imports(name, path, known) for name, path in known.items()}
     assert [sorted(cycle) for cycle in _cycles(graph)] == []
 
 
