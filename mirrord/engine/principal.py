@@ -24,9 +24,11 @@ Waiting happens outside the write lock, which is what makes commits group:
 many clients' records travel to the mirror in one frame and share its fsync.
 
 How the principal's own copy stays durable. A commit is acknowledged only once
-the log holding it is fsynced here too (`synced_lsn`), whatever the mode: one
-sync task fsyncs whatever was appended since its last fsync, so commits in
-flight together share one fsync (group commit). Only synced records are shipped
+the log holding it is fsynced here too (`synced_lsn`), whatever the mode. A
+hop fsyncs what it appended before it returns, on the writer's thread (the
+GIL is free for the loop meanwhile, and no other thread hop is needed), so
+the commits of one batch share one fsync (group commit); a sync task fsyncs
+whatever else was appended and retries a sync that failed. Only synced records are shipped
 to the mirror, so a mirror never holds a record its principal could lose in a
 power cut: a restarted principal's log is never shorter than its mirror's in
 the same role sequence. The database file itself is made durable by
@@ -252,6 +254,7 @@ class PrincipalDatabase:
         self.synced_lsn: Lsn = 0  # the log is fsynced up to here: nothing past it is acknowledged or shipped
         self._sync_wanted = asyncio.Event()
         self._syncer: asyncio.Task | None = None
+        self._synced_in_hop: Lsn = 0  # written by the writer thread's sync in a hop, read by the loop once the hop is back
         self._redo_lsn_path = directory / "redo_lsn"
         self.applied_lsn: Lsn = 0  # the database file (without its WAL) is durable up to here
         self.repaired_at_open: list[tuple[int, Lsn, str]] = []  # (page, LSN of the image, damage) put back by open()
@@ -471,6 +474,12 @@ class PrincipalDatabase:
             records.append(LogRecord(lsn + i, role_sequence, txn.db_size, txn.page_size, txn.pages, wal))
         self.log.append(records)
         self._wal_pos = pos
+        try:
+            # Group commit inside the hop: what this hop appended is synced on this thread,
+            # while the GIL is free for the loop, rather than by another thread hop after it
+            self._synced_in_hop = self.log.sync()
+        except OSError:
+            pass  # the sync task tries again, and fails the waiters while it cannot
         if self._checkpoints_paused:
             return records  # a snapshot is copying the file: it must not change under the copy
         # The log keeps what the file lacks (a lost WAL is rebuilt from it): checkpoint
@@ -1243,7 +1252,11 @@ class PrincipalDatabase:
     def _note_captured(self, records: list[LogRecord]) -> None:
         if records:
             self.commit_clock.note(records[0].lsn, time.monotonic())
-            self._sync_wanted.set()  # the sync task makes them durable, then ships and acknowledges them
+            if self._synced_in_hop > self.synced_lsn:
+                self.synced_lsn = self._synced_in_hop
+                self.new_log.set()
+            if self.synced_lsn < records[-1].lsn:
+                self._sync_wanted.set()  # the hop could not sync them: the sync task makes them durable
             self.update_visible()
 
     async def _recapture_loop(self) -> None:

@@ -191,6 +191,9 @@ class DurableLog:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.segment_bytes = segment_bytes
         self._lock = threading.Lock()
+        # One sync at a time: a second one started meanwhile would find nothing dirty and
+        # return an LSN whose fsync the first is still waiting for
+        self._sync_serial = threading.Lock()
         self._segments: list[_Segment] = []
         self._dirty: set[_Segment] = set()
         self._dir_dirty = False
@@ -376,23 +379,25 @@ class DurableLog:
 
         The fsyncs run outside the lock, so appends go on meanwhile (group commit:
         whatever was appended before this call is covered, later appends wait for
-        the next sync). A failed fsync leaves the segments marked dirty.
+        the next sync). A failed fsync leaves the segments marked dirty. Syncs
+        from several threads take turns.
         """
-        with self._lock:
-            upto = self._last()
-            dirty, self._dirty = self._dirty, set()
-            dir_dirty, self._dir_dirty = self._dir_dirty, False
-        try:
-            for seg in dirty:
-                seg.fsync()
-            if dir_dirty:
-                fsync_dir(self.directory)
-        except BaseException:
+        with self._sync_serial:
             with self._lock:
-                self._dirty |= {seg for seg in dirty if seg.fd >= 0}
-                self._dir_dirty = self._dir_dirty or dir_dirty
-            raise
-        return upto
+                upto = self._last()
+                dirty, self._dirty = self._dirty, set()
+                dir_dirty, self._dir_dirty = self._dir_dirty, False
+            try:
+                for seg in dirty:
+                    seg.fsync()
+                if dir_dirty:
+                    fsync_dir(self.directory)
+            except BaseException:
+                with self._lock:
+                    self._dirty |= {seg for seg in dirty if seg.fd >= 0}
+                    self._dir_dirty = self._dir_dirty or dir_dirty
+                raise
+            return upto
 
     # --- reading ----------------------------------------------------------------
 

@@ -392,3 +392,32 @@ def test_an_append_that_runs_out_of_space_is_undone_whole(tmp_path, monkeypatch)
     dlog.close()
     reopened = DurableLog(tmp_path / "log", segment_bytes=6000)
     assert [r.pages[0][1][:1] for r in reopened.read_from(1, 1 << 20)] == [b"a", b"b", b"c"]
+
+
+def test_a_sync_started_while_another_is_fsyncing_returns_only_once_that_fsync_is_done(logdir):
+    """Two threads sync (the principal's writer in its hop, and its sync task): the second must not report
+    as durable what the first is still fsyncing, although it finds nothing dirty of its own."""
+    log = DurableLog(logdir)
+    log.append(recs(1, 3))
+    seg = log._segments[-1]
+    fsyncing, release = threading.Event(), threading.Event()
+    real = seg.fsync
+
+    def slow_fsync() -> None:
+        fsyncing.set()
+        assert release.wait(10)
+        real()
+
+    seg.fsync = slow_fsync
+    results: list[tuple[str, int]] = []
+    first = threading.Thread(target=lambda: results.append(("first", log.sync())))
+    first.start()
+    assert fsyncing.wait(10)
+    second = threading.Thread(target=lambda: results.append(("second", log.sync())))
+    second.start()
+    second.join(0.2)  # a bound, not a synchronisation: the second must still be waiting after it
+    assert results == []
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert results == [("first", 3), ("second", 3)]
