@@ -24,7 +24,6 @@ import asyncio
 import json
 import os
 import shlex
-import statistics
 import sys
 import tempfile
 import time
@@ -188,10 +187,12 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def table_rows(runs: list[Run]) -> list[list[str]]:
     return [[str(r.clients), r.mode, _fmt(r.commits_per_s, ",.0f"), _fmt(r.p50_ms, ".2f"),
-             _fmt(r.p99_ms, ".2f"), _fmt(r.ratio_to_standalone, ".2f"), str(r.errors)] for r in runs]
+             _fmt(r.p99_ms, ".2f"), _fmt(r.ratio_to_standalone, ".2f"), str(r.errors),
+             _fmt(r.server_cpu_ms, ".3f"), _fmt(r.loadgen_cpu_ms, ".3f")] for r in runs]
 
 
-HEADERS = ["clients", "mode", "commits/s", "p50 ms", "p99 ms", "vs standalone", "errors"]
+HEADERS = ["clients", "mode", "commits/s", "p50 ms", "p99 ms", "vs standalone", "errors", "server CPU ms/commit",
+           "loadgen CPU ms/commit"]
 
 
 def print_table(runs: list[Run]) -> None:
@@ -227,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
             for clients in args.client_counts:
                 for mode in MODES:
                     print(f"  running {mode}, {clients} client(s), {args.seconds:g} s ...", flush=True)
-                    runs.append(run_one(cluster["a"].address, mode, clients, args.seconds))
+                    runs.append(run_one(cluster["a"].address, mode, clients, args.seconds,
+                                        server_pids=[node.pid for node in cluster]))
                 base = runs[-len(MODES)].commits_per_s
                 for run in runs[-len(MODES):]:
                     run.ratio_to_standalone = run.commits_per_s / base if base else None

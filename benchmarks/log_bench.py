@@ -69,7 +69,9 @@ class Memory:
     """Peak and current resident memory per node with many mirrored databases."""
 
     databases: int
+    clients: int = 0  # writing at once, spread over the databases
     commits: int = 0
+    errors: int = 0  # statements that failed (the target: none)
     nodes: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> {"role", "VmHWM_kB", "VmRSS_kB"}
     error: str | None = None
 
@@ -129,12 +131,12 @@ def catch_up(base: Path, target_mb: float, say=print) -> CatchUp:
     return res
 
 
-async def _load(addresses: list[tuple[str, str]], seconds: float) -> int:
-    """One client per (address, database), one-row INSERTs for `seconds`; commits done."""
+async def _load(addresses: list[tuple[str, str]], seconds: float) -> tuple[int, int]:
+    """One client per (address, database) entry, one-row INSERTs for `seconds`; (commits done, errors)."""
     end = time.monotonic() + seconds
 
-    async def one(address: str, db: str) -> int:
-        n = 0
+    async def one(address: str, db: str) -> tuple[int, int]:
+        n = errors = 0
         client = await AsyncClient.connect(address)
         try:
             while time.monotonic() < end:
@@ -142,13 +144,15 @@ async def _load(addresses: list[tuple[str, str]], seconds: float) -> int:
                     await client.query("INSERT INTO t(v) VALUES (?)", db=db, params=[VALUE], timeout=30)
                     n += 1
                 except ClientError:
+                    errors += 1
                     if client._closed:  # noqa: SLF001 - reconnect after a broken connection
                         client = await AsyncClient.connect(address)
         finally:
             await client.close()
-        return n
+        return n, errors
 
-    return sum(await asyncio.gather(*(one(addr, db) for addr, db in addresses)))
+    done = await asyncio.gather(*(one(addr, db) for addr, db in addresses))
+    return sum(n for n, _ in done), sum(e for _, e in done)
 
 
 def _proc_status(pid: int) -> dict[str, int]:
@@ -160,9 +164,9 @@ def _proc_status(pid: int) -> dict[str, int]:
     return out
 
 
-def memory(base: Path, databases: int, load_s: float, say=print) -> Memory:
-    """Peak RSS of principal, mirror and witness with `databases` mirrored databases under load."""
-    res = Memory(databases)
+def memory(base: Path, databases: int, load_s: float, say=print, clients: int = 128) -> Memory:
+    """Peak RSS of principal, mirror and witness with `databases` mirrored databases, `clients` writing at once."""
+    res = Memory(databases, clients)
     with LocalCluster(base / "memory", names=("a", "b", "c"), first_ip=MEMORY_IP) as cluster:
         try:
             cluster.start_all()
@@ -172,8 +176,8 @@ def memory(base: Path, databases: int, load_s: float, say=print) -> Memory:
                 a.query(f"CREATE DATABASE {db}")
                 a.query("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL)", db=db)
                 cluster.setup_session(db, principal="a", mirror="b", witness="c", safety="FULL")
-            say(f"    {databases} databases SYNCHRONIZED with witness; {load_s:g} s of one client per database ...")
-            res.commits = _run_loop(_load([(a.address, db) for db in names], load_s))
+            say(f"    {databases} databases SYNCHRONIZED with witness; {load_s:g} s of {clients} clients over them ...")
+            res.commits, res.errors = _run_loop(_load([(a.address, names[i % databases]) for i in range(clients)], load_s))
             roles = {"a": "principal", "b": "mirror", "c": "witness"}
             for node in cluster:
                 res.nodes[node.name] = {"role": roles[node.name], **_proc_status(node.pid)}
@@ -186,13 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="mirrord redo catch-up after SUSPEND, lz4 ratio, peak RSS")
     p.add_argument("--catchup-mb", type=float, default=500)
     p.add_argument("--databases", type=int, default=10)
+    p.add_argument("--clients", type=int, default=128, help="clients writing at once for the memory figure")
     p.add_argument("--load-seconds", type=float, default=5)
     p.add_argument("--json", dest="json_out")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="mirrord-bench-log-") as tmp:
         c = catch_up(Path(tmp), args.catchup_mb)
         print(json.dumps(asdict(c), indent=2))
-        m = memory(Path(tmp), args.databases, args.load_seconds)
+        m = memory(Path(tmp), args.databases, args.load_seconds, clients=args.clients)
         print(json.dumps(asdict(m), indent=2))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"catch_up": asdict(c), "memory": asdict(m)}, indent=2))

@@ -202,8 +202,9 @@ class PgPair:
 
 
 def _conf(host: str, port: int, base: Path) -> str:
+    # max_connections: the suite's 128-client cell, plus the WAL senders and psql
     return (f"\n# mirrord benchmark\nlisten_addresses = '{host}'\nport = {port}\n"
-            f"unix_socket_directories = '{base}'\nmax_connections = 100\n")
+            f"unix_socket_directories = '{base}'\nmax_connections = 300\n")
 
 
 def _ensure_user(name: str) -> None:

@@ -1,6 +1,6 @@
 """Where a SAFETY FULL commit spends its time: py-spy on the principal and the mirror under load.
 
-    python benchmarks/profile_commit.py [--clients 1,8] [--seconds 8] [--mode "SAFETY FULL"] [--out DIR]
+    python benchmarks/profile_commit.py [--clients 1,8] [--seconds 8] [--mode "SAFETY FULL"] [--insecure] [--out DIR]
 
 How it works: a two-node LocalCluster (127.0.0.56-57) with the commit
 benchmark's databases; for each concurrency, the load generator (the same
@@ -90,11 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", default="SAFETY FULL", choices=list(commit_bench.MODES))
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--out", help="keep the raw py-spy outputs here")
+    p.add_argument("--insecure", action="store_true", help="nodes without TLS and logins (to see what they cost)")
     args = p.parse_args(argv)
     spy = py_spy()
     out = Path(args.out) if args.out else None
     with tempfile.TemporaryDirectory(prefix="mirrord-profile-") as tmp:
-        with LocalCluster(Path(tmp), names=("a", "b"), first_ip=FIRST_IP) as cluster:
+        with LocalCluster(Path(tmp), names=("a", "b"), first_ip=FIRST_IP, secure=not args.insecure) as cluster:
             cluster.start_all()
             commit_bench.prepare(cluster)
             for clients in [int(c) for c in args.clients.split(",")]:

@@ -62,10 +62,32 @@ def test_ratios_pair_full_with_sync_and_off_with_async():
 
 def test_targets_say_met_not_met_or_no_data():
     verdicts = {t["target"]: t["met"] for t in suite.targets(report())}
-    assert verdicts["SAFETY FULL commits/s >= PG sync standby at 8 clients"] is True
-    assert verdicts["SAFETY FULL commits/s >= PG sync standby at 32 clients"] is None
-    assert verdicts["SAFETY FULL p50 at 1 client <= PG sync standby's"] is False
+    assert verdicts["SAFETY FULL commits/s >= 1x PG sync standby at 8 client(s)"] is True
+    assert verdicts["SAFETY FULL commits/s >= 1x PG sync standby at 32 client(s)"] is None
+    assert verdicts["SAFETY FULL commits/s >= 0.7x PG sync standby at 1 client(s)"] is False  # 400 vs 2000
+    assert verdicts["SAFETY FULL p50 at 1 client <= 1.0 ms"] is False
+    assert verdicts["SAFETY OFF commits/s >= 1x PG async standby at 32 client(s)"] is None
+    assert verdicts["SAFETY FULL server CPU per commit falls as clients grow"] is None  # no CPU figures
+    assert verdicts["128 clients over 10 databases: no errors, RSS per node <= 100 MB"] is None
     assert verdicts["SIGKILL failover median <= 1 s, max <= 2 s"] is False  # max 2.5 s
+
+
+def test_cpu_and_memory_targets():
+    r = report()
+    cells = {(x["mode"], x["clients"]): x for x in r["commits"]}
+    cells[("SAFETY FULL", 1)]["server_cpu_ms"], cells[("SAFETY FULL", 8)]["server_cpu_ms"] = 2.0, 1.0
+    r["memory"] = {"databases": 10, "clients": 128, "commits": 5000, "errors": 0,
+                   "nodes": {"a": {"role": "principal", "VmHWM_kB": 90 * 1024}, "b": {"role": "mirror", "VmHWM_kB": 80 * 1024}}}
+    by = {t["target"]: t for t in suite.targets(r)}
+    assert by["SAFETY FULL server CPU per commit falls as clients grow"]["met"] is True
+    assert by["SAFETY FULL server CPU per commit falls as clients grow"]["measured"] == "2.00 / 1.00 ms at 1 / 8 clients"
+    assert by["128 clients over 10 databases: no errors, RSS per node <= 100 MB"]["met"] is True
+    r["memory"]["nodes"]["b"]["VmHWM_kB"] = 101 * 1024
+    by = {t["target"]: t for t in suite.targets(r)}
+    assert by["128 clients over 10 databases: no errors, RSS per node <= 100 MB"]["met"] is False
+    cells[("SAFETY FULL", 8)]["server_cpu_ms"] = 2.5
+    by = {t["target"]: t for t in suite.targets(r)}
+    assert by["SAFETY FULL server CPU per commit falls as clients grow"]["met"] is False
 
 
 def test_tables_show_skipped_rows_with_the_reason():
