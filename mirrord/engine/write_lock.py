@@ -24,9 +24,9 @@ class LockTimeout(MirrordError):
     code = "lock_timeout"
 
 
-@dataclass
+@dataclass(eq=False)
 class LockUse:
-    """One holder of the lock, or one waiter for it."""
+    """One holder of the lock, or one waiter for it (compared by identity: each wait is its own)."""
 
     owner: object | None  # a client connection's owner; None: mirrord itself
     since: float  # monotonic: when it began holding, or waiting

@@ -166,6 +166,12 @@ class ClientPort:
 
     async def _first_byte(self, reader, pending: asyncio.Task | None, session: ClientSession) -> bytes:
         """Wait for the next frame to start; roll back a transaction left idle too long."""
+        if pending is not None and pending.done() and not pending.cancelled():
+            # the usual case: the next frame began while the last answer was on its way; no timers needed
+            data = pending.result()
+            if not data:
+                raise _Closed("the client closed the connection", notable=False)
+            return data
         task = pending or asyncio.ensure_future(reader.read(1))
         now = time.monotonic()
         idle_until = now + self.limits.idle_timeout
@@ -188,8 +194,9 @@ class ClientPort:
     async def _rest_of_frame(self, reader, first: bytes) -> dict:
         """The rest of a frame within the frame deadline and size limit; a validated query."""
         try:
-            raw = await asyncio.wait_for(self._read_frame(reader, first), self.limits.frame_deadline)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.limits.frame_deadline):  # a timer, where wait_for would add a task
+                raw = await self._read_frame(reader, first)
+        except TimeoutError:
             raise _Closed(f"a frame did not arrive whole within {self.limits.frame_deadline:g} s") from None
         msg = framing.decode_body(*raw, max_frame=self.limits.max_frame)
         request_id = msg.get("id")
