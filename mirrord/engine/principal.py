@@ -1113,12 +1113,15 @@ class PrincipalDatabase:
             self._fail_taken(batch, exc)
             return
         outcomes, records = outcomes
-        self._note_captured(records)
-        if self._uncaptured and (self._recapture is None or self._recapture.done()):
-            self._recapture = asyncio.create_task(self._recapture_loop(), name=f"recapture:{self.session.db}")
+        # The writers' tasks are woken before the shipping task (_note_captured wakes it): all of
+        # them run after this step, in the order woken, so an answer that need not wait for the
+        # mirror (SAFETY OFF, standalone) leaves before the log is encoded and sent
         for write, outcome in zip(batch, outcomes):
             if not write.done.done():
                 write.done.set_result(outcome)
+        self._note_captured(records)
+        if self._uncaptured and (self._recapture is None or self._recapture.done()):
+            self._recapture = asyncio.create_task(self._recapture_loop(), name=f"recapture:{self.session.db}")
 
     @staticmethod
     def _fail_taken(batch: list[QueuedWrite], exc: BaseException) -> None:
