@@ -1,7 +1,7 @@
 """Role changes: for each event a database's copy hears, what its role does next (pure, synchronous).
 
 A copy of a database is PRINCIPAL, MIRROR or NONE (standalone) in a role
-sequence. Eleven kinds of event can change its role or its session's state
+sequence. Twelve kinds of event can change its role or its session's state
 without a statement, and TRANSITIONS lists, for each role and event, the rule
 that decides:
 
@@ -24,6 +24,8 @@ that decides:
     MIRROR      ForkFound             on_fork_found            diverged: keep a salvage copy, then record and report the loss
     MIRROR      SettingsFromPrincipal on_settings_from_principal  persist the principal's settings that differ;
                                                                refuse settings no session can have
+    MIRROR      PingDue               on_ping_due              the principal lost: ask the witness for a vote
+                                                               (automatic failover), when it may
 
 A principal's hello arrives as events, in order: PartnerIsPrincipal (a
 principal it deposes steps down), PartnerHello (answered in the role that
@@ -51,7 +53,7 @@ import enum
 from dataclasses import dataclass
 from typing import Callable, Union
 
-from mirrord.core import redo_queue
+from mirrord.core import quorum, redo_queue
 from mirrord.core.statements import MAX_TIMEOUT, MIN_TIMEOUT
 from mirrord.core.types import Endpoint, Role, Safety
 
@@ -78,6 +80,8 @@ class RoleView:
     redo_queue_mb: int = redo_queue.UNLIMITED
     suspended: bool = False
     witness: str | None = None
+    partner_connected: bool = False  # a mirror: its principal's link is up
+    principal_was_synchronized: bool = False  # a mirror: the principal's state when it last heard from it
     lost_lsn_to: int = 0  # the end of the loss this copy recorded when it last diverged (0: none)
     salvage_path: str | None = None  # where it kept its salvage copy then
 
@@ -193,8 +197,18 @@ class SettingsFromPrincipal:
     witness: str | None = None  # "" no witness; None: not said
 
 
+@dataclass(frozen=True)
+class PingDue:
+    """The mirror's link to the witness is about to ping it: at every ping interval, and at once when woken.
+
+    The principal's link ending wakes it, whether by a hard error or by
+    silence past PARTNER TIMEOUT (mirror_session: both end the link the same
+    way); the witness, not the mirror, waits out the TIMEOUT before it votes.
+    """
+
+
 Event = Union[WitnessState, PartnerIsPrincipal, PartnerWelcomed, FailoverAsked, VoteAnswered, RedoFailed, MirrorSuspended,
-              PartnerHello, PrincipalLinked, ForkFound, SettingsFromPrincipal]
+              PartnerHello, PrincipalLinked, ForkFound, SettingsFromPrincipal, PingDue]
 
 
 # ------------------------------------------------------------------ actions
@@ -315,8 +329,13 @@ class RefuseSettings:
     why: str
 
 
+@dataclass(frozen=True)
+class AskForVote:
+    """Ask the witness to promote this mirror (automatic failover): its answer comes back as VoteAnswered."""
+
+
 Action = Union[Promote, StepDown, AdoptRoleSequence, NoteWitnessSynchronized, SuspendSession, ServeAgain,
-               RefuseHello, ServePrincipal, KeepSalvageCopy, ReportLoss, AdoptSettings, RefuseSettings]
+               RefuseHello, ServePrincipal, KeepSalvageCopy, ReportLoss, AdoptSettings, RefuseSettings, AskForVote]
 
 
 # ------------------------------------------------------------------ rules
@@ -474,6 +493,24 @@ def on_settings_from_principal(view: RoleView, event: SettingsFromPrincipal) -> 
     return [AdoptSettings(tuple(changes))] if changes else []
 
 
+def on_ping_due(view: RoleView, event: PingDue) -> list[Action]:
+    """A mirror that finds the principal unavailable asks the witness to promote it, when automatic failover may.
+
+    Reference: the mirror "communicates with the witness server and receives
+    confirmation that the witness also cannot see" the principal, then "forms a
+    quorum with the witness server and promotes itself"; the conditions are
+    quorum.automatic_failover_refusal's (SAFETY FULL, a witness, synchronized
+    when the principal was lost, not SUSPENDED, redo not failed). The witness
+    link feeds this event, so the witness is connected; a mirror whose engine
+    is not open (a role change under way) has nothing to promote.
+    """
+    view_of_mirror = quorum.MirrorView(view.safety, view.witness is not None, True, view.partner_connected,
+                                       view.principal_was_synchronized, view.suspended, view.redo_error)
+    if quorum.automatic_failover_refusal(view_of_mirror) is not None or not view.mirror_open:
+        return []
+    return [AskForVote()]
+
+
 def same_endpoint(a: str, b: str) -> bool:
     """Two endpoint texts name the same endpoint (tcp://host:port, however spelled)."""
     try:
@@ -505,6 +542,7 @@ TRANSITIONS: dict[tuple[Role, type], Rule] = {
     (Role.MIRROR, PrincipalLinked): on_principal_linked,
     (Role.MIRROR, ForkFound): on_fork_found,
     (Role.MIRROR, SettingsFromPrincipal): on_settings_from_principal,
+    (Role.MIRROR, PingDue): on_ping_due,
 }
 
 

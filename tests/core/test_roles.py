@@ -40,6 +40,7 @@ def events():
     yield roles.SettingsFromPrincipal("OFF", 20, True, redo_queue_mb=64, witness=OTHER)
     yield roles.SettingsFromPrincipal("FULL", 10, False)
     yield roles.SettingsFromPrincipal("FULL", 0, False)
+    yield roles.PingDue()
     yield roles.RedoFailed("redo failed at LSN 9: disk I/O error")
     yield roles.MirrorSuspended("redo failed at LSN 9: disk I/O error")
 
@@ -71,10 +72,13 @@ def _check_actions(view: roles.RoleView, event: roles.Event) -> None:
                  else (roles.AdoptSettings, roles.RefuseSettings))
         assert all(isinstance(a, kinds) for a in actions)
         return
+    if isinstance(event, roles.PingDue):
+        assert actions in ([], [roles.AskForVote()]) and (view.role is Role.MIRROR or actions == [])
+        return
     assert len(actions) <= 1 or all(isinstance(a, (roles.SuspendSession, roles.ServeAgain)) for a in actions)
     for action in actions:
         assert not isinstance(action, (roles.RefuseHello, roles.ServePrincipal, roles.KeepSalvageCopy, roles.ReportLoss,
-                                       roles.AdoptSettings, roles.RefuseSettings))  # answers to the principal's link only
+                                       roles.AdoptSettings, roles.RefuseSettings, roles.AskForVote))  # each from its own event
         if isinstance(action, roles.Promote):
             # only a mirror becomes principal, only of a newer role sequence, only of the one the event names
             assert view.role is Role.MIRROR and action.role_sequence == event.role_sequence > view.role_sequence
@@ -335,3 +339,15 @@ def test_settings_are_a_mirrors_only():
     assert roles.handle(roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER), event) == [
         roles.AdoptSettings((("safety", Safety.OFF), ("timeout", 20), ("suspended", True)))]
 
+
+# ------------------------------------------------------------------ the principal lost: a vote, as the old witness_link._maybe_request_failover
+
+
+def test_a_mirror_that_lost_a_synchronized_principal_asks_the_witness_for_a_vote_when_automatic_failover_may():
+    for role, connected, was_sync, safety, witness, suspended, redo_error, mirror_open in itertools.product(
+            Role, (False, True), (False, True), Safety, (None, W), (False, True), (None, "redo failed"), (True, False)):
+        view = roles.RoleView(role, SEQ, ME, PARTNER, partner_connected=connected, principal_was_synchronized=was_sync,
+                              safety=safety, witness=witness, suspended=suspended, redo_error=redo_error, mirror_open=mirror_open)
+        asks = (role is Role.MIRROR and not connected and was_sync and safety is Safety.FULL and witness is not None
+                and not suspended and redo_error is None and mirror_open)
+        assert roles.handle(view, roles.PingDue()) == ([roles.AskForVote()] if asks else []), view
