@@ -69,16 +69,17 @@ async def serve_connection(node: "NodeServices", reader: asyncio.StreamReader, w
 async def _serve_hello(node: "NodeServices", hello: dict, reader, writer) -> None:
     """A principal's link to this mirror: refused with the reason, or served until it ends."""
     database = node.databases.get(hello["db"])
-    if database is not None and mirror_session.hello_from_newer_principal(database, hello):
+    if database is not None and hello["role"] == Role.PRINCIPAL.value:
+        # a principal it deposes steps down first (core.roles), and answers the hello as the mirror
         await role_change.step_down_for_partner(node, database, hello["role_sequence"], hello["from_endpoint"])
-    reason = mirror_session.refusal_for_hello(node, database, hello)
-    if reason is not None:
-        log.warning("hello_refused", database=hello["db"], reason=reason)
-        refuse = {"t": "refuse", "reason": reason}
+    refusal = mirror_session.refusal_for_hello(node, database, hello)
+    if refusal is not None:
+        log.warning("hello_refused", database=hello["db"], reason=refusal.reason)
+        refuse = {"t": "refuse", "reason": refusal.reason}
         if database is not None:
             refuse.update(role_sequence=database.session.config.role_sequence, role=database.session.role.value)
-            if mirror_session.ended_by_off_here(database, hello):
-                refuse["partner_off"] = True
+        if refusal.partner_off:
+            refuse["partner_off"] = True
         framing.write_message(writer, refuse)
         await writer.drain()
         return

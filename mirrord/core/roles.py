@@ -1,7 +1,7 @@
 """Role changes: for each event a database's copy hears, what its role does next (pure, synchronous).
 
 A copy of a database is PRINCIPAL, MIRROR or NONE (standalone) in a role
-sequence. Seven kinds of event can change its role or its session's state
+sequence. Twelve kinds of event can change its role or its session's state
 without a statement, and TRANSITIONS lists, for each role and event, the rule
 that decides:
 
@@ -18,13 +18,26 @@ that decides:
     MIRROR      RedoFailed            on_redo_failed           suspend the session on both partners, saying why
     PRINCIPAL   MirrorSuspended       on_mirror_suspended      suspend the session here too
     NONE        WitnessState          on_witness_state         adopt a newer role sequence
+    any         PartnerHello          on_partner_hello         serve the principal's link (a mirror of it, in its
+                                                               role sequence or a newer one); else refuse, saying why
+    MIRROR      PrincipalLinked       on_principal_linked      adopt the principal's newer role sequence
+    MIRROR      ForkFound             on_fork_found            diverged: keep a salvage copy, then record and report the loss
+    MIRROR      SettingsFromPrincipal on_settings_from_principal  persist the principal's settings that differ;
+                                                               refuse settings no session can have
+    MIRROR      PingDue               on_ping_due              the principal lost: ask the witness for a vote
+                                                               (automatic failover), when it may
 
-Anything not in the table changes nothing. The rules return actions; the shell
-(mirrord.engine.role_change) carries them out in order — persisting the new
-configuration before it tells anyone (mirrord.engine.database.Database.update_config)
-— and asks `promotion_due` / `step_down_due` again at the instant it acts,
-under the database's role-change lock, since the role may have moved on while
-it waited for the witness.
+A principal's hello arrives as events, in order: PartnerIsPrincipal (a
+principal it deposes steps down), PartnerHello (answered in the role that
+leaves), then, once the link is served, SettingsFromPrincipal, PrincipalLinked
+and ForkFound if the hello names the principal's fork. Anything not in the
+table changes nothing. The rules return actions; the shell carries them out in
+order (mirrord.engine.role_change, and mirrord.engine.mirror_session for those
+of the principal's link) — persisting the new configuration before it tells
+anyone (mirrord.engine.database.Database.update_config) — and asks
+`promotion_due` / `step_down_due` again at the instant it acts, under the
+database's role-change lock, since the role may have moved on while it waited
+for the witness.
 
 The words are the reference's and SQL Server's: the role sequence counts the
 role switches (failovers and forced service) of a session, as
@@ -40,7 +53,9 @@ import enum
 from dataclasses import dataclass
 from typing import Callable, Union
 
-from mirrord.core.types import Role
+from mirrord.core import quorum, redo_queue
+from mirrord.core.statements import MAX_TIMEOUT, MIN_TIMEOUT
+from mirrord.core.types import Endpoint, Role, Safety
 
 
 @dataclass(frozen=True)
@@ -55,6 +70,20 @@ class RoleView:
     redo_error: str | None = None  # a mirror whose redo failed cannot open its copy
     forced_fork: bool = False  # a principal whose role sequence began by forced service, not yet rejoined by its partner
     failover_in_doubt: bool = False  # a principal whose manual failover was sent and never confirmed: not serving
+    # a mirror asking the witness for a vote (automatic failover or forced service): it takes no log meanwhile
+    asking_witness: bool = False
+    mirror_open: bool = True  # a MIRROR whose mirror engine runs (hardening, redo): it can take log
+    ended_by_off: str | None = None  # SET PARTNER OFF ran here, ending the session with this endpoint
+    # the session's settings as this copy holds them (a mirror adopts its principal's)
+    safety: Safety = Safety.FULL
+    timeout: int = 10
+    redo_queue_mb: int = redo_queue.UNLIMITED
+    suspended: bool = False
+    witness: str | None = None
+    partner_connected: bool = False  # a mirror: its principal's link is up
+    principal_was_synchronized: bool = False  # a mirror: the principal's state when it last heard from it
+    lost_lsn_to: int = 0  # the end of the loss this copy recorded when it last diverged (0: none)
+    salvage_path: str | None = None  # where it kept its salvage copy then
 
 
 # ------------------------------------------------------------------ events
@@ -119,7 +148,67 @@ class MirrorSuspended:
     reason: str
 
 
-Event = Union[WitnessState, PartnerIsPrincipal, PartnerWelcomed, FailoverAsked, VoteAnswered, RedoFailed, MirrorSuspended]
+@dataclass(frozen=True)
+class PartnerHello:
+    """A node says hello to this copy as its principal: it asks this copy to mirror it (the principal's link).
+
+    The shell feeds PartnerIsPrincipal first (a principal the hello deposes
+    steps down then), so the hello is answered in the role that leaves.
+    """
+
+    db: str
+    node: str  # this node's name: a refusal says where
+    sender: str  # the endpoint the sender says it is (its certificate covers it)
+    role_sequence: int
+
+
+@dataclass(frozen=True)
+class PrincipalLinked:
+    """The principal's link is this mirror's now: its hello was accepted and any older link has ended."""
+
+    role_sequence: int
+
+
+@dataclass(frozen=True)
+class ForkFound:
+    """The new principal's hello says where its role sequence began (its failover LSN, the fork).
+
+    `shared_end` is the last LSN whose record this copy shares with the new
+    principal's history (core.history.shared_history_end): whatever this copy
+    holds past it is not in that history.
+    """
+
+    role_sequence: int  # the new principal's
+    fork_lsn: int
+    shared_end: int
+    log_end: int  # this copy's last LSN
+    log_role_sequence: int  # the role sequence of this copy's newest record
+    has_copy: bool  # its page store exists: a salvage copy can be kept
+
+
+@dataclass(frozen=True)
+class SettingsFromPrincipal:
+    """The principal's settings (in its hello, or a `settings` frame): a mirror's session settings are its principal's."""
+
+    safety: str
+    timeout: int
+    suspended: bool
+    redo_queue_mb: int | None = None  # None: left out (an older principal), unchanged
+    witness: str | None = None  # "" no witness; None: not said
+
+
+@dataclass(frozen=True)
+class PingDue:
+    """The mirror's link to the witness is about to ping it: at every ping interval, and at once when woken.
+
+    The principal's link ending wakes it, whether by a hard error or by
+    silence past PARTNER TIMEOUT (mirror_session: both end the link the same
+    way); the witness, not the mirror, waits out the TIMEOUT before it votes.
+    """
+
+
+Event = Union[WitnessState, PartnerIsPrincipal, PartnerWelcomed, FailoverAsked, VoteAnswered, RedoFailed, MirrorSuspended,
+              PartnerHello, PrincipalLinked, ForkFound, SettingsFromPrincipal, PingDue]
 
 
 # ------------------------------------------------------------------ actions
@@ -186,7 +275,67 @@ class ServeAgain:
     why: str
 
 
-Action = Union[Promote, StepDown, AdoptRoleSequence, NoteWitnessSynchronized, SuspendSession, ServeAgain]
+@dataclass(frozen=True)
+class RefuseHello:
+    """Refuse the principal's hello, saying why: it redials (partner_off: SET PARTNER OFF ended the session here, end it there)."""
+
+    reason: str
+    partner_off: bool = False
+
+
+@dataclass(frozen=True)
+class ServePrincipal:
+    """Take the principal's link, once there is room to harden its log (the shell measures the log's limit and the disk)."""
+
+    role_sequence: int
+
+
+@dataclass(frozen=True)
+class KeepSalvageCopy:
+    """Keep a copy of this database as redo leaves it, for the DBA: its transactions past shared_lsn are not in the new history."""
+
+    shared_lsn: int
+
+
+@dataclass(frozen=True)
+class ReportLoss:
+    """Record (persisted) and report that LSN lost_from..lost_to of this copy are not in the new principal's history.
+
+    salvaged: a salvage copy was kept just before (KeepSalvageCopy); otherwise none is recorded.
+    """
+
+    lost_from: int
+    lost_to: int
+    role_sequence: int  # the new principal's
+    fork_lsn: int  # where its role sequence began
+    salvaged: bool
+
+
+@dataclass(frozen=True)
+class AdoptSettings:
+    """Persist the principal's settings that differ from this copy's, as (name, value) pairs of the session's config."""
+
+    changes: tuple[tuple[str, object], ...]
+
+    def as_dict(self) -> dict:
+        """The changes as keyword arguments of the config's update."""
+        return dict(self.changes)
+
+
+@dataclass(frozen=True)
+class RefuseSettings:
+    """The principal sent settings no session can have: a protocol error, the link ends and nothing changes."""
+
+    why: str
+
+
+@dataclass(frozen=True)
+class AskForVote:
+    """Ask the witness to promote this mirror (automatic failover): its answer comes back as VoteAnswered."""
+
+
+Action = Union[Promote, StepDown, AdoptRoleSequence, NoteWitnessSynchronized, SuspendSession, ServeAgain,
+               RefuseHello, ServePrincipal, KeepSalvageCopy, ReportLoss, AdoptSettings, RefuseSettings, AskForVote]
 
 
 # ------------------------------------------------------------------ rules
@@ -217,7 +366,7 @@ def on_partner_principal(view: RoleView, event: PartnerIsPrincipal) -> list[Acti
     Without a witness the authenticated partner's word is the record, as
     between the reference's partners; with one, the record decides.
     """
-    if view.role is Role.PRINCIPAL and event.role_sequence > view.role_sequence and view.partner is not None:
+    if view.role is Role.PRINCIPAL and event.role_sequence > view.role_sequence and is_partner(view, event.partner):
         return [StepDown(event.role_sequence, f"the partner {event.partner} is principal in role sequence {event.role_sequence}",
                          needs_witness=True, claimant=event.partner)]
     return []
@@ -262,6 +411,119 @@ def on_mirror_suspended(view: RoleView, event: MirrorSuspended) -> list[Action]:
     return [SuspendSession(event.reason, SuspendCause.MIRROR_ASKED)] if view.role is Role.PRINCIPAL else []
 
 
+def on_partner_hello(view: RoleView, event: PartnerHello) -> list[Action]:
+    """Mirror the principal that said hello, or refuse it, saying why (the refusals the principal reports).
+
+    Only a mirror mirrors, of its own partner, in its role sequence or a newer
+    one (the principal's role changed while it was away), and not while it
+    asks the witness to promote it: log taken then could reach a copy the
+    witness is making principal. A copy where SET PARTNER OFF ended the
+    session with this principal tells it to end it too.
+    """
+    if view.partner is None and view.ended_by_off is not None and same_endpoint(view.ended_by_off, event.sender):
+        return [RefuseHello(f"SET PARTNER OFF ended the mirroring of {event.db} on {event.node}; end it on the principal too",
+                            partner_off=True)]
+    here = f"database {event.db} on {event.node}"
+    if view.role is not Role.MIRROR or not view.mirror_open:
+        return [RefuseHello(f"{here} is not a mirror (role {view.role.value}, role sequence {view.role_sequence})")]
+    if view.asking_witness:
+        return [RefuseHello(f"{here} is asking the witness to fail over; it takes no log meanwhile")]
+    if not is_partner(view, event.sender):
+        return [RefuseHello(f"{here} mirrors {view.partner}, not {event.sender}")]
+    if event.role_sequence < view.role_sequence:
+        return [RefuseHello(f"hello from role sequence {event.role_sequence}, older than this node's {view.role_sequence}")]
+    return [ServePrincipal(event.role_sequence)]
+
+
+def on_principal_linked(view: RoleView, event: PrincipalLinked) -> list[Action]:
+    """A principal of a newer role sequence (a failover while this mirror was away): its role sequence is the session's."""
+    return [AdoptRoleSequence(event.role_sequence)] if event.role_sequence > view.role_sequence else []
+
+
+def diverged_end(event: ForkFound) -> int | None:
+    """The last LSN this copy shares with the new principal, when it holds log past it (it diverged); None if it did not.
+
+    A copy whose newest record is of the principal's role sequence or a newer
+    one went on in that history, not beside it.
+    """
+    if event.role_sequence <= event.log_role_sequence or event.log_end <= event.shared_end:
+        return None
+    return event.shared_end
+
+
+def on_fork_found(view: RoleView, event: ForkFound) -> list[Action]:
+    """Before the new principal decides anything (rewind or reseed), record what this copy loses, and salvage it.
+
+    Its history diverged from ours after its fork, or before it when this copy
+    went on in a newer role sequence than the principal's record there
+    (core.history): whatever this copy holds past the shared part is lost,
+    reported with the copy kept for the DBA, once (a reconnection finds it recorded).
+    """
+    shared = diverged_end(event)
+    if shared is None or event.role_sequence < view.role_sequence:
+        return []  # nothing past the shared history, or a principal this copy has moved on from: nothing lost to it
+    if view.lost_lsn_to == event.log_end and view.salvage_path:
+        return []  # recorded at an earlier connection
+    salvage: list[Action] = [KeepSalvageCopy(shared)] if event.has_copy else []
+    return salvage + [ReportLoss(shared + 1, event.log_end, event.role_sequence, event.fork_lsn, salvaged=event.has_copy)]
+
+
+def on_settings_from_principal(view: RoleView, event: SettingsFromPrincipal) -> list[Action]:
+    """The principal's safety, timeout, REDO_QUEUE, witness and SUSPENDED flag become this mirror's, persisted.
+
+    They outlive a role change, so the mirror keeps them too. A mirror whose
+    redo failed stays SUSPENDED until it is fixed, whatever the principal says.
+    """
+    if event.safety not in (Safety.FULL.value, Safety.OFF.value) or not MIN_TIMEOUT <= event.timeout <= MAX_TIMEOUT:
+        return [RefuseSettings(f"bad settings from the principal: safety {event.safety!r}, timeout {event.timeout!r}")]
+    changes: list[tuple[str, object]] = []
+    if event.safety != view.safety.value:
+        changes.append(("safety", Safety(event.safety)))
+    if event.timeout != view.timeout:
+        changes.append(("timeout", event.timeout))
+    limit = view.redo_queue_mb if event.redo_queue_mb is None else event.redo_queue_mb
+    if limit != redo_queue.UNLIMITED and redo_queue.limit_refusal(limit) is not None:
+        return [RefuseSettings(f"bad settings from the principal: redo_queue_mb {limit!r}")]
+    if limit != view.redo_queue_mb:
+        changes.append(("redo_queue_mb", limit))
+    if event.suspended != view.suspended and not (view.suspended and view.redo_error is not None):
+        changes.append(("suspended", event.suspended))
+    if event.witness is not None and (event.witness or None) != view.witness:
+        changes.append(("witness", event.witness or None))
+    return [AdoptSettings(tuple(changes))] if changes else []
+
+
+def on_ping_due(view: RoleView, event: PingDue) -> list[Action]:
+    """A mirror that finds the principal unavailable asks the witness to promote it, when automatic failover may.
+
+    Reference: the mirror "communicates with the witness server and receives
+    confirmation that the witness also cannot see" the principal, then "forms a
+    quorum with the witness server and promotes itself"; the conditions are
+    quorum.automatic_failover_refusal's (SAFETY FULL, a witness, synchronized
+    when the principal was lost, not SUSPENDED, redo not failed). The witness
+    link feeds this event, so the witness is connected; a mirror whose engine
+    is not open (a role change under way) has nothing to promote.
+    """
+    view_of_mirror = quorum.MirrorView(view.safety, view.witness is not None, True, view.partner_connected,
+                                       view.principal_was_synchronized, view.suspended, view.redo_error)
+    if quorum.automatic_failover_refusal(view_of_mirror) is not None or not view.mirror_open:
+        return []
+    return [AskForVote()]
+
+
+def same_endpoint(a: str, b: str) -> bool:
+    """Two endpoint texts name the same endpoint (tcp://host:port, however spelled)."""
+    try:
+        return Endpoint.parse(a) == Endpoint.parse(b)
+    except ValueError:
+        return False
+
+
+def is_partner(view: RoleView, endpoint: str) -> bool:
+    """The endpoint is this copy's configured partner."""
+    return view.partner is not None and (endpoint == view.partner or same_endpoint(view.partner, endpoint))
+
+
 Rule = Callable[[RoleView, Event], list[Action]]
 
 TRANSITIONS: dict[tuple[Role, type], Rule] = {
@@ -274,6 +536,13 @@ TRANSITIONS: dict[tuple[Role, type], Rule] = {
     (Role.MIRROR, RedoFailed): on_redo_failed,
     (Role.PRINCIPAL, MirrorSuspended): on_mirror_suspended,
     (Role.NONE, WitnessState): on_witness_state,
+    (Role.PRINCIPAL, PartnerHello): on_partner_hello,
+    (Role.MIRROR, PartnerHello): on_partner_hello,
+    (Role.NONE, PartnerHello): on_partner_hello,
+    (Role.MIRROR, PrincipalLinked): on_principal_linked,
+    (Role.MIRROR, ForkFound): on_fork_found,
+    (Role.MIRROR, SettingsFromPrincipal): on_settings_from_principal,
+    (Role.MIRROR, PingDue): on_ping_due,
 }
 
 

@@ -13,6 +13,7 @@ import structlog
 from mirrord.core.health import DatabaseFacts
 from mirrord.core.page_repair import RepairHistory
 from mirrord.core.quorum import AckRule, PrincipalView, ack_rule
+from mirrord.core.roles import RoleView
 from mirrord.core.session import Session
 from mirrord.core.types import Lsn, MirroringState
 from mirrord.engine.mirror import MirrorDatabase
@@ -189,3 +190,16 @@ class Database:
             return self.log.bytes_between(max(after, first - 1), upto)
         except (LookupError, ValueError, IndexError):
             return 0
+
+
+def role_view(database: "Database", endpoint: str) -> RoleView:
+    """What the role machine (core.roles) reads of a database's copy now; endpoint is this node's."""
+    s, cfg = database.session, database.session.config
+    return RoleView(role=cfg.role, role_sequence=cfg.role_sequence, endpoint=endpoint, partner=cfg.partner,
+                    changing=s.failover_pending or s.failover_requested, redo_error=s.redo_error,
+                    forced_fork=cfg.forced_fork, failover_in_doubt=database.failover_in_doubt,
+                    asking_witness=s.failover_requested, mirror_open=database.mirror is not None,
+                    ended_by_off=cfg.ended_by_off, safety=cfg.safety, timeout=cfg.timeout,
+                    redo_queue_mb=cfg.redo_queue_mb, suspended=cfg.suspended, witness=cfg.witness,
+                    partner_connected=s.partner_connected, principal_was_synchronized=s.principal_was_synchronized,
+                    lost_lsn_to=cfg.lost_lsn_to, salvage_path=cfg.salvage_path)

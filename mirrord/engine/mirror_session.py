@@ -17,9 +17,9 @@ import structlog
 
 from mirrord.engine import checkmirror, page_repair
 from mirrord.core.history import shared_history_end
-from mirrord.core import messages
-from mirrord.core import redo_queue
-from mirrord.core.types import Endpoint, ProtocolError, Role, Safety
+from mirrord.core import messages, redo_queue, roles
+from mirrord.core.types import ProtocolError
+from mirrord.engine.database import role_view
 from mirrord.engine.monitor import monitor_of, note_connected, partner_report
 from mirrord.net import framing
 from mirrord.storage.fileutil import DISK_RESERVE_BYTES, NO_SPACE, disk_free
@@ -34,49 +34,31 @@ log = structlog.get_logger()
 READ_CHUNK = 1 << 20
 
 
-def refusal_for_hello(node: "EndpointServices", database: "Database | None", hello: dict) -> str | None:
-    """Why this node will not mirror for the principal that said hello, or None."""
+def refusal_for_hello(node: "EndpointServices", database: "Database | None", hello: dict) -> roles.RefuseHello | None:
+    """Why this node will not mirror for the principal that said hello (core.roles decides), or None."""
     db = hello["db"]
     if database is None:
-        return (
+        return roles.RefuseHello(
             f"database {db} is not prepared on {node.name}: run ALTER DATABASE {db} SET PARTNER = "
-            f"'{hello['from_endpoint']}' on {node.name} first"
-        )
-    cfg = database.session.config
-    if ended_by_off_here(database, hello):
-        return f"SET PARTNER OFF ended the mirroring of {db} on {node.name}; end it on the principal too"
-    if database.mirror is None or cfg.role is not Role.MIRROR:
-        return f"database {db} on {node.name} is not a mirror (role {cfg.role.value}, role sequence {cfg.role_sequence})"
-    if database.session.failover_requested:
-        return f"database {db} on {node.name} is asking the witness to fail over; it takes no log meanwhile"
-    if cfg.partner is None or not _same_endpoint(cfg.partner, hello["from_endpoint"]):
-        return f"database {db} on {node.name} mirrors {cfg.partner}, not {hello['from_endpoint']}"
-    if hello["role_sequence"] < cfg.role_sequence:
-        return f"hello from role sequence {hello['role_sequence']}, older than this node's {cfg.role_sequence}"
+            f"'{hello['from_endpoint']}' on {node.name} first")
+    [answer] = roles.handle(role_view(database, node.endpoint_url),
+                            roles.PartnerHello(db, node.name, hello["from_endpoint"], hello["role_sequence"]))
+    if isinstance(answer, roles.RefuseHello):
+        return answer
+    return _room_refusal(node, database)
+
+
+def _room_refusal(node: "EndpointServices", database: "Database") -> roles.RefuseHello | None:
+    """The mirror serves its principal only with room to harden its log: under its log's limit, its disk's reserve free."""
     if (full := database.mirror.log_full_refusal()) is not None:
         database.session.note_reason(full, time.strftime("%H:%M:%S"))
-        return f"{full}; it takes log again by itself once redo has caught up on {node.name}"
+        return roles.RefuseHello(f"{full}; it takes log again by itself once redo has caught up on {node.name}")
     free = disk_free(database.directory)
     if free < DISK_RESERVE_BYTES:
         why = f"mirror disk full ({free >> 20} MB free, {DISK_RESERVE_BYTES >> 20} MB needed): it cannot harden log"
         database.session.note_reason(why, time.strftime("%H:%M:%S"))
-        return f"{why}; it takes log again by itself once space is freed on {node.name}"
+        return roles.RefuseHello(f"{why}; it takes log again by itself once space is freed on {node.name}")
     return None
-
-
-def ended_by_off_here(database: "Database", hello: dict) -> bool:
-    """SET PARTNER OFF ran here on the mirror of the principal saying hello: it must end the session too."""
-    cfg = database.session.config
-    return cfg.partner is None and cfg.ended_by_off is not None and _same_endpoint(cfg.ended_by_off, hello["from_endpoint"])
-
-
-def hello_from_newer_principal(database: "Database", hello: dict) -> bool:
-    """This principal hears its partner speak as principal of a newer role sequence."""
-    cfg = database.session.config
-    return (
-        cfg.role is Role.PRINCIPAL and hello["role"] == "PRINCIPAL" and hello["role_sequence"] > cfg.role_sequence
-        and cfg.partner is not None and _same_endpoint(cfg.partner, hello["from_endpoint"])
-    )
 
 
 class FailoverRequested(Exception):
@@ -87,22 +69,16 @@ class FailoverRequested(Exception):
         self.role_sequence, self.failover_lsn = role_sequence, failover_lsn
 
 
-def _same_endpoint(a: str, b: str) -> bool:
-    try:
-        return Endpoint.parse(a) == Endpoint.parse(b)
-    except ValueError:
-        return False
-
-
 async def serve_principal(node: "EndpointServices", database: "Database", hello: dict, reader, writer) -> None:
     """Run the mirror's side of one connection from the principal, until it fails."""
     session = database.session
-    _adopt_settings(database, hello)
-    if hello["role_sequence"] > session.config.role_sequence:
-        database.update_config(role_sequence=hello["role_sequence"])
+    await _hear(node, database, _settings(hello))
+    await _hear(node, database, roles.PrincipalLinked(hello["role_sequence"]))
     mirror = database.mirror
-    shared = _shared_end(database, hello)  # the log does not change before the welcome: one search serves both
-    await _note_divergence(database, hello, shared)
+    fork = _fork_found(database, hello)  # the log does not change before the welcome: one search serves both
+    shared = roles.diverged_end(fork) if fork is not None else None
+    if fork is not None:
+        await _hear(node, database, fork)  # before the principal decides anything: what this copy loses is recorded
     welcome = {
         "t": "welcome", "db": database.name, "role_sequence": session.config.role_sequence,
         "hardened_lsn": mirror.hardened_lsn, "hardened_role_sequence": database.log.last_role_sequence,
@@ -131,7 +107,7 @@ async def serve_principal(node: "EndpointServices", database: "Database", hello:
     reporter = RedoReporter(database, writer)
     mirror.on_redo_progress = reporter.progressed
     try:
-        await _receive_loop(database, reader, writer)
+        await _receive_loop(node, database, reader, writer)
     finally:
         reporter.close()
         if mirror.on_redo_progress == reporter.progressed:
@@ -144,7 +120,7 @@ async def serve_principal(node: "EndpointServices", database: "Database", hello:
         database.poke()  # a lost principal may mean automatic failover
 
 
-async def _receive_loop(database: "Database", reader, writer) -> None:
+async def _receive_loop(node: "EndpointServices", database: "Database", reader, writer) -> None:
     decoder = framing.FrameDecoder()
     seed: dict | None = None
     counted = False
@@ -159,7 +135,7 @@ async def _receive_loop(database: "Database", reader, writer) -> None:
         records: list[LogRecord] = []
         while (msg := decoder.next_message()) is not None:
             msg = messages.validate(msg)
-            seed = await _handle(database, msg, writer, records, seed)
+            seed = await _handle(node, database, msg, writer, records, seed)
         if records:
             if (full := database.mirror.log_full_refusal()) is not None:
                 # as a full disk: nothing more is hardened, the principal goes on without us and redials;
@@ -249,7 +225,8 @@ def _copy_installed(database: "Database", writer, lsn: int) -> None:
     framing.write_message(writer, {"t": "ack", "hardened_lsn": lsn, "redo_lsn": lsn})
 
 
-async def _handle(database: "Database", msg: dict, writer, records: list, seed: dict | None) -> dict | None:
+async def _handle(node: "EndpointServices", database: "Database", msg: dict, writer, records: list,
+                  seed: dict | None) -> dict | None:
     kind = msg["t"]
     if kind == "log":
         batch = [LogRecord.from_wire(r) for r in msg["records"]]
@@ -262,7 +239,7 @@ async def _handle(database: "Database", msg: dict, writer, records: list, seed: 
                                        "redo_queue": database.mirror.redo_queue_bytes, "monitor": partner_report(database)})
         database.session.principal_answered_at = time.monotonic()  # a pong renews the principal's mirror lease
     elif kind == "settings":
-        _adopt_settings(database, msg)
+        await _hear(node, database, _settings(msg))
     elif kind == "seed_begin":
         _check_seed(msg)
         database.mirror.seed_begin()
@@ -344,15 +321,23 @@ def _adopt_principal_view(database: "Database", msg: dict) -> None:
     database.note_state()
 
 
+def _fork_found(database: "Database", hello: dict) -> roles.ForkFound | None:
+    """What the role machine compares when the hello names the principal's fork (its failover LSN); None if it does not."""
+    fork = hello.get("failover_lsn")
+    if not isinstance(fork, int) or isinstance(fork, bool):
+        return None
+    log_ = database.log
+    end = log_.last_lsn
+    shared = shared_history_end(fork, hello.get("failover_role_sequence"), log_.first_lsn, end, log_.role_sequence_at)
+    return roles.ForkFound(hello["role_sequence"], fork, shared, end, log_.last_role_sequence,
+                           has_copy=database.mirror is not None and database.mirror.path.exists())
+
+
 def _shared_end(database: "Database", hello: dict) -> int | None:
     """The last LSN whose record this copy shares with the new principal (core.history), when it holds log past
     it (it diverged); None when it did not diverge (or the hello names no fork)."""
-    fork = hello.get("failover_lsn")
-    end = database.log.last_lsn
-    if not isinstance(fork, int) or isinstance(fork, bool) or hello["role_sequence"] <= database.log.last_role_sequence:
-        return None
-    shared = shared_history_end(fork, hello.get("failover_role_sequence"), database.log.first_lsn, end, database.log.role_sequence_at)
-    return shared if end > shared else None
+    fork = _fork_found(database, hello)
+    return roles.diverged_end(fork) if fork is not None else None
 
 
 def _diverged_pages(database: "Database", shared: int | None) -> list[int] | None:
@@ -366,62 +351,52 @@ def _diverged_pages(database: "Database", shared: int | None) -> list[int] | Non
     return sorted(touched) if touched is not None else None
 
 
-async def _note_divergence(database: "Database", hello: dict, shared: int | None) -> None:
-    """Before the new principal decides anything, record what this copy would lose, and salvage it.
+def _settings(msg: dict) -> roles.SettingsFromPrincipal:
+    """The settings a principal's hello or `settings` frame carries."""
+    witness = msg.get("witness")
+    return roles.SettingsFromPrincipal(msg["safety"], msg["timeout"], msg["suspended"], redo_queue_mb=msg.get("redo_queue_mb"),
+                                       witness=witness if isinstance(witness, str) else None)
 
-    The principal's history diverged from ours after its fork point (its
-    failover LSN), or before it when this copy went on in a newer role
-    sequence than the principal's record there (core.history): whatever this
-    node holds past the shared part is not in the new history.
-    """
-    fork = shared  # the last LSN of the history both hold (_shared_end)
-    end = database.log.last_lsn
-    if fork is None:
-        return
-    cfg = database.session.config
-    if cfg.lost_lsn_to == end and cfg.salvage_path:
-        return  # already recorded
-    if database.mirror is not None and database.mirror.path.exists():
-        await database.mirror.wait_redone()
-        path = await asyncio.to_thread(database.keep_salvage_copy, fork)
-    else:
-        path = None
-    database.update_config(lost_lsn_from=fork + 1, lost_lsn_to=end, salvage_path=path)
-    database.record_event("DATA_LOSS", f"the new principal (role sequence {hello['role_sequence']}) shares this copy's history up to LSN "
-                      f"{fork} (its fork: LSN {hello['failover_lsn']}): LSN {fork + 1}-{end} "
+
+async def _hear(node: "EndpointServices", database: "Database", event: roles.Event) -> None:
+    """Feed an event of the principal's link to the role machine (core.roles); carry out what it decides, in order."""
+    salvage: str | None = None  # the salvage copy KeepSalvageCopy kept, for ReportLoss to record
+    for action in roles.handle(role_view(database, node.endpoint_url), event):
+        if isinstance(action, roles.AdoptSettings):
+            _adopt_settings(database, action.as_dict())
+        elif isinstance(action, roles.RefuseSettings):
+            raise ProtocolError(action.why)
+        elif isinstance(action, roles.AdoptRoleSequence):
+            database.update_config(role_sequence=action.role_sequence)
+        elif isinstance(action, roles.KeepSalvageCopy):
+            await database.mirror.wait_redone()  # the copy as redo leaves it: every record this node hardened
+            salvage = await asyncio.to_thread(database.keep_salvage_copy, action.shared_lsn)
+        elif isinstance(action, roles.ReportLoss):
+            _report_loss(database, action, salvage if action.salvaged else None)
+        else:
+            raise AssertionError(f"{action!r} is not an action of the principal's link")
+
+
+def _report_loss(database: "Database", loss: roles.ReportLoss, path: str | None) -> None:
+    """Persist the lost range (and the salvage copy's path) before the welcome: the principal rewinds or reseeds after."""
+    fork, end = loss.lost_from - 1, loss.lost_to
+    database.update_config(lost_lsn_from=loss.lost_from, lost_lsn_to=end, salvage_path=path)
+    database.record_event("DATA_LOSS", f"the new principal (role sequence {loss.role_sequence}) shares this copy's history up to LSN "
+                      f"{fork} (its fork: LSN {loss.fork_lsn}): LSN {fork + 1}-{end} "
                       f"({end - fork} transactions) of this copy are not in its history; salvage copy: {path or 'none'}", lsn=fork)
     log.warning("diverged_from_new_principal", database=database.name, fork_lsn=fork, lost_from=fork + 1, lost_to=end,
-                transactions=end - fork, salvage_path=path, role="MIRROR", role_sequence=hello["role_sequence"])
+                transactions=end - fork, salvage_path=path, role="MIRROR", role_sequence=loss.role_sequence)
 
 
-def _adopt_settings(database: "Database", msg: dict) -> None:
-    """The principal's safety, timeout, witness and SUSPENDED flag are the session's."""
-    cfg = database.session.config
-    if msg["safety"] not in ("FULL", "OFF") or not 1 <= msg["timeout"] <= 3600:
-        raise ProtocolError(f"bad settings from the principal: safety {msg['safety']!r}, timeout {msg['timeout']!r}")
-    changes = {}
-    if msg["safety"] != cfg.safety.value:
-        changes["safety"] = Safety(msg["safety"])
-    if msg["timeout"] != cfg.timeout:
-        changes["timeout"] = msg["timeout"]
-    limit = msg.get("redo_queue_mb", cfg.redo_queue_mb)  # persisted here too: the setting outlives a role change
-    if limit != redo_queue.UNLIMITED and redo_queue.limit_refusal(limit) is not None:
-        raise ProtocolError(f"bad settings from the principal: redo_queue_mb {limit!r}")
-    if limit != cfg.redo_queue_mb:
-        changes["redo_queue_mb"] = limit
-    if msg["suspended"] != cfg.suspended and not (cfg.suspended and database.session.redo_error is not None):
-        changes["suspended"] = msg["suspended"]  # a mirror whose redo failed stays SUSPENDED until it is fixed
-    witness = msg.get("witness")
-    if isinstance(witness, str) and (witness or None) != cfg.witness:
-        changes["witness"] = witness or None
-    if changes:
-        database.update_config(**changes)
-        if changes.get("suspended"):
-            database.session.note_suspended()  # as on the principal: not caught up until it catches up again
-        if "suspended" in changes:
-            database.record_event("SUSPEND" if changes["suspended"] else "RESUME", "adopted from the principal", lsn=database.log.last_lsn)
-        if "witness" in changes and database.on_witness_changed is not None:
-            database.on_witness_changed(database)
+def _adopt_settings(database: "Database", changes: dict) -> None:
+    """Persist the principal's settings (core.roles chose which differ), then what follows from each."""
+    database.update_config(**changes)
+    if changes.get("suspended"):
+        database.session.note_suspended()  # as on the principal: not caught up until it catches up again
+    if "suspended" in changes:
+        database.record_event("SUSPEND" if changes["suspended"] else "RESUME", "adopted from the principal", lsn=database.log.last_lsn)
+    if "witness" in changes and database.on_witness_changed is not None:
+        database.on_witness_changed(database)  # the witness link starts or stops with the persisted setting
 
 
 def mirror_cannot_go_on(database: "Database", why: str) -> None:

@@ -25,6 +25,7 @@ import structlog
 
 from mirrord.core import quorum, roles
 from mirrord.engine import mirror_session, principal_session
+from mirrord.engine.database import role_view as view_of
 from mirrord.core.timing import timing
 from mirrord.core.types import ActionInDoubt, DatabaseStatus, Endpoint, NotPrincipal, Role, StatementRefused
 from mirrord.net import framing
@@ -39,10 +40,7 @@ log = structlog.get_logger()
 
 def role_view(node: "NodeServices", database: "Database") -> roles.RoleView:
     """What core.roles reads of this copy now."""
-    s, cfg = database.session, database.session.config
-    return roles.RoleView(role=cfg.role, role_sequence=cfg.role_sequence, endpoint=node.endpoint_url, partner=cfg.partner,
-                          changing=s.failover_pending or s.failover_requested, redo_error=s.redo_error,
-                          forced_fork=cfg.forced_fork, failover_in_doubt=database.failover_in_doubt)
+    return view_of(database, node.endpoint_url)
 
 
 async def on_event(node: "NodeServices", database: "Database", event: roles.Event) -> None:

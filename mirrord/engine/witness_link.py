@@ -8,8 +8,8 @@ same rid, so pings, reports and votes share the connection.
   from the instant the ping was *sent*). It reports whether its mirror is
   synchronized whenever that changes, and acknowledges commits alone only
   after the witness accepted "not synchronized" (`quorum.ack_rule`).
-* The mirror asks for a vote when `quorum.automatic_failover_refusal` says it
-  may, and is promoted when the vote is granted.
+* The mirror asks for a vote when the role machine says so (core.roles, PingDue:
+  `quorum.automatic_failover_refusal`), and is promoted when the vote is granted.
 * Either partner, on seeing a higher role sequence in a `w_state`, adopts it:
   a principal steps down, a mirror named principal is promoted.
 """
@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from mirrord.core import messages, quorum
-from mirrord.core.quorum import MirrorView
+from mirrord.core import messages, quorum, roles
+from mirrord.engine.database import role_view
 from mirrord.core.types import Endpoint, ProtocolError, Role, Safety
 from mirrord.net import framing
 from mirrord.core.timing import timing
@@ -143,7 +143,7 @@ async def _one_connection(node: "EndpointServices", database: "Database") -> Non
 
 
 def _hello(node: "EndpointServices", database: "Database") -> dict:
-    s, cfg = database.session, database.session.config
+    cfg = database.session.config
     return {
         "t": "w_hello", "db": database.name, "from_endpoint": node.endpoint_url, "role": cfg.role.value,
         "role_sequence": cfg.role_sequence, "partner": cfg.partner or "", "synchronized": _mirror_synchronized(database),
@@ -207,10 +207,7 @@ async def _report_if_changed(database: "Database", conn: WitnessConnection, repo
 
 
 async def _maybe_request_failover(node: "EndpointServices", database: "Database", conn: WitnessConnection, timeout: float) -> bool | None:
-    """Ask the witness for automatic failover when allowed: None if not asked, else whether it was granted."""
-    s, cfg = database.session, database.session.config
-    view = MirrorView(cfg.safety, cfg.witness is not None, True, s.partner_connected, s.principal_was_synchronized, cfg.suspended,
-                      s.redo_error)
-    if quorum.automatic_failover_refusal(view) is not None or database.mirror is None:
+    """Ask the witness for automatic failover when core.roles says so: None if not asked, else whether it was granted."""
+    if roles.handle(role_view(database, node.endpoint_url), roles.PingDue()) != [roles.AskForVote()]:
         return None
     return await node.request_promotion(database, conn, forced=False, timeout=timeout)

@@ -44,7 +44,7 @@ What it models
   sequence yields to a higher-sequence principal; the mirror of the same sequence rolls back to the
   common prefix, hardens at most `SHIP` records and answers with what it holds, which renews the
   principal's mirror lease and releases commits waiting for it); a mirror that has not heard from the
-  principal for a timeout asks the witness for a vote when `automatic_failover_refusal` allows (promoted
+  principal for a timeout asks the witness for a vote when `core.roles.on_ping_due` allows (promoted
   when the answer arrives, or by the record if the answer was lost); then every principal tries one
   commit, acknowledged as `ack_rule` says (MIRROR: once the mirror of its sequence answers that it
   hardened it, or locally once the witness heard the mirror is behind; LOCAL; BLOCKED: written while
@@ -79,7 +79,7 @@ import random
 from dataclasses import dataclass, field
 
 from mirrord.core import quorum, roles
-from mirrord.core.quorum import AckRule, MirrorView, PrincipalView, VoteRequest, WitnessRecord
+from mirrord.core.quorum import AckRule, PrincipalView, VoteRequest, WitnessRecord
 from mirrord.core.types import Role, Safety
 
 DB = "shop"
@@ -400,11 +400,14 @@ class Sim:
         for n in PARTNERS:
             m = self.p[n]
             if self.up(n) and m.role == MIRROR and self.clock(n) - m.last_heard_principal >= self.timeout:
-                view = MirrorView(self.safety, True, self.live(n, "W"), False, m.was_synchronized, False)
+                # the real rule (core.roles.on_ping_due), fed by the witness link: only while the witness is reachable
+                view = roles.RoleView(Role.MIRROR, m.seq, n, other(n), safety=self.safety, witness="W",
+                                      principal_was_synchronized=m.was_synchronized)
+                asks = self.live(n, "W") and roles.handle(view, roles.PingDue()) == [roles.AskForVote()]
                 # on a faulty network timers are jittered (half the ticks), as the real links' are: in lockstep
                 # with the principal's, a mirror asking every tick would drop every reconnection it gets
                 jittered = self.network.instant or self.rng.random() < 0.5
-                if quorum.automatic_failover_refusal(view) is None and self.clock(n) >= m.vote_asked_until and jittered:
+                if asks and self.clock(n) >= m.vote_asked_until and jittered:
                     # role_change.request_promotion: from here until the answer (or its timeout), no log from
                     # the old principal, so no lease renewed for it
                     m.vote_asked_until = self.clock(n) + self.timeout

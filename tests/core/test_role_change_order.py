@@ -14,7 +14,7 @@ from types import SimpleNamespace
 from mirrord.core import roles
 from mirrord.core.session import Session, SessionConfig
 from mirrord.core.types import Role
-from mirrord.engine import role_change
+from mirrord.engine import mirror_session, role_change
 
 ME, PARTNER, WITNESS = "tcp://a:5022", "tcp://b:5022", "tcp://c:5022"
 
@@ -87,3 +87,52 @@ def test_nothing_is_sent_in_a_role_sequence_that_was_not_persisted_first():
                 persisted.add(entry[1:])
             elif entry[0] == "send":
                 assert entry[1:] in persisted, (role, event, entry)
+
+
+# ------------------------------------------------------------------ the mirror's side of the principal's link
+
+
+class MirrorCopy(Database):
+    """A mirror whose witness link and salvage copy are journalled too (engine/mirror_session.py's actions)."""
+
+    def __init__(self, journal: list) -> None:
+        super().__init__(Role.MIRROR, journal)
+        self.session.config = self.session.config.with_(witness=None)
+        self.on_witness_changed = lambda database: journal.append(("send", "witness link", database.session.config.witness))
+        journal_ = journal
+
+        class Mirror:
+            path = SimpleNamespace(exists=lambda: True)
+
+            async def wait_redone(self) -> None:
+                journal_.append(("redo", "finished"))
+
+        self.mirror = Mirror()
+
+    def update_config(self, **changes) -> None:
+        self.session.config = self.session.config.with_(**changes)
+        self.journal.append(("persist", *sorted(changes)))
+
+    def keep_salvage_copy(self, fork_lsn: int) -> str:
+        self.journal.append(("salvage", fork_lsn))
+        return f"/data/shop.salvage-{fork_lsn}.sqlite"
+
+
+def hear(event: roles.Event) -> tuple[list, MirrorCopy]:
+    journal: list = []
+    database = MirrorCopy(journal)
+    asyncio.run(mirror_session._hear(Node(journal), database, event))
+    return journal, database
+
+
+def test_a_new_witness_from_the_principal_is_persisted_before_the_witness_link_starts():
+    journal, database = hear(roles.SettingsFromPrincipal("FULL", 10, False, witness=WITNESS))
+    assert journal == [("persist", "witness"), ("send", "witness link", WITNESS)]
+    assert database.session.config.witness == WITNESS
+
+
+def test_a_diverged_mirror_keeps_its_salvage_copy_before_it_records_the_loss():
+    journal, database = hear(roles.ForkFound(5, 12, 10, 14, 4, has_copy=True))
+    assert journal == [("redo", "finished"), ("salvage", 10), ("persist", "lost_lsn_from", "lost_lsn_to", "salvage_path")]
+    cfg = database.session.config
+    assert (cfg.lost_lsn_from, cfg.lost_lsn_to, cfg.salvage_path) == (11, 14, "/data/shop.salvage-10.sqlite")

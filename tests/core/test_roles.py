@@ -6,17 +6,20 @@ from __future__ import annotations
 import itertools
 
 from mirrord.core import roles
-from mirrord.core.types import Role
+from mirrord.core.types import Role, Safety
 
 ME, PARTNER, OTHER = "tcp://a:5022", "tcp://b:5022", "tcp://c:5022"
+SPELLINGS = {PARTNER: (PARTNER, "b:5022"), OTHER: (OTHER,)}  # the texts that name each endpoint
 SEQ = 5
 
 
 def views():
-    for role, changing, redo_error, partner, forked, doubt in itertools.product(
-            Role, (False, True), (None, "redo failed at LSN 9"), (PARTNER, None), (False, True), (False, True)):
-        yield roles.RoleView(role, SEQ, ME, partner=partner, changing=changing, redo_error=redo_error,
-                             forced_fork=forked, failover_in_doubt=doubt)
+    for role, changing, redo_error, partner, forked, doubt, asking, mirror_open, ended_by_off in itertools.product(
+            Role, (False, True), (None, "redo failed at LSN 9"), (PARTNER, None), (False, True), (False, True),
+            (False, True), (True, False), (None, PARTNER, OTHER)):
+        yield roles.RoleView(role, SEQ, ME, partner=partner, changing=changing or asking, redo_error=redo_error,
+                             forced_fork=forked, failover_in_doubt=doubt, asking_witness=asking, mirror_open=mirror_open,
+                             ended_by_off=ended_by_off)
 
 
 def events():
@@ -28,6 +31,16 @@ def events():
         yield roles.FailoverAsked(seq)
         for granted, forced in itertools.product((False, True), (False, True)):
             yield roles.VoteAnswered(granted, seq, forced=forced)
+        yield roles.PartnerIsPrincipal(seq, OTHER)
+        for sender in (PARTNER, "b:5022", OTHER, "not an endpoint"):
+            yield roles.PartnerHello("shop", "a", sender, seq)
+        yield roles.PrincipalLinked(seq)
+        for shared, has_copy in itertools.product((10, 12), (False, True)):
+            yield roles.ForkFound(seq, 12, shared, log_end=12, log_role_sequence=SEQ - 1, has_copy=has_copy)
+    yield roles.SettingsFromPrincipal("OFF", 20, True, redo_queue_mb=64, witness=OTHER)
+    yield roles.SettingsFromPrincipal("FULL", 10, False)
+    yield roles.SettingsFromPrincipal("FULL", 0, False)
+    yield roles.PingDue()
     yield roles.RedoFailed("redo failed at LSN 9: disk I/O error")
     yield roles.MirrorSuspended("redo failed at LSN 9: disk I/O error")
 
@@ -49,8 +62,23 @@ def _check_actions(view: roles.RoleView, event: roles.Event) -> None:
                                                  roles.SuspendCause.REDO_FAILED if concerned is Role.MIRROR
                                                  else roles.SuspendCause.MIRROR_ASKED)] if view.role is concerned else [])
         return
+    if isinstance(event, roles.PartnerHello):
+        _check_hello(view, event, actions)
+        return
+    if isinstance(event, (roles.ForkFound, roles.SettingsFromPrincipal)):
+        # only a mirror hears its principal's history and settings; what it does is checked in worlds of their own below
+        assert view.role is Role.MIRROR or actions == []
+        kinds = ((roles.KeepSalvageCopy, roles.ReportLoss) if isinstance(event, roles.ForkFound)
+                 else (roles.AdoptSettings, roles.RefuseSettings))
+        assert all(isinstance(a, kinds) for a in actions)
+        return
+    if isinstance(event, roles.PingDue):
+        assert actions in ([], [roles.AskForVote()]) and (view.role is Role.MIRROR or actions == [])
+        return
     assert len(actions) <= 1 or all(isinstance(a, (roles.SuspendSession, roles.ServeAgain)) for a in actions)
     for action in actions:
+        assert not isinstance(action, (roles.RefuseHello, roles.ServePrincipal, roles.KeepSalvageCopy, roles.ReportLoss,
+                                       roles.AdoptSettings, roles.RefuseSettings, roles.AskForVote))  # each from its own event
         if isinstance(action, roles.Promote):
             # only a mirror becomes principal, only of a newer role sequence, only of the one the event names
             assert view.role is Role.MIRROR and action.role_sequence == event.role_sequence > view.role_sequence
@@ -64,8 +92,11 @@ def _check_actions(view: roles.RoleView, event: roles.Event) -> None:
             assert view.role is Role.PRINCIPAL and action.role_sequence == event.role_sequence > view.role_sequence
             assert action.needs_witness or (isinstance(event, roles.WitnessState) and event.principal != ME)
             assert not action.needs_witness or action.claimant == event.partner
+            assert not isinstance(event, roles.PartnerIsPrincipal) or event.partner == PARTNER == view.partner  # only its partner
         elif isinstance(action, roles.AdoptRoleSequence):
             assert view.role is not Role.PRINCIPAL and action.role_sequence > view.role_sequence
+            assert action.role_sequence == event.role_sequence
+            assert isinstance(event, roles.WitnessState) or (isinstance(event, roles.PrincipalLinked) and view.role is Role.MIRROR)
         elif isinstance(action, (roles.SuspendSession, roles.ServeAgain)):
             # only the principal of the role sequence its partner welcomed it in, and only what it was waiting for
             assert view.role is Role.PRINCIPAL and isinstance(event, roles.PartnerWelcomed)
@@ -76,10 +107,27 @@ def _check_actions(view: roles.RoleView, event: roles.Event) -> None:
             assert view.role is Role.PRINCIPAL and event.role_sequence == view.role_sequence and event.principal == ME
 
 
+def _check_hello(view: roles.RoleView, event: roles.PartnerHello, actions: list) -> None:
+    """A hello is answered: served by a mirror of that principal, in its role sequence or a newer one; else refused."""
+    [answer] = actions
+    off_here = view.partner is None and event.sender in SPELLINGS.get(view.ended_by_off, ())
+    serves = (view.role is Role.MIRROR and view.mirror_open and not view.asking_witness
+              and event.sender in SPELLINGS.get(view.partner, ()) and event.role_sequence >= view.role_sequence)
+    if serves:
+        assert answer == roles.ServePrincipal(event.role_sequence)
+    else:
+        assert isinstance(answer, roles.RefuseHello) and answer.reason
+        assert answer.partner_off == off_here  # only SET PARTNER OFF here tells the principal to end the session
+
+
 def test_an_event_of_an_older_role_sequence_changes_nothing():
     for view, event in WORLD:
         if getattr(event, "role_sequence", view.role_sequence) < view.role_sequence:
-            assert roles.handle(view, event) == [], (view, event)
+            actions = roles.handle(view, event)
+            if isinstance(event, roles.PartnerHello):  # a hello is answered: refused, saying why
+                assert [type(a) for a in actions] == [roles.RefuseHello], (view, event)
+            else:
+                assert actions == [], (view, event)
 
 
 def test_a_failover_of_our_own_is_left_to_switch_roles_itself():
@@ -166,3 +214,140 @@ def test_the_partner_welcoming_this_principal_settles_a_forced_fork_and_a_failov
     assert [type(a) for a in roles.handle(doubt, roles.PartnerWelcomed(SEQ))] == [roles.ServeAgain]
     assert roles.handle(doubt, roles.PartnerWelcomed(SEQ - 1)) == []  # another role sequence's welcome settles nothing
     assert roles.handle(roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER, forced_fork=True), roles.PartnerWelcomed(SEQ)) == []
+
+
+def test_a_partner_claiming_to_be_principal_is_only_the_configured_partner_however_spelled():
+    principal = roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER)
+    assert [type(a) for a in roles.handle(principal, roles.PartnerIsPrincipal(SEQ + 1, "b:5022"))] == [roles.StepDown]
+    assert roles.handle(principal, roles.PartnerIsPrincipal(SEQ + 1, OTHER)) == []  # not our partner: no claim on us
+
+
+# ------------------------------------------------------------------ the principal's hello, as the old refusal_for_hello
+
+
+def test_the_hello_of_its_partner_is_served_by_a_mirror_in_its_role_sequence_or_a_newer_one():
+    mirror = roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER)
+    for seq in (SEQ, SEQ + 1):
+        assert roles.handle(mirror, roles.PartnerHello("shop", "a", PARTNER, seq)) == [roles.ServePrincipal(seq)]
+    [older] = roles.handle(mirror, roles.PartnerHello("shop", "a", PARTNER, SEQ - 1))
+    assert older == roles.RefuseHello(f"hello from role sequence {SEQ - 1}, older than this node's {SEQ}")
+
+
+def test_a_hello_is_refused_saying_why():
+    hello = roles.PartnerHello("shop", "a", PARTNER, SEQ)
+    cases = {
+        roles.RoleView(Role.NONE, SEQ, ME, None, ended_by_off=PARTNER):
+            roles.RefuseHello("SET PARTNER OFF ended the mirroring of shop on a; end it on the principal too", partner_off=True),
+        roles.RoleView(Role.NONE, SEQ, ME, None, ended_by_off=OTHER):
+            roles.RefuseHello(f"database shop on a is not a mirror (role NONE, role sequence {SEQ})"),
+        roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER):
+            roles.RefuseHello(f"database shop on a is not a mirror (role PRINCIPAL, role sequence {SEQ})"),
+        roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER, mirror_open=False):
+            roles.RefuseHello(f"database shop on a is not a mirror (role MIRROR, role sequence {SEQ})"),
+        roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER, changing=True, asking_witness=True):
+            roles.RefuseHello("database shop on a is asking the witness to fail over; it takes no log meanwhile"),
+        roles.RoleView(Role.MIRROR, SEQ, ME, OTHER):
+            roles.RefuseHello(f"database shop on a mirrors {OTHER}, not {PARTNER}"),
+        roles.RoleView(Role.MIRROR, SEQ, ME, None):
+            roles.RefuseHello(f"database shop on a mirrors None, not {PARTNER}"),
+    }
+    for view, refusal in cases.items():
+        assert roles.handle(view, hello) == [refusal], view
+    # a manual failover of a principal that stepped down meanwhile is not a vote: the mirror it became takes log
+    assert roles.handle(roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER, changing=True), hello) == [roles.ServePrincipal(SEQ)]
+
+
+def test_a_newer_principal_linked_gives_its_role_sequence_to_its_mirror():
+    mirror = roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER)
+    assert roles.handle(mirror, roles.PrincipalLinked(SEQ + 2)) == [roles.AdoptRoleSequence(SEQ + 2)]
+    assert roles.handle(mirror, roles.PrincipalLinked(SEQ)) == []
+    assert roles.handle(roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER), roles.PrincipalLinked(SEQ + 2)) == []
+
+
+# ------------------------------------------------------------------ the fork found, as the old _note_divergence
+
+END, PATH = 14, "/data/shop.salvage-10.sqlite"
+
+
+def fork_world():
+    for role, view_seq, lost_to, path in itertools.product(Role, (SEQ, SEQ + 1), (0, END - 1, END), (None, PATH)):
+        view = roles.RoleView(role, view_seq, ME, PARTNER, lost_lsn_to=lost_to, salvage_path=path)
+        for log_seq, shared, has_copy in itertools.product((SEQ - 1, SEQ, SEQ + 1), (8, END - 1, END, END + 2), (False, True)):
+            yield view, roles.ForkFound(SEQ, 12, shared, END, log_seq, has_copy)
+
+
+def test_a_diverged_mirror_keeps_a_salvage_copy_then_records_its_loss_once():
+    for view, event in fork_world():
+        actions = roles.handle(view, event)
+        diverged = event.role_sequence > event.log_role_sequence and event.log_end > event.shared_end
+        assert roles.diverged_end(event) == (event.shared_end if diverged else None)
+        recorded = view.lost_lsn_to == END and view.salvage_path is not None
+        if view.role is not Role.MIRROR or not diverged or recorded or event.role_sequence < view.role_sequence:
+            assert actions == [], (view, event)
+            continue
+        loss = roles.ReportLoss(event.shared_end + 1, END, SEQ, 12, salvaged=event.has_copy)
+        # the copy is kept before the loss is recorded: a recorded loss names its salvage copy
+        assert actions == ([roles.KeepSalvageCopy(event.shared_end)] if event.has_copy else []) + [loss], (view, event)
+
+
+def test_the_nemesis_case_loses_from_where_the_copy_went_on_in_a_newer_role_sequence():
+    # (tests/storage/test_divergence.py on a real log): the shared history ends at 10, the loss is 11..14
+    event = roles.ForkFound(104, 12, 10, 14, 103, has_copy=True)
+    assert roles.handle(roles.RoleView(Role.MIRROR, 104, ME, PARTNER), event) == [
+        roles.KeepSalvageCopy(10), roles.ReportLoss(11, 14, 104, 12, salvaged=True)]
+
+
+# ------------------------------------------------------------------ settings from the principal, as the old _adopt_settings
+
+W, W2 = "tcp://w:5022", "tcp://v:5022"
+
+
+def settings_world():
+    for safety, timeout, limit, suspended, redo_error, witness in itertools.product(
+            Safety, (10, 20), (0, 64), (False, True), (None, "redo failed"), (None, W)):
+        view = roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER, safety=safety, timeout=timeout, redo_queue_mb=limit,
+                              suspended=suspended, redo_error=redo_error, witness=witness)
+        for e_safety, e_timeout, e_suspended, e_limit, e_witness in itertools.product(
+                ("FULL", "OFF", "full"), (0, 1, 20, 3600, 3601), (False, True), (None, 0, 64, 1 << 21), (None, "", W, W2)):
+            yield view, roles.SettingsFromPrincipal(e_safety, e_timeout, e_suspended, redo_queue_mb=e_limit, witness=e_witness)
+
+
+def test_the_principal_settings_become_the_mirrors_but_a_failed_redo_keeps_it_suspended():
+    for view, event in settings_world():
+        actions = roles.handle(view, event)
+        limit = view.redo_queue_mb if event.redo_queue_mb is None else event.redo_queue_mb
+        if event.safety not in ("FULL", "OFF") or not 1 <= event.timeout <= 3600 or limit > 1 << 20:
+            [refused] = actions  # nothing is persisted of settings no session can have
+            assert isinstance(refused, roles.RefuseSettings) and "bad settings from the principal" in refused.why
+            continue
+        changes = actions[0].as_dict() if actions else {}
+        assert actions == ([roles.AdoptSettings(actions[0].changes)] if changes else []), (view, event)
+        current = {"safety": view.safety, "timeout": view.timeout, "redo_queue_mb": view.redo_queue_mb,
+                   "suspended": view.suspended, "witness": view.witness}
+        assert all(current[name] != value for name, value in changes.items())  # only what differs is persisted
+        after = {**current, **changes}
+        assert after["safety"] is Safety(event.safety) and after["timeout"] == event.timeout and after["redo_queue_mb"] == limit
+        assert after["witness"] == (view.witness if event.witness is None else event.witness or None)
+        kept_suspended = view.suspended and view.redo_error is not None
+        assert after["suspended"] == (True if kept_suspended else event.suspended), (view, event)
+
+
+def test_settings_are_a_mirrors_only():
+    event = roles.SettingsFromPrincipal("OFF", 20, True)
+    for role in (Role.PRINCIPAL, Role.NONE):
+        assert roles.handle(roles.RoleView(role, SEQ, ME, PARTNER), event) == []
+    assert roles.handle(roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER), event) == [
+        roles.AdoptSettings((("safety", Safety.OFF), ("timeout", 20), ("suspended", True)))]
+
+
+# ------------------------------------------------------------------ the principal lost: a vote, as the old witness_link._maybe_request_failover
+
+
+def test_a_mirror_that_lost_a_synchronized_principal_asks_the_witness_for_a_vote_when_automatic_failover_may():
+    for role, connected, was_sync, safety, witness, suspended, redo_error, mirror_open in itertools.product(
+            Role, (False, True), (False, True), Safety, (None, W), (False, True), (None, "redo failed"), (True, False)):
+        view = roles.RoleView(role, SEQ, ME, PARTNER, partner_connected=connected, principal_was_synchronized=was_sync,
+                              safety=safety, witness=witness, suspended=suspended, redo_error=redo_error, mirror_open=mirror_open)
+        asks = (role is Role.MIRROR and not connected and was_sync and safety is Safety.FULL and witness is not None
+                and not suspended and redo_error is None and mirror_open)
+        assert roles.handle(view, roles.PingDue()) == ([roles.AskForVote()] if asks else []), view
