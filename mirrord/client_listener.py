@@ -22,7 +22,7 @@ from mirrord.core import logins as lg
 from mirrord.core import messages
 from mirrord.core.types import MirrordError, ProtocolError
 from mirrord.net import framing
-from mirrord.net.client_port import ClientPort
+from mirrord.net.client_port import ClientPort, ClientReader
 from mirrord.node_services import ClientOwner, ClientState
 from mirrord.engine.principal import PrincipalDatabase
 
@@ -82,7 +82,7 @@ class ClientListener:
         self.spids = itertools.count(51)  # session ids, as SQL Server numbers user sessions (from 51)
         self.connections: dict[int, ClientConnection] = {}  # by spid: EXEC sp_who
 
-    async def on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def on_client(self, reader: ClientReader, writer: asyncio.StreamWriter) -> None:
         connection = ClientConnection(self)
         self.connections[connection.owner.spid] = connection
         try:

@@ -44,7 +44,7 @@ from mirrord.engine.mirror import CHECKSUMS_FILE, SNAPSHOTS_DIR, MirrorDatabase
 from mirrord.version import installed_version
 from mirrord.engine.monitor import NodeMetrics, run_sampler
 from mirrord.net import framing
-from mirrord.net.client_port import ClientPort
+from mirrord.net.client_port import ClientPort, ClientReader
 from mirrord.engine.principal_session import run_off_notice, run_partner_link
 from mirrord.net.tls import Listener, TlsContexts, TlsSetupError
 from mirrord.engine.witness_link import run_witness_link
@@ -147,7 +147,8 @@ class Node:
                         "anyone who can reach the ports can read, write and administer", hint="restart with --tls-dir DIR")
         await self.start_endpoint()
         self._client_server = await Listener.start(self.config.listen.host, self.config.listen.port,
-                                                   self.tls and self.tls.client_server, self.clients.on_client, "client")
+                                                   self.tls and self.tls.client_server, self.clients.on_client, "client",
+                                                   reader_class=ClientReader)
         if self.config.metrics is not None:
             await self.http.start(self.config.metrics.host, self.config.metrics.port)
         self._sampler = asyncio.create_task(run_sampler(lambda: self.databases, self.witness, self.metrics), name="monitor-sampler")

@@ -41,7 +41,7 @@ from mirrord.core import statements as st
 from mirrord.core.types import MirrordError, ProtocolError
 from mirrord.core.values import check_params
 from mirrord.net import framing
-from mirrord.net.client_port import ClientLimits, ClientPort
+from mirrord.net.client_port import ClientLimits, ClientPort, ClientReader
 from mirrord.storage.log import MAX_PAGE_COUNT, LogRecord
 
 INTERESTING_INTS = [0, 1, -1, 2, 255, 256, 511, 512, 4096, 65535, 65536, 2**31 - 1, 2**31, 2**32 - 1, 2**32,
@@ -305,7 +305,7 @@ def target_client(rng: random.Random, corpus: list[bytes]) -> None:
         data = mutate(rng, data, corpus)
         if rng.random() < 0.5:
             data = fix_header(data)
-    reader = asyncio.StreamReader(loop=_LOOP)
+    reader = ClientReader(loop=_LOOP)
     reader.feed_data(data)
     reader.feed_eof()
     writer = _Writer()

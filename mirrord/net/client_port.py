@@ -10,10 +10,13 @@ read. A frame that fails any check gets an error frame (code `protocol`, with
 the request id when it can be read) and the connection is closed; a statement
 that fails gets an error frame and the connection goes on.
 
-While a statement runs, the loop keeps reading: EOF means the client went
-away, and its statement is interrupted (`StatementGuard.cancel`) instead of
-running on for nobody. A byte that arrives is the start of the client's next
-frame and is kept. While the client holds an open transaction (and with it the
+While a statement runs, its connection's reader (`ClientReader`) watches for
+the client going away: EOF with nothing left unread, or a reset, interrupts
+the statement (`StatementGuard.cancel`) instead of letting it run on for
+nobody. Bytes that arrive meanwhile wait in the reader as the start of the
+client's next frame. No task or timer is made per statement for this: a
+request costs the connection's own task a read, a frame deadline and the
+answer. While the client holds an open transaction (and with it the
 write lock) and stays silent longer than `idle_transaction_timeout`, the
 transaction is rolled back; the client learns it from the error its next
 statement gets (`transaction_aborted`), since the protocol has no unsolicited
@@ -28,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 import structlog
 
@@ -98,6 +101,31 @@ class ClientSession(Protocol):
         """Roll back this connection's open transaction: it was idle longer than seconds."""
 
 
+class ClientReader(asyncio.StreamReader):
+    """A client connection's StreamReader, which says when the client went away while a statement runs.
+
+    `on_gone` is called once the connection ends with nothing left to read (EOF
+    after the last byte was read, or a reset): a byte still unread is the start
+    of the client's next frame, so a client that sent it has not gone yet.
+    """
+
+    on_gone: Callable[[], None] | None = None
+
+    def feed_eof(self) -> None:
+        super().feed_eof()
+        if self.on_gone is not None and self.at_eof():
+            self.on_gone()
+
+    def set_exception(self, exc: BaseException) -> None:
+        super().set_exception(exc)
+        if self.on_gone is not None:
+            self.on_gone()
+
+    def gone(self) -> bool:
+        """The client went away already: a reset, or EOF with nothing left to read."""
+        return self.exception() is not None or self.at_eof()
+
+
 class _Closed(Exception):
     """The connection ends here (EOF, idle, a deadline); the reason is in the message."""
 
@@ -126,8 +154,10 @@ class ClientPort:
         self.limits = limits
         self.active = 0
 
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, session: ClientSession) -> None:
+    async def serve(self, reader: ClientReader, writer: asyncio.StreamWriter, session: ClientSession) -> None:
         """Serve one connection until the client leaves or breaks a rule (the caller closes the writer)."""
+        if not isinstance(reader, ClientReader):  # a plain StreamReader would never interrupt a statement
+            raise TypeError("the client port reads connections through a ClientReader (Listener reader_class)")
         peer = writer.get_extra_info("peername")
         if self.active >= self.limits.max_clients:
             log.warning("client_refused", peer=str(peer), reason="connection limit", limit=self.limits.max_clients)
@@ -149,47 +179,36 @@ class ClientPort:
         finally:
             self.active -= 1
 
-    async def _loop(self, reader, writer, session: ClientSession) -> None:
-        pending: asyncio.Task | None = None  # reads the first byte of the next frame
-        try:
-            while True:
-                first = await self._first_byte(reader, pending, session)
-                pending = None
-                msg = await self._rest_of_frame(reader, first)
-                answer, pending = await self._run(reader, session, msg)
-                if answer is None:  # the guard interrupted the statement, if it was still running
-                    raise _Closed("the client went away while its statement ran; the statement was interrupted")
-                await _send(writer, answer, strict=True)
-        finally:
-            if pending is not None:
-                pending.cancel()
+    async def _loop(self, reader: ClientReader, writer, session: ClientSession) -> None:
+        while True:
+            first = await self._first_byte(reader, session)
+            msg = await self._rest_of_frame(reader, first)
+            answer = await self._run(reader, session, msg)
+            if answer is None:  # the guard interrupted the statement, if it was still running
+                raise _Closed("the client went away while its statement ran; the statement was interrupted")
+            await _send(writer, answer, strict=True)
 
-    async def _first_byte(self, reader, pending: asyncio.Task | None, session: ClientSession) -> bytes:
+    async def _first_byte(self, reader: ClientReader, session: ClientSession) -> bytes:
         """Wait for the next frame to start; roll back a transaction left idle too long."""
-        if pending is not None and pending.done() and not pending.cancelled():
-            # the usual case: the next frame began while the last answer was on its way; no timers needed
-            data = pending.result()
-            if not data:
-                raise _Closed("the client closed the connection", notable=False)
-            return data
-        task = pending or asyncio.ensure_future(reader.read(1))
         now = time.monotonic()
         idle_until = now + self.limits.idle_timeout
         txn_until = now + self.limits.idle_transaction_timeout
         while True:
             until = min(idle_until, txn_until) if session.holds_transaction() else idle_until
-            done, _ = await asyncio.wait({task}, timeout=max(0.0, until - time.monotonic()))
-            if done:
-                data = task.result()
-                if not data:
-                    raise _Closed("the client closed the connection", notable=False)
-                return data
-            if session.holds_transaction() and time.monotonic() >= txn_until:
-                await session.abort_idle_transaction(self.limits.idle_transaction_timeout)
+            try:
+                # a read from what is buffered returns at once: the timer never fires then
+                async with asyncio.timeout(max(0.0, until - time.monotonic())):
+                    data = await reader.read(1)
+            except TimeoutError:
+                if session.holds_transaction() and time.monotonic() >= txn_until:
+                    await session.abort_idle_transaction(self.limits.idle_transaction_timeout)
+                    continue
+                if time.monotonic() >= idle_until:
+                    raise _Closed(f"idle for {self.limits.idle_timeout:g} s") from None
                 continue
-            if time.monotonic() >= idle_until:
-                task.cancel()
-                raise _Closed(f"idle for {self.limits.idle_timeout:g} s")
+            if not data:
+                raise _Closed("the client closed the connection", notable=False)
+            return data
 
     async def _rest_of_frame(self, reader, first: bytes) -> dict:
         """The rest of a frame within the frame deadline and size limit; a validated query."""
@@ -218,33 +237,24 @@ class ClientPort:
         length, flags, crc = framing.check_header(header, self.limits.max_frame)
         return await reader.readexactly(length), flags, crc
 
-    async def _run(self, reader, session: ClientSession, msg: dict) -> tuple[dict | None, asyncio.Task | None]:
-        """Answer msg while watching the connection; (None, None) if the client went away meanwhile.
+    async def _run(self, reader: ClientReader, session: ClientSession, msg: dict) -> dict | None:
+        """Answer msg, interrupting it if the client goes away meanwhile (then None).
 
-        The watch is one read of a byte, in its own task: EOF (or a reset) cancels the
-        statement's guard; a byte is the start of the client's next frame, kept for later.
-        The statement runs in this task, so a round trip costs one task, not two.
+        The reader calls the guard's cancel when the connection ends; the
+        statement runs in this task, so a round trip costs no task of its own.
         """
         timeout_ms = session.statement_timeout_ms or self.limits.statement_timeout_ms
         guard = StatementGuard(time.monotonic() + timeout_ms / 1000, self.limits.max_result_bytes, timeout_ms)
-        watch = asyncio.ensure_future(reader.read(1))
-        watch.add_done_callback(lambda done: _client_gone(done) and guard.cancel())
+        if reader.gone():
+            guard.cancel()
+        reader.on_gone = guard.cancel
         token = CURRENT.set(guard)  # seen on the SQLite thread (principal._in_connection_thread copies the context)
         try:
             answer = await session.answer(msg)
-        except BaseException:
-            watch.cancel()
-            raise
         finally:
             CURRENT.reset(token)
-        if guard.cancelled:
-            return None, None
-        return answer, watch
-
-
-def _client_gone(read: asyncio.Future) -> bool:
-    """The watch read ended in EOF or an error: nobody waits for the answer."""
-    return not read.cancelled() and (read.exception() is not None or not read.result())
+            reader.on_gone = None
+        return None if guard.cancelled else answer
 
 
 async def _send(writer: asyncio.StreamWriter, frame: dict, strict: bool = False) -> None:

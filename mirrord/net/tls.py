@@ -131,19 +131,22 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
 class Listener:
     """A TCP listener whose connections are handed over as streams, after the TLS handshake if ctx is set."""
 
-    def __init__(self, sock: socket.socket, ctx: ssl.SSLContext | None, handler: Handler, port_name: str) -> None:
+    def __init__(self, sock: socket.socket, ctx: ssl.SSLContext | None, handler: Handler, port_name: str,
+                 reader_class: type[asyncio.StreamReader] = asyncio.StreamReader) -> None:
         self._sock, self._ctx, self._handler, self._port_name = sock, ctx, handler, port_name
+        self._reader_class = reader_class  # the client port's readers watch for the client going away
         # asyncio holds tasks weakly: without these references a connection's task can be
         # garbage-collected mid-await ("Task was destroyed but it is pending"), closing it
         self._connections: set[asyncio.Task] = set()
         self._task = asyncio.create_task(self._accept_loop(), name=f"accept-{port_name}")
 
     @classmethod
-    async def start(cls, host: str, port: int, ctx: ssl.SSLContext | None, handler: Handler, port_name: str) -> "Listener":
-        """Listen on host:port (OSError if it cannot)."""
+    async def start(cls, host: str, port: int, ctx: ssl.SSLContext | None, handler: Handler, port_name: str,
+                    reader_class: type[asyncio.StreamReader] = asyncio.StreamReader) -> "Listener":
+        """Listen on host:port (OSError if it cannot); connections are read through reader_class."""
         sock = socket.create_server((host, port), backlog=128)
         sock.setblocking(False)
-        return cls(sock, ctx, handler, port_name)
+        return cls(sock, ctx, handler, port_name, reader_class)
 
     def close(self) -> None:
         """Stop accepting (connections already handed over carry on)."""
@@ -166,7 +169,7 @@ class Listener:
 
     async def _connection(self, sock: socket.socket, addr) -> None:
         loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=1 << 16)
+        reader = self._reader_class(limit=1 << 16)
         protocol = asyncio.StreamReaderProtocol(reader)
         try:
             kwargs = {} if self._ctx is None else {"ssl": self._ctx, "ssl_handshake_timeout": HANDSHAKE_TIMEOUT}
