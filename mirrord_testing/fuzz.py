@@ -237,8 +237,8 @@ def target_sql(rng: random.Random, corpus: list[bytes]) -> None:
     assert answer is None or isinstance(answer, str)
 
 
-class _Writer:
-    """An in-memory StreamWriter for the client port."""
+class MemoryWriter:
+    """An in-memory StreamWriter for the client port (also used by its unit tests)."""
 
     def __init__(self) -> None:
         self.data = bytearray()
@@ -308,7 +308,7 @@ def target_client(rng: random.Random, corpus: list[bytes]) -> None:
     reader = ClientReader(loop=_LOOP)
     reader.feed_data(data)
     reader.feed_eof()
-    writer = _Writer()
+    writer = MemoryWriter()
     _LOOP.run_until_complete(_PORT.serve(reader, writer, _Session()))
     decoder = framing.FrameDecoder()
     decoder.feed(bytes(writer.data))

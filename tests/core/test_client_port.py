@@ -10,27 +10,7 @@ from mirrord.core import messages
 from mirrord.net import framing
 from mirrord.net.client_port import ClientLimits, ClientPort, ClientReader
 from mirrord.storage.statement_guard import CURRENT
-
-
-class _Writer:
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    async def drain(self) -> None:
-        return None
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def get_extra_info(self, name: str, default=None):
-        return ("test", 0) if name == "peername" else default
-
-    def close(self) -> None:
-        self.closed = True
+from mirrord_testing.fuzz import MemoryWriter
 
 
 class _Session:
@@ -58,7 +38,7 @@ class _Session:
         return None
 
 
-def _frames(writer: _Writer) -> list[dict]:
+def _frames(writer: MemoryWriter) -> list[dict]:
     decoder = framing.FrameDecoder()
     decoder.feed(bytes(writer.data))
     out = []
@@ -94,7 +74,7 @@ def test_the_reader_says_gone_only_once_nothing_is_left_to_read():
 
 def test_a_statement_is_interrupted_when_its_client_goes_away():
     async def go():
-        reader, writer, session = ClientReader(), _Writer(), _Session()
+        reader, writer, session = ClientReader(), MemoryWriter(), _Session()
         reader.feed_data(_query(1, "SELECT 1") + _query(2, "wait"))
         serving = asyncio.create_task(ClientPort(ClientLimits()).serve(reader, writer, session))
         await asyncio.wait_for(session.started.wait(), 5)
@@ -108,7 +88,7 @@ def test_a_statement_is_interrupted_when_its_client_goes_away():
 
 def test_a_client_that_sent_its_next_frame_and_closed_is_not_gone_until_that_frame_is_read():
     async def go():
-        reader, writer, session = ClientReader(), _Writer(), _Session()
+        reader, writer, session = ClientReader(), MemoryWriter(), _Session()
         reader.feed_data(_query(1, "SELECT 1") + _query(2, "wait"))
         reader.feed_eof()
         await asyncio.wait_for(ClientPort(ClientLimits()).serve(reader, writer, session), 5)
@@ -122,7 +102,7 @@ def test_a_client_that_sent_its_next_frame_and_closed_is_not_gone_until_that_fra
 
 def test_a_statement_whose_client_left_before_it_started_is_interrupted_at_once():
     async def go():
-        reader, writer, session = ClientReader(), _Writer(), _Session()
+        reader, writer, session = ClientReader(), MemoryWriter(), _Session()
         reader.feed_data(_query(1, "wait"))
         reader.feed_eof()
         await asyncio.wait_for(ClientPort(ClientLimits()).serve(reader, writer, session), 5)
@@ -133,7 +113,7 @@ def test_a_statement_whose_client_left_before_it_started_is_interrupted_at_once(
 
 def test_an_idle_client_is_cut_off():
     async def go():
-        reader, writer = ClientReader(), _Writer()
+        reader, writer = ClientReader(), MemoryWriter()
         await asyncio.wait_for(ClientPort(ClientLimits(idle_timeout=0.05)).serve(reader, writer, _Session()), 5)
         return writer
 
@@ -142,7 +122,7 @@ def test_an_idle_client_is_cut_off():
 
 def test_the_port_needs_a_client_reader():
     async def go():
-        await ClientPort(ClientLimits()).serve(asyncio.StreamReader(), _Writer(), _Session())
+        await ClientPort(ClientLimits()).serve(asyncio.StreamReader(), MemoryWriter(), _Session())
 
     with pytest.raises(TypeError, match="ClientReader"):
         asyncio.run(go())
