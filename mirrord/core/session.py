@@ -200,8 +200,7 @@ class Session:
         SYNCHRONIZED and the principal could tell the witness so (which would let
         it promote a mirror that lacks those commits).
         """
-        self.caught_up = self.closing = False
-        self.tail_sent_lsn = NO_LSN
+        self._restart_catch_up(False)
 
     def note_partner_lost(self) -> None:
         """The partner connection failed (hard error or timeout)."""
@@ -209,8 +208,7 @@ class Session:
             self.principal_was_synchronized = self.caught_up
         self.redo_queue_bytes = 0  # stale once the link is gone; the next connection reports it anew
         self.partner_connected = False
-        self.caught_up = self.closing = False
-        self.tail_sent_lsn = NO_LSN
+        self._restart_catch_up(False)
         self.mirror_lease_until = 0.0
 
     def note_stepped_down(self) -> None:
@@ -231,5 +229,9 @@ class Session:
         if not self.config.suspended:
             self.state_reason = None
         self.hardened_lsn = hardened
+        self._restart_catch_up(hardened >= self.end_of_log_lsn)
+
+    def _restart_catch_up(self, caught_up: bool) -> None:
+        """Catching up starts over (note_ack): closing and the frame it counts from go together."""
+        self.caught_up = caught_up
         self.closing, self.tail_sent_lsn = False, NO_LSN
-        self.caught_up = hardened >= self.end_of_log_lsn

@@ -333,13 +333,6 @@ def _fork_found(database: "Database", hello: dict) -> roles.ForkFound | None:
                            has_copy=database.mirror is not None and database.mirror.path.exists())
 
 
-def _shared_end(database: "Database", hello: dict) -> int | None:
-    """The last LSN whose record this copy shares with the new principal (core.history), when it holds log past
-    it (it diverged); None when it did not diverge (or the hello names no fork)."""
-    fork = _fork_found(database, hello)
-    return roles.diverged_end(fork) if fork is not None else None
-
-
 def _diverged_pages(database: "Database", shared: int | None) -> list[int] | None:
     """Pages this copy changed past the history it shares with the principal, when its log still says which."""
     end = database.log.last_lsn

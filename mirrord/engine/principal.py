@@ -415,10 +415,16 @@ class PrincipalDatabase:
                 await asyncio.sleep(0.1)
                 self._sync_wanted.set()
                 continue
-            if upto > self.synced_lsn:
-                self.synced_lsn = upto
-                self.new_log.set()
+            if self._note_synced(upto):
                 self.update_visible()
+
+    def _note_synced(self, upto: Lsn) -> bool:
+        """The log is fsynced up to upto (a hop's sync or the sync task's): ship it; True if that is news."""
+        if upto <= self.synced_lsn:
+            return False
+        self.synced_lsn = upto
+        self.new_log.set()
+        return True
 
     def _last_wal_position(self) -> WalPosition | None:
         last = self.log.get(self.log.last_lsn) if self.log.last_lsn else None
@@ -1255,9 +1261,7 @@ class PrincipalDatabase:
     def _note_captured(self, records: list[LogRecord]) -> None:
         if records:
             self.commit_clock.note(records[0].lsn, time.monotonic())
-            if self._synced_in_hop > self.synced_lsn:
-                self.synced_lsn = self._synced_in_hop
-                self.new_log.set()
+            self._note_synced(self._synced_in_hop)
             if self.synced_lsn < records[-1].lsn:
                 self._sync_wanted.set()  # the hop could not sync them: the sync task makes them durable
             self.update_visible()

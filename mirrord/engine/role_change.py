@@ -25,7 +25,7 @@ import structlog
 
 from mirrord.core import quorum, roles
 from mirrord.engine import mirror_session, principal_session
-from mirrord.engine.database import role_view as view_of
+from mirrord.engine.database import role_view
 from mirrord.core.timing import timing
 from mirrord.core.types import ActionInDoubt, DatabaseStatus, Endpoint, NotPrincipal, Role, StatementRefused
 from mirrord.net import framing
@@ -38,14 +38,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 
-def role_view(node: "NodeServices", database: "Database") -> roles.RoleView:
-    """What core.roles reads of this copy now."""
-    return view_of(database, node.endpoint_url)
-
-
 async def on_event(node: "NodeServices", database: "Database", event: roles.Event) -> None:
     """Feed an event to the role machine (core.roles) and carry out what it decides, in order."""
-    for action in roles.handle(role_view(node, database), event):
+    for action in roles.handle(role_view(database, node.endpoint_url), event):
         await carry_out(node, database, action)
 
 
@@ -161,7 +156,7 @@ async def promote(node: "NodeServices", database: "Database", role_sequence: int
 async def _promote(node: "NodeServices", database: "Database", role_sequence: int, *, forced: bool, why: str,
                    from_record: bool) -> None:
     async with database.role_change:
-        view = role_view(node, database)
+        view = role_view(database, node.endpoint_url)
         if not roles.promotion_due(view, role_sequence):
             return  # the role moved on while this waited: nothing to do
         if (refused := roles.promotion_refusal(view)) is not None:
@@ -218,7 +213,7 @@ async def step_down(node: "NodeServices", database: "Database", role_sequence: i
 async def _step_down(node: "NodeServices", database: "Database", role_sequence: int, why: str) -> None:
     async with database.role_change:
         cfg = database.session.config
-        if not roles.step_down_due(role_view(node, database), role_sequence):
+        if not roles.step_down_due(role_view(database, node.endpoint_url), role_sequence):
             return  # the role moved on while this waited: nothing to do
         database.failover_in_doubt = False  # settled: the partner is principal
         new_principal = database.session.partner_listen or cfg.partner
