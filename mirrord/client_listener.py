@@ -151,9 +151,12 @@ class ClientListener:
         }
 
 
+_PASSWORD = re.compile(r"(?is)(PASSWORD\s*=\s*)N?'(?:[^']|'')*'?")
+
+
 def _redacted(sql: str) -> str:
     """SQL as it may be logged: never a password."""
-    return re.sub(r"(?is)(PASSWORD\s*=\s*)N?'(?:[^']|'')*'?", r"\1'***'", sql)
+    return _PASSWORD.sub(r"\1'***'", sql)
 
 
 def _error(request_id: int, exc: MirrordError) -> dict:

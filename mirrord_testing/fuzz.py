@@ -237,27 +237,64 @@ def target_sql(rng: random.Random, corpus: list[bytes]) -> None:
     assert answer is None or isinstance(answer, str)
 
 
-class MemoryWriter:
-    """An in-memory StreamWriter for the client port (also used by its unit tests)."""
+class MemoryTransport:
+    """An in-memory transport: what the client port writes, and the protocol it sets (for feeding bytes)."""
 
     def __init__(self) -> None:
         self.data = bytearray()
         self.closed = False
+        self.reading = True
+        self.protocol = None
 
     def write(self, data: bytes) -> None:
         self.data += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def set_protocol(self, protocol) -> None:
+        self.protocol = protocol
+
+    def is_reading(self) -> bool:
+        return self.reading
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def get_extra_info(self, name: str, default=None):
+        return ("fuzz", 0) if name == "peername" else default
+
+
+class MemoryWriter:
+    """An in-memory StreamWriter for the client port (also used by its unit tests); its transport holds the bytes."""
+
+    def __init__(self) -> None:
+        self.transport = MemoryTransport()
+
+    @property
+    def data(self) -> bytearray:
+        return self.transport.data
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
 
     async def drain(self) -> None:
         return None
 
     def is_closing(self) -> bool:
-        return self.closed
+        return self.transport.closed
 
     def get_extra_info(self, name: str, default=None):
-        return ("fuzz", 0) if name == "peername" else default
+        return self.transport.get_extra_info(name, default)
 
     def close(self) -> None:
-        self.closed = True
+        self.transport.close()
 
 
 class _Session:

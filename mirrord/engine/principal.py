@@ -67,7 +67,7 @@ from mirrord.core.types import (CommitInDoubt, DiskFull, LimitExceeded, LogFull,
                                 PermissionDenied, RedoQueueFull, StatementRefused, TransactionAborted)
 from mirrord.storage.checksums import last_image, page_images_at, principal_digests_apart
 from mirrord.storage.decltypes import DeclaredTypes
-from mirrord.storage.fileutil import DISK_RESERVE_BYTES, NO_SPACE, atomic_write_bytes, copy_in_steps, disk_free
+from mirrord.storage.fileutil import DISK_RESERVE_BYTES, NO_SPACE, FreeSpace, atomic_write_bytes, copy_in_steps
 from mirrord.storage.statement_guard import CURRENT, run_guarded
 from mirrord.storage.log import DurableLog, LogRecord
 from mirrord.storage.pagestore import apply_log_range, load_redo_lsn, rebuild_from_log
@@ -236,6 +236,7 @@ class PrincipalDatabase:
                  ack_rule: Callable[[], AckRule], quorum_refusal: Callable[[], str | None], log_retention: int = 64 << 20,
                  lock_timeout_ms: int = LOCK_TIMEOUT_DEFAULT_MS) -> None:
         self.directory = directory
+        self._free_space = FreeSpace(directory)
         self.path = directory / "db.sqlite"
         self.decltypes = DeclaredTypes(self.path)
         self._schema_pending = False  # DDL ran since the types were last forgotten
@@ -896,7 +897,7 @@ class PrincipalDatabase:
 
     def _check_log_space(self) -> None:
         # refused before it runs: a commit SQLite made but the log could not take would leave its client in doubt
-        free = disk_free(self.directory)
+        free = self._free_space.bytes()
         if free < DISK_RESERVE_BYTES:
             raise DiskFull(
                 f"the disk holding {self.session.db} is full ({free >> 20} MB free, {DISK_RESERVE_BYTES >> 20} MB needed "
@@ -904,12 +905,12 @@ class PrincipalDatabase:
                 "once space is freed; reads and status keep answering")
         if self.log.size_bytes > self.log_size_limit:
             self.truncate_log()
-        if self.session.config.partner is not None and self.log.size_bytes > self.log_size_limit:
-            raise LogFull(
-                f"the log of {self.session.db} is full ({self.log.size_bytes} bytes, limit {self.log_size_limit}): "
-                f"the mirror {self.session.config.partner} has hardened only up to LSN {self.session.hardened_lsn}; "
-                "writes resume when the mirror catches up, or after SET PARTNER OFF"
-            )
+            if self.session.config.partner is not None and self.log.size_bytes > self.log_size_limit:
+                raise LogFull(
+                    f"the log of {self.session.db} is full ({self.log.size_bytes} bytes, limit {self.log_size_limit}): "
+                    f"the mirror {self.session.config.partner} has hardened only up to LSN {self.session.hardened_lsn}; "
+                    "writes resume when the mirror catches up, or after SET PARTNER OFF"
+                )
 
     async def _execute_write(self, owner: object, sql: str, params: Any) -> StatementResult:
         timeout_ms = self._lock_timeout(owner)

@@ -5,18 +5,19 @@ one more gets a `limit` error frame and is closed. Between statements the
 connection may stay silent for `idle_timeout` seconds; once the first byte of a
 frame has arrived, the whole frame must arrive within `frame_deadline` (a
 client that sends a header a byte at a time, or a big frame slowly, is cut off)
-and be at most `max_frame` bytes, checked on the header before the body is
-read. A frame that fails any check gets an error frame (code `protocol`, with
+and be at most `max_frame` bytes, checked on the header as soon as it is
+here. A frame that fails any check gets an error frame (code `protocol`, with
 the request id when it can be read) and the connection is closed; a statement
 that fails gets an error frame and the connection goes on.
 
-While a statement runs, its connection's reader (`ClientReader`) watches for
-the client going away: EOF with nothing left unread, or a reset, interrupts
-the statement (`StatementGuard.cancel`) instead of letting it run on for
-nobody. Bytes that arrive meanwhile wait in the reader as the start of the
-client's next frame. No task or timer is made per statement for this: a
-request costs the connection's own task a read, a frame deadline and the
-answer. While the client holds an open transaction (and with it the
+After the login (read through streams, client_listener), the port takes the
+connection's transport over with a protocol of its own (`_Connection`): bytes
+in, frames out. While a statement runs, the protocol watches for the client
+going away: EOF with nothing left unread, or a reset, interrupts the statement
+(`StatementGuard.cancel`) instead of letting it run on for nobody. Bytes that
+arrive meanwhile wait as the start of the client's next frame. No task, timer
+or stream read is made per statement: a request costs the connection's task
+one wakeup and the answer's write. While the client holds an open transaction (and with it the
 write lock) and stays silent longer than `idle_transaction_timeout`, the
 transaction is rolled back; the client learns it from the error its next
 statement gets (`transaction_aborted`), since the protocol has no unsolicited
@@ -31,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import structlog
 
@@ -102,28 +103,18 @@ class ClientSession(Protocol):
 
 
 class ClientReader(asyncio.StreamReader):
-    """A client connection's StreamReader, which says when the client went away while a statement runs.
+    """The StreamReader of a client connection while it logs in; the client port then takes over what it holds.
 
-    `on_gone` is called once the connection ends with nothing left to read (EOF
-    after the last byte was read, or a reset): a byte still unread is the start
-    of the client's next frame, so a client that sent it has not gone yet.
+    The login exchange reads through streams (client_listener); statements are
+    read by the port's own protocol (`_Connection`), which gets the bytes this
+    reader holds unread, and its EOF or reset, when it takes the connection over.
     """
 
-    on_gone: Callable[[], None] | None = None
-
-    def feed_eof(self) -> None:
-        super().feed_eof()
-        if self.on_gone is not None and self.at_eof():
-            self.on_gone()
-
-    def set_exception(self, exc: BaseException) -> None:
-        super().set_exception(exc)
-        if self.on_gone is not None:
-            self.on_gone()
-
-    def gone(self) -> bool:
-        """The client went away already: a reset, or EOF with nothing left to read."""
-        return self.exception() is not None or self.at_eof()
+    def take_buffered(self) -> bytes:
+        """What arrived and was not read yet (the start of the client's first statement), removed from here."""
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        return data
 
 
 class _Closed(Exception):
@@ -155,8 +146,14 @@ class ClientPort:
         self.active = 0
 
     async def serve(self, reader: ClientReader, writer: asyncio.StreamWriter, session: ClientSession) -> None:
-        """Serve one connection until the client leaves or breaks a rule (the caller closes the writer)."""
-        if not isinstance(reader, ClientReader):  # a plain StreamReader would never interrupt a statement
+        """Serve one connection until the client leaves or breaks a rule (the caller closes the writer).
+
+        The connection's transport is handed to a `_Connection` protocol for
+        the statements: bytes in, frames out, without the stream layer's
+        futures, timers and buffers per read (a third of the server's CPU per
+        request on this port). What the reader holds goes with it.
+        """
+        if not isinstance(reader, ClientReader):  # its unread bytes must go with the connection
             raise TypeError("the client port reads connections through a ClientReader (Listener reader_class)")
         peer = writer.get_extra_info("peername")
         if self.active >= self.limits.max_clients:
@@ -165,59 +162,197 @@ class ClientPort:
                                                         "connections at once; try again later"))
             return
         self.active += 1
+        connection = _Connection(self.limits, writer.transport, session)
         try:
-            await self._loop(reader, writer, session)
+            connection.take_over(reader)
+            await connection.run()
         except _Closed as exc:
             if exc.notable:  # a client leaving is the normal end; limits and interrupted statements are logged
                 log.info("client_connection_closed", peer=str(peer), reason=str(exc))
         except ProtocolError as exc:
             log.warning("client_frame_rejected", peer=str(peer), reason=str(exc))
             request_id = exc.request_id if isinstance(exc, _BadQuery) else 0
-            await _send(writer, error_frame(request_id, "protocol", f"bad frame: {exc}; the connection is closed"))
-        except (asyncio.IncompleteReadError, ConnectionError, OSError, asyncio.CancelledError):
+            connection.send(error_frame(request_id, "protocol", f"bad frame: {exc}; the connection is closed"))
+        except (ConnectionError, OSError, asyncio.CancelledError):
             pass  # the client left, or the node is shutting down
         finally:
+            connection.stop()
             self.active -= 1
 
-    async def _loop(self, reader: ClientReader, writer, session: ClientSession) -> None:
+
+class _Connection(asyncio.Protocol):
+    """One client connection's statements, read from its transport: one at a time, in order.
+
+    The protocol's callbacks (`data_received`, `eof_received`,
+    `connection_lost`) note what happened and wake `run`, the connection's
+    task, which reads frames from the buffer, answers them and keeps the
+    deadlines. While a statement runs, bytes that arrive wait as the start of
+    the client's next frame (reading pauses past READ_AHEAD of them); the
+    client going away (EOF with nothing left unread, or a reset) cancels the
+    statement's guard. One timer per connection keeps every deadline: it is
+    moved only to an earlier one, and when it fires early `run` sets it again,
+    so a request costs no timer of its own.
+    """
+
+    READ_AHEAD = 1 << 16
+
+    def __init__(self, limits: ClientLimits, transport: asyncio.BaseTransport, session: ClientSession) -> None:
+        self._limits, self._transport, self._session = limits, transport, session
+        self._loop = asyncio.get_running_loop()
+        self._decoder = framing.FrameDecoder(limits.max_frame)
+        self._began: float | None = None  # when the first byte of a frame not yet whole arrived
+        self._eof = False
+        self._reset = False
+        self._waiter: asyncio.Future | None = None  # run() waiting for bytes, EOF or a deadline
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._guard: StatementGuard | None = None  # of the statement running
+        self._reading_paused = False
+        self._writing_paused: asyncio.Future | None = None
+        # as StreamReaderProtocol: a TCP connection stays half-open after EOF until the port closes it;
+        # TLS cannot (asyncio warns when asked)
+        self._keep_open_at_eof = transport.get_extra_info("sslcontext") is None
+
+    # ---------------------------------------------------------------- the transport's side
+
+    def take_over(self, reader: ClientReader) -> None:
+        """Become the transport's protocol, with what the login's reader holds unread, its EOF or its reset."""
+        leftover = reader.take_buffered()
+        exc = reader.exception()
+        eof = reader.at_eof()
+        self._transport.set_protocol(self)
+        if leftover:
+            self.data_received(leftover)
+        if exc is not None:
+            self.connection_lost(exc)
+        elif eof:
+            self.eof_received()
+        elif not self._transport.is_reading():  # the reader had paused it, full
+            self._transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if not self._decoder.buffered():
+            self._began = self._loop.time()
+        self._decoder.feed(data)
+        if self._guard is not None and self._decoder.buffered() >= self.READ_AHEAD and not self._reading_paused:
+            self._reading_paused = True  # a client sending ahead of its answers waits for them
+            self._transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        if self._guard is not None and not self._decoder.buffered():
+            self._guard.cancel()  # an unread byte is the start of the client's next frame: not gone yet
+        self._wake()
+        return self._keep_open_at_eof
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            self._reset = True
+            if self._guard is not None:
+                self._guard.cancel()
+        else:
+            self.eof_received()
+        self._eof = True
+        if self._writing_paused is not None and not self._writing_paused.done():
+            self._writing_paused.set_result(None)
+        self._wake()
+
+    def pause_writing(self) -> None:
+        if self._writing_paused is None or self._writing_paused.done():
+            self._writing_paused = self._loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._writing_paused is not None and not self._writing_paused.done():
+            self._writing_paused.set_result(None)
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._wake()
+
+    def _wake_at(self, when: float) -> None:
+        """Make sure run() is woken at `when` (or earlier: it checks and waits again)."""
+        if self._timer is not None:
+            if self._timer_at <= when:
+                return
+            self._timer.cancel()
+        self._timer, self._timer_at = self._loop.call_at(when, self._on_timer), when
+
+    def stop(self) -> None:
+        """The connection's task ended: no timer is left behind (the caller closes the transport)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def send(self, frame: dict) -> bool:
+        """Write one frame; False if the connection is closing. A result too large becomes a `limit` error frame."""
+        try:
+            data = framing.encode_frame(frame)
+        except framing.FrameTooLarge as exc:
+            data = framing.encode_frame(error_frame(frame.get("id", 0), "limit", f"the answer is too large to send: {exc}"))
+        if self._transport.is_closing():
+            return False
+        self._transport.write(data)
+        return True
+
+    # ---------------------------------------------------------------- the connection's task
+
+    async def run(self) -> None:
         while True:
-            first = await self._first_byte(reader, session)
-            msg = await self._rest_of_frame(reader, first)
-            answer = await self._run(reader, session, msg)
+            msg = await self._next_frame()
+            answer = await self._run(msg)
             if answer is None:  # the guard interrupted the statement, if it was still running
                 raise _Closed("the client went away while its statement ran; the statement was interrupted")
-            await _send(writer, answer, strict=True)
+            if not self.send(answer):
+                raise ConnectionResetError("the connection is closed")
+            if self._writing_paused is not None and not self._writing_paused.done():
+                await self._writing_paused  # the client reads its answers slower than it gets them
 
-    async def _first_byte(self, reader: ClientReader, session: ClientSession) -> bytes:
-        """Wait for the next frame to start; roll back a transaction left idle too long."""
-        now = time.monotonic()
-        idle_until = now + self.limits.idle_timeout
-        txn_until = now + self.limits.idle_transaction_timeout
-        while True:
-            until = min(idle_until, txn_until) if session.holds_transaction() else idle_until
-            try:
-                # a read from what is buffered returns at once: the timer never fires then
-                async with asyncio.timeout(max(0.0, until - time.monotonic())):
-                    data = await reader.read(1)
-            except TimeoutError:
-                if session.holds_transaction() and time.monotonic() >= txn_until:
-                    await session.abort_idle_transaction(self.limits.idle_transaction_timeout)
-                    continue
-                if time.monotonic() >= idle_until:
-                    raise _Closed(f"idle for {self.limits.idle_timeout:g} s") from None
-                continue
-            if not data:
-                raise _Closed("the client closed the connection", notable=False)
-            return data
-
-    async def _rest_of_frame(self, reader, first: bytes) -> dict:
-        """The rest of a frame within the frame deadline and size limit; a validated query."""
+    async def _wait(self, until: float) -> None:
+        self._wake_at(until)
+        self._waiter = self._loop.create_future()
         try:
-            async with asyncio.timeout(self.limits.frame_deadline):  # a timer, where wait_for would add a task
-                raw = await self._read_frame(reader, first)
-        except TimeoutError:
-            raise _Closed(f"a frame did not arrive whole within {self.limits.frame_deadline:g} s") from None
-        msg = framing.decode_body(*raw, max_frame=self.limits.max_frame)
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    async def _next_frame(self) -> dict:
+        """The next query, within the idle and frame deadlines; roll back a transaction left idle too long."""
+        now = self._loop.time()
+        idle_until = now + self._limits.idle_timeout
+        txn_until = now + self._limits.idle_transaction_timeout
+        while True:
+            msg = self._decoder.next_message()  # the header is checked as soon as it is here
+            if msg is not None:
+                self._began = self._loop.time() if self._decoder.buffered() else None
+                return self._query(msg)
+            if self._reset:
+                raise ConnectionResetError("the client reset the connection")
+            if self._eof:
+                if self._decoder.buffered():
+                    raise _Closed("the client closed the connection in the middle of a frame", notable=False)
+                raise _Closed("the client closed the connection", notable=False)
+            now = self._loop.time()
+            if self._decoder.buffered():  # a frame has begun: the whole of it within the frame deadline
+                until = (self._began if self._began is not None else now) + self._limits.frame_deadline
+                if now >= until:
+                    raise _Closed(f"a frame did not arrive whole within {self._limits.frame_deadline:g} s")
+            else:
+                holds = self._session.holds_transaction()
+                if holds and now >= txn_until:
+                    await self._session.abort_idle_transaction(self._limits.idle_transaction_timeout)
+                    continue
+                if now >= idle_until:
+                    raise _Closed(f"idle for {self._limits.idle_timeout:g} s")
+                until = min(idle_until, txn_until) if holds else idle_until
+            await self._wait(until)
+
+    def _query(self, msg: dict) -> dict:
+        """msg checked as a query; _BadQuery (with its request id when it has a valid one) if it is not."""
         request_id = msg.get("id")
         if type(request_id) is not int or not 0 <= request_id <= messages.MAX_INT:
             request_id = 0
@@ -232,44 +367,35 @@ class ClientPort:
             raise _BadQuery(f"clients send query frames, not {msg['t']}", request_id)
         return msg
 
-    async def _read_frame(self, reader, first: bytes) -> tuple[bytes, int, int]:
-        header = first + await reader.readexactly(framing.HEADER.size - 1)
-        length, flags, crc = framing.check_header(header, self.limits.max_frame)
-        return await reader.readexactly(length), flags, crc
-
-    async def _run(self, reader: ClientReader, session: ClientSession, msg: dict) -> dict | None:
+    async def _run(self, msg: dict) -> dict | None:
         """Answer msg, interrupting it if the client goes away meanwhile (then None).
 
-        The reader calls the guard's cancel when the connection ends; the
+        The protocol's callbacks cancel the guard when the connection ends; the
         statement runs in this task, so a round trip costs no task of its own.
         """
-        timeout_ms = session.statement_timeout_ms or self.limits.statement_timeout_ms
-        guard = StatementGuard(time.monotonic() + timeout_ms / 1000, self.limits.max_result_bytes, timeout_ms)
-        if reader.gone():
-            guard.cancel()
-        reader.on_gone = guard.cancel
+        timeout_ms = self._session.statement_timeout_ms or self._limits.statement_timeout_ms
+        guard = StatementGuard(time.monotonic() + timeout_ms / 1000, self._limits.max_result_bytes, timeout_ms)
+        if self._reset or (self._eof and not self._decoder.buffered()):
+            guard.cancel()  # it left before its statement started
+        self._guard = guard
         token = CURRENT.set(guard)  # seen on the SQLite thread (principal._in_connection_thread copies the context)
         try:
-            answer = await session.answer(msg)
+            answer = await self._session.answer(msg)
         finally:
             CURRENT.reset(token)
-            reader.on_gone = None
+            self._guard = None
+            if self._reading_paused:
+                self._reading_paused = False
+                self._transport.resume_reading()
         return None if guard.cancelled else answer
 
 
-async def _send(writer: asyncio.StreamWriter, frame: dict, strict: bool = False) -> None:
-    """Write one frame; a result too large for a frame becomes a `limit` error frame."""
-    try:
-        data = framing.encode_frame(frame)
-    except framing.FrameTooLarge as exc:
-        data = framing.encode_frame(error_frame(frame.get("id", 0), "limit", f"the answer is too large to send: {exc}"))
+async def _send(writer: asyncio.StreamWriter, frame: dict) -> None:
+    """Write one frame on a connection the port did not take over (a refusal before its end)."""
     if writer.is_closing():
-        if strict:
-            raise ConnectionResetError("the connection is closed")
         return
-    writer.write(data)
+    writer.write(framing.encode_frame(frame))
     try:
         await writer.drain()
     except (ConnectionError, OSError):
-        if strict:
-            raise
+        pass

@@ -51,23 +51,22 @@ def _query(i: int, sql: str) -> bytes:
     return framing.encode_frame(messages.query(i, sql, "db", None))
 
 
-def test_the_reader_says_gone_only_once_nothing_is_left_to_read():
+def test_the_port_takes_over_what_the_login_reader_holds_unread():
     async def go():
-        calls = []
         reader = ClientReader()
-        reader.on_gone = lambda: calls.append("gone")
-        reader.feed_data(b"x")
-        reader.feed_eof()
-        assert calls == [] and not reader.gone()  # the byte is the start of the next frame
-        assert await reader.read(1) == b"x"
-        assert reader.gone()
-        reset = ClientReader()
-        reset.on_gone = lambda: calls.append("reset")
-        reset.set_exception(ConnectionResetError("reset by peer"))
-        assert calls == ["reset"] and reset.gone()
-        quiet = ClientReader()
-        quiet.feed_eof()
-        assert quiet.gone() and calls == ["reset"]  # nobody listening: nothing called
+        reader.feed_data(_query(1, "SELECT 1") + _query(2, "SELECT 2")[:5])  # a whole frame and the start of one
+        writer, session = MemoryWriter(), _Session()
+        serving = asyncio.create_task(ClientPort(ClientLimits()).serve(reader, writer, session))
+        while len(_frames(writer)) < 1:
+            await asyncio.sleep(0)
+        assert reader.take_buffered() == b""  # all of it went to the port's protocol
+        protocol = writer.transport.protocol
+        protocol.data_received(_query(2, "SELECT 2")[5:])
+        while len(_frames(writer)) < 2:
+            await asyncio.sleep(0)
+        protocol.eof_received()
+        await asyncio.wait_for(serving, 5)
+        assert [f["id"] for f in _frames(writer)] == [1, 2]
 
     asyncio.run(go())
 
@@ -78,10 +77,39 @@ def test_a_statement_is_interrupted_when_its_client_goes_away():
         reader.feed_data(_query(1, "SELECT 1") + _query(2, "wait"))
         serving = asyncio.create_task(ClientPort(ClientLimits()).serve(reader, writer, session))
         await asyncio.wait_for(session.started.wait(), 5)
-        reader.feed_eof()
+        writer.transport.protocol.eof_received()
         await asyncio.wait_for(serving, 5)
         assert [f["id"] for f in _frames(writer)] == [1]  # the first answered; the second interrupted, unanswered
         assert [g.cancelled for g in session.guards] == [False, True]
+
+    asyncio.run(go())
+
+
+def test_a_statement_is_interrupted_when_its_connection_is_reset():
+    async def go():
+        reader, writer, session = ClientReader(), MemoryWriter(), _Session()
+        reader.feed_data(_query(1, "wait"))
+        serving = asyncio.create_task(ClientPort(ClientLimits()).serve(reader, writer, session))
+        await asyncio.wait_for(session.started.wait(), 5)
+        writer.transport.protocol.connection_lost(ConnectionResetError("reset by peer"))
+        await asyncio.wait_for(serving, 5)
+        assert _frames(writer) == [] and [g.cancelled for g in session.guards] == [True]
+
+    asyncio.run(go())
+
+
+def test_a_statement_is_not_interrupted_while_the_start_of_the_next_frame_is_unread():
+    async def go():
+        reader, writer, session = ClientReader(), MemoryWriter(), _Session()
+        reader.feed_data(_query(1, "wait"))
+        serving = asyncio.create_task(ClientPort(ClientLimits()).serve(reader, writer, session))
+        await asyncio.wait_for(session.started.wait(), 5)
+        protocol = writer.transport.protocol
+        protocol.data_received(_query(2, "SELECT 2")[:3])
+        protocol.eof_received()  # a half-close after the start of the next frame: the client is still there
+        assert not session.guards[0].cancelled
+        session.guards[0].cancel()  # let the statement end
+        await asyncio.wait_for(serving, 5)
 
     asyncio.run(go())
 
@@ -118,6 +146,45 @@ def test_an_idle_client_is_cut_off():
         return writer
 
     asyncio.run(go())  # returns: the connection ended by itself (the caller closes it)
+
+
+def test_a_frame_that_does_not_arrive_whole_within_the_deadline_is_cut_off():
+    async def go():
+        reader, writer = ClientReader(), MemoryWriter()
+        reader.feed_data(_query(1, "SELECT 1")[:4])  # a header begun, never finished
+        limits = ClientLimits(frame_deadline=0.05, idle_timeout=600)
+        await asyncio.wait_for(ClientPort(limits).serve(reader, writer, _Session()), 5)
+        assert _frames(writer) == []
+
+    asyncio.run(go())
+
+
+def test_an_oversized_header_is_refused_before_its_body_arrives():
+    async def go():
+        reader, writer = ClientReader(), MemoryWriter()
+        reader.feed_data(framing.HEADER.pack(1 << 20, 0, 0))
+        await asyncio.wait_for(ClientPort(ClientLimits(max_frame=64 << 10)).serve(reader, writer, _Session()), 5)
+        [error] = _frames(writer)
+        assert error["t"] == "error" and error["code"] == "protocol"
+
+    asyncio.run(go())
+
+
+def test_a_client_sending_far_ahead_of_its_answers_is_paused_until_its_statement_ends():
+    async def go():
+        reader, writer, session = ClientReader(), MemoryWriter(), _Session()
+        reader.feed_data(_query(1, "wait"))
+        serving = asyncio.create_task(ClientPort(ClientLimits()).serve(reader, writer, session))
+        await asyncio.wait_for(session.started.wait(), 5)
+        protocol = writer.transport.protocol
+        ahead = b"".join(_query(i, "SELECT 1") for i in range(2, 3000))
+        protocol.data_received(ahead)
+        assert not writer.transport.reading
+        session.guards[0].cancel()  # the statement ends (interrupted here, as a timeout would)
+        await asyncio.wait_for(serving, 5)
+        assert writer.transport.reading
+
+    asyncio.run(go())
 
 
 def test_the_port_needs_a_client_reader():
