@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mirrord.core.types import ProtocolError
-from mirrord.storage.log import MAX_PAGE_COUNT, DurableLog, LogRecord
+from mirrord.storage.log import MAX_PAGE_COUNT, ZERO_STEP, DurableLog, LogRecord
 
 PS = 512
 
@@ -140,6 +140,58 @@ def test_corrupt_record_in_last_segment(logdir):
     data[2 * one + 50] ^= 0xFF  # record 3's payload
     seg.write_bytes(bytes(data))
     assert DurableLog(logdir).last_lsn == 2
+
+
+def test_a_crash_leaves_zeros_ahead_of_the_records_and_loses_nothing(logdir):
+    log = DurableLog(logdir)
+    log.append(recs(1, 5))
+    log.sync()
+    [seg] = segment_files(logdir)
+    data = seg.read_bytes()
+    assert len(data) == ZERO_STEP and data[log.size_bytes:] == bytes(ZERO_STEP - log.size_bytes)
+    again = DurableLog(logdir)  # opened as after a kill: no close
+    assert again.read_from(1, 1 << 30) == recs(1, 5)
+    again.append(recs(6, 8))
+    size = again.size_bytes
+    again.close()
+    assert seg.stat().st_size == size  # a clean close leaves no zeros
+    assert DurableLog(logdir).read_from(1, 1 << 30) == recs(1, 8)
+
+
+def test_zeros_ahead_in_an_earlier_segment_do_not_end_the_log(logdir):
+    log = DurableLog(logdir, segment_bytes=3 * PS)
+    log.append(recs(1, 12))
+    log.sync()
+    files = segment_files(logdir)
+    assert len(files) > 2 and all(f.stat().st_size == ZERO_STEP for f in files)
+    assert DurableLog(logdir, segment_bytes=3 * PS).read_from(1, 1 << 30) == recs(1, 12)
+
+
+def test_a_lost_write_before_a_kept_one_ends_the_log_there(logdir):
+    """A power cut can keep a later page of the file and lose an earlier one: the log ends at the hole."""
+    log = DurableLog(logdir)
+    log.append(recs(1, 3))
+    log.sync()
+    [seg] = segment_files(logdir)
+    one = recs(1, 1)[0]
+    size = log.size_bytes // 3  # records of one size
+    with open(seg, "r+b") as f:
+        f.seek(size)
+        f.write(bytes(size))  # record 2 never reached the disk; record 3 did
+    again = DurableLog(logdir)
+    assert again.last_lsn == 1 and again.get(1) == one
+    assert seg.stat().st_size == size  # record 3's bytes are cut off, not left behind the zeros
+    again.append(recs(2, 2))
+    assert DurableLog(logdir).read_from(1, 1 << 30) == recs(1, 2)
+
+
+def test_records_cut_by_truncate_after_do_not_come_back_after_a_crash(logdir):
+    log = DurableLog(logdir)
+    log.append([rec(n, npages=3) for n in range(1, 6)])
+    log.truncate_after(2)
+    log.append(recs(3, 3))  # shorter than the records it replaces
+    log.sync()
+    assert DurableLog(logdir).read_from(1, 1 << 30) == [rec(1, npages=3), rec(2, npages=3), rec(3)]
 
 
 def test_truncate_before(logdir):
@@ -301,6 +353,7 @@ ops = st.lists(
     st.one_of(
         st.tuples(st.just("append"), st.integers(1, 6), st.integers(0, 3)),
         st.tuples(st.just("reopen")),
+        st.tuples(st.just("crash")),
         st.tuples(st.just("truncate_before"), st.integers(0, 40)),
         st.tuples(st.just("truncate_after"), st.integers(0, 40)),
         st.tuples(st.just("reset"), st.integers(1, 40), st.integers(0, 5)),
@@ -343,8 +396,11 @@ def apply_op(log: DurableLog, model: Model, op: tuple, d: Path) -> DurableLog:
         log.append(new)
         model.records.update((r.lsn, r) for r in new)
         model.next += op[1]
-    elif kind == "reopen":
-        log.close()
+    elif kind in ("reopen", "crash"):
+        if kind == "reopen":
+            log.close()
+        else:  # killed: no clean close, the zeros written ahead stay in the files
+            log.sync()
         log = DurableLog(d, segment_bytes=2 * PS)
         model.records = {n: r for n, r in model.records.items() if n >= (log.first_lsn or model.next)}
     elif kind == "truncate_before":
