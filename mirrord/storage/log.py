@@ -9,7 +9,10 @@ Appends write and flush (the OS has them; a process kill loses nothing);
 `sync()` makes them durable. Opening the log scans every segment and rebuilds an
 in-memory index (per LSN: segment, offset, role_sequence, cumulative bytes); the first
 torn or corrupt record (a write cut by a kill or a power loss) is the end of the
-log, and the file is truncated there.
+log, and the file is truncated there. `reset()` and emptying `truncate_after()`
+start a new generation: base.json is replaced atomically first (the commit
+point), so segments of an older generation found at open are leftovers of an
+interrupted reset and are deleted.
 
 Zeros ahead. The active segment is written with zeros ahead of its records,
 ZERO_STEP at a time, as PostgreSQL fills a WAL segment before using it: a
@@ -17,13 +20,12 @@ record then overwrites bytes the file already has, and its fsync writes data
 only. Appending that grows the file makes every fsync a journal commit too, and
 those queue behind each other: two processes fsyncing growing files took 300 us
 each here, 120-160 us into zeros (both partners sync on one machine in tests
-and benchmarks). A segment therefore ends at its last valid record followed by
-zeros; bytes past the last valid record that are not all zeros are a torn
-write, and cut off as before. The zeros are never stale: every cut (a torn
-tail, truncate_after, an undone append) shortens the file to the records kept. `reset()` and emptying `truncate_after()`
-start a new generation: base.json is replaced atomically first (the commit
-point), so segments of an older generation found at open are leftovers of an
-interrupted reset and are deleted.
+and benchmarks). So a segment ends at its last valid record, followed by zeros;
+bytes past the last valid record that are not all zeros are a torn or lost
+write, cut off as before, and the log ends there. The zeros are never stale:
+every cut (a torn tail, truncate_after, an undone append) shortens the file to
+the records kept. A clean close trims them; zeros found at open stay for the
+next appends (trimming them would free room a full disk could then lack).
 
 One lock guards the index and the files: the asyncio thread appends while the
 redo thread reads. Reads copy bytes under the lock and decode outside it.
@@ -266,11 +268,12 @@ class DurableLog:
             self._segments.append(seg)
             end, zeros_after = self._load_segment(seg)
             expected = first_lsn + seg.count
-            if end < seg.size:
-                self._cut(seg, end)
-            if not zeros_after:  # a torn or corrupt record, not zeros written ahead: the log ends here
-                self._drop_files([p for _, p in listing[i + 1 :]])
-                break
+            if zeros_after:  # the zeros written ahead (kept: the next append writes into them), or nothing
+                seg.size = end
+                continue
+            self._cut(seg, end)  # a torn or lost write: the log ends here
+            self._drop_files([p for _, p in listing[i + 1 :]])
+            break
         self._drop_empty_tail()
         self._sync_dir_if_dirty()
 

@@ -117,7 +117,7 @@ def test_torn_tail_is_end_of_log(logdir):
     assert DurableLog(logdir).read_from(1, 1 << 30) == recs(1, 5)
 
 
-@pytest.mark.parametrize("garbage", [b"\x00" * 3, b"\x00" * 64, b"\xff" * 40, b"\x10\x00\x00\x00junkjunkjunkjunk"])
+@pytest.mark.parametrize("garbage", [b"\xff" * 40, b"\x10\x00\x00\x00junkjunkjunkjunk", b"\x00" * 8 + b"\x01"])
 def test_garbage_after_tail_is_end_of_log(logdir, garbage):
     log = DurableLog(logdir)
     log.append(recs(1, 3))
@@ -128,6 +128,22 @@ def test_garbage_after_tail_is_end_of_log(logdir, garbage):
         f.write(garbage)
     log = DurableLog(logdir)
     assert log.last_lsn == 3 and seg.stat().st_size == size
+
+
+@pytest.mark.parametrize("zeros", [3, 64, 5000])
+def test_zeros_after_tail_are_zeros_ahead_and_kept(logdir, zeros):
+    log = DurableLog(logdir)
+    log.append(recs(1, 3))
+    log.close()
+    seg = segment_files(logdir)[-1]
+    size = seg.stat().st_size
+    with open(seg, "ab") as f:
+        f.write(bytes(zeros))
+    log = DurableLog(logdir)
+    assert log.last_lsn == 3 and seg.stat().st_size == size + zeros  # not cut: the next append writes into them
+    log.append(recs(4, 5))
+    log.sync()
+    assert DurableLog(logdir).read_from(1, 1 << 30) == recs(1, 5)
 
 
 def test_corrupt_record_in_last_segment(logdir):
