@@ -15,7 +15,8 @@ point), so segments of an older generation found at open are leftovers of an
 interrupted reset and are deleted.
 
 Zeros ahead. The active segment is written with zeros ahead of its records,
-ZERO_STEP at a time, as PostgreSQL fills a WAL segment before using it: a
+ZERO_STEP at a time and never past its size, as PostgreSQL fills a WAL segment
+before using it: a
 record then overwrites bytes the file already has, and its fsync writes data
 only. Appending that grows the file makes every fsync a journal commit too, and
 those queue behind each other: two processes fsyncing growing files took 300 us
@@ -382,10 +383,12 @@ class DurableLog:
         self._dirty.add(seg)
         self._index(seg, offset, record)
 
-    @staticmethod
-    def _zero_ahead(seg: _Segment, need: int) -> None:
-        """Write zeros from the file's end past `need`, to the next ZERO_STEP boundary (see "Zeros ahead")."""
-        end = -(-need // ZERO_STEP) * ZERO_STEP
+    def _zero_ahead(self, seg: _Segment, need: int) -> None:
+        """Write zeros from the file's end past `need`, to the next ZERO_STEP boundary (see "Zeros ahead").
+
+        Never past the segment's size (it rolls over there), unless a record itself reaches beyond.
+        """
+        end = max(need, min(-(-need // ZERO_STEP) * ZERO_STEP, self.segment_bytes))
         at = seg.zeroed
         while at < end:
             at += os.pwrite(seg.fd, memoryview(_ZEROS)[: min(ZERO_STEP, end - at)], at)
