@@ -30,7 +30,7 @@ from typing import Callable, Iterator, NamedTuple, NoReturn
 from mirrord.core.alerts import ALERTS, alert_refusal
 from mirrord.core.names import DB_NAME, DB_NAME_RULE
 from mirrord.core.redo_queue import MAX_REDO_QUEUE_MB, MIN_REDO_QUEUE_MB, UNLIMITED, limit_refusal
-from mirrord.core.txn import lock_timeout_refusal
+from mirrord.core.txn import REMEMBERED_TEXT, REMEMBERED_TEXTS, lock_timeout_refusal
 from mirrord.core.types import Endpoint, Safety, StatementSyntaxError
 from mirrord.core.values import INT64_MAX, check_int64
 
@@ -862,10 +862,23 @@ def _selects_system_view(text: str) -> bool:
     return False
 
 
+# Texts found to be plain SQL, newest last (at most REMEMBERED_TEXTS of up to REMEMBERED_TEXT characters):
+# an application sends the same few again and again, and telling them from ours took 8 us each time.
+# Only plain SQL is remembered: an admin statement's text may hold a password.
+_PLAIN_SQL: dict[str, None] = {}
+
+
 def parse(text: str) -> Statement:
     """Parse one statement; raise StatementSyntaxError if an admin statement is malformed."""
+    short = len(text) <= REMEMBERED_TEXT
+    if short and text in _PLAIN_SQL:
+        return Sql(text)
     found = _rule_for(text)
     if found is None:
+        if short:
+            if len(_PLAIN_SQL) >= REMEMBERED_TEXTS:
+                del _PLAIN_SQL[next(iter(_PLAIN_SQL))]
+            _PLAIN_SQL[text] = None
         return Sql(text)
     key, rule = found
     p = _Parser(text)

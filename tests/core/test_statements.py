@@ -251,3 +251,22 @@ def test_a_typo_names_the_unexpected_word_and_the_nearest_keyword(text: str, wor
                                   "DROP TABLE t", "CREATE TEMP TABLE t(x)", "DROP VIEW v", "CREATE UNIQUE INDEX i ON t(x)"])
 def test_sqlite_statements_are_not_taken_for_typos(text: str) -> None:
     assert parse(text) == s.Sql(text)
+
+
+def test_plain_sql_texts_are_remembered_and_nothing_else_is():
+    from mirrord.core import statements as stm
+    from mirrord.core.txn import REMEMBERED_TEXT, REMEMBERED_TEXTS
+
+    plain = "SELECT * FROM remembered_t WHERE id = ?"
+    assert stm.parse(plain) == stm.Sql(plain) and plain in stm._PLAIN_SQL
+    assert stm.parse(plain) == stm.Sql(plain)
+    secret = "CREATE LOGIN remembered WITH PASSWORD = 'not kept'"
+    assert isinstance(stm.parse(secret), stm.CreateLogin)
+    assert secret not in stm._PLAIN_SQL  # an admin statement's text may hold a password
+    long = "SELECT '" + "x" * REMEMBERED_TEXT + "'"
+    assert stm.parse(long) == stm.Sql(long) and long not in stm._PLAIN_SQL
+    for i in range(REMEMBERED_TEXTS + 10):
+        stm.parse(f"SELECT {i}")
+    assert len(stm._PLAIN_SQL) <= REMEMBERED_TEXTS
+    view = "SELECT * FROM sys.database_mirroring"
+    assert not isinstance(stm.parse(view), stm.Sql) and view not in stm._PLAIN_SQL

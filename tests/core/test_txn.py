@@ -110,3 +110,17 @@ def test_batchable_keeps_transaction_statements_out_of_a_batch(sql, ok):
 ])
 def test_only_row_changes_share_a_commit(sql, ok):
     assert shares_commit(sql) is ok
+
+
+def test_classifications_are_remembered_for_short_texts_only():
+    from mirrord.core import txn
+
+    text = "INSERT INTO remembered_t VALUES (1)"
+    assert txn.batchable(text) and txn.shares_commit(text) and txn.classify(text) is txn.TxnWord.OTHER
+    assert txn.classify(text) is txn.TxnWord.OTHER  # the same answer, from the cache
+    long = "INSERT INTO t VALUES ('" + "x" * txn.REMEMBERED_TEXT + "')"
+    assert txn.batchable(long) and txn.classify(long) is txn.TxnWord.OTHER  # answered, not remembered
+    for fn in (txn.classify, txn.batchable, txn.shares_commit):
+        cached = fn.__wrapped__  # functools.wraps: the function itself, for a cross-check
+        for sql in ("BEGIN", "COMMIT", "SELECT 1", "SAVEPOINT a", "-- c\nUPDATE t SET a = 1", long):
+            assert fn(sql) == cached(sql), (fn.__name__, sql)
