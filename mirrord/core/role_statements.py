@@ -1,0 +1,281 @@
+"""The partner statements' role changes: what each role does when a statement is issued on it (pure, synchronous).
+
+ALTER DATABASE … SET PARTNER { OFF | SUSPEND | RESUME | FAILOVER |
+FORCE_SERVICE_ALLOW_DATA_LOSS } reaches these rules once `core.rules` allowed
+it here (a refused statement changes nothing). Their rows are part of the one
+table, `core.roles.TRANSITIONS` (listed in that module's docstring): this
+module adds them when it is imported, as it is by any code holding one of its
+events. Each rule says which role does what, what is persisted, who is told,
+and in which order: the configuration is persisted before anyone is told.
+
+Manual failover's waits stay in the shell (mirrord.engine.role_change.hand_over):
+the mirror hardens the end of log, the witness records the switch, the
+mirror answers the failover frame. The shell feeds a FailoverOutcome after
+each, and on_failover_outcome decides: nothing yet (the next wait), or what
+the failover came to. Every text a statement is refused with is the rule's.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Union
+
+from mirrord.core.roles import TRANSITIONS, AskForVote, Promote, RoleView, Rule, StepDown, SuspendCause, SuspendSession
+from mirrord.core.types import Role
+
+# ------------------------------------------------------------------ events
+
+
+@dataclass(frozen=True)
+class PartnerOffIssued:
+    """SET PARTNER OFF: the session ends on both partners; this copy keeps its role's data (standalone, or RESTORING)."""
+
+
+@dataclass(frozen=True)
+class SuspendIssued:
+    """SET PARTNER SUSPEND, issued on this node (named: the principal's reason says where)."""
+
+    node: str
+
+
+@dataclass(frozen=True)
+class ResumeIssued:
+    """SET PARTNER RESUME, issued on this node."""
+
+
+@dataclass(frozen=True)
+class FailoverIssued:
+    """SET PARTNER FAILOVER on the principal: hand the session over to its synchronized mirror."""
+
+
+@dataclass(frozen=True)
+class ForceServiceIssued:
+    """SET PARTNER FORCE_SERVICE_ALLOW_DATA_LOSS on the mirror: serve here in a new role sequence (a recovery fork)."""
+
+
+class WitnessSwitch(str, enum.Enum):
+    """What the witness said when the principal asked it to record a manual failover's switch (w_switch)."""
+
+    NOT_SET = "no witness"  # none is set: the mirror's answer settles the switch
+    GONE = "gone"  # its link went away before the principal could ask
+    SILENT = "silent"  # no answer within PARTNER TIMEOUT, or the link failed
+    REFUSED = "refused"  # it holds a different role sequence
+    RECORDED = "recorded"  # it recorded the mirror as principal of the next role sequence: the switch is decided
+
+
+@dataclass(frozen=True)
+class FailoverOutcome:
+    """How far the principal's manual failover got, fed by the shell after each of its waits in turn.
+
+    The waits: the mirror hardens the end of log (within PARTNER TIMEOUT), the
+    witness records the switch (w_switch; when one is set), the mirror is sent
+    `failover` and answers that it took over. A field is None until its wait
+    is reached; the rule answers nothing while the failover may go on.
+    """
+
+    db: str
+    end: int  # the end of log when commits stopped: the failover LSN
+    hardened_lsn: int  # what the mirror hardened of it within the wait
+    witness: WitnessSwitch | None = None
+    witness_error: str = ""  # SILENT: what failed
+    sent: bool | None = None  # the failover frame left for the mirror
+    answered: bool | None = None  # the mirror answered that it took over
+
+
+StatementEvent = Union[PartnerOffIssued, SuspendIssued, ResumeIssued, FailoverIssued, ForceServiceIssued, FailoverOutcome]
+
+
+# ------------------------------------------------------------------ actions (with core.roles' Promote, StepDown, ...)
+
+
+@dataclass(frozen=True)
+class PersistConfig:
+    """Persist these changes to the session's configuration (meta.json) before anything acts on them."""
+
+    changes: tuple[tuple[str, object], ...]
+
+    def as_dict(self) -> dict:
+        """The changes as keyword arguments of the config's update."""
+        return dict(self.changes)
+
+
+@dataclass(frozen=True)
+class TellPartner:
+    """Send the partner a frame on the session's link, if it is up; nothing if not (the rule says who tells it later).
+
+    before_closing: the link is closed next, so the frame is flushed first.
+    """
+
+    kind: str  # partner_off, suspend, resume
+    reason: str | None = None
+    before_closing: bool = False
+
+
+@dataclass(frozen=True)
+class StopPartnerLink:
+    """The principal stops its link to the mirror: the partner is lost, commits stop waiting for it."""
+
+
+@dataclass(frozen=True)
+class StopInbound:
+    """The mirror ends the principal's link (the connection it serves)."""
+
+
+@dataclass(frozen=True)
+class StartOffNotice:
+    """Tell the old mirror SET PARTNER OFF ended the session, on connections of its own until it confirms (off_untold)."""
+
+
+@dataclass(frozen=True)
+class ResumeSession:
+    """RESUME on the principal: SUSPENDED cleared (persisted), the mirror told, then a fresh handshake agrees where to resume."""
+
+
+@dataclass(frozen=True)
+class RecordEvent:
+    """Add an entry to the database's event history (kind, detail), at the end of log."""
+
+    kind: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class HandOver:
+    """The principal's manual failover: stop commits, then the waits whose results come back as FailoverOutcome."""
+
+    role_sequence: int  # the mirror's, once it takes over
+
+
+@dataclass(frozen=True)
+class StopServing:
+    """The principal stops serving now: no write waiting for its lock may commit here (its role has moved)."""
+
+
+@dataclass(frozen=True)
+class StopServingInDoubt:
+    """A manual failover was sent and never confirmed: stop serving until the partner answers.
+
+    It answers by welcoming this node as its principal (core.roles.on_partner_welcomed: serve again), or as the
+    principal of the next role sequence (step down).
+    """
+
+    why: str
+
+
+@dataclass(frozen=True)
+class RefuseStatement:
+    """The statement fails with this text (StatementRefused); what it changed before is said in the text."""
+
+    text: str
+
+
+StatementAction = Union[PersistConfig, TellPartner, StopPartnerLink, StopInbound, StartOffNotice, ResumeSession, RecordEvent,
+                        HandOver, StopServing, StopServingInDoubt, RefuseStatement, Promote, StepDown, AskForVote,
+                        SuspendSession]
+
+
+# ------------------------------------------------------------------ rules
+
+
+def on_partner_off_as_principal(view: RoleView, event: PartnerOffIssued) -> list[StatementAction]:
+    """SET PARTNER OFF on the principal: standalone here, persisted first (ended_by_off, off_untold), then the mirror told.
+
+    The mirror may be away, or the frame lost with the link: it is told again
+    on connections of its own until it confirms (StartOffNotice; off_untold
+    survives a restart), and its hellos hear it meanwhile (on_partner_hello).
+    """
+    ended = (("partner", None), ("role", Role.NONE), ("suspended", False), ("ended_by_off", view.partner))
+    return [PersistConfig(ended + (("off_untold", view.partner),)), TellPartner("partner_off", before_closing=True),
+            StopPartnerLink(), StartOffNotice()]
+
+
+def on_partner_off_as_mirror(view: RoleView, event: PartnerOffIssued) -> list[StatementAction]:
+    """SET PARTNER OFF on the mirror: the session ends here, persisted first; the principal is told now if connected,
+    or by the refusal of its next hello (ended_by_off). The copy stays RESTORING."""
+    ended = (("partner", None), ("role", Role.NONE), ("suspended", False), ("ended_by_off", view.partner))
+    return [PersistConfig(ended), TellPartner("partner_off", before_closing=True), StopInbound()]
+
+
+def on_suspend_issued(view: RoleView, event: SuspendIssued) -> list[StatementAction]:
+    """SUSPEND: the principal's settings are the session's, so the principal suspends; a mirror asks it to (its link is up:
+    core.rules), and adopts SUSPENDED from the settings the principal sends back."""
+    if view.role is Role.MIRROR:
+        return [TellPartner("suspend", reason=f"SET PARTNER SUSPEND on the mirror {event.node}"),
+                RecordEvent("SUSPEND", "SET PARTNER SUSPEND on this mirror: asked the principal")]
+    why = "SET PARTNER SUSPEND on this principal"
+    return [SuspendSession(why, SuspendCause.STATEMENT), RecordEvent("SUSPEND", why)]
+
+
+def on_resume_issued(view: RoleView, event: ResumeIssued) -> list[StatementAction]:
+    """RESUME: the principal resumes the session; a mirror asks it to."""
+    if view.role is Role.MIRROR:
+        return [TellPartner("resume"), RecordEvent("RESUME", "SET PARTNER RESUME on this mirror: asked the principal")]
+    return [ResumeSession(), RecordEvent("RESUME", "SET PARTNER RESUME on this principal")]
+
+
+def on_failover_issued(view: RoleView, event: FailoverIssued) -> list[StatementAction]:
+    """SET PARTNER FAILOVER: hand the session over to the mirror, in the next role sequence."""
+    return [HandOver(view.role_sequence + 1)]
+
+
+def on_failover_outcome(view: RoleView, event: FailoverOutcome) -> list[StatementAction]:
+    """What a manual failover comes to, judged against the session as the statement found it (view).
+
+    Refused or abandoned, nothing changed: the mirror did not harden the end
+    of log in time, the witness did not record the switch, or the link closed
+    before the failover left. Decided: the witness recorded the switch, or the
+    mirror answered that it took over: stop serving, then step down. In doubt:
+    sent, unanswered, and no witness decided it: the mirror may have promoted
+    itself and lost only its answer, so serving on could make two principals;
+    stop serving until the partner says (on_partner_welcomed, or a newer principal).
+    """
+    if event.hardened_lsn < event.end:
+        return [RefuseStatement(f"manual failover abandoned: the mirror hardened only up to LSN {event.hardened_lsn} of "
+                                f"{event.end} within PARTNER TIMEOUT ({view.timeout} s); nothing changed")]
+    if event.witness is None:
+        return []  # the witness is asked next
+    if event.witness is WitnessSwitch.GONE:
+        return [RefuseStatement(f"manual failover abandoned: the witness {view.witness} went away; nothing changed")]
+    if event.witness is WitnessSwitch.SILENT:
+        return [RefuseStatement(f"manual failover abandoned: the witness did not answer ({event.witness_error}); "
+                                "nothing changed")]
+    if event.witness is WitnessSwitch.REFUSED:
+        return [RefuseStatement("manual failover refused by the witness (it holds a different role sequence)")]
+    if event.sent is None:
+        return []  # the mirror is sent the failover next
+    if not event.answered and event.witness is not WitnessSwitch.RECORDED:
+        if not event.sent:
+            return [RefuseStatement("manual failover abandoned: the connection to the mirror closed before the failover "
+                                    "was sent; nothing changed. Retry once it is SYNCHRONIZED again")]
+        why = ("a manual failover was sent and never confirmed: its outcome is unknown, so this node does not "
+               f"serve {event.db} until the partner answers (it becomes the mirror if the failover happened, "
+               "and serves again if not)")
+        return [StopServingInDoubt(why), RefuseStatement(why)]
+    # decided by the witness's record (the mirror takes over once its witness tells it), or by the mirror's answer
+    return [StopServing(), StepDown(view.role_sequence + 1, f"manual failover to {view.partner}")]
+
+
+def on_force_service_issued(view: RoleView, event: ForceServiceIssued) -> list[StatementAction]:
+    """FORCE_SERVICE_ALLOW_DATA_LOSS: with a witness, only through its vote (it records the new role sequence, so the
+    old principal cannot serve in it); without one, this mirror promotes itself, forced."""
+    if view.witness is not None:
+        if not view.witness_connected:
+            return [RefuseStatement("a witness is set and this mirror cannot reach it; forced service needs mirror and "
+                                    "witness connected")]
+        return [AskForVote(forced=True)]
+    return [Promote(view.role_sequence + 1, forced=True, why="FORCE_SERVICE_ALLOW_DATA_LOSS")]
+
+
+STATEMENT_TRANSITIONS: dict[tuple[Role, type], Rule] = {
+    (Role.PRINCIPAL, PartnerOffIssued): on_partner_off_as_principal,
+    (Role.MIRROR, PartnerOffIssued): on_partner_off_as_mirror,
+    (Role.PRINCIPAL, SuspendIssued): on_suspend_issued,
+    (Role.MIRROR, SuspendIssued): on_suspend_issued,
+    (Role.PRINCIPAL, ResumeIssued): on_resume_issued,
+    (Role.MIRROR, ResumeIssued): on_resume_issued,
+    (Role.PRINCIPAL, FailoverIssued): on_failover_issued,
+    (Role.PRINCIPAL, FailoverOutcome): on_failover_outcome,
+    (Role.MIRROR, ForceServiceIssued): on_force_service_issued,
+}
+TRANSITIONS.update(STATEMENT_TRANSITIONS)  # one table: core.roles.handle answers these events too
