@@ -7,6 +7,9 @@ table, `core.roles.TRANSITIONS` (listed in that module's docstring): this
 module adds them when it is imported, as it is by any code holding one of its
 events. Each rule says which role does what, what is persisted, who is told,
 and in which order: the configuration is persisted before anyone is told.
+The partner's side is here too: what a copy does when it hears the statement
+issued on the other (SET PARTNER OFF, on the link or by an off notice; RESUME
+issued on the mirror).
 
 Manual failover's waits stay in the shell (mirrord.engine.role_change.hand_over):
 the mirror hardens the end of log, the witness records the switch, the
@@ -21,7 +24,8 @@ import enum
 from dataclasses import dataclass
 from typing import Union
 
-from mirrord.core.roles import TRANSITIONS, AskForVote, Promote, RoleView, Rule, StepDown, SuspendCause, SuspendSession
+from mirrord.core.roles import (TRANSITIONS, AskForVote, Promote, RoleView, Rule, StepDown, SuspendCause, SuspendSession,
+                                is_partner)
 from mirrord.core.types import Role
 
 # ------------------------------------------------------------------ events
@@ -83,7 +87,32 @@ class FailoverOutcome:
     answered: bool | None = None  # the mirror answered that it took over
 
 
-StatementEvent = Union[PartnerOffIssued, SuspendIssued, ResumeIssued, FailoverIssued, ForceServiceIssued, FailoverOutcome]
+# ---- what a partner hears of the statement issued on the other
+
+
+@dataclass(frozen=True)
+class PartnerOffHeard:
+    """The partner ran SET PARTNER OFF and says so on the session's link: its partner_off frame, or its refusal of this
+    principal's hello (partner_off). The link that heard it ends by itself."""
+
+    partner_role: Role  # the role of the partner that said it: the principal's link hears the mirror, and the reverse
+
+
+@dataclass(frozen=True)
+class OffNoticeHeard:
+    """The principal ran SET PARTNER OFF while this mirror was away, and says so on a connection of its own (its off notice)."""
+
+    sender: str  # the endpoint it says it is (its certificate covers it)
+    role_sequence: int  # its role sequence when it ended the session
+
+
+@dataclass(frozen=True)
+class ResumeAskedByMirror:
+    """The mirror asks its principal to resume the session (SET PARTNER RESUME there)."""
+
+
+StatementEvent = Union[PartnerOffIssued, SuspendIssued, ResumeIssued, FailoverIssued, ForceServiceIssued, FailoverOutcome,
+                       PartnerOffHeard, OffNoticeHeard, ResumeAskedByMirror]
 
 
 # ------------------------------------------------------------------ actions (with core.roles' Promote, StepDown, ...)
@@ -125,6 +154,14 @@ class StopInbound:
 @dataclass(frozen=True)
 class StartOffNotice:
     """Tell the old mirror SET PARTNER OFF ended the session, on connections of its own until it confirms (off_untold)."""
+
+
+@dataclass(frozen=True)
+class SessionRemovedByPartner:
+    """Say that the partner ended the session; a principal's commits stop waiting for its mirror (partner: the old one)."""
+
+    was: Role
+    partner: str | None
 
 
 @dataclass(frozen=True)
@@ -170,9 +207,9 @@ class RefuseStatement:
     text: str
 
 
-StatementAction = Union[PersistConfig, TellPartner, StopPartnerLink, StopInbound, StartOffNotice, ResumeSession, RecordEvent,
-                        HandOver, StopServing, StopServingInDoubt, RefuseStatement, Promote, StepDown, AskForVote,
-                        SuspendSession]
+StatementAction = Union[PersistConfig, TellPartner, StopPartnerLink, StopInbound, StartOffNotice, SessionRemovedByPartner,
+                        ResumeSession, RecordEvent, HandOver, StopServing, StopServingInDoubt, RefuseStatement,
+                        Promote, StepDown, AskForVote, SuspendSession]
 
 
 # ------------------------------------------------------------------ rules
@@ -267,6 +304,33 @@ def on_force_service_issued(view: RoleView, event: ForceServiceIssued) -> list[S
     return [Promote(view.role_sequence + 1, forced=True, why="FORCE_SERVICE_ALLOW_DATA_LOSS")]
 
 
+def on_partner_off_heard(view: RoleView, event: PartnerOffHeard) -> list[StatementAction]:
+    """The partner ended the session: so does this copy, persisted first. A principal stays a standalone database
+    (not SUSPENDED); a mirror keeps its copy RESTORING until RESTORE … WITH RECOVERY."""
+    if view.role is event.partner_role:
+        return []  # heard on a link of a role this copy no longer has (a role change ended it): not its session's word
+    if view.role is Role.PRINCIPAL:
+        return [PersistConfig((("partner", None), ("role", Role.NONE), ("suspended", False))),
+                SessionRemovedByPartner(Role.PRINCIPAL, view.partner)]
+    return [PersistConfig((("partner", None), ("role", Role.NONE))), SessionRemovedByPartner(Role.MIRROR, view.partner)]
+
+
+def on_off_notice_heard(view: RoleView, event: OffNoticeHeard) -> list[StatementAction]:
+    """The old principal's off notice ends this mirror's session with it, not one with another principal or a newer one.
+
+    The notice is confirmed whatever this decides: its sender only needs to know it may stop telling.
+    """
+    if view.partner is None or event.role_sequence < view.role_sequence or not is_partner(view, event.sender):
+        return []
+    return [StopInbound(), PersistConfig((("partner", None), ("role", Role.NONE))),
+            SessionRemovedByPartner(Role.MIRROR, view.partner)]
+
+
+def on_resume_asked_by_mirror(view: RoleView, event: ResumeAskedByMirror) -> list[StatementAction]:
+    """The mirror's RESUME is carried out by its principal, if the session is still SUSPENDED."""
+    return [ResumeSession()] if view.suspended else []
+
+
 STATEMENT_TRANSITIONS: dict[tuple[Role, type], Rule] = {
     (Role.PRINCIPAL, PartnerOffIssued): on_partner_off_as_principal,
     (Role.MIRROR, PartnerOffIssued): on_partner_off_as_mirror,
@@ -277,5 +341,9 @@ STATEMENT_TRANSITIONS: dict[tuple[Role, type], Rule] = {
     (Role.PRINCIPAL, FailoverIssued): on_failover_issued,
     (Role.PRINCIPAL, FailoverOutcome): on_failover_outcome,
     (Role.MIRROR, ForceServiceIssued): on_force_service_issued,
+    (Role.PRINCIPAL, PartnerOffHeard): on_partner_off_heard,
+    (Role.MIRROR, PartnerOffHeard): on_partner_off_heard,
+    (Role.MIRROR, OffNoticeHeard): on_off_notice_heard,
+    (Role.PRINCIPAL, ResumeAskedByMirror): on_resume_asked_by_mirror,
 }
 TRANSITIONS.update(STATEMENT_TRANSITIONS)  # one table: core.roles.handle answers these events too

@@ -40,6 +40,11 @@ that decides (the partner statements' rows, from core.role_statements, follow):
                                                                nothing changed; in doubt, stop serving; decided
                                                                (witness's record or mirror's answer), step down
     MIRROR      ForceServiceIssued    on_force_service_issued  a forced vote from the witness; without one, promote
+    and what the partner hears of them:
+    PRINCIPAL   PartnerOffHeard       on_partner_off_heard     the mirror ended the session: persist standalone
+    MIRROR      PartnerOffHeard       on_partner_off_heard     the principal ended it: persist standalone (RESTORING)
+    MIRROR      OffNoticeHeard        on_off_notice_heard      the same, told later: from its principal, not older
+    PRINCIPAL   ResumeAskedByMirror   on_resume_asked_by_mirror  resume, if still SUSPENDED
 
 A principal's hello arrives as events, in order: PartnerIsPrincipal (a
 principal it deposes steps down), PartnerHello (answered in the role that

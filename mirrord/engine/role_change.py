@@ -33,7 +33,7 @@ from mirrord.core import quorum, role_statements as rs, roles
 from mirrord.engine import mirror_session, principal_session
 from mirrord.engine.database import role_view
 from mirrord.core.timing import timing
-from mirrord.core.types import ActionInDoubt, DatabaseStatus, Endpoint, NotPrincipal, Role, StatementRefused
+from mirrord.core.types import ActionInDoubt, DatabaseStatus, NotPrincipal, Role, StatementRefused
 from mirrord.net import framing
 
 if TYPE_CHECKING:
@@ -109,6 +109,15 @@ async def _carry_out_statement(node: "NodeServices", database: "Database", actio
         await node.stop_inbound(database)
     elif isinstance(action, rs.StartOffNotice):
         node.start_off_notice(database)
+    elif isinstance(action, rs.SessionRemovedByPartner):
+        if action.was is Role.PRINCIPAL:
+            log.warning("partner_removed_by_mirror", database=database.name, partner=action.partner, role="PRINCIPAL")
+            database.session.note_partner_lost()
+            database.session.state_reason = None
+            if database.principal is not None:
+                database.principal.update_visible()  # commits stop waiting for the mirror
+        else:
+            log.info("partner_removed_by_principal", database=database.name, status=database.session.config.status.value)
     elif isinstance(action, rs.ResumeSession):
         await principal_session.resume_session(node, database)
     elif isinstance(action, rs.RecordEvent):
@@ -390,11 +399,3 @@ async def forced_service(node: "NodeServices", database: "Database") -> None:
         await on_event(node, database, rs.ForceServiceIssued())
     finally:
         s.failover_requested = False
-
-
-def endpoint_matches(a: str | None, b: str | None) -> bool:
-    """Two endpoint texts name the same endpoint."""
-    try:
-        return a is not None and b is not None and Endpoint.parse(a) == Endpoint.parse(b)
-    except ValueError:
-        return False

@@ -268,3 +268,16 @@ def test_a_manual_failover_the_mirror_has_not_hardened_sends_nothing_and_changes
         issue(database, rs.FailoverIssued())
     assert database.journal == [("abort", "transactions")]
     assert database.principal.serving and not database.failover_in_doubt
+
+
+def test_the_mirrors_off_ends_the_principals_session_persisted_and_its_commits_stop_waiting():
+    database = StatementDatabase(Role.PRINCIPAL, [])
+    database.session.partner_connected = True
+    assert issue(database, rs.PartnerOffHeard(Role.MIRROR)) == [("persist", "partner", "role", "suspended")]
+    assert database.session.config.role is Role.NONE and not database.session.partner_connected
+
+
+def test_an_off_notice_ends_the_principals_link_before_the_mirror_persists_the_end():
+    database = StatementDatabase(Role.MIRROR, [])
+    assert issue(database, rs.OffNoticeHeard(PARTNER, 4)) == [("stop", "inbound"), ("persist", "partner", "role")]
+    assert (database.session.config.role, database.session.config.partner) == (Role.NONE, None)

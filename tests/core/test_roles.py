@@ -364,9 +364,11 @@ def _statement_world():
                     (19, 20), (None, *rs.WitnessSwitch), (None, False, True), (None, False, True))
                 if (witness is not None or sent is None) and (sent is not None or answered is None)
                 and (sent is not False or not answered)]  # the fields fill in order; unsent is unanswered
-    issued = [rs.PartnerOffIssued(), rs.SuspendIssued("a"), rs.ResumeIssued(), rs.FailoverIssued(), rs.ForceServiceIssued()]
-    for role, witness, connected in itertools.product(Role, (None, OTHER), (False, True)):
-        view = roles.RoleView(role, SEQ, ME, partner=PARTNER, witness=witness, witness_connected=connected)
+    issued = [rs.PartnerOffIssued(), rs.SuspendIssued("a"), rs.ResumeIssued(), rs.FailoverIssued(), rs.ForceServiceIssued(),
+              rs.PartnerOffHeard(Role.PRINCIPAL), rs.PartnerOffHeard(Role.MIRROR), rs.ResumeAskedByMirror(),
+              *(rs.OffNoticeHeard(sender, seq) for sender in (PARTNER, OTHER) for seq in (SEQ - 1, SEQ, SEQ + 1))]
+    for role, witness, connected, suspended in itertools.product(Role, (None, OTHER), (False, True), (False, True)):
+        view = roles.RoleView(role, SEQ, ME, partner=PARTNER, witness=witness, witness_connected=connected, suspended=suspended)
         for event in issued + outcomes:
             yield view, event
 
@@ -471,3 +473,35 @@ def test_forced_service_goes_through_the_witness_where_one_is_set():
     assert roles.handle(unreachable, rs.ForceServiceIssued()) == [rs.RefuseStatement(
         "a witness is set and this mirror cannot reach it; forced service needs mirror and witness connected")]
     assert roles.handle(roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER), rs.ForceServiceIssued()) == []
+
+
+def test_the_partners_off_ends_the_session_here_persisted_first_and_only_as_the_partner_of_the_role_that_said_it():
+    principal, mirror = roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER), roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER)
+    assert roles.handle(principal, rs.PartnerOffHeard(Role.MIRROR)) == [
+        rs.PersistConfig((("partner", None), ("role", Role.NONE), ("suspended", False))),
+        rs.SessionRemovedByPartner(Role.PRINCIPAL, PARTNER)]
+    assert roles.handle(mirror, rs.PartnerOffHeard(Role.PRINCIPAL)) == [
+        rs.PersistConfig((("partner", None), ("role", Role.NONE))), rs.SessionRemovedByPartner(Role.MIRROR, PARTNER)]
+    # heard on a link of the role this copy no longer has (a promotion or a step down ended it): nothing changes
+    assert roles.handle(principal, rs.PartnerOffHeard(Role.PRINCIPAL)) == []
+    assert roles.handle(mirror, rs.PartnerOffHeard(Role.MIRROR)) == []
+
+
+def test_an_off_notice_ends_the_mirrors_session_with_that_principal_in_its_role_sequence_or_a_newer_one():
+    mirror = roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER)
+    ended = [rs.StopInbound(), rs.PersistConfig((("partner", None), ("role", Role.NONE))),
+             rs.SessionRemovedByPartner(Role.MIRROR, PARTNER)]
+    for sender in SPELLINGS[PARTNER]:
+        assert roles.handle(mirror, rs.OffNoticeHeard(sender, SEQ)) == ended
+        assert roles.handle(mirror, rs.OffNoticeHeard(sender, SEQ + 1)) == ended
+    assert roles.handle(mirror, rs.OffNoticeHeard(PARTNER, SEQ - 1)) == []  # an older session's notice
+    assert roles.handle(mirror, rs.OffNoticeHeard(OTHER, SEQ)) == []  # not its principal
+    assert roles.handle(roles.RoleView(Role.MIRROR, SEQ, ME, None), rs.OffNoticeHeard(PARTNER, SEQ)) == []
+    assert roles.handle(roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER), rs.OffNoticeHeard(PARTNER, SEQ)) == []
+
+
+def test_the_mirrors_resume_is_carried_out_by_a_principal_still_suspended():
+    assert roles.handle(roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER, suspended=True), rs.ResumeAskedByMirror()) == [
+        rs.ResumeSession()]
+    assert roles.handle(roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER), rs.ResumeAskedByMirror()) == []
+    assert roles.handle(roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER, suspended=True), rs.ResumeAskedByMirror()) == []
