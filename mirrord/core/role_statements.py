@@ -87,6 +87,17 @@ class FailoverOutcome:
     answered: bool | None = None  # the mirror answered that it took over
 
 
+@dataclass(frozen=True)
+class ForcedVoteFailed:
+    """FORCE_SERVICE_ALLOW_DATA_LOSS's vote was not granted: the witness refused it, or its answer never came."""
+
+    db: str
+    answered: bool
+    reason: str | None = None  # the witness's, when it refused
+    timeout: float = 0.0  # how long its answer was waited for
+    error: str = ""  # unanswered: what failed (the exception's class)
+
+
 # ---- what a partner hears of the statement issued on the other
 
 
@@ -112,7 +123,7 @@ class ResumeAskedByMirror:
 
 
 StatementEvent = Union[PartnerOffIssued, SuspendIssued, ResumeIssued, FailoverIssued, ForceServiceIssued, FailoverOutcome,
-                       PartnerOffHeard, OffNoticeHeard, ResumeAskedByMirror]
+                       ForcedVoteFailed, PartnerOffHeard, OffNoticeHeard, ResumeAskedByMirror]
 
 
 # ------------------------------------------------------------------ actions (with core.roles' Promote, StepDown, ...)
@@ -207,8 +218,15 @@ class RefuseStatement:
     text: str
 
 
+@dataclass(frozen=True)
+class StatementInDoubt:
+    """The statement fails with this text (ActionInDoubt): whether it took effect is unknown, the text says how to find out."""
+
+    text: str
+
+
 StatementAction = Union[PersistConfig, TellPartner, StopPartnerLink, StopInbound, StartOffNotice, SessionRemovedByPartner,
-                        ResumeSession, RecordEvent, HandOver, StopServing, StopServingInDoubt, RefuseStatement,
+                        ResumeSession, RecordEvent, HandOver, StopServing, StopServingInDoubt, RefuseStatement, StatementInDoubt,
                         Promote, StepDown, AskForVote, SuspendSession]
 
 
@@ -304,6 +322,17 @@ def on_force_service_issued(view: RoleView, event: ForceServiceIssued) -> list[S
     return [Promote(view.role_sequence + 1, forced=True, why="FORCE_SERVICE_ALLOW_DATA_LOSS")]
 
 
+def on_forced_vote_failed(view: RoleView, event: ForcedVoteFailed) -> list[StatementAction]:
+    """Forced service not granted: refused, saying the witness's reason; or in doubt, since the witness may have recorded
+    the vote and lost only its answer (then its record names this node, and on_witness_state promotes it, forced)."""
+    if event.answered:
+        return [RefuseStatement(f"the witness refused forced service: {event.reason}")]
+    return [StatementInDoubt(
+        f"forced service on {event.db}: the witness did not answer the vote within {event.timeout:g} s ({event.error}); "
+        "whether it granted it is unknown. If its record names this node, this node becomes the principal as soon as it "
+        "hears so: check sys.database_mirroring (role) before trying again")]
+
+
 def on_partner_off_heard(view: RoleView, event: PartnerOffHeard) -> list[StatementAction]:
     """The partner ended the session: so does this copy, persisted first. A principal stays a standalone database
     (not SUSPENDED); a mirror keeps its copy RESTORING until RESTORE … WITH RECOVERY."""
@@ -341,6 +370,7 @@ STATEMENT_TRANSITIONS: dict[tuple[Role, type], Rule] = {
     (Role.PRINCIPAL, FailoverIssued): on_failover_issued,
     (Role.PRINCIPAL, FailoverOutcome): on_failover_outcome,
     (Role.MIRROR, ForceServiceIssued): on_force_service_issued,
+    (Role.MIRROR, ForcedVoteFailed): on_forced_vote_failed,
     (Role.PRINCIPAL, PartnerOffHeard): on_partner_off_heard,
     (Role.MIRROR, PartnerOffHeard): on_partner_off_heard,
     (Role.MIRROR, OffNoticeHeard): on_off_notice_heard,

@@ -40,6 +40,7 @@ that decides (the partner statements' rows, from core.role_statements, follow):
                                                                nothing changed; in doubt, stop serving; decided
                                                                (witness's record or mirror's answer), step down
     MIRROR      ForceServiceIssued    on_force_service_issued  a forced vote from the witness; without one, promote
+    MIRROR      ForcedVoteFailed      on_forced_vote_failed    refused by the witness, saying why; unanswered: in doubt
     and what the partner hears of them:
     PRINCIPAL   PartnerOffHeard       on_partner_off_heard     the mirror ended the session: persist standalone
     MIRROR      PartnerOffHeard       on_partner_off_heard     the principal ended it: persist standalone (RESTORING)

@@ -133,6 +133,8 @@ async def _carry_out_statement(node: "NodeServices", database: "Database", actio
         log.warning("manual_failover_in_doubt", database=database.name, role_sequence=database.session.config.role_sequence)
     elif isinstance(action, rs.RefuseStatement):
         raise StatementRefused(action.text)
+    elif isinstance(action, rs.StatementInDoubt):
+        raise ActionInDoubt(action.text)
 
 
 async def _tell_partner(database: "Database", action: rs.TellPartner) -> None:
@@ -172,19 +174,16 @@ async def request_promotion(node: "NodeServices", database: "Database", conn: "W
                 {"t": "w_vote", "role_sequence": s.config.role_sequence, "hardened_lsn": database.log.last_lsn, "forced": forced}, timeout)
         except (asyncio.TimeoutError, ConnectionError, OSError) as exc:
             if not forced:
-                raise
-            # the witness may have recorded the vote and lost only its answer: then its record names this
-            # node, and the role machine promotes it as forced when it hears that (core.roles)
-            raise ActionInDoubt(
-                f"forced service on {database.name}: the witness did not answer the vote within {timeout:g} s "
-                f"({exc.__class__.__name__}); whether it granted it is unknown. If its record names this node, this "
-                "node becomes the principal as soon as it hears so: check sys.database_mirroring (role) before "
-                "trying again") from None
-        if answer.get("granted"):
-            await on_event(node, database, roles.VoteAnswered(True, answer["role_sequence"], forced=forced))
-            return True
-        if forced:
-            raise StatementRefused(f"the witness refused forced service: {answer.get('reason')}")
+                raise  # automatic failover: the witness link it was asked on ends, and redials
+            failed = rs.ForcedVoteFailed(database.name, answered=False, timeout=timeout, error=exc.__class__.__name__)
+        else:
+            if answer.get("granted"):
+                await on_event(node, database, roles.VoteAnswered(True, answer["role_sequence"], forced=forced))
+                return True
+            if not forced:
+                return False
+            failed = rs.ForcedVoteFailed(database.name, answered=True, reason=answer.get("reason"))
+        await on_event(node, database, failed)  # the statement is refused, or in doubt
         return False
     finally:
         s.failover_requested = False

@@ -366,6 +366,7 @@ def _statement_world():
                 and (sent is not False or not answered)]  # the fields fill in order; unsent is unanswered
     issued = [rs.PartnerOffIssued(), rs.SuspendIssued("a"), rs.ResumeIssued(), rs.FailoverIssued(), rs.ForceServiceIssued(),
               rs.PartnerOffHeard(Role.PRINCIPAL), rs.PartnerOffHeard(Role.MIRROR), rs.ResumeAskedByMirror(),
+              rs.ForcedVoteFailed("shop", answered=True, reason="no"), rs.ForcedVoteFailed("shop", False, timeout=10, error="E"),
               *(rs.OffNoticeHeard(sender, seq) for sender in (PARTNER, OTHER) for seq in (SEQ - 1, SEQ, SEQ + 1))]
     for role, witness, connected, suspended in itertools.product(Role, (None, OTHER), (False, True), (False, True)):
         view = roles.RoleView(role, SEQ, ME, partner=PARTNER, witness=witness, witness_connected=connected, suspended=suspended)
@@ -505,3 +506,13 @@ def test_the_mirrors_resume_is_carried_out_by_a_principal_still_suspended():
         rs.ResumeSession()]
     assert roles.handle(roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER), rs.ResumeAskedByMirror()) == []
     assert roles.handle(roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER, suspended=True), rs.ResumeAskedByMirror()) == []
+
+
+def test_a_forced_vote_not_granted_is_refused_with_the_witness_reason_or_in_doubt_saying_what_to_check():
+    mirror = roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER, witness=OTHER, witness_connected=True)
+    assert roles.handle(mirror, rs.ForcedVoteFailed("shop", answered=True, reason="the principal is connected")) == [
+        rs.RefuseStatement("the witness refused forced service: the principal is connected")]
+    assert roles.handle(mirror, rs.ForcedVoteFailed("shop", answered=False, timeout=2.5, error="TimeoutError")) == [
+        rs.StatementInDoubt("forced service on shop: the witness did not answer the vote within 2.5 s (TimeoutError); "
+                            "whether it granted it is unknown. If its record names this node, this node becomes the principal "
+                            "as soon as it hears so: check sys.database_mirroring (role) before trying again")]
