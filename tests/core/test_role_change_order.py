@@ -220,7 +220,8 @@ class StatementDatabase(Database):
 
 
 def issue(database: StatementDatabase, event, node: StatementNode | None = None) -> list:
-    asyncio.run(role_change.on_event(node or StatementNode(database.journal), database, event))
+    # bounded: a step down carried out inside the failover's write lock would wait for that lock forever
+    asyncio.run(asyncio.wait_for(role_change.on_event(node or StatementNode(database.journal), database, event), 30))
     return database.journal
 
 
