@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from mirrord.engine import role_change
-from mirrord.core import messages
+from mirrord.core import messages, role_statements
 from mirrord.core.types import Endpoint, ProtocolError, Role
 from mirrord.engine import mirror_session
 from mirrord.net import framing
@@ -54,7 +54,8 @@ async def serve_connection(node: "NodeServices", reader: asyncio.StreamReader, w
     except ProtocolError as exc:
         log.warning("endpoint_frame_rejected", peer=str(peer), reason=str(exc))
     except mirror_session.PartnerRemoved:
-        await _mirror_partner_removed(node, hello["db"])
+        if (database := node.databases.get(hello["db"])) is not None:
+            await role_change.on_event(node, database, role_statements.PartnerOffHeard(Role.PRINCIPAL))
     except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError) as exc:
         log.info("endpoint_connection_closed", peer=str(peer), reason=repr(exc))
     except asyncio.CancelledError:
@@ -110,20 +111,9 @@ async def _serve_off_notice(node: "NodeServices", notice: dict, writer) -> None:
     """
     database = node.databases.get(notice["db"])
     if database is not None:
-        cfg = database.session.config
-        if (cfg.role is Role.MIRROR and cfg.partner is not None and notice["role_sequence"] >= cfg.role_sequence
-                and role_change.endpoint_matches(cfg.partner, notice["from_endpoint"])):
-            await node.stop_inbound(database)
-            await _mirror_partner_removed(node, notice["db"])
+        await role_change.on_event(node, database, role_statements.OffNoticeHeard(notice["from_endpoint"], notice["role_sequence"]))
     framing.write_message(writer, {"t": "partner_off_done"})
     await writer.drain()
-
-
-async def _mirror_partner_removed(node: "NodeServices", db: str) -> None:
-    database = node.databases.get(db)
-    if database is not None and database.session.role is Role.MIRROR:
-        database.update_config(partner=None, role=Role.NONE)
-        log.info("partner_removed_by_principal", database=db, status=database.session.config.status.value)
 
 
 def impostor_refusal(node: "NodeServices", writer: asyncio.StreamWriter, claimed_endpoint: str) -> str | None:

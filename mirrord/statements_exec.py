@@ -40,10 +40,10 @@ from mirrord.core.types import (
     UnknownDatabase,
 )
 from mirrord.net import framing
-from mirrord.engine.principal_session import resume_session, send_settings, suspend_session
+from mirrord.engine.principal_session import send_settings
 from mirrord.node_services import ClientState
-from mirrord.engine.role_change import forced_service, manual_failover
-from mirrord.core import messages
+from mirrord.engine.role_change import forced_service, on_event
+from mirrord.core import messages, role_statements
 from mirrord.engine.principal import PageDamaged, StatementResult
 from mirrord import views
 from mirrord.storage import backups
@@ -404,49 +404,32 @@ class StatementExecutor:
         return await self.PARTNER_ACTIONS[stmt.action](self, database)
 
     async def _partner_off(self, database: "Database") -> StatementResult:
-        if database.session.role is Role.PRINCIPAL:
-            self._tell_partner(database, {"t": "partner_off"})
-            if database.partner_writer is not None:
-                await database.partner_writer.drain()
-            # The mirror may be away, or the frame lost with the link: it is told again on a connection of
-            # its own until it confirms (net.partner.run_off_notice), and its hellos hear it meanwhile.
-            old = database.session.config.partner
-            database.update_config(partner=None, role=Role.NONE, suspended=False, ended_by_off=old, off_untold=old)
-            await self.node.stop_partner_link(database)
-            database.session.note_partner_lost()
-            database.principal.update_visible()
-            self.node.start_off_notice(database)
+        was, old = database.session.role, database.session.config.partner
+        await on_event(self.node, database, role_statements.PartnerOffIssued())
+        if was is Role.PRINCIPAL:
             return _message(f"mirroring of {database.name} removed; it is a standalone database (the mirror {old} is told "
                             "now, or as soon as it can be reached)")
-        # the principal is told now if it is connected, or by the refusal of its next hello
-        self._tell_partner(database, {"t": "partner_off"})
-        if database.partner_writer is not None:
-            await database.partner_writer.drain()
-        database.update_config(partner=None, role=Role.NONE, suspended=False, ended_by_off=database.session.config.partner)
-        await self.node.stop_inbound(database)
         return _message(f"mirroring of {database.name} removed on both partners; the copy stays RESTORING until RESTORE DATABASE {database.name} WITH RECOVERY")
 
     async def _partner_suspend(self, database: "Database") -> StatementResult:
-        if database.session.role is Role.MIRROR:  # the principal's settings are the session's: it suspends, we adopt
-            self._tell_partner(database, {"t": "suspend", "reason": f"SET PARTNER SUSPEND on the mirror {self.node.name}"})
-            database.record_event("SUSPEND", "SET PARTNER SUSPEND on this mirror: asked the principal", lsn=database.log.last_lsn)
+        was = database.session.role
+        await on_event(self.node, database, role_statements.SuspendIssued(self.node.name))
+        if was is Role.MIRROR:  # the principal's settings are the session's: it suspends, we adopt
             return _message(f"mirroring of {database.name} SUSPENDED by the principal at the mirror's request")
-        suspend_session(database)
-        database.record_event("SUSPEND", "SET PARTNER SUSPEND on this principal", lsn=database.log.last_lsn)
         return _message(f"mirroring of {database.name} SUSPENDED; the log grows until RESUME")
 
     async def _partner_resume(self, database: "Database") -> StatementResult:
-        if database.session.role is Role.MIRROR:
-            self._tell_partner(database, {"t": "resume"})
-            database.record_event("RESUME", "SET PARTNER RESUME on this mirror: asked the principal", lsn=database.log.last_lsn)
+        was = database.session.role
+        await on_event(self.node, database, role_statements.ResumeIssued())
+        if was is Role.MIRROR:
             return _message(f"mirroring of {database.name}: RESUME sent to the principal, which resumes the session")
-        await resume_session(self.node, database)
-        database.record_event("RESUME", "SET PARTNER RESUME on this principal", lsn=database.log.last_lsn)
         return _message(f"mirroring of {database.name} resumed")
 
     async def _partner_failover(self, database: "Database") -> StatementResult:
-        new_principal = await manual_failover(self.node, database)
-        return _message(f"manual failover of {database.name} complete: the principal is now {new_principal}; this node is the mirror")
+        await on_event(self.node, database, role_statements.FailoverIssued())  # refused, in doubt, or stepped down
+        s = database.session
+        return _message(f"manual failover of {database.name} complete: the principal is now "
+                        f"{s.partner_listen or s.config.partner}; this node is the mirror")
 
     async def _partner_force_service_allow_data_loss(self, database: "Database") -> StatementResult:
         await forced_service(self.node, database)
@@ -512,11 +495,6 @@ class StatementExecutor:
     @staticmethod
     def _send_settings(database: "Database") -> None:
         send_settings(database)
-
-    @staticmethod
-    def _tell_partner(database: "Database", msg: dict) -> None:
-        if database.partner_writer is not None and not database.partner_writer.is_closing():
-            framing.write_message(database.partner_writer, msg)
 
     async def _do_SetWitness(self, database, stmt) -> StatementResult:
         url = str(stmt.endpoint) if stmt.endpoint is not None else None

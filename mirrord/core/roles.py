@@ -3,7 +3,7 @@
 A copy of a database is PRINCIPAL, MIRROR or NONE (standalone) in a role
 sequence. Twelve kinds of event can change its role or its session's state
 without a statement, and TRANSITIONS lists, for each role and event, the rule
-that decides:
+that decides (the partner statements' rows, from core.role_statements, follow):
 
     role        event                 rule                     what it may do
     PRINCIPAL   WitnessState          on_witness_state         step down (newer principal recorded);
@@ -26,6 +26,26 @@ that decides:
                                                                refuse settings no session can have
     MIRROR      PingDue               on_ping_due              the principal lost: ask the witness for a vote
                                                                (automatic failover), when it may
+
+    the partner statements (core.role_statements), once core.rules allowed them here:
+    PRINCIPAL   PartnerOffIssued      on_partner_off_as_principal  persist standalone, then tell the mirror (and
+                                                               again on an off notice of its own until it confirms)
+    MIRROR      PartnerOffIssued      on_partner_off_as_mirror persist standalone, then tell the principal
+    PRINCIPAL   SuspendIssued         on_suspend_issued        suspend the session: persisted, then the mirror told
+    MIRROR      SuspendIssued         on_suspend_issued        ask the principal to suspend the session
+    PRINCIPAL   ResumeIssued          on_resume_issued         resume: persisted, the mirror told, a new handshake
+    MIRROR      ResumeIssued          on_resume_issued         ask the principal to resume the session
+    PRINCIPAL   FailoverIssued        on_failover_issued       hand over to the mirror (manual failover)
+    PRINCIPAL   FailoverOutcome       on_failover_outcome      what the hand-over's waits came to: refused with
+                                                               nothing changed; in doubt, stop serving; decided
+                                                               (witness's record or mirror's answer), step down
+    MIRROR      ForceServiceIssued    on_force_service_issued  a forced vote from the witness; without one, promote
+    MIRROR      ForcedVoteFailed      on_forced_vote_failed    refused by the witness, saying why; unanswered: in doubt
+    and what the partner hears of them:
+    PRINCIPAL   PartnerOffHeard       on_partner_off_heard     the mirror ended the session: persist standalone
+    MIRROR      PartnerOffHeard       on_partner_off_heard     the principal ended it: persist standalone (RESTORING)
+    MIRROR      OffNoticeHeard        on_off_notice_heard      the same, told later: from its principal, not older
+    PRINCIPAL   ResumeAskedByMirror   on_resume_asked_by_mirror  resume, if still SUSPENDED
 
 A principal's hello arrives as events, in order: PartnerIsPrincipal (a
 principal it deposes steps down), PartnerHello (answered in the role that
@@ -80,6 +100,7 @@ class RoleView:
     redo_queue_mb: int = redo_queue.UNLIMITED
     suspended: bool = False
     witness: str | None = None
+    witness_connected: bool = False  # this node's link to the witness is up
     partner_connected: bool = False  # a mirror: its principal's link is up
     principal_was_synchronized: bool = False  # a mirror: the principal's state when it last heard from it
     lost_lsn_to: int = 0  # the end of the loss this copy recorded when it last diverged (0: none)
@@ -258,6 +279,7 @@ class SuspendCause(str, enum.Enum):
     FORCED_REJOIN = "forced rejoin"  # the old principal rejoined after forced service: its lost transactions are reported first
     REDO_FAILED = "redo failed"  # this mirror's redo failed: the principal is told now and at every connection
     MIRROR_ASKED = "mirror asked"  # the mirror's redo failed and it said so
+    STATEMENT = "statement"  # SET PARTNER SUSPEND on the principal: persisted, then the mirror told (settings)
 
 
 @dataclass(frozen=True)
@@ -331,7 +353,14 @@ class RefuseSettings:
 
 @dataclass(frozen=True)
 class AskForVote:
-    """Ask the witness to promote this mirror (automatic failover): its answer comes back as VoteAnswered."""
+    """Ask the witness to promote this mirror: its answer comes back as VoteAnswered.
+
+    forced: FORCE_SERVICE_ALLOW_DATA_LOSS, the synchronization not required (its
+    client hears a refusal, or that the answer was lost); else automatic
+    failover, asked by the witness link at its ping.
+    """
+
+    forced: bool = False
 
 
 Action = Union[Promote, StepDown, AdoptRoleSequence, NoteWitnessSynchronized, SuspendSession, ServeAgain,
@@ -526,6 +555,8 @@ def is_partner(view: RoleView, endpoint: str) -> bool:
 
 Rule = Callable[[RoleView, Event], list[Action]]
 
+# The partner statements' rows are core.role_statements.STATEMENT_TRANSITIONS, added here when that module is
+# imported (their events are its own, so whoever feeds one has imported it); the docstring lists them all.
 TRANSITIONS: dict[tuple[Role, type], Rule] = {
     (Role.PRINCIPAL, WitnessState): on_witness_state,
     (Role.PRINCIPAL, PartnerIsPrincipal): on_partner_principal,

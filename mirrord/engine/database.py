@@ -201,5 +201,6 @@ def role_view(database: "Database", endpoint: str) -> RoleView:
                     asking_witness=s.failover_requested, mirror_open=database.mirror is not None,
                     ended_by_off=cfg.ended_by_off, safety=cfg.safety, timeout=cfg.timeout,
                     redo_queue_mb=cfg.redo_queue_mb, suspended=cfg.suspended, witness=cfg.witness,
+                    witness_connected=database.witness_conn is not None,
                     partner_connected=s.partner_connected, principal_was_synchronized=s.principal_was_synchronized,
                     lost_lsn_to=cfg.lost_lsn_to, salvage_path=cfg.salvage_path)

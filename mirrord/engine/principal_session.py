@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from mirrord.core import messages, roles
+from mirrord.core import messages, role_statements, roles
 from mirrord.core.quorum import lease_until
 from mirrord.core.timing import timing
 from mirrord.core.types import Endpoint, ProtocolError, Role
@@ -96,7 +96,7 @@ async def _one_connection(node: "EndpointServices", database: "Database") -> Non
         welcome = messages.validate(await asyncio.wait_for(framing.read_message(reader), timeout))
         if welcome["t"] == "refuse":
             if welcome.get("partner_off") is True:
-                ended_by_partner(database)
+                await node.role_event(database, role_statements.PartnerOffHeard(Role.MIRROR))  # the link loop then stops by itself
             await _maybe_step_down(node, database, welcome)
             raise PartnerRefused(welcome["reason"])
         if welcome["t"] != "welcome":
@@ -147,16 +147,6 @@ async def resume_session(node: "EndpointServices", database: "Database") -> None
     database.session.note_partner_lost()
     database.poke()
     node.start_partner_link(database)
-
-
-def ended_by_partner(database: "Database") -> None:
-    """The mirror ran SET PARTNER OFF: the session ends here too (the link loop then stops by itself)."""
-    log.warning("partner_removed_by_mirror", database=database.name, partner=database.session.config.partner, role="PRINCIPAL")
-    database.update_config(partner=None, role=Role.NONE, suspended=False)
-    database.session.note_partner_lost()
-    database.session.state_reason = None
-    if database.principal is not None:
-        database.principal.update_visible()
 
 
 async def run_off_notice(node: "EndpointServices", database: "Database") -> None:
@@ -459,11 +449,10 @@ async def _read_acks(node: "EndpointServices", database: "Database", reader, pin
             database.principal.redo_queue_changed()
         elif msg["t"] == "suspend":
             await node.role_event(database, roles.MirrorSuspended(msg["reason"]))
-        elif msg["t"] == "resume":
-            if database.session.config.suspended:  # a task of its own: it restarts this very link
-                asyncio.ensure_future(resume_session(node, database))
+        elif msg["t"] == "resume":  # a task of its own: it restarts this very link
+            asyncio.ensure_future(node.role_event(database, role_statements.ResumeAskedByMirror()))
         elif msg["t"] == "partner_off":
-            ended_by_partner(database)
+            await node.role_event(database, role_statements.PartnerOffHeard(Role.MIRROR))
             raise ConnectionError("the mirror ended the session (SET PARTNER OFF)")
         elif msg["t"] == "checkmirror_result":
             checkmirror.answered(database, msg)

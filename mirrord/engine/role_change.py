@@ -13,21 +13,27 @@ keep I1 and I2 (see `core.quorum`):
 * manual failover: refuse new statements (PENDING_FAILOVER), wait until the
   mirror hardened the end of log, record the switch on the witness, then
   tell the mirror, which promotes itself and answers; only then step down.
+  The waits are here (hand_over); what each outcome means is decided by
+  core.role_statements.on_failover_outcome.
+
+The partner statements (core.role_statements) come here as events too: the
+statement executor feeds one and carry_out performs the actions in order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import TYPE_CHECKING
 
 import structlog
 
-from mirrord.core import quorum, roles
+from mirrord.core import quorum, role_statements as rs, roles
 from mirrord.engine import mirror_session, principal_session
 from mirrord.engine.database import role_view
 from mirrord.core.timing import timing
-from mirrord.core.types import ActionInDoubt, DatabaseStatus, Endpoint, NotPrincipal, Role, StatementRefused
+from mirrord.core.types import ActionInDoubt, DatabaseStatus, NotPrincipal, Role, StatementRefused
 from mirrord.net import framing
 
 if TYPE_CHECKING:
@@ -44,8 +50,11 @@ async def on_event(node: "NodeServices", database: "Database", event: roles.Even
         await carry_out(node, database, action)
 
 
-async def carry_out(node: "NodeServices", database: "Database", action: roles.Action) -> None:
-    """Do one action of core.roles: a role change asks the witness's record first when the action says so."""
+async def carry_out(node: "NodeServices", database: "Database", action: roles.Action | rs.StatementAction) -> None:
+    """Do one action of core.roles: a role change asks the witness's record first when the action says so.
+
+    A RefuseStatement raises StatementRefused: the actions after it are not carried out.
+    """
     if isinstance(action, roles.Promote):
         if action.needs_witness and (why := await witness_refusal(database, node.endpoint_url, action.role_sequence)) is not None:
             log.warning("manual_failover_refused", database=database.name, role_sequence=action.role_sequence, reason=why)
@@ -66,6 +75,8 @@ async def carry_out(node: "NodeServices", database: "Database", action: roles.Ac
             mirror_session.mirror_cannot_go_on(database, action.why)
         elif action.cause is roles.SuspendCause.MIRROR_ASKED:
             principal_session.suspended_by_mirror(database, action.why)
+        elif action.cause is roles.SuspendCause.STATEMENT:
+            principal_session.suspend_session(database)
         else:
             database.update_config(suspended=True, forced_fork=False)
             log.warning("session_suspended", database=database.name, role_sequence=database.session.config.role_sequence, reason=action.why)
@@ -76,6 +87,74 @@ async def carry_out(node: "NodeServices", database: "Database", action: roles.Ac
             database.principal.resume_serving()
         log.warning("manual_failover_did_not_happen", database=database.name, role="PRINCIPAL",
                     role_sequence=database.session.config.role_sequence, reason=action.why)
+    elif isinstance(action, roles.AskForVote):
+        # the statement's vote (forced); automatic failover's is asked by the witness link, at its ping, with its own timeout
+        await request_promotion(node, database, database.witness_conn, forced=action.forced, timeout=database.session.config.timeout)
+    else:
+        await _carry_out_statement(node, database, action)
+
+
+async def _carry_out_statement(node: "NodeServices", database: "Database", action: rs.StatementAction) -> None:
+    """Do one action of a partner statement (core.role_statements)."""
+    if isinstance(action, rs.PersistConfig):
+        database.update_config(**action.as_dict())
+    elif isinstance(action, rs.TellPartner):
+        await _tell_partner(database, action)
+    elif isinstance(action, rs.StopPartnerLink):
+        await node.stop_partner_link(database)
+        database.session.note_partner_lost()
+        if database.principal is not None:
+            database.principal.update_visible()  # commits stop waiting for the mirror
+    elif isinstance(action, rs.StopInbound):
+        await node.stop_inbound(database)
+    elif isinstance(action, rs.StartOffNotice):
+        node.start_off_notice(database)
+    elif isinstance(action, rs.SessionRemovedByPartner):
+        if action.was is Role.PRINCIPAL:
+            log.warning("partner_removed_by_mirror", database=database.name, partner=action.partner, role="PRINCIPAL")
+            database.session.note_partner_lost()
+            database.session.state_reason = None
+            if database.principal is not None:
+                database.principal.update_visible()  # commits stop waiting for the mirror
+        else:
+            log.info("partner_removed_by_principal", database=database.name, status=database.session.config.status.value)
+    elif isinstance(action, rs.ResumeSession):
+        await principal_session.resume_session(node, database)
+    elif isinstance(action, rs.RecordEvent):
+        database.record_event(action.kind, action.detail, lsn=database.log.last_lsn)
+    elif isinstance(action, rs.HandOver):
+        await hand_over(node, database, action.role_sequence)
+    elif isinstance(action, rs.StopServing):
+        database.principal.stop_serving()
+    elif isinstance(action, rs.StopServingInDoubt):
+        database.principal.stop_serving()
+        database.failover_in_doubt = True
+        database.session.note_reason(action.why, time.strftime("%H:%M:%S"))
+        log.warning("manual_failover_in_doubt", database=database.name, role_sequence=database.session.config.role_sequence)
+    elif isinstance(action, rs.RefuseStatement):
+        raise StatementRefused(action.text)
+    elif isinstance(action, rs.StatementInDoubt):
+        raise ActionInDoubt(action.text)
+
+
+async def _tell_partner(database: "Database", action: rs.TellPartner) -> None:
+    """A frame to the partner on the session's link, if it is up.
+
+    A link that fails meanwhile is not the statement's failure: the rule that
+    asked says how the partner learns otherwise (an off notice, a refused hello).
+    """
+    writer = database.partner_writer
+    if writer is None or writer.is_closing():
+        return
+    msg: dict = {"t": action.kind}
+    if action.reason is not None:
+        msg["reason"] = action.reason
+    framing.write_message(writer, msg)
+    if action.before_closing:
+        try:
+            await writer.drain()  # out before the link is closed
+        except (ConnectionError, OSError):
+            pass
 
 
 async def adopt_witness_state(node: "NodeServices", database: "Database", msg: dict) -> None:
@@ -95,19 +174,16 @@ async def request_promotion(node: "NodeServices", database: "Database", conn: "W
                 {"t": "w_vote", "role_sequence": s.config.role_sequence, "hardened_lsn": database.log.last_lsn, "forced": forced}, timeout)
         except (asyncio.TimeoutError, ConnectionError, OSError) as exc:
             if not forced:
-                raise
-            # the witness may have recorded the vote and lost only its answer: then its record names this
-            # node, and the role machine promotes it as forced when it hears that (core.roles)
-            raise ActionInDoubt(
-                f"forced service on {database.name}: the witness did not answer the vote within {timeout:g} s "
-                f"({exc.__class__.__name__}); whether it granted it is unknown. If its record names this node, this "
-                "node becomes the principal as soon as it hears so: check sys.database_mirroring (role) before "
-                "trying again") from None
-        if answer.get("granted"):
-            await on_event(node, database, roles.VoteAnswered(True, answer["role_sequence"], forced=forced))
-            return True
-        if forced:
-            raise StatementRefused(f"the witness refused forced service: {answer.get('reason')}")
+                raise  # automatic failover: the witness link it was asked on ends, and redials
+            failed = rs.ForcedVoteFailed(database.name, answered=False, timeout=timeout, error=exc.__class__.__name__)
+        else:
+            if answer.get("granted"):
+                await on_event(node, database, roles.VoteAnswered(True, answer["role_sequence"], forced=forced))
+                return True
+            if not forced:
+                return False
+            failed = rs.ForcedVoteFailed(database.name, answered=True, reason=answer.get("reason"))
+        await on_event(node, database, failed)  # the statement is refused, or in doubt
         return False
     finally:
         s.failover_requested = False
@@ -234,93 +310,91 @@ async def _step_down(node: "NodeServices", database: "Database", role_sequence: 
         log.warning("stepped_down_to_mirror", database=database.name, role="MIRROR", role_sequence=role_sequence, lsn=database.log.last_lsn, reason=why)
 
 
-async def manual_failover(node: "NodeServices", database: "Database") -> str:
-    """SET PARTNER FAILOVER on the principal; returns where the principal is now."""
-    s, cfg = database.session, database.session.config
-    principal = database.principal
+async def hand_over(node: "NodeServices", database: "Database", role_sequence: int) -> None:
+    """SET PARTNER FAILOVER on the principal (core.role_statements.HandOver): stop commits, then wait in turn.
+
+    After each wait the rule (on_failover_outcome) says whether the failover
+    goes on or what it came to; its outcome is judged against the session as
+    the statement found it. A step down closes this principal, which takes the
+    write lock: it runs once the lock is left.
+    """
+    view = role_view(database, node.endpoint_url)
+    s, principal = database.session, database.principal
     s.failover_pending = True
     database.note_state()
-    database.record_event("MANUAL_FAILOVER", f"SET PARTNER FAILOVER to {cfg.partner}", lsn=database.log.last_lsn)
-    decided = False  # once the witness recorded the switch, it is final
+    database.record_event("MANUAL_FAILOVER", f"SET PARTNER FAILOVER to {view.partner}", lsn=database.log.last_lsn)
+    after_lock: list = []
     try:
         await principal.mark_transactions_aborted()
         async with principal.write_lock:  # nothing commits from here on
-            end = database.log.last_lsn
-            await _wait_mirror_hardened(database, end)
-            if cfg.witness is not None:
-                if database.witness_conn is None:
-                    raise StatementRefused(f"manual failover abandoned: the witness {cfg.witness} went away; nothing changed")
-                try:
-                    answer = await database.witness_conn.request({"t": "w_switch", "role_sequence": cfg.role_sequence}, cfg.timeout)
-                except (asyncio.TimeoutError, ConnectionError, OSError) as exc:
-                    raise StatementRefused(f"manual failover abandoned: the witness did not answer ({exc!r}); nothing changed") from None
-                if not answer.get("accepted"):
-                    raise StatementRefused("manual failover refused by the witness (it holds a different role sequence)")
-                decided = True
-            reply = asyncio.get_running_loop().create_future()
-            database.failover_reply = reply
-            sent = False
-            try:
-                if database.partner_writer is None:
-                    raise ConnectionResetError("the mirror is not connected")
-                framing.write_message(database.partner_writer, {"t": "failover", "role_sequence": cfg.role_sequence + 1, "failover_lsn": end})
-                sent = True
-                await asyncio.wait_for(reply, timing(cfg.timeout).slow_answer)
-            except (asyncio.TimeoutError, ConnectionError):
-                if not sent and not decided:  # the link closed before the frame left: nothing happened anywhere
-                    raise StatementRefused("manual failover abandoned: the connection to the mirror closed before the "
-                                           "failover was sent; nothing changed. Retry once it is SYNCHRONIZED again") from None
-                # decided: the witness recorded the switch, and the mirror takes over once its witness tells it
-                if not decided:
-                    # The mirror may have promoted itself and lost only its answer: serving on
-                    # could make two principals. Serve again only once the mirror says it did not.
-                    principal.stop_serving()
-                    database.failover_in_doubt = True
-                    why = ("a manual failover was sent and never confirmed: its outcome is unknown, so this node does not "
-                           f"serve {database.name} until the partner answers (it becomes the mirror if the failover happened, "
-                           "and serves again if not)")
-                    s.note_reason(why, time.strftime("%H:%M:%S"))
-                    log.warning("manual_failover_in_doubt", database=database.name, role_sequence=cfg.role_sequence)
-                    raise StatementRefused(why) from None
-            principal.stop_serving()  # the role has moved: no write waiting for this lock may commit here
+            actions = await _failover_waits(database, view, database.log.last_lsn, role_sequence)
+            split = next((i for i, a in enumerate(actions) if isinstance(a, roles.StepDown)), len(actions))
+            actions, after_lock = actions[:split], actions[split:]
+            for action in actions:
+                await carry_out(node, database, action)
     finally:
         s.failover_pending = False
         database.failover_reply = None
-    new_principal = s.partner_listen or cfg.partner
-    await step_down(node, database, cfg.role_sequence + 1, f"manual failover to {cfg.partner}")
-    return new_principal
+    for action in after_lock:
+        await carry_out(node, database, action)
 
 
-async def _wait_mirror_hardened(database: "Database", end: int) -> None:
-    s, cfg = database.session, database.session.config
-    deadline = time.monotonic() + cfg.timeout
-    while s.hardened_lsn < end:
-        if time.monotonic() > deadline or not s.partner_connected:
-            raise StatementRefused(
-                f"manual failover abandoned: the mirror hardened only up to LSN {s.hardened_lsn} of {end} "
-                f"within PARTNER TIMEOUT ({cfg.timeout} s); nothing changed"
-            )
+async def _failover_waits(database: "Database", view: roles.RoleView, end: int, role_sequence: int) -> list:
+    """Each wait of the hand-over in turn, until the rule decides what the failover comes to."""
+    outcome = rs.FailoverOutcome(database.name, end, await _wait_mirror_hardened(database, view, end))
+    if actions := roles.handle(view, outcome):
+        return actions
+    witness, error = await _ask_witness_to_switch(database, view)
+    outcome = dataclasses.replace(outcome, witness=witness, witness_error=error)
+    if actions := roles.handle(view, outcome):
+        return actions
+    sent, answered = await _send_failover(database, view, end, role_sequence)
+    return roles.handle(view, dataclasses.replace(outcome, sent=sent, answered=answered))
+
+
+async def _wait_mirror_hardened(database: "Database", view: roles.RoleView, end: int) -> int:
+    """What the mirror hardened of the log up to end, waiting at most PARTNER TIMEOUT, and not once it is lost."""
+    s = database.session
+    deadline = time.monotonic() + view.timeout
+    while s.hardened_lsn < end and time.monotonic() <= deadline and s.partner_connected:
         await asyncio.sleep(0.005)  # acks arrive on the link task
+    return s.hardened_lsn
+
+
+async def _ask_witness_to_switch(database: "Database", view: roles.RoleView) -> tuple[rs.WitnessSwitch, str]:
+    """Ask the witness to record the mirror as principal of the next role sequence (w_switch), when one is set."""
+    if view.witness is None:
+        return rs.WitnessSwitch.NOT_SET, ""
+    if database.witness_conn is None:
+        return rs.WitnessSwitch.GONE, ""
+    try:
+        answer = await database.witness_conn.request({"t": "w_switch", "role_sequence": view.role_sequence}, view.timeout)
+    except (asyncio.TimeoutError, ConnectionError, OSError) as exc:
+        return rs.WitnessSwitch.SILENT, repr(exc)
+    return (rs.WitnessSwitch.RECORDED if answer.get("accepted") else rs.WitnessSwitch.REFUSED), ""
+
+
+async def _send_failover(database: "Database", view: roles.RoleView, end: int, role_sequence: int) -> tuple[bool, bool]:
+    """Send the mirror `failover` and wait for its answer: (sent, answered)."""
+    reply = asyncio.get_running_loop().create_future()
+    database.failover_reply = reply  # the link's reader answers it, or fails it when the link closes
+    sent = False
+    try:
+        if database.partner_writer is None:
+            raise ConnectionResetError("the mirror is not connected")
+        framing.write_message(database.partner_writer, {"t": "failover", "role_sequence": role_sequence, "failover_lsn": end})
+        sent = True
+        await asyncio.wait_for(reply, timing(view.timeout).slow_answer)
+    except (asyncio.TimeoutError, ConnectionError):
+        return sent, False
+    return True, True
 
 
 async def forced_service(node: "NodeServices", database: "Database") -> None:
-    """FORCE_SERVICE_ALLOW_DATA_LOSS on the mirror: start a new recovery fork here."""
-    cfg = database.session.config
-    if cfg.witness is not None:
-        if database.witness_conn is None:
-            raise StatementRefused("a witness is set and this mirror cannot reach it; forced service needs mirror and witness connected")
-        await request_promotion(node, database, database.witness_conn, forced=True, timeout=cfg.timeout)
-        return
-    database.session.failover_requested = True
+    """FORCE_SERVICE_ALLOW_DATA_LOSS on the mirror: start a new recovery fork here (core.role_statements decides how)."""
+    s = database.session
+    s.failover_requested = True  # from here on, no log from the old principal, and no hello is served
     try:
-        await promote(node, database, cfg.role_sequence + 1, forced=True, why="FORCE_SERVICE_ALLOW_DATA_LOSS")
+        await on_event(node, database, rs.ForceServiceIssued())
     finally:
-        database.session.failover_requested = False
-
-
-def endpoint_matches(a: str | None, b: str | None) -> bool:
-    """Two endpoint texts name the same endpoint."""
-    try:
-        return a is not None and b is not None and Endpoint.parse(a) == Endpoint.parse(b)
-    except ValueError:
-        return False
+        s.failover_requested = False

@@ -50,8 +50,9 @@ What it models
   hardened it, or locally once the witness heard the mirror is behind; LOCAL; BLOCKED: written while
   it has quorum but never acknowledged; nothing at all without quorum).
 * Operator actions: manual failover (when the principal is SAFETY FULL, connected to its synchronized
-  mirror of the same sequence; the witness is told with `apply_manual_failover` if reachable), forced
-  service on the mirror (when `forced_service_refusal` allows; a forced `VoteRequest`), SAFETY changes
+  mirror of the same sequence; the witness is told with `apply_manual_failover` if reachable, and
+  `core.role_statements.on_failover_outcome` says what its answer comes to), forced service on the mirror
+  (when `forced_service_refusal` allows; `on_force_service_issued` asks for a forced `VoteRequest`), SAFETY changes
   (applied to both partners at once; the principal reports them to the witness). These exchanges are
   atomic even on a faulty network, and so is a principal asking the witness whether it backs a
   partner's claim to a newer sequence.
@@ -78,7 +79,7 @@ import heapq
 import random
 from dataclasses import dataclass, field
 
-from mirrord.core import quorum, roles
+from mirrord.core import quorum, role_statements as rs, roles
 from mirrord.core.quorum import AckRule, PrincipalView, VoteRequest, WitnessRecord
 from mirrord.core.types import Role, Safety
 
@@ -357,10 +358,17 @@ class Sim:
                 continue  # the witness records the switch first (rules.manual_failover_refusal)
             new = quorum.apply_manual_failover(self.record, name, pr.seq)
             self._witness_hears(name)  # its request
+            # the real rule (core.role_statements.on_failover_outcome): refused with nothing changed, or, the witness
+            # having recorded the switch, stop serving and step down (the mirror's answer is not needed then)
+            switch = rs.WitnessSwitch.REFUSED if new is None else rs.WitnessSwitch.RECORDED
+            outcome = rs.FailoverOutcome("db", len(pr.log), len(m.log), switch, sent=True, answered=False)
+            actions = roles.handle(self._role_view(name), outcome)
             if new is None:
+                assert [type(a) for a in actions] == [rs.RefuseStatement], actions
                 continue
+            assert actions == [rs.StopServing(), roles.StepDown(pr.seq + 1, f"manual failover to {m.name}")], actions
             self.record = new
-            self._demote(pr, pr.seq + 1)
+            self._demote(pr, actions[1].role_sequence)
             pr.principal_answered_at = float("-inf")  # it was the principal: it answered no one's lease
             if self.live(m.name, "W"):  # the mirror promotes once the witness's record confirms it (promote_for_failover)
                 self._witness_hears(m.name)  # the confirming ping (role_change.witness_refusal)
@@ -376,6 +384,9 @@ class Sim:
                 continue
             principal_connected = self.clock(name) - m.last_heard_principal < self.timeout
             if quorum.forced_service_refusal(principal_connected, True, self.live(name, "W")) is None:
+                # the real rule (core.role_statements.on_force_service_issued): with a witness, only through its vote
+                view = roles.RoleView(Role.MIRROR, m.seq, name, other(name), witness="W", witness_connected=True)
+                assert roles.handle(view, rs.ForceServiceIssued()) == [roles.AskForVote(forced=True)]
                 self._witness_hears(name)  # its vote request
                 vote = self._decide_vote(name, m.seq, len(m.log), forced=True)
                 for action in roles.handle(self._role_view(name), roles.VoteAnswered(vote.granted, vote.role_sequence, forced=True)):

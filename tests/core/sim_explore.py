@@ -6,7 +6,7 @@
 
 The simulation drives the real decisions of `mirrord.core.quorum` (leases, votes, the ack rule, the
 witness's record) and `mirrord.core.roles` (what a partner does on the witness's record, on its
-partner's claim and on the answer to its vote). Every event is checked as it happens (quorum_sim.Violation: two principals in a
+partner's claim and on the answer to its vote, and what a manual failover or forced service comes to). Every event is checked as it happens (quorum_sim.Violation: two principals in a
 role sequence, two nodes acknowledging in one, an acknowledgement without quorum, a promotion losing
 acknowledged commits, two partners that may serve at one instant).
 

@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
-from mirrord.core import roles
+import pytest
+
+from mirrord.core import role_statements as rs, roles
 from mirrord.core.session import Session, SessionConfig
-from mirrord.core.types import Role
+from mirrord.core.types import Role, StatementRefused
 from mirrord.engine import mirror_session, role_change
+from mirrord.net import framing
 
 ME, PARTNER, WITNESS = "tcp://a:5022", "tcp://b:5022", "tcp://c:5022"
 
@@ -47,6 +50,7 @@ class Database:
         self.mirror = None
         self.principal = None
         self.failover_in_doubt = False
+        self.witness_conn = None
 
     def update_config(self, **changes) -> None:
         self.session.config = self.session.config.with_(**changes)
@@ -136,3 +140,145 @@ def test_a_diverged_mirror_keeps_its_salvage_copy_before_it_records_the_loss():
     assert journal == [("redo", "finished"), ("salvage", 10), ("persist", "lost_lsn_from", "lost_lsn_to", "salvage_path")]
     cfg = database.session.config
     assert (cfg.lost_lsn_from, cfg.lost_lsn_to, cfg.salvage_path) == (11, 14, "/data/shop.salvage-10.sqlite")
+
+
+# ------------------------------------------------------------------ the partner statements (core.role_statements)
+
+
+class Writer:
+    """The partner's link: every frame written is journalled as ("send", its kind)."""
+
+    def __init__(self, journal: list) -> None:
+        self.journal = journal
+        self.decoder = framing.FrameDecoder()
+        self.on_frame = lambda msg: None
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, frame: bytes) -> None:
+        self.decoder.feed(frame)
+        while (msg := self.decoder.next_message()) is not None:
+            self.journal.append(("send", msg["t"]))
+            self.on_frame(msg)
+
+    async def drain(self) -> None:
+        self.journal.append(("drained",))
+
+
+class StatementNode(Node):
+    name = "a"
+
+    def start_off_notice(self, database) -> None:
+        self.journal.append(("start", "off notice"))
+
+
+class Principal:
+    """The principal engine's part in a statement: serving, its write lock, its commits made visible."""
+
+    def __init__(self, journal: list) -> None:
+        self.journal = journal
+        self.write_lock = asyncio.Lock()
+        self.serving = True
+
+    def update_visible(self) -> None:
+        pass
+
+    async def mark_transactions_aborted(self) -> None:
+        self.journal.append(("abort", "transactions"))
+
+    def stop_serving(self) -> None:
+        assert self.write_lock.locked()  # no write waiting for the lock commits here
+        self.serving = False
+        self.journal.append(("stop", "serving"))
+
+    def fail_waiters(self, exc) -> None:
+        pass
+
+    async def close(self) -> None:
+        async with self.write_lock:  # as PrincipalDatabase.close: a step down waits until the failover left the lock
+            self.journal.append(("close", "principal"))
+
+
+class StatementDatabase(Database):
+    def __init__(self, role: Role, journal: list) -> None:
+        super().__init__(role, journal)
+        self.session.config = self.session.config.with_(witness=None)
+        self.partner_writer = Writer(journal)
+        self.principal = Principal(journal) if role is Role.PRINCIPAL else None
+        self.failover_reply = None
+
+    def update_config(self, **changes) -> None:
+        self.session.config = self.session.config.with_(**changes)
+        self.journal.append(("persist", *sorted(changes)))
+
+    def poke(self) -> None:
+        pass
+
+    def note_state(self) -> None:
+        pass
+
+
+def issue(database: StatementDatabase, event, node: StatementNode | None = None) -> list:
+    # bounded: a step down carried out inside the failover's write lock would wait for that lock forever
+    asyncio.run(asyncio.wait_for(role_change.on_event(node or StatementNode(database.journal), database, event), 30))
+    return database.journal
+
+
+def test_partner_off_on_the_principal_persists_then_tells_the_mirror_then_ends_the_link_and_starts_its_notice():
+    database = StatementDatabase(Role.PRINCIPAL, [])
+    assert issue(database, rs.PartnerOffIssued()) == [
+        ("persist", "ended_by_off", "off_untold", "partner", "role", "suspended"), ("send", "partner_off"), ("drained",),
+        ("stop", "partner link"), ("start", "off notice")]
+    cfg = database.session.config
+    assert (cfg.role, cfg.partner, cfg.ended_by_off, cfg.off_untold) == (Role.NONE, None, PARTNER, PARTNER)
+
+
+def test_suspend_on_the_principal_is_persisted_before_the_mirror_hears_the_settings():
+    database = StatementDatabase(Role.PRINCIPAL, [])
+    assert issue(database, rs.SuspendIssued("a")) == [("persist", "suspended"), ("send", "settings")]
+    assert database.session.config.suspended
+
+
+def test_a_manual_failover_the_mirror_answers_stops_serving_then_steps_down_once_the_write_lock_is_left():
+    database = StatementDatabase(Role.PRINCIPAL, [])
+    database.session.hardened_lsn = database.log.last_lsn
+    database.partner_writer.on_frame = lambda msg: msg["t"] == "failover" and database.failover_reply.set_result(5)
+    journal = issue(database, rs.FailoverIssued())
+    assert journal[:3] == [("abort", "transactions"), ("send", "failover"), ("stop", "serving")]
+    assert journal.index(("close", "principal")) < journal.index(("persist", "forced_fork", "role", "role_sequence", "status"))
+    assert database.session.config.role is Role.MIRROR and database.session.config.role_sequence == 5
+    assert not database.failover_in_doubt and not database.session.failover_pending and database.failover_reply is None
+
+
+def test_a_manual_failover_sent_and_never_answered_stops_serving_in_doubt_and_changes_no_role():
+    database = StatementDatabase(Role.PRINCIPAL, [])
+    database.session.hardened_lsn = database.log.last_lsn
+    database.partner_writer.on_frame = lambda msg: database.failover_reply.set_exception(ConnectionError("link lost"))
+    with pytest.raises(StatementRefused, match="a manual failover was sent and never confirmed"):
+        issue(database, rs.FailoverIssued())
+    assert database.journal == [("abort", "transactions"), ("send", "failover"), ("stop", "serving")]
+    assert database.failover_in_doubt and database.session.config.role is Role.PRINCIPAL
+    assert "never confirmed" in database.session.state_reason
+
+
+def test_a_manual_failover_the_mirror_has_not_hardened_sends_nothing_and_changes_nothing():
+    database = StatementDatabase(Role.PRINCIPAL, [])
+    database.session.hardened_lsn = database.log.last_lsn - 1  # and the mirror is not connected: no wait
+    with pytest.raises(StatementRefused, match="manual failover abandoned: the mirror hardened only up to LSN 16 of 17"):
+        issue(database, rs.FailoverIssued())
+    assert database.journal == [("abort", "transactions")]
+    assert database.principal.serving and not database.failover_in_doubt
+
+
+def test_the_mirrors_off_ends_the_principals_session_persisted_and_its_commits_stop_waiting():
+    database = StatementDatabase(Role.PRINCIPAL, [])
+    database.session.partner_connected = True
+    assert issue(database, rs.PartnerOffHeard(Role.MIRROR)) == [("persist", "partner", "role", "suspended")]
+    assert database.session.config.role is Role.NONE and not database.session.partner_connected
+
+
+def test_an_off_notice_ends_the_principals_link_before_the_mirror_persists_the_end():
+    database = StatementDatabase(Role.MIRROR, [])
+    assert issue(database, rs.OffNoticeHeard(PARTNER, 4)) == [("stop", "inbound"), ("persist", "partner", "role")]
+    assert (database.session.config.role, database.session.config.partner) == (Role.NONE, None)

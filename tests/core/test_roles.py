@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 
-from mirrord.core import roles
+from mirrord.core import role_statements as rs, roles
 from mirrord.core.types import Role, Safety
 
 ME, PARTNER, OTHER = "tcp://a:5022", "tcp://b:5022", "tcp://c:5022"
@@ -351,3 +351,168 @@ def test_a_mirror_that_lost_a_synchronized_principal_asks_the_witness_for_a_vote
         asks = (role is Role.MIRROR and not connected and was_sync and safety is Safety.FULL and witness is not None
                 and not suspended and redo_error is None and mirror_open)
         assert roles.handle(view, roles.PingDue()) == ([roles.AskForVote()] if asks else []), view
+
+
+# ------------------------------------------------------------------ the partner statements (core.role_statements)
+
+
+def _statement_world():
+    """Every statement event, and every manual failover outcome, against principals and mirrors with and without a witness."""
+    outcomes = [rs.FailoverOutcome("shop", 20, hardened, witness, "TimeoutError()" if witness is rs.WitnessSwitch.SILENT else "",
+                                   sent, answered)
+                for hardened, witness, sent, answered in itertools.product(
+                    (19, 20), (None, *rs.WitnessSwitch), (None, False, True), (None, False, True))
+                if (witness is not None or sent is None) and (sent is not None or answered is None)
+                and (sent is not False or not answered)]  # the fields fill in order; unsent is unanswered
+    issued = [rs.PartnerOffIssued(), rs.SuspendIssued("a"), rs.ResumeIssued(), rs.FailoverIssued(), rs.ForceServiceIssued(),
+              rs.PartnerOffHeard(Role.PRINCIPAL), rs.PartnerOffHeard(Role.MIRROR), rs.ResumeAskedByMirror(),
+              rs.ForcedVoteFailed("shop", answered=True, reason="no"), rs.ForcedVoteFailed("shop", False, timeout=10, error="E"),
+              *(rs.OffNoticeHeard(sender, seq) for sender in (PARTNER, OTHER) for seq in (SEQ - 1, SEQ, SEQ + 1))]
+    for role, witness, connected, suspended in itertools.product(Role, (None, OTHER), (False, True), (False, True)):
+        view = roles.RoleView(role, SEQ, ME, partner=PARTNER, witness=witness, witness_connected=connected, suspended=suspended)
+        for event in issued + outcomes:
+            yield view, event
+
+
+def test_a_statement_persists_before_it_tells_anyone_and_a_refusal_is_the_last_word():
+    for view, event in _statement_world():
+        actions = roles.handle(view, event)
+        kinds = [type(a) for a in actions]
+        if rs.PersistConfig in kinds and rs.TellPartner in kinds:
+            assert kinds.index(rs.PersistConfig) < kinds.index(rs.TellPartner), (view, event)
+        assert rs.RefuseStatement not in kinds[:-1], (view, event)  # nothing is carried out after a refusal
+        if roles.StepDown in kinds:
+            assert kinds[:kinds.index(roles.StepDown)] == [rs.StopServing], (view, event)  # no commit after the switch
+        if (view.role, type(event)) not in rs.STATEMENT_TRANSITIONS:
+            assert actions == [], (view, event)
+
+
+def test_partner_off_on_the_principal_persists_standalone_then_tells_the_mirror_now_and_until_it_confirms():
+    principal = roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER, suspended=True)
+    assert roles.handle(principal, rs.PartnerOffIssued()) == [
+        rs.PersistConfig((("partner", None), ("role", Role.NONE), ("suspended", False), ("ended_by_off", PARTNER),
+                          ("off_untold", PARTNER))),
+        rs.TellPartner("partner_off", before_closing=True), rs.StopPartnerLink(), rs.StartOffNotice()]
+
+
+def test_partner_off_on_the_mirror_persists_standalone_then_tells_the_principal_and_ends_its_link():
+    mirror = roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER)
+    # no off notice: the principal hears it now, or from the refusal of its next hello (ended_by_off)
+    assert roles.handle(mirror, rs.PartnerOffIssued()) == [
+        rs.PersistConfig((("partner", None), ("role", Role.NONE), ("suspended", False), ("ended_by_off", PARTNER))),
+        rs.TellPartner("partner_off", before_closing=True), rs.StopInbound()]
+    assert roles.handle(roles.RoleView(Role.NONE, SEQ, ME, PARTNER), rs.PartnerOffIssued()) == []
+
+
+def test_suspend_and_resume_are_the_principals_and_a_mirror_asks_for_them():
+    principal, mirror = roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER), roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER)
+    assert roles.handle(principal, rs.SuspendIssued("a")) == [
+        roles.SuspendSession("SET PARTNER SUSPEND on this principal", roles.SuspendCause.STATEMENT),
+        rs.RecordEvent("SUSPEND", "SET PARTNER SUSPEND on this principal")]
+    assert roles.handle(mirror, rs.SuspendIssued("a")) == [
+        rs.TellPartner("suspend", reason="SET PARTNER SUSPEND on the mirror a"),
+        rs.RecordEvent("SUSPEND", "SET PARTNER SUSPEND on this mirror: asked the principal")]
+    assert roles.handle(principal, rs.ResumeIssued()) == [
+        rs.ResumeSession(), rs.RecordEvent("RESUME", "SET PARTNER RESUME on this principal")]
+    assert roles.handle(mirror, rs.ResumeIssued()) == [
+        rs.TellPartner("resume"), rs.RecordEvent("RESUME", "SET PARTNER RESUME on this mirror: asked the principal")]
+
+
+def test_manual_failover_hands_over_in_the_next_role_sequence_and_only_from_the_principal():
+    assert roles.handle(roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER), rs.FailoverIssued()) == [rs.HandOver(SEQ + 1)]
+    assert roles.handle(roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER), rs.FailoverIssued()) == []
+
+
+ABANDONED = "manual failover abandoned: "
+IN_DOUBT = ("a manual failover was sent and never confirmed: its outcome is unknown, so this node does not serve shop "
+            "until the partner answers (it becomes the mirror if the failover happened, and serves again if not)")
+
+
+def test_a_manual_failover_not_decided_changes_nothing_and_says_why_word_for_word():
+    view = roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER, witness=OTHER, timeout=10)
+    outcome = rs.FailoverOutcome("shop", 20, 19)
+    assert roles.handle(view, outcome) == [rs.RefuseStatement(
+        ABANDONED + "the mirror hardened only up to LSN 19 of 20 within PARTNER TIMEOUT (10 s); nothing changed")]
+    hardened = rs.FailoverOutcome("shop", 20, 20)
+    assert roles.handle(view, hardened) == []  # the witness is asked next
+    W = rs.WitnessSwitch
+    for witness, error, text in (
+            (W.GONE, "", ABANDONED + f"the witness {OTHER} went away; nothing changed"),
+            (W.SILENT, "TimeoutError()", ABANDONED + "the witness did not answer (TimeoutError()); nothing changed"),
+            (W.REFUSED, "", "manual failover refused by the witness (it holds a different role sequence)")):
+        assert roles.handle(view, rs.FailoverOutcome("shop", 20, 20, witness, error)) == [rs.RefuseStatement(text)]
+    for witness in (W.NOT_SET, W.RECORDED):
+        assert roles.handle(view, rs.FailoverOutcome("shop", 20, 20, witness)) == []  # the mirror is sent the failover next
+    unsent = rs.FailoverOutcome("shop", 20, 20, W.NOT_SET, sent=False, answered=False)
+    assert roles.handle(view, unsent) == [rs.RefuseStatement(
+        ABANDONED + "the connection to the mirror closed before the failover was sent; nothing changed. "
+        "Retry once it is SYNCHRONIZED again")]
+
+
+def test_a_manual_failover_sent_and_unanswered_without_the_witness_deciding_stops_serving_in_doubt():
+    view = roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER)
+    unanswered = rs.FailoverOutcome("shop", 20, 20, rs.WitnessSwitch.NOT_SET, sent=True, answered=False)
+    assert roles.handle(view, unanswered) == [rs.StopServingInDoubt(IN_DOUBT), rs.RefuseStatement(IN_DOUBT)]
+
+
+def test_a_manual_failover_decided_by_the_witness_or_the_mirror_stops_serving_then_steps_down():
+    view = roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER)
+    switched = [rs.StopServing(), roles.StepDown(SEQ + 1, f"manual failover to {PARTNER}")]
+    W = rs.WitnessSwitch
+    for witness, sent, answered in ((W.NOT_SET, True, True), (W.RECORDED, True, True), (W.RECORDED, True, False),
+                                    (W.RECORDED, False, False)):  # recorded: the mirror takes over once its witness says
+        assert roles.handle(view, rs.FailoverOutcome("shop", 20, 20, witness, sent=sent, answered=answered)) == switched
+
+
+def test_forced_service_goes_through_the_witness_where_one_is_set():
+    mirror = roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER)
+    assert roles.handle(mirror, rs.ForceServiceIssued()) == [
+        roles.Promote(SEQ + 1, forced=True, why="FORCE_SERVICE_ALLOW_DATA_LOSS")]
+    witnessed = roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER, witness=OTHER, witness_connected=True)
+    assert roles.handle(witnessed, rs.ForceServiceIssued()) == [roles.AskForVote(forced=True)]
+    unreachable = roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER, witness=OTHER, witness_connected=False)
+    assert roles.handle(unreachable, rs.ForceServiceIssued()) == [rs.RefuseStatement(
+        "a witness is set and this mirror cannot reach it; forced service needs mirror and witness connected")]
+    assert roles.handle(roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER), rs.ForceServiceIssued()) == []
+
+
+def test_the_partners_off_ends_the_session_here_persisted_first_and_only_as_the_partner_of_the_role_that_said_it():
+    principal, mirror = roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER), roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER)
+    assert roles.handle(principal, rs.PartnerOffHeard(Role.MIRROR)) == [
+        rs.PersistConfig((("partner", None), ("role", Role.NONE), ("suspended", False))),
+        rs.SessionRemovedByPartner(Role.PRINCIPAL, PARTNER)]
+    assert roles.handle(mirror, rs.PartnerOffHeard(Role.PRINCIPAL)) == [
+        rs.PersistConfig((("partner", None), ("role", Role.NONE))), rs.SessionRemovedByPartner(Role.MIRROR, PARTNER)]
+    # heard on a link of the role this copy no longer has (a promotion or a step down ended it): nothing changes
+    assert roles.handle(principal, rs.PartnerOffHeard(Role.PRINCIPAL)) == []
+    assert roles.handle(mirror, rs.PartnerOffHeard(Role.MIRROR)) == []
+
+
+def test_an_off_notice_ends_the_mirrors_session_with_that_principal_in_its_role_sequence_or_a_newer_one():
+    mirror = roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER)
+    ended = [rs.StopInbound(), rs.PersistConfig((("partner", None), ("role", Role.NONE))),
+             rs.SessionRemovedByPartner(Role.MIRROR, PARTNER)]
+    for sender in SPELLINGS[PARTNER]:
+        assert roles.handle(mirror, rs.OffNoticeHeard(sender, SEQ)) == ended
+        assert roles.handle(mirror, rs.OffNoticeHeard(sender, SEQ + 1)) == ended
+    assert roles.handle(mirror, rs.OffNoticeHeard(PARTNER, SEQ - 1)) == []  # an older session's notice
+    assert roles.handle(mirror, rs.OffNoticeHeard(OTHER, SEQ)) == []  # not its principal
+    assert roles.handle(roles.RoleView(Role.MIRROR, SEQ, ME, None), rs.OffNoticeHeard(PARTNER, SEQ)) == []
+    assert roles.handle(roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER), rs.OffNoticeHeard(PARTNER, SEQ)) == []
+
+
+def test_the_mirrors_resume_is_carried_out_by_a_principal_still_suspended():
+    assert roles.handle(roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER, suspended=True), rs.ResumeAskedByMirror()) == [
+        rs.ResumeSession()]
+    assert roles.handle(roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER), rs.ResumeAskedByMirror()) == []
+    assert roles.handle(roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER, suspended=True), rs.ResumeAskedByMirror()) == []
+
+
+def test_a_forced_vote_not_granted_is_refused_with_the_witness_reason_or_in_doubt_saying_what_to_check():
+    mirror = roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER, witness=OTHER, witness_connected=True)
+    assert roles.handle(mirror, rs.ForcedVoteFailed("shop", answered=True, reason="the principal is connected")) == [
+        rs.RefuseStatement("the witness refused forced service: the principal is connected")]
+    assert roles.handle(mirror, rs.ForcedVoteFailed("shop", answered=False, timeout=2.5, error="TimeoutError")) == [
+        rs.StatementInDoubt("forced service on shop: the witness did not answer the vote within 2.5 s (TimeoutError); "
+                            "whether it granted it is unknown. If its record names this node, this node becomes the principal "
+                            "as soon as it hears so: check sys.database_mirroring (role) before trying again")]
