@@ -338,10 +338,9 @@ def on_partner_off_heard(view: RoleView, event: PartnerOffHeard) -> list[Stateme
     (not SUSPENDED); a mirror keeps its copy RESTORING until RESTORE … WITH RECOVERY."""
     if view.role is event.partner_role:
         return []  # heard on a link of a role this copy no longer has (a role change ended it): not its session's word
-    if view.role is Role.PRINCIPAL:
-        return [PersistConfig((("partner", None), ("role", Role.NONE), ("suspended", False))),
-                SessionRemovedByPartner(Role.PRINCIPAL, view.partner)]
-    return [PersistConfig((("partner", None), ("role", Role.NONE))), SessionRemovedByPartner(Role.MIRROR, view.partner)]
+    # not SUSPENDED either way: a copy recovered and mirrored again starts a session of its own, as after its own OFF
+    ended = PersistConfig((("partner", None), ("role", Role.NONE), ("suspended", False)))
+    return [ended, SessionRemovedByPartner(view.role, view.partner)]
 
 
 def on_off_notice_heard(view: RoleView, event: OffNoticeHeard) -> list[StatementAction]:
@@ -351,7 +350,7 @@ def on_off_notice_heard(view: RoleView, event: OffNoticeHeard) -> list[Statement
     """
     if view.partner is None or event.role_sequence < view.role_sequence or not is_partner(view, event.sender):
         return []
-    return [StopInbound(), PersistConfig((("partner", None), ("role", Role.NONE))),
+    return [StopInbound(), PersistConfig((("partner", None), ("role", Role.NONE), ("suspended", False))),
             SessionRemovedByPartner(Role.MIRROR, view.partner)]
 
 

@@ -280,5 +280,5 @@ def test_the_mirrors_off_ends_the_principals_session_persisted_and_its_commits_s
 
 def test_an_off_notice_ends_the_principals_link_before_the_mirror_persists_the_end():
     database = StatementDatabase(Role.MIRROR, [])
-    assert issue(database, rs.OffNoticeHeard(PARTNER, 4)) == [("stop", "inbound"), ("persist", "partner", "role")]
+    assert issue(database, rs.OffNoticeHeard(PARTNER, 4)) == [("stop", "inbound"), ("persist", "partner", "role", "suspended")]
     assert (database.session.config.role, database.session.config.partner) == (Role.NONE, None)

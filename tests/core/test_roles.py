@@ -481,8 +481,9 @@ def test_the_partners_off_ends_the_session_here_persisted_first_and_only_as_the_
     assert roles.handle(principal, rs.PartnerOffHeard(Role.MIRROR)) == [
         rs.PersistConfig((("partner", None), ("role", Role.NONE), ("suspended", False))),
         rs.SessionRemovedByPartner(Role.PRINCIPAL, PARTNER)]
-    assert roles.handle(mirror, rs.PartnerOffHeard(Role.PRINCIPAL)) == [
-        rs.PersistConfig((("partner", None), ("role", Role.NONE))), rs.SessionRemovedByPartner(Role.MIRROR, PARTNER)]
+    assert roles.handle(mirror, rs.PartnerOffHeard(Role.PRINCIPAL)) == [  # a SUSPENDED mirror is not SUSPENDED after
+        rs.PersistConfig((("partner", None), ("role", Role.NONE), ("suspended", False))),
+        rs.SessionRemovedByPartner(Role.MIRROR, PARTNER)]
     # heard on a link of the role this copy no longer has (a promotion or a step down ended it): nothing changes
     assert roles.handle(principal, rs.PartnerOffHeard(Role.PRINCIPAL)) == []
     assert roles.handle(mirror, rs.PartnerOffHeard(Role.MIRROR)) == []
@@ -490,7 +491,7 @@ def test_the_partners_off_ends_the_session_here_persisted_first_and_only_as_the_
 
 def test_an_off_notice_ends_the_mirrors_session_with_that_principal_in_its_role_sequence_or_a_newer_one():
     mirror = roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER)
-    ended = [rs.StopInbound(), rs.PersistConfig((("partner", None), ("role", Role.NONE))),
+    ended = [rs.StopInbound(), rs.PersistConfig((("partner", None), ("role", Role.NONE), ("suspended", False))),
              rs.SessionRemovedByPartner(Role.MIRROR, PARTNER)]
     for sender in SPELLINGS[PARTNER]:
         assert roles.handle(mirror, rs.OffNoticeHeard(sender, SEQ)) == ended
