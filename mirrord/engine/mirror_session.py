@@ -207,9 +207,11 @@ async def _read_or_silence(reader, timeout: float) -> bytes:
     this the mirror dropped a FAILOVER it already held.
     """
     try:
-        return await asyncio.wait_for(reader.read(READ_CHUNK), timeout)
-    except asyncio.TimeoutError:
-        return await asyncio.wait_for(reader.read(READ_CHUNK), SILENCE_GRACE)
+        async with asyncio.timeout(timeout):  # a timer, where wait_for would add a task per read
+            return await reader.read(READ_CHUNK)
+    except TimeoutError:
+        async with asyncio.timeout(SILENCE_GRACE):
+            return await reader.read(READ_CHUNK)
 
 
 def _expect_open(opened: dict | None, begin: str, kind: str) -> None:

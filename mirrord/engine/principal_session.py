@@ -418,7 +418,8 @@ def _principal_view(database: "Database") -> dict:
 async def _read_acks(node: "EndpointServices", database: "Database", reader, pings: dict[int, float]) -> None:
     acks = 0
     while True:
-        msg = messages.validate(await asyncio.wait_for(framing.read_message(reader), database.session.config.timeout))
+        async with asyncio.timeout(database.session.config.timeout):  # a timer, where wait_for would add a task per frame
+            msg = messages.validate(await framing.read_message(reader))
         if msg["t"] == "ack":
             database.session.note_ack(msg["hardened_lsn"], msg["redo_lsn"])
             if "redo_queue" in msg:
