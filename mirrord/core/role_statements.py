@@ -26,8 +26,7 @@ from dataclasses import dataclass
 from typing import Union
 
 from mirrord.core import redo_queue
-from mirrord.core.roles import (TRANSITIONS, AskForVote, Promote, RoleView, Rule, StepDown, SuspendCause, SuspendSession,
-                                is_partner, same_endpoint)
+from mirrord.core.roles import TRANSITIONS, AskForVote, Promote, RoleView, Rule, StepDown, is_partner, same_endpoint
 from mirrord.core.types import DatabaseStatus, Role, Safety
 
 # ------------------------------------------------------------------ events
@@ -220,6 +219,12 @@ class SendSettings:
 
 
 @dataclass(frozen=True)
+class NoteSuspended:
+    """The session is SUSPENDED here: the mirror takes no more log, so it stops counting as caught up (else RESUME would
+    find it SYNCHRONIZED before it has the log written meanwhile: Session.note_suspended)."""
+
+
+@dataclass(frozen=True)
 class StopWitnessLink:
     """Stop the link to the witness and forget what it granted: its lease ends, and the mirror counts as synchronized
     (as the witness believes it) until the new witness answers."""
@@ -358,9 +363,9 @@ class StatementInDoubt:
 
 
 StatementAction = Union[PersistConfig, TellPartner, StopPartnerLink, StartPartnerLink, StopOffNotice, SendSettings,
-                        StopWitnessLink, StartWitnessLink, CreateMirrorCopy, ProbeMirror, TellWitnessTimeout, StopInbound,
+                        NoteSuspended, StopWitnessLink, StartWitnessLink, CreateMirrorCopy, ProbeMirror, TellWitnessTimeout, StopInbound,
                         StartOffNotice, SessionRemovedByPartner, ResumeSession, RecordEvent, HandOver, StopServing,
-                        StopServingInDoubt, RefuseStatement, StatementInDoubt, Promote, StepDown, AskForVote, SuspendSession]
+                        StopServingInDoubt, RefuseStatement, StatementInDoubt, Promote, StepDown, AskForVote]
 
 
 # ------------------------------------------------------------------ rules
@@ -392,7 +397,7 @@ def on_suspend_issued(view: RoleView, event: SuspendIssued) -> list[StatementAct
         return [TellPartner("suspend", reason=f"SET PARTNER SUSPEND on the mirror {event.node}"),
                 RecordEvent("SUSPEND", "SET PARTNER SUSPEND on this mirror: asked the principal")]
     why = "SET PARTNER SUSPEND on this principal"
-    return [SuspendSession(why, SuspendCause.STATEMENT), RecordEvent("SUSPEND", why)]
+    return [PersistConfig((("suspended", True),)), NoteSuspended(), SendSettings(), RecordEvent("SUSPEND", why)]
 
 
 def on_resume_issued(view: RoleView, event: ResumeIssued) -> list[StatementAction]:

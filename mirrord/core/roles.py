@@ -289,7 +289,6 @@ class SuspendCause(str, enum.Enum):
     FORCED_REJOIN = "forced rejoin"  # the old principal rejoined after forced service: its lost transactions are reported first
     REDO_FAILED = "redo failed"  # this mirror's redo failed: the principal is told now and at every connection
     MIRROR_ASKED = "mirror asked"  # the mirror's redo failed and it said so
-    STATEMENT = "statement"  # SET PARTNER SUSPEND on the principal: persisted, then the mirror told (settings)
 
 
 @dataclass(frozen=True)

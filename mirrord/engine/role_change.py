@@ -82,8 +82,6 @@ async def carry_out(node: "NodeServices", database: "Database | None", action: r
             mirror_session.mirror_cannot_go_on(database, action.why)
         elif action.cause is roles.SuspendCause.MIRROR_ASKED:
             principal_session.suspended_by_mirror(database, action.why)
-        elif action.cause is roles.SuspendCause.STATEMENT:
-            principal_session.suspend_session(database)
         else:
             database.update_config(suspended=True, forced_fork=False)
             log.warning("session_suspended", database=database.name, role_sequence=database.session.config.role_sequence, reason=action.why)
@@ -116,6 +114,8 @@ async def _carry_out_statement(node: "NodeServices", database: "Database", actio
         node.start_partner_link(database)
     elif isinstance(action, rs.SendSettings):
         principal_session.send_settings(database)
+    elif isinstance(action, rs.NoteSuspended):
+        database.session.note_suspended()
     elif isinstance(action, rs.TellWitnessTimeout):
         await _tell_witness_timeout(database, action)
     elif isinstance(action, rs.StopWitnessLink):

@@ -417,8 +417,8 @@ def test_partner_off_on_the_mirror_persists_standalone_then_tells_the_principal_
 
 def test_suspend_and_resume_are_the_principals_and_a_mirror_asks_for_them():
     principal, mirror = roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER), roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER)
-    assert roles.handle(principal, rs.SuspendIssued("a")) == [
-        roles.SuspendSession("SET PARTNER SUSPEND on this principal", roles.SuspendCause.STATEMENT),
+    assert roles.handle(principal, rs.SuspendIssued("a")) == [  # persisted, then the mirror hears the settings
+        rs.PersistConfig((("suspended", True),)), rs.NoteSuspended(), rs.SendSettings(),
         rs.RecordEvent("SUSPEND", "SET PARTNER SUSPEND on this principal")]
     assert roles.handle(mirror, rs.SuspendIssued("a")) == [
         rs.TellPartner("suspend", reason="SET PARTNER SUSPEND on the mirror a"),
