@@ -28,22 +28,18 @@ from mirrord.core.txn import SP_WHO_COLUMNS, SessionFacts, TxnWord, classify, sp
 from mirrord.core.types import (
     DatabaseStatus,
     DiskFull,
-    Endpoint,
     LoginFailed,
     LogFull,
     PermissionDenied,
     NotPrincipal,
     NotServing,
-    ProtocolError,
     Role,
     StatementRefused,
     UnknownDatabase,
 )
-from mirrord.net import framing
-from mirrord.engine.principal_session import send_settings
 from mirrord.node_services import ClientState
 from mirrord.engine.role_change import forced_service, on_event
-from mirrord.core import messages, role_statements
+from mirrord.core import role_statements
 from mirrord.engine.principal import PageDamaged, StatementResult
 from mirrord import views
 from mirrord.storage import backups
@@ -366,39 +362,13 @@ class StatementExecutor:
     # ---------------------------------------------------------------- partner
 
     async def _do_SetPartner(self, database, stmt) -> StatementResult:
-        url = str(stmt.endpoint)
-        if stmt.endpoint == self.node.config.endpoint:
-            raise StatementRefused(f"{url} is this node's own endpoint; name the other partner's endpoint")
-        if database is None:
-            await self.node.create_database(SessionConfig(stmt.db, role=Role.MIRROR, status=DatabaseStatus.RESTORING, partner=url))
+        url, status = str(stmt.endpoint), database.session.config.status if database is not None else None
+        await on_event(self.node, database, role_statements.PartnerSet(stmt.db, url))
+        if status is None:
             return _message(f"{stmt.db} is the mirror of {url}; it will be seeded when the principal connects")
-        if database.session.config.status is DatabaseStatus.RESTORING:
-            database.update_config(role=Role.MIRROR, partner=url, ended_by_off=None, off_untold=None)
+        if status is DatabaseStatus.RESTORING:
             return _message(f"{stmt.db} is the mirror of {url}")
-        await self._probe_mirror(database, stmt.endpoint)
-        await self.node.stop_partner_link(database)  # an OFF notice still under way: this new session supersedes it
-        database.update_config(role=Role.PRINCIPAL, partner=url, role_sequence=max(database.session.config.role_sequence, 1), ended_by_off=None,
-                           off_untold=None)
-        self.node.start_partner_link(database)
         return _message(f"{stmt.db} is the principal; mirroring to {url}")
-
-    async def _probe_mirror(self, database: "Database", endpoint: Endpoint) -> None:
-        """Check the mirror is prepared before the principal commits to the session."""
-        hello = self.node.hello(database)
-        hello.update(role=Role.PRINCIPAL.value, role_sequence=max(database.session.config.role_sequence, 1))
-        try:
-            reader, writer = await asyncio.wait_for(self.node.connect_endpoint(endpoint), 5)
-        except (OSError, asyncio.TimeoutError) as exc:
-            raise StatementRefused(f"cannot reach the mirror's endpoint {endpoint}: {exc!r}; start it, or check the address") from None
-        try:
-            framing.write_message(writer, hello)
-            answer = messages.validate(await asyncio.wait_for(framing.read_message(reader), 5))
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ProtocolError) as exc:
-            raise StatementRefused(f"the mirror's endpoint {endpoint} did not answer: {exc!r}") from None
-        finally:
-            writer.close()
-        if answer["t"] == "refuse":
-            raise StatementRefused(f"the mirror refused: {answer['reason']}")
 
     async def _do_PartnerAction(self, database, stmt) -> StatementResult:
         return await self.PARTNER_ACTIONS[stmt.action](self, database)
@@ -450,60 +420,21 @@ class StatementExecutor:
         return result
 
     async def _do_SetSafety(self, database, stmt) -> StatementResult:
-        database.update_config(safety=stmt.safety)
-        self._send_settings(database)
-        database.principal.update_visible()
+        await on_event(self.node, database, role_statements.SafetySet(stmt.safety))
         return _message(f"{database.name}: SAFETY {stmt.safety.value}")
 
     async def _do_SetTimeout(self, database, stmt) -> StatementResult:
-        cfg = database.session.config
-        if cfg.witness is not None and stmt.seconds > cfg.timeout:
-            # A longer TIMEOUT lengthens this principal's lease: the witness must wait as long
-            # before it votes, so it hears first (a shorter one is safe to adopt at once).
-            await self._tell_witness_timeout(database, stmt.seconds)
-        database.update_config(timeout=stmt.seconds)
-        database.quorum_changed.set()  # the witness link reports the new TIMEOUT (a shorter one too)
-        self._send_settings(database)
+        await on_event(self.node, database, role_statements.TimeoutSet(stmt.seconds))  # a longer one: the witness hears first
         return _message(f"{database.name}: PARTNER TIMEOUT {stmt.seconds} s")
 
     async def _do_SetRedoQueue(self, database, stmt) -> StatementResult:
-        if stmt.mb != redo_queue.UNLIMITED:
-            # the redo queue lives in the mirror's log, whose size limit is this setting's (nodes share it, as a rule)
-            if (why := redo_queue.limit_over_log_refusal(stmt.mb, self.node.config.log_size_limit)) is not None:
-                raise StatementRefused(why)
-        database.update_config(redo_queue_mb=stmt.mb)
-        self._send_settings(database)  # the mirror adopts it: it reports redo progress while a limit is set
-        database.principal.redo_queue_changed()
+        await on_event(self.node, database, role_statements.RedoQueueSet(stmt.mb, self.node.config.log_size_limit))
         limit, kind = redo_queue.shown_limit(stmt.mb)
         return _message(f"{database.name}: PARTNER REDO_QUEUE {'UNLIMITED' if limit is None else f'{limit} {kind}'}")
 
-    async def _tell_witness_timeout(self, database: "Database", seconds: int) -> None:
-        cfg, conn = database.session.config, database.witness_conn
-        refused = (f"PARTNER TIMEOUT can be raised only while the witness {cfg.witness} hears it first (it must wait as "
-                   "long before it votes); nothing changed. Try again when witness_state is CONNECTED")
-        if conn is None:
-            raise StatementRefused(refused)
-        msg = {"t": "w_report", "role_sequence": cfg.role_sequence, "synchronized": database.session.witness_believes_synchronized,
-               "safety": cfg.safety.value, "timeout": seconds}
-        try:
-            answer = await conn.request(msg, cfg.timeout)
-        except (asyncio.TimeoutError, ConnectionError, OSError):
-            raise StatementRefused(refused) from None
-        if not answer.get("accepted"):
-            raise StatementRefused(f"the witness did not accept the new TIMEOUT (it holds role sequence {answer.get('role_sequence')}); nothing changed")
-
-    @staticmethod
-    def _send_settings(database: "Database") -> None:
-        send_settings(database)
-
     async def _do_SetWitness(self, database, stmt) -> StatementResult:
         url = str(stmt.endpoint) if stmt.endpoint is not None else None
-        await self.node.stop_witness_link(database)
-        database.session.witness_believes_synchronized = True  # until the new witness answers
-        database.session.witness_lease_until = 0.0
-        database.update_config(witness=url)
-        self._send_settings(database)
-        self.node.sync_witness_link(database)
+        await on_event(self.node, database, role_statements.WitnessSet(url))
         if url is None:
             return _message(f"{database.name}: witness removed; automatic failover is no longer possible")
         return _message(f"{database.name}: witness {url} set")

@@ -1,8 +1,9 @@
 """The partner statements' role changes: what each role does when a statement is issued on it (pure, synchronous).
 
 ALTER DATABASE … SET PARTNER { OFF | SUSPEND | RESUME | FAILOVER |
-FORCE_SERVICE_ALLOW_DATA_LOSS } reaches these rules once `core.rules` allowed
-it here (a refused statement changes nothing). Their rows are part of the one
+FORCE_SERVICE_ALLOW_DATA_LOSS }, SET PARTNER = '<endpoint>', SET WITNESS and
+the session's settings (SET PARTNER SAFETY, TIMEOUT, REDO_QUEUE) reach these
+rules once `core.rules` allowed them here (a refused statement changes nothing). Their rows are part of the one
 table, `core.roles.TRANSITIONS` (listed in that module's docstring): this
 module adds them when it is imported, as it is by any code holding one of its
 events. Each rule says which role does what, what is persisted, who is told,
@@ -24,9 +25,9 @@ import enum
 from dataclasses import dataclass
 from typing import Union
 
-from mirrord.core.roles import (TRANSITIONS, AskForVote, Promote, RoleView, Rule, StepDown, SuspendCause, SuspendSession,
-                                is_partner)
-from mirrord.core.types import Role
+from mirrord.core import redo_queue
+from mirrord.core.roles import TRANSITIONS, AskForVote, Promote, RoleView, Rule, StepDown, is_partner, same_endpoint
+from mirrord.core.types import DatabaseStatus, Role, Safety
 
 # ------------------------------------------------------------------ events
 
@@ -98,6 +99,47 @@ class ForcedVoteFailed:
     error: str = ""  # unanswered: what failed (the exception's class)
 
 
+# ---- starting a session, and the session's settings (issued on the principal; its mirror adopts them)
+
+
+@dataclass(frozen=True)
+class PartnerSet:
+    """SET PARTNER = '<endpoint>': start a session with that partner, issued first where the mirror's copy is to be
+    (RESTORING, or none yet: it is created), then on the principal's ONLINE database."""
+
+    db: str
+    endpoint: str  # the partner's, tcp://host:port
+
+
+@dataclass(frozen=True)
+class WitnessSet:
+    """SET WITNESS = '<endpoint>', or SET WITNESS OFF (None)."""
+
+    endpoint: str | None
+
+
+@dataclass(frozen=True)
+class SafetySet:
+    """SET PARTNER SAFETY { FULL | OFF }."""
+
+    safety: Safety
+
+
+@dataclass(frozen=True)
+class TimeoutSet:
+    """SET PARTNER TIMEOUT seconds."""
+
+    seconds: int
+
+
+@dataclass(frozen=True)
+class RedoQueueSet:
+    """SET PARTNER REDO_QUEUE { n MB | UNLIMITED } (mb 0: UNLIMITED, core.redo_queue)."""
+
+    mb: int
+    log_size_limit: int  # this node's log size limit, bytes: the redo queue lives in the mirror's log, whose limit it shares
+
+
 # ---- what a partner hears of the statement issued on the other
 
 
@@ -123,7 +165,8 @@ class ResumeAskedByMirror:
 
 
 StatementEvent = Union[PartnerOffIssued, SuspendIssued, ResumeIssued, FailoverIssued, ForceServiceIssued, FailoverOutcome,
-                       ForcedVoteFailed, PartnerOffHeard, OffNoticeHeard, ResumeAskedByMirror]
+                       ForcedVoteFailed, PartnerSet, WitnessSet, SafetySet, TimeoutSet, RedoQueueSet, PartnerOffHeard,
+                       OffNoticeHeard, ResumeAskedByMirror]
 
 
 # ------------------------------------------------------------------ actions (with core.roles' Promote, StepDown, ...)
@@ -155,6 +198,100 @@ class TellPartner:
 @dataclass(frozen=True)
 class StopPartnerLink:
     """The principal stops its link to the mirror: the partner is lost, commits stop waiting for it."""
+
+
+@dataclass(frozen=True)
+class StartPartnerLink:
+    """The principal starts its link to the mirror: the handshake, then the log streamed (it redials until stopped)."""
+
+
+@dataclass(frozen=True)
+class StopOffNotice:
+    """Stop telling an old mirror of an earlier SET PARTNER OFF (the off notice, in the principal's link slot): a new
+    session supersedes it."""
+
+
+@dataclass(frozen=True)
+class SendSettings:
+    """Tell the mirror the session's settings as persisted (a `settings` frame, if the link is up), then re-evaluate what
+    they decide here: the quorum (the witness link reports a new TIMEOUT, a shorter one too), the commits waiting for
+    the mirror, the writers the redo queue holds."""
+
+
+@dataclass(frozen=True)
+class NoteSuspended:
+    """The session is SUSPENDED here: the mirror takes no more log, so it stops counting as caught up (else RESUME would
+    find it SYNCHRONIZED before it has the log written meanwhile: Session.note_suspended)."""
+
+
+@dataclass(frozen=True)
+class StopWitnessLink:
+    """Stop the link to the witness and forget what it granted: its lease ends, and the mirror counts as synchronized
+    (as the witness believes it) until the new witness answers."""
+
+
+@dataclass(frozen=True)
+class StartWitnessLink:
+    """Start the link to the witness the persisted configuration names."""
+
+
+@dataclass(frozen=True)
+class CreateMirrorCopy:
+    """Create the database on this node, RESTORING, as the mirror of partner (its configuration persisted first):
+    it is seeded when the principal connects."""
+
+    db: str
+    partner: str
+
+
+@dataclass(frozen=True)
+class ProbeMirror:
+    """Before the principal commits to a session: dial the mirror and say hello as its principal in role_sequence.
+
+    It changes nothing there (the hello is answered and the connection closed).
+    The statement is refused with one of these texts when the mirror cannot be
+    reached, does not answer or refuses: nothing after it is carried out.
+    """
+
+    endpoint: str
+    role_sequence: int
+
+    def unreachable(self, error: str) -> str:
+        """The refusal when the endpoint cannot be dialed (error: what failed)."""
+        return f"cannot reach the mirror's endpoint {self.endpoint}: {error}; start it, or check the address"
+
+    def unanswered(self, error: str) -> str:
+        """The refusal when the hello got no answer (error: what failed)."""
+        return f"the mirror's endpoint {self.endpoint} did not answer: {error}"
+
+    @staticmethod
+    def refused(reason: str) -> str:
+        """The refusal when the mirror refused the hello, saying why."""
+        return f"the mirror refused: {reason}"
+
+
+@dataclass(frozen=True)
+class TellWitnessTimeout:
+    """Ask the witness to take a longer TIMEOUT (w_report) before this principal adopts it.
+
+    A longer TIMEOUT lengthens the principal's lease: the witness must wait as
+    long before it votes, so it hears first (a shorter one is safe to adopt at
+    once, and reaches it by the witness link's report). The statement is
+    refused, nothing changed, when the witness cannot hear it or does not accept it.
+    """
+
+    seconds: int
+    witness: str
+
+    def unheard(self) -> str:
+        """The refusal when the witness is not connected, or does not answer."""
+        return (f"PARTNER TIMEOUT can be raised only while the witness {self.witness} hears it first (it must wait as "
+                "long before it votes); nothing changed. Try again when witness_state is CONNECTED")
+
+    @staticmethod
+    def not_accepted(role_sequence: object) -> str:
+        """The refusal when the witness answered no (it holds another role sequence)."""
+        return f"the witness did not accept the new TIMEOUT (it holds role sequence {role_sequence}); nothing changed"
 
 
 @dataclass(frozen=True)
@@ -225,9 +362,10 @@ class StatementInDoubt:
     text: str
 
 
-StatementAction = Union[PersistConfig, TellPartner, StopPartnerLink, StopInbound, StartOffNotice, SessionRemovedByPartner,
-                        ResumeSession, RecordEvent, HandOver, StopServing, StopServingInDoubt, RefuseStatement, StatementInDoubt,
-                        Promote, StepDown, AskForVote, SuspendSession]
+StatementAction = Union[PersistConfig, TellPartner, StopPartnerLink, StartPartnerLink, StopOffNotice, SendSettings,
+                        NoteSuspended, StopWitnessLink, StartWitnessLink, CreateMirrorCopy, ProbeMirror, TellWitnessTimeout, StopInbound,
+                        StartOffNotice, SessionRemovedByPartner, ResumeSession, RecordEvent, HandOver, StopServing,
+                        StopServingInDoubt, RefuseStatement, StatementInDoubt, Promote, StepDown, AskForVote]
 
 
 # ------------------------------------------------------------------ rules
@@ -259,7 +397,7 @@ def on_suspend_issued(view: RoleView, event: SuspendIssued) -> list[StatementAct
         return [TellPartner("suspend", reason=f"SET PARTNER SUSPEND on the mirror {event.node}"),
                 RecordEvent("SUSPEND", "SET PARTNER SUSPEND on this mirror: asked the principal")]
     why = "SET PARTNER SUSPEND on this principal"
-    return [SuspendSession(why, SuspendCause.STATEMENT), RecordEvent("SUSPEND", why)]
+    return [PersistConfig((("suspended", True),)), NoteSuspended(), SendSettings(), RecordEvent("SUSPEND", why)]
 
 
 def on_resume_issued(view: RoleView, event: ResumeIssued) -> list[StatementAction]:
@@ -333,6 +471,50 @@ def on_forced_vote_failed(view: RoleView, event: ForcedVoteFailed) -> list[State
         "hears so: check sys.database_mirroring (role) before trying again")]
 
 
+def on_partner_set(view: RoleView, event: PartnerSet) -> list[StatementAction]:
+    """SET PARTNER '<endpoint>': where there is no copy yet, one is created as the mirror; a RESTORING copy becomes the
+    mirror, persisted; an ONLINE database becomes the principal, once the mirror accepted its hello, persisted before
+    its link to the mirror starts (in role sequence 1 at least: the session's first)."""
+    if same_endpoint(view.endpoint, event.endpoint):
+        return [RefuseStatement(f"{event.endpoint} is this node's own endpoint; name the other partner's endpoint")]
+    if view.status is None:
+        return [CreateMirrorCopy(event.db, event.endpoint)]
+    new_session = (("partner", event.endpoint), ("ended_by_off", None), ("off_untold", None))  # an earlier OFF is over
+    if view.status is DatabaseStatus.RESTORING:
+        return [PersistConfig((("role", Role.MIRROR),) + new_session)]
+    role_sequence = max(view.role_sequence, 1)
+    return [ProbeMirror(event.endpoint, role_sequence), StopOffNotice(),
+            PersistConfig((("role", Role.PRINCIPAL), ("role_sequence", role_sequence)) + new_session), StartPartnerLink()]
+
+
+def on_witness_set(view: RoleView, event: WitnessSet) -> list[StatementAction]:
+    """SET WITNESS: the old witness's link ends first, then the new witness is persisted, the mirror told (it keeps the
+    session's witness too), and the new witness's link started; SET WITNESS OFF starts none."""
+    start = [StartWitnessLink()] if event.endpoint is not None else []
+    return [StopWitnessLink(), PersistConfig((("witness", event.endpoint),)), SendSettings()] + start
+
+
+def on_safety_set(view: RoleView, event: SafetySet) -> list[StatementAction]:
+    """SET PARTNER SAFETY: persisted, then the mirror told; commits wait for the mirror (FULL) or not (OFF) from now on."""
+    return [PersistConfig((("safety", event.safety),)), SendSettings()]
+
+
+def on_timeout_set(view: RoleView, event: TimeoutSet) -> list[StatementAction]:
+    """SET PARTNER TIMEOUT: a longer one is accepted by the witness first (TellWitnessTimeout); then persisted, the
+    mirror told, and the witness link reports it."""
+    ask = [TellWitnessTimeout(event.seconds, view.witness)] if view.witness is not None and event.seconds > view.timeout else []
+    return ask + [PersistConfig((("timeout", event.seconds),)), SendSettings()]
+
+
+def on_redo_queue_set(view: RoleView, event: RedoQueueSet) -> list[StatementAction]:
+    """SET PARTNER REDO_QUEUE: refused when the log would fill before the limit held anything back; else persisted, then
+    the mirror told (it reports redo progress while a limit is set), and held writers go if they now may."""
+    if event.mb != redo_queue.UNLIMITED:
+        if (why := redo_queue.limit_over_log_refusal(event.mb, event.log_size_limit)) is not None:
+            return [RefuseStatement(why)]
+    return [PersistConfig((("redo_queue_mb", event.mb),)), SendSettings()]
+
+
 def on_partner_off_heard(view: RoleView, event: PartnerOffHeard) -> list[StatementAction]:
     """The partner ended the session: so does this copy, persisted first. A principal stays a standalone database
     (not SUSPENDED); a mirror keeps its copy RESTORING until RESTORE … WITH RECOVERY."""
@@ -370,6 +552,13 @@ STATEMENT_TRANSITIONS: dict[tuple[Role, type], Rule] = {
     (Role.PRINCIPAL, FailoverOutcome): on_failover_outcome,
     (Role.MIRROR, ForceServiceIssued): on_force_service_issued,
     (Role.MIRROR, ForcedVoteFailed): on_forced_vote_failed,
+    (Role.NONE, PartnerSet): on_partner_set,  # the status decides (core.rules: no partner yet)
+    (Role.MIRROR, PartnerSet): on_partner_set,
+    (Role.PRINCIPAL, PartnerSet): on_partner_set,
+    (Role.PRINCIPAL, WitnessSet): on_witness_set,
+    (Role.PRINCIPAL, SafetySet): on_safety_set,
+    (Role.PRINCIPAL, TimeoutSet): on_timeout_set,
+    (Role.PRINCIPAL, RedoQueueSet): on_redo_queue_set,
     (Role.PRINCIPAL, PartnerOffHeard): on_partner_off_heard,
     (Role.MIRROR, PartnerOffHeard): on_partner_off_heard,
     (Role.MIRROR, OffNoticeHeard): on_off_notice_heard,

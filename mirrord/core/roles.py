@@ -27,7 +27,7 @@ that decides (the partner statements' rows, from core.role_statements, follow):
     MIRROR      PingDue               on_ping_due              the principal lost: ask the witness for a vote
                                                                (automatic failover), when it may
 
-    the partner statements (core.role_statements), once core.rules allowed them here:
+    the partner statements and the session's settings (core.role_statements), once core.rules allowed them here:
     PRINCIPAL   PartnerOffIssued      on_partner_off_as_principal  persist standalone, then tell the mirror (and
                                                                again on an off notice of its own until it confirms)
     MIRROR      PartnerOffIssued      on_partner_off_as_mirror persist standalone, then tell the principal
@@ -41,6 +41,15 @@ that decides (the partner statements' rows, from core.role_statements, follow):
                                                                (witness's record or mirror's answer), step down
     MIRROR      ForceServiceIssued    on_force_service_issued  a forced vote from the witness; without one, promote
     MIRROR      ForcedVoteFailed      on_forced_vote_failed    refused by the witness, saying why; unanswered: in doubt
+    any         PartnerSet            on_partner_set           no copy here: create it, the mirror; RESTORING: persist
+                                                               the mirror; ONLINE: probe the mirror, persist the
+                                                               principal, then start its link
+    PRINCIPAL   WitnessSet            on_witness_set           stop the old witness's link, persist, tell the mirror,
+                                                               start the new one's
+    PRINCIPAL   SafetySet             on_safety_set            persist, then tell the mirror
+    PRINCIPAL   TimeoutSet            on_timeout_set           a longer one: the witness accepts it first; persist,
+                                                               then tell the mirror
+    PRINCIPAL   RedoQueueSet          on_redo_queue_set        refused if the log fills first; persist, tell the mirror
     and what the partner hears of them:
     PRINCIPAL   PartnerOffHeard       on_partner_off_heard     the mirror ended the session: persist standalone
     MIRROR      PartnerOffHeard       on_partner_off_heard     the principal ended it: persist standalone (RESTORING)
@@ -75,7 +84,7 @@ from typing import Callable, Union
 
 from mirrord.core import quorum, redo_queue
 from mirrord.core.statements import MAX_TIMEOUT, MIN_TIMEOUT
-from mirrord.core.types import Endpoint, Role, Safety
+from mirrord.core.types import DatabaseStatus, Endpoint, Role, Safety
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,7 @@ class RoleView:
     principal_was_synchronized: bool = False  # a mirror: the principal's state when it last heard from it
     lost_lsn_to: int = 0  # the end of the loss this copy recorded when it last diverged (0: none)
     salvage_path: str | None = None  # where it kept its salvage copy then
+    status: DatabaseStatus | None = DatabaseStatus.ONLINE  # RESTORING: a mirror's copy; None: no copy here (yet)
 
 
 # ------------------------------------------------------------------ events
@@ -279,7 +289,6 @@ class SuspendCause(str, enum.Enum):
     FORCED_REJOIN = "forced rejoin"  # the old principal rejoined after forced service: its lost transactions are reported first
     REDO_FAILED = "redo failed"  # this mirror's redo failed: the principal is told now and at every connection
     MIRROR_ASKED = "mirror asked"  # the mirror's redo failed and it said so
-    STATEMENT = "statement"  # SET PARTNER SUSPEND on the principal: persisted, then the mirror told (settings)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from mirrord.core.page_repair import RepairHistory
 from mirrord.core.quorum import AckRule, PrincipalView, ack_rule
 from mirrord.core.roles import RoleView
 from mirrord.core.session import Session
-from mirrord.core.types import Lsn, MirroringState
+from mirrord.core.types import Lsn, MirroringState, Role
 from mirrord.engine.mirror import MirrorDatabase
 from mirrord.engine.principal import PrincipalDatabase
 from mirrord.storage.events import EventLog
@@ -192,8 +192,13 @@ class Database:
             return 0
 
 
-def role_view(database: "Database", endpoint: str) -> RoleView:
-    """What the role machine (core.roles) reads of a database's copy now; endpoint is this node's."""
+def role_view(database: "Database | None", endpoint: str) -> RoleView:
+    """What the role machine (core.roles) reads of a database's copy now; endpoint is this node's.
+
+    None: the database has no copy on this node (yet), as SET PARTNER finds the mirror's side before it is seeded.
+    """
+    if database is None:
+        return RoleView(role=Role.NONE, role_sequence=0, endpoint=endpoint, status=None)
     s, cfg = database.session, database.session.config
     return RoleView(role=cfg.role, role_sequence=cfg.role_sequence, endpoint=endpoint, partner=cfg.partner,
                     changing=s.failover_pending or s.failover_requested, redo_error=s.redo_error,
@@ -203,4 +208,4 @@ def role_view(database: "Database", endpoint: str) -> RoleView:
                     redo_queue_mb=cfg.redo_queue_mb, suspended=cfg.suspended, witness=cfg.witness,
                     witness_connected=database.witness_conn is not None,
                     partner_connected=s.partner_connected, principal_was_synchronized=s.principal_was_synchronized,
-                    lost_lsn_to=cfg.lost_lsn_to, salvage_path=cfg.salvage_path)
+                    lost_lsn_to=cfg.lost_lsn_to, salvage_path=cfg.salvage_path, status=cfg.status)

@@ -201,7 +201,8 @@ def suspended_by_mirror(database: "Database", reason: str) -> None:
 
 
 def suspend_session(database: "Database") -> None:
-    """SUSPEND on this principal: persisted first, then the mirror told; commits stop waiting for it."""
+    """Suspend the session on this principal, as its mirror asked: persisted first, then the mirror told; commits stop
+    waiting for it. (SET PARTNER SUSPEND here is core.role_statements.on_suspend_issued's actions.)"""
     database.update_config(suspended=True)
     database.session.note_suspended()
     send_settings(database)

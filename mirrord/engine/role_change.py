@@ -16,8 +16,11 @@ keep I1 and I2 (see `core.quorum`):
   The waits are here (hand_over); what each outcome means is decided by
   core.role_statements.on_failover_outcome.
 
-The partner statements (core.role_statements) come here as events too: the
-statement executor feeds one and carry_out performs the actions in order.
+The partner statements, SET PARTNER '<endpoint>', SET WITNESS and the
+session's settings (core.role_statements) come here as events too: the
+statement executor feeds one and carry_out performs the actions in order; the
+awaits they need (the probe of the mirror, the witness hearing a longer
+TIMEOUT) are actions too, refusing the statement with their texts.
 """
 
 from __future__ import annotations
@@ -29,11 +32,12 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from mirrord.core import quorum, role_statements as rs, roles
+from mirrord.core import messages, quorum, role_statements as rs, roles
 from mirrord.engine import mirror_session, principal_session
 from mirrord.engine.database import role_view
 from mirrord.core.timing import timing
-from mirrord.core.types import ActionInDoubt, DatabaseStatus, NotPrincipal, Role, StatementRefused
+from mirrord.core.session import SessionConfig
+from mirrord.core.types import ActionInDoubt, DatabaseStatus, Endpoint, NotPrincipal, ProtocolError, Role, StatementRefused
 from mirrord.net import framing
 
 if TYPE_CHECKING:
@@ -44,13 +48,16 @@ if TYPE_CHECKING:
 log = structlog.get_logger()
 
 
-async def on_event(node: "NodeServices", database: "Database", event: roles.Event) -> None:
-    """Feed an event to the role machine (core.roles) and carry out what it decides, in order."""
+async def on_event(node: "NodeServices", database: "Database | None", event: roles.Event) -> None:
+    """Feed an event to the role machine (core.roles) and carry out what it decides, in order.
+
+    database None: it has no copy on this node yet (SET PARTNER on the mirror's side creates one).
+    """
     for action in roles.handle(role_view(database, node.endpoint_url), event):
         await carry_out(node, database, action)
 
 
-async def carry_out(node: "NodeServices", database: "Database", action: roles.Action | rs.StatementAction) -> None:
+async def carry_out(node: "NodeServices", database: "Database | None", action: roles.Action | rs.StatementAction) -> None:
     """Do one action of core.roles: a role change asks the witness's record first when the action says so.
 
     A RefuseStatement raises StatementRefused: the actions after it are not carried out.
@@ -75,8 +82,6 @@ async def carry_out(node: "NodeServices", database: "Database", action: roles.Ac
             mirror_session.mirror_cannot_go_on(database, action.why)
         elif action.cause is roles.SuspendCause.MIRROR_ASKED:
             principal_session.suspended_by_mirror(database, action.why)
-        elif action.cause is roles.SuspendCause.STATEMENT:
-            principal_session.suspend_session(database)
         else:
             database.update_config(suspended=True, forced_fork=False)
             log.warning("session_suspended", database=database.name, role_sequence=database.session.config.role_sequence, reason=action.why)
@@ -98,6 +103,27 @@ async def _carry_out_statement(node: "NodeServices", database: "Database", actio
     """Do one action of a partner statement (core.role_statements)."""
     if isinstance(action, rs.PersistConfig):
         database.update_config(**action.as_dict())
+    elif isinstance(action, rs.CreateMirrorCopy):
+        await node.create_database(SessionConfig(action.db, role=Role.MIRROR, status=DatabaseStatus.RESTORING,
+                                                 partner=action.partner))
+    elif isinstance(action, rs.ProbeMirror):
+        await _probe_mirror(node, database, action)
+    elif isinstance(action, rs.StopOffNotice):
+        await node.stop_partner_link(database)  # the off notice runs in the principal's link slot
+    elif isinstance(action, rs.StartPartnerLink):
+        node.start_partner_link(database)
+    elif isinstance(action, rs.SendSettings):
+        principal_session.send_settings(database)
+    elif isinstance(action, rs.NoteSuspended):
+        database.session.note_suspended()
+    elif isinstance(action, rs.TellWitnessTimeout):
+        await _tell_witness_timeout(database, action)
+    elif isinstance(action, rs.StopWitnessLink):
+        await node.stop_witness_link(database)
+        database.session.witness_believes_synchronized = True  # until the new witness answers
+        database.session.witness_lease_until = 0.0
+    elif isinstance(action, rs.StartWitnessLink):
+        node.sync_witness_link(database)
     elif isinstance(action, rs.TellPartner):
         await _tell_partner(database, action)
     elif isinstance(action, rs.StopPartnerLink):
@@ -155,6 +181,40 @@ async def _tell_partner(database: "Database", action: rs.TellPartner) -> None:
             await writer.drain()  # out before the link is closed
         except (ConnectionError, OSError):
             pass
+
+
+async def _probe_mirror(node: "NodeServices", database: "Database", action: rs.ProbeMirror) -> None:
+    """Say hello to the mirror as its principal and hear its answer; StatementRefused, with the action's text, if none or no."""
+    hello = node.hello(database)
+    hello.update(role=Role.PRINCIPAL.value, role_sequence=action.role_sequence)
+    try:
+        reader, writer = await asyncio.wait_for(node.connect_endpoint(Endpoint.parse(action.endpoint)), 5)
+    except (OSError, asyncio.TimeoutError) as exc:
+        raise StatementRefused(action.unreachable(repr(exc))) from None
+    try:
+        framing.write_message(writer, hello)
+        answer = messages.validate(await asyncio.wait_for(framing.read_message(reader), 5))
+    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ProtocolError) as exc:
+        raise StatementRefused(action.unanswered(repr(exc))) from None
+    finally:
+        writer.close()
+    if answer["t"] == "refuse":
+        raise StatementRefused(action.refused(answer["reason"]))
+
+
+async def _tell_witness_timeout(database: "Database", action: rs.TellWitnessTimeout) -> None:
+    """The witness takes the longer TIMEOUT (w_report) or the statement is refused with the action's text, nothing changed."""
+    cfg, conn = database.session.config, database.witness_conn
+    if conn is None:
+        raise StatementRefused(action.unheard())
+    msg = {"t": "w_report", "role_sequence": cfg.role_sequence, "synchronized": database.session.witness_believes_synchronized,
+           "safety": cfg.safety.value, "timeout": action.seconds}
+    try:
+        answer = await conn.request(msg, cfg.timeout)
+    except (asyncio.TimeoutError, ConnectionError, OSError):
+        raise StatementRefused(action.unheard()) from None
+    if not answer.get("accepted"):
+        raise StatementRefused(action.not_accepted(answer.get("role_sequence")))
 
 
 async def adopt_witness_state(node: "NodeServices", database: "Database", msg: dict) -> None:

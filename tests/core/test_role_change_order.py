@@ -15,7 +15,7 @@ import pytest
 
 from mirrord.core import role_statements as rs, roles
 from mirrord.core.session import Session, SessionConfig
-from mirrord.core.types import Role, StatementRefused
+from mirrord.core.types import Role, Safety, StatementRefused
 from mirrord.engine import mirror_session, role_change
 from mirrord.net import framing
 
@@ -165,12 +165,46 @@ class Writer:
     async def drain(self) -> None:
         self.journal.append(("drained",))
 
+    def close(self) -> None:
+        self.journal.append(("close", "probe"))
+
 
 class StatementNode(Node):
     name = "a"
+    answer: dict | None = None  # what the mirror answers a probe's hello; None: its endpoint cannot be reached
 
     def start_off_notice(self, database) -> None:
         self.journal.append(("start", "off notice"))
+
+    def start_partner_link(self, database) -> None:
+        self.journal.append(("start", "partner link"))
+
+    async def stop_witness_link(self, database) -> None:
+        self.journal.append(("stop", "witness link"))
+
+    def sync_witness_link(self, database) -> None:
+        self.journal.append(("start", "witness link", database.session.config.witness))
+
+    def hello(self, database) -> dict:
+        return {"t": "hello", "db": database.name}
+
+    async def connect_endpoint(self, endpoint):
+        if self.answer is None:
+            raise ConnectionRefusedError(111, "Connection refused")
+        reader = asyncio.StreamReader()
+        reader.feed_data(framing.encode_frame(self.answer))
+        return reader, Writer(self.journal)
+
+
+class Witness:
+    """The witness's connection: a request is journalled as ("send", its kind), and answered with `answer`."""
+
+    def __init__(self, journal: list, answer: dict) -> None:
+        self.journal, self.answer = journal, answer
+
+    async def request(self, msg: dict, timeout: float) -> dict:
+        self.journal.append(("send", msg["t"], msg.get("timeout")))
+        return self.answer
 
 
 class Principal:
@@ -236,8 +270,9 @@ def test_partner_off_on_the_principal_persists_then_tells_the_mirror_then_ends_t
 
 def test_suspend_on_the_principal_is_persisted_before_the_mirror_hears_the_settings():
     database = StatementDatabase(Role.PRINCIPAL, [])
+    database.session.caught_up = True
     assert issue(database, rs.SuspendIssued("a")) == [("persist", "suspended"), ("send", "settings")]
-    assert database.session.config.suspended
+    assert database.session.config.suspended and not database.session.caught_up  # the mirror takes no more log
 
 
 def test_a_manual_failover_the_mirror_answers_stops_serving_then_steps_down_once_the_write_lock_is_left():
@@ -282,3 +317,73 @@ def test_an_off_notice_ends_the_principals_link_before_the_mirror_persists_the_e
     database = StatementDatabase(Role.MIRROR, [])
     assert issue(database, rs.OffNoticeHeard(PARTNER, 4)) == [("stop", "inbound"), ("persist", "partner", "role", "suspended")]
     assert (database.session.config.role, database.session.config.partner) == (Role.NONE, None)
+
+
+# ------------------------------------------------------------------ starting a session, and its settings
+
+
+WELCOME = {"t": "welcome", "db": "shop", "role_sequence": 1, "hardened_lsn": 0, "hardened_role_sequence": 0, "redo_lsn": 0,
+           "needs_seed": True}
+
+
+def standalone(journal: list) -> StatementDatabase:
+    database = StatementDatabase(Role.NONE, journal)
+    database.session.config = database.session.config.with_(partner=None, role_sequence=0, ended_by_off=PARTNER)
+    database.partner_writer = None
+    return database
+
+
+def test_set_partner_on_an_online_database_persists_the_principal_after_the_mirror_answered_and_before_the_link_starts():
+    database, node = standalone([]), StatementNode([])
+    node.journal, node.answer = database.journal, WELCOME
+    assert issue(database, rs.PartnerSet("shop", PARTNER), node) == [
+        ("send", "hello"), ("close", "probe"), ("stop", "partner link"),
+        ("persist", "ended_by_off", "off_untold", "partner", "role", "role_sequence"), ("start", "partner link")]
+    cfg = database.session.config
+    assert (cfg.role, cfg.partner, cfg.role_sequence, cfg.ended_by_off) == (Role.PRINCIPAL, PARTNER, 1, None)
+
+
+def test_set_partner_refused_by_the_mirror_or_unreachable_changes_nothing():
+    for answer, text in (({"t": "refuse", "reason": "database shop on b is not a mirror"},
+                          "the mirror refused: database shop on b is not a mirror"),
+                         (None, "cannot reach the mirror's endpoint tcp://b:5022: ConnectionRefusedError(111, "
+                                "'Connection refused'); start it, or check the address")):
+        database, node = standalone([]), StatementNode([])
+        node.journal, node.answer = database.journal, answer
+        with pytest.raises(StatementRefused) as refused:
+            issue(database, rs.PartnerSet("shop", PARTNER), node)
+        assert refused.value.message == text
+        assert all(entry[0] not in ("persist", "start", "stop") for entry in database.journal), database.journal
+        assert database.session.config.role is Role.NONE and database.session.config.partner is None
+
+
+def test_set_witness_persists_the_new_witness_before_the_mirror_or_the_witness_hears_of_it():
+    database = StatementDatabase(Role.PRINCIPAL, [])
+    database.session.witness_believes_synchronized = False
+    assert issue(database, rs.WitnessSet(WITNESS)) == [
+        ("stop", "witness link"), ("persist", "witness"), ("send", "settings"), ("start", "witness link", WITNESS)]
+    assert database.session.witness_believes_synchronized and database.session.witness_lease_until == 0.0
+
+
+def test_a_longer_timeout_is_heard_by_the_witness_first_then_persisted_then_the_mirror_told():
+    database = StatementDatabase(Role.PRINCIPAL, [])
+    database.session.config = database.session.config.with_(witness=WITNESS, timeout=10)
+    database.witness_conn = Witness(database.journal, {"accepted": True})
+    assert issue(database, rs.TimeoutSet(20)) == [("send", "w_report", 20), ("persist", "timeout"), ("send", "settings")]
+    assert database.session.config.timeout == 20
+
+
+def test_a_longer_timeout_the_witness_does_not_accept_changes_nothing():
+    database = StatementDatabase(Role.PRINCIPAL, [])
+    database.session.config = database.session.config.with_(witness=WITNESS, timeout=10)
+    database.witness_conn = Witness(database.journal, {"accepted": False, "role_sequence": 7})
+    with pytest.raises(StatementRefused) as refused:
+        issue(database, rs.TimeoutSet(20))
+    assert refused.value.message == "the witness did not accept the new TIMEOUT (it holds role sequence 7); nothing changed"
+    assert database.journal == [("send", "w_report", 20)] and database.session.config.timeout == 10
+
+
+def test_safety_and_redo_queue_are_persisted_before_the_mirror_hears_the_settings():
+    for event, changed in ((rs.SafetySet(Safety.OFF), "safety"), (rs.RedoQueueSet(64, 1 << 30), "redo_queue_mb")):
+        database = StatementDatabase(Role.PRINCIPAL, [])
+        assert issue(database, event) == [("persist", changed), ("send", "settings")]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import itertools
 
-from mirrord.core import role_statements as rs, roles
-from mirrord.core.types import Role, Safety
+from mirrord.core import redo_queue, role_statements as rs, roles
+from mirrord.core.types import DatabaseStatus, Role, Safety
 
 ME, PARTNER, OTHER = "tcp://a:5022", "tcp://b:5022", "tcp://c:5022"
 SPELLINGS = {PARTNER: (PARTNER, "b:5022"), OTHER: (OTHER,)}  # the texts that name each endpoint
@@ -367,9 +367,15 @@ def _statement_world():
     issued = [rs.PartnerOffIssued(), rs.SuspendIssued("a"), rs.ResumeIssued(), rs.FailoverIssued(), rs.ForceServiceIssued(),
               rs.PartnerOffHeard(Role.PRINCIPAL), rs.PartnerOffHeard(Role.MIRROR), rs.ResumeAskedByMirror(),
               rs.ForcedVoteFailed("shop", answered=True, reason="no"), rs.ForcedVoteFailed("shop", False, timeout=10, error="E"),
-              *(rs.OffNoticeHeard(sender, seq) for sender in (PARTNER, OTHER) for seq in (SEQ - 1, SEQ, SEQ + 1))]
-    for role, witness, connected, suspended in itertools.product(Role, (None, OTHER), (False, True), (False, True)):
-        view = roles.RoleView(role, SEQ, ME, partner=PARTNER, witness=witness, witness_connected=connected, suspended=suspended)
+              *(rs.OffNoticeHeard(sender, seq) for sender in (PARTNER, OTHER) for seq in (SEQ - 1, SEQ, SEQ + 1)),
+              *(rs.PartnerSet("shop", endpoint) for endpoint in (PARTNER, ME, "a:5022")),
+              rs.WitnessSet(OTHER), rs.WitnessSet(None), rs.SafetySet(Safety.OFF), rs.SafetySet(Safety.FULL),
+              *(rs.TimeoutSet(seconds) for seconds in (5, 10, 20)),
+              *(rs.RedoQueueSet(mb, limit) for mb in (redo_queue.UNLIMITED, 64) for limit in (32 << 20, 1 << 30))]
+    for role, witness, connected, suspended, status in itertools.product(
+            Role, (None, OTHER), (False, True), (False, True), (DatabaseStatus.ONLINE, DatabaseStatus.RESTORING, None)):
+        view = roles.RoleView(role, SEQ, ME, partner=PARTNER, witness=witness, witness_connected=connected, suspended=suspended,
+                              status=status)
         for event in issued + outcomes:
             yield view, event
 
@@ -378,8 +384,13 @@ def test_a_statement_persists_before_it_tells_anyone_and_a_refusal_is_the_last_w
     for view, event in _statement_world():
         actions = roles.handle(view, event)
         kinds = [type(a) for a in actions]
-        if rs.PersistConfig in kinds and rs.TellPartner in kinds:
-            assert kinds.index(rs.PersistConfig) < kinds.index(rs.TellPartner), (view, event)
+        for telling in (rs.TellPartner, rs.SendSettings, rs.StartPartnerLink, rs.StartWitnessLink):
+            if rs.PersistConfig in kinds and telling in kinds:
+                assert kinds.index(rs.PersistConfig) < kinds.index(telling), (view, event)
+        # what asks before a change (the mirror's hello, the witness's longer TIMEOUT) comes before it is persisted
+        for asking in (rs.ProbeMirror, rs.TellWitnessTimeout):
+            if asking in kinds:
+                assert kinds.index(asking) == 0 and rs.PersistConfig in kinds, (view, event)
         assert rs.RefuseStatement not in kinds[:-1], (view, event)  # nothing is carried out after a refusal
         if roles.StepDown in kinds:
             assert kinds[:kinds.index(roles.StepDown)] == [rs.StopServing], (view, event)  # no commit after the switch
@@ -406,8 +417,8 @@ def test_partner_off_on_the_mirror_persists_standalone_then_tells_the_principal_
 
 def test_suspend_and_resume_are_the_principals_and_a_mirror_asks_for_them():
     principal, mirror = roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER), roles.RoleView(Role.MIRROR, SEQ, ME, PARTNER)
-    assert roles.handle(principal, rs.SuspendIssued("a")) == [
-        roles.SuspendSession("SET PARTNER SUSPEND on this principal", roles.SuspendCause.STATEMENT),
+    assert roles.handle(principal, rs.SuspendIssued("a")) == [  # persisted, then the mirror hears the settings
+        rs.PersistConfig((("suspended", True),)), rs.NoteSuspended(), rs.SendSettings(),
         rs.RecordEvent("SUSPEND", "SET PARTNER SUSPEND on this principal")]
     assert roles.handle(mirror, rs.SuspendIssued("a")) == [
         rs.TellPartner("suspend", reason="SET PARTNER SUSPEND on the mirror a"),
@@ -517,3 +528,79 @@ def test_a_forced_vote_not_granted_is_refused_with_the_witness_reason_or_in_doub
         rs.StatementInDoubt("forced service on shop: the witness did not answer the vote within 2.5 s (TimeoutError); "
                             "whether it granted it is unknown. If its record names this node, this node becomes the principal "
                             "as soon as it hears so: check sys.database_mirroring (role) before trying again")]
+
+
+def test_set_partner_creates_the_mirrors_copy_where_there_is_none_and_makes_a_restoring_copy_the_mirror():
+    absent, restoring = roles.RoleView(Role.NONE, 0, ME, status=None), roles.RoleView(Role.NONE, SEQ, ME, status=DatabaseStatus.RESTORING)
+    assert roles.handle(absent, rs.PartnerSet("shop", PARTNER)) == [rs.CreateMirrorCopy("shop", PARTNER)]
+    assert roles.handle(restoring, rs.PartnerSet("shop", PARTNER)) == [
+        rs.PersistConfig((("role", Role.MIRROR), ("partner", PARTNER), ("ended_by_off", None), ("off_untold", None)))]
+
+
+def test_set_partner_on_an_online_database_probes_the_mirror_then_persists_the_principal_before_its_link_starts():
+    for role_sequence, first in ((0, 1), (SEQ, SEQ)):  # the session's first role sequence is 1
+        online = roles.RoleView(Role.NONE, role_sequence, ME, ended_by_off=PARTNER)
+        assert roles.handle(online, rs.PartnerSet("shop", PARTNER)) == [
+            rs.ProbeMirror(PARTNER, first), rs.StopOffNotice(),
+            rs.PersistConfig((("role", Role.PRINCIPAL), ("role_sequence", first), ("partner", PARTNER), ("ended_by_off", None),
+                              ("off_untold", None))),
+            rs.StartPartnerLink()]
+
+
+def test_set_partner_naming_this_nodes_own_endpoint_is_refused_however_spelled_and_wherever_issued():
+    for status in (DatabaseStatus.ONLINE, DatabaseStatus.RESTORING, None):
+        for spelled in (ME, "a:5022"):
+            assert roles.handle(roles.RoleView(Role.NONE, 0, ME, status=status), rs.PartnerSet("shop", spelled)) == [
+                rs.RefuseStatement(f"{spelled} is this node's own endpoint; name the other partner's endpoint")]
+
+
+def test_the_probe_of_the_mirror_is_refused_with_the_statements_words():
+    probe = rs.ProbeMirror(PARTNER, 1)
+    assert probe.unreachable("ConnectionRefusedError(111)") == (
+        "cannot reach the mirror's endpoint tcp://b:5022: ConnectionRefusedError(111); start it, or check the address")
+    assert probe.unanswered("TimeoutError()") == "the mirror's endpoint tcp://b:5022 did not answer: TimeoutError()"
+    assert probe.refused("database shop on b is not a mirror") == "the mirror refused: database shop on b is not a mirror"
+
+
+def test_set_witness_stops_the_old_link_persists_tells_the_mirror_then_starts_the_new_one():
+    principal = roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER, witness=OTHER)
+    assert roles.handle(principal, rs.WitnessSet("tcp://d:5022")) == [
+        rs.StopWitnessLink(), rs.PersistConfig((("witness", "tcp://d:5022"),)), rs.SendSettings(), rs.StartWitnessLink()]
+    assert roles.handle(principal, rs.WitnessSet(None)) == [
+        rs.StopWitnessLink(), rs.PersistConfig((("witness", None),)), rs.SendSettings()]
+
+
+def test_safety_is_persisted_then_the_mirror_told():
+    principal = roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER)
+    assert roles.handle(principal, rs.SafetySet(Safety.OFF)) == [rs.PersistConfig((("safety", Safety.OFF),)), rs.SendSettings()]
+
+
+def test_a_longer_timeout_is_accepted_by_the_witness_before_it_is_persisted_and_a_shorter_one_is_not_asked():
+    with_witness = roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER, witness=OTHER, timeout=10)
+    assert roles.handle(with_witness, rs.TimeoutSet(20)) == [
+        rs.TellWitnessTimeout(20, OTHER), rs.PersistConfig((("timeout", 20),)), rs.SendSettings()]
+    for seconds in (5, 10):
+        assert roles.handle(with_witness, rs.TimeoutSet(seconds)) == [rs.PersistConfig((("timeout", seconds),)), rs.SendSettings()]
+    no_witness = roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER, timeout=10)
+    assert roles.handle(no_witness, rs.TimeoutSet(20)) == [rs.PersistConfig((("timeout", 20),)), rs.SendSettings()]
+    ask = rs.TellWitnessTimeout(20, OTHER)
+    assert ask.unheard() == ("PARTNER TIMEOUT can be raised only while the witness tcp://c:5022 hears it first (it must wait "
+                             "as long before it votes); nothing changed. Try again when witness_state is CONNECTED")
+    assert ask.not_accepted(7) == "the witness did not accept the new TIMEOUT (it holds role sequence 7); nothing changed"
+
+
+def test_a_redo_queue_limit_the_log_would_reach_first_is_refused_else_persisted_then_the_mirror_told():
+    principal = roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER)
+    assert roles.handle(principal, rs.RedoQueueSet(64, 32 << 20)) == [
+        rs.RefuseStatement("REDO_QUEUE 64 MB is not below the log size limit (32 MB, --log-size-limit-mb): the log would be "
+                           "full before the limit held anything back. Choose a smaller limit, or UNLIMITED")]
+    assert roles.handle(principal, rs.RedoQueueSet(64, 1 << 30)) == [rs.PersistConfig((("redo_queue_mb", 64),)), rs.SendSettings()]
+    assert roles.handle(principal, rs.RedoQueueSet(redo_queue.UNLIMITED, 1)) == [
+        rs.PersistConfig((("redo_queue_mb", redo_queue.UNLIMITED),)), rs.SendSettings()]
+
+
+def test_the_sessions_settings_are_the_principals_only():
+    for role in (Role.MIRROR, Role.NONE):
+        view = roles.RoleView(role, SEQ, ME, PARTNER, witness=OTHER)
+        for event in (rs.WitnessSet(None), rs.SafetySet(Safety.OFF), rs.TimeoutSet(20), rs.RedoQueueSet(64, 1 << 30)):
+            assert roles.handle(view, event) == [], (role, event)
