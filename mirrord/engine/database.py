@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import structlog
@@ -13,7 +13,8 @@ import structlog
 from mirrord.core.health import DatabaseFacts
 from mirrord.core.page_repair import RepairHistory
 from mirrord.core.quorum import AckRule, PrincipalView, ack_rule
-from mirrord.core.roles import RoleView
+from mirrord.core import leases
+from mirrord.core.roles import RoleView, handle
 from mirrord.core.session import Session
 from mirrord.core.types import Lsn, MirroringState, Role
 from mirrord.engine.mirror import MirrorDatabase
@@ -199,13 +200,40 @@ def role_view(database: "Database | None", endpoint: str) -> RoleView:
     """
     if database is None:
         return RoleView(role=Role.NONE, role_sequence=0, endpoint=endpoint, status=None)
-    s, cfg = database.session, database.session.config
+    return replace(session_view(database.session, endpoint), failover_in_doubt=database.failover_in_doubt,
+                   mirror_open=database.mirror is not None, witness_connected=database.witness_conn is not None)
+
+
+def session_view(s: Session, endpoint: str = "") -> RoleView:
+    """What the role machine reads of the session alone: enough for core.leases' rules and next_timer, which
+    compare no endpoint and read nothing of the engines (role_view adds those)."""
+    cfg = s.config
     return RoleView(role=cfg.role, role_sequence=cfg.role_sequence, endpoint=endpoint, partner=cfg.partner,
                     changing=s.failover_pending or s.failover_requested, redo_error=s.redo_error,
-                    forced_fork=cfg.forced_fork, failover_in_doubt=database.failover_in_doubt,
-                    asking_witness=s.failover_requested, mirror_open=database.mirror is not None,
+                    forced_fork=cfg.forced_fork, asking_witness=s.failover_requested,
                     ended_by_off=cfg.ended_by_off, safety=cfg.safety, timeout=cfg.timeout,
                     redo_queue_mb=cfg.redo_queue_mb, suspended=cfg.suspended, witness=cfg.witness,
-                    witness_connected=database.witness_conn is not None,
+                    witness_connected=s.witness_connected,
                     partner_connected=s.partner_connected, principal_was_synchronized=s.principal_was_synchronized,
-                    lost_lsn_to=cfg.lost_lsn_to, salvage_path=cfg.salvage_path, status=cfg.status)
+                    lost_lsn_to=cfg.lost_lsn_to, salvage_path=cfg.salvage_path, status=cfg.status,
+                    mirror_lease_until=s.mirror_lease_until, witness_lease_until=s.witness_lease_until,
+                    serves_from=s.serves_from, principal_answered_at=s.principal_answered_at)
+
+
+def hear(s: Session, event: leases.Event) -> None:
+    """Feed a lease or link event to the role machine (core.leases' rows) and note each action on the session, in order."""
+    for action in handle(session_view(s), event):
+        if isinstance(action, leases.RenewMirrorLease):
+            s.renew_mirror_lease(action.until)
+        elif isinstance(action, leases.RenewWitnessLease):
+            s.renew_witness_lease(action.until)
+        elif isinstance(action, leases.EndMirrorLease):
+            s.end_mirror_lease()
+        elif isinstance(action, leases.EndWitnessLease):
+            s.end_witness_lease()
+        elif isinstance(action, leases.NoteWitnessLink):
+            s.note_witness_link(action.connected)
+        elif isinstance(action, leases.NotePrincipalAnswered):
+            s.note_principal_answered(action.at)
+        else:
+            raise AssertionError(f"{action!r} is not an action of a lease or a link")
