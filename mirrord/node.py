@@ -331,6 +331,7 @@ class Node:
         """Stop everything running for a database (before dropping it)."""
         await self.stop_witness_link(database)
         await self._stop_engines(database)
+        database.disarm_timer()  # nothing falls due for a database no longer served here
 
     async def _stop_engines(self, database: Database) -> None:
         """Stop the role-specific engine and partner links, keeping the witness link."""

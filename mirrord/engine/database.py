@@ -14,6 +14,7 @@ from mirrord.core.health import DatabaseFacts
 from mirrord.core.page_repair import RepairHistory
 from mirrord.core.quorum import AckRule, PrincipalView, ack_rule
 from mirrord.core import leases
+from mirrord.core.leases import next_timer
 from mirrord.core.roles import RoleView, handle
 from mirrord.core.session import Session
 from mirrord.core.types import Lsn, MirroringState, Role
@@ -53,6 +54,9 @@ class Database:
     last_state: MirroringState | None = None
     witness_link: asyncio.Task | None = None
     quorum_changed: asyncio.Event = field(default_factory=asyncio.Event)  # wakes the witness link
+    # the one timer, armed at core.leases.next_timer's instant (a lease running out, serves_from, a silent principal)
+    timer: asyncio.TimerHandle | None = None
+    timer_due: float | None = None  # its instant (monotonic)
     failover_reply: asyncio.Future | None = None  # manual failover: the mirror's failover_done
     failover_in_doubt: bool = False  # a manual failover whose answer never came: not serving until the mirror says
     witness_conn: object | None = None  # the open WitnessConnection, if any
@@ -130,10 +134,42 @@ class Database:
                              open=self.principal is not None, quorum_refusal=self.quorum_refusal())
 
     def poke(self) -> None:
-        """Something the quorum depends on changed: re-evaluate now."""
+        """Something the quorum depends on changed: re-evaluate now, and again when something next falls due."""
         self.quorum_changed.set()
         if self.principal is not None:
             self.principal.update_visible()
+        self.arm_timer()
+
+    def arm_timer(self) -> None:
+        """Arm the one timer at the next instant something falls due without an event (core.leases.next_timer).
+
+        It pokes then: commits waiting on a principal whose leases ran out fail as in doubt although no frame
+        arrives, a principal promoted from the witness's record serves from serves_from, and the witness link
+        wakes to ping (a mirror's principal silent for PARTNER TIMEOUT: PingDue). A lease renewed meanwhile
+        makes that poke find nothing changed; it arms the timer again for the new instant.
+        """
+        now = time.monotonic()
+        due = next_timer(session_view(self.session), now)
+        if due == self.timer_due and self.timer is not None:
+            return  # armed for that instant already (most pokes change nothing that falls due)
+        self.disarm_timer()
+        if due is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no event loop (a unit test's database): nothing can fall due
+        self.timer, self.timer_due = loop.call_later(due - now, self._timer_fired), due
+
+    def disarm_timer(self) -> None:
+        """Cancel the timer (the database stops here, or it is armed anew)."""
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer, self.timer_due = None, None
+
+    def _timer_fired(self) -> None:
+        self.timer, self.timer_due = None, None
+        self.poke()
 
     def persist(self) -> None:
         """Write the session config durably (before acting on it)."""

@@ -8,8 +8,10 @@ running or run out, serves_from ahead or behind.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
+import time
 
 import pytest
 
@@ -17,7 +19,7 @@ from mirrord.core import leases, quorum, role_statements as rs, roles
 from mirrord.core.session import Session, SessionConfig
 from mirrord.core.timing import timing
 from mirrord.core.types import Role
-from mirrord.engine.database import hear, session_view
+from mirrord.engine.database import Database, hear, session_view
 
 ME, PARTNER, WITNESS = "tcp://a:5022", "tcp://b:5022", "tcp://c:5022"
 NOW = 1000.0
@@ -153,3 +155,50 @@ def test_the_session_view_carries_what_next_timer_reads():
     assert leases.next_timer(session_view(s), NOW + 1) == NOW + 2
     assert leases.next_timer(session_view(s), NOW + 3) == NOW + 4
     assert leases.next_timer(session_view(s), NOW + 4) is None
+
+
+# ------------------------------------------------------------------ the shell arms one timer from next_timer
+
+
+class Principal:
+    """Counts the re-evaluations of waiting commits, and what the quorum said at each."""
+
+    def __init__(self, database) -> None:
+        self.database, self.seen = database, []
+
+    def update_visible(self) -> None:
+        self.seen.append(self.database.quorum_refusal() is None)
+
+
+def test_the_database_re_evaluates_its_quorum_when_a_lease_runs_out_with_no_frame_arriving(tmp_path):
+    async def run() -> tuple[list, object]:
+        now = time.monotonic()
+        database = Database("shop", tmp_path, principal_session(witness_lease_until=now + 0.05, mirror_lease_until=now + 0.1), log=None)  # no log: the timer reads the session only
+        database.principal = Principal(database)
+        database.poke()
+        assert database.timer is not None  # armed for the witness lease's end
+        await asyncio.sleep(0.3)
+        return database.principal.seen, database.timer
+
+    seen, timer = asyncio.run(run())
+    # served at the poke, still (the mirror's lease) at the witness lease's end, and no longer at the mirror lease's
+    assert seen == [True, True, False]
+    assert timer is None  # nothing more falls due
+
+
+def test_a_renewed_lease_moves_the_timer_and_a_stopped_database_has_none(tmp_path):
+    async def run() -> None:
+        now = time.monotonic()
+        database = Database("shop", tmp_path, principal_session(mirror_lease_until=now + 30), log=None)  # no log: the timer reads the session only
+        database.poke()
+        assert database.timer is not None and database.timer_due == now + 30
+        hear(database.session, leases.MirrorAnswered(now + 10))  # a lease to now + 18: shorter, it changes nothing
+        database.poke()
+        assert database.timer_due == now + 30
+        hear(database.session, leases.MirrorAnswered(now + 25))  # to now + 33: the timer moves with it
+        database.poke()
+        assert database.timer is not None and database.timer_due == pytest.approx(now + 33)
+        database.disarm_timer()
+        assert database.timer is None
+
+    asyncio.run(run())
