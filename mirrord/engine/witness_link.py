@@ -4,8 +4,9 @@ Both partners of a session with a witness keep one connection to it. Every
 request carries a request id (rid) and every answer is a `w_state` with the
 same rid, so pings, reports and votes share the connection.
 
-* The principal's answered pings renew its witness lease (`quorum.lease_until`
-  from the instant the ping was *sent*). It reports whether its mirror is
+* The principal's answered pings renew its witness lease (core.leases,
+  WitnessAnswered: `quorum.lease_until` from the instant the ping was *sent*);
+  the link's end ends it (WitnessLinkLost). It reports whether its mirror is
   synchronized whenever that changes, and acknowledges commits alone only
   after the witness accepted "not synchronized" (`quorum.ack_rule`).
 * The mirror asks for a vote when the role machine says so (core.roles, PingDue:
@@ -175,7 +176,7 @@ async def _drive(node: "EndpointServices", database: "Database", conn: WitnessCo
             else:
                 refusals = 0
         await conn.request({"t": "w_ping"}, timeout)
-        database.poke()  # a lease may have been renewed or expired
+        database.poke()  # a lease may have been renewed: re-evaluate, and re-arm the timer for its end (Database.arm_timer)
         database.quorum_changed.clear()
         try:
             await asyncio.wait_for(database.quorum_changed.wait(), timing(timeout).ping_interval)
