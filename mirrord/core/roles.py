@@ -70,14 +70,15 @@ principal it deposes steps down), PartnerHello (answered in the role that
 leaves), then, once the link is served, SettingsFromPrincipal, PrincipalLinked
 and ForkFound if the hello names the principal's fork. Anything not in the
 table changes nothing. Time comes in with the events that need it (the
-instant a ping was sent, an answer given), and core.leases.next_timer says
-when something next falls due without one. The rules return actions; the shell carries them out in
-order (mirrord.engine.role_change, and mirrord.engine.mirror_session for those
-of the principal's link) — persisting the new configuration before it tells
-anyone (mirrord.engine.database.Database.update_config) — and asks
-`promotion_due` / `step_down_due` again at the instant it acts, under the
-database's role-change lock, since the role may have moved on while it waited
-for the witness.
+instant a ping was sent, an answer given); no rule reads a clock, and
+core.leases.next_timer says when something next falls due without an event.
+The rules return actions; the shell carries them out in order
+(mirrord.engine.role_change, mirrord.engine.mirror_session for those of the
+principal's link, mirrord.engine.database.hear for the leases') — persisting
+the new configuration before it tells anyone
+(mirrord.engine.database.Database.update_config) — and asks `promotion_due` /
+`step_down_due` again at the instant it acts, under the database's role-change
+lock, since the role may have moved on while it waited for the witness.
 
 The words are the reference's and SQL Server's: the role sequence counts the
 role switches (failovers and forced service) of a session, as
