@@ -235,6 +235,20 @@ class Session:
         self.hardened_lsn = hardened
         self._restart_catch_up(hardened >= self.end_of_log_lsn)
 
+    # ---- the data path's positions
+
+    def note_log_end(self, lsn: Lsn) -> None:
+        """This copy's log ends at lsn (the principal's captured log, the mirror's hardened one)."""
+        self.end_of_log_lsn = lsn
+
+    def note_acknowledged(self, lsn: Lsn) -> None:
+        """The principal acknowledged commits up to lsn: what its mirror must hold to be caught up (note_ack)."""
+        self.acknowledged_lsn = lsn
+
+    def note_redone(self, lsn: Lsn) -> None:
+        """The mirror's redo applied its log up to lsn."""
+        self.redo_lsn = lsn
+
     # ---- leases and links (core.leases decides; the shell notes its actions here)
 
     def renew_mirror_lease(self, until: float) -> None:
@@ -296,9 +310,13 @@ class Session:
         if redo_queue is not None:
             self.redo_queue_bytes = redo_queue
 
-    def note_redo_failed(self, why: str, since: str) -> None:
-        """Redo stopped on this error: the copy cannot be opened until it is fixed, and the session says why."""
+    def note_redo_error(self, why: str) -> None:
+        """Redo stopped on this error: the copy cannot be opened until it is fixed (the role machine hears RedoFailed)."""
         self.redo_error = why
+
+    def note_redo_failed(self, why: str, since: str) -> None:
+        """Redo stopped on this error, and the session says why from now on."""
+        self.note_redo_error(why)
         self.note_reason(why, since)
 
     def clear_reason(self) -> None:
