@@ -32,12 +32,12 @@ from mirrord.engine import checkmirror, page_repair, role_change
 from mirrord import config as settings
 from mirrord.client_listener import ClientListener
 from mirrord.core import logins as lg
-from mirrord.core import roles
+from mirrord.core import leases, roles
 from mirrord.core.names import db_name_refusal, inside, is_db_name
 from mirrord.core.page_repair import RepairHistory
 from mirrord.core.session import Session, SessionConfig
 from mirrord.core.types import DatabaseStatus, Endpoint, Role
-from mirrord.engine.database import Database
+from mirrord.engine.database import Database, hear
 from mirrord.httpapi import HttpServer, NodeView
 from mirrord.storage.login_store import LoginSetupError, LoginStore
 from mirrord.engine.mirror import CHECKSUMS_FILE, SNAPSHOTS_DIR, MirrorDatabase
@@ -305,7 +305,7 @@ class Node:
         """Stop the partner's link to the witness, if any."""
         task, database.witness_link = database.witness_link, None
         await _cancel(task)
-        database.session.witness_connected = False
+        hear(database.session, leases.WitnessLinkLost())  # closed on purpose: its lease ends with it, as on any loss
 
     def start_partner_link(self, database: Database) -> None:
         """Start (once) the principal's link to its mirror."""
@@ -331,6 +331,7 @@ class Node:
         """Stop everything running for a database (before dropping it)."""
         await self.stop_witness_link(database)
         await self._stop_engines(database)
+        database.disarm_timer()  # nothing falls due for a database no longer served here
 
     async def _stop_engines(self, database: Database) -> None:
         """Stop the role-specific engine and partner links, keeping the witness link."""
@@ -391,8 +392,7 @@ class Node:
             await self.stop_partner_link(database)
             await self.stop_inbound(database)
             await self.stop_witness_link(database)
-            database.session.witness_lease_until = 0.0  # links closed on purpose: no lease outlives them
-            database.session.mirror_lease_until = 0.0
+            hear(database.session, leases.EndpointStopped())  # links closed on purpose: no lease outlives them
             database.poke()
         for writer in list(self._endpoint_writers):
             writer.close()

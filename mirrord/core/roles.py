@@ -3,7 +3,8 @@
 A copy of a database is PRINCIPAL, MIRROR or NONE (standalone) in a role
 sequence. Twelve kinds of event can change its role or its session's state
 without a statement, and TRANSITIONS lists, for each role and event, the rule
-that decides (the partner statements' rows, from core.role_statements, follow):
+that decides (the partner statements' rows, from core.role_statements, and the
+leases' and links', from core.leases, follow):
 
     role        event                 rule                     what it may do
     PRINCIPAL   WitnessState          on_witness_state         step down (newer principal recorded);
@@ -56,17 +57,28 @@ that decides (the partner statements' rows, from core.role_statements, follow):
     MIRROR      OffNoticeHeard        on_off_notice_heard      the same, told later: from its principal, not older
     PRINCIPAL   ResumeAskedByMirror   on_resume_asked_by_mirror  resume, if still SUSPENDED
 
+    leases and links (core.leases): what keeps a principal serving, and what ends it:
+    PRINCIPAL   MirrorAnswered        on_mirror_answered       renew the mirror lease, from when the answered ping was sent
+    any         WitnessAnswered       on_witness_answered      renew the witness lease, when the answer names this node principal
+    any         WitnessLinked         on_witness_linked        the witness is CONNECTED
+    any         WitnessLinkLost       on_witness_link_lost     the witness lease ends at once; DISCONNECTED
+    any         EndpointStopped       on_endpoint_stopped      links closed on purpose: both leases end
+    MIRROR      AnsweredPrincipal     on_answered_principal    note when this mirror answered its principal (welcome, pong)
+
 A principal's hello arrives as events, in order: PartnerIsPrincipal (a
 principal it deposes steps down), PartnerHello (answered in the role that
 leaves), then, once the link is served, SettingsFromPrincipal, PrincipalLinked
 and ForkFound if the hello names the principal's fork. Anything not in the
-table changes nothing. The rules return actions; the shell carries them out in
-order (mirrord.engine.role_change, and mirrord.engine.mirror_session for those
-of the principal's link) — persisting the new configuration before it tells
-anyone (mirrord.engine.database.Database.update_config) — and asks
-`promotion_due` / `step_down_due` again at the instant it acts, under the
-database's role-change lock, since the role may have moved on while it waited
-for the witness.
+table changes nothing. Time comes in with the events that need it (the
+instant a ping was sent, an answer given); no rule reads a clock, and
+core.leases.next_timer says when something next falls due without an event.
+The rules return actions; the shell carries them out in order
+(mirrord.engine.role_change, mirrord.engine.mirror_session for those of the
+principal's link, mirrord.engine.database.hear for the leases') — persisting
+the new configuration before it tells anyone
+(mirrord.engine.database.Database.update_config) — and asks `promotion_due` /
+`step_down_due` again at the instant it acts, under the database's role-change
+lock, since the role may have moved on while it waited for the witness.
 
 The words are the reference's and SQL Server's: the role sequence counts the
 role switches (failovers and forced service) of a session, as
@@ -115,6 +127,11 @@ class RoleView:
     lost_lsn_to: int = 0  # the end of the loss this copy recorded when it last diverged (0: none)
     salvage_path: str | None = None  # where it kept its salvage copy then
     status: DatabaseStatus | None = DatabaseStatus.ONLINE  # RESTORING: a mirror's copy; None: no copy here (yet)
+    # the instants core.leases.next_timer reads (monotonic seconds, the shell's clock)
+    mirror_lease_until: float = 0.0  # a principal: its mirror lease ends (0: none)
+    witness_lease_until: float = 0.0  # a principal: its witness lease ends (0: none)
+    serves_from: float = 0.0  # a principal promoted from the witness's record: not serving before
+    principal_answered_at: float = float("-inf")  # a mirror: when it last answered its principal (welcome, pong)
 
 
 # ------------------------------------------------------------------ events
@@ -564,8 +581,9 @@ def is_partner(view: RoleView, endpoint: str) -> bool:
 
 Rule = Callable[[RoleView, Event], list[Action]]
 
-# The partner statements' rows are core.role_statements.STATEMENT_TRANSITIONS, added here when that module is
-# imported (their events are its own, so whoever feeds one has imported it); the docstring lists them all.
+# The partner statements' rows are core.role_statements.STATEMENT_TRANSITIONS, and the leases' and links'
+# core.leases.LEASE_TRANSITIONS, added here when those modules are imported (their events are their own, so
+# whoever feeds one has imported it); the docstring lists them all.
 TRANSITIONS: dict[tuple[Role, type], Rule] = {
     (Role.PRINCIPAL, WitnessState): on_witness_state,
     (Role.PRINCIPAL, PartnerIsPrincipal): on_partner_principal,

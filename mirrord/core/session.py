@@ -223,13 +223,121 @@ class Session:
         self.principal_was_synchronized = False
         self.witness_lease_until = 0.0
 
-    def note_partner_connected(self, hardened: Lsn) -> None:
-        """A partner connection was established and agreed to resume after `hardened`."""
+    def note_partner_connected(self, hardened: Lsn, listen: str | None = None, redo: Lsn | None = None) -> None:
+        """A partner connection was established and agreed to resume after `hardened` (listen: the partner's client
+        address, if it said; redo: how far its redo got, never past `hardened`)."""
         self.partner_connected = True
+        self.partner_listen = listen
+        if redo is not None:
+            self.redo_lsn = min(redo, hardened)
         if not self.config.suspended:
             self.state_reason = None
         self.hardened_lsn = hardened
         self._restart_catch_up(hardened >= self.end_of_log_lsn)
+
+    # ---- the data path's positions
+
+    def note_log_end(self, lsn: Lsn) -> None:
+        """This copy's log ends at lsn (the principal's captured log, the mirror's hardened one)."""
+        self.end_of_log_lsn = lsn
+
+    def note_acknowledged(self, lsn: Lsn) -> None:
+        """The principal acknowledged commits up to lsn: what its mirror must hold to be caught up (note_ack)."""
+        self.acknowledged_lsn = lsn
+
+    def note_redone(self, lsn: Lsn) -> None:
+        """The mirror's redo applied its log up to lsn."""
+        self.redo_lsn = lsn
+
+    # ---- leases and links (core.leases decides; the shell notes its actions here)
+
+    def renew_mirror_lease(self, until: float) -> None:
+        """The mirror lease lasts until `until` at least: a lease only grows while its link lasts."""
+        self.mirror_lease_until = max(self.mirror_lease_until, until)
+
+    def renew_witness_lease(self, until: float) -> None:
+        """The witness lease lasts until `until` at least."""
+        self.witness_lease_until = max(self.witness_lease_until, until)
+
+    def end_mirror_lease(self) -> None:
+        """The mirror lease ends now."""
+        self.mirror_lease_until = 0.0
+
+    def end_witness_lease(self) -> None:
+        """The witness lease ends now."""
+        self.witness_lease_until = 0.0
+
+    def note_witness_link(self, connected: bool) -> None:
+        """The link to the witness is up, or not (WITNESS CONNECTED / DISCONNECTED)."""
+        self.witness_connected = connected
+
+    def note_principal_answered(self, at: float) -> None:
+        """A mirror answered its principal at `at`, granting it a lease (quorum.old_principal_lease_end)."""
+        self.principal_answered_at = at
+
+    def note_witness_synchronized(self, synchronized: bool) -> None:
+        """What the principal holds the witness to believe of its mirror: synchronized, or known to be behind."""
+        self.witness_believes_synchronized = synchronized
+
+    def note_witness_changed(self) -> None:
+        """Another witness (or none): no lease from the old one, and, until the new one answers, it may believe the
+        mirror synchronized, so nothing is acknowledged alone (core.quorum)."""
+        self.witness_believes_synchronized = True
+        self.end_witness_lease()
+
+    def note_principal_linked(self, listen: str | None) -> None:
+        """A mirror took its principal's link (listen: the principal's client address, if it said)."""
+        self.partner_connected = True
+        if self.redo_error is None:
+            self.state_reason = None
+        self.partner_listen = listen
+
+    def note_principal_view(self, synchronized: bool | None, hardened: Lsn | None) -> None:
+        """A mirror adopts its principal's view of the session: synchronized or not, and what this mirror hardened."""
+        if synchronized is not None:
+            self.caught_up = synchronized
+        if hardened is not None:
+            self.hardened_lsn = hardened
+
+    def note_cannot_harden(self) -> None:
+        """A mirror that could not harden what it was sent (a full disk, its log's limit) lacks it: no failover to it."""
+        self.caught_up = False
+
+    def note_redo_progress(self, redo: Lsn | None, redo_queue: int | None) -> None:
+        """A principal hears how far its mirror's redo got (never past what it hardened) and its redo queue."""
+        if redo is not None:
+            self.redo_lsn = max(self.redo_lsn, min(redo, self.hardened_lsn))
+        if redo_queue is not None:
+            self.redo_queue_bytes = redo_queue
+
+    def note_redo_error(self, why: str) -> None:
+        """Redo stopped on this error: the copy cannot be opened until it is fixed (the role machine hears RedoFailed)."""
+        self.redo_error = why
+
+    def note_redo_failed(self, why: str, since: str) -> None:
+        """Redo stopped on this error, and the session says why from now on."""
+        self.note_redo_error(why)
+        self.note_reason(why, since)
+
+    def clear_reason(self) -> None:
+        """The condition state_reason explained has ended."""
+        self.state_reason = None
+
+    def note_asking_witness(self, asking: bool) -> None:
+        """A mirror asks the witness for a vote (automatic failover, forced service): it takes no log meanwhile."""
+        self.failover_requested = asking
+
+    def note_failover_pending(self, pending: bool) -> None:
+        """A principal's manual failover is under way (PENDING_FAILOVER), or over."""
+        self.failover_pending = pending
+
+    def note_promoted(self, fork: Lsn, serves_from: float) -> None:
+        """A mirror became principal at fork: the new mirror (the old principal) has at most the fork of our history,
+        and the witness marked it unsynchronized; it serves from serves_from (quorum.old_principal_lease_end)."""
+        self.note_partner_lost()
+        self.serves_from = serves_from
+        self.hardened_lsn = fork
+        self.witness_believes_synchronized = False
 
     def _restart_catch_up(self, caught_up: bool) -> None:
         """Catching up starts over (note_ack): closing and the frame it counts from go together."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import structlog
@@ -13,7 +13,9 @@ import structlog
 from mirrord.core.health import DatabaseFacts
 from mirrord.core.page_repair import RepairHistory
 from mirrord.core.quorum import AckRule, PrincipalView, ack_rule
-from mirrord.core.roles import RoleView
+from mirrord.core import leases
+from mirrord.core.leases import next_timer
+from mirrord.core.roles import RoleView, handle
 from mirrord.core.session import Session
 from mirrord.core.types import Lsn, MirroringState, Role
 from mirrord.engine.mirror import MirrorDatabase
@@ -52,6 +54,9 @@ class Database:
     last_state: MirroringState | None = None
     witness_link: asyncio.Task | None = None
     quorum_changed: asyncio.Event = field(default_factory=asyncio.Event)  # wakes the witness link
+    # the one timer, armed at core.leases.next_timer's instant (a lease running out, serves_from, a silent principal)
+    timer: asyncio.TimerHandle | None = None
+    timer_due: float | None = None  # its instant (monotonic)
     failover_reply: asyncio.Future | None = None  # manual failover: the mirror's failover_done
     failover_in_doubt: bool = False  # a manual failover whose answer never came: not serving until the mirror says
     witness_conn: object | None = None  # the open WitnessConnection, if any
@@ -129,10 +134,42 @@ class Database:
                              open=self.principal is not None, quorum_refusal=self.quorum_refusal())
 
     def poke(self) -> None:
-        """Something the quorum depends on changed: re-evaluate now."""
+        """Something the quorum depends on changed: re-evaluate now, and again when something next falls due."""
         self.quorum_changed.set()
         if self.principal is not None:
             self.principal.update_visible()
+        self.arm_timer()
+
+    def arm_timer(self) -> None:
+        """Arm the one timer at the next instant something falls due without an event (core.leases.next_timer).
+
+        It pokes then: commits waiting on a principal whose leases ran out fail as in doubt although no frame
+        arrives, a principal promoted from the witness's record serves from serves_from, and the witness link
+        wakes to ping (a mirror's principal silent for PARTNER TIMEOUT: PingDue). A lease renewed meanwhile
+        makes that poke find nothing changed; it arms the timer again for the new instant.
+        """
+        now = time.monotonic()
+        due = next_timer(session_view(self.session), now)
+        if due == self.timer_due and self.timer is not None:
+            return  # armed for that instant already (most pokes change nothing that falls due)
+        self.disarm_timer()
+        if due is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no event loop (a unit test's database): nothing can fall due
+        self.timer, self.timer_due = loop.call_later(due - now, self._timer_fired), due
+
+    def disarm_timer(self) -> None:
+        """Cancel the timer (the database stops here, or it is armed anew)."""
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer, self.timer_due = None, None
+
+    def _timer_fired(self) -> None:
+        self.timer, self.timer_due = None, None
+        self.poke()
 
     def persist(self) -> None:
         """Write the session config durably (before acting on it)."""
@@ -199,13 +236,40 @@ def role_view(database: "Database | None", endpoint: str) -> RoleView:
     """
     if database is None:
         return RoleView(role=Role.NONE, role_sequence=0, endpoint=endpoint, status=None)
-    s, cfg = database.session, database.session.config
+    return replace(session_view(database.session, endpoint), failover_in_doubt=database.failover_in_doubt,
+                   mirror_open=database.mirror is not None, witness_connected=database.witness_conn is not None)
+
+
+def session_view(s: Session, endpoint: str = "") -> RoleView:
+    """What the role machine reads of the session alone: enough for core.leases' rules and next_timer, which
+    compare no endpoint and read nothing of the engines (role_view adds those)."""
+    cfg = s.config
     return RoleView(role=cfg.role, role_sequence=cfg.role_sequence, endpoint=endpoint, partner=cfg.partner,
                     changing=s.failover_pending or s.failover_requested, redo_error=s.redo_error,
-                    forced_fork=cfg.forced_fork, failover_in_doubt=database.failover_in_doubt,
-                    asking_witness=s.failover_requested, mirror_open=database.mirror is not None,
+                    forced_fork=cfg.forced_fork, asking_witness=s.failover_requested,
                     ended_by_off=cfg.ended_by_off, safety=cfg.safety, timeout=cfg.timeout,
                     redo_queue_mb=cfg.redo_queue_mb, suspended=cfg.suspended, witness=cfg.witness,
-                    witness_connected=database.witness_conn is not None,
+                    witness_connected=s.witness_connected,
                     partner_connected=s.partner_connected, principal_was_synchronized=s.principal_was_synchronized,
-                    lost_lsn_to=cfg.lost_lsn_to, salvage_path=cfg.salvage_path, status=cfg.status)
+                    lost_lsn_to=cfg.lost_lsn_to, salvage_path=cfg.salvage_path, status=cfg.status,
+                    mirror_lease_until=s.mirror_lease_until, witness_lease_until=s.witness_lease_until,
+                    serves_from=s.serves_from, principal_answered_at=s.principal_answered_at)
+
+
+def hear(s: Session, event: leases.Event) -> None:
+    """Feed a lease or link event to the role machine (core.leases' rows) and note each action on the session, in order."""
+    for action in handle(session_view(s), event):
+        if isinstance(action, leases.RenewMirrorLease):
+            s.renew_mirror_lease(action.until)
+        elif isinstance(action, leases.RenewWitnessLease):
+            s.renew_witness_lease(action.until)
+        elif isinstance(action, leases.EndMirrorLease):
+            s.end_mirror_lease()
+        elif isinstance(action, leases.EndWitnessLease):
+            s.end_witness_lease()
+        elif isinstance(action, leases.NoteWitnessLink):
+            s.note_witness_link(action.connected)
+        elif isinstance(action, leases.NotePrincipalAnswered):
+            s.note_principal_answered(action.at)
+        else:
+            raise AssertionError(f"{action!r} is not an action of a lease or a link")

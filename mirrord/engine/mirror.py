@@ -134,8 +134,8 @@ class MirrorDatabase:
         )
         self._redo.start()
         self._redo.notify(self.log.last_lsn)
-        self.session.redo_lsn = self._redo.redo_lsn
-        self.session.end_of_log_lsn = self.log.last_lsn
+        self.session.note_redone(self._redo.redo_lsn)
+        self.session.note_log_end(self.log.last_lsn)
 
     # ---------------------------------------------------------------- database snapshots
 
@@ -220,7 +220,7 @@ class MirrorDatabase:
         self._loop.call_soon_threadsafe(self._redo_progressed, lsn)
 
     def _redo_progressed(self, lsn: Lsn) -> None:
-        self.session.redo_lsn = lsn
+        self.session.note_redone(lsn)
         if self.on_redo_progress is not None:
             self.on_redo_progress()
 
@@ -234,7 +234,7 @@ class MirrorDatabase:
         self._loop.call_soon_threadsafe(self._report_failure, why)
 
     def _report_failure(self, why: str) -> None:
-        self.session.redo_error = why
+        self.session.note_redo_error(why)
         if self.on_failure is not None:
             self.on_failure(why)
 
@@ -250,7 +250,7 @@ class MirrorDatabase:
             if rec.lsn != prev.lsn + 1:
                 raise ProtocolError(f"log block is not contiguous at LSN {rec.lsn}")
         await asyncio.to_thread(self._append_and_sync, records)
-        self.session.end_of_log_lsn = self.log.last_lsn
+        self.session.note_log_end(self.log.last_lsn)
         self._redo.notify(self.log.last_lsn)
         return self.log.last_lsn
 

@@ -17,9 +17,9 @@ import structlog
 
 from mirrord.engine import checkmirror, page_repair
 from mirrord.core.history import shared_history_end
-from mirrord.core import messages, redo_queue, roles
+from mirrord.core import leases, messages, redo_queue, roles
 from mirrord.core.types import ProtocolError
-from mirrord.engine.database import role_view
+from mirrord.engine.database import hear, role_view
 from mirrord.engine.monitor import monitor_of, note_connected, partner_report
 from mirrord.net import framing
 from mirrord.storage.fileutil import DISK_RESERVE_BYTES, NO_SPACE, disk_free
@@ -91,14 +91,11 @@ async def serve_principal(node: "EndpointServices", database: "Database", hello:
     if database.logins is not None:
         welcome["logins"] = database.logins.wire()  # the principal adopts it if it is newer than its own
     framing.write_message(writer, welcome)
-    session.principal_answered_at = time.monotonic()  # the welcome grants the principal its mirror lease
+    hear(session, leases.AnsweredPrincipal(time.monotonic()))  # the welcome grants the principal its mirror lease
     if session.redo_error is not None:
         framing.write_message(writer, {"t": "suspend", "reason": session.redo_error})  # it outlives every reconnect
     await writer.drain()
-    session.partner_connected = True
-    if session.redo_error is None:
-        session.state_reason = None
-    session.partner_listen = hello.get("listen") if isinstance(hello.get("listen"), str) else None
+    session.note_principal_linked(hello.get("listen") if isinstance(hello.get("listen"), str) else None)
     database.partner_writer = writer
     database.note_state()
     page_repair.send_requests(database)  # pages found damaged while the principal was away
@@ -141,7 +138,7 @@ async def _receive_loop(node: "EndpointServices", database: "Database", reader, 
                 # as a full disk: nothing more is hardened, the principal goes on without us and redials;
                 # hellos are refused until redo has emptied enough of the log
                 database.session.note_reason(full, time.strftime("%H:%M:%S"))
-                database.session.caught_up = False
+                database.session.note_cannot_harden()
                 log.warning("mirror_log_full", database=database.name, log_bytes=database.log.size_bytes,
                             limit=database.mirror.log_size_limit, redo_lsn=database.mirror.redo_lsn)
                 raise ConnectionError(full)
@@ -153,7 +150,7 @@ async def _receive_loop(node: "EndpointServices", database: "Database", reader, 
                 # the principal goes on without us (exposed, under the witness rule) and redials;
                 # hellos are refused until there is room again, then it catches up by itself
                 database.session.note_reason(f"mirror disk full ({exc.strerror}): it cannot harden log", time.strftime("%H:%M:%S"))
-                database.session.caught_up = False  # it lacks what it could not harden: no failover to it
+                database.session.note_cannot_harden()
                 raise ConnectionError(f"disk full: cannot harden log ({exc.strerror})") from None
             framing.write_message(writer, {"t": "ack", "hardened_lsn": hardened, "redo_lsn": database.mirror.redo_lsn,
                                            "redo_queue": database.mirror.redo_queue_bytes})
@@ -239,7 +236,7 @@ async def _handle(node: "EndpointServices", database: "Database", msg: dict, wri
         _adopt_principal_view(database, msg)
         framing.write_message(writer, {"t": "pong", "seq": msg["seq"], "redo_lsn": database.mirror.redo_lsn,
                                        "redo_queue": database.mirror.redo_queue_bytes, "monitor": partner_report(database)})
-        database.session.principal_answered_at = time.monotonic()  # a pong renews the principal's mirror lease
+        hear(database.session, leases.AnsweredPrincipal(time.monotonic()))  # a pong renews the principal's mirror lease
     elif kind == "settings":
         await _hear(node, database, _settings(msg))
     elif kind == "seed_begin":
@@ -310,14 +307,12 @@ class PartnerRemoved(Exception):
 
 def _adopt_principal_view(database: "Database", msg: dict) -> None:
     synchronized = msg.get("synchronized")
-    if isinstance(synchronized, bool):
-        database.session.caught_up = synchronized
     send_queue = msg.get("send_queue")
     if isinstance(send_queue, int) and not isinstance(send_queue, bool):
         database.principal_send_queue = send_queue
     end = msg.get("end_lsn")
-    if isinstance(end, int) and not isinstance(end, bool):
-        database.session.hardened_lsn = database.mirror.hardened_lsn
+    database.session.note_principal_view(synchronized if isinstance(synchronized, bool) else None,
+                                         database.mirror.hardened_lsn if isinstance(end, int) and not isinstance(end, bool) else None)
     if "monitor" in msg:
         monitor_of(database).adopt_report(msg["monitor"])
     database.note_state()

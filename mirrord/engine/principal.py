@@ -335,7 +335,7 @@ class PrincipalDatabase:
             self._readers.put_nowait(await self._open_reader())
         self._syncer = asyncio.create_task(self._sync_loop(), name=f"log-sync:{self.session.db}")
         self._write_task = asyncio.create_task(self._write_loop(), name=f"writer:{self.session.db}")
-        self.session.end_of_log_lsn = self.end_lsn
+        self.session.note_log_end(self.end_lsn)
         self.update_visible()
 
     async def _open_reader(self) -> aiosqlite.Connection:
@@ -547,7 +547,7 @@ class PrincipalDatabase:
     def update_visible(self) -> None:
         """Recompute visible_lsn after an ack, a capture or a session change."""
         end = self.end_lsn
-        self.session.end_of_log_lsn = end
+        self.session.note_log_end(end)
         rule = self.ack_rule()
         if rule is AckRule.MIRROR:
             target = min(end, self.synced_lsn, self.session.hardened_lsn)
@@ -560,7 +560,7 @@ class PrincipalDatabase:
                 self.fail_waiters(NotServing(f"{why}. The outcome of this commit is in doubt: check it on the principal"))
         if target > self.visible_lsn:
             self.visible_lsn = target
-        self.session.acknowledged_lsn = self.visible_lsn  # what the mirror must hold to be caught up (Session.note_ack)
+        self.session.note_acknowledged(self.visible_lsn)  # what the mirror must hold to be caught up (Session.note_ack)
         while self._waiters and self._waiters[0][0] <= self.visible_lsn:
             _, _, fut = heapq.heappop(self._waiters)
             if not fut.done():

@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from mirrord.core import messages, role_statements, roles
-from mirrord.core.quorum import lease_until
+from mirrord.core import leases, messages, role_statements, roles
 from mirrord.core.timing import timing
 from mirrord.core.types import Endpoint, ProtocolError, Role
 from mirrord.engine import checkmirror, page_repair
+from mirrord.engine.database import hear
 from mirrord.engine.monitor import monitor_of, note_connected, partner_report
 from mirrord.net import framing
 from mirrord.net.reconnect import Link, LinkRefused, run_link
@@ -107,10 +107,9 @@ async def _one_connection(node: "EndpointServices", database: "Database") -> Non
         if database.session.config.suspended and not was_suspended:
             framing.write_message(writer, settings_message(database))  # the mirror hears it before the resume point
         hardened = await _agree_resume_point(database, welcome, reader, writer)
-        database.session.partner_listen = welcome.get("listen") if isinstance(welcome.get("listen"), str) else None
-        database.session.note_partner_connected(hardened)
-        database.session.mirror_lease_until = lease_until(sent_at, cfg.timeout)
-        database.session.redo_lsn = min(welcome["redo_lsn"], hardened)
+        listen = welcome.get("listen") if isinstance(welcome.get("listen"), str) else None
+        database.session.note_partner_connected(hardened, listen=listen, redo=welcome["redo_lsn"])
+        hear(database.session, leases.MirrorAnswered(sent_at))  # the welcome grants the mirror lease
         database.partner_writer = writer
         framing.write_message(writer, settings_message(database))  # whatever changed during the handshake
         if database.logins is not None:
@@ -141,7 +140,7 @@ async def resume_session(node: "EndpointServices", database: "Database") -> None
     A diverged old principal is reseeded in that handshake.
     """
     database.update_config(suspended=False)
-    database.session.state_reason = None
+    database.session.clear_reason()
     send_settings(database)
     await node.stop_partner_link(database)
     database.session.note_partner_lost()
@@ -423,8 +422,7 @@ async def _read_acks(node: "EndpointServices", database: "Database", reader, pin
             msg = messages.validate(await framing.read_message(reader))
         if msg["t"] == "ack":
             database.session.note_ack(msg["hardened_lsn"], msg["redo_lsn"])
-            if "redo_queue" in msg:
-                database.session.redo_queue_bytes = msg["redo_queue"]
+            database.session.note_redo_progress(None, msg.get("redo_queue"))
             database.principal.update_visible()
             database.note_state()
             if database.session.caught_up:
@@ -436,18 +434,15 @@ async def _read_acks(node: "EndpointServices", database: "Database", reader, pin
             if "monitor" in msg:
                 monitor_of(database).adopt_report(msg["monitor"])
             redo = msg.get("redo_lsn")
-            if isinstance(redo, int) and not isinstance(redo, bool):
-                database.session.redo_lsn = max(database.session.redo_lsn, min(redo, database.session.hardened_lsn))
+            database.session.note_redo_progress(redo if isinstance(redo, int) and not isinstance(redo, bool) else None,
+                                                msg.get("redo_queue"))
             if "redo_queue" in msg:
-                database.session.redo_queue_bytes = msg["redo_queue"]
                 database.principal.redo_queue_changed()
             sent_at = pings.pop(msg["seq"], None)
             if sent_at is not None:
-                s = database.session
-                s.mirror_lease_until = max(s.mirror_lease_until, lease_until(sent_at, s.config.timeout))
+                hear(database.session, leases.MirrorAnswered(sent_at))  # a pong renews the mirror lease
         elif msg["t"] == "redo_progress":  # while a REDO_QUEUE limit is set (core.redo_queue)
-            database.session.redo_lsn = max(database.session.redo_lsn, min(msg["redo_lsn"], database.session.hardened_lsn))
-            database.session.redo_queue_bytes = msg["redo_queue"]
+            database.session.note_redo_progress(msg["redo_lsn"], msg["redo_queue"])
             database.principal.redo_queue_changed()
         elif msg["t"] == "suspend":
             await node.role_event(database, roles.MirrorSuspended(msg["reason"]))

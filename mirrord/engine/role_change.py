@@ -76,7 +76,7 @@ async def carry_out(node: "NodeServices", database: "Database | None", action: r
     elif isinstance(action, roles.AdoptRoleSequence):
         database.update_config(role_sequence=action.role_sequence)
     elif isinstance(action, roles.NoteWitnessSynchronized):
-        database.session.witness_believes_synchronized = action.synchronized
+        database.session.note_witness_synchronized(action.synchronized)
     elif isinstance(action, roles.SuspendSession):
         if action.cause is roles.SuspendCause.REDO_FAILED:
             mirror_session.mirror_cannot_go_on(database, action.why)
@@ -87,7 +87,7 @@ async def carry_out(node: "NodeServices", database: "Database | None", action: r
             log.warning("session_suspended", database=database.name, role_sequence=database.session.config.role_sequence, reason=action.why)
     elif isinstance(action, roles.ServeAgain):
         database.failover_in_doubt = False
-        database.session.state_reason = None
+        database.session.clear_reason()
         if database.principal is not None:
             database.principal.resume_serving()
         log.warning("manual_failover_did_not_happen", database=database.name, role="PRINCIPAL",
@@ -120,8 +120,7 @@ async def _carry_out_statement(node: "NodeServices", database: "Database", actio
         await _tell_witness_timeout(database, action)
     elif isinstance(action, rs.StopWitnessLink):
         await node.stop_witness_link(database)
-        database.session.witness_believes_synchronized = True  # until the new witness answers
-        database.session.witness_lease_until = 0.0
+        database.session.note_witness_changed()  # no lease from the old one; the new one may believe the mirror synchronized
     elif isinstance(action, rs.StartWitnessLink):
         node.sync_witness_link(database)
     elif isinstance(action, rs.TellPartner):
@@ -139,7 +138,7 @@ async def _carry_out_statement(node: "NodeServices", database: "Database", actio
         if action.was is Role.PRINCIPAL:
             log.warning("partner_removed_by_mirror", database=database.name, partner=action.partner, role="PRINCIPAL")
             database.session.note_partner_lost()
-            database.session.state_reason = None
+            database.session.clear_reason()
             if database.principal is not None:
                 database.principal.update_visible()  # commits stop waiting for the mirror
         else:
@@ -226,7 +225,7 @@ async def adopt_witness_state(node: "NodeServices", database: "Database", msg: d
 async def request_promotion(node: "NodeServices", database: "Database", conn: "WitnessConnection", *, forced: bool, timeout: float) -> bool:
     """Ask the witness to promote this mirror; promote if granted. True if granted."""
     s = database.session
-    s.failover_requested = True  # from here on, no log from the old principal
+    s.note_asking_witness(True)  # from here on, no log from the old principal
     await node.stop_inbound(database)
     try:
         try:
@@ -246,7 +245,7 @@ async def request_promotion(node: "NodeServices", database: "Database", conn: "W
         await on_event(node, database, failed)  # the statement is refused, or in doubt
         return False
     finally:
-        s.failover_requested = False
+        s.note_asking_witness(False)
 
 
 async def witness_refusal(database: "Database", claimant: str, role_sequence: int) -> str | None:
@@ -312,11 +311,10 @@ async def _promote(node: "NodeServices", database: "Database", role_sequence: in
             database.mirror.stop()  # node.activate finishes redo before it opens the copy
             database.mirror = None
         s = database.session
-        s.note_partner_lost()
+        serves_from = s.serves_from
         if from_record and s.config.witness is not None:  # the old principal may hold a lease from this node's last answer
-            s.serves_from = quorum.old_principal_lease_end(s.principal_answered_at, s.config.timeout)
-        s.hardened_lsn = fork  # the new mirror (old principal) has at most this in our history
-        s.witness_believes_synchronized = False  # the witness marked the new mirror unsynchronized
+            serves_from = quorum.old_principal_lease_end(s.principal_answered_at, s.config.timeout)
+        s.note_promoted(fork, serves_from)  # the new mirror (old principal) has at most the fork; the witness marked it behind
         try:
             await node.activate(database)
         except Exception as exc:  # noqa: BLE001 - the copy could not be opened: it must not stay PRINCIPAL
@@ -325,8 +323,7 @@ async def _promote(node: "NodeServices", database: "Database", role_sequence: in
             database.record_event("PROMOTION_FAILED", why, lsn=fork)
             database.principal = None
             database.update_config(role=Role.MIRROR, status=DatabaseStatus.RESTORING, suspended=True)
-            s.redo_error = why
-            s.note_reason(why, time.strftime("%H:%M:%S"))
+            s.note_redo_failed(why, time.strftime("%H:%M:%S"))
             await node.activate(database)
             if forced:
                 raise StatementRefused(f"{database.name} cannot become principal here: {why}") from None
@@ -380,7 +377,7 @@ async def hand_over(node: "NodeServices", database: "Database", role_sequence: i
     """
     view = role_view(database, node.endpoint_url)
     s, principal = database.session, database.principal
-    s.failover_pending = True
+    s.note_failover_pending(True)
     database.note_state()
     database.record_event("MANUAL_FAILOVER", f"SET PARTNER FAILOVER to {view.partner}", lsn=database.log.last_lsn)
     after_lock: list = []
@@ -393,7 +390,7 @@ async def hand_over(node: "NodeServices", database: "Database", role_sequence: i
             for action in actions:
                 await carry_out(node, database, action)
     finally:
-        s.failover_pending = False
+        s.note_failover_pending(False)
         database.failover_reply = None
     for action in after_lock:
         await carry_out(node, database, action)
@@ -453,8 +450,8 @@ async def _send_failover(database: "Database", view: roles.RoleView, end: int, r
 async def forced_service(node: "NodeServices", database: "Database") -> None:
     """FORCE_SERVICE_ALLOW_DATA_LOSS on the mirror: start a new recovery fork here (core.role_statements decides how)."""
     s = database.session
-    s.failover_requested = True  # from here on, no log from the old principal, and no hello is served
+    s.note_asking_witness(True)  # from here on, no log from the old principal, and no hello is served
     try:
         await on_event(node, database, rs.ForceServiceIssued())
     finally:
-        s.failover_requested = False
+        s.note_asking_witness(False)

@@ -4,8 +4,9 @@ Both partners of a session with a witness keep one connection to it. Every
 request carries a request id (rid) and every answer is a `w_state` with the
 same rid, so pings, reports and votes share the connection.
 
-* The principal's answered pings renew its witness lease (`quorum.lease_until`
-  from the instant the ping was *sent*). It reports whether its mirror is
+* The principal's answered pings renew its witness lease (core.leases,
+  WitnessAnswered: `quorum.lease_until` from the instant the ping was *sent*);
+  the link's end ends it (WitnessLinkLost). It reports whether its mirror is
   synchronized whenever that changes, and acknowledges commits alone only
   after the witness accepted "not synchronized" (`quorum.ack_rule`).
 * The mirror asks for a vote when the role machine says so (core.roles, PingDue:
@@ -23,8 +24,8 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from mirrord.core import messages, quorum, roles
-from mirrord.engine.database import role_view
+from mirrord.core import leases, messages, roles
+from mirrord.engine.database import hear, role_view
 from mirrord.core.types import Endpoint, ProtocolError, Role, Safety
 from mirrord.net import framing
 from mirrord.core.timing import timing
@@ -65,10 +66,8 @@ class WitnessConnection:
             if msg["t"] != "w_state":
                 raise ProtocolError(f"unexpected {msg['t']} from the witness")
             sent_at, fut = self._pending.get(msg["rid"], (None, None))
-            if sent_at is not None and msg["principal"] == self.node.endpoint_url:
-                # the witness names us principal: a lease, also for a mirror it just promoted
-                s = self.database.session
-                s.witness_lease_until = max(s.witness_lease_until, quorum.lease_until(sent_at, s.config.timeout))
+            if sent_at is not None:  # the witness naming us principal is a lease, also for a mirror it just promoted
+                hear(self.database.session, leases.WitnessAnswered(sent_at, msg["principal"] == self.node.endpoint_url))
             if fut is not None and not fut.done():
                 fut.set_result(msg)  # before acting on it: the requester may hold locks a role change needs
             await self.node.adopt_witness_state(self.database, msg)
@@ -94,15 +93,14 @@ async def run_witness_link(node: "EndpointServices", database: "Database") -> No
 
 
 def witness_lost(database: "Database") -> None:
-    """The connection to the witness ended: the principal's witness lease ends with it.
+    """The connection to the witness ended: the principal's witness lease ends with it (core.leases.on_witness_link_lost).
 
     The witness stops seeing a partner the moment its connection ends (engine/witness.py), so it may grant
     the mirror's vote at once; a lease kept until it ran out let an old principal serve alongside the new one
     after a reset that reached both of its links (found by the simulator). Its mirror's lease still counts.
     """
     database.witness_conn = None
-    database.session.witness_lease_until = 0.0
-    database.session.witness_connected = False
+    hear(database.session, leases.WitnessLinkLost())
     database.poke()
 
 
@@ -116,18 +114,17 @@ async def _one_connection(node: "EndpointServices", database: "Database") -> Non
         sent_at = time.monotonic()
         hello = _hello(node, database)
         if hello["synchronized"]:
-            database.session.witness_believes_synchronized = True  # it may adopt that and the answer be lost (see _report_if_changed)
+            database.session.note_witness_synchronized(True)  # it may adopt that and the answer be lost (see _report_if_changed)
         framing.write_message(writer, hello)
         first = messages.validate(await asyncio.wait_for(framing.read_message(reader), cfg.timeout))
         if first["t"] == "refuse":
             raise ConnectionError(f"the witness refused: {first['reason']}")
         if first["t"] != "w_state":
             raise ProtocolError(f"expected w_state from the witness, got {first['t']}")
-        if database.session.role is Role.PRINCIPAL and first["principal"] == node.endpoint_url:
-            database.session.witness_lease_until = quorum.lease_until(sent_at, cfg.timeout)
+        hear(database.session, leases.WitnessAnswered(sent_at, first["principal"] == node.endpoint_url))
         await node.adopt_witness_state(database, first)
         database.witness_conn = conn
-        database.session.witness_connected = True
+        hear(database.session, leases.WitnessLinked())
         database.poke()
         database.record_event("WITNESS_CONNECTED", f"the witness {cfg.witness}")
         log.info("witness_connected", database=database.name, witness=cfg.witness, role=database.session.role.value, role_sequence=database.session.config.role_sequence)
@@ -179,7 +176,7 @@ async def _drive(node: "EndpointServices", database: "Database", conn: WitnessCo
             else:
                 refusals = 0
         await conn.request({"t": "w_ping"}, timeout)
-        database.poke()  # a lease may have been renewed or expired
+        database.poke()  # a lease may have been renewed: re-evaluate, and re-arm the timer for its end (Database.arm_timer)
         database.quorum_changed.clear()
         try:
             await asyncio.wait_for(database.quorum_changed.wait(), timing(timeout).ping_interval)
@@ -196,11 +193,11 @@ async def _report_if_changed(database: "Database", conn: WitnessConnection, repo
         # The witness may record "synchronized" and its answer be lost: from the moment this report is
         # sent, the principal must act as if it had (commits stop going on alone when the mirror is lost,
         # since the witness may promote it). Only an accepted "not synchronized" lets it go on alone.
-        database.session.witness_believes_synchronized = True
+        database.session.note_witness_synchronized(True)
     answer = await conn.request({"t": "w_report", "role_sequence": cfg.role_sequence, "synchronized": want[1], "safety": cfg.safety.value,
                                  "timeout": cfg.timeout}, timeout)
     if answer.get("accepted"):
-        database.session.witness_believes_synchronized = want[1]
+        database.session.note_witness_synchronized(want[1])
         database.poke()  # commits blocked on "the witness must hear first" may go on
         return want
     return None

@@ -1,6 +1,7 @@
 """A small, deterministic simulation of one mirroring session's quorum, driving `mirrord.core.quorum` and
 the role machine's rules of `mirrord.core.roles` (what a partner does on the witness's record, on its
-partner's claim to a newer role sequence and on the answer to its vote).
+partner's claim to a newer role sequence and on the answer to its vote) and `mirrord.core.leases` (the
+leases an answer renews, the witness lease a reset ends, when a mirror last answered its principal).
 
 What it models
 --------------
@@ -38,8 +39,8 @@ What it models
 * Each tick, every process that is up: a principal reports "synchronized or not" with
   `apply_principal_report` (the witness refuses a deposed one; the principal believes the new record
   only once the witness answered); partners ping the witness (the answer carries the record: a partner
-  behind its sequence follows `core.roles`; the principal it names renews its lease with
-  `lease_until(sent, timeout)`, `sent` on its own clock; a principal ahead of it is adopted with
+  behind its sequence follows `core.roles`; the principal it names renews its lease as
+  `core.leases.on_witness_answered` says, from `sent` on its own clock; a principal ahead of it is adopted with
   `adopt_principal_claim`); the principal ships its log to the other partner (a partner of a lower
   sequence yields to a higher-sequence principal; the mirror of the same sequence rolls back to the
   common prefix, hardens at most `SHIP` records and answers with what it holds, which renews the
@@ -79,7 +80,7 @@ import heapq
 import random
 from dataclasses import dataclass, field
 
-from mirrord.core import quorum, role_statements as rs, roles
+from mirrord.core import leases, quorum, role_statements as rs, roles
 from mirrord.core.quorum import AckRule, PrincipalView, VoteRequest, WitnessRecord
 from mirrord.core.types import Role, Safety
 
@@ -309,7 +310,7 @@ class Sim:
             if self.up("W"):
                 self.heard[n] = float("-inf")
             if self.up(n) and self.drop_witness_lease_on_reset:
-                self.p[n].witness_lease_until = 0.0
+                self._hear(n, leases.WitnessLinkLost())  # the real rule: the lease ends at once
             return
         for n in PARTNERS:
             me = self.p[n]
@@ -482,10 +483,11 @@ class Sim:
                     self._demote(me, action.role_sequence)
                 else:
                     raise Violation(f"{n} in sequence {me.seq} hearing the witness record {record}: unexpected {action}")
-        if me.role == PRINCIPAL and record.principal == n and record.role_sequence == me.seq:
-            me.witness_lease_until = max(me.witness_lease_until, quorum.lease_until(sent, self.timeout))
-            if adopted:
-                me.believes_synchronized = record.mirror_synchronized
+        # the real rule (core.leases.on_witness_answered): the witness naming this node principal is a lease
+        names_me = record.principal == n and record.role_sequence == me.seq
+        self._hear(n, leases.WitnessAnswered(sent, names_this_node=names_me))
+        if me.role == PRINCIPAL and names_me and adopted:
+            me.believes_synchronized = record.mirror_synchronized
 
     def _on_w_report_ok(self, _w: str, n: str, seq: int, synchronized: bool, number: int) -> None:
         me = self.p[n]
@@ -530,14 +532,14 @@ class Sim:
         me.log = list(log[: min(len(log), common + SHIP)])  # roll back past the fork, then harden
         me.last_heard_principal = self.clock(n)
         me.was_synchronized = len(me.log) == len(log) and self.safety is Safety.FULL
-        me.principal_answered_at = self.clock(n)
+        self._hear(n, leases.AnsweredPrincipal(self.clock(n)))  # the real rule: its answer grants the principal a lease
         self.send(n, src, "ship_ack", seq=seq, hardened=len(me.log), sent=sent)
 
     def _on_ship_ack(self, _m: str, n: str, seq: int, hardened: int, sent: float) -> None:
         me = self.p[n]
         if me.role != PRINCIPAL or me.seq != seq:
             return
-        me.mirror_lease_until = max(me.mirror_lease_until, quorum.lease_until(sent, self.timeout))
+        self._hear(n, leases.MirrorAnswered(sent))  # the real rule: a lease from when the answered frame was sent
         me.mirror_hardened = max(me.mirror_hardened, hardened)  # what it holds is a prefix of this log
         if me.tail_sent and me.mirror_hardened >= me.tail_sent:  # session.note_ack
             me.closing = True
@@ -552,7 +554,24 @@ class Sim:
     def _role_view(self, n: str) -> roles.RoleView:
         """What core.roles reads of partner n (endpoints are the partners' names here)."""
         me = self.p[n]
-        return roles.RoleView(Role(me.role), me.seq, endpoint=n, partner=other(n))
+        return roles.RoleView(Role(me.role), me.seq, endpoint=n, partner=other(n), timeout=self.timeout, witness="W")
+
+    def _hear(self, n: str, event: leases.Event) -> None:
+        """A lease or link event of partner n: the real rules (core.leases) decide, noted as Session's note_* do."""
+        me = self.p[n]
+        for action in roles.handle(self._role_view(n), event):
+            if isinstance(action, leases.RenewMirrorLease):
+                me.mirror_lease_until = max(me.mirror_lease_until, action.until)
+            elif isinstance(action, leases.RenewWitnessLease):
+                me.witness_lease_until = max(me.witness_lease_until, action.until)
+            elif isinstance(action, leases.EndMirrorLease):
+                me.mirror_lease_until = 0.0
+            elif isinstance(action, leases.EndWitnessLease):
+                me.witness_lease_until = 0.0
+            elif isinstance(action, leases.NotePrincipalAnswered):
+                me.principal_answered_at = action.at
+            elif not isinstance(action, leases.NoteWitnessLink):  # the network says which links are up here
+                raise Violation(f"{n} hearing {event}: unexpected {action}")
 
     def _mirror_connected(self, n: str) -> bool:
         return self.clock(n) < self.p[n].mirror_lease_until
@@ -581,7 +600,8 @@ class Sim:
             me.serves_from = quorum.old_principal_lease_end(answered, self.timeout)
         me.role, me.seq = PRINCIPAL, seq
         me.believes_synchronized = self.record.mirror_synchronized if witness_told else True
-        me.witness_lease_until = quorum.lease_until(self.clock(n), self.timeout) if witness_told else 0.0
+        if witness_told:  # the witness's answer promoting it names it principal: a lease from now (the real rule)
+            self._hear(n, leases.WitnessAnswered(self.clock(n), names_this_node=True))
         self.history.append(f"t={self.now:.2f} {how}: {n} principal in sequence {seq}")
         self.principals.setdefault(seq, set()).add(n)
         if len(self.principals[seq]) > 1:

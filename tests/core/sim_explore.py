@@ -4,9 +4,10 @@
         --duplicate 0.05 --drift 0.1]
     python -m tests.core.sim_explore explore --depth 5
 
-The simulation drives the real decisions of `mirrord.core.quorum` (leases, votes, the ack rule, the
-witness's record) and `mirrord.core.roles` (what a partner does on the witness's record, on its
-partner's claim and on the answer to its vote, and what a manual failover or forced service comes to). Every event is checked as it happens (quorum_sim.Violation: two principals in a
+The simulation drives the real decisions of `mirrord.core.quorum` (lease math, votes, the ack rule, the
+witness's record), `mirrord.core.roles` (what a partner does on the witness's record, on its
+partner's claim and on the answer to its vote, and what a manual failover or forced service comes to)
+and `mirrord.core.leases` (which answer renews which lease, what a reset ends). Every event is checked as it happens (quorum_sim.Violation: two principals in a
 role sequence, two nodes acknowledging in one, an acknowledgement without quorum, a promotion losing
 acknowledged commits, two partners that may serve at one instant).
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 
-from mirrord.core import redo_queue, role_statements as rs, roles
+from mirrord.core import leases, quorum, redo_queue, role_statements as rs, roles
 from mirrord.core.types import DatabaseStatus, Role, Safety
 
 ME, PARTNER, OTHER = "tcp://a:5022", "tcp://b:5022", "tcp://c:5022"
@@ -43,6 +43,14 @@ def events():
     yield roles.PingDue()
     yield roles.RedoFailed("redo failed at LSN 9: disk I/O error")
     yield roles.MirrorSuspended("redo failed at LSN 9: disk I/O error")
+    for sent_at in (0.0, 100.0):
+        yield leases.MirrorAnswered(sent_at)
+        yield leases.WitnessAnswered(sent_at, names_this_node=True)
+        yield leases.WitnessAnswered(sent_at, names_this_node=False)
+        yield leases.AnsweredPrincipal(sent_at)
+    yield leases.WitnessLinked()
+    yield leases.WitnessLinkLost()
+    yield leases.EndpointStopped()
 
 
 WORLD = [(v, e) for v in views() for e in events()]
@@ -75,6 +83,9 @@ def _check_actions(view: roles.RoleView, event: roles.Event) -> None:
     if isinstance(event, roles.PingDue):
         assert actions in ([], [roles.AskForVote()]) and (view.role is Role.MIRROR or actions == [])
         return
+    if isinstance(event, LEASE_EVENTS):
+        _check_lease(view, event, actions)
+        return
     assert len(actions) <= 1 or all(isinstance(a, (roles.SuspendSession, roles.ServeAgain)) for a in actions)
     for action in actions:
         assert not isinstance(action, (roles.RefuseHello, roles.ServePrincipal, roles.KeepSalvageCopy, roles.ReportLoss,
@@ -105,6 +116,31 @@ def _check_actions(view: roles.RoleView, event: roles.Event) -> None:
         else:
             assert isinstance(action, roles.NoteWitnessSynchronized)
             assert view.role is Role.PRINCIPAL and event.role_sequence == view.role_sequence and event.principal == ME
+
+
+LEASE_EVENTS = (leases.MirrorAnswered, leases.WitnessAnswered, leases.WitnessLinked, leases.WitnessLinkLost, leases.EndpointStopped,
+                leases.AnsweredPrincipal)
+
+
+def _check_lease(view: roles.RoleView, event, actions: list) -> None:
+    """A lease or a link only notes what it says, whatever else holds: no role changes, no statement's actions."""
+    assert all(isinstance(a, leases.Action.__args__) for a in actions), actions
+    if isinstance(event, leases.MirrorAnswered):
+        # only a principal holds a mirror lease, counted from when the ping was sent
+        assert actions == ([leases.RenewMirrorLease(quorum.lease_until(event.sent_at, view.timeout))]
+                           if view.role is Role.PRINCIPAL else [])
+    elif isinstance(event, leases.WitnessAnswered):
+        # the witness naming this node principal is a lease, whatever its role (a mirror it promotes hears so first)
+        assert actions == ([leases.RenewWitnessLease(quorum.lease_until(event.sent_at, view.timeout))]
+                           if event.names_this_node else [])
+    elif isinstance(event, leases.AnsweredPrincipal):
+        assert actions == ([leases.NotePrincipalAnswered(event.at)] if view.role is Role.MIRROR else [])
+    elif isinstance(event, leases.WitnessLinkLost):
+        assert actions == [leases.EndWitnessLease(), leases.NoteWitnessLink(False)]  # the lease ends at once
+    elif isinstance(event, leases.EndpointStopped):
+        assert actions == [leases.EndMirrorLease(), leases.EndWitnessLease()]  # no lease outlives links closed on purpose
+    else:
+        assert actions == [leases.NoteWitnessLink(True)]
 
 
 def _check_hello(view: roles.RoleView, event: roles.PartnerHello, actions: list) -> None:

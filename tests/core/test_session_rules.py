@@ -222,3 +222,45 @@ def test_closing_in_ends_with_the_connection_and_with_suspend():
         assert s.closing
         {"lost": s.note_partner_lost, "suspended": s.note_suspended, "connected": lambda: s.note_partner_connected(10)}[end]()
         assert not s.closing and s.tail_sent_lsn == 0, end
+
+
+# ------------------------------------------------------------------ what the shell notes (Session.note_*)
+
+
+def test_the_principal_hears_its_mirrors_redo_never_past_what_the_mirror_hardened():
+    s = principal()
+    s.note_partner_connected(10, listen="127.0.0.12:1433", redo=12)
+    assert (s.redo_lsn, s.partner_listen) == (10, "127.0.0.12:1433")
+    s.note_redo_progress(8, None)  # an older report moves nothing back
+    s.note_redo_progress(None, 4096)
+    assert (s.redo_lsn, s.redo_queue_bytes) == (10, 4096)
+    s.note_ack(15, 9)
+    s.note_redo_progress(20, 0)
+    assert (s.redo_lsn, s.redo_queue_bytes) == (15, 0)
+
+
+def test_a_new_witness_holds_no_lease_and_may_believe_the_mirror_synchronized():
+    s = principal(witness="tcp://127.0.0.13:5022")
+    s.witness_believes_synchronized, s.witness_lease_until = False, 1e12
+    s.note_witness_changed()
+    assert s.witness_believes_synchronized and s.witness_lease_until == 0.0
+
+
+def test_a_mirror_linked_to_its_principal_keeps_saying_why_while_its_redo_failed():
+    s = mirror()
+    s.note_redo_failed("redo failed at LSN 9", "00:00:01")
+    s.note_principal_linked("127.0.0.12:1433")
+    assert s.partner_connected and s.state_reason.startswith("redo failed at LSN 9")
+    healthy = mirror()
+    healthy.note_reason("mirror disk full", "00:00:01")
+    healthy.note_principal_linked(None)
+    assert healthy.state_reason is None and healthy.partner_listen is None
+
+
+def test_a_promoted_mirror_holds_its_fork_no_mirror_lease_and_the_witness_believes_its_mirror_behind():
+    s = mirror()
+    s.note_partner_connected(20)
+    s.mirror_lease_until, s.witness_lease_until = 1e12, 5e11
+    s.note_promoted(17, serves_from=33.0)
+    assert (s.hardened_lsn, s.serves_from, s.mirror_lease_until, s.witness_lease_until) == (17, 33.0, 0.0, 5e11)
+    assert not s.partner_connected and not s.witness_believes_synchronized

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from mirrord.core.session import Session, SessionConfig
 from mirrord.core.types import Role, Safety
 from mirrord.engine import witness_link
 
@@ -30,8 +31,9 @@ class Witness:
 
 
 def principal(believes: bool, caught_up: bool):
-    cfg = SimpleNamespace(role=Role.PRINCIPAL, role_sequence=3, suspended=False, safety=Safety.FULL, timeout=10)
-    session = SimpleNamespace(config=cfg, partner_connected=True, caught_up=caught_up, witness_believes_synchronized=believes)
+    cfg = SessionConfig("shop", role=Role.PRINCIPAL, partner="tcp://b:5022", role_sequence=3, suspended=False, safety=Safety.FULL,
+                        timeout=10)
+    session = Session(cfg, partner_connected=True, caught_up=caught_up, witness_believes_synchronized=believes)
     return SimpleNamespace(session=session, poke=lambda: None)
 
 
@@ -58,9 +60,12 @@ def test_an_accepted_not_synchronized_report_lets_the_principal_go_on_alone():
 
 
 def test_a_principal_whose_witness_connection_ended_holds_no_witness_lease():
-    session = SimpleNamespace(witness_lease_until=1e12, witness_connected=True)
+    session = Session(SessionConfig("shop", role=Role.PRINCIPAL, partner="tcp://b:5022", witness="tcp://c:5022"),
+                      witness_lease_until=1e12, witness_connected=True)
     pokes = []
-    database = SimpleNamespace(session=session, witness_conn=object(), poke=lambda: pokes.append(1))
+    database = SimpleNamespace(session=session, witness_conn=object(),
+                               poke=lambda: pokes.append((session.witness_lease_until, session.witness_connected)))
     witness_link.witness_lost(database)
     assert session.witness_lease_until == 0.0 and not session.witness_connected and database.witness_conn is None
-    assert pokes  # the quorum is evaluated again: it may serve on its mirror's lease alone, or not at all
+    # the quorum is evaluated again, once the lease has ended: it may serve on its mirror's lease alone, or not at all
+    assert pokes == [(0.0, False)]
