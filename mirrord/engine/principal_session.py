@@ -92,6 +92,11 @@ async def _one_connection(node: "EndpointServices", database: "Database") -> Non
     reader, writer = await asyncio.wait_for(node.connect_endpoint(ep), timeout)
     node.track_endpoint_writer(writer)
     try:
+        # The welcome's lease counts from the hello's sending, as a pong's from its ping's: the mirror
+        # answered later, and waits a full silence from its answer before serving as principal
+        # (quorum.old_principal_lease_end). Counted from the welcome's arrival instead, a principal
+        # frozen between the two would serve past that.
+        sent_at = time.monotonic()
         framing.write_message(writer, node.hello(database))
         welcome = messages.validate(await asyncio.wait_for(framing.read_message(reader), timeout))
         if welcome["t"] == "refuse":
@@ -101,7 +106,6 @@ async def _one_connection(node: "EndpointServices", database: "Database") -> Non
             raise PartnerRefused(welcome["reason"])
         if welcome["t"] != "welcome":
             raise ProtocolError(f"expected welcome, got {welcome['t']}")
-        sent_at = time.monotonic()
         was_suspended = cfg.suspended
         await node.role_event(database, roles.PartnerWelcomed(cfg.role_sequence))  # SUSPENDED after forced service, ...
         if database.session.config.suspended and not was_suspended:
