@@ -44,6 +44,7 @@ import asyncio
 import contextvars
 import heapq
 import itertools
+import math
 import os
 import sqlite3
 import threading
@@ -76,6 +77,7 @@ from mirrord.engine.write_lock import LockUse, WriteLock
 
 log = structlog.get_logger()
 
+EXPIRY_SLACK = 0.001  # s: a lock timeout due within this is due now (the loop's timers may fire that early)
 CHECKPOINT_FRAMES = 2000  # checkpoint the WAL once this many frames were captured
 SCHEMA_WORDS, END_WORDS = ("CREATE", "ALTER", "DROP"), ("COMMIT", "END", "ROLLBACK")
 READER_COUNT = 3  # readers for autocommit reads
@@ -153,13 +155,9 @@ class QueuedWrite:
     context: contextvars.Context  # the client's: its statement guard goes along onto the writer thread
     use: LockUse  # its place among the write lock's waiters (sp_who)
     done: asyncio.Future  # (outcome, records), or an error that kept it from running
-    timer: asyncio.TimerHandle | None = None  # its lock timeout
+    timeout_ms: int = 0  # its lock timeout (0: none)
+    deadline: float = math.inf  # when that runs out (the event loop's clock)
     taken: bool = False  # in a hop: it runs, whatever its wait said
-
-
-def _retrieved(future: asyncio.Future) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 _denial = threading.local()  # the authorizer's last reason, per connection thread
@@ -276,6 +274,9 @@ class PrincipalDatabase:
         self._reader_list: list[aiosqlite.Connection] = []
         # Autocommit writes waiting for the writer task, which runs all of them in one hop (see _write_loop)
         self._write_queue: list[QueuedWrite] = []
+        # one timer for the queue's lock timeouts, at the earliest deadline it was armed for (not one per write)
+        self._expiry: asyncio.TimerHandle | None = None
+        self._expiry_at = math.inf
         self._writes_queued = asyncio.Event()
         self._write_task: asyncio.Task | None = None
         self._txn_owner: object | None = None  # the client whose transaction runs on the writer (holding the write lock)
@@ -439,6 +440,8 @@ class PrincipalDatabase:
             return
         self.closed = True
         self._redo_room.set()  # writers held by the redo queue limit hear that the database closes
+        if self._expiry is not None:
+            self._expiry.cancel()
         for task in (self._syncer, self._recapture):
             if task is not None:
                 task.cancel()
@@ -1018,23 +1021,47 @@ class PrincipalDatabase:
                             loop.create_future())
         self._write_queue.append(write)
         if timeout_ms > 0:
-            write.timer = loop.call_later(timeout_ms / 1000, self._expire, write, timeout_ms)
+            write.timeout_ms, write.deadline = timeout_ms, loop.time() + timeout_ms / 1000
+            if write.deadline < self._expiry_at:
+                self._arm_expiry(loop, write.deadline)
         self._writes_queued.set()
         try:
-            outcome, records = await asyncio.shield(write.done)
+            # Not shielded: cancelling this task cancels `done` too, and whoever completes a write
+            # completes it only if it is not done, so a write taken into a hop runs and nobody hears how
+            outcome, records = await write.done
         except asyncio.CancelledError:
             self._drop_queued(write)  # its client went away before it ran: nobody wants it run
-            write.done.add_done_callback(_retrieved)  # taken already: it runs, and nobody hears how
             raise
         if isinstance(outcome, Exception):
             raise outcome
         return outcome, records
 
-    def _expire(self, write: QueuedWrite, timeout_ms: int) -> None:
+    def _arm_expiry(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry, self._expiry_at = loop.call_at(at, self._expire_due), at
+
+    def _expire_due(self) -> None:
+        """The queue's timer: every queued write whose lock timeout ran out fails (nothing of it ran); re-arm for the next.
+
+        Most writes are taken long before their deadline, so the timer is armed for the
+        earliest deadline seen and re-armed only when it fires, not moved per write.
+        """
+        self._expiry, self._expiry_at = None, math.inf
+        loop = asyncio.get_running_loop()
+        due = loop.time() + EXPIRY_SLACK
+        for write in [w for w in self._write_queue if w.deadline <= due]:
+            self._expire(write)
+        nearest = min((w.deadline for w in self._write_queue), default=math.inf)
+        if nearest < math.inf:
+            self._arm_expiry(loop, nearest)
+
+    def _expire(self, write: QueuedWrite) -> None:
         if not write.taken and not write.done.done():
             self._drop_queued(write)
             # held by the redo queue limit (the writer task waits on it), or by whoever holds the write lock
             held = self._writer_held and self.redo_queue_over()
+            timeout_ms = write.timeout_ms
             write.done.set_exception(self._redo_queue_full(timeout_ms) if held else self.write_lock.timed_out(timeout_ms))
 
     def _drop_queued(self, write: QueuedWrite) -> None:
@@ -1043,8 +1070,6 @@ class PrincipalDatabase:
         if write in self._write_queue:
             self._write_queue.remove(write)
         self.write_lock.unqueue(write.use)
-        if write.timer is not None:
-            write.timer.cancel()
 
     def _fail_queued(self, exc: MirrordError) -> None:
         for write in list(self._write_queue):
@@ -1058,8 +1083,6 @@ class PrincipalDatabase:
         while self._write_queue and len(batch) < BATCH_LIMIT:
             write = self._write_queue.pop(0)
             self.write_lock.unqueue(write.use)
-            if write.timer is not None:
-                write.timer.cancel()
             if write.done.done():
                 continue
             guard = write.context.get(CURRENT)

@@ -265,6 +265,31 @@ async def test_a_queued_write_past_its_lock_timeout_leaves_the_queue_and_the_res
     assert (await p.execute(object(), "SELECT id FROM t ORDER BY id", None)).rows == [[1], [31]]
 
 
+async def test_lock_timeouts_of_queued_writes_run_out_each_at_its_own_deadline_whatever_the_order_they_queued_in(p):
+    # one timer serves the queue: a shorter timeout queued behind a longer one must still run out first,
+    # and the timer, once fired, must be armed again for the next deadline
+    holder, slow, quick, middle = Owner(51), Owner(52), Owner(53, lock_timeout_ms=40), Owner(54, lock_timeout_ms=120)
+    await p.execute(holder, "BEGIN IMMEDIATE", None)
+    waits = asyncio.create_task(p.execute(slow, "INSERT INTO t VALUES (50, 'slow')", None))  # the server's 5000 ms
+    await _queued(p, [slow])
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    quick_one = asyncio.create_task(p.execute(quick, "INSERT INTO t VALUES (51, 'quick')", None))
+    middle_one = asyncio.create_task(p.execute(middle, "INSERT INTO t VALUES (52, 'middle')", None))
+    with pytest.raises(LockTimeout, match="within 40 ms"):
+        await quick_one
+    quick_after = loop.time() - started
+    with pytest.raises(LockTimeout, match="within 120 ms"):
+        await middle_one
+    middle_after = loop.time() - started
+    assert 0.039 <= quick_after < middle_after and middle_after >= 0.119
+    assert middle_after < 2.5, "each ran out near its own deadline, not at the 5 s one queued first"
+    assert p.write_lock.waiting(slow) is not None and not waits.done()
+    await p.execute(holder, "COMMIT", None)
+    assert (await waits).lsn is not None
+    assert (await p.execute(object(), "SELECT id FROM t ORDER BY id", None)).rows == [[1], [50]]
+
+
 async def test_queued_writes_hear_not_serving_when_the_database_closes_and_nothing_of_them_runs(p):
     holder, queued = Owner(51), Owner(52)
     await p.execute(holder, "BEGIN IMMEDIATE", None)
