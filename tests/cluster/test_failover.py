@@ -28,6 +28,14 @@ def accepts_write(node, key) -> bool:
         return False
 
 
+def serves_reads(node) -> bool:
+    try:
+        node.query("SELECT count(*) FROM t", db=DB)
+        return True
+    except (ServerError, OSError):
+        return False
+
+
 def settle(cluster, principal, mirror, timeout=30):
     cluster.wait_synchronized(DB, principal, mirror, timeout)
     wait_for(lambda: cluster[mirror].status(DB)["redo_lsn"] == cluster[principal].status(DB)["end_of_log_lsn"], timeout, "mirror redone")
@@ -278,6 +286,9 @@ def test_forced_service_on_a_copy_that_stepped_down_with_records_of_its_own_repo
         pass
     wait_for(lambda: a.status(DB)["end_of_log_lsn"] > b.status(DB)["hardened_lsn"], 10, "a commit logged on a alone")
     wait_for(lambda: role(b) == "PRINCIPAL", 20, "b promoted by automatic failover")
+    # PRINCIPAL is persisted before the copy is open (redo finishing): until then SQL hears a retryable
+    # not_serving. A read waits that out without logging anything, so b's first commit lands at b_fork + 1
+    wait_for(lambda: serves_reads(b), 10, "b open as the principal")
     b_fork = b.status(DB)["fork_lsn"]
     for i in range(200, 210):  # acknowledged by b alone (a is cut off), from LSN b_fork + 1: where a has its own record
         b.query("INSERT INTO t VALUES (?, 'b in role sequence 2')", db=DB, params=[i])
