@@ -143,7 +143,7 @@ async def _receive_loop(node: "EndpointServices", database: "Database", reader, 
                             limit=database.mirror.log_size_limit, redo_lsn=database.mirror.redo_lsn)
                 raise ConnectionError(full)
             try:
-                hardened = await database.mirror.harden(records)
+                hardened = await database.mirror.harden(records, redo_now=False)
             except OSError as exc:
                 if exc.errno not in NO_SPACE:
                     raise
@@ -152,8 +152,11 @@ async def _receive_loop(node: "EndpointServices", database: "Database", reader, 
                 database.session.note_reason(f"mirror disk full ({exc.strerror}): it cannot harden log", time.strftime("%H:%M:%S"))
                 database.session.note_cannot_harden()
                 raise ConnectionError(f"disk full: cannot harden log ({exc.strerror})") from None
-            framing.write_message(writer, {"t": "ack", "hardened_lsn": hardened, "redo_lsn": database.mirror.redo_lsn,
-                                           "redo_queue": database.mirror.redo_queue_bytes})
+            try:
+                framing.write_message(writer, {"t": "ack", "hardened_lsn": hardened, "redo_lsn": database.mirror.redo_lsn,
+                                               "redo_queue": database.mirror.redo_queue_bytes})
+            finally:
+                database.mirror.redo_hardened()  # once the ack is on its way (MirrorDatabase.harden)
         await writer.drain()
 
 
