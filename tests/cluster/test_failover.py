@@ -274,7 +274,7 @@ def test_forced_service_on_a_copy_that_stepped_down_with_records_of_its_own_repo
     rewind must make the copies identical.
     """
     cluster.setup_session(DB, principal="a", mirror="b", witness="c", timeout=2)
-    a, b, c = cluster["a"], cluster["b"], cluster["c"]
+    a, b = cluster["a"], cluster["b"]
     create_table(a, DB)
     for i in range(1, 51):
         a.query("INSERT INTO t VALUES (?, 'synced')", db=DB, params=[i])
