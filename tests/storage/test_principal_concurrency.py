@@ -8,6 +8,7 @@ writer queues for the lock at most its lock timeout and then hears who holds it.
 from __future__ import annotations
 
 import asyncio
+import gc
 from pathlib import Path
 
 import pytest
@@ -351,3 +352,25 @@ async def test_a_read_only_login_holds_read_transactions_and_never_writes(p):
     await p.execute_read_only("COMMIT", None, why, viewer)
     assert p.transaction_of(viewer) is None
     assert (await p.execute_read_only("SELECT count(*) FROM t", None, why, viewer)).rows == [[2]]
+
+
+async def test_a_client_leaving_as_its_write_times_out_leaves_no_unretrieved_error(p):
+    holder, leaving = Owner(51), Owner(52)
+    await p.execute(holder, "BEGIN IMMEDIATE", None)
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict] = []
+    loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+    try:
+        gone = asyncio.create_task(p.execute(leaving, "INSERT INTO t VALUES (60, 'gone')", None))
+        await _queued(p, [leaving])
+        [write] = p._write_queue
+        p._expire(write)  # its lock timeout fails it (as the queue's timer does) ...
+        gone.cancel()  # ... and its client leaves in the same instant, before its task has run
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        del write, gone
+        gc.collect()
+        assert not [c for c in unhandled if "never retrieved" in c.get("message", "")], unhandled
+    finally:
+        loop.set_exception_handler(None)
+        await p.execute(holder, "ROLLBACK", None)
