@@ -209,7 +209,7 @@ class Session:
         self.redo_queue_bytes = 0  # stale once the link is gone; the next connection reports it anew
         self.partner_connected = False
         self._restart_catch_up(False)
-        self.mirror_lease_until = 0.0
+        self.end_mirror_lease()
 
     def note_stepped_down(self) -> None:
         """This principal became the mirror of a newer principal it has not heard from yet.
@@ -221,7 +221,7 @@ class Session:
         """
         self.note_partner_lost()
         self.principal_was_synchronized = False
-        self.witness_lease_until = 0.0
+        self.end_witness_lease()
 
     def note_partner_connected(self, hardened: Lsn, listen: str | None = None, redo: Lsn | None = None) -> None:
         """A partner connection was established and agreed to resume after `hardened` (listen: the partner's client

@@ -133,7 +133,7 @@ class MirrorDatabase:
             on_error=self._on_redo_error,
         )
         self._redo.start()
-        self._redo.notify(self.log.last_lsn)
+        self.redo_hardened()
         self.session.note_redone(self._redo.redo_lsn)
         self.session.note_log_end(self.log.last_lsn)
 
