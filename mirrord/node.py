@@ -37,7 +37,7 @@ from mirrord.core.names import db_name_refusal, inside, is_db_name
 from mirrord.core.page_repair import RepairHistory
 from mirrord.core.session import Session, SessionConfig
 from mirrord.core.types import DatabaseStatus, Endpoint, Role
-from mirrord.engine.database import Database, hear
+from mirrord.engine.database import Database
 from mirrord.httpapi import HttpServer, NodeView
 from mirrord.storage.login_store import LoginSetupError, LoginStore
 from mirrord.engine.mirror import CHECKSUMS_FILE, SNAPSHOTS_DIR, MirrorDatabase
@@ -305,7 +305,7 @@ class Node:
         """Stop the partner's link to the witness, if any."""
         task, database.witness_link = database.witness_link, None
         await _cancel(task)
-        hear(database.session, leases.WitnessLinkLost())  # closed on purpose: its lease ends with it, as on any loss
+        database.session.hear(leases.WitnessLinkLost())  # closed on purpose: its lease ends with it, as on any loss
 
     def start_partner_link(self, database: Database) -> None:
         """Start (once) the principal's link to its mirror."""
@@ -392,7 +392,7 @@ class Node:
             await self.stop_partner_link(database)
             await self.stop_inbound(database)
             await self.stop_witness_link(database)
-            hear(database.session, leases.EndpointStopped())  # links closed on purpose: no lease outlives them
+            database.session.hear(leases.EndpointStopped())  # links closed on purpose: no lease outlives them
             database.poke()
         for writer in list(self._endpoint_writers):
             writer.close()

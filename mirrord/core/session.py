@@ -25,7 +25,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from mirrord.core import leases
 from mirrord.core.alerts import thresholds_from_json
+from mirrord.core.quorum import PrincipalView
+from mirrord.core.roles import RoleView, handle
 from mirrord.core.types import (
     DatabaseStatus,
     RoleSequence,
@@ -249,7 +252,55 @@ class Session:
         """The mirror's redo applied its log up to lsn."""
         self.redo_lsn = lsn
 
-    # ---- leases and links (core.leases decides; the shell notes its actions here)
+    # ---- what the pure machines read of this session, and the one way lease and link events reach it
+
+    def role_view(self, endpoint: str = "") -> RoleView:
+        """What the role machine (core.roles) reads of the session alone: enough for core.leases' rules and
+        next_timer, which compare no endpoint and read nothing of the engines (engine.database.role_view adds those)."""
+        cfg = self.config
+        return RoleView(role=cfg.role, role_sequence=cfg.role_sequence, endpoint=endpoint, partner=cfg.partner,
+                        changing=self.failover_pending or self.failover_requested, redo_error=self.redo_error,
+                        forced_fork=cfg.forced_fork, asking_witness=self.failover_requested,
+                        ended_by_off=cfg.ended_by_off, safety=cfg.safety, timeout=cfg.timeout,
+                        redo_queue_mb=cfg.redo_queue_mb, suspended=cfg.suspended, witness=cfg.witness,
+                        witness_connected=self.witness_connected, partner_connected=self.partner_connected,
+                        principal_was_synchronized=self.principal_was_synchronized,
+                        lost_lsn_to=cfg.lost_lsn_to, salvage_path=cfg.salvage_path, status=cfg.status,
+                        mirror_lease_until=self.mirror_lease_until, witness_lease_until=self.witness_lease_until,
+                        serves_from=self.serves_from, principal_answered_at=self.principal_answered_at)
+
+    def principal_view(self) -> PrincipalView:
+        """The facts the quorum core (core.quorum) needs about this copy as principal."""
+        cfg = self.config
+        return PrincipalView(
+            safety=cfg.safety, has_partner=cfg.partner is not None, suspended=cfg.suspended,
+            mirror_connected=self.partner_connected, mirror_caught_up=self.caught_up,
+            witness_set=cfg.witness is not None,
+            witness_believes_synchronized=self.witness_believes_synchronized,
+            mirror_lease_until=self.mirror_lease_until, witness_lease_until=self.witness_lease_until,
+            serves_from=self.serves_from, mirror_closing=self.closing,
+        )
+
+    def hear(self, event: leases.Event) -> None:
+        """A lease or link event: the role machine's rows (core.leases) decide, and each action is noted here in
+        order. Every answer, loss and deliberate close of a link comes this way, so no lease is set anywhere else."""
+        for action in handle(self.role_view(), event):
+            if isinstance(action, leases.RenewMirrorLease):
+                self.renew_mirror_lease(action.until)
+            elif isinstance(action, leases.RenewWitnessLease):
+                self.renew_witness_lease(action.until)
+            elif isinstance(action, leases.EndMirrorLease):
+                self.end_mirror_lease()
+            elif isinstance(action, leases.EndWitnessLease):
+                self.end_witness_lease()
+            elif isinstance(action, leases.NoteWitnessLink):
+                self.note_witness_link(action.connected)
+            elif isinstance(action, leases.NotePrincipalAnswered):
+                self.note_principal_answered(action.at)
+            else:
+                raise AssertionError(f"{action!r} is not an action of a lease or a link")
+
+    # ---- leases and links (core.leases decides; hear notes its actions here)
 
     def renew_mirror_lease(self, until: float) -> None:
         """The mirror lease lasts until `until` at least: a lease only grows while its link lasts."""

@@ -12,10 +12,9 @@ import structlog
 
 from mirrord.core.health import DatabaseFacts
 from mirrord.core.page_repair import RepairHistory
-from mirrord.core.quorum import AckRule, PrincipalView, ack_rule
-from mirrord.core import leases
+from mirrord.core.quorum import AckRule, ack_rule
 from mirrord.core.leases import next_timer
-from mirrord.core.roles import RoleView, handle
+from mirrord.core.roles import RoleView
 from mirrord.core.session import Session
 from mirrord.core.types import Lsn, MirroringState, Role
 from mirrord.engine.mirror import MirrorDatabase
@@ -96,26 +95,14 @@ class Database:
         """The mirror's running redo thread, None if there is none."""
         return self.mirror.redo_thread if self.mirror is not None else None
 
-    def principal_view(self) -> PrincipalView:
-        """The facts the quorum core needs about this principal."""
-        s, cfg = self.session, self.session.config
-        return PrincipalView(
-            safety=cfg.safety, has_partner=cfg.partner is not None, suspended=cfg.suspended,
-            mirror_connected=s.partner_connected, mirror_caught_up=s.caught_up,
-            witness_set=cfg.witness is not None,
-            witness_believes_synchronized=s.witness_believes_synchronized,
-            mirror_lease_until=s.mirror_lease_until, witness_lease_until=s.witness_lease_until,
-            serves_from=s.serves_from, mirror_closing=s.closing,
-        )
-
     def ack_rule(self) -> AckRule:
         """How this principal may acknowledge commits now."""
-        return ack_rule(self.principal_view(), time.monotonic())
+        return ack_rule(self.session.principal_view(), time.monotonic())
 
     def quorum_refusal(self) -> str | None:
         """Why this principal may not serve now (lost quorum), or None."""
         now = time.monotonic()
-        if self.principal_view().has_quorum(now):
+        if self.session.principal_view().has_quorum(now):
             return None
         if now < self.session.serves_from:
             return (f"database {self.name} was promoted {self.session.config.timeout} s or less after this node last "
@@ -149,7 +136,7 @@ class Database:
         makes that poke find nothing changed; it arms the timer again for the new instant.
         """
         now = time.monotonic()
-        due = next_timer(session_view(self.session), now)
+        due = next_timer(self.session.role_view(), now)
         if due == self.timer_due and self.timer is not None:
             return  # armed for that instant already (most pokes change nothing that falls due)
         self.disarm_timer()
@@ -236,40 +223,5 @@ def role_view(database: "Database | None", endpoint: str) -> RoleView:
     """
     if database is None:
         return RoleView(role=Role.NONE, role_sequence=0, endpoint=endpoint, status=None)
-    return replace(session_view(database.session, endpoint), failover_in_doubt=database.failover_in_doubt,
+    return replace(database.session.role_view(endpoint), failover_in_doubt=database.failover_in_doubt,
                    mirror_open=database.mirror is not None, witness_connected=database.witness_conn is not None)
-
-
-def session_view(s: Session, endpoint: str = "") -> RoleView:
-    """What the role machine reads of the session alone: enough for core.leases' rules and next_timer, which
-    compare no endpoint and read nothing of the engines (role_view adds those)."""
-    cfg = s.config
-    return RoleView(role=cfg.role, role_sequence=cfg.role_sequence, endpoint=endpoint, partner=cfg.partner,
-                    changing=s.failover_pending or s.failover_requested, redo_error=s.redo_error,
-                    forced_fork=cfg.forced_fork, asking_witness=s.failover_requested,
-                    ended_by_off=cfg.ended_by_off, safety=cfg.safety, timeout=cfg.timeout,
-                    redo_queue_mb=cfg.redo_queue_mb, suspended=cfg.suspended, witness=cfg.witness,
-                    witness_connected=s.witness_connected,
-                    partner_connected=s.partner_connected, principal_was_synchronized=s.principal_was_synchronized,
-                    lost_lsn_to=cfg.lost_lsn_to, salvage_path=cfg.salvage_path, status=cfg.status,
-                    mirror_lease_until=s.mirror_lease_until, witness_lease_until=s.witness_lease_until,
-                    serves_from=s.serves_from, principal_answered_at=s.principal_answered_at)
-
-
-def hear(s: Session, event: leases.Event) -> None:
-    """Feed a lease or link event to the role machine (core.leases' rows) and note each action on the session, in order."""
-    for action in handle(session_view(s), event):
-        if isinstance(action, leases.RenewMirrorLease):
-            s.renew_mirror_lease(action.until)
-        elif isinstance(action, leases.RenewWitnessLease):
-            s.renew_witness_lease(action.until)
-        elif isinstance(action, leases.EndMirrorLease):
-            s.end_mirror_lease()
-        elif isinstance(action, leases.EndWitnessLease):
-            s.end_witness_lease()
-        elif isinstance(action, leases.NoteWitnessLink):
-            s.note_witness_link(action.connected)
-        elif isinstance(action, leases.NotePrincipalAnswered):
-            s.note_principal_answered(action.at)
-        else:
-            raise AssertionError(f"{action!r} is not an action of a lease or a link")

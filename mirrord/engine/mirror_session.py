@@ -19,7 +19,7 @@ from mirrord.engine import checkmirror, page_repair
 from mirrord.core.history import shared_history_end
 from mirrord.core import leases, messages, redo_queue, roles
 from mirrord.core.types import ProtocolError
-from mirrord.engine.database import hear, role_view
+from mirrord.engine.database import role_view
 from mirrord.engine.monitor import monitor_of, note_connected, partner_report
 from mirrord.net import framing
 from mirrord.storage.fileutil import DISK_RESERVE_BYTES, NO_SPACE, disk_free
@@ -91,7 +91,7 @@ async def serve_principal(node: "EndpointServices", database: "Database", hello:
     if database.logins is not None:
         welcome["logins"] = database.logins.wire()  # the principal adopts it if it is newer than its own
     framing.write_message(writer, welcome)
-    hear(session, leases.AnsweredPrincipal(time.monotonic()))  # the welcome grants the principal its mirror lease
+    session.hear(leases.AnsweredPrincipal(time.monotonic()))  # the welcome grants the principal its mirror lease
     if session.redo_error is not None:
         framing.write_message(writer, {"t": "suspend", "reason": session.redo_error})  # it outlives every reconnect
     await writer.drain()
@@ -239,7 +239,7 @@ async def _handle(node: "EndpointServices", database: "Database", msg: dict, wri
         _adopt_principal_view(database, msg)
         framing.write_message(writer, {"t": "pong", "seq": msg["seq"], "redo_lsn": database.mirror.redo_lsn,
                                        "redo_queue": database.mirror.redo_queue_bytes, "monitor": partner_report(database)})
-        hear(database.session, leases.AnsweredPrincipal(time.monotonic()))  # a pong renews the principal's mirror lease
+        database.session.hear(leases.AnsweredPrincipal(time.monotonic()))  # a pong renews the principal's mirror lease
     elif kind == "settings":
         await _hear(node, database, _settings(msg))
     elif kind == "seed_begin":

@@ -32,7 +32,6 @@ from mirrord.core import leases, messages, role_statements, roles
 from mirrord.core.timing import timing
 from mirrord.core.types import Endpoint, ProtocolError, Role
 from mirrord.engine import checkmirror, page_repair
-from mirrord.engine.database import hear
 from mirrord.engine.monitor import monitor_of, note_connected, partner_report
 from mirrord.net import framing
 from mirrord.net.reconnect import Link, LinkRefused, run_link
@@ -113,7 +112,7 @@ async def _one_connection(node: "EndpointServices", database: "Database") -> Non
         hardened = await _agree_resume_point(database, welcome, reader, writer)
         listen = welcome.get("listen") if isinstance(welcome.get("listen"), str) else None
         database.session.note_partner_connected(hardened, listen=listen, redo=welcome["redo_lsn"])
-        hear(database.session, leases.MirrorAnswered(sent_at))  # the welcome grants the mirror lease
+        database.session.hear(leases.MirrorAnswered(sent_at))  # the welcome grants the mirror lease
         database.partner_writer = writer
         framing.write_message(writer, settings_message(database))  # whatever changed during the handshake
         if database.logins is not None:
@@ -444,7 +443,7 @@ async def _read_acks(node: "EndpointServices", database: "Database", reader, pin
                 database.principal.redo_queue_changed()
             sent_at = pings.pop(msg["seq"], None)
             if sent_at is not None:
-                hear(database.session, leases.MirrorAnswered(sent_at))  # a pong renews the mirror lease
+                database.session.hear(leases.MirrorAnswered(sent_at))  # a pong renews the mirror lease
         elif msg["t"] == "redo_progress":  # while a REDO_QUEUE limit is set (core.redo_queue)
             database.session.note_redo_progress(msg["redo_lsn"], msg["redo_queue"])
             database.principal.redo_queue_changed()

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from mirrord.core import leases, messages, roles
-from mirrord.engine.database import hear, role_view
+from mirrord.engine.database import role_view
 from mirrord.core.types import Endpoint, ProtocolError, Role, Safety
 from mirrord.net import framing
 from mirrord.core.timing import timing
@@ -67,7 +67,7 @@ class WitnessConnection:
                 raise ProtocolError(f"unexpected {msg['t']} from the witness")
             sent_at, fut = self._pending.get(msg["rid"], (None, None))
             if sent_at is not None:  # the witness naming us principal is a lease, also for a mirror it just promoted
-                hear(self.database.session, leases.WitnessAnswered(sent_at, msg["principal"] == self.node.endpoint_url))
+                self.database.session.hear(leases.WitnessAnswered(sent_at, msg["principal"] == self.node.endpoint_url))
             if fut is not None and not fut.done():
                 fut.set_result(msg)  # before acting on it: the requester may hold locks a role change needs
             await self.node.adopt_witness_state(self.database, msg)
@@ -100,7 +100,7 @@ def witness_lost(database: "Database") -> None:
     after a reset that reached both of its links (found by the simulator). Its mirror's lease still counts.
     """
     database.witness_conn = None
-    hear(database.session, leases.WitnessLinkLost())
+    database.session.hear(leases.WitnessLinkLost())
     database.poke()
 
 
@@ -121,10 +121,10 @@ async def _one_connection(node: "EndpointServices", database: "Database") -> Non
             raise ConnectionError(f"the witness refused: {first['reason']}")
         if first["t"] != "w_state":
             raise ProtocolError(f"expected w_state from the witness, got {first['t']}")
-        hear(database.session, leases.WitnessAnswered(sent_at, first["principal"] == node.endpoint_url))
+        database.session.hear(leases.WitnessAnswered(sent_at, first["principal"] == node.endpoint_url))
         await node.adopt_witness_state(database, first)
         database.witness_conn = conn
-        hear(database.session, leases.WitnessLinked())
+        database.session.hear(leases.WitnessLinked())
         database.poke()
         database.record_event("WITNESS_CONNECTED", f"the witness {cfg.witness}")
         log.info("witness_connected", database=database.name, witness=cfg.witness, role=database.session.role.value, role_sequence=database.session.config.role_sequence)

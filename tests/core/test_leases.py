@@ -19,7 +19,7 @@ from mirrord.core import leases, quorum, role_statements as rs, roles
 from mirrord.core.session import Session, SessionConfig
 from mirrord.core.timing import timing
 from mirrord.core.types import Role
-from mirrord.engine.database import Database, hear, session_view
+from mirrord.engine.database import Database
 
 ME, PARTNER, WITNESS = "tcp://a:5022", "tcp://b:5022", "tcp://c:5022"
 NOW = 1000.0
@@ -59,27 +59,27 @@ def principal_session(**observed) -> Session:
 
 def test_a_lease_only_grows_while_its_link_lasts():
     s = principal_session()
-    hear(s, leases.MirrorAnswered(NOW))
-    hear(s, leases.MirrorAnswered(NOW - 5))  # a late pong for an older ping: it shortens nothing
+    s.hear(leases.MirrorAnswered(NOW))
+    s.hear(leases.MirrorAnswered(NOW - 5))  # a late pong for an older ping: it shortens nothing
     assert s.mirror_lease_until == NOW + 8.0
-    hear(s, leases.WitnessAnswered(NOW, names_this_node=False))  # the witness names another principal: no lease
+    s.hear(leases.WitnessAnswered(NOW, names_this_node=False))  # the witness names another principal: no lease
     assert s.witness_lease_until == 0.0
-    hear(s, leases.WitnessAnswered(NOW + 1, names_this_node=True))
+    s.hear(leases.WitnessAnswered(NOW + 1, names_this_node=True))
     assert s.witness_lease_until == NOW + 9.0
 
 
 def test_the_witness_link_lost_ends_its_lease_at_once_and_the_mirrors_still_counts():
     s = principal_session(witness_connected=True, witness_lease_until=NOW + 8, mirror_lease_until=NOW + 8)
-    hear(s, leases.WitnessLinkLost())
+    s.hear(leases.WitnessLinkLost())
     assert (s.witness_lease_until, s.witness_connected, s.mirror_lease_until) == (0.0, False, NOW + 8)
     assert s.witness_state.value == "DISCONNECTED"
-    hear(s, leases.WitnessLinked())
+    s.hear(leases.WitnessLinked())
     assert s.witness_connected and s.witness_state.value == "CONNECTED"
 
 
 def test_links_closed_on_purpose_end_both_leases():
     s = principal_session(witness_lease_until=NOW + 8, mirror_lease_until=NOW + 8)
-    hear(s, leases.EndpointStopped())
+    s.hear(leases.EndpointStopped())
     assert (s.mirror_lease_until, s.witness_lease_until) == (0.0, 0.0)
     assert not quorum.PrincipalView(s.config.safety, True, False, True, True, True, True, s.mirror_lease_until,
                                     s.witness_lease_until).has_quorum(NOW)
@@ -87,12 +87,12 @@ def test_links_closed_on_purpose_end_both_leases():
 
 def test_a_mirror_notes_when_it_answered_its_principal_and_a_principal_does_not():
     mirror = Session(SessionConfig("shop", role=Role.MIRROR, partner=PARTNER, witness=WITNESS))
-    hear(mirror, leases.AnsweredPrincipal(NOW))
+    mirror.hear(leases.AnsweredPrincipal(NOW))
     assert mirror.principal_answered_at == NOW
     principal = principal_session()
-    hear(principal, leases.AnsweredPrincipal(NOW))
+    principal.hear(leases.AnsweredPrincipal(NOW))
     assert principal.principal_answered_at == float("-inf")
-    hear(mirror, leases.MirrorAnswered(NOW))  # a mirror holds no mirror lease
+    mirror.hear(leases.MirrorAnswered(NOW))  # a mirror holds no mirror lease
     assert mirror.mirror_lease_until == 0.0
 
 
@@ -149,12 +149,12 @@ def test_a_copy_outside_a_session_has_nothing_due():
     assert leases.next_timer(view, NOW) is None
 
 
-def test_the_session_view_carries_what_next_timer_reads():
+def test_the_role_view_of_a_session_carries_what_next_timer_reads():
     s = principal_session(mirror_lease_until=NOW + 2, witness_lease_until=NOW + 4, serves_from=NOW + 1)
-    assert leases.next_timer(session_view(s), NOW) == NOW + 1
-    assert leases.next_timer(session_view(s), NOW + 1) == NOW + 2
-    assert leases.next_timer(session_view(s), NOW + 3) == NOW + 4
-    assert leases.next_timer(session_view(s), NOW + 4) is None
+    assert leases.next_timer(s.role_view(), NOW) == NOW + 1
+    assert leases.next_timer(s.role_view(), NOW + 1) == NOW + 2
+    assert leases.next_timer(s.role_view(), NOW + 3) == NOW + 4
+    assert leases.next_timer(s.role_view(), NOW + 4) is None
 
 
 # ------------------------------------------------------------------ the shell arms one timer from next_timer
@@ -192,10 +192,10 @@ def test_a_renewed_lease_moves_the_timer_and_a_stopped_database_has_none(tmp_pat
         database = Database("shop", tmp_path, principal_session(mirror_lease_until=now + 30), log=None)  # no log: the timer reads the session only
         database.poke()
         assert database.timer is not None and database.timer_due == now + 30
-        hear(database.session, leases.MirrorAnswered(now + 10))  # a lease to now + 18: shorter, it changes nothing
+        database.session.hear(leases.MirrorAnswered(now + 10))  # a lease to now + 18: shorter, it changes nothing
         database.poke()
         assert database.timer_due == now + 30
-        hear(database.session, leases.MirrorAnswered(now + 25))  # to now + 33: the timer moves with it
+        database.session.hear(leases.MirrorAnswered(now + 25))  # to now + 33: the timer moves with it
         database.poke()
         assert database.timer is not None and database.timer_due == pytest.approx(now + 33)
         database.disarm_timer()
