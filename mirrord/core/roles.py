@@ -295,7 +295,7 @@ class AdoptRoleSequence:
 
 @dataclass(frozen=True)
 class NoteWitnessSynchronized:
-    """The witness's view of whether the mirror is synchronized (automatic failover needs it)."""
+    """The witness records the mirror synchronized (automatic failover needs it): nothing is acknowledged alone."""
 
     synchronized: bool
 
@@ -410,8 +410,12 @@ def on_witness_state(view: RoleView, event: WitnessState) -> list[Action]:
         if view.role is Role.PRINCIPAL:
             return [StepDown(event.role_sequence, f"the witness records {event.principal} as principal")]
         return [AdoptRoleSequence(event.role_sequence)]
-    if event.role_sequence == view.role_sequence and view.role is Role.PRINCIPAL and event.principal == view.endpoint:
-        return [NoteWitnessSynchronized(event.mirror_synchronized)]
+    if (event.role_sequence == view.role_sequence and view.role is Role.PRINCIPAL and event.principal == view.endpoint
+            and event.mirror_synchronized):
+        # Only ever towards "synchronized": this answer may be to a request sent before a later "synchronized"
+        # report the witness has already recorded, and a principal believing "not synchronized" acknowledges
+        # alone. Only the acceptance of its latest report lowers the belief (witness_link._report_if_changed).
+        return [NoteWitnessSynchronized(True)]
     return []
 
 

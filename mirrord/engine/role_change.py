@@ -209,7 +209,7 @@ async def _tell_witness_timeout(database: "Database", action: rs.TellWitnessTime
     msg = {"t": "w_report", "role_sequence": cfg.role_sequence, "synchronized": database.session.witness_believes_synchronized,
            "safety": cfg.safety.value, "timeout": action.seconds}
     try:
-        answer = await conn.request(msg, cfg.timeout)
+        answer, _ = await conn.report(msg, cfg.timeout)  # its answer never lowers the belief it carried (roles.on_witness_state)
     except (asyncio.TimeoutError, ConnectionError, OSError):
         raise StatementRefused(action.unheard()) from None
     if not answer.get("accepted"):

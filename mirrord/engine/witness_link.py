@@ -45,6 +45,18 @@ class WitnessConnection:
         self.node, self.database, self.reader, self.writer = node, database, reader, writer
         self._rids = itertools.count(1)
         self._pending: dict[int, tuple[float, asyncio.Future]] = {}
+        self._reports_sent = 0
+
+    async def report(self, msg: dict, timeout: float) -> tuple[dict, bool]:
+        """Send a w_report and wait for its answer; also say whether it is still the latest report sent.
+
+        The witness records reports in the order they are sent on this connection, so only the latest one's
+        acceptance says what it holds now: a TIMEOUT statement's report may cross the ping loop's.
+        """
+        self._reports_sent += 1
+        mine = self._reports_sent
+        answer = await self.request(msg, timeout)  # sent before its first await: the count orders the sends
+        return answer, mine == self._reports_sent
 
     async def request(self, msg: dict, timeout: float) -> dict:
         """Send a request and wait for its w_state answer."""
@@ -194,13 +206,13 @@ async def _report_if_changed(database: "Database", conn: WitnessConnection, repo
         # sent, the principal must act as if it had (commits stop going on alone when the mirror is lost,
         # since the witness may promote it). Only an accepted "not synchronized" lets it go on alone.
         database.session.note_witness_synchronized(True)
-    answer = await conn.request({"t": "w_report", "role_sequence": cfg.role_sequence, "synchronized": want[1], "safety": cfg.safety.value,
-                                 "timeout": cfg.timeout}, timeout)
-    if answer.get("accepted"):
+    answer, latest = await conn.report({"t": "w_report", "role_sequence": cfg.role_sequence, "synchronized": want[1],
+                                        "safety": cfg.safety.value, "timeout": cfg.timeout}, timeout)
+    if answer.get("accepted") and latest:
         database.session.note_witness_synchronized(want[1])
         database.poke()  # commits blocked on "the witness must hear first" may go on
         return want
-    return None
+    return None  # refused, or another report followed it: report again
 
 
 async def _maybe_request_failover(node: "EndpointServices", database: "Database", conn: WitnessConnection, timeout: float) -> bool | None:

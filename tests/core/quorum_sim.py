@@ -486,8 +486,8 @@ class Sim:
         # the real rule (core.leases.on_witness_answered): the witness naming this node principal is a lease
         names_me = record.principal == n and record.role_sequence == me.seq
         self._hear(n, leases.WitnessAnswered(sent, names_this_node=names_me))
-        if me.role == PRINCIPAL and names_me and adopted:
-            me.believes_synchronized = record.mirror_synchronized
+        if me.role == PRINCIPAL and names_me and adopted and record.mirror_synchronized:
+            me.believes_synchronized = True  # core.roles.on_witness_state: an answer never lowers the belief
 
     def _on_w_report_ok(self, _w: str, n: str, seq: int, synchronized: bool, number: int) -> None:
         me = self.p[n]

@@ -206,6 +206,9 @@ class Witness:
         self.journal.append(("send", msg["t"], msg.get("timeout")))
         return self.answer
 
+    async def report(self, msg: dict, timeout: float) -> tuple[dict, bool]:
+        return await self.request(msg, timeout), True
+
 
 class Principal:
     """The principal engine's part in a statement: serving, its write lock, its commits made visible."""

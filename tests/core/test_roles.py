@@ -116,6 +116,7 @@ def _check_actions(view: roles.RoleView, event: roles.Event) -> None:
         else:
             assert isinstance(action, roles.NoteWitnessSynchronized)
             assert view.role is Role.PRINCIPAL and event.role_sequence == view.role_sequence and event.principal == ME
+            assert action.synchronized and event.mirror_synchronized  # an answer never lowers the belief
 
 
 LEASE_EVENTS = (leases.MirrorAnswered, leases.WitnessAnswered, leases.WitnessLinked, leases.WitnessLinkLost, leases.EndpointStopped,
@@ -193,6 +194,13 @@ def test_the_principal_notes_the_witness_view_of_its_mirror_in_its_own_role_sequ
     principal = roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER)
     assert roles.handle(principal, roles.WitnessState(SEQ, ME, mirror_synchronized=True)) == [roles.NoteWitnessSynchronized(True)]
     assert roles.handle(principal, roles.WitnessState(SEQ, PARTNER, mirror_synchronized=True)) == []
+
+
+def test_no_answer_of_the_witness_lowers_the_principals_belief_that_it_records_the_mirror_synchronized():
+    # the answer may be to a request sent before a "synchronized" report the witness has recorded since; only the
+    # acceptance of the latest report lowers it (test_witness_report_lost)
+    principal = roles.RoleView(Role.PRINCIPAL, SEQ, ME, PARTNER)
+    assert roles.handle(principal, roles.WitnessState(SEQ, ME, mirror_synchronized=False)) == []
 
 
 def test_a_partner_claiming_a_newer_role_sequence_deposes_a_principal_only_through_the_witness():
