@@ -105,8 +105,12 @@ def old_principal_lease_end(last_answered: float, timeout: float) -> float:
     bound, as the witness's silence outlasts the witness's lease. It applies to a promotion learned from
     the witness's record: the vote's answer was lost, the request timed out, and the old principal
     reconnected and was answered before the mirror heard of its promotion (found by the simulator with
-    lost messages). A mirror promoted on its vote's answer took no log from the old principal since it
-    asked (role_change.request_promotion), and waiting there would slow every failover on a hard error.
+    lost messages). It applies to forced service too: the old principal may be up and still hold that
+    lease (a SAFETY OFF principal acknowledges on it alone; found by the simulator, seed 11 in a
+    million steps). A mirror promoted on its automatic vote's answer took no log from the old principal
+    since it asked (role_change.request_promotion), the witness granted it only for a mirror it records
+    synchronized (so that principal acknowledges nothing alone), and waiting there would slow every
+    failover on a hard error.
     """
     return last_answered + timing(timeout).silence
 
@@ -163,7 +167,7 @@ class Vote:
 
 
 def decide_vote(record: WitnessRecord, req: VoteRequest, principal_seen: bool,
-                witness_uptime: float = float("inf")) -> tuple[Vote, WitnessRecord]:
+                witness_uptime: float = float("inf"), principal_answered_ago: float = float("inf")) -> tuple[Vote, WitnessRecord]:
     """Grant at most one promotion per role sequence, never to a mirror known to be behind.
 
     A witness that (re)started less than a TIMEOUT ago and has not seen the
@@ -171,11 +175,23 @@ def decide_vote(record: WitnessRecord, req: VoteRequest, principal_seen: bool,
     only means "not connected yet". It votes once it has been up for a full
     TIMEOUT, like a witness that saw the principal go silent (the caller passes
     an infinite uptime once it has seen the principal since its start).
+
+    Forced service also waits until the witness's last answer to the principal
+    (`principal_answered_ago` seconds ago) is a full silence old: the witness stops
+    seeing a partner the moment its connection ends, but a principal that has not
+    noticed yet (frozen, busy) still holds the lease that answer granted, and under
+    forced service it may be acknowledging alone (found by the simulator: seed 1, a
+    million steps). An automatic vote needs no such wait: it is granted only for a
+    mirror recorded synchronized, and such a principal acknowledges nothing alone.
     """
     refusal = _vote_refusal(record, req, principal_seen)
     if refusal is None and witness_uptime < record.timeout:
         refusal = (f"the witness started {witness_uptime:.1f} s ago: it votes only after a full PARTNER TIMEOUT "
                    f"({record.timeout} s) without the principal")
+    silence = timing(record.timeout).silence
+    if refusal is None and req.forced and principal_answered_ago < silence:
+        refusal = (f"the witness answered the principal {record.principal} {principal_answered_ago:.1f} s ago, and that "
+                   f"answer lets it serve a while yet; forced service is possible in {silence - principal_answered_ago:.1f} s")
     if refusal is not None:
         return Vote(False, record.role_sequence, refusal), record
     new = replace(

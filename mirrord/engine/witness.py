@@ -64,6 +64,9 @@ class Witness:
         self.connected: dict[str, dict[str, _Seen]] = {}  # db -> endpoint -> seen
         self.started = time.monotonic()  # a fresh witness has not yet seen anyone go silent
         self.met: set[tuple[str, str]] = set()  # (db, endpoint) of partners connected since this start
+        # (db, endpoint) -> when the witness last answered that partner (monotonic): an answer naming it principal is
+        # a lease it may hold after its connection ended, so a forced vote waits it out (quorum.decide_vote)
+        self.answered: dict[tuple[str, str], float] = {}
         self.votes: dict[tuple[str, bool], int] = {}  # (db, granted) -> votes cast since this process started
         for path in sorted(directory.glob("*.json")):
             rec = WitnessRecord.from_dict(read_json(path))
@@ -153,12 +156,15 @@ class Witness:
         log.info("witness_partner_connected", database=db, partner=sender, role=hello["role"], role_sequence=hello["role_sequence"])
         self._record(db, "WITNESS_PARTNER_CONNECTED", f"{sender} ({hello['role']}, role sequence {hello['role_sequence']})")
         try:
+            self.answered[db, sender] = time.monotonic()
             framing.write_message(writer, self.state(db, 0))
             await writer.drain()
             while True:
                 msg = messages.validate(await asyncio.wait_for(framing.read_message(reader), seen.timeout))
                 seen.last_heard = time.monotonic()
-                framing.write_message(writer, self._answer_durably(db, sender, msg))
+                answer = self._answer_durably(db, sender, msg)
+                self.answered[db, sender] = time.monotonic()  # from before it is written: the lease cannot start earlier
+                framing.write_message(writer, answer)
                 await writer.drain()
         finally:
             if self.connected.get(db, {}).get(sender) is seen:
@@ -217,7 +223,8 @@ class Witness:
         # Having seen the principal since this start, the witness knows when it went; otherwise
         # "not connected" may only mean "not connected yet", and it waits out a TIMEOUT first.
         uptime = float("inf") if (db, rec.principal) in self.met else time.monotonic() - self.started
-        vote, new = quorum.decide_vote(rec, req, principal_seen=self.sees(db, rec.principal), witness_uptime=uptime)
+        vote, new = quorum.decide_vote(rec, req, principal_seen=self.sees(db, rec.principal), witness_uptime=uptime,
+                                       principal_answered_ago=time.monotonic() - self.answered.get((db, rec.principal), float("-inf")))
         self.votes[db, vote.granted] = self.votes.get((db, vote.granted), 0) + 1
         if vote.granted:
             self._save(new)  # durable before the mirror hears of it

@@ -185,6 +185,8 @@ class Sim:
         self.record = WitnessRecord(DB, 1, "A", "B", True, Safety.FULL, timeout)  # the witness learns the session's TIMEOUT
         self.heard = {"A": 0.0, "B": 0.0}  # witness: when it last heard each partner (its clock)
         self.w_started = 0.0  # witness: its last (re)start (its clock)
+        self.w_answered = {"A": float("-inf"), "B": float("-inf")}  # witness: when it last answered each partner (its clock)
+        self.wait_out_witness_leases = True  # quorum.decide_vote's principal_answered_ago (a test turns it off)
         self.met = set(PARTNERS)  # witness: the partners it heard from since that start (volatile)
         self.dead: set[str] = set()
         self.frozen: set[str] = set()
@@ -257,6 +259,7 @@ class Sim:
     def _witness_hears(self, n: str) -> None:
         self.heard[n] = self.clock("W")
         self.met.add(n)
+        self.w_answered[n] = self.clock("W")  # it answers every request (engine/witness.py notes it as it does)
 
     def principal_seen(self) -> bool:
         p = self.record.principal
@@ -336,6 +339,7 @@ class Sim:
         self.dead.discard(n)
         if n == "W":
             self.w_started, self.met = self.clock("W"), set()
+            self.w_answered = {"A": float("-inf"), "B": float("-inf")}  # kept in memory only
             return
         old = self.p[n]
         self.p[n] = Partner(n, old.role, old.seq, old.log, last_heard_principal=self.clock(n))
@@ -455,8 +459,9 @@ class Sim:
 
     def _decide_vote(self, n: str, seq: int, hardened: int, forced: bool) -> quorum.Vote:
         before = self.record
+        answered_ago = self.clock("W") - self.w_answered[before.principal] if self.wait_out_witness_leases else float("inf")
         vote, after = quorum.decide_vote(before, VoteRequest(DB, n, seq, hardened, forced), self.principal_seen(),
-                                         self.witness_uptime())
+                                         self.witness_uptime(), answered_ago)
         if vote.granted:
             if not forced and not (before.mirror_synchronized and before.safety is Safety.FULL):
                 raise Violation(f"automatic failover granted to {n} though the witness recorded {before}")
@@ -596,7 +601,7 @@ class Sim:
             raise Violation(f"{how} failover to {n} reuses role sequence {seq} (highest so far {max(self.principals)})")
         answered = me.principal_answered_at
         self._forget_session(me)
-        if how == "recorded" and self.serve_after_old_leases:  # role_change._promote: learned from the record
+        if how in ("recorded", "forced") and self.serve_after_old_leases:  # role_change._promote: record or forced
             me.serves_from = quorum.old_principal_lease_end(answered, self.timeout)
         me.role, me.seq = PRINCIPAL, seq
         me.believes_synchronized = self.record.mirror_synchronized if witness_told else True

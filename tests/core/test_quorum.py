@@ -729,7 +729,7 @@ def test_sim_a_witness_frozen_with_pings_in_its_buffer_renews_no_lease_past_its_
 def test_sim_catches_a_witness_ignoring_the_principal_for_forced_service(monkeypatch):
     # Forced service with a witness keeps a single writer: the witness must no longer see the principal.
     real = quorum.decide_vote
-    monkeypatch.setattr(quorum, "decide_vote", lambda rec, req, seen, *up: real(rec, req, False, *up))
+    monkeypatch.setattr(quorum, "decide_vote", lambda rec, req, seen, up, _answered: real(rec, req, False, up))
     sim = Sim()
     sim.advance(1)
     sim.apply(("cut_link", "A", "B"))
@@ -853,3 +853,75 @@ def test_commits_wait_for_a_mirror_closing_in_even_before_it_caught_up():
     assert ack_rule(view, 100.0) is AckRule.MIRROR
     assert ack_rule(replace(view, mirror_closing=False), 100.0) is AckRule.LOCAL  # exposed, the witness told
     assert ack_rule(replace(view, mirror_connected=False), 100.0) is AckRule.LOCAL  # closing means nothing unconnected
+
+
+def forced_service_right_after_answering_a_principal_that_goes_on_alone(sim: Sim) -> None:
+    """SAFETY OFF: A serves on its mirror lease alone, the witness no longer sees it; A freezes, the A-B connection
+    resets (B learns of it at once, A never does) and B is forced to serve a moment after it last answered A
+    (found by a random run: seed 11, step 96417)."""
+    sim.apply(("safety", Safety.OFF))
+    sim.advance(1)
+    sim.apply(("cut_link", "A", "W"))
+    sim.advance(1.25)  # the witness's last answer to A is a silence old: it may grant a forced vote
+    sim.apply(("freeze", "A"))
+    sim.apply(("reset", "A", "B"))
+    assert sim.force_service()
+    sim.apply(("thaw", "A"))  # the lease B's last answer granted A still runs on A's clock
+
+
+def test_sim_a_mirror_forced_to_serve_soon_after_answering_the_old_principal_waits_out_its_lease():
+    sim = Sim()
+    forced_service_right_after_answering_a_principal_that_goes_on_alone(sim)
+    sim.advance(2)  # checked at every tick: A and B never serve at one instant
+    assert sim.p["B"].role == "PRINCIPAL" and "forced" in sim.history[-1]
+
+
+def test_sim_catches_a_mirror_forced_to_serve_at_once_while_the_old_principal_holds_its_lease():
+    sim = Sim()
+    sim.serve_after_old_leases = False
+    with pytest.raises(Violation, match="two partners may serve"):
+        forced_service_right_after_answering_a_principal_that_goes_on_alone(sim)
+        sim.advance(2)
+
+
+def forced_service_right_after_the_witness_answered_a_principal_going_on_alone(sim: Sim) -> bool:
+    """A runs exposed (its mirror cut off, the witness told it is behind) and acknowledges alone on its witness
+    lease; A freezes, its witness connection ends (the witness stops seeing it at once, A never learns it), and B is
+    forced to serve a moment after the witness last answered A (found by a random run: seed 1, step 493600)."""
+    sim.advance(1)
+    sim.apply(("cut_link", "A", "B"))
+    sim.advance(1.5)
+    sim.apply(("freeze", "A"))
+    sim.apply(("cut_link", "A", "W"))
+    sim.apply(("reset", "A", "W"))
+    granted = sim.force_service()
+    sim.apply(("thaw", "A"))  # the lease the witness's last answer granted A still runs on A's clock
+    return granted
+
+
+def test_sim_the_witness_grants_forced_service_only_once_its_last_answer_to_the_principal_is_a_silence_old():
+    sim = Sim()
+    assert not forced_service_right_after_the_witness_answered_a_principal_going_on_alone(sim)
+    sim.advance(1.25)  # checked at every tick: A and B never serve at one instant
+    assert sim.force_service() and sim.p["B"].role == "PRINCIPAL" and "forced" in sim.history[-1]
+    sim.advance(1)
+
+
+def test_sim_catches_a_witness_granting_forced_service_while_the_principal_holds_its_lease():
+    sim = Sim()
+    sim.wait_out_witness_leases = False
+    with pytest.raises(Violation, match="two partners may serve"):
+        forced_service_right_after_the_witness_answered_a_principal_going_on_alone(sim)
+        sim.advance(1)
+
+
+def test_a_forced_vote_waits_until_the_witness_last_answered_the_principal_a_silence_ago():
+    rec = WitnessRecord("shop", 4, "tcp://a:5022", "tcp://b:5022", False, Safety.OFF, 10)
+    forced = VoteRequest("shop", "tcp://b:5022", 4, 100, forced=True)
+    vote, after = quorum.decide_vote(rec, forced, principal_seen=False, principal_answered_ago=3.0)
+    assert not vote.granted and after is rec
+    assert "answered the principal tcp://a:5022 3.0 s ago" in vote.reason and "possible in 7.0 s" in vote.reason
+    assert quorum.decide_vote(rec, forced, principal_seen=False, principal_answered_ago=10.0)[0].granted
+    automatic = VoteRequest("shop", "tcp://b:5022", 4, 100)  # for a mirror recorded synchronized: no wait
+    synchronized = replace(rec, mirror_synchronized=True, safety=Safety.FULL)
+    assert quorum.decide_vote(synchronized, automatic, principal_seen=False, principal_answered_ago=0.0)[0].granted
