@@ -295,9 +295,9 @@ class AdoptRoleSequence:
 
 @dataclass(frozen=True)
 class NoteWitnessSynchronized:
-    """The witness records the mirror synchronized (automatic failover needs it): nothing is acknowledged alone."""
+    """The witness records the mirror synchronized (automatic failover needs it): nothing is acknowledged alone.
 
-    synchronized: bool
+    There is no "not synchronized" counterpart: no answer lowers the belief (on_witness_state)."""
 
 
 class SuspendCause(str, enum.Enum):
@@ -415,7 +415,7 @@ def on_witness_state(view: RoleView, event: WitnessState) -> list[Action]:
         # Only ever towards "synchronized": this answer may be to a request sent before a later "synchronized"
         # report the witness has already recorded, and a principal believing "not synchronized" acknowledges
         # alone. Only the acceptance of its latest report lowers the belief (witness_link._report_if_changed).
-        return [NoteWitnessSynchronized(True)]
+        return [NoteWitnessSynchronized()]
     return []
 
 

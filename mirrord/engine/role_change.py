@@ -76,7 +76,7 @@ async def carry_out(node: "NodeServices", database: "Database | None", action: r
     elif isinstance(action, roles.AdoptRoleSequence):
         database.update_config(role_sequence=action.role_sequence)
     elif isinstance(action, roles.NoteWitnessSynchronized):
-        database.session.note_witness_synchronized(action.synchronized)
+        database.session.note_witness_synchronized(True)
     elif isinstance(action, roles.SuspendSession):
         if action.cause is roles.SuspendCause.REDO_FAILED:
             mirror_session.mirror_cannot_go_on(database, action.why)
