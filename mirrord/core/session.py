@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 
 from mirrord.core import leases
 from mirrord.core.alerts import thresholds_from_json
-from mirrord.core.quorum import PrincipalView
+from mirrord.core.quorum import PrincipalView, old_principal_lease_end
 from mirrord.core.roles import RoleView, handle
 from mirrord.core.types import (
     DatabaseStatus,
@@ -269,6 +269,14 @@ class Session:
                         mirror_lease_until=self.mirror_lease_until, witness_lease_until=self.witness_lease_until,
                         serves_from=self.serves_from, principal_answered_at=self.principal_answered_at)
 
+    def reports_mirror_synchronized(self) -> bool:
+        """What a principal tells the witness about its mirror: linked, caught up, not SUSPENDED, SAFETY FULL.
+
+        The witness grants automatic failover only to a mirror it records so (quorum.decide_vote).
+        """
+        cfg = self.config
+        return self.partner_connected and self.caught_up and not cfg.suspended and cfg.safety is Safety.FULL
+
     def principal_view(self) -> PrincipalView:
         """The facts the quorum core (core.quorum) needs about this copy as principal."""
         cfg = self.config
@@ -382,11 +390,19 @@ class Session:
         """A principal's manual failover is under way (PENDING_FAILOVER), or over."""
         self.failover_pending = pending
 
-    def note_promoted(self, fork: Lsn, serves_from: float) -> None:
+    def note_promoted(self, fork: Lsn, *, forced: bool, from_record: bool) -> None:
         """A mirror became principal at fork: the new mirror (the old principal) has at most the fork of our history,
-        and the witness marked it unsynchronized; it serves from serves_from (quorum.old_principal_lease_end)."""
+        and the witness marked it unsynchronized.
+
+        With a witness set, a promotion learned from the witness's record or forced serves only once the lease
+        this node's last answer granted the old principal is over (quorum.old_principal_lease_end): learned from
+        the record, the answer may have come after the vote was asked; forced, the old principal may still be up
+        (a SAFETY OFF principal acknowledges on its mirror lease alone; found by the simulator, seed 11 in a
+        million steps). A mirror promoted on its own vote's answer took no log since it asked.
+        """
+        if (from_record or forced) and self.config.witness is not None:
+            self.serves_from = old_principal_lease_end(self.principal_answered_at, self.config.timeout)
         self.note_partner_lost()
-        self.serves_from = serves_from
         self.hardened_lsn = fork
         self.witness_believes_synchronized = False
 

@@ -311,13 +311,9 @@ async def _promote(node: "NodeServices", database: "Database", role_sequence: in
             database.mirror.stop()  # node.activate finishes redo before it opens the copy
             database.mirror = None
         s = database.session
-        serves_from = s.serves_from
-        # the old principal may hold a lease from this node's last answer: learned from the record, the answer may
-        # have come after the vote was asked; forced, the old principal may still be up (a SAFETY OFF principal
-        # acknowledges on its mirror lease alone, found by the simulator: seed 11, a million steps)
-        if (from_record or forced) and s.config.witness is not None:
-            serves_from = quorum.old_principal_lease_end(s.principal_answered_at, s.config.timeout)
-        s.note_promoted(fork, serves_from)  # the new mirror (old principal) has at most the fork; the witness marked it behind
+        # the new mirror (old principal) has at most the fork; the witness marked it behind; the old principal's
+        # lease from this node's last answer may still run (Session.note_promoted)
+        s.note_promoted(fork, forced=forced, from_record=from_record)
         try:
             await node.activate(database)
         except Exception as exc:  # noqa: BLE001 - the copy could not be opened: it must not stay PRINCIPAL

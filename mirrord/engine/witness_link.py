@@ -155,15 +155,11 @@ def _hello(node: "EndpointServices", database: "Database") -> dict:
     cfg = database.session.config
     return {
         "t": "w_hello", "db": database.name, "from_endpoint": node.endpoint_url, "role": cfg.role.value,
-        "role_sequence": cfg.role_sequence, "partner": cfg.partner or "", "synchronized": _mirror_synchronized(database),
+        "role_sequence": cfg.role_sequence, "partner": cfg.partner or "", "synchronized": database.session.reports_mirror_synchronized(),
         "safety": cfg.safety.value, "timeout": cfg.timeout,
     }
 
 
-def _mirror_synchronized(database: "Database") -> bool:
-    """What the principal should tell the witness about its mirror."""
-    s, cfg = database.session, database.session.config
-    return s.partner_connected and s.caught_up and not cfg.suspended and cfg.safety is Safety.FULL
 
 
 async def _drive(node: "EndpointServices", database: "Database", conn: WitnessConnection, reader_task: asyncio.Task) -> None:
@@ -198,7 +194,7 @@ async def _drive(node: "EndpointServices", database: "Database", conn: WitnessCo
 
 async def _report_if_changed(database: "Database", conn: WitnessConnection, reported, timeout: float):
     cfg = database.session.config
-    want = (cfg.role_sequence, _mirror_synchronized(database), cfg.safety, cfg.timeout)
+    want = (cfg.role_sequence, database.session.reports_mirror_synchronized(), cfg.safety, cfg.timeout)
     if want == reported and database.session.witness_believes_synchronized == want[1]:
         return reported
     if want[1]:

@@ -1,7 +1,12 @@
-"""A small, deterministic simulation of one mirroring session's quorum, driving `mirrord.core.quorum` and
-the role machine's rules of `mirrord.core.roles` (what a partner does on the witness's record, on its
-partner's claim to a newer role sequence and on the answer to its vote) and `mirrord.core.leases` (the
-leases an answer renews, the witness lease a reset ends, when a mirror last answered its principal).
+"""A small, deterministic simulation of one mirroring session's quorum, driving the real core: each partner
+holds the engine's own `mirrord.core.session.Session` and changes it only through the methods the engine
+calls (note_ack, note_sent, note_partner_lost, note_promoted, note_stepped_down, hear, ...), reads it through
+the views the engine reads (`Session.principal_view`, `Session.role_view`, `reports_mirror_synchronized`),
+and decides with `mirrord.core.quorum`, the role machine's rules of `mirrord.core.roles` (what a partner does
+on the witness's record, on its partner's claim to a newer role sequence and on the answer to its vote) and
+`mirrord.core.leases` (the leases an answer renews, the witness lease a reset ends, when a mirror last
+answered its principal). What stays the simulator's own is what the engine's shell does around them: the
+network, the log, the links' silence timers, and the order in which a node acts.
 
 What it models
 --------------
@@ -24,11 +29,13 @@ What it models
   clock must end before a full TIMEOUT of silence on the witness's; with 0.8 that holds for drift up to
   0.111). Leases,
   "last heard" and the witness's uptime are read on the clock of the process that keeps them.
-* Partners persist role, role sequence and their log (a list of commit ids; LSN = index + 1).
-  Leases, "last heard from the principal", "was synchronized", what the principal knows of its mirror
-  (hardened, caught up), its commits waiting for the mirror and its belief about the witness record are
-  volatile: a killed partner loses them (restart: no lease, belief "the witness thinks the mirror
-  synchronized" until told otherwise, the mirror's failover clock restarted). The witness persists its
+* Partners persist their session's config (role, role sequence, safety) and their log (a list of commit
+  ids; LSN = index + 1). Everything else the session observes is volatile: a killed partner restarts with
+  `Session(config)` as the engine does (no lease, no link, belief "the witness thinks the mirror
+  synchronized" until told otherwise, nothing known of the principal's state), and loses its commits
+  waiting for the mirror. A partner link is up from the first answer over it (the principal's welcome,
+  the mirror's accepted hello) until a hard error or a full TIMEOUT of silence on either end (the
+  readers' timeouts), as the engine's links; leases are what decide whether a principal may serve. The witness persists its
   `WitnessRecord`; on restart it has heard from no partner, and, as `mirrord.engine.witness` does, it
   counts the principal as seen only once it has heard from it since that start (`met`), and votes
   without it only after a full timeout of its own uptime (`decide_vote(..., witness_uptime=...)`).
@@ -44,9 +51,10 @@ What it models
   `adopt_principal_claim`); the principal ships its log to the other partner (a partner of a lower
   sequence yields to a higher-sequence principal; the mirror of the same sequence rolls back to the
   common prefix, hardens at most `SHIP` records and answers with what it holds, which renews the
-  principal's mirror lease and releases commits waiting for it); a mirror that has not heard from the
-  principal for a timeout asks the witness for a vote when `core.roles.on_ping_due` allows (promoted
-  when the answer arrives, or by the record if the answer was lost); then every principal tries one
+  principal's mirror lease and releases commits waiting for it); a mirror whose principal's link ended
+  asks the witness for a vote when `core.roles.on_ping_due` allows (promoted when the answer arrives
+  within a timeout, or by the record if it did not: it takes no log and ignores the record while it
+  waits, and pings before it asks again, as the witness link does); then every principal tries one
   commit, acknowledged as `ack_rule` says (MIRROR: once the mirror of its sequence answers that it
   hardened it, or locally once the witness heard the mirror is behind; LOCAL; BLOCKED: written while
   it has quorum but never acknowledged; nothing at all without quorum).
@@ -78,16 +86,17 @@ from __future__ import annotations
 
 import heapq
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from mirrord.core import leases, quorum, role_statements as rs, roles
 from mirrord.core.quorum import AckRule, PrincipalView, VoteRequest, WitnessRecord
+from mirrord.core.session import Session, SessionConfig
 from mirrord.core.types import Role, Safety
 
 DB = "shop"
 PARTNERS = ("A", "B")
 NODES = ("A", "B", "W")
-PRINCIPAL, MIRROR = "PRINCIPAL", "MIRROR"
+PRINCIPAL, MIRROR = Role.PRINCIPAL, Role.MIRROR
 STEP = 0.25  # longest stretch between ticks, as a fraction of the timeout
 SHIP = 3  # log records a mirror hardens per shipped message when it is behind
 # The design's bound on clock rates, 1 ± this: a lease of LEASE_FRACTION x TIMEOUT on the fastest-ending
@@ -132,25 +141,37 @@ class Message:
 
 @dataclass
 class Partner:
+    """One partner: the real `core.session.Session` the engine keeps for the database, and what the engine keeps
+    beside it (the log, commits waiting for the mirror, reports sent, its links' silence timers).
+
+    The session holds the persisted config (role, role sequence, safety) and every observed fact the rules
+    read: leases, what the principal knows of its mirror (hardened, caught up, closing) and believes of the
+    witness, whether its partner's link is up, what a mirror last heard of its principal's state, when it last
+    answered it, a vote under way, and when a new principal may serve. Times are on this partner's clock.
+    """
+
     name: str
-    role: str
-    seq: int
+    session: Session
     log: list[int] = field(default_factory=list)  # durable
-    mirror_lease_until: float = 0.0  # volatile from here on; times on this partner's clock
-    witness_lease_until: float = 0.0
-    believes_synchronized: bool = True  # principal: what it thinks the witness recorded
-    mirror_hardened: int = 0  # principal: the most its mirror of this sequence said it holds
-    mirror_caught_up: bool = False  # principal: the mirror holds every acknowledged commit (stays while connected)
-    closing: bool = False  # principal: session.closing (the mirror held a frame that was the whole log)
-    tail_sent: int = 0  # principal: session.tail_sent_lsn
-    acknowledged: int = 0  # principal: the log's acknowledged prefix (session.acknowledged_lsn)
     waiting: list[int] = field(default_factory=list)  # principal: commits waiting for the mirror
     reports: int = 0  # principal: reports sent to the witness (an answer counts only for the latest)
-    last_heard_principal: float = 0.0  # mirror
-    was_synchronized: bool = False  # mirror
-    vote_asked_until: float = 0.0  # mirror: a vote request awaits its answer (role_change: failover_requested)
-    principal_answered_at: float = float("-inf")  # mirror: when it last answered the principal (renewing its lease)
-    serves_from: float = 0.0  # principal: not before (quorum.old_principal_lease_end)
+    last_heard_principal: float = 0.0  # mirror: its receive loop's silence timer (mirror_session._read_or_silence)
+    last_heard_mirror: float = 0.0  # principal: its ack reader's silence timer (principal_session._read_acks)
+    vote_asked_until: float = 0.0  # mirror: the vote request's answer is waited for until then (role_change)
+
+    @property
+    def role(self) -> Role:
+        return self.session.config.role
+
+    @property
+    def seq(self) -> int:
+        return self.session.config.role_sequence
+
+
+def new_session(name: str, role: Role, seq: int, safety: Safety, timeout: float) -> Session:
+    """A partner's session as the engine opens it: the persisted config, nothing observed yet."""
+    return Session(SessionConfig(DB, role=role, partner=other(name), witness="W", safety=safety, timeout=timeout,
+                                 role_sequence=seq))
 
 
 @dataclass
@@ -180,8 +201,11 @@ class Sim:
         self.rate = {n: 1.0 + self.rng.uniform(-drift, drift) if drift else 1.0 for n in NODES}
         self.now = 0.0
         self.safety = Safety.FULL
-        self.p = {"A": Partner("A", PRINCIPAL, 1, mirror_caught_up=True),
-                  "B": Partner("B", MIRROR, 1, was_synchronized=True)}
+        self.p = {"A": Partner("A", new_session("A", PRINCIPAL, 1, self.safety, timeout)),
+                  "B": Partner("B", new_session("B", MIRROR, 1, self.safety, timeout))}
+        self.p["A"].session.note_partner_connected(0)  # linked, the mirror at the (empty) end of log: caught up
+        self.p["B"].session.note_principal_linked(None)
+        self.p["B"].session.note_principal_view(True, 0)  # the principal said so in its first frame
         self.record = WitnessRecord(DB, 1, "A", "B", True, Safety.FULL, timeout)  # the witness learns the session's TIMEOUT
         self.heard = {"A": 0.0, "B": 0.0}  # witness: when it last heard each partner (its clock)
         self.w_started = 0.0  # witness: its last (re)start (its clock)
@@ -220,7 +244,7 @@ class Sim:
             return
         if dst in self.dead:
             if kind == "ship":  # a hard error (connection refused) counts at once: the mirror is gone
-                self._forget_mirror(self.p[src])
+                self.p[src].session.note_partner_lost()
             return
         if self.network.instant:
             if dst not in self.frozen:
@@ -280,10 +304,16 @@ class Sim:
         if kind in ("manual_failover", "force_service"):
             getattr(self, kind)()
         elif kind == "safety":
-            self.safety = args[0]
+            self.set_safety(args[0])
         else:
             getattr(self, kind)(*args)
         self.tick()
+
+    def set_safety(self, safety: Safety) -> None:
+        """ALTER DATABASE SET PARTNER SAFETY on the principal, adopted by the mirror at once (atomic here)."""
+        self.safety = safety
+        for me in self.p.values():
+            me.session.config = me.session.config.with_(safety=safety)
 
     def cut_link(self, x: str, y: str) -> None:
         self.cut.add(frozenset((x, y)))
@@ -316,13 +346,8 @@ class Sim:
                 self._hear(n, leases.WitnessLinkLost())  # the real rule: the lease ends at once
             return
         for n in PARTNERS:
-            me = self.p[n]
-            if not self.up(n):
-                continue
-            if me.role == PRINCIPAL:
-                self._forget_mirror(me)
-            elif me.role == MIRROR:
-                me.last_heard_principal = float("-inf")
+            if self.up(n):
+                self.p[n].session.note_partner_lost()  # both links' readers fail at once (a hard error)
 
     def freeze(self, n: str) -> None:
         self.frozen.add(n)
@@ -341,8 +366,9 @@ class Sim:
             self.w_started, self.met = self.clock("W"), set()
             self.w_answered = {"A": float("-inf"), "B": float("-inf")}  # kept in memory only
             return
-        old = self.p[n]
-        self.p[n] = Partner(n, old.role, old.seq, old.log, last_heard_principal=self.clock(n))
+        old = self.p[n]  # what it persisted: the session's config and the log; nothing observed
+        self.p[n] = Partner(n, Session(old.session.config), old.log, last_heard_principal=self.clock(n))
+        self.p[n].session.note_log_end(len(old.log))
 
     def advance(self, dt: float) -> None:
         end = self.now + dt
@@ -373,8 +399,7 @@ class Sim:
                 continue
             assert actions == [rs.StopServing(), roles.StepDown(pr.seq + 1, f"manual failover to {m.name}")], actions
             self.record = new
-            self._demote(pr, actions[1].role_sequence)
-            pr.principal_answered_at = float("-inf")  # it was the principal: it answered no one's lease
+            self._step_down(pr, actions[1].role_sequence)
             if self.live(m.name, "W"):  # the mirror promotes once the witness's record confirms it (promote_for_failover)
                 self._witness_hears(m.name)  # the confirming ping (role_change.witness_refusal)
                 self._promote(m.name, pr.seq, "manual", witness_told=True)
@@ -387,10 +412,9 @@ class Sim:
             m = self.p[name]
             if not self.up(name) or m.role != MIRROR:
                 continue
-            principal_connected = self.clock(name) - m.last_heard_principal < self.timeout
-            if quorum.forced_service_refusal(principal_connected, True, self.live(name, "W")) is None:
+            if quorum.forced_service_refusal(m.session.partner_connected, True, self.live(name, "W")) is None:
                 # the real rule (core.role_statements.on_force_service_issued): with a witness, only through its vote
-                view = roles.RoleView(Role.MIRROR, m.seq, name, other(name), witness="W", witness_connected=True)
+                view = replace(self._role_view(name), witness_connected=True)
                 assert roles.handle(view, rs.ForceServiceIssued()) == [roles.AskForVote(forced=True)]
                 self._witness_hears(name)  # its vote request
                 vote = self._decide_vote(name, m.seq, len(m.log), forced=True)
@@ -404,6 +428,9 @@ class Sim:
 
     def tick(self) -> None:
         for n in PARTNERS:
+            if self.up(n):
+                self._notice_silence(n)
+        for n in PARTNERS:
             if self.up(n) and self.p[n].role == PRINCIPAL:
                 self._report(n)  # a deposed principal may speak before it learns: the witness must refuse
         for n in PARTNERS:
@@ -415,29 +442,40 @@ class Sim:
                 self._ship(n)
         for n in PARTNERS:
             m = self.p[n]
-            if self.up(n) and m.role == MIRROR and self.clock(n) - m.last_heard_principal >= self.timeout:
+            if not (self.up(n) and m.role == MIRROR):
+                continue
+            if m.session.failover_requested and self.clock(n) >= m.vote_asked_until:
+                # role_change.request_promotion: no answer in time; the witness link pings next (and may learn
+                # from the record that the vote was granted) before it asks again
+                m.session.note_asking_witness(False)
+                continue
+            if not m.session.partner_connected and not m.session.failover_requested:
                 # the real rule (core.roles.on_ping_due), fed by the witness link: only while the witness is reachable
-                view = roles.RoleView(Role.MIRROR, m.seq, n, other(n), safety=self.safety, witness="W",
-                                      principal_was_synchronized=m.was_synchronized)
-                asks = self.live(n, "W") and roles.handle(view, roles.PingDue()) == [roles.AskForVote()]
+                asks = self.live(n, "W") and roles.handle(self._role_view(n), roles.PingDue()) == [roles.AskForVote()]
                 # on a faulty network timers are jittered (half the ticks), as the real links' are: in lockstep
                 # with the principal's, a mirror asking every tick would drop every reconnection it gets
                 jittered = self.network.instant or self.rng.random() < 0.5
-                if asks and self.clock(n) >= m.vote_asked_until and jittered:
+                if asks and jittered:
                     # role_change.request_promotion: from here until the answer (or its timeout), no log from
                     # the old principal, so no lease renewed for it
                     m.vote_asked_until = self.clock(n) + self.timeout
+                    m.session.note_asking_witness(True)
                     self.send(n, "W", "vote", seq=m.seq, hardened=len(m.log))
         for n in PARTNERS:
             if self.up(n) and self.p[n].role == PRINCIPAL:
                 self._report(n)
         for n in PARTNERS:
             if self.up(n) and self.p[n].role == PRINCIPAL:
-                if not self._mirror_connected(n):
-                    self._forget_mirror(self.p[n])  # session.note_partner_lost
                 self._release_waiting(n)
                 self._commit(n)
         self._check_tick()
+
+    def _notice_silence(self, n: str) -> None:
+        """A partner link silent for a full TIMEOUT ends (the readers' timeouts on both ends): session.note_partner_lost."""
+        me = self.p[n]
+        heard = me.last_heard_mirror if me.role == PRINCIPAL else me.last_heard_principal
+        if me.session.partner_connected and self.clock(n) - heard >= self.timeout:
+            me.session.note_partner_lost()
 
     # --- the witness's side
 
@@ -483,39 +521,41 @@ class Sim:
                                        mirror_synchronized=record.mirror_synchronized)
             for action in roles.handle(self._role_view(n), event):
                 if isinstance(action, roles.Promote):
-                    self._promote(n, action.role_sequence, "recorded", witness_told=True)
-                elif isinstance(action, (roles.StepDown, roles.AdoptRoleSequence)):
-                    self._demote(me, action.role_sequence)
+                    self._promote(n, action.role_sequence, "recorded", witness_told=True, forced=action.forced)
+                elif isinstance(action, roles.StepDown):
+                    self._step_down(me, action.role_sequence)
+                elif isinstance(action, roles.AdoptRoleSequence):
+                    self._adopt_role_sequence(me, action.role_sequence)
                 else:
                     raise Violation(f"{n} in sequence {me.seq} hearing the witness record {record}: unexpected {action}")
         # the real rule (core.leases.on_witness_answered): the witness naming this node principal is a lease
         names_me = record.principal == n and record.role_sequence == me.seq
         self._hear(n, leases.WitnessAnswered(sent, names_this_node=names_me))
         if me.role == PRINCIPAL and names_me and adopted and record.mirror_synchronized:
-            me.believes_synchronized = True  # core.roles.on_witness_state: an answer never lowers the belief
+            me.session.note_witness_synchronized(True)  # core.roles.on_witness_state: an answer never lowers the belief
 
     def _on_w_report_ok(self, _w: str, n: str, seq: int, synchronized: bool, number: int) -> None:
         me = self.p[n]
         if me.role == PRINCIPAL and me.seq == seq and number == me.reports:  # the answer to its latest report
-            me.believes_synchronized = synchronized
+            me.session.note_witness_synchronized(synchronized)
 
     def _on_vote_answer(self, _w: str, n: str, granted: bool, seq: int) -> None:
         me = self.p[n]
-        me.vote_asked_until = 0.0
+        if not me.session.failover_requested:
+            return  # role_change.request_promotion gave up waiting: nobody reads this answer
+        me.session.note_asking_witness(False)
         for action in roles.handle(self._role_view(n), roles.VoteAnswered(granted, seq)):  # the real rule
             assert isinstance(action, roles.Promote), action
             self._promote(n, action.role_sequence, "automatic", witness_told=True)
 
     def _ship(self, n: str) -> None:
         me = self.p[n]
-        # session.note_sent: the frame holds the whole log when the mirror lacks no more than a frame's worth
-        if len(me.log) - me.mirror_hardened > SHIP:
-            me.tail_sent = 0
-        elif me.tail_sent == 0:
-            me.tail_sent = len(me.log)
-        self.send(n, other(n), "ship", seq=me.seq, log=tuple(me.log), sent=self.clock(n))
+        s = me.session
+        # the frame holds the whole log when the mirror lacks no more than a frame's worth (session.note_sent)
+        s.note_sent(len(me.log), whole_log=len(me.log) - s.hardened_lsn <= SHIP)
+        self.send(n, other(n), "ship", seq=me.seq, log=tuple(me.log), sent=self.clock(n), synchronized=s.caught_up)
 
-    def _on_ship(self, src: str, n: str, seq: int, log: tuple[int, ...], sent: float) -> None:
+    def _on_ship(self, src: str, n: str, seq: int, log: tuple[int, ...], sent: float, synchronized: bool) -> None:
         me = self.p[n]
         if seq < me.seq:
             return  # a principal of an older sequence: this partner ships to it in turn, and it yields then
@@ -528,83 +568,78 @@ class Sim:
                     self.record.role_sequence, self.record.principal, action.claimant, action.role_sequence) is None
                 if not backed:
                     return  # role_change.carry_out: the witness's record does not back the claim yet
-            self._demote(me, seq)
-        if me.role != MIRROR or self.clock(n) < me.vote_asked_until:
-            return
+                self._step_down(me, seq)
+            else:
+                [action] = roles.handle(self._role_view(n), roles.PrincipalLinked(seq))  # the real rule
+                self._adopt_role_sequence(me, action.role_sequence)
+        if me.role != MIRROR or me.session.failover_requested:
+            return  # core.roles.on_partner_hello: no log while it asks the witness for a vote
+        s = me.session
+        if not s.partner_connected:
+            s.note_principal_linked(None)  # the principal's hello, welcomed
         common = 0
         while common < min(len(me.log), len(log)) and me.log[common] == log[common]:
             common += 1
         me.log = list(log[: min(len(log), common + SHIP)])  # roll back past the fork, then harden
+        s.note_log_end(len(me.log))
         me.last_heard_principal = self.clock(n)
-        me.was_synchronized = len(me.log) == len(log) and self.safety is Safety.FULL
-        self._hear(n, leases.AnsweredPrincipal(self.clock(n)))  # the real rule: its answer grants the principal a lease
+        s.note_principal_view(synchronized, len(me.log))  # mirror_session._adopt_principal_view
+        s.hear(leases.AnsweredPrincipal(self.clock(n)))  # the real rule: its answer grants the principal a lease
         self.send(n, src, "ship_ack", seq=seq, hardened=len(me.log), sent=sent)
 
     def _on_ship_ack(self, _m: str, n: str, seq: int, hardened: int, sent: float) -> None:
         me = self.p[n]
         if me.role != PRINCIPAL or me.seq != seq:
             return
-        self._hear(n, leases.MirrorAnswered(sent))  # the real rule: a lease from when the answered frame was sent
-        me.mirror_hardened = max(me.mirror_hardened, hardened)  # what it holds is a prefix of this log
-        if me.tail_sent and me.mirror_hardened >= me.tail_sent:  # session.note_ack
-            me.closing = True
-        if me.mirror_hardened >= len(me.log) or (me.closing and me.mirror_hardened >= me.acknowledged):
-            me.mirror_caught_up = True
-        done = [cid for cid in me.waiting if me.log.index(cid) < me.mirror_hardened]
+        s = me.session
+        me.last_heard_mirror = self.clock(n)
+        if not s.partner_connected:
+            s.note_partner_connected(hardened)  # the welcome: linked, resuming after what the mirror holds
+        else:
+            s.note_ack(hardened, 0)  # what it holds is a prefix of this log
+        s.hear(leases.MirrorAnswered(sent))  # the real rule: a lease from when the answered frame was sent
+        done = [cid for cid in me.waiting if me.log.index(cid) < s.hardened_lsn]
         if done:
             me.waiting = [cid for cid in me.waiting if cid not in done]
             for cid in done:
                 self._acknowledge(self.commits[cid - 1])
 
     def _role_view(self, n: str) -> roles.RoleView:
-        """What core.roles reads of partner n (endpoints are the partners' names here)."""
-        me = self.p[n]
-        return roles.RoleView(Role(me.role), me.seq, endpoint=n, partner=other(n), timeout=self.timeout, witness="W")
+        """What core.roles reads of partner n: its session's view (endpoints are the partners' names here)."""
+        return self.p[n].session.role_view(endpoint=n)
 
     def _hear(self, n: str, event: leases.Event) -> None:
-        """A lease or link event of partner n: the real rules (core.leases) decide, noted as Session's note_* do."""
-        me = self.p[n]
-        for action in roles.handle(self._role_view(n), event):
-            if isinstance(action, leases.RenewMirrorLease):
-                me.mirror_lease_until = max(me.mirror_lease_until, action.until)
-            elif isinstance(action, leases.RenewWitnessLease):
-                me.witness_lease_until = max(me.witness_lease_until, action.until)
-            elif isinstance(action, leases.EndMirrorLease):
-                me.mirror_lease_until = 0.0
-            elif isinstance(action, leases.EndWitnessLease):
-                me.witness_lease_until = 0.0
-            elif isinstance(action, leases.NotePrincipalAnswered):
-                me.principal_answered_at = action.at
-            elif not isinstance(action, leases.NoteWitnessLink):  # the network says which links are up here
-                raise Violation(f"{n} hearing {event}: unexpected {action}")
-
-    def _mirror_connected(self, n: str) -> bool:
-        return self.clock(n) < self.p[n].mirror_lease_until
+        """A lease or link event of partner n: its session hears it (core.leases decides)."""
+        self.p[n].session.hear(event)
 
     def _synchronized(self, n: str) -> bool:
-        """The principal's view: its mirror of the same sequence answers and has caught up, SAFETY FULL."""
+        """What partner n tells the witness about its mirror (its pings and reports)."""
         me = self.p[n]
-        return (me.role == PRINCIPAL and self.safety is Safety.FULL and self._mirror_connected(n)
-                and me.mirror_caught_up)
+        return me.role == PRINCIPAL and me.session.reports_mirror_synchronized()
 
     def _report(self, n: str) -> None:
         me = self.p[n]
         synchronized = self._synchronized(n)
         if synchronized and self.believe_reports_when_sent:
-            me.believes_synchronized = True  # the witness may record it before its answer arrives, if ever
+            me.session.note_witness_synchronized(True)  # the witness may record it before its answer arrives, if ever
         me.reports += 1
         self.send(n, "W", "w_report", seq=me.seq, synchronized=synchronized, safety=self.safety, number=me.reports)
 
-    def _promote(self, n: str, seq: int, how: str, witness_told: bool) -> None:
+    def _promote(self, n: str, seq: int, how: str, witness_told: bool, forced: bool = False) -> None:
+        """role_change._promote: the config first (persisted), then the session notes the promotion."""
         me = self.p[n]
         if seq <= max(self.principals):
             raise Violation(f"{how} failover to {n} reuses role sequence {seq} (highest so far {max(self.principals)})")
-        answered = me.principal_answered_at
-        self._forget_session(me)
-        if how in ("recorded", "forced") and self.serve_after_old_leases:  # role_change._promote: record or forced
-            me.serves_from = quorum.old_principal_lease_end(answered, self.timeout)
-        me.role, me.seq = PRINCIPAL, seq
-        me.believes_synchronized = self.record.mirror_synchronized if witness_told else True
+        s = me.session
+        forced = forced or how == "forced"
+        kept = s.serves_from
+        s.config = s.config.with_(role=PRINCIPAL, role_sequence=seq, forced_fork=forced, suspended=False)
+        s.note_promoted(len(me.log), forced=forced, from_record=how == "recorded")
+        if not self.serve_after_old_leases:
+            s.serves_from = kept  # a test turns the rule off
+        s.note_log_end(len(me.log))
+        s.note_acknowledged(len(me.log))  # a new principal's own log counts as acknowledged
+        me.waiting = []
         if witness_told:  # the witness's answer promoting it names it principal: a lease from now (the real rule)
             self._hear(n, leases.WitnessAnswered(self.clock(n), names_this_node=True))
         self.history.append(f"t={self.now:.2f} {how}: {n} principal in sequence {seq}")
@@ -615,27 +650,20 @@ class Sim:
         if lost:
             raise Violation(f"{how} failover to {n} (sequence {seq}) loses acknowledged commits {lost}")
 
-    def _demote(self, me: Partner, seq: int) -> None:
-        self._forget_session(me)
-        me.role, me.seq, me.was_synchronized, me.last_heard_principal = MIRROR, seq, False, self.clock(me.name)
+    def _step_down(self, me: Partner, seq: int) -> None:
+        """role_change._step_down: its waiting commits fail (never acknowledged), the config, then the session."""
+        me.waiting = []
+        me.session.config = me.session.config.with_(role=MIRROR, role_sequence=seq, forced_fork=False)
+        me.session.note_stepped_down()
+        me.last_heard_principal = self.clock(me.name)
 
     @staticmethod
-    def _forget_mirror(me: Partner) -> None:
-        me.mirror_lease_until, me.mirror_caught_up, me.closing, me.tail_sent = 0.0, False, False, 0
-
-    @staticmethod
-    def _forget_session(me: Partner) -> None:
-        """What a role change ends: leases, what the principal knew of its mirror, commits waiting (never acknowledged)."""
-        me.mirror_lease_until = me.witness_lease_until = 0.0
-        me.mirror_hardened, me.mirror_caught_up, me.waiting = 0, False, []
-        me.closing, me.tail_sent, me.acknowledged = False, 0, len(me.log)  # (a new principal's own log counts as acknowledged)
+    def _adopt_role_sequence(me: Partner, seq: int) -> None:
+        """role_change.carry_out's AdoptRoleSequence: the config alone."""
+        me.session.config = me.session.config.with_(role_sequence=seq)
 
     def view(self, n: str) -> PrincipalView:
-        pr = self.p[n]
-        connected = self._mirror_connected(n)
-        return PrincipalView(self.safety, True, False, connected, connected and pr.mirror_caught_up, True,
-                             pr.believes_synchronized, pr.mirror_lease_until, pr.witness_lease_until, pr.serves_from,
-                             mirror_closing=connected and pr.closing)
+        return self.p[n].session.principal_view()
 
     def _commit(self, n: str) -> None:
         me, view = self.p[n], self.view(n)
@@ -646,6 +674,7 @@ class Sim:
             return
         cid = len(self.commits) + 1
         me.log.append(cid)
+        me.session.note_log_end(len(me.log))
         commit = Commit(n, me.seq, cid, rule, False, self.now)
         self.commits.append(commit)
         if rule is AckRule.MIRROR:
@@ -668,7 +697,7 @@ class Sim:
         commit.acked = True
         me = self.p[commit.node]
         if commit.cid in me.log:
-            me.acknowledged = max(me.acknowledged, me.log.index(commit.cid) + 1)
+            me.session.note_acknowledged(max(me.session.acknowledged_lsn, me.log.index(commit.cid) + 1))
         self.ackers.setdefault(commit.seq, set()).add(commit.node)
         if len(self.ackers[commit.seq]) > 1:
             raise Violation(f"two nodes acknowledged in role sequence {commit.seq}: {self.ackers[commit.seq]}")

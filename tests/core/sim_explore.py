@@ -2,9 +2,11 @@
 
     python -m tests.core.sim_explore random --steps 1000000 --seed 1 [--max-delay 0.3 --drop 0.05
         --duplicate 0.05 --drift 0.1]
+    python -m tests.core.sim_explore random --steps 1000000 --seeds 1-12   # one run per seed (the nightly job)
     python -m tests.core.sim_explore explore --depth 5
 
-The simulation drives the real decisions of `mirrord.core.quorum` (lease math, votes, the ack rule, the
+The simulation drives each partner's real `mirrord.core.session.Session` (what the engine observes and
+persists, changed only through its own methods) and the real decisions of `mirrord.core.quorum` (lease math, votes, the ack rule, the
 witness's record), `mirrord.core.roles` (what a partner does on the witness's record, on its
 partner's claim and on the answer to its vote, and what a manual failover or forced service comes to)
 and `mirrord.core.leases` (which answer renews which lease, what a reset ends). Every event is checked as it happens (quorum_sim.Violation: two principals in a
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import copy
 import random
+import re
 import sys
 import time
 from collections import deque
@@ -100,7 +103,9 @@ def _compact(sim: Sim) -> None:
     a long run does not slow down as its logs grow: the roles, role sequences, leases and the witness's
     record stay; commit ids start again."""
     for p in sim.p.values():
-        p.log, p.waiting, p.mirror_hardened, p.acknowledged, p.tail_sent = [], [], 0, 0, 0
+        p.log, p.waiting = [], []
+        s = p.session  # the positions restart with the ids: the mirror holds the (empty) log, all of it acknowledged
+        s.hardened_lsn = s.acknowledged_lsn = s.end_of_log_lsn = s.tail_sent_lsn = 0
     sim.commits, sim.fork_mark = [], 0
     sim.inflight.clear()  # they carry the old ids: lost, as a network may lose them
 
@@ -152,11 +157,13 @@ def state_key(sim: Sim) -> tuple:
     a, b = sim.p["A"].log, sim.p["B"].log
     shared = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
     partners = tuple(  # a log as what it holds past the part both share (capped), and whether it has every ack
-        (p.role, p.seq, min(8, len(p.log) - shared), acked <= set(p.log), left(p.mirror_lease_until),
-         left(p.witness_lease_until), p.believes_synchronized, ago(p.last_heard_principal), p.was_synchronized,
-         p.mirror_caught_up, min(8, len(p.log) - p.mirror_hardened), min(8, len(p.waiting)), left(p.vote_asked_until),
-         ago(p.principal_answered_at), left(p.serves_from))
-        for p in (sim.p[n] for n in PARTNERS))
+        (p.role, p.seq, min(8, len(p.log) - shared), acked <= set(p.log), left(s.mirror_lease_until),
+         left(s.witness_lease_until), s.witness_believes_synchronized, ago(p.last_heard_principal),
+         ago(p.last_heard_mirror), s.partner_connected, s.principal_was_synchronized, s.caught_up, s.closing,
+         min(8, max(0, s.tail_sent_lsn - s.hardened_lsn)), min(8, max(0, len(p.log) - s.acknowledged_lsn)),
+         min(8, len(p.log) - s.hardened_lsn), min(8, len(p.waiting)), s.failover_requested, left(p.vote_asked_until),
+         ago(s.principal_answered_at), left(s.serves_from), s.config.forced_fork)
+        for p, s in ((sim.p[n], sim.p[n].session) for n in PARTNERS))
     return (partners, sim.record, sim.safety, frozenset(sim.dead), frozenset(sim.frozen), frozenset(sim.cut),
             frozenset(sim.met), tuple(ago(sim.heard[n]) for n in PARTNERS), min(8, ago(sim.w_started)),
             max(sim.principals), frozenset(sim.forced_seqs))
@@ -203,12 +210,24 @@ STARTS: dict[str, list[tuple]] = {
 }
 
 
+def seed_range(text: str) -> list[int]:
+    """'3-7' -> [3, 4, 5, 6, 7]; '5' -> [5] (argparse type)."""
+    if re.fullmatch(r"\d+(-\d+)?", text) is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed range such as 1-12")
+    first, _, last = text.partition("-")
+    seeds = list(range(int(first), int(last or first) + 1))
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"{text!r} is empty: the first seed is past the last")
+    return seeds
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.core.sim_explore", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="mode", required=True)
     r = sub.add_parser("random", help="one long random run")
     r.add_argument("--steps", type=int, default=1_000_000)
     r.add_argument("--seed", type=int, default=1)
+    r.add_argument("--seeds", type=seed_range, help="FIRST-LAST: one run per seed, in turn (instead of --seed)")
     r.add_argument("--max-delay", type=float, default=FAULTY.max_delay, help="in timeouts (0: instant)")
     r.add_argument("--drop", type=float, default=FAULTY.drop)
     r.add_argument("--duplicate", type=float, default=FAULTY.duplicate)
@@ -219,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.mode == "random":
             network = Network(args.max_delay, args.drop, args.duplicate)
-            print(f"random run: {random_run(args.steps, args.seed, network=network, drift=args.drift)}")
+            for seed in args.seeds or [args.seed]:  # a violation names its seed and step
+                print(f"random run, seed {seed}: {random_run(args.steps, seed, network=network, drift=args.drift)}", flush=True)
         else:
             print(f"explored: {explore(args.depth, STARTS)}")
     except Violation as exc:

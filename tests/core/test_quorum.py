@@ -568,7 +568,7 @@ def test_sim_catches_an_ack_rule_going_local_without_telling_the_witness(monkeyp
     sim = Sim()
     sim.advance(1)
     sim.apply(("cut_link", "A", "W"))  # A keeps its witness lease a while, and cannot report
-    sim._forget_mirror(sim.p["A"])  # its connection to B resets (a hard error): A knows at once, B not yet
+    sim.p["A"].session.note_partner_lost()  # its connection to B resets (a hard error): A knows at once, B not yet
     with pytest.raises(Violation, match="loses acknowledged"):
         sim.apply(("cut_link", "A", "B"))  # A acknowledges alone; the witness still records B synchronized
         sim.advance(3)
@@ -720,7 +720,7 @@ def test_sim_a_witness_frozen_with_pings_in_its_buffer_renews_no_lease_past_its_
     sim.advance(0.25)
     old = [sent for sent in answered if sent < thawed_at]
     assert len(old) >= 2  # answers to pings sent while W was frozen
-    assert sim.p["A"].witness_lease_until == quorum.lease_until(max(answered), sim.timeout)
+    assert sim.p["A"].session.witness_lease_until == quorum.lease_until(max(answered), sim.timeout)
     sim.apply(("cut_link", "A", "W"))
     sim.advance(3)  # B is promoted; A never serves alongside it (checked at every tick)
     assert sim.p["B"].role == "PRINCIPAL"

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as hs
 
-from mirrord.core import statements as st
+from mirrord.core import leases, statements as st
 from mirrord.core.rules import refusal
 from mirrord.core.session import Session, SessionConfig
 from mirrord.core.types import DatabaseStatus, MirroringState, Role, Safety
@@ -257,10 +257,36 @@ def test_a_mirror_linked_to_its_principal_keeps_saying_why_while_its_redo_failed
     assert healthy.state_reason is None and healthy.partner_listen is None
 
 
+@pytest.mark.parametrize("forced, from_record, witness, serves_from", [
+    (False, False, "tcp://c:5022", 0.0),  # its own vote's answer: it took no log since it asked
+    (True, False, "tcp://c:5022", 100.0 + 10),  # forced: the old principal may be up, holding its lease
+    (False, True, "tcp://c:5022", 100.0 + 10),  # learned from the record: it may have answered since it asked
+    (True, False, None, 0.0),  # no witness: no lease to wait out
+])
+def test_a_promotion_forced_or_learned_from_the_record_waits_out_the_lease_its_last_answer_granted(
+        forced, from_record, witness, serves_from):
+    s = mirror(witness=witness, timeout=10)
+    s.hear(leases.AnsweredPrincipal(100.0))
+    s.note_promoted(17, forced=forced, from_record=from_record)
+    assert s.serves_from == serves_from
+
+
+def test_a_principal_reports_its_mirror_synchronized_only_linked_caught_up_unsuspended_and_safety_full():
+    s = principal_session(end=0)
+    assert s.reports_mirror_synchronized()
+    s.config = s.config.with_(safety=Safety.OFF)
+    assert not s.reports_mirror_synchronized()
+    s.config = s.config.with_(safety=Safety.FULL, suspended=True)
+    assert not s.reports_mirror_synchronized()
+    s.config = s.config.with_(suspended=False)
+    s.note_partner_lost()
+    assert not s.reports_mirror_synchronized()
+
+
 def test_a_promoted_mirror_holds_its_fork_no_mirror_lease_and_the_witness_believes_its_mirror_behind():
     s = mirror()
     s.note_partner_connected(20)
     s.mirror_lease_until, s.witness_lease_until = 1e12, 5e11
-    s.note_promoted(17, serves_from=33.0)
-    assert (s.hardened_lsn, s.serves_from, s.mirror_lease_until, s.witness_lease_until) == (17, 33.0, 0.0, 5e11)
+    s.note_promoted(17, forced=False, from_record=False)
+    assert (s.hardened_lsn, s.serves_from, s.mirror_lease_until, s.witness_lease_until) == (17, 0.0, 0.0, 5e11)
     assert not s.partner_connected and not s.witness_believes_synchronized

@@ -3,6 +3,10 @@ are commands: `python -m tests.core.sim_explore random --steps 1000000` and `...
 
 from __future__ import annotations
 
+import argparse
+
+import pytest
+
 from tests.core import sim_explore
 
 
@@ -30,3 +34,10 @@ def test_the_state_key_forgets_absolute_time_and_commit_ids():
     b.apply(("advance", 1.0))  # later, with more commits, in the same situation
     assert len(b.commits) > len(a.commits)
     assert sim_explore.state_key(a) == sim_explore.state_key(b)
+
+
+def test_a_seed_range_names_each_seed_once_and_a_bad_one_is_refused_with_an_example():
+    assert sim_explore.seed_range("3-5") == [3, 4, 5] and sim_explore.seed_range("7") == [7]
+    for bad in ("x", "5-3", "1-"):
+        with pytest.raises(argparse.ArgumentTypeError, match="1-12|empty"):
+            sim_explore.seed_range(bad)
