@@ -148,7 +148,7 @@ def random_run(steps: int, seed: int, report=print, network: Network = FAULTY, d
 def state_key(sim: Sim) -> tuple:
     """What the checks can tell apart (see the module's docstring): no absolute time, no commit ids."""
     def left(until: float) -> int:
-        return max(0, min(8, round((until - sim.now) / (STEP * sim.timeout))))
+        return round(max(0.0, min(8.0, (until - sim.now) / (STEP * sim.timeout))))  # clamped first: until may be -inf
 
     def ago(at: float) -> int:  # (explored with clocks that do not drift: every clock reads sim.now)
         return 8 if at == float("-inf") else max(0, min(8, round((sim.now - at) / (STEP * sim.timeout))))

@@ -41,3 +41,9 @@ def test_a_seed_range_names_each_seed_once_and_a_bad_one_is_refused_with_an_exam
     for bad in ("x", "5-3", "1-"):
         with pytest.raises(argparse.ArgumentTypeError, match="1-12|empty"):
             sim_explore.seed_range(bad)
+
+
+def test_the_state_key_takes_a_promotion_by_a_mirror_that_never_answered_its_principal():
+    sim = sim_explore.Sim()
+    sim.p["B"].session.serves_from = float("-inf")  # old_principal_lease_end of "never answered" (found at depth 4)
+    assert sim_explore.state_key(sim)[0][1][-2] == 0
