@@ -26,6 +26,7 @@ from mirrord.core.checkmirror import PageDigests
 from mirrord.core.page_repair import ERROR_CHECKSUM, ERROR_IO
 from mirrord.storage.checksums import store_digests_apart
 from mirrord.storage.pagestore import PageStore, RedoThread
+from mirrord.engine.worker_thread import WorkerThread
 from mirrord.storage import snapshot as snapfiles
 from mirrord.core.snapshots import SnapshotMeta
 
@@ -51,6 +52,7 @@ class MirrorDatabase:
         self._loop = asyncio.get_running_loop()
         self._store: PageStore | None = None
         self._redo: RedoThread | None = None
+        self._hardener: WorkerThread | None = None  # appends and fsyncs received log (see harden), from the first frame
         self._seed_tmp: Path | None = None
         self._seed_file = None
         self._page_size: int | None = None  # known once read from the copy's header
@@ -254,7 +256,9 @@ class MirrorDatabase:
         for prev, rec in zip(records, records[1:]):
             if rec.lsn != prev.lsn + 1:
                 raise ProtocolError(f"log block is not contiguous at LSN {rec.lsn}")
-        await asyncio.to_thread(self._append_and_sync, records)
+        if self._hardener is None:
+            self._hardener = WorkerThread(f"harden:{self.session.db}")
+        await self._hardener.run(self._append_and_sync, records)
         self.session.note_log_end(self.log.last_lsn)
         if redo_now:
             self.redo_hardened()
@@ -447,7 +451,11 @@ class MirrorDatabase:
         return await asyncio.to_thread(self._redo.wait_for, target, timeout)
 
     def stop(self) -> None:
-        """Stop redo (persisting its LSN) and close the page store and the snapshots (their files stay)."""
+        """Stop hardening (what is under way finishes) and redo (persisting its LSN); close the page store and
+        the snapshots (their files stay)."""
+        if self._hardener is not None:
+            self._hardener.close()
+            self._hardener = None
         if self._redo is not None:
             self._redo.stop()
             self._redo.join()
