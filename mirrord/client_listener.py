@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import re
 import secrets
 from typing import TYPE_CHECKING, Callable, Iterable
 
@@ -50,11 +49,11 @@ class ClientConnection:
         return self.state.statement_timeout_ms
 
     async def answer(self, msg: dict) -> dict:
-        self.owner.running = self.owner.last_statement = _redacted(msg["sql"][:1000])  # sp_who shows it: no password
+        self.owner.note_running(msg["sql"])
         try:
             return await self.listener.answer(self.state, self.owner, msg)
         finally:
-            self.owner.running = None
+            self.owner.note_done()
 
     def holds_transaction(self) -> bool:
         return any(p.holds_transaction(self.owner) for p in self._principals())
@@ -140,7 +139,7 @@ class ClientListener:
         except MirrordError as exc:
             return _error(msg["id"], exc)
         except Exception as exc:  # report, log, keep serving
-            log.exception("statement_failed", sql=_redacted(msg["sql"][:200]))
+            log.exception("statement_failed", sql=lg.redacted(msg["sql"][:200]))
             return {"t": "error", "id": msg["id"], "code": "internal", "message": f"internal error: {exc!r}", "principal": None}
         return {
             "t": "result", "id": msg["id"], "columns": result.columns, "rows": result.rows,
@@ -149,14 +148,6 @@ class ClientListener:
             "lastrowid": result.lastrowid,  # beyond the schema: older clients ignore it
             "types": getattr(result, "types", None),  # declared column types (PEP 249 description), beyond the schema
         }
-
-
-_PASSWORD = re.compile(r"(?is)(PASSWORD\s*=\s*)N?'(?:[^']|'')*'?")
-
-
-def _redacted(sql: str) -> str:
-    """SQL as it may be logged: never a password."""
-    return _PASSWORD.sub(r"\1'***'", sql)
 
 
 def _error(request_id: int, exc: MirrordError) -> dict:

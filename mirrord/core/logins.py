@@ -293,3 +293,11 @@ def statement_need(stmt: object, login_name: str | None) -> tuple[str, str | Non
     if isinstance(stmt, st.AlterLogin) and stmt.name == login_name:
         return None  # a login may change its own password
     return SYSADMIN, None
+
+
+_PASSWORD = re.compile(r"(?is)(PASSWORD\s*=\s*)N?'(?:[^']|'')*'?")
+
+
+def redacted(sql: str) -> str:
+    """SQL as it may be shown (EXEC sp_who) or logged: never a password."""
+    return _PASSWORD.sub(r"\1'***'", sql)

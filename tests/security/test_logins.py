@@ -269,6 +269,18 @@ def test_mirrorctl_takes_the_login_flags():
     "CREATE LOGIN bob WITH PASSWORD = 'hunter2-unterminated",
 ])
 def test_logged_sql_never_carries_a_password(sql):
-    from mirrord.client_listener import _redacted
+    from mirrord.core.logins import redacted
 
-    assert "hunter2" not in _redacted(sql) and "***" in _redacted(sql)
+    assert "hunter2" not in redacted(sql) and "***" in redacted(sql)
+
+
+def test_sp_who_shows_a_statement_without_its_password_and_only_its_start():
+    from mirrord.node_services import ClientOwner
+
+    owner = ClientOwner(51)
+    owner.note_running("CREATE LOGIN bob WITH PASSWORD = 'hunter2-secret'")
+    assert "hunter2" not in owner.running and "hunter2" not in owner.last_statement and "***" in owner.running
+    owner.note_done()
+    assert owner.running is None and "***" in owner.last_statement
+    owner.note_running("SELECT '" + "x" * 5000 + "'")
+    assert len(owner.running) == len(owner.last_statement) == ClientOwner.SHOWN
