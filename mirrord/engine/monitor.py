@@ -23,7 +23,7 @@ import math
 import platform
 import time
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -314,6 +314,9 @@ class NodeMetrics:
         self.redo_queue_timeouts = Counter("mirrord_redo_queue_timeouts", "writes refused (redo_queue_full) after waiting "
                                            "their lock timeout on the redo queue limit", labels, registry=r)
         self._known: set[str] = set()
+        # per database, the commit counter's and latency histogram's labelled series: `labels()` per commit
+        # (a lock and a key built each time) was 2.8 % of a principal's interpreter time at 1 client
+        self._commit_series: dict[str, tuple[Any, Any]] = {}
         self._witness_exported: dict = {}
 
     def count_refused(self, database: str, reason: str) -> None:
@@ -395,8 +398,12 @@ class NodeMetrics:
 
     def observe_commit(self, database: str, seconds: float) -> None:
         """One acknowledged commit and its latency (called by the principal, in the event loop)."""
-        self.commits.labels(self.node, database).inc()
-        self.commit_latency.labels(self.node, database).observe(seconds)
+        series = self._commit_series.get(database)
+        if series is None:
+            series = self._commit_series[database] = (self.commits.labels(self.node, database),
+                                                      self.commit_latency.labels(self.node, database))
+        series[0].inc()
+        series[1].observe(seconds)
 
     def update_witness(self, witness: "Witness") -> None:
         """The witness's sessions, connected partners and votes."""
@@ -409,6 +416,8 @@ class NodeMetrics:
 
     def forget_missing(self, databases: set[str]) -> None:
         """Drop the series of databases that no longer exist here."""
+        for db in [db for db in self._commit_series if db not in databases]:
+            del self._commit_series[db]  # a database made again under that name gets series of its own
         for db in self._known - databases:
             for metric in (*self.figures.values(), self.role, self.state, self.role_sequence, self.partner_connected,
                            self.witness_connected, self.failover_ready, self.warnings, self.failovers, self.refused, self.reconnects,

@@ -111,3 +111,16 @@ def test_thresholds_are_exported_in_base_units():
 def test_counters_advance_by_what_their_source_gained():
     exported: dict = {}
     assert [_advance(exported, "x", v) for v in (5, 5, 9, 2, 3)] == [5, 0, 4, 2, 1]  # 2: the source restarted from 0
+
+
+def test_commit_series_are_kept_per_database_and_a_database_made_again_is_exported_anew():
+    metrics = NodeMetrics("a")
+    metrics.observe_commit("shop", 0.002)
+    metrics.observe_commit("shop", 0.004)
+    text = generate_latest(metrics.registry).decode()
+    assert 'mirrord_commits_total{database="shop",node="a"} 2.0' in text
+    metrics._known.add("shop")
+    metrics.forget_missing(set())  # DROP DATABASE shop
+    assert 'database="shop"' not in generate_latest(metrics.registry).decode()
+    metrics.observe_commit("shop", 0.001)  # CREATE DATABASE shop again
+    assert 'mirrord_commits_total{database="shop",node="a"} 1.0' in generate_latest(metrics.registry).decode()
