@@ -503,3 +503,53 @@ def test_zeros_ahead_never_go_past_the_segment_size(logdir):
     log.sync()
     assert all(f.stat().st_size <= 3 * PS + rec(1).nbytes + 64 for f in segment_files(logdir))
     assert DurableLog(logdir, segment_bytes=3 * PS).read_from(1, 1 << 30) == recs(1, 12)
+
+
+# ------------------------------------------------------------------ the newest records, kept in memory
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=st.lists(st.integers(1, 40), min_size=1, max_size=30), start=st.integers(1, 30),
+       max_bytes=st.integers(1, 40 * PS))
+def test_a_read_of_the_newest_records_from_memory_is_what_a_read_from_the_file_gives(sizes, start, max_bytes):
+    import mirrord.storage.log as logmod
+
+    with tempfile.TemporaryDirectory() as tmp:
+        log = DurableLog(Path(tmp), segment_bytes=8 * PS * 40)
+        for lsn, npages in enumerate(sizes, start=1):
+            log.append([rec(lsn, npages=npages)])
+        assert log._recent_bytes <= logmod.RECENT_BYTES  # noqa: SLF001 - the bound
+        start = min(start, len(sizes))
+        from_memory = log.read_from(start, max_bytes)
+        log.close()
+        reopened = DurableLog(Path(tmp), segment_bytes=8 * PS * 40)
+        assert not reopened._recent  # noqa: SLF001 - a new log reads the file
+        assert from_memory == reopened.read_from(start, max_bytes)
+        reopened.close()
+
+
+def test_records_kept_in_memory_never_outlive_a_rollback_or_a_reset(logdir, monkeypatch):
+    log = DurableLog(logdir)
+    log.append(recs(1, 5))
+    assert log.read_from(4, 1 << 20)[0] is log._recent[3]  # noqa: SLF001 - served from memory, as appended
+    log.truncate_after(3)  # a fork rolled back
+    log.append(recs(4, 6, role_sequence=2))
+    assert [(r.lsn, r.role_sequence) for r in log.read_from(3, 1 << 20)] == [(3, 1), (4, 2), (5, 2), (6, 2)]
+    log.reset(100, 3)
+    log.append([rec(100, role_sequence=3)])
+    assert [r.lsn for r in log.read_from(100, 1 << 20)] == [100]
+    log.close()
+
+
+def test_only_the_newest_megabyte_stays_in_memory_and_a_larger_record_not_at_all(logdir, monkeypatch):
+    import mirrord.storage.log as logmod
+
+    monkeypatch.setattr(logmod, "RECENT_BYTES", 10 * PS)
+    log = DurableLog(logdir)
+    log.append(recs(1, 20))
+    assert [r.lsn for r in log._recent][0] > 1 and log._recent[-1].lsn == 20  # noqa: SLF001
+    assert [r.lsn for r in log.read_from(1, 1 << 20)] == list(range(1, 21))  # the older ones from the file
+    log.append([rec(21, npages=20)])
+    assert log._recent == []  # noqa: SLF001 - larger than the bound alone
+    assert log.read_from(21, 1)[0] == rec(21, npages=20)
+    log.close()
