@@ -31,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRST_IP = 56  # inside the benchmarks' 127.0.0.51-59, away from the tests' 127.0.0.11-13
-METRICS = ("commits_per_s", "p50_ms", "server_cpu_ms")
+METRICS = ("commits_per_s", "p50_ms", "server_cpu_ms", "principal_cpu_ms", "mirror_cpu_ms")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -103,7 +103,8 @@ def _bench(tree: Path, args: argparse.Namespace, out: Path) -> list[dict]:
 
 def _print(rows: list[dict], labels: dict[str, str]) -> None:
     print(f"A = {labels['a']}\nB = {labels['b']}")
-    head = f"{'mode':<12} {'clients':>7} | {'commits/s A':>11} {'B':>8} {'B/A':>5} | {'p50 ms A':>8} {'B':>6} | {'CPU ms/commit A':>15} {'B':>6} {'B/A':>5} | errors"
+    head = (f"{'mode':<12} {'clients':>7} | {'commits/s A':>11} {'B':>8} {'B/A':>5} | {'p50 ms A':>8} {'B':>6} | "
+            f"{'CPU ms/commit A':>15} {'B':>6} {'B/A':>5} | {'principal A':>11} {'B':>6} | {'mirror A':>8} {'B':>6} | errors")
     print(head)
     print("-" * len(head))
 
@@ -112,9 +113,11 @@ def _print(rows: list[dict], labels: dict[str, str]) -> None:
 
     for r in rows:
         c, p, cpu = r["commits_per_s"], r["p50_ms"], r["server_cpu_ms"]
+        pr, mi = r.get("principal_cpu_ms", {}), r.get("mirror_cpu_ms", {})  # "-" for a revision whose bench lacks them
         print(f"{r['mode']:<12} {r['clients']:>7} | {num(c['a'], ',.0f'):>11} {num(c['b'], ',.0f'):>8} {num(c['ratio'], '.2f'):>5} | "
               f"{num(p['a'], '.2f'):>8} {num(p['b'], '.2f'):>6} | {num(cpu['a'], '.3f'):>15} {num(cpu['b'], '.3f'):>6} "
-              f"{num(cpu['ratio'], '.2f'):>5} | {r['errors']['a']}/{r['errors']['b']}")
+              f"{num(cpu['ratio'], '.2f'):>5} | {num(pr.get('a'), '.3f'):>11} {num(pr.get('b'), '.3f'):>6} | "
+              f"{num(mi.get('a'), '.3f'):>8} {num(mi.get('b'), '.3f'):>6} | {r['errors']['a']}/{r['errors']['b']}")
 
 
 def main(argv: list[str] | None = None) -> int:

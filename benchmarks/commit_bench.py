@@ -54,6 +54,8 @@ class Run:
     ratio_to_standalone: float | None = None
     loadgen_cpu_ms: float | None = None  # CPU the load generator itself spent per commit (it shares the cores)
     server_cpu_ms: float | None = None  # CPU of the servers (principal + mirror) per commit: steadier than time on a busy machine
+    principal_cpu_ms: float | None = None  # of which the principal's (node a), per commit
+    mirror_cpu_ms: float | None = None  # and the mirror's (node b)
 
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -144,16 +146,19 @@ def _run_loop(coro):
 def run_one(address: str, mode: str, clients: int, seconds: float, server_pids: list[int] | None = None) -> Run:
     """One (mode, clients) cell of the table."""
     cpu = time.process_time()
-    servers = process_cpu(server_pids) if server_pids else 0.0
+    each = [process_cpu([pid]) for pid in server_pids or []]
     latencies, errors, window = _run_loop(measure(address, MODES[mode], clients, seconds))
     cpu = time.process_time() - cpu
-    servers = process_cpu(server_pids) - servers if server_pids else None
+    each = [process_cpu([pid]) - before for pid, before in zip(server_pids or [], each)]
+    servers = sum(each) if server_pids else None
     latencies.sort()
     ms = [x * 1000 for x in latencies]
     done = len(ms) * (window + WARMUP) / window  # commits in the whole run, warm-up included (estimated)
     return Run(mode, clients, len(ms), errors, window, len(ms) / window, percentile(ms, 50), percentile(ms, 99),
                loadgen_cpu_ms=cpu * 1000 / done if ms else None,
-               server_cpu_ms=servers * 1000 / done if ms and servers is not None else None)
+               server_cpu_ms=servers * 1000 / done if ms and servers is not None else None,
+               principal_cpu_ms=each[0] * 1000 / done if ms and len(each) == 2 else None,
+               mirror_cpu_ms=each[1] * 1000 / done if ms and len(each) == 2 else None)
 
 
 def prepare(cluster: LocalCluster) -> None:
