@@ -6,7 +6,9 @@ to be synchronized. Each partner keeps one connection to it and pings over
 it; every answer is a `w_state` carrying the record and whether the witness
 currently sees each partner, which is how partners learn of role changes they
 missed. Decisions (votes, reports, manual failover) are the pure functions of
-`core.quorum`; this module persists their result *before* answering.
+`core.quorum`, and what the witness observes of each session (who it sees,
+has met, last answered) is `core.witnessing`'s; this module persists their
+result *before* answering.
 
 The witness "sees" a partner while its connection is open and it has heard
 from it within PARTNER TIMEOUT. A closed or reset connection (a killed
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,7 @@ import structlog
 from mirrord.core import messages, quorum
 from mirrord.core.names import PathOutside, inside, is_db_name
 from mirrord.core.quorum import VoteRequest, WitnessRecord
+from mirrord.core.witnessing import Heard, Witnessing
 from mirrord.core.types import Endpoint, ProtocolError, Safety
 from mirrord.net import framing
 from mirrord.storage.fileutil import NO_SPACE, atomic_write_json, read_json
@@ -40,18 +42,6 @@ log = structlog.get_logger()
 MAX_RECORDS = 1024
 
 
-@dataclass
-class _Seen:
-    """A partner connected to the witness."""
-
-    endpoint: str
-    timeout: float
-    last_heard: float = field(default_factory=time.monotonic)
-
-    def alive(self, now: float) -> bool:
-        return now - self.last_heard < self.timeout
-
-
 class Witness:
     """All databases this node witnesses."""
 
@@ -60,20 +50,31 @@ class Witness:
         self.events = events  # the node's event history
         self.max_records = max_records
         directory.mkdir(parents=True, exist_ok=True)
-        self.records: dict[str, WitnessRecord] = {}
-        self.connected: dict[str, dict[str, _Seen]] = {}  # db -> endpoint -> seen
         self.started = time.monotonic()  # a fresh witness has not yet seen anyone go silent
-        self.met: set[tuple[str, str]] = set()  # (db, endpoint) of partners connected since this start
-        # (db, endpoint) -> when the witness last answered that partner (monotonic): an answer naming it principal is
-        # a lease it may hold after its connection ended, so a forced vote waits it out (quorum.decide_vote)
-        self.answered: dict[tuple[str, str], float] = {}
+        self.sessions: dict[str, Witnessing] = {}  # db -> its record and what this witness observed since it started
         self.votes: dict[tuple[str, bool], int] = {}  # (db, granted) -> votes cast since this process started
         for path in sorted(directory.glob("*.json")):
             rec = WitnessRecord.from_dict(read_json(path))
             if not is_db_name(rec.db) or path.name != f"{rec.db}.json":
                 log.warning("witness_record_ignored", file=path.name, reason="not a valid database name, or not its own file")
                 continue
-            self.records[rec.db] = rec
+            self._session(rec.db).adopt(rec)
+
+    @property
+    def records(self) -> dict[str, WitnessRecord]:
+        """The record of each database witnessed."""
+        return {db: w.record for db, w in self.sessions.items() if w.record is not None}
+
+    @property
+    def connected(self) -> dict[str, dict[str, Heard]]:
+        """db -> endpoint -> its open connection."""
+        return {db: w.connected for db, w in self.sessions.items()}
+
+    def _session(self, db: str) -> Witnessing:
+        w = self.sessions.get(db)
+        if w is None:
+            w = self.sessions[db] = Witnessing(None, self.started)
+        return w
 
     def _path(self, db: str) -> Path:
         """witness/<db>.json, refused unless db is a valid name and the file stays in the directory."""
@@ -87,7 +88,7 @@ class Witness:
     def _save(self, rec: WitnessRecord) -> None:
         atomic_write_json(self._path(rec.db), rec.to_dict())
         old = self.records.get(rec.db)
-        self.records[rec.db] = rec
+        self._session(rec.db).adopt(rec)
         if old is None or old.role_sequence != rec.role_sequence or old.principal != rec.principal:
             log.info("witness_record", database=rec.db, role_sequence=rec.role_sequence, principal=rec.principal, mirror=rec.mirror)
             self._record(rec.db, "WITNESS_RECORD", f"principal {rec.principal}, mirror {rec.mirror}", rec.role_sequence)
@@ -100,15 +101,12 @@ class Witness:
 
     def sees(self, db: str, endpoint: str) -> bool:
         """Does the witness currently hear from this partner (within the longer of its TIMEOUT and the record's)?"""
-        seen = self.connected.get(db, {}).get(endpoint)
-        rec = self.records.get(db)
-        if seen is None:
-            return False
-        return time.monotonic() - seen.last_heard < max(seen.timeout, rec.timeout if rec is not None else 0)
+        w = self.sessions.get(db)
+        return w is not None and w.sees(endpoint, time.monotonic())
 
     def state(self, db: str, rid: int, **extra) -> dict:
         """The w_state answer for a database."""
-        rec = self.records[db]
+        rec = self.sessions[db].record
         return {
             "t": "w_state", "rid": rid, "role_sequence": rec.role_sequence, "principal": rec.principal, "mirror": rec.mirror,
             "mirror_synchronized": rec.mirror_synchronized, "principal_connected": self.sees(db, rec.principal),
@@ -150,25 +148,23 @@ class Witness:
             framing.write_message(writer, {"t": "refuse", "reason": f"the witness {node_name} has no record of {db} yet; the principal registers it"})
             await writer.drain()
             return
-        seen = _Seen(sender, float(hello["timeout"]))
-        self.connected.setdefault(db, {})[sender] = seen
-        self.met.add((db, sender))
+        w = self._session(db)
+        seen = w.note_connected(sender, float(hello["timeout"]), time.monotonic())
         log.info("witness_partner_connected", database=db, partner=sender, role=hello["role"], role_sequence=hello["role_sequence"])
         self._record(db, "WITNESS_PARTNER_CONNECTED", f"{sender} ({hello['role']}, role sequence {hello['role_sequence']})")
         try:
-            self.answered[db, sender] = time.monotonic()
+            w.note_answered(sender, time.monotonic())
             framing.write_message(writer, self.state(db, 0))
             await writer.drain()
             while True:
                 msg = messages.validate(await asyncio.wait_for(framing.read_message(reader), seen.timeout))
-                seen.last_heard = time.monotonic()
+                w.note_heard(sender, time.monotonic())
                 answer = self._answer_durably(db, sender, msg)
-                self.answered[db, sender] = time.monotonic()  # from before it is written: the lease cannot start earlier
+                w.note_answered(sender, time.monotonic())  # from before it is written: the lease cannot start earlier
                 framing.write_message(writer, answer)
                 await writer.drain()
         finally:
-            if self.connected.get(db, {}).get(sender) is seen:
-                del self.connected[db][sender]
+            w.note_lost(sender, seen)
             log.info("witness_partner_lost", database=db, partner=sender)
             self._record(db, "WITNESS_PARTNER_LOST", sender)
 
@@ -197,13 +193,12 @@ class Witness:
                               reason=f"the witness cannot record it: its disk is full ({exc.strerror})")
 
     def _answer(self, db: str, sender: str, msg: dict) -> dict:
-        kind, rec = msg["t"], self.records[db]
+        kind, rec = msg["t"], self.sessions[db].record
         if kind == "w_ping":
             return self.state(db, msg["rid"])
         if kind == "w_report":
-            seen = self.connected.get(db, {}).get(sender)
-            if seen is not None and isinstance(msg.get("timeout"), int) and 1 <= msg["timeout"] <= 3600:
-                seen.timeout = float(msg["timeout"])
+            if isinstance(msg.get("timeout"), int) and 1 <= msg["timeout"] <= 3600:
+                self.sessions[db].note_timeout(sender, float(msg["timeout"]))
             new = quorum.apply_principal_report(rec, sender, msg["role_sequence"], msg["synchronized"], Safety(msg["safety"]), msg.get("timeout"))
             if new is not None and new != rec:
                 self._save(new)
@@ -218,13 +213,8 @@ class Witness:
         raise ProtocolError(f"unexpected {kind} on a witness connection")
 
     def _vote(self, db: str, sender: str, msg: dict) -> dict:
-        rec = self.records[db]
         req = VoteRequest(db, sender, msg["role_sequence"], msg["hardened_lsn"], msg["forced"])
-        # Having seen the principal since this start, the witness knows when it went; otherwise
-        # "not connected" may only mean "not connected yet", and it waits out a TIMEOUT first.
-        uptime = float("inf") if (db, rec.principal) in self.met else time.monotonic() - self.started
-        vote, new = quorum.decide_vote(rec, req, principal_seen=self.sees(db, rec.principal), witness_uptime=uptime,
-                                       principal_answered_ago=time.monotonic() - self.answered.get((db, rec.principal), float("-inf")))
+        vote, new = self.sessions[db].vote(req, time.monotonic())
         self.votes[db, vote.granted] = self.votes.get((db, vote.granted), 0) + 1
         if vote.granted:
             self._save(new)  # durable before the mirror hears of it

@@ -35,10 +35,11 @@ What it models
   synchronized" until told otherwise, nothing known of the principal's state), and loses its commits
   waiting for the mirror. A partner link is up from the first answer over it (the principal's welcome,
   the mirror's accepted hello) until a hard error or a full TIMEOUT of silence on either end (the
-  readers' timeouts), as the engine's links; leases are what decide whether a principal may serve. The witness persists its
-  `WitnessRecord`; on restart it has heard from no partner, and, as `mirrord.engine.witness` does, it
-  counts the principal as seen only once it has heard from it since that start (`met`), and votes
-  without it only after a full timeout of its own uptime (`decide_vote(..., witness_uptime=...)`).
+  readers' timeouts), as the engine's links; leases are what decide whether a principal may serve. The
+  witness is the engine's own `mirrord.core.witnessing.Witnessing`: it persists its `WitnessRecord`; on
+  restart it has heard from no partner, counts the principal as seen only once it has heard from it
+  since that start (`met`), votes without it only after a full timeout of its own uptime, and grants a
+  forced vote only once its last answer to the principal is a TIMEOUT old.
 * A message to a dead process over a live link is refused at once (a hard error): the principal takes
   its mirror for disconnected then, not after the lease; `reset` breaks the partners' connection with a
   hard error on both ends (the mirror may then ask for a vote at once). Silence (a cut link, a frozen process) is only
@@ -91,6 +92,7 @@ from dataclasses import dataclass, field, replace
 from mirrord.core import leases, quorum, role_statements as rs, roles
 from mirrord.core.quorum import AckRule, PrincipalView, VoteRequest, WitnessRecord
 from mirrord.core.session import Session, SessionConfig
+from mirrord.core.witnessing import Witnessing
 from mirrord.core.types import Role, Safety
 
 DB = "shop"
@@ -206,12 +208,12 @@ class Sim:
         self.p["A"].session.note_partner_connected(0)  # linked, the mirror at the (empty) end of log: caught up
         self.p["B"].session.note_principal_linked(None)
         self.p["B"].session.note_principal_view(True, 0)  # the principal said so in its first frame
-        self.record = WitnessRecord(DB, 1, "A", "B", True, Safety.FULL, timeout)  # the witness learns the session's TIMEOUT
-        self.heard = {"A": 0.0, "B": 0.0}  # witness: when it last heard each partner (its clock)
-        self.w_started = 0.0  # witness: its last (re)start (its clock)
-        self.w_answered = {"A": float("-inf"), "B": float("-inf")}  # witness: when it last answered each partner (its clock)
+        # the witness: the engine's own core.witnessing (its record, who it sees, has met, last answered), on its clock;
+        # it learns the session's TIMEOUT with the record
+        self.w = Witnessing(WitnessRecord(DB, 1, "A", "B", True, Safety.FULL, timeout), started=0.0)
+        for n in PARTNERS:
+            self.w.note_connected(n, timeout, 0.0)
         self.wait_out_witness_leases = True  # quorum.decide_vote's principal_answered_ago (a test turns it off)
-        self.met = set(PARTNERS)  # witness: the partners it heard from since that start (volatile)
         self.dead: set[str] = set()
         self.frozen: set[str] = set()
         self.cut: set[frozenset[str]] = set()
@@ -281,17 +283,28 @@ class Sim:
         getattr(self, f"_on_{msg.kind}")(msg.src, msg.dst, **msg.body)
 
     def _witness_hears(self, n: str) -> None:
-        self.heard[n] = self.clock("W")
-        self.met.add(n)
-        self.w_answered[n] = self.clock("W")  # it answers every request (engine/witness.py notes it as it does)
+        now = self.clock("W")
+        if n in self.w.connected:
+            self.w.note_heard(n, now)
+        else:  # its connection opened: the hello
+            self.w.note_connected(n, self.timeout, now)
+        self.w.note_answered(n, now)  # it answers every request (engine/witness.py notes it as it does)
+
+    @property
+    def record(self) -> WitnessRecord:
+        """The witness's record."""
+        return self.w.record
+
+    @record.setter
+    def record(self, new: WitnessRecord) -> None:
+        self.w.adopt(new)  # (persisted at once: the witness writes it before it answers)
 
     def principal_seen(self) -> bool:
-        p = self.record.principal
-        return p in self.met and self.clock("W") - self.heard[p] < self.timeout
+        return self.w.sees(self.record.principal, self.clock("W"))
 
     def witness_uptime(self) -> float:
         """What the witness passes decide_vote: infinite once it heard the principal since its start."""
-        return float("inf") if self.record.principal in self.met else self.clock("W") - self.w_started
+        return float("inf") if self.record.principal in self.w.met else self.clock("W") - self.w.started
 
     # ------------------------------------------------------------------ events
 
@@ -341,7 +354,7 @@ class Sim:
         if "W" in (x, y):
             n = y if x == "W" else x
             if self.up("W"):
-                self.heard[n] = float("-inf")
+                self.w.note_lost(n)
             if self.up(n) and self.drop_witness_lease_on_reset:
                 self._hear(n, leases.WitnessLinkLost())  # the real rule: the lease ends at once
             return
@@ -363,8 +376,7 @@ class Sim:
             return
         self.dead.discard(n)
         if n == "W":
-            self.w_started, self.met = self.clock("W"), set()
-            self.w_answered = {"A": float("-inf"), "B": float("-inf")}  # kept in memory only
+            self.w = Witnessing(self.w.record, started=self.clock("W"))  # the record is durable; the rest is not
             return
         old = self.p[n]  # what it persisted: the session's config and the log; nothing observed
         self.p[n] = Partner(n, Session(old.session.config), old.log, last_heard_principal=self.clock(n))
@@ -497,9 +509,9 @@ class Sim:
 
     def _decide_vote(self, n: str, seq: int, hardened: int, forced: bool) -> quorum.Vote:
         before = self.record
-        answered_ago = self.clock("W") - self.w_answered[before.principal] if self.wait_out_witness_leases else float("inf")
-        vote, after = quorum.decide_vote(before, VoteRequest(DB, n, seq, hardened, forced), self.principal_seen(),
-                                         self.witness_uptime(), answered_ago)
+        if not self.wait_out_witness_leases:
+            self.w.answered.clear()  # a test turns the rule off: no answer of the witness counts as a lease
+        vote, after = self.w.vote(VoteRequest(DB, n, seq, hardened, forced), self.clock("W"))
         if vote.granted:
             if not forced and not (before.mirror_synchronized and before.safety is Safety.FULL):
                 raise Violation(f"automatic failover granted to {n} though the witness recorded {before}")

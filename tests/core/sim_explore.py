@@ -165,7 +165,8 @@ def state_key(sim: Sim) -> tuple:
          ago(s.principal_answered_at), left(s.serves_from), s.config.forced_fork)
         for p, s in ((sim.p[n], sim.p[n].session) for n in PARTNERS))
     return (partners, sim.record, sim.safety, frozenset(sim.dead), frozenset(sim.frozen), frozenset(sim.cut),
-            frozenset(sim.met), tuple(ago(sim.heard[n]) for n in PARTNERS), min(8, ago(sim.w_started)),
+            frozenset(sim.w.met), tuple(ago(sim.w.connected[n].last) if n in sim.w.connected else ago(float("-inf"))
+                                        for n in PARTNERS), min(8, ago(sim.w.started)),
             max(sim.principals), frozenset(sim.forced_seqs))
 
 

@@ -552,7 +552,7 @@ def test_sim_safety_off_acknowledges_locally_after_telling_the_witness():
 
 def test_sim_catches_a_witness_voting_for_an_unsynchronized_mirror(monkeypatch):
     real = quorum.decide_vote
-    monkeypatch.setattr(quorum, "decide_vote", lambda rec, req, seen, *up: real(replace(rec, mirror_synchronized=True), req, seen, *up))
+    monkeypatch.setattr(quorum, "decide_vote", lambda rec, req, **facts: real(replace(rec, mirror_synchronized=True), req, **facts))
     sim = Sim()
     sim.advance(1)
     sim.apply(("cut_link", "A", "B"))
@@ -729,7 +729,8 @@ def test_sim_a_witness_frozen_with_pings_in_its_buffer_renews_no_lease_past_its_
 def test_sim_catches_a_witness_ignoring_the_principal_for_forced_service(monkeypatch):
     # Forced service with a witness keeps a single writer: the witness must no longer see the principal.
     real = quorum.decide_vote
-    monkeypatch.setattr(quorum, "decide_vote", lambda rec, req, seen, up, _answered: real(rec, req, False, up))
+    monkeypatch.setattr(quorum, "decide_vote", lambda rec, req, principal_seen, witness_uptime, principal_answered_ago:
+                        real(rec, req, False, witness_uptime))
     sim = Sim()
     sim.advance(1)
     sim.apply(("cut_link", "A", "B"))
