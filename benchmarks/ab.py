@@ -1,6 +1,6 @@
 """A/B of two revisions' commit path, alternated in the same minutes.
 
-    python benchmarks/ab.py A B [--rounds 3] [--seconds 3] [--clients 1,8,32] [--first-ip 56] [--json out.json]
+    python benchmarks/ab.py A B [--rounds 3] [--seconds 3] [--clients 1,8,32] [--first-ip 56] [--json out.json] [--witness]
 
 A and B are git revisions of this repository (a hash, a branch, HEAD~3) or
 directories holding a checkout (to measure uncommitted work). Each revision is
@@ -43,6 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clients", default="1,8,32", help="comma-separated concurrencies (default 1,8,32)")
     p.add_argument("--first-ip", dest="first_ip", type=int, default=FIRST_IP, help="nodes on 127.0.0.N and N+1")
     p.add_argument("--json", dest="json_out", help="also write every run and the medians to this JSON file")
+    p.add_argument("--witness", action="store_true", help="commit_bench --witness: a third node witnesses the mirrored databases")
     args = p.parse_args(argv)
     if args.rounds < 1:
         p.error("--rounds must be at least 1")
@@ -93,7 +94,7 @@ def _tree(spec: str, scratch: Path, name: str) -> tuple[Path, str]:
 
 def _bench(tree: Path, args: argparse.Namespace, out: Path) -> list[dict]:
     cmd = [sys.executable, str(tree / "benchmarks" / "commit_bench.py"), "--seconds", str(args.seconds),
-           "--clients", args.clients, "--first-ip", str(args.first_ip), "--json", str(out)]
+           "--clients", args.clients, "--first-ip", str(args.first_ip), "--json", str(out)] + (["--witness"] if args.witness else [])
     env = dict(os.environ, PYTHONPATH=str(tree))
     done = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
     if done.returncode != 0:

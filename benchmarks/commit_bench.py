@@ -86,7 +86,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", dest="json_out", help="also write the results to this JSON file")
     p.add_argument("--insecure", action="store_true", help="nodes without TLS and logins (to measure what TLS costs)")
     p.add_argument("--first-ip", dest="first_ip", type=int, default=FIRST_IP,
-                   help=f"nodes on 127.0.0.N and N+1 (default {FIRST_IP})")
+                   help=f"nodes on 127.0.0.N and N+1, and N+2 with --witness (default {FIRST_IP})")
+    p.add_argument("--witness", action="store_true",
+                   help="a third node witnesses the mirrored databases, as automatic failover needs (its CPU counts as the servers')")
     args = p.parse_args(argv)
     try:
         args.client_counts = [int(c) for c in args.clients.split(",") if c.strip()]
@@ -157,16 +159,16 @@ def run_one(address: str, mode: str, clients: int, seconds: float, server_pids: 
     return Run(mode, clients, len(ms), errors, window, len(ms) / window, percentile(ms, 50), percentile(ms, 99),
                loadgen_cpu_ms=cpu * 1000 / done if ms else None,
                server_cpu_ms=servers * 1000 / done if ms and servers is not None else None,
-               principal_cpu_ms=each[0] * 1000 / done if ms and len(each) == 2 else None,
-               mirror_cpu_ms=each[1] * 1000 / done if ms and len(each) == 2 else None)
+               principal_cpu_ms=each[0] * 1000 / done if ms and len(each) >= 2 else None,
+               mirror_cpu_ms=each[1] * 1000 / done if ms and len(each) >= 2 else None)
 
 
-def prepare(cluster: LocalCluster) -> None:
-    """The three databases with their table; the mirrored ones SYNCHRONIZED."""
+def prepare(cluster: LocalCluster, witness: str | None = None) -> None:
+    """The three databases with their table; the mirrored ones SYNCHRONIZED (and witnessed by `witness`, if given)."""
     a = cluster["a"]
     a.query(f"CREATE DATABASE {MODES['standalone']}")
-    cluster.setup_session(MODES["SAFETY OFF"], principal="a", mirror="b", safety="OFF")
-    cluster.setup_session(MODES["SAFETY FULL"], principal="a", mirror="b", safety="FULL")
+    cluster.setup_session(MODES["SAFETY OFF"], principal="a", mirror="b", safety="OFF", witness=witness)
+    cluster.setup_session(MODES["SAFETY FULL"], principal="a", mirror="b", safety="FULL", witness=witness)
     for db in MODES.values():
         a.query("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL)", db=db)
 
@@ -227,9 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"nodes: {'INSECURE (no TLS, no logins)' if args.insecure else 'secured (mutual TLS, TLS + login per client)'}")
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="mirrord-bench-") as tmp:
-        with LocalCluster(Path(tmp), names=("a", "b"), first_ip=args.first_ip, secure=not args.insecure) as cluster:
+        names = ("a", "b", "w") if args.witness else ("a", "b")
+        with LocalCluster(Path(tmp), names=names, first_ip=args.first_ip, secure=not args.insecure) as cluster:
             cluster.start_all()
-            prepare(cluster)
+            prepare(cluster, witness="w" if args.witness else None)
             for clients in args.client_counts:
                 for mode in MODES:
                     print(f"  running {mode}, {clients} client(s), {args.seconds:g} s ...", flush=True)
