@@ -424,12 +424,15 @@ async def _read_acks(node: "EndpointServices", database: "Database", reader, pin
         async with asyncio.timeout(database.session.config.timeout):  # a timer, where wait_for would add a task per frame
             msg = messages.validate(await framing.read_message(reader))
         if msg["t"] == "ack":
+            was_caught_up = database.session.caught_up
             database.session.note_ack(msg["hardened_lsn"], msg["redo_lsn"])
             database.session.note_redo_progress(None, msg.get("redo_queue"))
             database.principal.update_visible()
             database.note_state()
-            if database.session.caught_up:
-                database.quorum_changed.set()  # the witness may need to hear the mirror is synchronized
+            if database.session.caught_up and not was_caught_up:
+                # the witness must hear the mirror is synchronized now; set on every ack instead, it woke the
+                # witness link for a w_ping after each one, a witness round trip per commit batch
+                database.quorum_changed.set()
             acks += 1
             if acks % TRUNCATE_EVERY_ACKS == 0:
                 database.principal.truncate_log()
