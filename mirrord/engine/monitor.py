@@ -407,9 +407,10 @@ class NodeMetrics:
 
     def update_witness(self, witness: "Witness") -> None:
         """The witness's sessions, connected partners and votes."""
-        self.witnessed.labels(self.node).set(len(witness.records))
-        for db in witness.records:
-            self.witness_partners.labels(self.node, db).set(len(witness.connected.get(db, {})))
+        records = witness.records
+        self.witnessed.labels(self.node).set(len(records))
+        for db in records:
+            self.witness_partners.labels(self.node, db).set(len(witness.sessions[db].connected))
         for (db, granted), count in list(witness.votes.items()):
             outcome = "granted" if granted else "refused"
             self.witness_votes.labels(self.node, db, outcome).inc(_advance(self._witness_exported, (db, outcome), count))

@@ -27,7 +27,7 @@ import structlog
 from mirrord.core import messages, quorum
 from mirrord.core.names import PathOutside, inside, is_db_name
 from mirrord.core.quorum import VoteRequest, WitnessRecord
-from mirrord.core.witnessing import Heard, Witnessing
+from mirrord.core.witnessing import Witnessing
 from mirrord.core.types import Endpoint, ProtocolError, Safety
 from mirrord.net import framing
 from mirrord.storage.fileutil import NO_SPACE, atomic_write_json, read_json
@@ -64,11 +64,6 @@ class Witness:
     def records(self) -> dict[str, WitnessRecord]:
         """The record of each database witnessed."""
         return {db: w.record for db, w in self.sessions.items() if w.record is not None}
-
-    @property
-    def connected(self) -> dict[str, dict[str, Heard]]:
-        """db -> endpoint -> its open connection."""
-        return {db: w.connected for db, w in self.sessions.items()}
 
     def _session(self, db: str) -> Witnessing:
         w = self.sessions.get(db)

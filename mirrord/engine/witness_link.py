@@ -160,8 +160,6 @@ def _hello(node: "EndpointServices", database: "Database") -> dict:
     }
 
 
-
-
 async def _drive(node: "EndpointServices", database: "Database", conn: WitnessConnection, reader_task: asyncio.Task) -> None:
     """Ping, report and request votes until the connection fails."""
     reported: tuple[int, bool, Safety] | None = None

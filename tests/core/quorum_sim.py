@@ -299,13 +299,6 @@ class Sim:
     def record(self, new: WitnessRecord) -> None:
         self.w.adopt(new)  # (persisted at once: the witness writes it before it answers)
 
-    def principal_seen(self) -> bool:
-        return self.w.sees(self.record.principal, self.clock("W"))
-
-    def witness_uptime(self) -> float:
-        """What the witness passes decide_vote: infinite once it heard the principal since its start."""
-        return float("inf") if self.record.principal in self.w.met else self.clock("W") - self.w.started
-
     # ------------------------------------------------------------------ events
 
     def apply(self, event: tuple) -> None:
