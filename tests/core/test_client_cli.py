@@ -192,6 +192,13 @@ async def test_async_client(server: str) -> None:
         assert (await c.query("CREATE DATABASE shop")).message == "Database shop created."
 
 
+async def test_async_client_sends_and_takes_frames_larger_than_the_transport_buffers(server: str) -> None:
+    big = "x" * 4_000_000  # far past the transport's high-water mark: the request waits for the server to read it
+    async with await AsyncClient.connect(server) as c:
+        assert (await c.query("ECHO", params=[big], timeout=20)).rows[0][1] == [big]
+        assert (await c.query("ECHO", db="d")).rows[0][0] == "d"  # the next answer is the next request's
+
+
 async def test_async_client_failures(server: str, dead_address: str) -> None:
     with pytest.raises(Unreachable):
         await AsyncClient.connect(dead_address, timeout=1)
