@@ -69,11 +69,19 @@ class PrincipalView:
 
     def has_quorum(self, now: float) -> bool:
         """May serve: no witness (partners decide alone), or a live lease from mirror or witness."""
-        if now < self.serves_from:
-            return False
-        if not self.has_partner or not self.witness_set:
-            return True
-        return now < self.mirror_lease_until or now < self.witness_lease_until
+        return has_quorum(now, self.serves_from, self.has_partner, self.witness_set,
+                          self.mirror_lease_until, self.witness_lease_until)
+
+
+def has_quorum(now: float, serves_from: float, has_partner: bool, witness_set: bool,
+               mirror_lease_until: float, witness_lease_until: float) -> bool:
+    """PrincipalView.has_quorum from its five facts: Session.has_quorum asks it before every statement,
+    where building a view was 4 % of a busy principal's interpreter time."""
+    if now < serves_from:
+        return False
+    if not has_partner or not witness_set:
+        return True
+    return now < mirror_lease_until or now < witness_lease_until
 
 
 def ack_rule(view: PrincipalView, now: float) -> AckRule:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 
 from mirrord.core import leases
 from mirrord.core.alerts import thresholds_from_json
-from mirrord.core.quorum import PrincipalView, old_principal_lease_end
+from mirrord.core.quorum import PrincipalView, has_quorum, old_principal_lease_end
 from mirrord.core.roles import RoleView, handle
 from mirrord.core.types import (
     DatabaseStatus,
@@ -288,6 +288,12 @@ class Session:
             mirror_lease_until=self.mirror_lease_until, witness_lease_until=self.witness_lease_until,
             serves_from=self.serves_from, mirror_closing=self.closing,
         )
+
+    def has_quorum(self, now: float) -> bool:
+        """principal_view().has_quorum(now) without building the view: asked before every statement."""
+        cfg = self.config
+        return has_quorum(now, self.serves_from, cfg.partner is not None, cfg.witness is not None,
+                          self.mirror_lease_until, self.witness_lease_until)
 
     def hear(self, event: leases.Event) -> None:
         """A lease or link event: the role machine's rows (core.leases) decide, and each action is noted here in

@@ -102,7 +102,7 @@ class Database:
     def quorum_refusal(self) -> str | None:
         """Why this principal may not serve now (lost quorum), or None."""
         now = time.monotonic()
-        if self.session.principal_view().has_quorum(now):
+        if self.session.has_quorum(now):
             return None
         if now < self.session.serves_from:
             return (f"database {self.name} was promoted {self.session.config.timeout} s or less after this node last "

@@ -290,3 +290,15 @@ def test_a_promoted_mirror_holds_its_fork_no_mirror_lease_and_the_witness_believ
     s.note_promoted(17, forced=False, from_record=False)
     assert (s.hardened_lsn, s.serves_from, s.mirror_lease_until, s.witness_lease_until) == (17, 0.0, 0.0, 5e11)
     assert not s.partner_connected and not s.witness_believes_synchronized
+
+
+_instants = hs.floats(-5.0, 25.0, allow_nan=False) | hs.sampled_from([0.0, 10.0, float("-inf")])
+
+
+@given(partner=hs.booleans(), witness=hs.booleans(), serves_from=_instants, mirror_lease=_instants,
+       witness_lease=_instants, now=hs.sampled_from([0.0, 5.0, 10.0, 10.0 + 1e-9, 20.0]) | _instants)
+def test_the_per_statement_quorum_check_is_the_views(partner, witness, serves_from, mirror_lease, witness_lease, now):
+    s = Session(SessionConfig("shop", role=Role.PRINCIPAL, partner=PARTNER if partner else None,
+                              witness="tcp://127.0.0.13:5022" if witness else None, role_sequence=1))
+    s.serves_from, s.mirror_lease_until, s.witness_lease_until = serves_from, mirror_lease, witness_lease
+    assert s.has_quorum(now) is s.principal_view().has_quorum(now)
