@@ -31,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRST_IP = 56  # inside the benchmarks' 127.0.0.51-59, away from the tests' 127.0.0.11-13
-METRICS = ("commits_per_s", "p50_ms", "server_cpu_ms", "principal_cpu_ms", "mirror_cpu_ms")
+METRICS = ("commits_per_s", "p50_ms", "server_cpu_ms", "principal_cpu_ms", "mirror_cpu_ms", "loadgen_cpu_ms")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -114,11 +114,13 @@ def _print(rows: list[dict], labels: dict[str, str]) -> None:
 
     for r in rows:
         c, p, cpu = r["commits_per_s"], r["p50_ms"], r["server_cpu_ms"]
-        pr, mi = r.get("principal_cpu_ms", {}), r.get("mirror_cpu_ms", {})  # "-" for a revision whose bench lacks them
+        # "-" for a revision whose bench lacks them
+        pr, mi, lg = r.get("principal_cpu_ms", {}), r.get("mirror_cpu_ms", {}), r.get("loadgen_cpu_ms", {})
         print(f"{r['mode']:<12} {r['clients']:>7} | {num(c['a'], ',.0f'):>11} {num(c['b'], ',.0f'):>8} {num(c['ratio'], '.2f'):>5} | "
               f"{num(p['a'], '.2f'):>8} {num(p['b'], '.2f'):>6} | {num(cpu['a'], '.3f'):>15} {num(cpu['b'], '.3f'):>6} "
               f"{num(cpu['ratio'], '.2f'):>5} | {num(pr.get('a'), '.3f'):>11} {num(pr.get('b'), '.3f'):>6} | "
-              f"{num(mi.get('a'), '.3f'):>8} {num(mi.get('b'), '.3f'):>6} | {r['errors']['a']}/{r['errors']['b']}")
+              f"{num(mi.get('a'), '.3f'):>8} {num(mi.get('b'), '.3f'):>6} | "
+              f"{num(lg.get('a'), '.3f'):>9} {num(lg.get('b'), '.3f'):>6} | {r['errors']['a']}/{r['errors']['b']}")
 
 
 def main(argv: list[str] | None = None) -> int:
