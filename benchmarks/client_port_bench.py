@@ -1,6 +1,6 @@
 """The client port alone: server CPU per request, with an answer that costs nothing.
 
-    python benchmarks/client_port_bench.py [--clients 8,32] [--seconds 4] [--tls]
+    python benchmarks/client_port_bench.py [--clients 8,32] [--seconds 4] [--tls] [--driver]
 
 A child process serves only the client port (`net.client_port.ClientPort`
 behind `net.tls.Listener`, as the node does) on 127.0.0.121:14330, with a
@@ -11,6 +11,10 @@ seconds. Server CPU is the child's utime + stime from /proc over the run,
 divided by the requests answered; it is what the port costs per statement
 (framing, validation, the wait for the next frame, the answer's write) and
 nothing else. With --tls both sides use TLS 1.3 with a throwaway CA.
+
+Client CPU is this process's, per request: with --driver the connections are
+`mirrorctl.client.AsyncClient`s (what commit_bench and applications use), so
+it is what the driver costs per statement; without, bare frames on streams.
 """
 
 from __future__ import annotations
@@ -64,9 +68,19 @@ async def _serve(tls_dir: str | None) -> None:
     await asyncio.Event().wait()
 
 
-async def _load(clients: int, seconds: float, ctx: ssl.SSLContext | None) -> int:
+async def _load(clients: int, seconds: float, ctx: ssl.SSLContext | None, ca: str | None = None) -> int:
     count = 0
     stop = time.monotonic() + seconds
+
+    async def driver() -> None:
+        nonlocal count
+        from mirrorctl.client import AsyncClient
+
+        client = await AsyncClient.connect(f"{HOST}:{PORT}", tls_ca=ca or "", user="")
+        while time.monotonic() < stop:
+            await client.query("INSERT INTO t VALUES (1)", params=[], timeout=30)
+            count += 1
+        await client.close()
 
     async def one() -> None:
         nonlocal count
@@ -80,7 +94,7 @@ async def _load(clients: int, seconds: float, ctx: ssl.SSLContext | None) -> int
             count += 1
         writer.close()
 
-    await asyncio.gather(*(one() for _ in range(clients)))
+    await asyncio.gather(*((driver if ca is not None else one)() for _ in range(clients)))
     return count
 
 
@@ -94,6 +108,7 @@ def main() -> None:
     parser.add_argument("--clients", default="8,32")
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--tls", action="store_true")
+    parser.add_argument("--driver", action="store_true", help="load with mirrorctl.client.AsyncClient (its CPU per request)")
     parser.add_argument("--serve", help=argparse.SUPPRESS)  # the child: serve with this TLS directory ("" for none)
     args = parser.parse_args()
     import uvloop
@@ -112,14 +127,16 @@ def main() -> None:
                                   stdout=subprocess.PIPE, text=True)
         try:
             assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-            table = Table(title="client port alone (empty answers)")
-            for column in ("clients", "requests/s", "server CPU us/request"):
+            table = Table(title=f"client port alone (empty answers){', driver: AsyncClient' if args.driver else ''}")
+            for column in ("clients", "requests/s", "server CPU us/request", "client CPU us/request"):
                 table.add_column(column, justify="right")
+            ca = (str(Path(tmp) / "ca.crt") if args.tls else "") if args.driver else None
             for clients in (int(c) for c in args.clients.split(",")):
-                before = _cpu_seconds(server.pid)
-                count = uvloop.run(_load(clients, args.seconds, ctx))
-                cpu = _cpu_seconds(server.pid) - before
-                table.add_row(str(clients), f"{count / args.seconds:,.0f}", f"{1e6 * cpu / max(count, 1):.1f}")
+                before, mine = _cpu_seconds(server.pid), time.process_time()
+                count = uvloop.run(_load(clients, args.seconds, ctx, ca))
+                cpu, mine = _cpu_seconds(server.pid) - before, time.process_time() - mine
+                table.add_row(str(clients), f"{count / args.seconds:,.0f}", f"{1e6 * cpu / max(count, 1):.1f}",
+                              f"{1e6 * mine / max(count, 1):.1f}")
             Console().print(table)
         finally:
             server.kill()
