@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="mirrord benchmark suite, side by side with PostgreSQL")
     p.add_argument("--quick", action="store_true", help="short runs for development (2 s cells, 3 failovers, 50 MB)")
     p.add_argument("--seconds", type=float, help="measured seconds per commit cell (default 5, quick 2)")
-    p.add_argument("--clients", default="1,8,32", help="comma-separated concurrencies (default 1,8,32)")
+    p.add_argument("--clients", default="1,8,32,128", help="comma-separated concurrencies (default 1,8,32,128)")
     p.add_argument("--failover-runs", type=int, help="runs per fault kind (default 10, quick 3)")
     p.add_argument("--catchup-mb", type=float, help="log written while SUSPENDED (default 500, quick 50)")
     p.add_argument("--databases", type=int, default=10, help="mirrored databases for the memory figure (default 10)")
