@@ -301,9 +301,10 @@ class _Link(asyncio.Protocol):
     """The connection under an AsyncClient: frames decoded as they arrive, handed to the request waiting for one.
 
     Why not asyncio streams: a StreamReader's two readexactly per answer, with its
-    waiter and feed machinery, and a timeout context per request were 30 % of
-    commit_bench's interpreter time at 32 clients (py-spy --gil); here the answer
-    is decoded in data_received and handed straight to its waiter. Frames that
+    waiter and feed machinery, and wait_for's task per request cost the driver a
+    fifth of its CPU; here the answer is decoded in data_received and handed
+    straight to its waiter, under one timer (benchmarks/client_port_bench.py
+    --driver, TLS: 152 -> 124 us per request at 1 client, 95 -> 88 at 32). Frames that
     come unasked (an error about the connection, sent before the server closes
     it) wait in order for the next request, as they did in the stream's buffer.
     """
