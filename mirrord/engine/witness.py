@@ -62,8 +62,13 @@ class Witness:
 
     @property
     def records(self) -> dict[str, WitnessRecord]:
-        """The record of each database witnessed."""
+        """The record of each database witnessed (a new dict: for views and metrics, not per message)."""
         return {db: w.record for db, w in self.sessions.items() if w.record is not None}
+
+    def record_of(self, db: str) -> WitnessRecord | None:
+        """db's record, None if this witness has none."""
+        w = self.sessions.get(db)
+        return None if w is None else w.record
 
     def _session(self, db: str) -> Witnessing:
         w = self.sessions.get(db)
@@ -82,7 +87,7 @@ class Witness:
 
     def _save(self, rec: WitnessRecord) -> None:
         atomic_write_json(self._path(rec.db), rec.to_dict())
-        old = self.records.get(rec.db)
+        old = self.record_of(rec.db)
         self._session(rec.db).adopt(rec)
         if old is None or old.role_sequence != rec.role_sequence or old.principal != rec.principal:
             log.info("witness_record", database=rec.db, role_sequence=rec.role_sequence, principal=rec.principal, mirror=rec.mirror)
@@ -90,8 +95,8 @@ class Witness:
 
     def _record(self, db: str, event: str, detail: str, role_sequence: int | None = None) -> None:
         if self.events is not None:
-            if role_sequence is None and db in self.records:
-                role_sequence = self.records[db].role_sequence
+            if role_sequence is None and (rec := self.record_of(db)) is not None:
+                role_sequence = rec.role_sequence
             self.events.record(db, event, role="WITNESS", role_sequence=role_sequence, detail=detail)
 
     def sees(self, db: str, endpoint: str) -> bool:
@@ -133,13 +138,14 @@ class Witness:
                 framing.write_message(writer, {"t": "refuse", "reason": why})
                 await writer.drain()
                 return
+            old = self.record_of(db)
             rec = quorum.adopt_principal_claim(
-                self.records.get(db), db, sender, hello["partner"], hello["role_sequence"], hello["synchronized"], Safety(hello["safety"]),
+                old, db, sender, hello["partner"], hello["role_sequence"], hello["synchronized"], Safety(hello["safety"]),
                 hello["timeout"],
             )
-            if rec is not self.records.get(db):
+            if rec is not old:
                 self._save(rec)
-        if db not in self.records:
+        if self.record_of(db) is None:
             framing.write_message(writer, {"t": "refuse", "reason": f"the witness {node_name} has no record of {db} yet; the principal registers it"})
             await writer.drain()
             return
@@ -171,7 +177,7 @@ class Witness:
             return f"w_hello names a bad endpoint: {exc}"
         if sender_ep == partner_ep:
             return "w_hello names the same endpoint as principal and mirror"
-        if db not in self.records and len(self.records) >= self.max_records:
+        if self.record_of(db) is None and len(self.records) >= self.max_records:
             return (f"this witness already keeps {self.max_records} sessions, its limit; "
                     "remove a witness (SET WITNESS OFF) elsewhere or use another witness")
         return None
